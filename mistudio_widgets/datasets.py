@@ -1,0 +1,346 @@
+"""Datasets: documents from the embedded corpus, local files or the Hugging Face hub, stored as Arrow
+in the workspace; tokenized into packed sequences with a model's tokenizer, with statistics."""
+from __future__ import annotations
+
+import collections
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from . import defaults
+from .configs import DEFAULT, DatasetConfig, TokenizeConfig, to_dict
+from .errors import DatasetError, HubError, TokenizerMismatch
+from .progress import ProgressCallback, emit
+from .workspace import Artifact, Workspace
+
+LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json",
+                 ".csv": "csv", ".parquet": "parquet"}
+TEXT_FIELDS = ("text", "content", "document", "body", "sentence", "story", "article")
+HIST_BINS = 30
+TOP_TOKENS = 25
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading documents
+def _default_documents() -> Iterator[dict[str, str]]:
+    """The modernised Shakespeare plays, one document per scene (the cast list and title kept with scene 1)."""
+    for path in defaults.default_corpus_files():
+        text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+        title = path.name.removesuffix("_gut.txt").replace("_", " ").title()
+        parts = re.split(r"\n(?=(?:SCENE|Scene) [0-9IVXL]+\.)", text)
+        for i, part in enumerate(parts):
+            part = part.strip()
+            if part:
+                yield {"text": part, "title": title, "part": str(i)}
+
+
+def _local_files(path: Path) -> tuple[str, list[str]]:
+    if not path.exists():
+        raise DatasetError(f"No file or folder at {path}.", "check the path (relative paths start at the kernel's working folder).")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_FORMATS)
+    if not files:
+        raise DatasetError(f"{path} holds no readable files.", f"use files ending in {', '.join(sorted(LOCAL_FORMATS))}.")
+    kinds = {LOCAL_FORMATS.get(p.suffix.lower()) for p in files}
+    if None in kinds:
+        raise DatasetError(f"{files[0].name} is not a supported format.", f"use files ending in {', '.join(sorted(LOCAL_FORMATS))}.")
+    if len(kinds) > 1:
+        raise DatasetError(f"{path} mixes file formats ({', '.join(sorted(k for k in kinds if k))}).",
+                           "put files of one format in the folder, or add each format as its own dataset.")
+    return kinds.pop(), [str(p) for p in files]
+
+
+def _pick_text_field(columns: Iterable[str], wanted: str | None, first: dict[str, Any] | None) -> str:
+    columns = list(columns)
+    if wanted:
+        if wanted not in columns:
+            raise DatasetError(f"The dataset has no column {wanted!r}.", f"choose one of: {', '.join(columns)}.")
+        return wanted
+    for name in TEXT_FIELDS:
+        if name in columns:
+            return name
+    if first:
+        for name in columns:
+            if isinstance(first.get(name), str):
+                return name
+    raise DatasetError(f"No text column found among {', '.join(columns) or 'no columns'}.",
+                       "set text_field (--text-field) to the column holding the text.")
+
+
+def _hub_dataset(cfg: DatasetConfig):
+    import datasets as hfd
+
+    try:
+        return hfd.load_dataset(cfg.source, cfg.config_name, split=cfg.split, streaming=cfg.streaming,
+                                revision=cfg.revision, token=cfg.token)
+    except FileNotFoundError as exc:  # includes DatasetNotFoundError
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        raise HubError(
+            f"Dataset {cfg.source!r} was not found on the Hugging Face hub" + (" (the hub is offline here)" if offline else "") + f": {exc}",
+            "check the id and split, connect to the internet, or add the data from local files.") from exc
+    except (ConnectionError, OSError) as exc:
+        raise HubError(f"Could not reach the Hugging Face hub for dataset {cfg.source!r}: {exc}",
+                       "connect to the internet, or download the data elsewhere and add it as local files.") from exc
+    except ValueError as exc:  # unknown split or config
+        raise DatasetError(f"The hub dataset {cfg.source!r} could not be read as asked: {exc}",
+                           "check the config name and split.") from exc
+
+
+def _iter_records(cfg: DatasetConfig) -> tuple[Iterator[dict[str, Any]], str, dict[str, Any]]:
+    """Records of the source, the name of the text column, and provenance for the catalog."""
+    if cfg.source == DEFAULT:
+        return _default_documents(), "text", {"kind": "embedded", **defaults.DEFAULT_DATASET_INFO}
+    path = Path(cfg.source).expanduser()
+    looks_local = path.exists() or cfg.source.startswith((".", "/", "~")) or path.suffix.lower() in LOCAL_FORMATS
+    if looks_local:
+        import datasets as hfd
+
+        builder, files = _local_files(path)
+        kwargs: dict[str, Any] = {}
+        if builder == "text":
+            kwargs["sample_by"] = "document" if len(files) > 1 else "paragraph"
+        try:
+            ds = hfd.load_dataset(builder, data_files=files, split="train", **kwargs)
+        except Exception as exc:
+            raise DatasetError(f"Could not read {path} as {builder}: {exc}", "check that the files are valid and UTF-8 text.") from exc
+        first = ds[0] if len(ds) else None
+        field = _pick_text_field(ds.column_names, cfg.text_field, first)
+        return iter(ds), field, {"kind": "local", "path": str(path.resolve()), "files": len(files), "format": builder}
+    ds = _hub_dataset(cfg)
+    it = iter(ds)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise DatasetError(f"The hub dataset {cfg.source!r} split {cfg.split!r} is empty.", "choose another split.") from None
+    field = _pick_text_field(first.keys(), cfg.text_field, first)
+
+    def chained() -> Iterator[dict[str, Any]]:
+        yield first
+        yield from it
+
+    return chained(), field, {"kind": "hub", "hub_id": cfg.source, "config_name": cfg.config_name,
+                              "split": cfg.split, "revision": cfg.revision, "streaming": cfg.streaming}
+
+
+def _default_name(cfg: DatasetConfig) -> str:
+    if cfg.source == DEFAULT:
+        return defaults.DEFAULT_DATASET_NAME
+    base = Path(cfg.source.rstrip("/")).name if Path(cfg.source).expanduser().exists() else cfg.source.split("/")[-1]
+    return re.sub(r"\.[A-Za-z0-9]+$", "", base) or "dataset"
+
+
+def add_dataset(ws: Workspace, cfg: DatasetConfig | None = None, *, progress: ProgressCallback | None = None) -> Artifact:
+    """Read documents from ``cfg.source`` and store them as an Arrow dataset in the workspace.
+
+    Adding the embedded default twice returns the existing dataset.
+    """
+    import datasets as hfd
+
+    cfg = cfg or DatasetConfig()
+    if cfg.samples is not None and cfg.samples < 1:
+        raise DatasetError(f"samples must be at least 1 (got {cfg.samples}).", "give a positive sample count, or none for all.")
+    if cfg.source == DEFAULT and not cfg.name:
+        existing = ws.find(defaults.DEFAULT_DATASET_NAME, "dataset")
+        if existing and existing.meta.get("provenance", {}).get("kind") == "embedded":
+            return existing
+    name = cfg.name or ws.unique_name("dataset", _default_name(cfg))
+    records, field, provenance = _iter_records(cfg)
+    texts: list[str] = []
+    extra: dict[str, list[str]] = collections.defaultdict(list)
+    limit = cfg.samples
+    for rec in records:
+        text = rec.get(field)
+        if not isinstance(text, str) or not text.strip():
+            continue
+        texts.append(text)
+        for key in ("title", "part"):
+            if key in rec and cfg.source == DEFAULT:
+                extra[key].append(str(rec[key]))
+        if len(texts) % 200 == 0:
+            emit(progress, "read", len(texts), limit, unit="docs")
+        if limit is not None and len(texts) >= limit:
+            break
+    emit(progress, "read", len(texts), limit or len(texts), unit="docs", finished=True)
+    if not texts:
+        raise DatasetError(f"The source {cfg.source!r} yielded no documents with text.",
+                           "check the file contents, the split, or the text column (text_field).")
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    meta = {"config": to_dict(cfg), "provenance": provenance, "text_field": field,
+            "stats": {"documents": len(texts), "characters": int(lengths.sum()),
+                      "mean_chars": float(lengths.mean()), "max_chars": int(lengths.max())}}
+    if provenance.get("licence"):
+        meta["licence"] = provenance["licence"]
+    with ws.write_artifact("dataset", name, meta=meta) as w:
+        hfd.Dataset.from_dict({"text": texts, **extra}).save_to_disk(str(w.path / "data"))
+    return ws.get(w.id)
+
+
+def load_documents(ws: Workspace, ref: str | Artifact):
+    """The stored documents as a ``datasets.Dataset`` (column ``text``)."""
+    import datasets as hfd
+
+    art = ws.get(ref, "dataset")
+    return hfd.load_from_disk(str(art.path / "data"))
+
+
+def preview_documents(ws: Workspace, ref: str | Artifact, n: int = 3, chars: int = 400) -> list[str]:
+    docs = load_documents(ws, ref)
+    return [t[:chars] for t in list(docs.select(range(min(n, len(docs))))["text"])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizing
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of a tokenizer's vocabulary and special tokens: equal fingerprints tokenize alike."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for tok, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        h.update(f"{idx}\x00{tok}\x01".encode("utf-8", "surrogatepass"))
+    h.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id, sorted(tokenizer.all_special_ids))).encode())
+    return h.hexdigest()[:16]
+
+
+def _separator_id(tokenizer, which: str) -> int | None:
+    if which == "none":
+        return None
+    tid = tokenizer.eos_token_id if which == "eos" else tokenizer.bos_token_id
+    if tid is None:
+        tid = tokenizer.bos_token_id if which == "eos" else tokenizer.eos_token_id
+    return tid
+
+
+def _histogram(lengths: np.ndarray, bins: int = HIST_BINS) -> dict[str, list]:
+    if lengths.size == 0:
+        return {"edges": [], "counts": []}
+    counts, edges = np.histogram(lengths, bins=bins)
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def tokenize_dataset(ws: Workspace, dataset: str | Artifact, model: str | Artifact, cfg: TokenizeConfig | None = None,
+                     *, name: str | None = None, progress: ProgressCallback | None = None) -> Artifact:
+    """Tokenize a stored dataset with ``model``'s tokenizer into packed sequences of ``context_size`` tokens.
+
+    Documents shorter than ``min_length`` tokens are dropped; the rest are joined with the separator
+    token and cut into sequences (each starting with BOS when ``prepend_bos``). The trailing partial
+    sequence is dropped. Returns the new ``tokenization`` artifact (its parent is the dataset).
+    """
+    import datasets as hfd
+    import pyarrow as pa
+
+    from .models import load_tokenizer
+
+    cfg = cfg or TokenizeConfig()
+    if cfg.context_size < 2:
+        raise DatasetError(f"context_size must be at least 2 (got {cfg.context_size}).", "use e.g. 128.")
+    if cfg.min_length < 0:
+        raise DatasetError(f"min_length must not be negative (got {cfg.min_length}).", "use 0 to keep every document.")
+    if cfg.separator not in ("eos", "bos", "none"):
+        raise DatasetError(f"separator must be 'eos', 'bos' or 'none' (got {cfg.separator!r}).", "choose one of those.")
+    ds_art = ws.get(dataset, "dataset")
+    model_art = ws.get(model, "model")
+    tokenizer = load_tokenizer(ws, model_art)
+    bos = tokenizer.bos_token_id if cfg.prepend_bos else None
+    if cfg.prepend_bos and bos is None:
+        raise DatasetError(f"The tokenizer of {model_art.name!r} has no BOS token.", "set prepend_bos=False.")
+    sep = _separator_id(tokenizer, cfg.separator)
+    docs = load_documents(ws, ds_art)
+    texts = docs["text"]
+    n_docs = len(docs)
+    body = cfg.context_size - (1 if bos is not None else 0)
+
+    stream: list[np.ndarray] = []
+    doc_lengths: list[int] = []
+    dropped_short = 0
+    total = 0
+    batch = 256
+    for start in range(0, n_docs, batch):
+        chunk = list(texts[start:start + batch])
+        enc = tokenizer(chunk, add_special_tokens=False, split_special_tokens=not cfg.special_tokens)["input_ids"]
+        for ids in enc:
+            if len(ids) < max(cfg.min_length, 1):
+                dropped_short += 1
+                continue
+            doc_lengths.append(len(ids))
+            arr = np.asarray(ids, dtype=np.int32)
+            if sep is not None:
+                arr = np.append(arr, np.int32(sep))
+            stream.append(arr)
+            total += arr.size
+        emit(progress, "tokenize", min(start + batch, n_docs), n_docs, unit="docs")
+        if cfg.max_tokens is not None and total >= cfg.max_tokens:
+            break
+    emit(progress, "tokenize", n_docs, n_docs, unit="docs", finished=True)
+    flat = np.concatenate(stream) if stream else np.zeros(0, dtype=np.int32)
+    n_seq = flat.size // body
+    if cfg.max_tokens is not None:
+        n_seq = min(n_seq, cfg.max_tokens // cfg.context_size)
+    if n_seq == 0:
+        raise DatasetError(
+            f"{ds_art.name!r} gives {flat.size} tokens after filtering ({dropped_short} of {n_docs} documents shorter than min_length={cfg.min_length}), less than one sequence of {cfg.context_size}.",
+            "lower min_length or context_size, or add more documents.")
+    seqs = flat[: n_seq * body].reshape(n_seq, body)
+    if bos is not None:
+        seqs = np.concatenate([np.full((n_seq, 1), bos, dtype=np.int32), seqs], axis=1)
+
+    special = np.asarray(sorted(set(tokenizer.all_special_ids)), dtype=np.int32)
+    ids, counts = np.unique(seqs, return_counts=True)
+    order = np.argsort(-counts)
+    top = [{"id": int(ids[i]), "token": tokenizer.decode([int(ids[i])]), "count": int(counts[i]),
+            "special": bool(np.isin(ids[i], special))} for i in order[:TOP_TOKENS]]
+    lengths = np.asarray(doc_lengths, dtype=np.int64)
+    stats = {
+        "documents": n_docs, "documents_kept": len(doc_lengths), "documents_dropped_short": dropped_short,
+        "tokens": int(seqs.size), "sequences": int(n_seq), "context_size": cfg.context_size,
+        "unique_tokens": int(ids.size), "special_positions": int(np.isin(seqs, special).sum()),
+        "mean_doc_tokens": float(lengths.mean()) if lengths.size else 0.0,
+        "max_doc_tokens": int(lengths.max()) if lengths.size else 0,
+        "length_histogram": _histogram(lengths), "top_tokens": top,
+    }
+    meta = {"dataset": ds_art.id, "model": model_art.id, "model_name": model_art.name,
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "config": to_dict(cfg), "stats": stats}
+    name = name or ws.unique_name("tokenization", f"{ds_art.name}@{model_art.name}/ctx{cfg.context_size}")
+    with ws.write_artifact("tokenization", name, meta=meta, parent=ds_art.id) as w:
+        col = pa.FixedSizeListArray.from_arrays(pa.array(seqs.reshape(-1), type=pa.int32()), cfg.context_size)
+        hfd.Dataset(pa.table({"input_ids": col})).save_to_disk(str(w.path / "data"))
+    return ws.get(w.id)
+
+
+def load_tokens(ws: Workspace, ref: str | Artifact) -> np.ndarray:
+    """Packed token ids of a tokenization, as an int32 array [sequences, context_size] (memory-mapped)."""
+    import datasets as hfd
+
+    art = ws.get(ref, "tokenization")
+    table = hfd.load_from_disk(str(art.path / "data")).data.table
+    col = table.column("input_ids").combine_chunks()
+    ctx = art.meta["config"]["context_size"]
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, ctx)
+
+
+def check_tokenization_fits(ws: Workspace, tokenization: Artifact, model: Artifact, tokenizer) -> None:
+    """Raise :class:`TokenizerMismatch` when a tokenization was made with a different tokenizer."""
+    if tokenization.meta.get("tokenizer_fingerprint") != tokenizer_fingerprint(tokenizer):
+        raise TokenizerMismatch(
+            f"The tokenized dataset {tokenization.name!r} was made with the tokenizer of {tokenization.meta.get('model_name')!r}, "
+            f"which differs from the tokenizer of {model.name!r}.",
+            f"tokenize the dataset again with {model.name!r} (mistudio datasets tokenize ... --model {model.name}).")
+
+
+def preview_tokens(ws: Workspace, ref: str | Artifact, n: int = 3) -> list[dict[str, Any]]:
+    """The first ``n`` packed sequences, decoded, with their tokens."""
+    from .models import load_tokenizer
+
+    art = ws.get(ref, "tokenization")
+    tok = load_tokenizer(ws, art.meta["model"])
+    seqs = load_tokens(ws, art)[:n]
+    return [{"text": tok.decode(s.tolist()), "tokens": tok.convert_ids_to_tokens(s.tolist())} for s in seqs]
+
+
+def find_tokenization(ws: Workspace, dataset: str | Artifact, model: str | Artifact, context_size: int | None = None) -> Artifact | None:
+    """The newest tokenization of ``dataset`` made for ``model`` (and context size, when given)."""
+    ds_art, model_art = ws.get(dataset, "dataset"), ws.get(model, "model")
+    hits = [a for a in ws.list("tokenization", parent=ds_art.id) if a.meta.get("model") == model_art.id
+            and (context_size is None or a.meta["config"]["context_size"] == context_size)]
+    return hits[-1] if hits else None

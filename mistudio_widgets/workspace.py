@@ -1,0 +1,363 @@
+"""The workspace: a folder holding ``catalog.sqlite`` and one folder per artifact.
+
+Artifacts (datasets, tokenizations, models, SAEs, runs, ...) are written under a temporary
+name, renamed into place when complete, and only then registered in the catalog, so a crash or a
+full disk never leaves a half-written artifact visible as complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ArtifactNotFound, ArtifactWriteError, WorkspaceError
+
+SCHEMA_VERSION = 1
+ENV_HOME = "MISTUDIO_HOME"
+DEFAULT_DIRNAME = "mistudio-workspace"
+STALE_TMP_SECONDS = 24 * 3600
+KIND_PREFIX = {"dataset": "ds", "tokenization": "tk", "model": "md", "sae": "sae", "run": "run"}
+
+# Migration n brings a catalog from version n-1 to n. Append, never edit.
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE artifacts (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        path TEXT,
+        parent TEXT,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        meta TEXT NOT NULL DEFAULT '{}',
+        UNIQUE (kind, name)
+    );
+    CREATE INDEX artifacts_parent ON artifacts(parent);
+    """,
+}
+
+_DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EACCES: "permission was denied", errno.EPERM: "the operation is not permitted",
+                errno.EROFS: "the file system is read-only"}
+
+
+@dataclass
+class Artifact:
+    """One catalog row. ``path`` is absolute, or None for references (e.g. a hub model id)."""
+
+    id: str
+    kind: str
+    name: str
+    path: Path | None
+    parent: str | None
+    created: float
+    updated: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "name": self.name,
+                "path": str(self.path) if self.path else None, "parent": self.parent,
+                "created": self.created, "updated": self.updated, "meta": self.meta}
+
+
+def default_root() -> Path:
+    return Path(os.environ.get(ENV_HOME) or Path.cwd() / DEFAULT_DIRNAME)
+
+
+def disk_error(exc: OSError, what: str) -> ArtifactWriteError:
+    """Turn an OSError during a write into a clear error naming the cause and the fix."""
+    cause = _DISK_ERRNOS.get(exc.errno or 0, exc.strerror or str(exc))
+    fix = ("free some disk space or point MISTUDIO_HOME at a larger disk, then try again."
+           if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "check the folder's permissions or choose another workspace folder, then try again.")
+    return ArtifactWriteError(f"Could not write {what}: {cause} ({exc.filename or exc}). Nothing was registered.", fix)
+
+
+class ArtifactWriter:
+    """Handed out by :meth:`Workspace.write_artifact`: write files under ``path``, fill ``meta``."""
+
+    def __init__(self, id: str, kind: str, name: str, path: Path, parent: str | None, meta: dict[str, Any]):
+        self.id, self.kind, self.name, self.path, self.parent, self.meta = id, kind, name, path, parent, meta
+
+
+class Workspace:
+    """A workspace folder. Cheap to construct; every call opens its own short sqlite connection,
+    so one Workspace may be used from several threads and several kernels at once."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, create: bool = True):
+        self.root = Path(root).expanduser().resolve() if root else default_root().resolve()
+        if not self.root.exists():
+            if not create:
+                raise WorkspaceError(f"No workspace at {self.root}.", "pass an existing folder or create=True.")
+            try:
+                self.root.mkdir(parents=True)
+            except OSError as exc:
+                raise WorkspaceError(f"Cannot create the workspace folder {self.root}: {exc.strerror}.",
+                                     "choose a folder you can write to (argument, --workspace or MISTUDIO_HOME).") from exc
+        elif not self.root.is_dir():
+            raise WorkspaceError(f"{self.root} is a file, not a workspace folder.", "choose a folder.")
+        self.catalog_path = self.root / "catalog.sqlite"
+        self._migrate()
+        self._collect_garbage()
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    # -- catalog -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        try:
+            con = sqlite3.connect(self.catalog_path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise WorkspaceError(f"Cannot open the catalog {self.catalog_path}: {exc}.",
+                                 "check the folder's permissions.") from exc
+        try:
+            con.execute("PRAGMA busy_timeout = 30000")
+            yield con
+        finally:
+            con.close()
+
+    def _migrate(self) -> None:
+        try:
+            with self._db() as con:
+                con.execute("PRAGMA journal_mode = WAL")
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+                    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                    version = int(row[0]) if row else 0
+                    if version > SCHEMA_VERSION:
+                        raise WorkspaceError(
+                            f"The workspace {self.root} was written by a newer mistudio-widgets (schema {version}, this one knows {SCHEMA_VERSION}).",
+                            "upgrade mistudio-widgets (pip install -U mistudio-widgets) or use another workspace.")
+                    for v in range(version + 1, SCHEMA_VERSION + 1):
+                        for stmt in MIGRATIONS[v].split(";"):
+                            if stmt.strip():
+                                con.execute(stmt)
+                    con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+        except sqlite3.DatabaseError as exc:
+            raise WorkspaceError(f"The catalog {self.catalog_path} is not a readable SQLite database ({exc}).",
+                                 "move the damaged catalog.sqlite aside; artifact folders are kept.") from exc
+
+    @property
+    def schema_version(self) -> int:
+        with self._db() as con:
+            return int(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+
+    def _row(self, row: tuple) -> Artifact:
+        id_, kind, name, path, parent, created, updated, meta = row
+        return Artifact(id_, kind, name, (self.root / path) if path else None, parent, created, updated,
+                        json.loads(meta or "{}"))
+
+    _COLS = "id, kind, name, path, parent, created, updated, meta"
+
+    def list(self, kind: str | None = None, *, parent: str | None = None) -> list[Artifact]:
+        """Artifacts, oldest first, optionally of one kind and/or one parent."""
+        sql, args = f"SELECT {self._COLS} FROM artifacts WHERE 1=1", []
+        if kind:
+            sql += " AND kind = ?"
+            args.append(kind)
+        if parent:
+            sql += " AND parent = ?"
+            args.append(parent)
+        with self._db() as con:
+            return [self._row(r) for r in con.execute(sql + " ORDER BY created, id", args)]
+
+    def find(self, ref: str, kind: str | None = None) -> Artifact | None:
+        """An artifact by id, or by name within ``kind``; None when absent."""
+        with self._db() as con:
+            row = con.execute(f"SELECT {self._COLS} FROM artifacts WHERE id = ?", (ref,)).fetchone()
+            if row is None:
+                sql, args = f"SELECT {self._COLS} FROM artifacts WHERE name = ?", [ref]
+                if kind:
+                    sql += " AND kind = ?"
+                    args.append(kind)
+                rows = con.execute(sql, args).fetchall()
+                if len(rows) > 1:
+                    raise WorkspaceError(f"The name {ref!r} is used by several artifacts ({', '.join(r[1] for r in rows)}).",
+                                         "refer to it by id instead.")
+                row = rows[0] if rows else None
+        art = self._row(row) if row else None
+        if art and kind and art.kind != kind:
+            return None
+        return art
+
+    def get(self, ref: str | Artifact, kind: str | None = None) -> Artifact:
+        """Like :meth:`find`, but raises :class:`ArtifactNotFound` naming what exists."""
+        if isinstance(ref, Artifact):
+            ref = ref.id
+        art = self.find(ref, kind)
+        if art is None:
+            names = [a.name for a in self.list(kind)]
+            what = kind or "artifact"
+            raise ArtifactNotFound(
+                f"No {what} called {ref!r} in the workspace {self.root}.",
+                f"use one of: {', '.join(names)}." if names else f"add a {what} first.")
+        return art
+
+    def new_id(self, kind: str) -> str:
+        return f"{KIND_PREFIX.get(kind, kind[:3])}-{uuid.uuid4().hex[:10]}"
+
+    def unique_name(self, kind: str, base: str) -> str:
+        """``base``, or ``base-2``, ``base-3``, ... whichever is still free for ``kind``."""
+        taken = {a.name for a in self.list(kind)}
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
+    def _check_name_free(self, kind: str, name: str, con: sqlite3.Connection) -> None:
+        if not name or not name.strip():
+            raise WorkspaceError(f"An empty name was given for a {kind}.", "give a non-empty name.")
+        if con.execute("SELECT 1 FROM artifacts WHERE kind = ? AND name = ?", (kind, name)).fetchone():
+            raise WorkspaceError(f"A {kind} called {name!r} already exists.",
+                                 "choose another name, or delete or rename the existing one.")
+
+    def register(self, kind: str, name: str, *, meta: dict[str, Any] | None = None,
+                 parent: str | None = None, id: str | None = None, relpath: str | None = None) -> Artifact:
+        """Register an artifact that needs no folder (e.g. a hub model reference)."""
+        now = time.time()
+        id = id or self.new_id(kind)
+        with self._db() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_name_free(kind, name, con)
+                con.execute(f"INSERT INTO artifacts ({self._COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                            (id, kind, name, relpath, parent, now, now, json.dumps(meta or {})))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return self.get(id)
+
+    @contextlib.contextmanager
+    def write_artifact(self, kind: str, name: str, *, meta: dict[str, Any] | None = None,
+                       parent: str | None = None) -> Iterator[ArtifactWriter]:
+        """Write a new artifact folder atomically.
+
+        Files go into ``writer.path`` (a temporary folder). When the block ends without error the
+        folder is renamed to ``<kind>s/<id>`` and the artifact is registered; on any error the
+        temporary folder is removed and nothing is registered. Disk-full and permission errors
+        become :class:`ArtifactWriteError`.
+        """
+        with self._db() as con:
+            self._check_name_free(kind, name, con)
+        id_ = self.new_id(kind)
+        tmp = self.root / ".tmp" / f"{id_}.{os.getpid()}"
+        final_rel = f"{kind}s/{id_}"
+        final = self.root / final_rel
+        try:
+            tmp.mkdir(parents=True)
+            (self.root / f"{kind}s").mkdir(exist_ok=True)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_error(exc, f"the {kind} {name!r}") from exc
+        writer = ArtifactWriter(id_, kind, name, tmp, parent, dict(meta or {}))
+        try:
+            yield writer
+            _fsync_tree(tmp)
+            os.replace(tmp, final)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_error(exc, f"the {kind} {name!r}") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            self.register(kind, name, meta=writer.meta, parent=parent, id=id_, relpath=final_rel)
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+
+    def update_meta(self, ref: str, **changes: Any) -> Artifact:
+        """Merge ``changes`` into an artifact's metadata."""
+        with self._db() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                row = con.execute("SELECT meta FROM artifacts WHERE id = ?", (self.get(ref).id,)).fetchone()
+                meta = {**json.loads(row[0]), **changes}
+                con.execute("UPDATE artifacts SET meta = ?, updated = ? WHERE id = ?",
+                            (json.dumps(meta), time.time(), self.get(ref).id))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return self.get(ref)
+
+    def rename(self, ref: str, new_name: str) -> Artifact:
+        art = self.get(ref)
+        with self._db() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                if new_name != art.name:
+                    self._check_name_free(art.kind, new_name, con)
+                con.execute("UPDATE artifacts SET name = ?, updated = ? WHERE id = ?", (new_name, time.time(), art.id))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return self.get(art.id)
+
+    def children(self, ref: str) -> list[Artifact]:
+        return self.list(parent=self.get(ref).id)
+
+    def delete(self, ref: str, *, cascade: bool = False) -> list[str]:
+        """Delete an artifact (and, with ``cascade``, everything derived from it). Returns the ids removed."""
+        art = self.get(ref)
+        kids = self.children(art.id)
+        if kids and not cascade:
+            raise WorkspaceError(
+                f"The {art.kind} {art.name!r} has {len(kids)} derived artifact(s): {', '.join(k.name for k in kids)}.",
+                "delete those first, or pass cascade=True (--cascade) to delete them too.")
+        removed: list[str] = []
+        for kid in kids:
+            removed += self.delete(kid.id, cascade=True)
+        with self._db() as con:
+            con.execute("DELETE FROM artifacts WHERE id = ?", (art.id,))
+        if art.path and art.path.exists() and self.root in art.path.parents:
+            trash = self.root / ".trash" / f"{art.id}.{uuid.uuid4().hex[:6]}"
+            trash.parent.mkdir(exist_ok=True)
+            os.replace(art.path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        return removed + [art.id]
+
+    def _collect_garbage(self) -> None:
+        """Remove leftovers of interrupted writes and deletes."""
+        shutil.rmtree(self.root / ".trash", ignore_errors=True)
+        tmp = self.root / ".tmp"
+        if tmp.is_dir():
+            for p in tmp.iterdir():
+                with contextlib.suppress(OSError):
+                    if time.time() - p.stat().st_mtime > STALE_TMP_SECONDS:
+                        shutil.rmtree(p, ignore_errors=True)
+
+    def summary(self) -> dict[str, int]:
+        """How many artifacts of each kind."""
+        out: dict[str, int] = {}
+        for a in self.list():
+            out[a.kind] = out.get(a.kind, 0) + 1
+        return out
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush written files to disk so that a rename never publishes empty files after a crash."""
+    for p in path.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
