@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from .configs import DEFAULT, CaptureConfig
-from .datasets import check_tokenization_fits, find_tokenization, load_tokens
+from .datasets import check_tokenization_fits, find_tokenization, load_tokens, resolve_dataset
 from .errors import DatasetError
 from .hooks import capture, parse_hook
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_model, resolve_model
 from .progress import ProgressCallback, emit
 from .workspace import Artifact, Workspace
 
@@ -100,18 +100,16 @@ def capture_stats(ws: Workspace, model: str | Artifact = DEFAULT, tokenization: 
 
     ``tokenization`` defaults to the newest tokenization of ``dataset`` made for ``model``.
     """
-    from .defaults import DEFAULT_DATASET_NAME, DEFAULT_MODEL_NAME
-
     cfg = cfg or CaptureConfig()
     if cfg.tokens < 1:
         raise DatasetError(f"tokens must be at least 1 (got {cfg.tokens}).", "ask for a positive number of tokens.")
-    lm = load_model(ws, DEFAULT_MODEL_NAME if model == DEFAULT else model)
+    lm = load_model(ws, resolve_model(ws, model, progress=progress))
     if tokenization is None:
-        ds = DEFAULT_DATASET_NAME if dataset == DEFAULT else dataset
+        ds = resolve_dataset(ws, dataset, progress=progress)
         tok_art = find_tokenization(ws, ds, lm.artifact)
         if tok_art is None:
-            raise DatasetError(f"The dataset {ws.get(ds, 'dataset').name!r} has not been tokenized for {lm.name!r}.",
-                               f"tokenize it first (mistudio datasets tokenize {ws.get(ds, 'dataset').name} --model {lm.name}).")
+            raise DatasetError(f"The dataset {ds.name!r} has not been tokenized for {lm.name!r}.",
+                               f"tokenize it first (mistudio datasets tokenize {ds.name} --model {lm.name}).")
     else:
         tok_art = ws.get(tokenization, "tokenization")
     check_tokenization_fits(ws, tok_art, lm.artifact, lm.tokenizer)

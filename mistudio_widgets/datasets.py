@@ -3,6 +3,7 @@ in the workspace; tokenized into packed sequences with a model's tokenizer, with
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,20 @@ LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json
 TEXT_FIELDS = ("text", "content", "document", "body", "sentence", "story", "article")
 HIST_BINS = 30
 TOP_TOKENS = 25
+
+
+@contextlib.contextmanager
+def _quiet_saving() -> Iterator[None]:
+    """Hide datasets' own save/load bars: our progress events already report the work."""
+    from datasets.utils import tqdm as hf_tqdm
+
+    was_disabled = hf_tqdm.are_progress_bars_disabled()
+    hf_tqdm.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            hf_tqdm.enable_progress_bars()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +188,8 @@ def add_dataset(ws: Workspace, cfg: DatasetConfig | None = None, *, progress: Pr
     if provenance.get("licence"):
         meta["licence"] = provenance["licence"]
     with ws.write_artifact("dataset", name, meta=meta) as w:
-        hfd.Dataset.from_dict({"text": texts, **extra}).save_to_disk(str(w.path / "data"))
+        with _quiet_saving():
+            hfd.Dataset.from_dict({"text": texts, **extra}).save_to_disk(str(w.path / "data"))
     return ws.get(w.id)
 
 
@@ -304,7 +320,8 @@ def tokenize_dataset(ws: Workspace, dataset: str | Artifact, model: str | Artifa
     name = name or ws.unique_name("tokenization", f"{ds_art.name}@{model_art.name}/ctx{cfg.context_size}")
     with ws.write_artifact("tokenization", name, meta=meta, parent=ds_art.id) as w:
         col = pa.FixedSizeListArray.from_arrays(pa.array(seqs.reshape(-1), type=pa.int32()), cfg.context_size)
-        hfd.Dataset(pa.table({"input_ids": col})).save_to_disk(str(w.path / "data"))
+        with _quiet_saving():
+            hfd.Dataset(pa.table({"input_ids": col})).save_to_disk(str(w.path / "data"))
     return ws.get(w.id)
 
 
@@ -344,3 +361,20 @@ def find_tokenization(ws: Workspace, dataset: str | Artifact, model: str | Artif
     hits = [a for a in ws.list("tokenization", parent=ds_art.id) if a.meta.get("model") == model_art.id
             and (context_size is None or a.meta["config"]["context_size"] == context_size)]
     return hits[-1] if hits else None
+
+
+def resolve_dataset(ws: Workspace, ref: str | Artifact = DEFAULT, *, progress: ProgressCallback | None = None) -> Artifact:
+    """A dataset artifact; ``'default'`` adds the embedded corpus on first use."""
+    if isinstance(ref, Artifact):
+        return ref
+    if ref == DEFAULT:
+        return add_dataset(ws, progress=progress)
+    return ws.get(ref, "dataset")
+
+
+def ensure_tokenization(ws: Workspace, dataset: str | Artifact, model: str | Artifact, cfg: TokenizeConfig | None = None,
+                        *, progress: ProgressCallback | None = None) -> Artifact:
+    """The newest tokenization of ``dataset`` for ``model`` at ``cfg.context_size``, made if missing."""
+    cfg = cfg or TokenizeConfig()
+    found = find_tokenization(ws, dataset, model, cfg.context_size)
+    return found or tokenize_dataset(ws, dataset, model, cfg, progress=progress)

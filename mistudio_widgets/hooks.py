@@ -80,12 +80,15 @@ def is_parallel(model: nn.Module) -> bool:
     return getattr(model.config, "model_type", None) == "gpt_neox" and bool(getattr(model.config, "use_parallel_residual", True))
 
 
+def hook_names_for(layers: int, parallel: bool = False) -> list[str]:
+    """Every hook name of a model with ``layers`` decoder layers, in forward order."""
+    order = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "ln2.hook_normalized", "hook_mlp_out", "hook_resid_post"]
+    return [f"blocks.{layer}.{k}" for layer in range(layers) for k in order if not (parallel and k == "hook_resid_mid")]
+
+
 def hook_names(model: nn.Module) -> list[str]:
     """Every valid hook name of ``model``, in forward order."""
-    n = len(decoder_layers(model))
-    kinds = [k for k in HOOK_KINDS if not (k == "hook_resid_mid" and is_parallel(model))]
-    order = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "ln2.hook_normalized", "hook_mlp_out", "hook_resid_post"]
-    return [f"blocks.{layer}.{k}" for layer in range(n) for k in order if k in kinds]
+    return hook_names_for(len(decoder_layers(model)), is_parallel(model))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from .workspace import Artifact, Workspace
 
 BYTES_PER_PARAM = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
 QUANT_BYTES = {"8bit": 1.0, "4bit": 0.5}
-SUPPORTED_FAMILIES = ("llama", "gemma", "gemma2", "gemma3", "gemma3_text", "gpt2", "gpt_neox", "qwen2", "phi3", "mistral")
 
 _cache_lock = threading.RLock()
 _tokenizers: dict[tuple, Any] = {}
@@ -53,6 +52,8 @@ def describe_config(config) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from .hooks import FAMILIES
+
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     get = lambda *names: next((getattr(text, n) for n in names if getattr(text, n, None) is not None), None)  # noqa: E731
     with torch.device("meta"):
@@ -70,7 +71,8 @@ def describe_config(config) -> dict[str, Any]:
         "d_mlp": get("intermediate_size", "n_inner") or (4 * d_model if d_model else None),
         "heads": heads, "kv_heads": get("num_key_value_heads") or heads, "vocab": get("vocab_size"),
         "context_length": get("max_position_embeddings", "n_positions"), "parameters": params,
-        "tied_embeddings": tied, "supported": config.model_type in SUPPORTED_FAMILIES,
+        "tied_embeddings": tied, "supported": config.model_type in FAMILIES,
+        "parallel_blocks": config.model_type == "gpt_neox" and bool(getattr(text, "use_parallel_residual", True)),
     }
 
 
@@ -186,6 +188,8 @@ def model_info(ws: Workspace, ref: str | Artifact, dtype: str | None = None, qua
     eff = "float32" if dtype == "auto" else dtype
     info = dict(art.meta["info"])
     info["memory"] = memory_estimate(info, eff, quantization)
+    info["memory_table"] = {f"{d}/{q}": round(memory_estimate(info, d, q)["total_gib"], 3)
+                            for d in BYTES_PER_PARAM for q in ("none", *QUANT_BYTES)}
     info["dtype"], info["quantization"] = dtype, quantization
     return info
 
@@ -340,3 +344,12 @@ def unload_models() -> None:
     with _cache_lock:
         _models.clear()
     gc.collect()
+
+
+def resolve_model(ws: Workspace, ref: str | Artifact = DEFAULT, *, progress: ProgressCallback | None = None) -> Artifact:
+    """A model artifact; ``'default'`` adds the embedded model on first use."""
+    if isinstance(ref, Artifact):
+        return ref
+    if ref == DEFAULT:
+        return add_model(ws, progress=progress)
+    return ws.get(ref, "model")

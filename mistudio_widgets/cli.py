@@ -1,0 +1,270 @@
+"""The ``mistudio`` command line: the same engine calls and config dataclasses as the widgets.
+
+With ``--json`` every progress event is printed as one JSON object per line, and the last line is
+a summary object (or ``{"error": ..., "fix": ...}``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+from .configs import DEFAULT, CaptureConfig, DatasetConfig, ModelConfig, TokenizeConfig
+from .errors import MistudioError
+from .progress import ProgressEvent, TqdmProgress
+from .workspace import Workspace
+
+
+class Output:
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.progress: Callable[[ProgressEvent], None] = self._json_progress if as_json else TqdmProgress()
+
+    def _json_progress(self, ev: ProgressEvent) -> None:
+        print(json.dumps({"event": "progress", **ev.to_dict()}), flush=True)
+
+    def line(self, obj: dict[str, Any], text: str) -> None:
+        print(json.dumps(obj, default=str) if self.as_json else text, flush=True)
+
+    def summary(self, obj: dict[str, Any], text: str) -> None:
+        self.line({"summary": True, **obj}, text)
+
+
+def _table(rows: list[list[Any]], head: list[str]) -> str:
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), *(fmt.format(*r) for r in rows)])
+
+
+def _artifact_line(a) -> dict[str, Any]:
+    return {"id": a.id, "kind": a.kind, "name": a.name, "path": str(a.path) if a.path else None, "parent": a.parent}
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_datasets_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    from .datasets import add_dataset
+
+    cfg = DatasetConfig(source=a.source, name=a.name, split=a.split, samples=a.samples, config_name=a.config_name,
+                        text_field=a.text_field, streaming=not a.no_streaming, token=os.environ.get("HF_TOKEN"))
+    art = add_dataset(ws, cfg, progress=out.progress)
+    st = art.meta["stats"]
+    out.summary({**_artifact_line(art), "stats": st},
+                f"dataset {art.name} ({art.id}): {st['documents']} documents, {st['characters']} characters")
+
+
+def cmd_datasets_tokenize(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    from .datasets import resolve_dataset, tokenize_dataset
+    from .models import resolve_model
+
+    ds = resolve_dataset(ws, a.dataset, progress=out.progress)
+    model = resolve_model(ws, a.model, progress=out.progress)
+    cfg = TokenizeConfig(context_size=a.context_size, min_length=a.min_length, prepend_bos=not a.no_bos,
+                         separator=a.separator, special_tokens=a.special_tokens, max_tokens=a.max_tokens)
+    art = tokenize_dataset(ws, ds, model, cfg, name=a.name, progress=out.progress)
+    st = art.meta["stats"]
+    top = ", ".join(repr(t["token"]) for t in st["top_tokens"][:8])
+    out.summary({**_artifact_line(art), "stats": st},
+                f"tokenization {art.name} ({art.id}): {st['tokens']} tokens in {st['sequences']} sequences of "
+                f"{st['context_size']}; {st['documents_kept']}/{st['documents']} documents kept; top tokens {top}")
+
+
+def cmd_list(kind: str) -> Callable[[Workspace, argparse.Namespace, Output], None]:
+    def run(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+        kinds = [kind] if kind != "all" else [None]
+        arts = [x for k in kinds for x in ws.list(k)]
+        if kind == "dataset":
+            arts += ws.list("tokenization")
+        for x in arts:
+            if out.as_json:
+                out.line({**_artifact_line(x), "meta": x.meta}, "")
+        rows = []
+        for x in arts:
+            st = x.meta.get("stats", {})
+            info = x.meta.get("info", {})
+            detail = (f"{st.get('documents', '')} docs" if x.kind == "dataset" else
+                      f"{st.get('tokens', '')} tokens, ctx {st.get('context_size', '')}" if x.kind == "tokenization" else
+                      f"{info.get('family')} {info.get('layers')} layers d_model {info.get('d_model')}" if x.kind == "model" else "")
+            rows.append([x.id, x.kind, x.name, detail])
+        out.summary({"count": len(arts), "workspace": str(ws.root)},
+                    _table(rows, ["id", "kind", "name", "detail"]) if rows else f"nothing yet in {ws.root}")
+    return run
+
+
+def cmd_models_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    from .models import add_model, model_info
+
+    cfg = ModelConfig(source=a.source, name=a.name, dtype=a.dtype, quantization=a.quantization, device=a.device,
+                      revision=a.revision, trust_remote_code=a.trust_remote_code, token=os.environ.get("HF_TOKEN"))
+    art = add_model(ws, cfg, progress=out.progress)
+    info = model_info(ws, art)
+    out.summary({**_artifact_line(art), "info": info},
+                f"model {art.name} ({art.id}): {info['family']}, {info['layers']} layers, d_model {info['d_model']}, "
+                f"{info['heads']} heads, vocab {info['vocab']}, {info['parameters'] or 0:,} parameters, "
+                f"~{info['memory']['total_gib']:.2f} GiB to load")
+
+
+def cmd_models_hooks(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    from .models import load_model, resolve_model
+
+    lm = load_model(ws, resolve_model(ws, a.model, progress=out.progress))
+    names = lm.hook_names()
+    out.summary({"model": lm.name, "hooks": names}, "\n".join(names))
+
+
+def cmd_show(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    art = ws.get(a.ref)
+    out.summary({**_artifact_line(art), "meta": art.meta}, json.dumps(art.to_dict(), indent=2, default=str))
+
+
+def cmd_rename(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    art = ws.rename(a.ref, a.new_name)
+    out.summary(_artifact_line(art), f"renamed {art.id} to {art.name}")
+
+
+def cmd_delete(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    removed = ws.delete(a.ref, cascade=a.cascade)
+    out.summary({"deleted": removed}, f"deleted {', '.join(removed)}")
+
+
+def cmd_capture(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    from .activations import capture_stats
+    from .datasets import ensure_tokenization, resolve_dataset
+    from .models import resolve_model
+
+    model = resolve_model(ws, a.model, progress=out.progress)
+    tok = ws.find(a.dataset, "tokenization")
+    if tok is None:
+        ds = resolve_dataset(ws, a.dataset, progress=out.progress)
+        tok = ensure_tokenization(ws, ds, model, TokenizeConfig(context_size=a.context_size), progress=out.progress)
+    cfg = CaptureConfig(hook=a.hook, tokens=a.tokens, batch_size=a.batch_size)
+    res = capture_stats(ws, model, tok, cfg, progress=out.progress)
+    n = res.norm
+    text = (f"captured {res.tokens_seen} tokens at {res.hook} of {res.model} from {res.tokenization} "
+            f"in {res.seconds:.1f}s ({res.tokens_per_second:.0f} tokens/s)\n"
+            f"  kept {res.tokens_kept} positions; dropped {res.dropped_special} special-token positions and {res.outliers} outliers\n"
+            f"  d_model {res.d_model}; norm mean {n.get('mean', 0):.1f}, median {n.get('median', 0):.1f}, "
+            f"p95 {n.get('p95', 0):.1f}, max {n.get('max', 0):.1f}; norm of the mean vector {res.mean_vector_norm:.1f}\n"
+            f"  widest dimensions: " + ", ".join(f"{d['dim']} (std {d['std']:.1f})" for d in res.top_dims))
+    out.summary(res.to_dict(), text)
+
+
+def cmd_demo(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    """The main job on the embedded defaults (grows with each capability)."""
+    from .datasets import ensure_tokenization, resolve_dataset
+    from .models import model_info, resolve_model
+
+    t0 = time.perf_counter()
+    model = resolve_model(ws, DEFAULT, progress=out.progress)
+    info = model_info(ws, model)
+    out.line({"step": "model", **_artifact_line(model), "info": info},
+             f"model   {model.name}: {info['family']}, {info['layers']} layers, d_model {info['d_model']}, {info['parameters']:,} parameters")
+    ds = resolve_dataset(ws, DEFAULT, progress=out.progress)
+    out.line({"step": "dataset", **_artifact_line(ds), "stats": ds.meta["stats"]},
+             f"dataset {ds.name}: {ds.meta['stats']['documents']} documents ({ds.meta.get('licence', '')}, {ds.meta['provenance']['source']})")
+    tok = ensure_tokenization(ws, ds, model, TokenizeConfig(context_size=a.context_size), progress=out.progress)
+    st = tok.meta["stats"]
+    out.line({"step": "tokenize", **_artifact_line(tok), "stats": st},
+             f"tokens  {tok.name}: {st['tokens']:,} tokens in {st['sequences']:,} sequences")
+    a.model, a.dataset = model.id, tok.id
+    cmd_capture(ws, a, out)
+    out.line({"step": "done", "seconds": time.perf_counter() - t0, "workspace": str(ws.root)},
+             f"done in {time.perf_counter() - t0:.1f}s; workspace {ws.root}")
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace folder (default: $MISTUDIO_HOME or ./mistudio-workspace)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON lines and a final summary object")
+    p = argparse.ArgumentParser(prog="mistudio", description="Sparse-autoencoder interpretability from the command line.")
+    p.add_argument("--workspace", default=None)
+    p.add_argument("--json", action="store_true", default=False)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(parent, name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, parents=[common], help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    ds = sub.add_parser("datasets", help="add, tokenize and list datasets").add_subparsers(dest="sub", required=True)
+    sp = cmd(ds, "add", cmd_datasets_add, "add a dataset from 'default', a hub id or local files")
+    sp.add_argument("source")
+    sp.add_argument("--split", default="train")
+    sp.add_argument("--samples", type=int, default=None)
+    sp.add_argument("--name", default=None)
+    sp.add_argument("--config-name", default=None)
+    sp.add_argument("--text-field", default=None)
+    sp.add_argument("--no-streaming", action="store_true")
+    sp = cmd(ds, "tokenize", cmd_datasets_tokenize, "tokenize a dataset into packed sequences with a model's tokenizer")
+    sp.add_argument("dataset")
+    sp.add_argument("--model", default=DEFAULT)
+    sp.add_argument("--context-size", type=int, default=128)
+    sp.add_argument("--min-length", type=int, default=1)
+    sp.add_argument("--separator", choices=["eos", "bos", "none"], default="eos")
+    sp.add_argument("--no-bos", action="store_true", help="do not start sequences with BOS")
+    sp.add_argument("--special-tokens", action="store_true", help="parse special-token text inside documents")
+    sp.add_argument("--max-tokens", type=int, default=None)
+    sp.add_argument("--name", default=None)
+    cmd(ds, "list", cmd_list("dataset"), "list datasets and their tokenizations")
+
+    ms = sub.add_parser("models", help="add and list models").add_subparsers(dest="sub", required=True)
+    sp = cmd(ms, "add", cmd_models_add, "add a model from 'default', a hub id, a local folder or a .gguf file")
+    sp.add_argument("source")
+    sp.add_argument("--name", default=None)
+    sp.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
+    sp.add_argument("--quantization", choices=["none", "8bit", "4bit"], default="none")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    sp.add_argument("--revision", default=None)
+    sp.add_argument("--trust-remote-code", action="store_true")
+    cmd(ms, "list", cmd_list("model"), "list models")
+    sp = cmd(ms, "hooks", cmd_models_hooks, "list a model's hook points")
+    sp.add_argument("model", nargs="?", default=DEFAULT)
+
+    for name, help in (("capture", "capture activations at a hook and print their statistics"),
+                       ("demo", "run the main job on the embedded defaults")):
+        sp = cmd(sub, name, cmd_capture if name == "capture" else cmd_demo, help)
+        if name == "capture":
+            sp.add_argument("--model", default=DEFAULT)
+            sp.add_argument("--dataset", default=DEFAULT, help="a dataset (tokenized on demand) or a tokenization")
+        sp.add_argument("--hook", default="blocks.15.hook_resid_post")
+        sp.add_argument("--tokens", type=int, default=16384)
+        sp.add_argument("--batch-size", type=int, default=16)
+        sp.add_argument("--context-size", type=int, default=128)
+
+    cmd(sub, "list", cmd_list("all"), "list everything in the workspace")
+    sp = cmd(sub, "show", cmd_show, "show one artifact")
+    sp.add_argument("ref")
+    sp = cmd(sub, "rename", cmd_rename, "rename an artifact")
+    sp.add_argument("ref")
+    sp.add_argument("new_name")
+    sp = cmd(sub, "delete", cmd_delete, "delete an artifact")
+    sp.add_argument("ref")
+    sp.add_argument("--cascade", action="store_true", help="also delete what was derived from it")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    out = Output(args.json)
+    try:
+        ws = Workspace(args.workspace)
+        args.fn(ws, args, out)
+    except MistudioError as exc:
+        if out.as_json:
+            print(json.dumps({"error": exc.problem, "fix": exc.fix, "type": type(exc).__name__}), flush=True)
+        else:
+            print(f"error: {exc.problem}" + (f"\n  fix: {exc.fix}" if exc.fix else ""), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

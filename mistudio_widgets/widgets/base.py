@@ -1,0 +1,168 @@
+"""Shared machinery of the widgets: ESM loading from ``js/``, actions from the page run in a
+background thread, and every update handed back to the kernel's event loop."""
+from __future__ import annotations
+
+import threading
+import traceback
+import weakref
+from pathlib import Path
+from typing import Any, Callable
+
+import anywidget
+import traitlets as t
+
+from ..errors import MistudioError
+from ..progress import ProgressEvent, Throttled
+from ..workspace import Workspace
+
+
+def js_dir() -> Path:
+    """``mistudio_widgets/js`` in an installed wheel, else the repository's ``js/`` (editable installs)."""
+    here = Path(__file__).resolve().parent.parent
+    for cand in (here / "js", here.parent / "js"):
+        if (cand / "_common.js").is_file():
+            return cand
+    raise FileNotFoundError("The widget front ends (js/*.js) are missing from this installation; reinstall mistudio-widgets.")
+
+
+def esm(name: str) -> str:
+    """A widget's ESM: the shared helpers followed by the widget's own module (one self-contained file)."""
+    d = js_dir()
+    return (d / "_common.js").read_text(encoding="utf-8") + "\n" + (d / f"{name}.js").read_text(encoding="utf-8")
+
+
+def css() -> str:
+    return (js_dir() / "widgets.css").read_text(encoding="utf-8")
+
+
+def _kernel_io_loop():
+    """The kernel's main io loop, or None outside a kernel."""
+    try:
+        from ipykernel.kernelbase import Kernel
+
+        if Kernel.initialized():
+            return getattr(Kernel.instance(), "io_loop", None)
+    except Exception:  # pragma: no cover - no ipykernel
+        return None
+    return None
+
+
+def on_kernel(fn: Callable[[], Any]) -> None:
+    """Run ``fn`` on the kernel's event loop (thread-safe); directly when there is no kernel."""
+    loop = _kernel_io_loop()
+    if loop is None or threading.current_thread() is threading.main_thread():
+        fn()
+    else:
+        loop.add_callback(fn)
+
+
+_live: "weakref.WeakSet[EngineWidget]" = weakref.WeakSet()
+
+
+def workspace_changed(ws: Workspace) -> None:
+    """Tell every open widget of this workspace to reload what it lists."""
+    for w in list(_live):
+        if w.workspace.root == ws.root:
+            on_kernel(w.refresh)
+
+
+class EngineWidget(anywidget.AnyWidget):
+    """A widget over the engine. Subclasses define ``action_<name>(**args)`` methods; the page calls
+    them with ``model.send({action, args})``. Actions marked with :func:`background` run in a worker
+    thread, report progress, and apply their results on the kernel's loop."""
+
+    _css = css()
+    status = t.Unicode("idle").tag(sync=True)          # idle | busy
+    task = t.Unicode("").tag(sync=True)                # what is running
+    progress = t.Dict().tag(sync=True)                 # the last ProgressEvent
+    error = t.Dict().tag(sync=True)                    # {problem, fix} of the last failure
+    message = t.Unicode("").tag(sync=True)             # the last success note
+
+    def __init__(self, workspace: Workspace | str | None = None, **kwargs: Any):
+        self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+        super().__init__(**kwargs)
+        self._job: threading.Thread | None = None
+        self.on_msg(self._on_page_msg)
+        _live.add(self)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Reload lists from the workspace (override)."""
+
+    # -- messages from the page ------------------------------------------------------------
+    def _on_page_msg(self, _widget: Any, content: dict[str, Any], _buffers: Any) -> None:
+        action = content.get("action") if isinstance(content, dict) else None
+        handler = getattr(self, f"action_{action}", None) if isinstance(action, str) else None
+        if handler is None:
+            self._fail(MistudioError(f"Unknown action {action!r}.", "update the widget front end."))
+            return
+        self.do(action, handler, **(content.get("args") or {}))
+
+    def do(self, _action: str, _handler: Callable[..., Any], *, blocking: bool = False, **args: Any) -> None:
+        """Run an action. Page clicks run background actions in a worker thread; the notebook API
+        passes ``blocking=True`` to run them in the calling cell (progress still reaches the page)."""
+        if not getattr(_handler, "_background", False):
+            try:
+                self.error = {}
+                _handler(**args)
+            except Exception as exc:  # noqa: BLE001 - shown in the widget
+                self._fail(exc)
+            return
+        if self._job is not None and self._job.is_alive():
+            self._fail(MistudioError(f"Still busy with {self.task}.", "wait for it to finish."))
+            return
+        self.error, self.message, self.status, self.task, self.progress = {}, "", "busy", _action, {}
+        report = Throttled(lambda ev: on_kernel(lambda: self._set_progress(ev)))
+        if blocking:
+            try:
+                finish = _handler(progress=report, **args)
+            except Exception as exc:
+                self._fail(exc)
+                raise
+            self._finish(finish)
+            return
+
+        def work() -> None:
+            try:
+                finish = _handler(progress=report, **args)
+            except Exception as exc:  # noqa: BLE001 - shown in the widget
+                on_kernel(lambda exc=exc: self._fail(exc))
+            else:
+                on_kernel(lambda: self._finish(finish))
+
+        self._job = threading.Thread(target=work, name=f"mistudio-{_action}", daemon=True)
+        self._job.start()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the running background action ends (for notebooks and tests)."""
+        if self._job is not None:
+            self._job.join(timeout)
+
+    def _set_progress(self, ev: ProgressEvent) -> None:
+        self.progress = ev.to_dict()
+
+    def _finish(self, finish: Callable[[], None] | None) -> None:
+        try:
+            if callable(finish):
+                finish()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return
+        finally:
+            self.status, self.task = "idle", ""
+        workspace_changed(self.workspace)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.status, self.task = "idle", ""
+        if isinstance(exc, MistudioError):
+            self.error = {"problem": exc.problem, "fix": exc.fix or ""}
+        else:
+            self.error = {"problem": f"{type(exc).__name__}: {exc}", "fix": "see the kernel log for details.",
+                          "trace": traceback.format_exception_only(type(exc), exc)[-1]}
+
+
+def background(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark an action to run in a worker thread. It receives ``progress`` and returns a callable
+    that applies its results to the widget (run on the kernel's loop), or None."""
+    fn._background = True  # type: ignore[attr-defined]
+    return fn

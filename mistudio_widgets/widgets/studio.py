@@ -1,0 +1,55 @@
+"""Studio: the tabbed app (Datasets, Models, SAEs, Training, Features, Steering) with a system bar."""
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as ipw
+
+from ..workspace import Workspace
+from .dataset_picker import DatasetPicker
+from .model_picker import ModelPicker
+from .system_monitor import SystemMonitor
+
+COMING = {
+    "SAEs": "The SAE library (trained and imported SAEs with their metrics; rename, delete, export) arrives with SAE training.",
+    "Training": "Training an SAE with a live monitor (loss, L0, dead features) arrives with SAE training.",
+    "Features": "The feature browser, prompt tester and auto-labelling arrive after training.",
+    "Steering": "Steering generation with features, steered and unsteered side by side, arrives after training.",
+}
+TABS = ("Datasets", "Models", *COMING)
+
+
+def _coming(title: str, text: str) -> ipw.HTML:
+    box = ipw.HTML()
+    box.value = (f"<div class='mistudio-coming'><b>{title}: coming soon.</b><br>{text}<br>"
+                 "Until then, the notebooks in <code>notebooks/</code> show what already works.</div>")
+    box.add_class("mistudio-coming-tab")
+    return box
+
+
+class Studio(ipw.VBox):
+    """The whole app in one widget. ``Studio(workspace)``; the pickers are ``studio.datasets`` etc."""
+
+    def __init__(self, workspace: Workspace | str | None = None, **kwargs: Any):
+        ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+        self.workspace = ws
+        self.system = SystemMonitor(ws)
+        self.datasets = DatasetPicker(ws)
+        self.models = ModelPicker(ws)
+        self.tabs = ipw.Tab(children=[self.datasets, self.models, *(_coming(k, v) for k, v in COMING.items())])
+        for i, title in enumerate(TABS):
+            self.tabs.set_title(i, title)
+        header = ipw.HTML(f"<b>mistudio</b> &middot; workspace <code>{_escape(str(ws.root))}</code>")
+        super().__init__(children=[header, self.system, self.tabs], **kwargs)
+        self.add_class("mistudio-studio")
+
+    def close(self) -> None:
+        for w in (self.system, self.datasets, self.models):
+            w.close()
+        super().close()
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
