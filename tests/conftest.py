@@ -1,0 +1,108 @@
+"""Shared fixtures: a session workspace holding the real embedded model and corpus, and tiny
+random-weight models of every supported family built locally from configs (no hub)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def default_ws(tmp_path_factory):
+    """The workspace shared by the integration tests, notebooks and browser tests
+    ($MISTUDIO_HOME when set by `make test`), with the defaults added and tokenized."""
+    from mistudio_widgets import TokenizeConfig, Workspace
+    from mistudio_widgets.datasets import ensure_tokenization, resolve_dataset
+    from mistudio_widgets.models import resolve_model
+
+    ws = Workspace(os.environ.get("MISTUDIO_HOME") or tmp_path_factory.mktemp("ws"))
+    model = resolve_model(ws)
+    ds = resolve_dataset(ws)
+    ensure_tokenization(ws, ds, model, TokenizeConfig(context_size=128))
+    return ws
+
+
+@pytest.fixture(scope="session")
+def lm(default_ws):
+    from mistudio_widgets.models import load_model
+
+    return load_model(default_ws)
+
+
+def tiny_config(family: str, **over):
+    """A 3-layer, 64-wide config of ``family`` (random weights are made from it)."""
+    import transformers as tf
+
+    common = dict(vocab_size=97, num_hidden_layers=3, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64)
+    if family == "llama":
+        cfg = tf.LlamaConfig(**common)
+    elif family == "mistral":
+        cfg = tf.MistralConfig(**common)
+    elif family == "qwen2":
+        cfg = tf.Qwen2Config(**common)
+    elif family == "phi3":
+        cfg = tf.Phi3Config(**common, pad_token_id=0)
+    elif family == "gemma":
+        cfg = tf.GemmaConfig(**common, head_dim=16)
+    elif family == "gemma2":
+        cfg = tf.Gemma2Config(**common, head_dim=16)
+    elif family == "gemma3_text":
+        cfg = tf.Gemma3TextConfig(**common, head_dim=16)
+    elif family == "gpt2":
+        cfg = tf.GPT2Config(vocab_size=97, n_layer=3, n_embd=64, n_head=4, n_positions=64)
+    elif family in ("gpt_neox", "gpt_neox_sequential"):
+        cfg = tf.GPTNeoXConfig(vocab_size=97, num_hidden_layers=3, hidden_size=64, intermediate_size=96,
+                               num_attention_heads=4, max_position_embeddings=64,
+                               use_parallel_residual=(family == "gpt_neox"))
+    else:
+        raise ValueError(family)
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def tiny_model(family: str, seed: int = 0):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family), attn_implementation="eager")
+    model.eval()
+    # Random init leaves norms at identity; perturb them so hook mix-ups cannot cancel out.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+TINY_FAMILIES = ["llama", "mistral", "qwen2", "phi3", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "gpt_neox_sequential"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A local GPT-2-family model folder with its own small BPE tokenizer trained here on real text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from mistudio_widgets.defaults import default_corpus_files
+
+    text = default_corpus_files()[0].read_text(encoding="utf-8", errors="replace")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(text.splitlines(), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<bos>", "<eos>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    d = tmp_path_factory.mktemp("tiny-gpt2")
+    model = tiny_model("gpt2")
+    model.resize_token_embeddings(len(fast))
+    model.save_pretrained(d)
+    fast.save_pretrained(d)
+    return d

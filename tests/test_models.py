@@ -1,0 +1,73 @@
+"""Models: the embedded default converted once, architecture and memory before loading, loading options."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mistudio_widgets import ModelConfig, Workspace
+from mistudio_widgets.errors import HubError, ModelError
+from mistudio_widgets.models import add_model, load_model, model_info
+
+
+def test_default_model_converted_once(default_ws):
+    art = add_model(default_ws)
+    assert art.meta["provenance"]["kind"] == "embedded" and art.meta["licence"] == "Apache-2.0"
+    assert (art.path / "hf" / "model.safetensors").is_file() and (art.path / "hf" / "tokenizer.json").is_file()
+    assert add_model(default_ws).id == art.id  # idempotent: no second conversion
+    info = model_info(default_ws, art)
+    assert (info["family"], info["layers"], info["d_model"], info["heads"], info["kv_heads"], info["vocab"]) == \
+        ("llama", 30, 576, 9, 3, 49152)
+    assert info["parameters"] == 134_515_008
+    t = info["memory_table"]
+    assert t["float32/4bit"] < t["float32/8bit"] < t["bfloat16/none"] < t["float32/none"]
+    assert 0.45 < info["memory"]["weights_gib"] < 0.55
+
+
+def test_loaded_default_generates_english(lm):
+    tok = lm.tokenizer
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    out = lm.model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+    assert len(lm.hook_names()) == 30 * 6
+
+
+def test_bad_model_sources(tmp_path):
+    ws = Workspace(tmp_path)
+    with pytest.raises(HubError, match="offline"):
+        add_model(ws, ModelConfig(source="nobody-here/no-such-model"))
+    with pytest.raises(ModelError, match="not a model folder"):
+        add_model(ws, ModelConfig(source=str(tmp_path)))
+    with pytest.raises(ModelError, match="No GGUF file"):
+        add_model(ws, ModelConfig(source=str(tmp_path / "x.gguf")))
+    assert ws.list() == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when there is no CUDA")
+def test_cuda_and_quantization_without_cuda(default_ws):
+    with pytest.raises(ModelError, match="no CUDA GPU.*device='cpu'"):
+        load_model(default_ws, quantization="4bit", device="cuda")
+    with pytest.raises(ModelError, match="no CUDA GPU"):
+        load_model(default_ws, device="cuda")
+    with pytest.raises(ModelError, match="Unknown quantization"):
+        load_model(default_ws, quantization="3bit")
+
+
+def test_local_folder_model(default_ws, tiny_model_dir):
+    art = default_ws.find("tiny-gpt2-test", "model") or add_model(default_ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test"))
+    assert art.path is None and art.meta["location"] == str(tiny_model_dir)
+    lm = load_model(default_ws, art)
+    assert lm.info["family"] == "gpt2" and lm.hook_names()[0] == "blocks.0.hook_resid_pre"
+
+
+def test_8bit_on_cpu_through_bitsandbytes(default_ws, lm):
+    pytest.importorskip("bitsandbytes")
+    q = load_model(default_ws, quantization="8bit", device="cpu")
+    ids = lm.tokenizer("To be, or not to be, that is the question", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref, got = lm.model(ids).logits[0], q.model(ids).logits[0]
+    agree = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+    assert q.quantization == "8bit" and agree >= 0.7
+    from mistudio_widgets.models import _models
+
+    _models.pop(next(k for k, v in _models.items() if v is q))
