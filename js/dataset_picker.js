@@ -56,7 +56,8 @@ function render({ model, el }) {
     const sel = model.get("selected"), selTok = model.get("selected_tokenization");
     for (const d of model.get("datasets")) {
       const toks = h("div", {}, d.tokenizations.map((t) => h("button", {
-        class: "secondary", text: `${t.model} · ctx ${t.context_size} · ${fmtInt(t.tokens)} tok`,
+        class: "secondary", title: t.name,
+        text: `${t.model} · ctx ${t.context_size}${t.min_length > 1 ? ` · min ${t.min_length}` : ""} · ${fmtInt(t.tokens)} tok`,
         style: { margin: "1px", fontWeight: t.id === selTok ? "700" : "400" },
         on: { click: (e) => { e.stopPropagation(); send(model, "select", { tokenization: t.id }); } } })));
       const del = h("button", { class: "secondary", text: "Delete", title: "delete the dataset and its tokenizations",

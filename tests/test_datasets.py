@@ -80,7 +80,7 @@ def test_packing_with_the_real_tokenizer(default_ws, tmp_path):
     model = ws.get("SmolLM2-135M-Instruct", "model")
     src = tmp_path / "docs.jsonl"
     src.write_text("\n".join(json.dumps({"text": t}) for t in DOCS + ["hi"]))
-    ds = add_dataset(ws, DatasetConfig(source=str(src), name="packing-test"))
+    ds = add_dataset(ws, DatasetConfig(source=str(src), name=ws.unique_name("dataset", "packing-test")))
     tok = tokenize_dataset(ws, ds, model, TokenizeConfig(context_size=16, min_length=3))
     arr = load_tokens(ws, tok)
     tokenizer = load_tokenizer(ws, model)
@@ -110,7 +110,7 @@ def test_special_token_text_is_split_unless_asked(default_ws, tmp_path):
     model = ws.get("SmolLM2-135M-Instruct", "model")
     src = tmp_path / "s.jsonl"
     src.write_text(json.dumps({"text": "hello <|im_end|> world " * 20}))
-    ds = add_dataset(ws, DatasetConfig(source=str(src), name="special-test"))
+    ds = add_dataset(ws, DatasetConfig(source=str(src), name=ws.unique_name("dataset", "special-test")))
     eos = load_tokenizer(ws, model).eos_token_id
     plain = load_tokens(ws, tokenize_dataset(ws, ds, model, TokenizeConfig(context_size=32, separator="none")))
     parsed = load_tokens(ws, tokenize_dataset(ws, ds, model, TokenizeConfig(context_size=32, separator="none", special_tokens=True)))
@@ -125,7 +125,7 @@ def test_tokenization_for_another_model_is_refused(default_ws, tiny_model_dir, l
     ws = default_ws
     tiny = ws.find("tiny-gpt2-test", "model") or add_model(ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test"))
     ds = ws.get("shakespeare", "dataset")
-    tok = tokenize_dataset(ws, ds, tiny, TokenizeConfig(context_size=32, max_tokens=2048), name="tiny-tokenized")
+    tok = tokenize_dataset(ws, ds, tiny, TokenizeConfig(context_size=32, max_tokens=2048))
     assert load_tokens(ws, tok).max() < 300
     with pytest.raises(TokenizerMismatch, match="tokenize the dataset again"):
         capture_stats(ws, lm.artifact, tok, CaptureConfig(tokens=64))

@@ -29,7 +29,8 @@ class DatasetPicker(EngineWidget):
         rows = []
         for a in ws.list("dataset"):
             toks = [{"id": k.id, "name": k.name, "model": k.meta.get("model_name"), "model_id": k.meta.get("model"),
-                     "context_size": k.meta["config"]["context_size"], "tokens": k.meta["stats"]["tokens"]}
+                     "context_size": k.meta["config"]["context_size"], "min_length": k.meta["config"]["min_length"],
+                     "tokens": k.meta["stats"]["tokens"]}
                     for k in ws.list("tokenization", parent=a.id)]
             prov = a.meta.get("provenance", {})
             rows.append({"id": a.id, "name": a.name, "documents": a.meta["stats"]["documents"],

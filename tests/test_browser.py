@@ -1,0 +1,108 @@
+"""Real-browser tests: the widgets render in JupyterLab and in Voila, and an action in the page reaches
+the kernel and the kernel's answer comes back."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+
+import pytest
+from playwright.sync_api import expect
+
+from browser import free_port, jupyter_env, lab_command, server, voila_command, write_notebook
+
+pytestmark = pytest.mark.browser
+expect.set_options(timeout=90_000)
+SETUP = "import mistudio_widgets as ms\nws = ms.open_workspace()"
+
+
+@pytest.fixture(scope="module")
+def lab(default_ws, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    (root / "yell.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ["WHY ARE YOU SHOUTING?", "A calm sentence."] * 30))
+    port, token = free_port(), uuid.uuid4().hex
+    env = jupyter_env(root / ".jupyter", default_ws.root)
+    with server(lab_command(root, port, token), env, f"http://127.0.0.1:{port}/api/status?token={token}",
+                root / "lab.log"):
+        yield {"root": root, "url": f"http://127.0.0.1:{port}", "token": token}
+
+
+def open_and_run(page, lab, name: str, cells: list[str]):
+    write_notebook(lab["root"] / name, cells)
+    page.goto(f"{lab['url']}/lab/workspaces/{uuid.uuid4().hex[:8]}/tree/{name}?reset&token={lab['token']}")
+    expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible()
+    page.get_by_text("Run", exact=True).first.click()
+    page.get_by_text("Run All Cells", exact=True).click()
+
+
+def test_dataset_picker_in_lab_tokenizes_through_the_kernel(page, lab):
+    open_and_run(page, lab, "picker.ipynb", [SETUP, "from mistudio_widgets.widgets import DatasetPicker\nDatasetPicker(ws)"])
+    picker = page.get_by_test_id("dataset-picker")
+    expect(picker).to_be_visible()
+    # add a local dataset from the page
+    picker.get_by_test_id("ds-source").fill(str(lab["root"] / "yell.jsonl"))
+    name = f"lab-yell-{uuid.uuid4().hex[:6]}"
+    picker.get_by_placeholder("(derived)").fill(name)
+    picker.get_by_test_id("ds-add").click()
+    expect(picker.get_by_test_id("message")).to_contain_text(f"Added {name}: 60 documents")
+    expect(picker.locator(f'tr[data-name="{name}"]')).to_have_class(re.compile("selected"))
+    # tokenize it with the default model: the statistics and preview come back from the kernel
+    picker.get_by_test_id("ds-model").select_option(label="SmolLM2-135M-Instruct")
+    picker.get_by_test_id("ds-context").fill("16")
+    picker.get_by_test_id("ds-tokenize").click()
+    expect(picker.get_by_test_id("message")).to_contain_text(re.compile(r"Tokenized into \d+ sequences of 16 tokens"))
+    stats = picker.get_by_test_id("ds-stats")
+    expect(stats).to_contain_text("Sequences")
+    expect(stats.locator("svg.histogram rect.binbar").first).to_be_attached()
+    expect(picker.get_by_test_id("ds-preview")).to_contain_text("SHOUT")
+    if os.environ.get("MISTUDIO_SCREENSHOTS"):
+        picker.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/dataset_picker.png")
+    # bad input comes back as a clear error in the page
+    picker.get_by_test_id("ds-source").fill(str(lab["root"] / "missing.txt"))
+    picker.get_by_test_id("ds-add").click()
+    expect(picker.get_by_test_id("error")).to_contain_text("No file or folder")
+    expect(picker.get_by_test_id("error")).to_contain_text("Fix:")
+
+
+def test_model_picker_and_system_monitor_in_lab(page, lab):
+    open_and_run(page, lab, "models.ipynb", [
+        SETUP, "from mistudio_widgets.widgets import ModelPicker, SystemMonitor\nmp = ModelPicker(ws)\nmp",
+        "sm = SystemMonitor(ws, interval=0.5)\nsm"])
+    mp = page.get_by_test_id("model-picker")
+    expect(mp.get_by_test_id("model-arch")).to_contain_text("llama")
+    expect(mp.get_by_test_id("model-memory")).to_contain_text("GiB")
+    mp.get_by_test_id("model-quant").select_option("4bit")
+    expect(mp.get_by_test_id("model-memory")).to_contain_text("0.1")
+    mp.get_by_test_id("hook-point").select_option("hook_mlp_out")
+    expect(mp.get_by_test_id("hook-name")).to_have_text("blocks.15.hook_mlp_out")
+    mp.get_by_test_id("model-load").click()
+    expect(mp.get_by_test_id("message")).to_contain_text("Loaded SmolLM2-135M-Instruct on cpu")
+    # the system monitor is fed from a background thread through the kernel's loop
+    sm = page.get_by_test_id("system-monitor")
+    sm.scroll_into_view_if_needed()
+    expect(sm.get_by_test_id("sys-cpu")).to_contain_text("cores")
+    expect(sm.get_by_test_id("sys-ram")).to_contain_text("GiB")
+    poly = sm.locator("polyline")
+    expect(poly).to_have_attribute("points", re.compile(r"(\S+\s+){3,}\S+"))
+    expect(sm.get_by_test_id("sys-nogpu").or_(sm.get_by_text("GPU 0"))).to_be_visible()
+
+
+def test_studio_in_voila(page, default_ws, tmp_path):
+    nb = write_notebook(tmp_path / "studio.ipynb", [SETUP, "from mistudio_widgets.widgets import Studio\nStudio(ws)"])
+    port = free_port()
+    env = jupyter_env(tmp_path / ".jupyter", default_ws.root)
+    with server(voila_command(nb, port), env, f"http://127.0.0.1:{port}/", tmp_path / "voila.log"):
+        page.goto(f"http://127.0.0.1:{port}/")
+        picker = page.get_by_test_id("dataset-picker")
+        expect(picker).to_be_visible()
+        expect(picker.locator('tr[data-name="shakespeare"]')).to_be_visible()
+        # an action from the page: selecting the tokenization loads its statistics from the kernel
+        picker.locator('tr[data-name="shakespeare"]').click()
+        picker.locator('tr[data-name="shakespeare"] button', has_text="ctx 128").first.click()
+        expect(picker.get_by_test_id("ds-stats")).to_contain_text("Sequences")
+        page.get_by_role("tab", name="Models").click()
+        expect(page.get_by_test_id("model-arch")).to_contain_text("134,515,008")
+        page.get_by_role("tab", name="Training").click()
+        expect(page.get_by_text("Training: coming soon.")).to_be_visible()
+        expect(page.get_by_test_id("system-monitor").get_by_test_id("sys-cpu")).to_contain_text("cores")

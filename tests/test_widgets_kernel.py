@@ -1,0 +1,84 @@
+"""Widget logic on the kernel side: page messages drive the engine, errors come back as traits."""
+from __future__ import annotations
+
+import json
+
+from mistudio_widgets.widgets import DatasetPicker, ModelPicker, Studio, SystemMonitor
+
+
+def page(widget, action, **args):
+    """What the page's model.send({action, args}) delivers."""
+    widget._on_page_msg(widget, {"action": action, "args": args}, [])
+
+
+def test_dataset_picker_add_and_tokenize_from_page_messages(default_ws, tmp_path):
+    src = tmp_path / "yell.jsonl"
+    src.write_text("\n".join(json.dumps({"text": t}) for t in ["WHY ARE YOU SHOUTING?", "calm words here"] * 40))
+    w = DatasetPicker(default_ws)
+    name = default_ws.unique_name("dataset", "widget-yell")
+    page(w, "add", source=str(src), name=name, samples="50")
+    w.wait(120)
+    assert w.error == {} and w.status == "idle"
+    art = default_ws.get(name, "dataset")
+    assert w.selected == art.id and art.meta["stats"]["documents"] == 50
+    assert any("SHOUTING" in p["text"] for p in w.preview)
+    model = default_ws.get("SmolLM2-135M-Instruct", "model")
+    page(w, "tokenize", dataset=art.id, model=model.id, context_size="32", min_length="2", prepend_bos=True)
+    w.wait(120)
+    assert w.error == {} and w.stats["context_size"] == 32 and w.stats["tokens"] > 0
+    assert w.progress["stage"] == "tokenize" and w.progress["finished"]
+    row = next(d for d in w.datasets if d["id"] == art.id)
+    assert row["tokenizations"][0]["context_size"] == 32
+    page(w, "delete", id=art.id)
+    assert default_ws.find(name, "dataset") is None
+    assert all(d["id"] != art.id for d in w.datasets)
+
+
+def test_errors_reach_the_widget(default_ws, tmp_path):
+    w = DatasetPicker(default_ws)
+    page(w, "add", source=str(tmp_path / "missing"))
+    w.wait(60)
+    assert "No file or folder" in w.error["problem"] and w.error["fix"]
+    page(w, "tokenize", dataset=w.selected, model="")
+    w.wait(60)
+    assert "No model chosen" in w.error["problem"]
+    page(w, "no-such-action")
+    assert "Unknown action" in w.error["problem"]
+
+
+def test_model_picker_info_hooks_and_load(default_ws):
+    w = ModelPicker(default_ws)
+    model = default_ws.get("SmolLM2-135M-Instruct", "model")
+    page(w, "select", id=model.id)
+    assert w.info["layers"] == 30 and w.info["parameters"] == 134_515_008
+    assert len(w.hooks) == 180 and w.hook in w.hooks
+    page(w, "load", id=model.id, dtype="float32", quantization="none", device="cpu")
+    w.wait(120)
+    assert w.error == {} and w.loaded["device"] == "cpu" and w.model.name == model.name
+    assert next(m for m in w.models if m["id"] == model.id)["loaded"] == "cpu/float32/none"
+    page(w, "load", id=model.id, device="cuda")
+    w.wait(60)
+    assert "CUDA" in w.error["problem"]
+
+
+def test_system_monitor_samples_only_when_visible(default_ws):
+    import time
+
+    w = SystemMonitor(default_ws, interval=0.2)
+    snap = w.snapshot
+    assert len(snap["cpu"]) >= 1 and snap["ram"]["total"] > 0 and snap["disk"]["total"] > 0
+    assert snap["gpu_state"] in ("ok", "none") and (snap["gpus"] or snap["gpu_message"])
+    t0 = w.snapshot["time"]
+    time.sleep(0.6)
+    assert w.snapshot["time"] == t0  # hidden: no sampling
+    w.visible = True
+    time.sleep(0.8)
+    assert w.snapshot["time"] > t0
+    w.close()
+
+
+def test_studio_tabs(default_ws):
+    s = Studio(default_ws)
+    assert [s.tabs.get_title(i) for i in range(6)] == ["Datasets", "Models", "SAEs", "Training", "Features", "Steering"]
+    assert "coming soon" in s.tabs.children[3].value
+    s.close()
