@@ -1,0 +1,77 @@
+"""Activation capture throughput at blocks.15.hook_resid_post of the default model, against the same
+model's bare forward truncated after that layer, on the same tokens in one run. Target ratio >= 0.9.
+
+    python benchmarks/bench_capture.py [--tokens 8192] [--repeats 3] [--batch-size 16]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from mistudio_widgets import TokenizeConfig, Workspace
+from mistudio_widgets.activations import iter_activations
+from mistudio_widgets.datasets import ensure_tokenization, load_tokens, resolve_dataset
+from mistudio_widgets.hooks import decoder_layers
+from mistudio_widgets.models import load_model, resolve_model
+
+HOOK, LAYER = "blocks.15.hook_resid_post", 15
+
+
+def bare_truncated(lm, tokens, batch_size: int) -> float:
+    """Seconds for embedding + layers 0..15 (+ final norm) with no hooks and no post-processing."""
+    inner = lm.model.model
+    full = inner.layers
+    inner.layers = nn.ModuleList(list(full)[: LAYER + 1])
+    try:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for s in range(0, len(tokens), batch_size):
+                inner(input_ids=torch.tensor(tokens[s:s + batch_size], dtype=torch.long), use_cache=False)
+        return time.perf_counter() - t0
+    finally:
+        inner.layers = full
+
+
+def ours(lm, tokens, batch_size: int) -> float:
+    t0 = time.perf_counter()
+    n = 0
+    for b in iter_activations(lm, tokens, HOOK, batch_size=batch_size):
+        n += b.acts.shape[0]
+    assert n > 0
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--workspace", default=None)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    ws = Workspace(a.workspace)
+    model = resolve_model(ws)
+    tok = ensure_tokenization(ws, resolve_dataset(ws), model, TokenizeConfig(context_size=128))
+    tokens = load_tokens(ws, tok)[: a.tokens // 128]
+    lm = load_model(ws, model)
+    assert len(decoder_layers(lm.model)) > LAYER
+    ours(lm, tokens[: a.batch_size], a.batch_size)            # warm-up
+    bare_truncated(lm, tokens[: a.batch_size], a.batch_size)
+    base_t, our_t = [], []
+    for _ in range(a.repeats):                                 # interleaved, so drift hits both alike
+        base_t.append(bare_truncated(lm, tokens, a.batch_size))
+        our_t.append(ours(lm, tokens, a.batch_size))
+    n = tokens.size
+    base, mine = n / statistics.median(base_t), n / statistics.median(our_t)
+    print(f"threads={torch.get_num_threads()} tokens/run={n} repeats={a.repeats} batch={a.batch_size}x128")
+    print(f"bare forward truncated after layer {LAYER}: {base:8.0f} tokens/s")
+    print(f"mistudio capture at {HOOK}: {mine:8.0f} tokens/s")
+    print(f"ratio (capture / truncated forward): {mine / base:.3f}   target >= 0.90")
+
+
+if __name__ == "__main__":
+    main()
