@@ -9,6 +9,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# demo and lab share one workspace at the repository root (unless MISTUDIO_HOME is set).
+export MISTUDIO_HOME ?= $(CURDIR)/mistudio-workspace
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup browser-deps demo test lab bench clean

@@ -30,6 +30,9 @@ function fmtBytes(b) {
   return `${b.toFixed(i ? 1 : 0)} ${u[i]}`;
 }
 
+// A labelled figure for the key-value grids (.kv).
+function kv(label, value) { return h("div", {}, h("span", { class: "muted", text: label }), h("b", { text: value })); }
+
 function send(model, action, args = {}) { model.send({ action, args }); }
 
 function field(labelText, input, help) {

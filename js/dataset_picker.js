@@ -86,7 +86,6 @@ function render({ model, el }) {
     stats.replaceChildren();
     if (!s.tokens) { stats.style.display = "none"; return; }
     stats.style.display = "";
-    const kv = (k, v) => h("div", {}, h("span", { class: "muted", text: k }), h("b", { text: v }));
     stats.append(h("h4", { text: "Statistics" }),
       h("div", { class: "kv" }, kv("Tokens", fmtInt(s.tokens)), kv("Sequences", fmtInt(s.sequences)),
         kv("Context size", fmtInt(s.context_size)), kv("Documents kept", `${fmtInt(s.documents_kept)} / ${fmtInt(s.documents)}`),

@@ -67,7 +67,6 @@ function render({ model, el }) {
     const i = model.get("info") || {};
     arch.replaceChildren();
     if (!i.family) { arch.append(h("span", { class: "muted", text: "Select or add a model." })); return; }
-    const kv = (k, v) => h("div", {}, h("span", { class: "muted", text: k }), h("b", { text: v }));
     arch.append(kv("Family", i.family), kv("Architecture", i.architecture), kv("Layers", fmtInt(i.layers)),
       kv("d_model", fmtInt(i.d_model)), kv("d_mlp", fmtInt(i.d_mlp)), kv("Heads (KV)", `${i.heads} (${i.kv_heads})`),
       kv("Vocabulary", fmtInt(i.vocab)), kv("Parameters", fmtInt(i.parameters)), kv("Context", fmtInt(i.context_length)),

@@ -1,6 +1,7 @@
 """Studio: the tabbed app (Datasets, Models, SAEs, Training, Features, Steering) with a system bar."""
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import ipywidgets as ipw
@@ -39,7 +40,7 @@ class Studio(ipw.VBox):
         self.tabs = ipw.Tab(children=[self.datasets, self.models, *(_coming(k, v) for k, v in COMING.items())])
         for i, title in enumerate(TABS):
             self.tabs.set_title(i, title)
-        header = ipw.HTML(f"<b>mistudio</b> &middot; workspace <code>{_escape(str(ws.root))}</code>")
+        header = ipw.HTML(f"<b>mistudio</b> &middot; workspace <code>{html.escape(str(ws.root))}</code>")
         super().__init__(children=[header, self.system, self.tabs], **kwargs)
         self.add_class("mistudio-studio")
 
@@ -47,9 +48,3 @@ class Studio(ipw.VBox):
         for w in (self.system, self.datasets, self.models):
             w.close()
         super().close()
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text, quote=True)
