@@ -123,6 +123,12 @@ def _iter_records(cfg: DatasetConfig) -> tuple[Iterator[dict[str, Any]], str, di
         first = ds[0] if len(ds) else None
         field = _pick_text_field(ds.column_names, cfg.text_field, first)
         return iter(ds), field, {"kind": "local", "path": str(path.resolve()), "files": len(files), "format": builder}
+    return _hub_records(cfg)
+
+
+def _hub_records(cfg: DatasetConfig) -> tuple[Iterator[dict[str, Any]], str, dict[str, Any]]:
+    """Records of a hub dataset (streamed when ``cfg.streaming``). ``datasets`` reads a local
+    dataset-repo folder through the same code, which is how the tests exercise it offline."""
     ds = _hub_dataset(cfg)
     it = iter(ds)
     try:

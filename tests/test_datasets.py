@@ -130,3 +130,28 @@ def test_tokenization_for_another_model_is_refused(default_ws, tiny_model_dir, l
     with pytest.raises(TokenizerMismatch, match="tokenize the dataset again"):
         capture_stats(ws, lm.artifact, tok, CaptureConfig(tokens=64))
     ws.delete(tok.id)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_hub_code_path_on_a_local_dataset_repo(tmp_path, streaming):
+    """The hub branch (load_dataset with split, streaming, sample count) run on a local repo folder."""
+    import itertools
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mistudio_widgets.datasets import _hub_records
+
+    repo = tmp_path / "someone" / "corpus"
+    (repo / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"story": [f"story number {i}" for i in range(50)], "n": list(range(50))}),
+                   repo / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"story": ["held out"], "n": [0]}), repo / "data" / "test-00000-of-00001.parquet")
+    records, field, prov = _hub_records(DatasetConfig(source=str(repo), split="train", streaming=streaming))
+    assert field == "story" and prov["kind"] == "hub" and prov["streaming"] is streaming
+    first = list(itertools.islice(records, 5))
+    assert [r["story"] for r in first] == [f"story number {i}" for i in range(5)]
+    records, *_ = _hub_records(DatasetConfig(source=str(repo), split="test", streaming=streaming))
+    assert [r["story"] for r in records] == ["held out"]
+    with pytest.raises(DatasetError, match="split"):
+        _hub_records(DatasetConfig(source=str(repo), split="validation", streaming=streaming))
