@@ -1,0 +1,162 @@
+"""The SAE module family: one class per architecture, all with ``encode``, ``decode`` and ``forward``,
+and weights laid out as SAELens expects (W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out],
+b_dec [d_out]; ``threshold`` [d_sae] for JumpReLU; ``W_skip`` [d_out, d_in] for skip connections).
+
+A transcoder reads one hook and reconstructs another (``d_out`` may differ from ``d_in``)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import MistudioError
+
+ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
+
+
+class SAEConfigError(MistudioError):
+    """An SAE's shape or settings are invalid."""
+
+
+@dataclass
+class SAESpec:
+    """What an SAE is: architecture and sizes (saved into cfg.json)."""
+
+    architecture: str = "topk"
+    d_in: int = 576
+    d_sae: int = 4608
+    k: int | None = 32                  # topk / batchtopk
+    d_out: int | None = None            # transcoders: width of the reconstructed hook (None: same as d_in)
+    skip: bool = False                  # add W_skip x to the reconstruction
+    apply_b_dec_to_input: bool = True   # subtract b_dec before encoding (needs d_out == d_in)
+    jumprelu_bandwidth: float = 0.05    # straight-through estimator bandwidth (jumprelu training)
+    jumprelu_init_threshold: float = 0.001
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def out_dim(self) -> int:
+        return self.d_out or self.d_in
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.d_out is not None and (self.d_out != self.d_in or bool(self.metadata.get("hook_name_out")))
+
+    def validate(self) -> "SAESpec":
+        if self.architecture not in ARCHITECTURES:
+            raise SAEConfigError(f"Unknown SAE architecture {self.architecture!r}.", f"use one of: {', '.join(ARCHITECTURES)}.")
+        for name in ("d_in", "d_sae"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise SAEConfigError(f"{name} must be a positive integer (got {v!r}).", "e.g. d_sae = 8 x d_in.")
+        if self.d_sae > 2**24 or self.d_sae * self.d_in > 2**33:
+            raise SAEConfigError(f"d_sae={self.d_sae} x d_in={self.d_in} is too large to allocate here.",
+                                 "use a smaller expansion factor.")
+        if self.architecture in ("topk", "batchtopk"):
+            if not isinstance(self.k, int) or self.k <= 0:
+                raise SAEConfigError(f"{self.architecture} needs a positive k (got {self.k!r}).", "set k, e.g. 32.")
+            if self.k > self.d_sae:
+                raise SAEConfigError(f"k={self.k} is larger than d_sae={self.d_sae}.", "use k <= d_sae (typically k is 16-128).")
+        if self.out_dim != self.d_in and self.apply_b_dec_to_input:
+            self.apply_b_dec_to_input = False  # b_dec lives in the output space of a transcoder
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SAE(nn.Module):
+    """Base class. Subclasses define ``activation(pre)`` (and, for training, ``train_acts``)."""
+
+    architecture = "base"
+
+    def __init__(self, spec: SAESpec):
+        super().__init__()
+        self.spec = spec.validate()
+        d_in, d_sae, d_out = spec.d_in, spec.d_sae, spec.out_dim
+        w = torch.empty(d_sae, d_out)
+        nn.init.kaiming_uniform_(w)
+        w = w / w.norm(dim=1, keepdim=True) * 0.1   # small unit-direction decoder rows
+        self.W_dec = nn.Parameter(w)
+        self.W_enc = nn.Parameter(w.T.clone().contiguous() if d_out == d_in else torch.randn(d_in, d_sae) * (0.1 / d_in**0.5))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        if spec.skip:
+            self.W_skip = nn.Parameter(torch.zeros(d_out, d_in))
+
+    # -- the three calls ----------------------------------------------------------------------
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations [..., d_sae]."""
+        return self.activation(self.pre_acts(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction [..., d_out] from feature activations (without the skip term)."""
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.decode(self.encode(x))
+        if self.spec.skip:
+            out = out + x @ self.W_skip.T
+        return out
+
+    # -- training ---------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> "StepOut":
+        """Reconstruction and feature activations for one training batch (``target`` for transcoders)."""
+        pre = self.pre_acts(x)
+        f = self.activation(pre)
+        recon = self.decode(f)
+        if self.spec.skip:
+            recon = recon + x @ self.W_skip.T
+        return StepOut(recon=recon, acts=f, pre=pre, idx=None, vals=None)
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        """Unit-norm decoder rows (and drop the gradient component along them, see ``remove_parallel_grad``)."""
+        self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        if self.W_dec.grad is None:
+            return
+        w = self.W_dec.data / self.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
+    def fold_scale(self, scale_in: float, scale_out: float | None = None) -> None:
+        """Fold the training normalisation (x_n = x * scale_in, target_n = target * scale_out) into
+        the weights, so the saved SAE takes and returns raw activations with identical features."""
+        s_out = scale_in if scale_out is None else scale_out
+        self.W_enc.data *= scale_in
+        if self.spec.apply_b_dec_to_input:
+            assert s_out == scale_in
+        self.W_dec.data /= s_out
+        self.b_dec.data /= s_out
+        if self.spec.skip:
+            self.W_skip.data *= scale_in / s_out
+
+
+@dataclass
+class StepOut:
+    recon: torch.Tensor
+    acts: torch.Tensor | None     # dense [B, d_sae] (None for sparse architectures)
+    pre: torch.Tensor | None
+    idx: torch.Tensor | None      # sparse: [B, k] active latent indices
+    vals: torch.Tensor | None     # sparse: [B, k] their values
+
+    def active(self) -> torch.Tensor:
+        """Bool [B, d_sae] of which latents fired (for L0 and dead-latent tracking)."""
+        if self.acts is not None:
+            return self.acts > 0
+        d_sae = self.pre.shape[-1] if self.pre is not None else int(self.idx.max()) + 1
+        out = torch.zeros(self.idx.shape[0], d_sae, dtype=torch.bool, device=self.idx.device)
+        out.scatter_(1, self.idx, self.vals > 0)
+        return out

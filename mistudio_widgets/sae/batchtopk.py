@@ -1,0 +1,44 @@
+"""batchtopk: keep the k x B largest activations over a batch of B tokens (so L0 varies per token and
+averages k). At inference it is a JumpReLU with one global threshold, estimated during training as a
+running average of the smallest kept activation; it is saved as ``jumprelu``."""
+from __future__ import annotations
+
+import torch
+
+from .base import SAE, SAESpec, StepOut
+from .topk import selected_pre_acts, sparse_decode
+
+
+class BatchTopKSAE(SAE):
+    architecture = "batchtopk"
+
+    def __init__(self, spec: SAESpec):
+        super().__init__(spec)
+        self.register_buffer("threshold", torch.zeros(spec.d_sae))
+        self.register_buffer("threshold_steps", torch.zeros((), dtype=torch.long))
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        return pre * (pre > self.threshold)
+
+    def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
+        x_c = x - self.b_dec if self.spec.apply_b_dec_to_input else x
+        with torch.no_grad():
+            pre = torch.relu(x_c @ self.W_enc + self.b_enc)
+            flat = pre.reshape(-1)
+            n_keep = min(self.spec.k * x.shape[0], flat.numel())
+            kth = flat.topk(n_keep, sorted=False).values.min()
+            # a fixed-width sparse layout: each token keeps at most 4k latents above the batch threshold
+            width = min(4 * self.spec.k, pre.shape[-1])
+            vals_ng, idx = pre.topk(width, dim=-1, sorted=False)
+            keep = vals_ng >= kth
+            pos = vals_ng[keep]
+            if pos.numel():
+                t = pos.min()
+                n = int(self.threshold_steps)
+                self.threshold.fill_((float(self.threshold[0]) * n + float(t)) / (n + 1) if n else float(t))
+                self.threshold_steps += 1
+        vals = torch.relu(selected_pre_acts(self, x_c, idx)) * keep
+        recon = sparse_decode(self.W_dec, self.b_dec, idx, vals)
+        if self.spec.skip:
+            recon = recon + x @ self.W_skip.T
+        return StepOut(recon=recon, acts=None, pre=pre, idx=idx, vals=vals)

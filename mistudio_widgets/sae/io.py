@@ -1,0 +1,155 @@
+"""SAELens folders, our native SAE format: ``cfg.json`` (v6 fields with ``metadata``),
+``sae_weights.safetensors`` and optionally ``sparsity.safetensors``. Loading also accepts pre-6.0
+flat configs. Only safetensors are read: no pickles."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import MistudioError
+from . import CLASSES, SAE, SAESpec
+
+CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
+SAE_LENS_VERSION = "6.0.0"
+METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "model_class_name", "hook_layer", "prepend_bos",
+                 "exclude_special_tokens", "neuronpedia_id", "context_size", "seqpos_slice", "dataset_path",
+                 "model_from_pretrained_kwargs", "sae_lens_version", "sae_lens_training_version")
+_OLD_KEYS = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index"}
+
+
+class SAEFormatError(MistudioError):
+    """A folder is not a readable SAE."""
+
+
+def saved_architecture(sae: SAE) -> str:
+    spec = sae.spec
+    base = "jumprelu" if spec.architecture in ("jumprelu", "batchtopk") else spec.architecture
+    if spec.skip:
+        return "skip_transcoder" if base == "standard" else f"{base}_skip_transcoder"
+    if spec.is_transcoder:
+        return "transcoder" if base == "standard" else f"{base}_transcoder"
+    return base
+
+
+def state_for_saving(sae: SAE) -> dict[str, torch.Tensor]:
+    state = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    if sae.spec.architecture in ("jumprelu", "batchtopk"):
+        state["threshold"] = sae.threshold
+    if sae.spec.skip:
+        state["W_skip"] = sae.W_skip
+    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+
+def save_sae(sae: SAE, folder: str | Path, metadata: dict[str, Any] | None = None,
+             sparsity: torch.Tensor | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``sae`` as a SAELens folder (the folder is created; existing files are replaced)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = sae.spec
+    meta = {k: None for k in METADATA_KEYS}
+    meta.update({k: v for k, v in {**spec.metadata, **(metadata or {})}.items()})
+    meta["sae_lens_version"] = meta.get("sae_lens_version") or SAE_LENS_VERSION
+    meta["sae_lens_training_version"] = meta.get("sae_lens_training_version") or SAE_LENS_VERSION
+    cfg: dict[str, Any] = {
+        "architecture": saved_architecture(sae), "d_in": spec.d_in, "d_sae": spec.d_sae, "dtype": "float32",
+        "device": "cpu", "apply_b_dec_to_input": spec.apply_b_dec_to_input, "normalize_activations": "none",
+        "reshape_activations": "none", "metadata": meta,
+    }
+    if spec.architecture == "topk":
+        cfg["k"] = spec.k
+    if spec.is_transcoder or spec.skip:
+        cfg["d_out"] = spec.out_dim
+    cfg["mistudio"] = {"architecture": spec.architecture, "k": spec.k, "trained_as": spec.architecture, **(extra or {})}
+    save_file(state_for_saving(sae), str(folder / WEIGHTS))
+    if sparsity is not None:
+        save_file({"sparsity": sparsity.detach().float().cpu().contiguous()}, str(folder / SPARSITY))
+    (folder / CFG).write_text(json.dumps(cfg, indent=2))
+    return folder
+
+
+def _spec_from_cfg(cfg: dict[str, Any]) -> SAESpec:
+    arch = str(cfg.get("architecture", "standard"))
+    skip = "skip" in arch
+    base = arch.replace("_skip_transcoder", "").replace("skip_transcoder", "standard").replace("_transcoder", "")
+    base = "standard" if base == "transcoder" else base
+    if base not in CLASSES:
+        raise SAEFormatError(f"SAE architecture {arch!r} is not supported.", "use standard, topk, jumprelu or batchtopk SAEs (or their transcoders).")
+    if base == "batchtopk":  # never saved so by us, but accept: inference is JumpReLU with its threshold
+        base = "jumprelu"
+    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+    try:
+        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SAEFormatError(f"cfg.json lacks a valid d_in/d_sae ({exc}).", "check the file; SAELens configs have both.") from exc
+    d_out = cfg.get("d_out")
+    meta = dict(cfg.get("metadata") or {})
+    for key in METADATA_KEYS:  # pre-6.0 configs keep these at the top level
+        if key not in meta and key in cfg:
+            meta[key] = cfg[key]
+    for old, new in _OLD_KEYS.items():
+        if old in cfg and new not in meta:
+            meta[new] = cfg[old]
+    return SAESpec(architecture=base, d_in=d_in, d_sae=d_sae, k=int(k) if k else (1 if base == "topk" else None),
+                   d_out=int(d_out) if d_out else None, skip=skip,
+                   apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), metadata=meta)
+
+
+def load_sae(folder: str | Path, device: str = "cpu") -> tuple[SAE, dict[str, Any]]:
+    """Load a SAELens folder (ours or SAELens's, v6 or older). Returns (sae, cfg dict)."""
+    folder = Path(folder)
+    cfg_path, w_path = folder / CFG, folder / WEIGHTS
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise SAEFormatError(f"{folder} is not an SAE folder (needs {CFG} and {WEIGHTS}).",
+                             "point at a folder saved by mistudio or SAELens.")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SAEFormatError(f"{cfg_path} is not valid JSON ({exc}).", "re-export the SAE.") from exc
+    if not isinstance(cfg, dict):
+        raise SAEFormatError(f"{cfg_path} does not hold a JSON object.", "re-export the SAE.")
+    spec = _spec_from_cfg(cfg)
+    norm = cfg.get("normalize_activations")
+    if norm not in (None, "none", False):
+        raise SAEFormatError(f"This SAE expects normalised inputs ({norm!r}) without a folded scale.",
+                             "fold the normalisation into the weights before saving (SAELens: fold_activation_norm_scaling_factor).")
+    try:
+        with safe_open(str(w_path), framework="pt", device="cpu") as f:
+            state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:
+        raise SAEFormatError(f"Could not read {w_path}: {exc}", "the file is truncated or not safetensors; re-export it.") from exc
+    if "threshold" in state and spec.architecture == "standard":
+        spec.architecture = "jumprelu"
+    sae = CLASSES[spec.architecture](spec)
+    expected = {"W_enc": (spec.d_in, spec.d_sae), "b_enc": (spec.d_sae,), "W_dec": (spec.d_sae, spec.out_dim),
+                "b_dec": (spec.out_dim,)}
+    if spec.skip:
+        expected["W_skip"] = (spec.out_dim, spec.d_in)
+    if spec.architecture == "jumprelu":
+        expected["threshold"] = (spec.d_sae,)
+    for name, shape in expected.items():
+        if name not in state:
+            raise SAEFormatError(f"{w_path.name} lacks the tensor {name}.", "re-export the SAE.")
+        if tuple(state[name].shape) != shape:
+            raise SAEFormatError(f"{name} has shape {tuple(state[name].shape)} but cfg.json implies {shape}.",
+                                 "the weights and cfg.json do not belong together; re-export the SAE.")
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec") + (("W_skip",) if spec.skip else ()):
+            getattr(sae, name).copy_(state[name])
+        if spec.architecture == "jumprelu":
+            sae.loaded_threshold = state["threshold"].clone()
+            sae.log_threshold.copy_(state["threshold"].clamp_min(1e-12).log())
+    sae.eval()
+    return sae.to(device), cfg
+
+
+def load_sparsity(folder: str | Path) -> torch.Tensor | None:
+    p = Path(folder) / SPARSITY
+    if not p.is_file():
+        return None
+    with safe_open(str(p), framework="pt", device="cpu") as f:
+        return f.get_tensor("sparsity")

@@ -1,0 +1,72 @@
+"""jumprelu: f = pre * [pre > threshold], one learned threshold per latent, trained with a
+straight-through estimator (rectangle kernel of width ``bandwidth``) and an L0 penalty."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .base import SAE, SAESpec, StepOut
+
+
+def _rect(z: torch.Tensor) -> torch.Tensor:
+    return ((z > -0.5) & (z < 0.5)).to(z.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        d_pre = grad * (pre > threshold)
+        d_t = -(threshold / bw) * _rect((pre - threshold) / bw) * grad
+        return d_pre, d_t.sum(dim=tuple(range(d_t.dim() - 1))), None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        d_t = -(1.0 / bw) * _rect((pre - threshold) / bw) * grad
+        return None, d_t.sum(dim=tuple(range(d_t.dim() - 1))), None
+
+
+class JumpReLUSAE(SAE):
+    architecture = "jumprelu"
+
+    def __init__(self, spec: SAESpec):
+        super().__init__(spec)
+        self.log_threshold = nn.Parameter(torch.full((spec.d_sae,), math.log(spec.jumprelu_init_threshold)))
+        self.register_buffer("loaded_threshold", None)  # exact thresholds of a loaded SAE (no exp/log round trip)
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.loaded_threshold if self.loaded_threshold is not None else self.log_threshold.exp()
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        return pre * (pre > self.threshold)
+
+    def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
+        pre = self.pre_acts(x)
+        f = _JumpReLU.apply(pre, self.threshold, self.spec.jumprelu_bandwidth)
+        recon = self.decode(f)
+        if self.spec.skip:
+            recon = recon + x @ self.W_skip.T
+        return StepOut(recon=recon, acts=f, pre=pre, idx=None, vals=None)
+
+    def l0_penalty(self, pre: torch.Tensor) -> torch.Tensor:
+        return _Step.apply(pre, self.threshold, self.spec.jumprelu_bandwidth).sum(-1).mean()
