@@ -28,6 +28,31 @@ class ActivationBatch:
     outliers: int
 
 
+def _capture_batch(lm: LoadedModel, ids: torch.Tensor, hooks: list[str], special: torch.Tensor, drop_special: bool,
+                   outlier_factor: float) -> tuple[dict[str, torch.Tensor], torch.Tensor, int, int]:
+    """One forward (stopped after the last hook): ({hook: kept acts [kept, d]}, kept flat positions,
+    special positions dropped, outliers dropped). The same positions are kept for every hook; outliers
+    are judged on the first hook."""
+    with torch.inference_mode(), capture(lm.model, hooks) as store:
+        lm.model(input_ids=ids.to(lm.device), use_cache=False)
+    flat_ids = ids.reshape(-1)
+    keep = ~torch.isin(flat_ids, special) if drop_special else torch.ones_like(flat_ids, dtype=torch.bool)
+    dropped = int((~keep).sum())
+    flat = {h: store[h].reshape(-1, store[h].shape[-1]).float().cpu() for h in hooks}
+    outliers = 0
+    if outlier_factor and keep.any():
+        norms = flat[hooks[0]].norm(dim=-1)
+        big = keep & (norms > outlier_factor * norms[keep].median())
+        outliers = int(big.sum())
+        keep &= ~big
+    idx = keep.nonzero().squeeze(1)
+    return {h: a[idx] for h, a in flat.items()}, idx, dropped, outliers
+
+
+def _special_ids(lm: LoadedModel) -> torch.Tensor:
+    return torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
+
+
 def iter_activations(lm: LoadedModel, tokens: np.ndarray, hook: str, *, batch_size: int = 16,
                      max_tokens: int | None = None, drop_special: bool = True, outlier_factor: float = 10.0,
                      progress: ProgressCallback | None = None) -> Iterator[ActivationBatch]:
@@ -41,26 +66,14 @@ def iter_activations(lm: LoadedModel, tokens: np.ndarray, hook: str, *, batch_si
         raise DatasetError("There are no token sequences to run.", "tokenize a dataset with at least one sequence.")
     ctx = tokens.shape[1]
     n_seq = tokens.shape[0] if max_tokens is None else min(tokens.shape[0], -(-max_tokens // ctx))
-    special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
+    special = _special_ids(lm)
     done = 0
     for start in range(0, n_seq, batch_size):
         ids = torch.tensor(tokens[start:min(start + batch_size, n_seq)], dtype=torch.long)
-        with torch.inference_mode(), capture(lm.model, hook) as store:
-            lm.model(input_ids=ids.to(lm.device), use_cache=False)
-        acts = store[hook].reshape(-1, store[hook].shape[-1]).float()
-        flat_ids = ids.reshape(-1)
-        keep = ~torch.isin(flat_ids, special) if drop_special else torch.ones_like(flat_ids, dtype=torch.bool)
-        dropped_special = int((~keep).sum())
-        outliers = 0
-        if outlier_factor and keep.any():
-            norms = acts.norm(dim=-1).cpu()
-            big = keep & (norms > outlier_factor * norms[keep].median())
-            outliers = int(big.sum())
-            keep &= ~big
-        idx = keep.nonzero().squeeze(1)
+        acts, idx, dropped, outliers = _capture_batch(lm, ids, [hook], special, drop_special, outlier_factor)
         done += ids.numel()
         emit(progress, "capture", done, n_seq * ctx, unit="tok")
-        yield ActivationBatch(acts[idx.to(acts.device)], flat_ids[idx], idx, ids.numel(), dropped_special, outliers)
+        yield ActivationBatch(acts[hook], ids.reshape(-1)[idx], idx, ids.numel(), dropped, outliers)
     emit(progress, "capture", done, n_seq * ctx, unit="tok", finished=True)
 
 
@@ -137,3 +150,82 @@ def capture_stats(ws: Workspace, model: str | Artifact = DEFAULT, tokenization: 
         top = torch.argsort(std, descending=True)[:5]
         res.top_dims = [{"dim": int(i), "std": float(std[i]), "mean": float(mean[i])} for i in top]
     return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Training stream
+def harvest(lm: LoadedModel, tokens: np.ndarray, hooks: list[str], *, batch_size: int = 16, drop_special: bool = True,
+            outlier_factor: float = 10.0, progress: ProgressCallback | None = None, stage: str = "harvest",
+            done_before: int = 0, total: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Activations at every hook for ``tokens`` [n, ctx] (one forward per batch, stopped after the last
+    hook), with the same positions kept for every hook. Returns ({hook: [kept, d]}, counts)."""
+    for h in hooks:
+        parse_hook(lm.model, h)
+    special = _special_ids(lm)
+    out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    counts = {"seen": 0, "dropped_special": 0, "outliers": 0}
+    for start in range(0, len(tokens), batch_size):
+        ids = torch.tensor(tokens[start:start + batch_size], dtype=torch.long)
+        acts, _, dropped, outliers = _capture_batch(lm, ids, hooks, special, drop_special, outlier_factor)
+        for h in hooks:
+            out[h].append(acts[h])
+        counts["seen"] += ids.numel()
+        counts["dropped_special"] += dropped
+        counts["outliers"] += outliers
+        emit(progress, stage, done_before + counts["seen"], total, unit="tok")
+    return {h: torch.cat(v) if v else torch.zeros(0) for h, v in out.items()}, counts
+
+
+class ActivationStream:
+    """Shuffled training batches, reproducible from (seed, position) so that a resumed run sees
+    exactly the batches the uninterrupted run would have seen.
+
+    The training sequences are visited in a seeded random order, ``chunk_sequences`` at a time; each
+    chunk is harvested, its activations shuffled together (mixing tokens across many sequences) and
+    cut into batches of ``batch_tokens`` (a chunk's remainder smaller than a batch is dropped).
+    The position is (epoch, chunk, batch within chunk)."""
+
+    def __init__(self, lm: LoadedModel, tokens: np.ndarray, hooks: list[str], *, batch_tokens: int,
+                 chunk_sequences: int, seed: int, harvest_batch_size: int = 16,
+                 progress: ProgressCallback | None = None):
+        if len(tokens) == 0:
+            raise DatasetError("There are no training sequences.", "use a dataset with more text, or fewer held-out sequences.")
+        self.lm, self.tokens, self.hooks = lm, tokens, hooks
+        self.batch_tokens, self.chunk_sequences, self.seed = batch_tokens, min(chunk_sequences, len(tokens)), seed
+        self.harvest_batch_size, self.progress = harvest_batch_size, progress
+        self.position = (0, 0, 0)
+        self.counts = {"seen": 0, "dropped_special": 0, "outliers": 0}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.tokens))
+
+    def chunk(self, epoch: int, c: int) -> dict[str, torch.Tensor]:
+        order = self._order(epoch)
+        n_chunks = -(-len(order) // self.chunk_sequences)
+        seqs = np.sort(order[c * self.chunk_sequences:(c + 1) * self.chunk_sequences])
+        acts, counts = harvest(self.lm, self.tokens[seqs], self.hooks, batch_size=self.harvest_batch_size,
+                               progress=self.progress, stage=f"harvest chunk {c + 1}/{n_chunks}",
+                               total=len(seqs) * self.tokens.shape[1])
+        for k, v in counts.items():
+            self.counts[k] += v
+        g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, epoch, c]).integers(2**62)))
+        perm = torch.randperm(acts[self.hooks[0]].shape[0], generator=g)
+        return {h: a[perm] for h, a in acts.items()}
+
+    def n_chunks(self) -> int:
+        return -(-len(self.tokens) // self.chunk_sequences)
+
+    def batches(self, position: tuple[int, int, int] = (0, 0, 0)) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless batches from ``position`` on; ``self.position`` is the position of the *next* batch."""
+        epoch, c, b = position
+        while True:
+            data = self.chunk(epoch, c)
+            n = data[self.hooks[0]].shape[0] // self.batch_tokens
+            if n == 0 and c == 0 and b == 0:
+                raise DatasetError(f"A chunk of {self.chunk_sequences} sequences gives fewer than batch_tokens={self.batch_tokens} activations.",
+                                   "raise chunk_sequences or lower batch_tokens.")
+            for i in range(b, n):
+                nxt = (epoch, c, i + 1) if i + 1 < n else ((epoch, c + 1, 0) if c + 1 < self.n_chunks() else (epoch + 1, 0, 0))
+                self.position = nxt
+                yield {h: a[i * self.batch_tokens:(i + 1) * self.batch_tokens] for h, a in data.items()}
+            epoch, c, b = (epoch, c + 1, 0) if c + 1 < self.n_chunks() else (epoch + 1, 0, 0)

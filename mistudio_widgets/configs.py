@@ -93,3 +93,52 @@ class CaptureConfig:
     batch_size: int = opt(16, "Sequences per forward pass.", minimum=1)
     drop_special: bool = opt(True, "Drop BOS, separator and other special-token positions (attention sinks).")
     outlier_factor: float = opt(10.0, "Flag positions whose norm exceeds this multiple of the batch median (0 turns it off).")
+
+
+@dataclass
+class TrainConfig:
+    """One SAE training run: data, architecture, optimisation, bookkeeping."""
+
+    # data
+    model: str = opt(DEFAULT, "Model (name or id in the workspace; 'default' is the embedded model).")
+    dataset: str = opt(DEFAULT, "Dataset or tokenization (name or id); tokenized on demand with the model.")
+    hook: str = opt("blocks.15.hook_resid_post", "Hook point the SAE reads.")
+    hook_out: str | None = opt(None, "Transcoders: the hook the SAE reconstructs (e.g. blocks.15.hook_mlp_out); empty for an SAE.")
+    context_size: int = opt(128, "Tokens per sequence when the dataset must be tokenized.", minimum=2)
+    # architecture
+    architecture: Literal["topk", "batchtopk", "standard", "jumprelu"] = opt("topk", "SAE architecture.")
+    expansion_factor: int = opt(8, "d_sae = expansion_factor x d_model (ignored when d_sae is set).", minimum=1)
+    d_sae: int | None = opt(None, "Number of latents; overrides expansion_factor.")
+    k: int = opt(32, "Active latents per token (topk, batchtopk).", minimum=1)
+    l1_coefficient: float = opt(5.0, "Sparsity penalty (standard: L1 x decoder norm; jumprelu: L0).", minimum=0.0)
+    skip: bool = opt(False, "Add a linear skip connection W_skip x to the reconstruction.")
+    # optimisation
+    lr: float = opt(1e-3, "Peak learning rate.", minimum=0.0)
+    lr_schedule: Literal["constant", "cosine"] = opt("cosine", "After warm-up: constant, or cosine decay to 10% of lr.")
+    warmup_steps: int = opt(50, "Linear learning-rate warm-up steps.", minimum=0)
+    l1_warmup_steps: int = opt(100, "Linear warm-up of the sparsity coefficient (standard, jumprelu).", minimum=0)
+    batch_tokens: int = opt(4096, "Activations per optimiser step.", minimum=1)
+    grad_accumulation: int = opt(1, "Split each step into this many micro-batches (less memory, same result).", minimum=1)
+    steps: int = opt(300, "Optimiser steps; tokens trained = steps x batch_tokens.", minimum=1)
+    adam_betas: tuple[float, float] = opt((0.9, 0.999), "Adam betas.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.", minimum=0.0)
+    grad_clip: float = opt(1.0, "Clip the gradient norm to this value (0 turns it off).", minimum=0.0)
+    normalize: bool = opt(True, "Scale inputs to an average norm of sqrt(d_model) while training; folded into the weights at save.")
+    b_dec_init: Literal["mean", "geometric_median", "zeros"] = opt("geometric_median", "Initial decoder bias.")
+    aux_k: int | None = opt(None, "AuxK latents for dead-latent revival (topk/batchtopk; default d_model / 2).")
+    aux_coefficient: float = opt(1 / 32, "Weight of the AuxK loss.", minimum=0.0)
+    dead_tokens: int = opt(200_000, "A latent is dead when it has not fired for this many tokens.", minimum=1)
+    resample_dead: bool = opt(True, "standard: re-initialise dead latents towards badly reconstructed inputs.")
+    # bookkeeping
+    seed: int = opt(0, "Random seed (data order and initialisation); CPU runs are deterministic.")
+    chunk_sequences: int = opt(512, "Sequences harvested and shuffled together (mixing across sequences).", minimum=1)
+    harvest_batch_size: int = opt(16, "Sequences per model forward pass while harvesting.", minimum=1)
+    log_every: int = opt(10, "Record training metrics every N steps.", minimum=1)
+    eval_every: int = opt(100, "Evaluate on held-out tokens (incl. CE loss with the SAE spliced in) every N steps (0: only at the end).", minimum=0)
+    eval_sequences: int = opt(16, "Held-out sequences per evaluation.", minimum=1)
+    checkpoint_every: int = opt(100, "Checkpoint every N steps (0: only at the end).", minimum=0)
+    early_stop_patience: int = opt(0, "Stop when the eval loss has not improved for this many evaluations (0: never).", minimum=0)
+    cache_activations: bool = opt(False, "Keep harvested activations in an fp16 on-disk cache reused by later runs.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "Where to train.")
+    autocast: Literal["auto", "none", "bf16", "fp16"] = opt("auto", "Mixed precision on CUDA (auto: bf16 where supported).")
+    name: str | None = opt(None, "Name of the run and its SAE (derived when empty).")

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from .errors import ArtifactNotFound, ArtifactWriteError, WorkspaceError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ENV_HOME = "MISTUDIO_HOME"
 DEFAULT_DIRNAME = "mistudio-workspace"
 STALE_TMP_SECONDS = 24 * 3600
@@ -41,6 +41,17 @@ MIGRATIONS: dict[int, str] = {
         UNIQUE (kind, name)
     );
     CREATE INDEX artifacts_parent ON artifacts(parent);
+    """,
+    2: """
+    CREATE TABLE metrics (
+        run TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        split TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value REAL,
+        time REAL NOT NULL,
+        PRIMARY KEY (run, split, name, step)
+    );
     """,
 }
 
@@ -286,6 +297,42 @@ class Workspace:
             shutil.rmtree(final, ignore_errors=True)
             raise
 
+    def create_folder(self, kind: str, name: str, *, meta: dict[str, Any] | None = None,
+                      parent: str | None = None) -> Artifact:
+        """Register an artifact whose folder fills over time (a training run): it is visible at once,
+        and its ``meta['status']`` says whether it is complete. Files inside are written atomically
+        by their writers (see :func:`atomic_folder`)."""
+        id_ = self.new_id(kind)
+        rel = f"{kind}s/{id_}"
+        try:
+            (self.root / rel).mkdir(parents=True)
+        except OSError as exc:
+            raise disk_error(exc, f"the {kind} {name!r}") from exc
+        try:
+            return self.register(kind, name, meta=meta, parent=parent, id=id_, relpath=rel)
+        except BaseException:
+            shutil.rmtree(self.root / rel, ignore_errors=True)
+            raise
+
+    # -- metric history (training runs) ----------------------------------------------------
+    def add_metrics(self, run: str, step: int, split: str, values: dict[str, float]) -> None:
+        now = time.time()
+        rows = [(run, int(step), split, k, None if v is None else float(v), now) for k, v in values.items()]
+        with self._db() as con:
+            con.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?)", rows)
+
+    def metrics(self, run: str, split: str | None = None, since_step: int = -1) -> list[dict[str, Any]]:
+        """Metric rows of a run as ``{step, split, <name>: value, ...}``, by step."""
+        sql, args = "SELECT step, split, name, value FROM metrics WHERE run = ? AND step > ?", [run, since_step]
+        if split:
+            sql += " AND split = ?"
+            args.append(split)
+        out: dict[tuple[int, str], dict[str, Any]] = {}
+        with self._db() as con:
+            for step, sp, name, value in con.execute(sql + " ORDER BY step", args):
+                out.setdefault((step, sp), {"step": step, "split": sp})[name] = value
+        return sorted(out.values(), key=lambda r: (r["step"], r["split"]))
+
     def update_meta(self, ref: str, **changes: Any) -> Artifact:
         """Merge ``changes`` into an artifact's metadata."""
         with self._db() as con:
@@ -331,6 +378,7 @@ class Workspace:
             removed += self.delete(kid.id, cascade=True)
         with self._db() as con:
             con.execute("DELETE FROM artifacts WHERE id = ?", (art.id,))
+            con.execute("DELETE FROM metrics WHERE run = ?", (art.id,))
         if art.path and art.path.exists() and self.root in art.path.parents:
             trash = self.root / ".trash" / f"{art.id}.{uuid.uuid4().hex[:6]}"
             trash.parent.mkdir(exist_ok=True)
@@ -354,6 +402,31 @@ class Workspace:
         for a in self.list():
             out[a.kind] = out.get(a.kind, 0) + 1
         return out
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Write a folder under a temporary name and rename it to ``final`` when the block succeeds;
+    an existing ``final`` is replaced only then. On failure the temporary folder is removed and
+    ``final`` (if any) is left as it was. Disk errors become :class:`ArtifactWriteError`."""
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:6]}")
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        _fsync_tree(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:6]}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_error(exc, str(final.name)) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _fsync_tree(path: Path) -> None:

@@ -1,0 +1,479 @@
+"""SAE training on a model's activations: one run = one ``run`` artifact (config, status, checkpoints,
+metric history in the catalog) that produces one ``sae`` artifact (a SAELens folder)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .activations import ActivationStream, harvest
+from .configs import TrainConfig, from_dict, to_dict
+from .datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
+from .errors import ArtifactWriteError, MistudioError
+from .hooks import intervene, parse_hook
+from .jobs import JobCancelled, JobControl
+from .models import LoadedModel, load_model, resolve_model
+from .progress import ProgressCallback, emit
+from .sae import SAE, SAESpec, make_sae
+from .sae.io import save_sae
+from .sae.topk import selected_pre_acts, sparse_decode
+from .workspace import Artifact, Workspace, atomic_folder
+
+CKPT_PREFIX = "checkpoint-"
+KEEP_CHECKPOINTS = 2
+
+
+class TrainingError(MistudioError):
+    """A training run cannot start, continue or resume as asked."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up
+def sae_spec(cfg: TrainConfig, d_in: int, d_out: int, metadata: dict[str, Any]) -> SAESpec:
+    d_sae = cfg.d_sae if cfg.d_sae is not None else cfg.expansion_factor * d_in
+    spec = SAESpec(architecture=cfg.architecture, d_in=d_in, d_sae=d_sae,
+                   k=cfg.k if cfg.architecture in ("topk", "batchtopk") else None,
+                   d_out=d_out if (cfg.hook_out or d_out != d_in) else None, skip=cfg.skip, metadata=metadata)
+    return spec.validate()
+
+
+def _resolve_tokens(ws: Workspace, cfg: TrainConfig, lm: LoadedModel, progress: ProgressCallback | None) -> Artifact:
+    tok = ws.find(cfg.dataset, "tokenization")
+    if tok is None:
+        ds = resolve_dataset(ws, cfg.dataset, progress=progress)
+        from .configs import TokenizeConfig
+
+        tok = ensure_tokenization(ws, ds, lm.artifact, TokenizeConfig(context_size=cfg.context_size), progress=progress)
+    check_tokenization_fits(ws, tok, lm.artifact, lm.tokenizer)
+    return tok
+
+
+def geometric_median(x: torch.Tensor, iters: int = 30) -> torch.Tensor:
+    """Weiszfeld's algorithm."""
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - y).norm(dim=1).clamp_min(1e-6)
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        if (y_new - y).norm() < 1e-5 * y.norm().clamp_min(1e-6):
+            return y_new
+        y = y_new
+    return y
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return f
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+@dataclass
+class Losses:
+    total: torch.Tensor
+    mse: torch.Tensor
+    sparsity: torch.Tensor
+    aux: torch.Tensor
+
+
+def compute_losses(sae: SAE, cfg: TrainConfig, x: torch.Tensor, target: torch.Tensor, dead: torch.Tensor,
+                   sparsity_coef: float, aux_k: int):
+    out = sae.train_step(x, target)
+    err = out.recon - target
+    mse = err.pow(2).sum(-1).mean()
+    zero = mse.new_zeros(())
+    sparsity, aux = zero, zero
+    arch = sae.spec.architecture
+    if arch == "standard":
+        sparsity = sparsity_coef * (out.acts * sae.W_dec.norm(dim=1)).sum(-1).mean()
+    elif arch == "jumprelu":
+        sparsity = sparsity_coef * sae.l0_penalty(out.pre)
+    elif dead.any() and cfg.aux_coefficient > 0:   # AuxK: dead latents learn to explain the residual
+        e = -err.detach()
+        n_dead = int(dead.sum())
+        k = min(aux_k, n_dead)
+        dead_idx = dead.nonzero().squeeze(1)
+        with torch.no_grad():
+            sel = out.pre[:, dead_idx].topk(k, dim=-1, sorted=False).indices
+        idx = dead_idx[sel]
+        x_c = x - sae.b_dec if sae.spec.apply_b_dec_to_input else x
+        vals = torch.relu(selected_pre_acts(sae, x_c, idx))
+        e_hat = sparse_decode(sae.W_dec, torch.zeros_like(sae.b_dec), idx, vals)
+        denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+        aux = cfg.aux_coefficient * (e_hat - e).pow(2).sum(-1).mean() / denom
+    return Losses(mse + sparsity + aux, mse, sparsity, aux), out
+
+
+@torch.no_grad()
+def resample_dead(sae: SAE, opt: torch.optim.Optimizer, dead: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> int:
+    """standard SAEs: point dead latents at badly reconstructed inputs and reset their Adam state."""
+    idx = dead.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return 0
+    err = (sae(x) - target).pow(2).sum(-1)
+    pick = torch.multinomial(err / err.sum(), idx.numel(), replacement=idx.numel() > err.numel())
+    dirs = target[pick] - sae.b_dec
+    dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    alive = ~dead
+    enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+    sae.W_dec[idx] = dirs
+    if sae.spec.out_dim == sae.spec.d_in:
+        sae.W_enc[:, idx] = dirs.T * enc_norm * 0.2
+    sae.b_enc[idx] = 0.0
+    for p, sl in ((sae.W_dec, (idx,)), (sae.W_enc, (slice(None), idx)), (sae.b_enc, (idx,))):
+        st = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in st:
+                st[key][sl] = 0.0
+    return int(idx.numel())
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics and evaluation
+def explained_variance(recon: torch.Tensor, target: torch.Tensor) -> float:
+    resid = (target - recon).pow(2).sum()
+    total = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return float(1 - resid / total)
+
+
+def _memory() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+class Evaluator:
+    """Held-out evaluation: reconstruction metrics and the model's CE loss with the SAE spliced in."""
+
+    def __init__(self, lm: LoadedModel, tokens: np.ndarray, cfg: TrainConfig, acts: dict[str, torch.Tensor]):
+        self.lm, self.cfg, self.acts = lm, cfg, acts
+        self.ids = torch.tensor(tokens, dtype=torch.long)
+        special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)))
+        self.keep = ~torch.isin(self.ids, special)           # splice only where the SAE was trained
+        self.hook_in, self.hook_out = cfg.hook, cfg.hook_out or cfg.hook
+        self.ce_clean = self._ce(None)
+        self.ce_zero = self._ce(lambda x_in, y: torch.zeros_like(y))
+
+    @torch.no_grad()
+    def _ce(self, replace) -> float:
+        from .hooks import capture
+
+        model = self.lm.model
+        ids = self.ids.to(self.lm.device)
+        if replace is None:
+            return float(model(input_ids=ids, labels=ids, use_cache=False).loss)
+        keep = self.keep.to(self.lm.device).unsqueeze(-1)
+        with capture(model, self.hook_in, stop=False) as got:
+            def edit(y):
+                new = replace(got[self.hook_in], y).to(y.dtype)
+                return torch.where(keep, new, y)
+            with intervene(model, {self.hook_out: edit}):
+                return float(model(input_ids=ids, labels=ids, use_cache=False).loss)
+
+    @torch.no_grad()
+    def run(self, sae: SAE, scale_in: float, scale_out: float) -> dict[str, float]:
+        x = self.acts[self.hook_in].to(sae.W_enc.device)
+        target = self.acts[self.hook_out].to(sae.W_enc.device)
+        recon = sae(x * scale_in) / scale_out
+        f = sae.encode(x * scale_in)
+        ce = self._ce(lambda x_in, y: (sae(x_in.float().to(sae.W_enc.device) * scale_in) / scale_out).to(y.device))
+        denom = self.ce_zero - self.ce_clean
+        return {"mse": float((recon - target).pow(2).mean()), "explained_variance": explained_variance(recon, target),
+                "l0": float((f > 0).float().sum(-1).mean()), "ce_clean": self.ce_clean, "ce_zero_ablated": self.ce_zero,
+                "ce_spliced": ce, "delta_loss": ce - self.ce_clean,
+                "ce_recovered": (self.ce_zero - ce) / denom if abs(denom) > 1e-9 else float("nan")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+def _checkpoints(run_dir: Path) -> list[Path]:
+    found = [p for p in run_dir.glob(f"{CKPT_PREFIX}*") if p.is_dir() and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+
+
+def save_checkpoint(run_dir: Path, sae: SAE, opt: torch.optim.Optimizer, sched, state: dict[str, Any]) -> Path:
+    """Write checkpoint-<step> atomically; older checkpoints beyond the newest few are removed only after."""
+    tensors = {f"sae.{k}": v.detach().cpu().contiguous() for k, v in sae.state_dict().items() if v is not None}
+    names = {id(p): n for n, p in sae.named_parameters()}
+    for p, st in opt.state.items():
+        for key, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{names[id(p)]}.{key}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    tensors["rng.torch"] = torch.get_rng_state()
+    final = run_dir / f"{CKPT_PREFIX}{state['step']}"
+    with atomic_folder(final) as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "scheduler": sched.state_dict()}))
+    for old in _checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, sched) -> dict[str, Any]:
+    tensors = load_file(str(path / "state.safetensors"))
+    state = json.loads((path / "state.json").read_text())
+    sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, strict=False)
+    for n, p in sae.named_parameters():
+        st = {key.split(".")[-1]: v for key, v in tensors.items() if key.startswith(f"opt.{n}.")}
+        if st:
+            opt.state[p] = st
+    sched.load_state_dict(state.pop("scheduler"))
+    torch.set_rng_state(tensors["rng.torch"])
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+@dataclass
+class TrainResult:
+    run_id: str
+    sae_id: str | None
+    path: str | None
+    metrics: dict[str, float]
+    status: str
+
+
+def _autocast(cfg: TrainConfig, device: str):
+    import contextlib
+
+    if device != "cuda" or cfg.autocast == "none":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if cfg.autocast == "fp16" else torch.bfloat16
+    if cfg.autocast == "auto" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train(ws: Workspace, cfg: TrainConfig | None = None, *, resume: str | None = None,
+          progress: ProgressCallback | None = None, control: JobControl | None = None,
+          stop_after: int | None = None) -> TrainResult:
+    """Train an SAE (or resume run ``resume``). ``stop_after`` ends the session after that many steps
+    with a checkpoint, as an interruption would (the run is then resumable)."""
+    control = control or JobControl()
+    if resume:
+        run = ws.get(resume, "run")
+        if run.path is None or not run.path.is_dir():
+            raise TrainingError(f"The files of run {run.name!r} are gone.", "start a new run; this one cannot resume.")
+        ckpts = _checkpoints(run.path)
+        if not ckpts:
+            raise TrainingError(f"Run {run.name!r} has no checkpoint to resume from.", "start a new run with the same settings.")
+        cfg = from_dict(TrainConfig, {**run.meta["config"], "adam_betas": tuple(run.meta["config"]["adam_betas"])})
+    cfg = cfg or TrainConfig()
+    lm = load_model(ws, resolve_model(ws, cfg.model, progress=progress), device=None if cfg.device == "auto" else cfg.device)
+    parse_hook(lm.model, cfg.hook)
+    if cfg.hook_out:
+        parse_hook(lm.model, cfg.hook_out)
+    tok = _resolve_tokens(ws, cfg, lm, progress)
+    d_in = d_out = int(lm.info["d_model"])
+    meta_sae = {"model_name": lm.name, "hook_name": cfg.hook, "context_size": tok.meta["config"]["context_size"],
+                "prepend_bos": tok.meta["config"]["prepend_bos"], "dataset_path": ws.get(tok.parent).name if tok.parent else None,
+                "exclude_special_tokens": True, "hook_head_index": None}
+    if cfg.hook_out:
+        meta_sae["hook_name_out"] = cfg.hook_out
+    spec = sae_spec(cfg, d_in, d_out, meta_sae)
+    if cfg.batch_tokens % cfg.grad_accumulation:
+        raise TrainingError(f"batch_tokens={cfg.batch_tokens} is not divisible by grad_accumulation={cfg.grad_accumulation}.",
+                            "choose values where batch_tokens / grad_accumulation is a whole number.")
+    tokens = load_tokens(ws, tok)
+    n_eval = min(cfg.eval_sequences, max(len(tokens) // 10, 1))
+    train_tokens, eval_tokens = tokens[:-n_eval], tokens[-n_eval:]
+    hooks = [cfg.hook] + ([cfg.hook_out] if cfg.hook_out and cfg.hook_out != cfg.hook else [])
+
+    if not resume:
+        name = cfg.name or ws.unique_name("run", f"{cfg.architecture}-{cfg.hook}")
+        run = ws.create_folder("run", name, meta={"config": to_dict(cfg), "status": "running", "model": lm.artifact.id,
+                                                  "tokenization": tok.id, "spec": spec.to_dict(), "started": time.time()},
+                               parent=None)
+    else:
+        ws.update_meta(run.id, status="running", resumed=time.time())
+    device = lm.device if lm.device != "mps" else "cpu"
+    try:
+        return _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device, resume is not None,
+                           progress, control, stop_after)
+    except JobCancelled:
+        ws.update_meta(run.id, status="interrupted", stopped=time.time())
+        raise
+    except torch.OutOfMemoryError as exc:
+        ws.update_meta(run.id, status="failed", error="out of memory")
+        raise TrainingError(f"Out of memory with batch_tokens={cfg.batch_tokens} and d_sae={spec.d_sae}.",
+                            "lower batch_tokens, raise grad_accumulation, or use a smaller expansion factor; then resume the run.") from exc
+    except MistudioError as exc:
+        ws.update_meta(run.id, status="failed", error=str(exc))
+        raise
+    except BaseException as exc:
+        ws.update_meta(run.id, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=repr(exc))
+        raise
+
+
+def _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device, resuming, progress, control, stop_after):
+    torch.manual_seed(cfg.seed)
+    sae = make_sae(spec).to(device)
+    eval_acts, _ = harvest(lm, eval_tokens, hooks, batch_size=cfg.harvest_batch_size, progress=progress, stage="harvest eval")
+    x_eval = eval_acts[cfg.hook]
+    if x_eval.shape[0] < 2:
+        raise TrainingError("The held-out sequences give too few activations to evaluate.", "use a larger dataset.")
+    norm = lambda a: float(math.sqrt(a.shape[1]) / a.norm(dim=1).mean()) if cfg.normalize else 1.0  # noqa: E731
+    scale_in = norm(x_eval)
+    scale_out = norm(eval_acts[cfg.hook_out]) if cfg.hook_out else scale_in
+    with torch.no_grad():
+        tgt = eval_acts[cfg.hook_out or cfg.hook] * scale_out
+        if cfg.b_dec_init != "zeros":
+            sae.b_dec.copy_(geometric_median(tgt) if cfg.b_dec_init == "geometric_median" else tgt.mean(0))
+    unit_norm = spec.architecture in ("topk", "batchtopk", "jumprelu")
+    opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    state: dict[str, Any] = {"step": 0, "position": [0, 0, 0], "scale_in": scale_in, "scale_out": scale_out,
+                             "tokens_since_fired": None, "best_eval": None, "bad_evals": 0, "tokens": 0}
+    if resuming:
+        ckpt = _checkpoints(run.path)[-1]
+        state = load_checkpoint(ckpt, sae, opt, sched)
+        scale_in, scale_out = state["scale_in"], state["scale_out"]
+    since_fired = (torch.tensor(state["tokens_since_fired"], dtype=torch.long) if state["tokens_since_fired"] is not None
+                   else torch.zeros(spec.d_sae, dtype=torch.long))
+    evaluator = Evaluator(lm, eval_tokens, cfg, eval_acts)
+    stream = ActivationStream(lm, train_tokens, hooks, batch_tokens=cfg.batch_tokens, chunk_sequences=cfg.chunk_sequences,
+                              seed=cfg.seed, harvest_batch_size=cfg.harvest_batch_size, progress=progress)
+    it = stream.batches(tuple(state["position"]))
+    aux_k = cfg.aux_k or max(spec.d_in // 2, 1)
+    fire_counts = torch.zeros(spec.d_sae)
+    window_tokens, t_log, last = 0, time.perf_counter(), {}
+    steps_here = 0
+
+    def checkpoint() -> None:
+        state.update(tokens_since_fired=since_fired.tolist(), position=list(stream.position))
+        save_checkpoint(run.path, sae, opt, sched, state)
+        ws.update_meta(run.id, last_checkpoint=state["step"])
+
+    while state["step"] < cfg.steps:
+        control.check()
+        step = state["step"]
+        batch = next(it)
+        x_all = batch[cfg.hook].to(device) * scale_in
+        t_all = batch[cfg.hook_out].to(device) * scale_out if cfg.hook_out else x_all
+        coef = cfg.l1_coefficient * min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else cfg.l1_coefficient
+        dead = since_fired >= cfg.dead_tokens
+        opt.zero_grad(set_to_none=True)
+        parts = {"loss": 0.0, "mse_loss": 0.0, "sparsity_loss": 0.0, "aux_loss": 0.0}
+        fired = torch.zeros(spec.d_sae, dtype=torch.bool)
+        l0_sum, recon_parts = 0.0, []
+        for xm, tm in zip(x_all.chunk(cfg.grad_accumulation), t_all.chunk(cfg.grad_accumulation)):
+            with _autocast(cfg, device):
+                losses, out = compute_losses(sae, cfg, xm, tm, dead.to(device), coef, aux_k)
+            (losses.total / cfg.grad_accumulation).backward()
+            for key, v in (("loss", losses.total), ("mse_loss", losses.mse), ("sparsity_loss", losses.sparsity), ("aux_loss", losses.aux)):
+                parts[key] += float(v.detach()) / cfg.grad_accumulation
+            with torch.no_grad():
+                active = out.active().cpu()
+                fired |= active.any(0)
+                fire_counts += active.sum(0)
+                l0_sum += float(active.sum())
+                recon_parts.append(out.recon.detach().float())
+        if not math.isfinite(parts["loss"]):
+            raise TrainingError(f"The loss became {parts['loss']} at step {step}; training stopped and the last good "
+                                f"checkpoint (step {ws.get(run.id).meta.get('last_checkpoint', 'none')}) was kept.",
+                                "lower the learning rate (lr) or enable gradient clipping, then resume or start again.")
+        if unit_norm:
+            sae.remove_parallel_grad()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if unit_norm:
+            sae.normalise_decoder()
+        n = x_all.shape[0]
+        since_fired += n
+        since_fired[fired] = 0
+        window_tokens += n
+        state["step"], state["tokens"] = step + 1, state["tokens"] + n
+        steps_here += 1
+        if spec.architecture == "standard" and cfg.resample_dead and (step + 1) % max(cfg.dead_tokens // cfg.batch_tokens, 1) == 0:
+            resample_dead(sae, opt, (since_fired >= cfg.dead_tokens).to(device), x_all, t_all)
+        s = state["step"]
+        if s % cfg.log_every == 0 or s == cfg.steps:
+            now = time.perf_counter()
+            recon = torch.cat(recon_parts)
+            last = {**parts, "mse": float((recon - t_all).pow(2).mean() / scale_out**2),
+                    "explained_variance": explained_variance(recon, t_all), "l0": l0_sum / n,
+                    "dead_fraction": float((since_fired >= cfg.dead_tokens).float().mean()),
+                    "dense_fraction": float((fire_counts / max(window_tokens, 1) > 0.1).float().mean()),
+                    "lr": sched.get_last_lr()[0], "sparsity_coefficient": coef,
+                    "tokens_per_second": window_tokens / max(now - t_log, 1e-9), "memory_mib": _memory(), "tokens": state["tokens"]}
+            ws.add_metrics(run.id, s, "train", last)
+            fire_counts.zero_()
+            window_tokens, t_log = 0, now
+        emit(progress, "train", s, cfg.steps, unit="step",
+             message=f"loss {parts['loss']:.3g} L0 {l0_sum / n:.1f} EV {last.get('explained_variance', float('nan')):.3f}")
+        if (cfg.eval_every and s % cfg.eval_every == 0) and s < cfg.steps:
+            ev = evaluator.run(sae, scale_in, scale_out)
+            ws.add_metrics(run.id, s, "eval", ev)
+            if cfg.early_stop_patience:
+                if state["best_eval"] is None or ev["mse"] < state["best_eval"]:
+                    state["best_eval"], state["bad_evals"] = ev["mse"], 0
+                else:
+                    state["bad_evals"] += 1
+                    if state["bad_evals"] >= cfg.early_stop_patience:
+                        ws.update_meta(run.id, early_stopped=s)
+                        break
+        if cfg.checkpoint_every and s % cfg.checkpoint_every == 0 and s < cfg.steps:
+            checkpoint()
+        if stop_after is not None and steps_here >= stop_after and s < cfg.steps:
+            checkpoint()
+            ws.update_meta(run.id, status="interrupted", stopped=time.time())
+            return TrainResult(run.id, None, None, last, "interrupted")
+        if control.cancelled:
+            checkpoint()
+            raise JobCancelled()
+
+    final_eval = evaluator.run(sae, scale_in, scale_out)
+    ws.add_metrics(run.id, state["step"], "eval", final_eval)
+    checkpoint()
+    metrics = {"explained_variance": final_eval["explained_variance"], "l0": final_eval["l0"], "mse": final_eval["mse"],
+               "dead_fraction": last.get("dead_fraction", float("nan")), "ce_recovered": final_eval["ce_recovered"],
+               "delta_loss": final_eval["delta_loss"], "steps": state["step"], "tokens": state["tokens"]}
+    out = make_sae(dataclasses.replace(spec)).to("cpu")
+    out.load_state_dict({k: v.detach().cpu() for k, v in sae.state_dict().items()}, strict=False)
+    out.fold_scale(scale_in, scale_out)
+    sae_name = ws.unique_name("sae", run.name)
+    with ws.write_artifact("sae", sae_name, parent=run.id,
+                           meta={"run": run.id, "model": lm.artifact.id, "model_name": lm.name, "hook": cfg.hook,
+                                 "hook_out": cfg.hook_out, "architecture": spec.architecture, "d_in": spec.d_in,
+                                 "d_sae": spec.d_sae, "k": spec.k, "metrics": metrics, "source": "trained"}) as w:
+        save_sae(out, w.path, extra={"run": run.id, "scale_in": scale_in, "scale_out": scale_out})
+    ws.update_meta(run.id, status="done", sae=w.id, finished=time.time(), metrics=metrics)
+    emit(progress, "train", state["step"], cfg.steps, unit="step", finished=True)
+    return TrainResult(run.id, w.id, str(ws.get(w.id).path), metrics, "done")
+
+
+def run_status(ws: Workspace, run: str) -> dict[str, Any]:
+    art = ws.get(run, "run")
+    ckpts = _checkpoints(art.path) if art.path and art.path.is_dir() else []
+    return {"id": art.id, "name": art.name, "status": art.meta.get("status"), "sae": art.meta.get("sae"),
+            "last_checkpoint": int(ckpts[-1].name[len(CKPT_PREFIX):]) if ckpts else None,
+            "steps": art.meta["config"]["steps"], "metrics": art.meta.get("metrics")}
+
+
+def load_trained(ws: Workspace, ref: str, device: str = "cpu"):
+    """An SAE of the library as a module (and its cfg)."""
+    from .sae.io import load_sae
+
+    art = ws.get(ref, "sae")
+    return load_sae(art.path, device)
+
+
+__all__ = ["train", "TrainResult", "TrainingError", "run_status", "load_trained"]
