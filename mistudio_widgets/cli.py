@@ -175,6 +175,71 @@ def cmd_demo(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
              f"done in {time.perf_counter() - t0:.1f}s; workspace {ws.root}")
 
 
+def _train_config(a: argparse.Namespace):
+    import yaml
+
+    from .configs import TrainConfig, from_dict
+
+    data: dict[str, Any] = {}
+    if a.config:
+        try:
+            with open(a.config) as fh:
+                data = yaml.safe_load(fh) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise MistudioError(f"Could not read the config file {a.config}: {exc}", "check the path and the YAML/JSON syntax.") from exc
+        if not isinstance(data, dict):
+            raise MistudioError(f"{a.config} must hold a mapping of TrainConfig settings.", "write e.g. `steps: 300`.")
+    flags = {"model": a.model, "dataset": a.dataset, "hook": a.hook, "hook_out": a.hook_out, "architecture": a.arch,
+             "k": a.k, "l1_coefficient": a.l1, "expansion_factor": a.expansion, "d_sae": a.d_sae, "steps": a.steps,
+             "batch_tokens": a.batch_tokens, "lr": a.lr, "seed": a.seed, "name": a.name, "device": a.device}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if isinstance(data.get("adam_betas"), list):
+        data["adam_betas"] = tuple(data["adam_betas"])
+    return from_dict(TrainConfig, data)
+
+
+def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    import signal
+
+    from .jobs import JobCancelled, JobControl
+    from .training import train
+
+    control = JobControl()
+
+    def on_sigint(_sig, _frame):
+        if control.cancelled:
+            raise KeyboardInterrupt
+        print("stopping after this step (checkpointing); press Ctrl-C again to abort", file=sys.stderr)
+        control.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    cfg = None if a.resume else _train_config(a)
+    started = lambda run: out.line({"run_id": run.id, "name": run.name}, f"run {run.name} ({run.id})")  # noqa: E731
+    try:
+        res = train(ws, cfg, resume=a.resume, progress=out.progress, control=control, on_start=started)
+    except JobCancelled:
+        out.summary({"status": "interrupted"}, "interrupted; resume with: mistudio train --resume RUN")
+        return
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    m = res.metrics
+    out.summary({"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "status": res.status, "metrics": m},
+                f"SAE {res.sae_id} at {res.path}\n  explained variance {m['explained_variance']:.3f}, L0 {m['l0']:.1f}, "
+                f"MSE {m['mse']:.4g}, dead {m['dead_fraction']:.1%}, CE recovered {m['ce_recovered']:.3f}")
+
+
+def cmd_saes_list(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    arts = ws.list("sae")
+    rows = []
+    for x in arts:
+        m = x.meta.get("metrics", {})
+        if out.as_json:
+            out.line({**_artifact_line(x), "meta": x.meta}, "")
+        rows.append([x.id, x.name, x.meta.get("architecture"), x.meta.get("hook"), x.meta.get("d_sae"),
+                     f"{m.get('explained_variance', float('nan')):.3f}", f"{m.get('l0', float('nan')):.1f}"])
+    out.summary({"count": len(arts)}, _table(rows, ["id", "name", "arch", "hook", "d_sae", "EV", "L0"]) if rows else "no SAEs yet")
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -235,6 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--batch-size", type=int, default=16)
         sp.add_argument("--context-size", type=int, default=128)
 
+    sp = cmd(sub, "train", cmd_train, "train an SAE (settings from --config and flags; TrainConfig fields)")
+    sp.add_argument("--config", default=None, help="YAML or JSON file of TrainConfig settings")
+    sp.add_argument("--resume", default=None, metavar="RUN", help="resume an interrupted run from its last checkpoint")
+    sp.add_argument("--model", default=None)
+    sp.add_argument("--dataset", default=None)
+    sp.add_argument("--hook", default=None)
+    sp.add_argument("--hook-out", default=None, help="transcoder: the hook to reconstruct")
+    sp.add_argument("--arch", default=None, choices=["topk", "batchtopk", "standard", "jumprelu"])
+    sp.add_argument("--k", type=int, default=None)
+    sp.add_argument("--l1", type=float, default=None)
+    sp.add_argument("--expansion", type=int, default=None)
+    sp.add_argument("--d-sae", type=int, default=None)
+    sp.add_argument("--steps", type=int, default=None)
+    sp.add_argument("--batch-tokens", type=int, default=None)
+    sp.add_argument("--lr", type=float, default=None)
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
+    sp.add_argument("--name", default=None)
+    saes = sub.add_parser("saes", help="the SAE library").add_subparsers(dest="sub", required=True)
+    cmd(saes, "list", cmd_saes_list, "list SAEs with their final metrics")
     cmd(sub, "list", cmd_list("all"), "list everything in the workspace")
     sp = cmd(sub, "show", cmd_show, "show one artifact")
     sp.add_argument("ref")

@@ -9,11 +9,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .activations import ActivationStream, harvest
 from .configs import TrainConfig, from_dict, to_dict
@@ -24,7 +24,7 @@ from .jobs import JobCancelled, JobControl
 from .models import LoadedModel, load_model, resolve_model
 from .progress import ProgressCallback, emit
 from .sae import SAE, SAESpec, make_sae
-from .sae.io import save_sae
+from .sae.io import save_sae, write_safetensors
 from .sae.topk import selected_pre_acts, sparse_decode
 from .workspace import Artifact, Workspace, atomic_folder
 
@@ -218,7 +218,7 @@ def save_checkpoint(run_dir: Path, sae: SAE, opt: torch.optim.Optimizer, sched, 
     tensors["rng.torch"] = torch.get_rng_state()
     final = run_dir / f"{CKPT_PREFIX}{state['step']}"
     with atomic_folder(final) as tmp:
-        save_file(tensors, str(tmp / "state.safetensors"))
+        write_safetensors(tensors, tmp / "state.safetensors")
         (tmp / "state.json").write_text(json.dumps({**state, "scheduler": sched.state_dict()}))
     for old in _checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
@@ -234,6 +234,8 @@ def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, sched) -> 
         if st:
             opt.state[p] = st
     sched.load_state_dict(state.pop("scheduler"))
+    for group, lr in zip(opt.param_groups, sched.get_last_lr()):  # the optimiser only learns it at the next sched.step()
+        group["lr"] = lr
     torch.set_rng_state(tensors["rng.torch"])
     return state
 
@@ -262,9 +264,10 @@ def _autocast(cfg: TrainConfig, device: str):
 
 def train(ws: Workspace, cfg: TrainConfig | None = None, *, resume: str | None = None,
           progress: ProgressCallback | None = None, control: JobControl | None = None,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, on_start: Callable[[Artifact], None] | None = None) -> TrainResult:
     """Train an SAE (or resume run ``resume``). ``stop_after`` ends the session after that many steps
-    with a checkpoint, as an interruption would (the run is then resumable)."""
+    with a checkpoint, as an interruption would (the run is then resumable). ``on_start(run)`` is
+    called once the run is registered."""
     control = control or JobControl()
     if resume:
         run = ws.get(resume, "run")
@@ -302,6 +305,8 @@ def train(ws: Workspace, cfg: TrainConfig | None = None, *, resume: str | None =
                                parent=None)
     else:
         ws.update_meta(run.id, status="running", resumed=time.time())
+    if on_start:
+        on_start(run)
     device = lm.device if lm.device != "mps" else "cpu"
     try:
         return _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device, resume is not None,

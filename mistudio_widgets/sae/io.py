@@ -4,6 +4,7 @@ flat configs. Only safetensors are read: no pickles."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,22 @@ _OLD_KEYS = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_inde
 
 class SAEFormatError(MistudioError):
     """A folder is not a readable SAE."""
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """safetensors' save_file, with its I/O failures (e.g. a full disk) raised as OSError so that
+    callers report them like any other write error."""
+    import errno
+    import re
+
+    try:
+        save_file(tensors, str(path))
+    except Exception as exc:
+        m = re.search(r"os error (\d+)", str(exc))
+        if m:
+            code = int(m.group(1))
+            raise OSError(code, os.strerror(code) if code in errno.errorcode else str(exc), str(path)) from exc
+        raise
 
 
 def saved_architecture(sae: SAE) -> str:
@@ -65,9 +82,9 @@ def save_sae(sae: SAE, folder: str | Path, metadata: dict[str, Any] | None = Non
     if spec.is_transcoder or spec.skip:
         cfg["d_out"] = spec.out_dim
     cfg["mistudio"] = {"architecture": spec.architecture, "k": spec.k, "trained_as": spec.architecture, **(extra or {})}
-    save_file(state_for_saving(sae), str(folder / WEIGHTS))
+    write_safetensors(state_for_saving(sae), folder / WEIGHTS)
     if sparsity is not None:
-        save_file({"sparsity": sparsity.detach().float().cpu().contiguous()}, str(folder / SPARSITY))
+        write_safetensors({"sparsity": sparsity.detach().float().cpu().contiguous()}, folder / SPARSITY)
     (folder / CFG).write_text(json.dumps(cfg, indent=2))
     return folder
 
@@ -142,7 +159,7 @@ def load_sae(folder: str | Path, device: str = "cpu") -> tuple[SAE, dict[str, An
             getattr(sae, name).copy_(state[name])
         if spec.architecture == "jumprelu":
             sae.loaded_threshold = state["threshold"].clone()
-            sae.log_threshold.copy_(state["threshold"].clamp_min(1e-12).log())
+            sae.jump_threshold.copy_(state["threshold"])
     sae.eval()
     return sae.to(device), cfg
 

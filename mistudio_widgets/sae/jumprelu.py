@@ -2,8 +2,6 @@
 straight-through estimator (rectangle kernel of width ``bandwidth``) and an L0 penalty."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -50,12 +48,14 @@ class JumpReLUSAE(SAE):
 
     def __init__(self, spec: SAESpec):
         super().__init__(spec)
-        self.log_threshold = nn.Parameter(torch.full((spec.d_sae,), math.log(spec.jumprelu_init_threshold)))
-        self.register_buffer("loaded_threshold", None)  # exact thresholds of a loaded SAE (no exp/log round trip)
+        # The threshold itself is the parameter (kept >= 0): with Adam it then moves by about lr per step
+        # in activation units; a log-parametrised threshold starting near 0 would barely move.
+        self.jump_threshold = nn.Parameter(torch.full((spec.d_sae,), float(spec.jumprelu_init_threshold)))
+        self.register_buffer("loaded_threshold", None)  # exact thresholds of a loaded SAE
 
     @property
     def threshold(self) -> torch.Tensor:
-        return self.loaded_threshold if self.loaded_threshold is not None else self.log_threshold.exp()
+        return self.loaded_threshold if self.loaded_threshold is not None else self.jump_threshold.clamp_min(0.0)
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         return pre * (pre > self.threshold)

@@ -1,0 +1,128 @@
+"""SAE architectures and the SAELens folder format (no model needed)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mistudio_widgets.sae import SAEConfigError, SAESpec, make_sae
+from mistudio_widgets.sae.io import SAEFormatError, load_sae, save_sae
+from mistudio_widgets.training import TrainConfig, compute_losses
+
+ARCHS = ["standard", "topk", "batchtopk", "jumprelu"]
+
+
+def randomised(spec):
+    torch.manual_seed(1)
+    sae = make_sae(spec)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        if spec.architecture == "batchtopk":
+            sae.threshold.fill_(0.02)
+    return sae
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("variant", ["sae", "skip", "transcoder"])
+def test_saelens_round_trip(tmp_path, arch, variant):
+    spec = SAESpec(architecture=arch, d_in=24, d_sae=96, k=6, skip=variant == "skip",
+                   d_out=16 if variant == "transcoder" else None,
+                   metadata={"hook_name": "blocks.3.hook_resid_post", "model_name": "m"})
+    sae = randomised(spec)
+    x = torch.randn(50, 24) * 2
+    save_sae(sae, tmp_path, {"context_size": 128})
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post" and cfg["metadata"]["sae_lens_version"].startswith("6")
+    assert cfg["d_in"] == 24 and cfg["d_sae"] == 96
+    expected_arch = "jumprelu" if arch in ("jumprelu", "batchtopk") else arch
+    if variant == "skip":
+        expected_arch = "skip_transcoder" if arch == "standard" else f"{expected_arch}_skip_transcoder"
+    elif variant == "transcoder":
+        expected_arch = "transcoder" if arch == "standard" else f"{expected_arch}_transcoder"
+    assert cfg["architecture"] == expected_arch
+    loaded, _ = load_sae(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), sae.encode(x))
+        assert torch.allclose(loaded(x), sae(x), atol=1e-6)
+    assert loaded(x).shape == (50, 16 if variant == "transcoder" else 24)
+
+
+def test_pre_6_flat_config_loads(tmp_path):
+    sae = randomised(SAESpec(architecture="standard", d_in=8, d_sae=32))
+    save_sae(sae, tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    flat = {"architecture": "standard", "d_in": 8, "d_sae": 32, "hook_point": "blocks.2.hook_resid_pre",
+            "model_name": "gpt2", "context_size": 64, "dtype": "float32", "sae_lens_version": "3.5.0"}
+    (tmp_path / "cfg.json").write_text(json.dumps(flat))
+    loaded, _ = load_sae(tmp_path)
+    assert loaded.spec.metadata["hook_name"] == "blocks.2.hook_resid_pre" and loaded.spec.metadata["context_size"] == 64
+    assert cfg["metadata"]["model_name"] is None
+
+
+def test_bad_specs_and_broken_folders(tmp_path):
+    with pytest.raises(SAEConfigError, match="larger than d_sae"):
+        make_sae(SAESpec(architecture="topk", d_in=8, d_sae=16, k=17))
+    with pytest.raises(SAEConfigError, match="positive integer"):
+        make_sae(SAESpec(architecture="standard", d_in=8, d_sae=0))
+    with pytest.raises(SAEConfigError, match="too large"):
+        make_sae(SAESpec(architecture="standard", d_in=2304, d_sae=10**9))
+    with pytest.raises(SAEFormatError, match="not an SAE folder"):
+        load_sae(tmp_path)
+    sae = randomised(SAESpec(architecture="topk", d_in=8, d_sae=32, k=4))
+    save_sae(sae, tmp_path)
+    w = tmp_path / "sae_weights.safetensors"
+    good = w.read_bytes()
+    w.write_bytes(good[: len(good) // 2])
+    with pytest.raises(SAEFormatError, match="truncated"):
+        load_sae(tmp_path)
+    w.write_bytes(good)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "d_sae": 64}))
+    with pytest.raises(SAEFormatError, match="shape"):
+        load_sae(tmp_path)
+    (tmp_path / "cfg.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "d_in"}))
+    with pytest.raises(SAEFormatError, match="d_in"):
+        load_sae(tmp_path)
+    (tmp_path / "cfg.json").write_text("{not json")
+    with pytest.raises(SAEFormatError, match="not valid JSON"):
+        load_sae(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_each_architecture_learns_a_sparse_dictionary(arch):
+    """Synthetic data made of 3 of 64 true directions per sample: every architecture must reconstruct it."""
+    torch.manual_seed(0)
+    d, n_true = 32, 64
+    dirs = torch.nn.functional.normalize(torch.randn(n_true, d), dim=1)
+
+    def batch(n=512):
+        idx = torch.rand(n, n_true).topk(3, dim=1).indices
+        coef = torch.zeros(n, n_true).scatter_(1, idx, torch.rand(n, 3) * 3 + 1)
+        return coef @ dirs
+
+    spec = SAESpec(architecture=arch, d_in=d, d_sae=128, k=4)
+    sae = make_sae(spec)
+    cfg = TrainConfig(architecture=arch, k=4, l1_coefficient=1.0 if arch == "standard" else 0.05)
+    opt = torch.optim.Adam(sae.parameters(), lr=5e-3)
+    dead = torch.zeros(128, dtype=torch.bool)
+    first = None
+    for step in range(400):
+        x = batch()
+        losses, out = compute_losses(sae, cfg, x, x, dead, cfg.l1_coefficient, 16)
+        opt.zero_grad()
+        losses.total.backward()
+        if arch != "standard":
+            sae.remove_parallel_grad()
+        opt.step()
+        if arch != "standard":
+            sae.normalise_decoder()
+        first = first if first is not None else float(losses.mse.detach())
+    x = batch(2048)
+    with torch.no_grad():
+        ev = 1 - (sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        l0 = (sae.encode(x) > 0).float().sum(-1).mean()
+    assert float(losses.mse.detach()) < 0.3 * first
+    assert ev > 0.8, f"{arch}: explained variance {ev:.3f}"
+    assert 1 <= l0 <= 20, f"{arch}: L0 {l0:.1f}"

@@ -1,0 +1,162 @@
+"""Training on the real default model: learning, exact resume, failures that keep what was written."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+
+from mistudio_widgets.configs import TrainConfig
+from mistudio_widgets.errors import MistudioError, TokenizerMismatch
+from mistudio_widgets.errors import ArtifactWriteError
+from mistudio_widgets.jobs import submit
+from mistudio_widgets.sae.io import load_sae
+from mistudio_widgets.training import TrainingError, _checkpoints, load_checkpoint, run_status, save_checkpoint, train
+
+TINY = dict(batch_tokens=256, chunk_sequences=24, eval_sequences=4, eval_every=0, checkpoint_every=0, log_every=1,
+            expansion_factor=2, k=16, warmup_steps=2)
+
+
+def test_short_run_learns_and_lands_in_the_library(default_ws):
+    cfg = TrainConfig(steps=40, batch_tokens=1024, chunk_sequences=128, eval_sequences=8, eval_every=20, log_every=5,
+                      expansion_factor=4, lr=2e-3, name=default_ws.unique_name("run", "ci-topk"))
+    res = train(default_ws, cfg)
+    rows = default_ws.metrics(res.run_id, "train")
+    assert [r["step"] for r in rows] == list(range(5, 41, 5))
+    assert rows[-1]["loss"] < 0.7 * rows[0]["loss"], "the loss must fall"
+    assert res.metrics["explained_variance"] > 0.5 and res.metrics["l0"] == pytest.approx(32, abs=0.01)
+    assert 0 < res.metrics["ce_recovered"] <= 1.0
+    evals = default_ws.metrics(res.run_id, "eval")
+    assert [r["step"] for r in evals] == [20, 40] and evals[-1]["ce_clean"] < evals[-1]["ce_spliced"] < evals[-1]["ce_zero_ablated"]
+    art = default_ws.get(res.sae_id, "sae")
+    assert art.parent == res.run_id and art.meta["metrics"]["explained_variance"] == res.metrics["explained_variance"]
+    cfg_json = json.loads((art.path / "cfg.json").read_text())
+    assert cfg_json["architecture"] == "topk" and cfg_json["k"] == 32 and cfg_json["d_sae"] == 4 * 576
+    assert cfg_json["metadata"]["hook_name"] == "blocks.15.hook_resid_post" and cfg_json["metadata"]["context_size"] == 128
+    sae, _ = load_sae(art.path)
+    assert run_status(default_ws, res.run_id)["status"] == "done"
+    # the saved SAE takes raw activations: the normalisation was folded into the weights
+    from mistudio_widgets.activations import harvest
+    from mistudio_widgets.datasets import load_tokens
+    from mistudio_widgets.models import load_model
+
+    lm = load_model(default_ws)
+    tokens = load_tokens(default_ws, default_ws.get(default_ws.get(res.run_id).meta["tokenization"]))[-4:]
+    acts, _ = harvest(lm, tokens, ["blocks.15.hook_resid_post"])
+    x = acts["blocks.15.hook_resid_post"]
+    with torch.no_grad():
+        ev = 1 - (sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert ev > 0.5
+
+
+def test_resume_reaches_the_same_weights(default_ws):
+    base = dict(TINY, steps=6, seed=3)
+    full = train(default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "resume-full")))
+    part = train(default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "resume-part")), stop_after=3)
+    assert part.status == "interrupted" and run_status(default_ws, part.run_id)["last_checkpoint"] == 3
+    done = train(default_ws, resume=part.run_id)
+    a, _ = load_sae(full.path)
+    b, _ = load_sae(done.path)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert [r["loss"] for r in default_ws.metrics(full.run_id, "train")] == [r["loss"] for r in default_ws.metrics(done.run_id, "train")]
+
+
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "batchtopk"])
+def test_other_architectures_train_on_the_model(default_ws, arch):
+    res = train(default_ws, TrainConfig(**dict(TINY, steps=4), architecture=arch, l1_coefficient=1.0,
+                                        name=default_ws.unique_name("run", f"arch-{arch}")))
+    sae, cfg = load_sae(res.path)
+    assert cfg["architecture"] == ("jumprelu" if arch != "standard" else "standard")
+    assert res.metrics["l0"] > 0 and torch.isfinite(sae.W_enc).all()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(default_ws):
+    cfg = TrainConfig(**dict(TINY, steps=8, checkpoint_every=1, warmup_steps=0), lr=1e30, grad_clip=0.0,
+                      name=default_ws.unique_name("run", "nan"))
+    with pytest.raises(TrainingError, match=r"loss became .*last good checkpoint.*lower the learning rate") as err:
+        train(default_ws, cfg)
+    run = default_ws.get(cfg.name, "run")
+    assert run.meta["status"] == "failed"
+    ckpts = _checkpoints(run.path)
+    assert ckpts and f"step {int(ckpts[-1].name.split('-')[1])}" in str(err.value)
+
+
+def test_bad_training_input_registers_no_run(default_ws, tiny_model_dir):
+    before = len(default_ws.list("run"))
+    with pytest.raises(MistudioError, match="larger than d_sae"):
+        train(default_ws, TrainConfig(k=5000, steps=1))
+    with pytest.raises(MistudioError, match="positive integer"):
+        train(default_ws, TrainConfig(d_sae=0, steps=1))
+    with pytest.raises(MistudioError, match="out of range"):
+        train(default_ws, TrainConfig(hook="blocks.40.hook_resid_post", steps=1))
+    tiny_tok = [t for t in default_ws.list("tokenization") if t.meta.get("model_name") == "tiny-gpt2-test"]
+    if not tiny_tok:
+        from mistudio_widgets import TokenizeConfig
+        from mistudio_widgets.datasets import tokenize_dataset
+        from mistudio_widgets.models import ModelConfig, add_model
+
+        tiny = default_ws.find("tiny-gpt2-test", "model") or add_model(default_ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test"))
+        tiny_tok = [tokenize_dataset(default_ws, "shakespeare", tiny, TokenizeConfig(context_size=32, max_tokens=2048))]
+    with pytest.raises(TokenizerMismatch):
+        train(default_ws, TrainConfig(dataset=tiny_tok[0].id, steps=1))
+    assert len(default_ws.list("run")) == before
+
+
+def test_resume_of_a_run_whose_files_were_deleted(default_ws):
+    import shutil
+
+    part = train(default_ws, TrainConfig(**dict(TINY, steps=4), name=default_ws.unique_name("run", "gone")), stop_after=2)
+    shutil.rmtree(default_ws.get(part.run_id).path)
+    with pytest.raises(TrainingError, match="files of run .* are gone"):
+        train(default_ws, resume=part.run_id)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
+    from mistudio_widgets.sae import SAESpec, make_sae
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount tmpfs")
+    try:
+        small = make_sae(SAESpec(architecture="topk", d_in=32, d_sae=64, k=4))
+        opt = torch.optim.Adam(small.parameters())
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        save_checkpoint(mnt, small, opt, sched, {"step": 1})
+        big = make_sae(SAESpec(architecture="topk", d_in=256, d_sae=4096, k=4))  # ~8 MiB of weights
+        opt_b = torch.optim.Adam(big.parameters())
+        sched_b = torch.optim.lr_scheduler.LambdaLR(opt_b, lambda s: 1.0)
+        with pytest.raises(ArtifactWriteError, match="disk is full"):
+            save_checkpoint(mnt, big, opt_b, sched_b, {"step": 2})
+        assert [p.name for p in _checkpoints(mnt)] == ["checkpoint-1"]
+        again = make_sae(SAESpec(architecture="topk", d_in=32, d_sae=64, k=4))
+        opt2 = torch.optim.Adam(again.parameters())
+        assert load_checkpoint(mnt / "checkpoint-1", again, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0))["step"] == 1
+        assert torch.equal(again.W_enc, small.W_enc)
+        assert not [p for p in mnt.iterdir() if p.name.startswith(".")]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_background_job_cancel_checkpoints_and_can_resume(default_ws):
+    import time
+
+    name = default_ws.unique_name("run", "job-cancel")
+    started = []
+    job = submit("train", lambda progress, control: train(default_ws, TrainConfig(**dict(TINY, steps=400), name=name),
+                                                          progress=progress, control=control, on_start=started.append))
+    deadline = time.time() + 240
+    while not default_ws.metrics(started[0].id if started else "-", "train") and time.time() < deadline:
+        time.sleep(0.5)
+    job.pause()
+    assert job.status == "paused"
+    job.resume()
+    job.cancel()
+    job.thread.join(240)
+    assert job.status == "cancelled"
+    st = run_status(default_ws, name)
+    assert st["status"] == "interrupted" and st["last_checkpoint"] >= 1
