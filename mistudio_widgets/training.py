@@ -304,7 +304,7 @@ def train(ws: Workspace, cfg: TrainConfig | None = None, *, resume: str | None =
                                                   "tokenization": tok.id, "spec": spec.to_dict(), "started": time.time()},
                                parent=None)
     else:
-        ws.update_meta(run.id, status="running", resumed=time.time())
+        ws.update_meta(run.id, status="running", resumed=time.time(), resumed_at_step=run.meta.get("step") or 0)
     if on_start:
         on_start(run)
     device = lm.device if lm.device != "mps" else "cpu"
@@ -420,6 +420,9 @@ def _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device
                     "lr": sched.get_last_lr()[0], "sparsity_coefficient": coef,
                     "tokens_per_second": window_tokens / max(now - t_log, 1e-9), "memory_mib": _memory(), "tokens": state["tokens"]}
             ws.add_metrics(run.id, s, "train", last)
+            per_token = active.sum(1).float().numpy()
+            counts, edges = np.histogram(per_token, bins=min(30, max(int(per_token.max()) - int(per_token.min()) + 1, 1)))
+            ws.update_meta(run.id, step=s, l0_histogram={"edges": edges.tolist(), "counts": counts.tolist()})
             fire_counts.zero_()
             window_tokens, t_log = 0, now
         emit(progress, "train", s, cfg.steps, unit="step",
@@ -482,3 +485,38 @@ def load_trained(ws: Workspace, ref: str, device: str = "cpu"):
 
 
 __all__ = ["train", "TrainResult", "TrainingError", "run_status", "load_trained"]
+
+
+def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
+    """Validate a config against the workspace without loading weights; returns
+    ``{"problems": [...], "d_sae": ..., "memory_mib": ..., "seconds": ...}`` for forms and the CLI."""
+    from .hooks import hook_names_for
+
+    problems: list[str] = []
+    model = ws.find(cfg.model, "model") if cfg.model != "default" else ws.find("SmolLM2-135M-Instruct", "model")
+    info = model.meta.get("info", {}) if model else {}
+    d_in = int(info.get("d_model") or 0)
+    if model is None and cfg.model != "default":
+        problems.append(f"No model called {cfg.model!r}.")
+    if info:
+        names = hook_names_for(info["layers"], info.get("parallel_blocks", False))
+        for h in filter(None, (cfg.hook, cfg.hook_out)):
+            if h not in names:
+                problems.append(f"{h!r} is not a hook of {model.name} (layers 0..{info['layers'] - 1}).")
+    if cfg.dataset != "default" and not (ws.find(cfg.dataset, "tokenization") or ws.find(cfg.dataset, "dataset")):
+        problems.append(f"No dataset or tokenization called {cfg.dataset!r}.")
+    d_sae = cfg.d_sae if cfg.d_sae is not None else cfg.expansion_factor * (d_in or 576)
+    try:
+        sae_spec(cfg, d_in or 576, d_in or 576, {})
+    except MistudioError as exc:
+        problems.append(str(exc))
+    if cfg.batch_tokens % cfg.grad_accumulation:
+        problems.append("batch_tokens must be divisible by grad_accumulation.")
+    d = d_in or 576
+    params = 2 * d * d_sae + d_sae + d
+    micro = cfg.batch_tokens // max(cfg.grad_accumulation, 1)
+    memory = (params * 4 * 4 + micro * d_sae * 4 * 2 + cfg.chunk_sequences * cfg.context_size * d * 4 * 2) / 2**20
+    tokens = cfg.steps * cfg.batch_tokens
+    rate = 900.0 if info.get("parameters", 0) < 2e8 else 200.0   # harvest-bound tokens/s on a 2-core CPU
+    return {"problems": problems, "d_in": d_in, "d_sae": d_sae, "parameters": params, "memory_mib": memory,
+            "tokens": tokens, "seconds": tokens / rate}

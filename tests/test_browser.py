@@ -106,3 +106,37 @@ def test_studio_in_voila(page, default_ws, tmp_path):
         page.get_by_role("tab", name="Training").click()
         expect(page.get_by_text("Training: coming soon.")).to_be_visible()
         expect(page.get_by_test_id("system-monitor").get_by_test_id("sys-cpu")).to_contain_text("cores")
+
+
+def test_training_from_the_configurator_updates_the_charts_and_stops(page, lab):
+    name = f"browser-{uuid.uuid4().hex[:6]}"
+    settings = dict(steps=5000, batch_tokens=256, chunk_sequences=24, eval_every=0, eval_sequences=4, log_every=1,
+                    expansion_factor=2, k=16, checkpoint_every=0, name=name)
+    open_and_run(page, lab, "train.ipynb", [
+        SETUP, "from mistudio_widgets.widgets import TrainingConfigurator, TrainingMonitor\n"
+               "mon = TrainingMonitor(ws, runs=[])\ncfg = TrainingConfigurator(ws, monitor=mon)\n"
+               f"cfg.values = {{**cfg.values, **{settings!r}}}\ndisplay(cfg, mon)"])
+    conf = page.get_by_test_id("training-configurator")
+    expect(conf.get_by_test_id("train-estimate")).to_contain_text("Latents")
+    # inline validation from the kernel: an impossible k disables Start and says why
+    conf.locator('[data-field="k"]').fill("99999")
+    conf.locator('[data-field="k"]').dispatch_event("change")
+    expect(conf.get_by_test_id("train-problems")).to_contain_text("larger than d_sae")
+    expect(conf.get_by_test_id("train-start")).to_be_disabled()
+    conf.locator('[data-field="k"]').fill("16")
+    conf.locator('[data-field="k"]').dispatch_event("change")
+    expect(conf.get_by_test_id("train-start")).to_be_enabled()
+    conf.get_by_test_id("train-start").click()
+    monitor = page.get_by_test_id("training-monitor")
+    row = monitor.locator(f'tr[data-run="{name}"]')
+    expect(row.get_by_test_id("run-status")).to_have_text("running")
+    expect(row.get_by_test_id("run-step")).to_have_text(re.compile(r"^([3-9]|\d{2,}) / 5,000"))
+    # the plotly loss chart has drawn a line from the catalog's metric history
+    line = page.locator(".js-plotly-plot .scatterlayer .trace path.js-line").first
+    expect(line).to_have_attribute("d", re.compile(r"M.+L.+"))
+    if os.environ.get("MISTUDIO_SCREENSHOTS"):
+        page.wait_for_timeout(3000)
+        page.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/training.png", full_page=True)
+    row.get_by_test_id("run-stop").click()
+    expect(row.get_by_test_id("run-status")).to_have_text("interrupted")
+    expect(row.get_by_test_id("run-resume")).to_be_visible()

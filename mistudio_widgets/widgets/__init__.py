@@ -1,7 +1,10 @@
 """The widgets: thin views over the engine (anywidget front ends in js/)."""
 from .dataset_picker import DatasetPicker
 from .model_picker import ModelPicker
+from .sae_library import SAELibrary
 from .studio import Studio
 from .system_monitor import SystemMonitor
+from .training_configurator import TrainingConfigurator
+from .training_monitor import TrainingMonitor
 
-__all__ = ["DatasetPicker", "ModelPicker", "Studio", "SystemMonitor"]
+__all__ = ["DatasetPicker", "ModelPicker", "SAELibrary", "Studio", "SystemMonitor", "TrainingConfigurator", "TrainingMonitor"]

@@ -9,15 +9,16 @@ import ipywidgets as ipw
 from ..workspace import Workspace
 from .dataset_picker import DatasetPicker
 from .model_picker import ModelPicker
+from .sae_library import SAELibrary
 from .system_monitor import SystemMonitor
+from .training_configurator import TrainingConfigurator
+from .training_monitor import TrainingMonitor
 
 COMING = {
-    "SAEs": "The SAE library (trained and imported SAEs with their metrics; rename, delete, export) arrives with SAE training.",
-    "Training": "Training an SAE with a live monitor (loss, L0, dead features) arrives with SAE training.",
     "Features": "The feature browser, prompt tester and auto-labelling arrive after training.",
     "Steering": "Steering generation with features, steered and unsteered side by side, arrives after training.",
 }
-TABS = ("Datasets", "Models", *COMING)
+TABS = ("Datasets", "Models", "SAEs", "Training", *COMING)
 
 
 def _coming(title: str, text: str) -> ipw.HTML:
@@ -37,14 +38,25 @@ class Studio(ipw.VBox):
         self.system = SystemMonitor(ws)
         self.datasets = DatasetPicker(ws)
         self.models = ModelPicker(ws)
-        self.tabs = ipw.Tab(children=[self.datasets, self.models, *(_coming(k, v) for k, v in COMING.items())])
+        self.library = SAELibrary(ws)
+        self.monitor = TrainingMonitor(ws)
+        self.trainer = TrainingConfigurator(ws, monitor=self.monitor)
+        training = ipw.VBox([self.trainer, self.monitor])
+        self.tabs = ipw.Tab(children=[self.datasets, self.models, self.library, training,
+                                      *(_coming(k, v) for k, v in COMING.items())])
+        self.library.observe(self._open, "opened")
         for i, title in enumerate(TABS):
             self.tabs.set_title(i, title)
         header = ipw.HTML(f"<b>mistudio</b> &middot; workspace <code>{html.escape(str(ws.root))}</code>")
         super().__init__(children=[header, self.system, self.tabs], **kwargs)
         self.add_class("mistudio-studio")
 
+    def _open(self, change: dict) -> None:
+        target = change["new"].get("target")
+        if target in TABS:
+            self.tabs.selected_index = TABS.index(target)
+
     def close(self) -> None:
-        for w in (self.system, self.datasets, self.models):
+        for w in (self.system, self.datasets, self.models, self.library, self.trainer, self.monitor):
             w.close()
         super().close()

@@ -1,0 +1,153 @@
+"""TrainingConfigurator: a form built from the TrainConfig dataclass, with inline validation, a memory
+and time estimate, and a Start button that runs training as a background job."""
+from __future__ import annotations
+
+import dataclasses
+import time
+import typing
+from typing import Any
+
+import traitlets as t
+
+from .. import jobs
+from ..configs import TrainConfig, from_dict, to_dict
+from ..training import check_config, train
+from .base import EngineWidget, esm, on_kernel
+
+BASIC = ("model", "dataset", "hook", "architecture", "expansion_factor", "k", "l1_coefficient", "lr", "batch_tokens", "steps")
+HIDDEN = ("adam_betas", "name")
+
+
+def _field_kind(f: dataclasses.Field) -> tuple[str, list[str] | None]:
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        return "choice", list(args)
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(base, "str")
+    return (f"optional-{kind}" if type(None) in args else kind), None
+
+
+def form_fields() -> list[dict[str, Any]]:
+    """The TrainConfig fields as form descriptions (the widget renders these)."""
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in HIDDEN:
+            continue
+        kind, choices = _field_kind(f)
+        out.append({"name": f.name, "kind": kind, "choices": choices, "default": f.default, "help": f.metadata.get("help", ""),
+                    "minimum": f.metadata.get("minimum"), "basic": f.name in BASIC})
+    out.sort(key=lambda x: (not x["basic"], BASIC.index(x["name"]) if x["basic"] else 0))
+    return out
+
+
+class TrainingConfigurator(EngineWidget):
+    _esm = esm("training_configurator")
+    fields = t.List().tag(sync=True)
+    values = t.Dict().tag(sync=True)
+    choices = t.Dict().tag(sync=True)       # {model: [...], dataset: [...], hook: [...]}
+    check = t.Dict().tag(sync=True)         # problems + estimate
+    run = t.Unicode("").tag(sync=True)      # id of the run started last
+
+    def __init__(self, workspace=None, monitor=None, **kwargs: Any):
+        self.monitor = monitor
+        self.job: jobs.Job | None = None
+        self._last_event = 0.0
+        super().__init__(workspace, **kwargs)
+        self.fields = form_fields()
+        self.values = to_dict(TrainConfig())
+        self._validate()
+
+    def refresh(self) -> None:
+        ws = self.workspace
+        models = [m.name for m in ws.list("model")] or ["default"]
+        datasets = [d.name for d in ws.list("dataset")] + [k.name for k in ws.list("tokenization")]
+        hooks: list[str] = []
+        model = ws.find(self.values.get("model", "default"), "model") if self.values.get("model") != "default" else (ws.list("model") or [None])[0]
+        if model is not None:
+            from ..hooks import hook_names_for
+
+            hooks = hook_names_for(model.meta["info"]["layers"], model.meta["info"].get("parallel_blocks", False))
+        self.choices = {"model": ["default", *models], "dataset": ["default", *datasets], "hook": hooks,
+                        "hook_out": ["", *hooks]}
+
+    @t.observe("values")
+    def _on_values(self, change: dict) -> None:
+        if (change.get("old") or {}).get("model") != change["new"].get("model"):
+            self.refresh()
+        self._validate()
+
+    def config(self) -> TrainConfig:
+        vals = {k: v for k, v in self.values.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+        for f in self.fields:
+            v = vals.get(f["name"])
+            if v in ("", None) and f["kind"].startswith("optional"):
+                vals[f["name"]] = None
+            elif f["kind"].endswith("int") and v not in (None, ""):
+                vals[f["name"]] = int(v)
+            elif f["kind"].endswith("float") and v not in (None, ""):
+                vals[f["name"]] = float(v)
+        vals["adam_betas"] = tuple(vals.get("adam_betas") or (0.9, 0.999))
+        return from_dict(TrainConfig, vals)
+
+    def _validate(self) -> None:
+        try:
+            self.check = check_config(self.workspace, self.config())
+        except (ValueError, TypeError) as exc:
+            self.check = {"problems": [f"Invalid value: {exc}"]}
+        except Exception as exc:  # noqa: BLE001 - shown next to the form
+            self.check = {"problems": [str(exc)]}
+
+    # -- actions ---------------------------------------------------------------------------
+    def action_set(self, **values: Any) -> None:
+        self.values = {**self.values, **values}
+
+    def action_start(self) -> None:
+        self.start()
+
+    def start(self, **overrides: Any) -> jobs.Job:
+        """Start training in the background with the form's settings (plus ``overrides``)."""
+        from ..errors import MistudioError
+
+        if overrides:
+            self.values = {**self.values, **overrides}
+        if self.check.get("problems"):
+            raise MistudioError("The settings have problems: " + " ".join(self.check["problems"]), "fix the fields marked in the form.")
+        if self.job is not None and not self.job.done:
+            raise MistudioError("A training started here is still running.", "stop it, or wait for it to finish.")
+        cfg, ws = self.config(), self.workspace
+        self.error, self.message, self.status, self.task = {}, "", "busy", "train"
+
+        def started(run) -> None:
+            on_kernel(lambda: self._started(run.id))
+
+        self.job = jobs.submit("train", lambda progress, control: train(ws, cfg, progress=progress, control=control,
+                                                                          on_start=started), listener=self._on_job)
+        return self.job
+
+    def _started(self, run_id: str) -> None:
+        self.run = run_id
+        if self.monitor is not None:
+            self.monitor.attach(run_id, self.job)
+
+    def _on_job(self, job: jobs.Job, ev) -> None:
+        now = time.monotonic()
+        if ev is not None and not ev.finished and not job.done and now - self._last_event < 0.1:
+            return  # at most ~10 updates a second reach the page
+        self._last_event = now
+
+        def apply() -> None:
+            if ev is not None:
+                self.progress = ev.to_dict()
+            if job.done:
+                self.status, self.task = "idle", ""
+                if job.status == "failed" and job.error:
+                    self.error = {"problem": job.error["problem"], "fix": job.error.get("fix", "")}
+                elif job.status == "done":
+                    self.message = f"Trained {job.result.sae_id}: EV {job.result.metrics['explained_variance']:.3f}, L0 {job.result.metrics['l0']:.1f}."
+                elif job.status == "cancelled":
+                    self.message = "Stopped; the run can be resumed from its last checkpoint."
+                from .base import workspace_changed
+
+                workspace_changed(self.workspace)
+        on_kernel(apply)

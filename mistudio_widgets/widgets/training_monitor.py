@@ -1,0 +1,189 @@
+"""TrainingMonitor: live charts of a run's metrics (read from the catalog, so it re-attaches after a
+kernel restart and follows runs started elsewhere), progress with ETA, pause/resume/stop, several runs
+overlaid."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ipywidgets as ipw
+import traitlets as t
+
+from .. import jobs
+from ..training import run_status, train
+from .base import EngineWidget, esm, on_kernel
+
+CHARTS = [("loss", "train", "loss"), ("mse", "train", "MSE"), ("l0", "train", "L0"), ("dead_fraction", "train", "dead fraction"),
+          ("explained_variance", "train", "explained variance"), ("ce_recovered", "eval", "CE recovered"),
+          ("lr", "train", "learning rate")]
+
+
+class TrainingControls(EngineWidget):
+    """The monitor's status table and buttons (the charts are a plotly FigureWidget beside it)."""
+
+    _esm = esm("training_controls")
+    runs = t.List().tag(sync=True)     # [{id, name, status, step, steps, tokens_per_second, eta, live, ...}]
+
+    def __init__(self, workspace=None, owner: "TrainingMonitor | None" = None, **kw: Any):
+        self.owner = owner
+        super().__init__(workspace, **kw)
+
+    def action_pause(self, id: str) -> None:
+        self.owner._job(id).pause()
+        self.owner.poll()
+
+    def action_resume(self, id: str) -> None:
+        job = self.owner.jobs.get(id)
+        if job is not None and job.status == "paused":
+            job.resume()
+        else:
+            self.owner.resume_run(id)
+        self.owner.poll()
+
+    def action_stop(self, id: str) -> None:
+        self.owner._job(id).cancel()
+
+    def action_attach(self, id: str) -> None:
+        self.owner.attach(id)
+
+    def action_detach(self, id: str) -> None:
+        self.owner.detach(id)
+
+
+class TrainingMonitor(ipw.VBox):
+    """``TrainingMonitor(ws)`` shows the newest run; ``attach(run_id)`` overlays more."""
+
+    def __init__(self, workspace=None, runs: list[str] | None = None, *, interval: float = 1.0, **kwargs: Any):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        self.controls = TrainingControls(workspace, owner=self)
+        self.workspace = self.controls.workspace
+        self.run_ids: list[str] = []
+        self.jobs: dict[str, jobs.Job] = {}
+        self._seen: dict[str, dict[str, int]] = {}
+        titles = [c[2] for c in CHARTS] + ["active features per token"]
+        fig = make_subplots(rows=2, cols=4, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.16)
+        fig.update_layout(height=440, margin=dict(l=40, r=10, t=40, b=30), showlegend=True,
+                          legend=dict(orientation="h", y=-0.12), template="plotly_white")
+        self.figure = go.FigureWidget(fig)
+        super().__init__(children=[self.controls, self.figure], **kwargs)
+        self.add_class("mistudio-training-monitor")
+        if runs is None:  # default: the newest run; [] attaches none
+            runs = [self.workspace.list("run")[-1].id] if self.workspace.list("run") else []
+        for r in runs:
+            self.attach(r)
+        self._timer = None
+        self._start_timer(interval)
+
+    # -- runs --------------------------------------------------------------------------------
+    def attach(self, run_id: str, job: jobs.Job | None = None) -> None:
+        run = self.workspace.get(run_id, "run")
+        if job is not None:
+            self.jobs[run.id] = job
+        if run.id not in self.run_ids:
+            self.run_ids.append(run.id)
+            self._seen[run.id] = {}
+            import plotly.graph_objects as go
+
+            colour = ["#1976d2", "#d32f2f", "#388e3c", "#f57c00", "#7b1fa2", "#00838f"][(len(self.run_ids) - 1) % 6]
+            with self.figure.batch_update():
+                for i, (metric, split, _) in enumerate(CHARTS):
+                    self.figure.add_trace(go.Scatter(x=[], y=[], mode="lines+markers" if split == "eval" else "lines",
+                                                     name=run.name, legendgroup=run.id, showlegend=i == 0,
+                                                     line=dict(color=colour), meta=[run.id, metric, split]),
+                                          row=i // 4 + 1, col=i % 4 + 1)
+                self.figure.add_trace(go.Bar(x=[], y=[], name=run.name, legendgroup=run.id, showlegend=False,
+                                             marker=dict(color=colour), meta=[run.id, "l0_histogram", "meta"]), row=2, col=4)
+        self.poll()
+
+    def detach(self, run_id: str) -> None:
+        if run_id in self.run_ids:
+            self.run_ids.remove(run_id)
+            self.figure.data = tuple(tr for tr in self.figure.data if tr.meta[0] != run_id)
+            self.poll()
+
+    def _job(self, run_id: str) -> jobs.Job:
+        from ..errors import MistudioError
+
+        job = self.jobs.get(run_id)
+        if job is None or job.done:
+            raise MistudioError("This run is not running in this kernel.", "runs started elsewhere can be watched, not controlled.")
+        return job
+
+    def resume_run(self, run_id: str) -> jobs.Job:
+        """Resume an interrupted run from its last checkpoint, as a background job."""
+        ws = self.workspace
+        job = jobs.submit("train", lambda progress, control: train(ws, resume=run_id, progress=progress, control=control))
+        self.jobs[run_id] = job
+        return job
+
+    # -- updates -----------------------------------------------------------------------------
+    def _start_timer(self, interval: float) -> None:
+        from .base import _kernel_io_loop
+
+        if _kernel_io_loop() is None:
+            return
+        from tornado.ioloop import PeriodicCallback
+
+        self._timer = PeriodicCallback(self._tick, interval * 1000)
+        self._timer.start()
+
+    def _tick(self) -> None:
+        try:
+            self.poll()
+        except Exception:  # noqa: BLE001 - a broken poll must not kill the timer
+            import traceback
+
+            traceback.print_exc()
+
+    def poll(self) -> None:
+        """Read new metric rows and statuses from the catalog into the charts and the table."""
+        rows_out = []
+        for rid in list(self.run_ids):
+            art = self.workspace.find(rid, "run")
+            if art is None:
+                self.run_ids.remove(rid)
+                continue
+            seen = self._seen[rid]
+            new = {split: self.workspace.metrics(rid, split, since_step=seen.get(split, 0)) for split in ("train", "eval")}
+            with self.figure.batch_update():
+                for tr in self.figure.data:
+                    run_id, metric, split = tr.meta
+                    if run_id != rid:
+                        continue
+                    if split == "meta":
+                        h = art.meta.get("l0_histogram")
+                        if h:
+                            tr.x = [(a + b) / 2 for a, b in zip(h["edges"][:-1], h["edges"][1:])]
+                            tr.y = h["counts"]
+                        continue
+                    pts = [(r["step"], r[metric]) for r in new[split] if r.get(metric) is not None]
+                    if pts:
+                        tr.x = list(tr.x or ()) + [p[0] for p in pts]
+                        tr.y = list(tr.y or ()) + [p[1] for p in pts]
+            for split in ("train", "eval"):
+                if new[split]:
+                    seen[split] = new[split][-1]["step"]
+            st = run_status(self.workspace, rid)
+            job = self.jobs.get(rid)
+            last = self.workspace.metrics(rid, "train", since_step=seen.get("train", 0) - 1)
+            tps = last[-1].get("tokens_per_second") if last else None
+            step = art.meta.get("step") or seen.get("train", 0)
+            status = job.status if job is not None and not job.done else st["status"]
+            since = art.meta.get("resumed") or art.meta.get("started")
+            done_tokens = (step - (art.meta.get("resumed_at_step") or 0)) * art.meta["config"]["batch_tokens"]
+            overall = done_tokens / max(time.time() - since, 1e-9) if since and done_tokens > 0 else None
+            remaining = (st["steps"] - step) * art.meta["config"]["batch_tokens"] / overall if overall and status == "running" else None
+            rows_out.append({"id": rid, "name": art.name, "status": status, "step": step, "steps": st["steps"],
+                             "tokens_per_second": tps, "eta_seconds": remaining, "live": job is not None and not job.done,
+                             "last_checkpoint": st["last_checkpoint"], "sae": st["sae"], "error": art.meta.get("error", "")})
+        others = [{"id": a.id, "name": a.name, "status": a.meta.get("status")} for a in self.workspace.list("run")
+                  if a.id not in self.run_ids]
+        self.controls.runs = rows_out + [{**o, "attached": False} for o in others[-10:]]
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self.controls.close()
+        super().close()
