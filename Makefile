@@ -42,6 +42,7 @@ lab: setup
 ## make bench: the benchmarks (ratios against a baseline measured in the same run)
 bench: setup
 	$(PY) benchmarks/bench_capture.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf test-artifacts

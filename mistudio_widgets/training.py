@@ -25,7 +25,6 @@ from .models import LoadedModel, load_model, resolve_model
 from .progress import ProgressCallback, emit
 from .sae import SAE, SAESpec, make_sae
 from .sae.io import save_sae, write_safetensors
-from .sae.topk import selected_pre_acts, sparse_decode
 from .workspace import Artifact, Workspace, atomic_folder
 
 CKPT_PREFIX = "checkpoint-"
@@ -104,15 +103,13 @@ def compute_losses(sae: SAE, cfg: TrainConfig, x: torch.Tensor, target: torch.Te
         sparsity = sparsity_coef * sae.l0_penalty(out.pre)
     elif dead.any() and cfg.aux_coefficient > 0:   # AuxK: dead latents learn to explain the residual
         e = -err.detach()
-        n_dead = int(dead.sum())
-        k = min(aux_k, n_dead)
         dead_idx = dead.nonzero().squeeze(1)
-        with torch.no_grad():
-            sel = out.pre[:, dead_idx].topk(k, dim=-1, sorted=False).indices
-        idx = dead_idx[sel]
+        k = min(aux_k, dead_idx.numel())
         x_c = x - sae.b_dec if sae.spec.apply_b_dec_to_input else x
-        vals = torch.relu(selected_pre_acts(sae, x_c, idx))
-        e_hat = sparse_decode(sae.W_dec, torch.zeros_like(sae.b_dec), idx, vals)
+        pre_dead = x_c @ sae.W_enc[:, dead_idx] + sae.b_enc[dead_idx]          # [B, n_dead], dense over the dead only
+        top = pre_dead.topk(k, dim=-1, sorted=False)
+        acts = torch.zeros_like(pre_dead).scatter(-1, top.indices, torch.relu(top.values))
+        e_hat = acts @ sae.W_dec[dead_idx]
         denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
         aux = cfg.aux_coefficient * (e_hat - e).pow(2).sum(-1).mean() / denom
     return Losses(mse + sparsity + aux, mse, sparsity, aux), out
@@ -140,6 +137,37 @@ def resample_dead(sae: SAE, opt: torch.optim.Optimizer, dead: torch.Tensor, x: t
             if key in st:
                 st[key][sl] = 0.0
     return int(idx.numel())
+
+
+def optimizer_step(sae: SAE, opt: torch.optim.Optimizer, sched, cfg: TrainConfig, x: torch.Tensor, target: torch.Tensor,
+                   dead: torch.Tensor, coef: float, aux_k: int, device: str = "cpu"):
+    """One optimiser step over a batch (split into ``cfg.grad_accumulation`` micro-batches).
+    Returns (loss parts, active [B, d_sae] bool on CPU, reconstruction, fired [d_sae]). The weights are
+    not updated when the loss is not finite (the caller decides what to do)."""
+    unit_norm = sae.spec.architecture in ("topk", "batchtopk", "jumprelu")
+    opt.zero_grad(set_to_none=True)
+    parts = {"loss": 0.0, "mse_loss": 0.0, "sparsity_loss": 0.0, "aux_loss": 0.0}
+    actives, recons = [], []
+    for xm, tm in zip(x.chunk(cfg.grad_accumulation), target.chunk(cfg.grad_accumulation)):
+        with _autocast(cfg, device):
+            losses, out = compute_losses(sae, cfg, xm, tm, dead, coef, aux_k)
+        (losses.total / cfg.grad_accumulation).backward()
+        for key, v in (("loss", losses.total), ("mse_loss", losses.mse), ("sparsity_loss", losses.sparsity), ("aux_loss", losses.aux)):
+            parts[key] += float(v.detach()) / cfg.grad_accumulation
+        with torch.no_grad():
+            actives.append(out.active().cpu())
+            recons.append(out.recon.detach().float())
+    active = torch.cat(actives)
+    if math.isfinite(parts["loss"]):
+        if unit_norm:
+            sae.remove_parallel_grad()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if unit_norm:
+            sae.normalise_decoder()
+    return parts, active, torch.cat(recons), active.any(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +357,7 @@ def train(ws: Workspace, cfg: TrainConfig | None = None, *, resume: str | None =
 def _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device, resuming, progress, control, stop_after):
     torch.manual_seed(cfg.seed)
     sae = make_sae(spec).to(device)
+    sae.select_dtype = None if cfg.select_precision == "float32" else torch.bfloat16
     eval_acts, _ = harvest(lm, eval_tokens, hooks, batch_size=cfg.harvest_batch_size, progress=progress, stage="harvest eval")
     x_eval = eval_acts[cfg.hook]
     if x_eval.shape[0] < 2:
@@ -340,7 +369,6 @@ def _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device
         tgt = eval_acts[cfg.hook_out or cfg.hook] * scale_out
         if cfg.b_dec_init != "zeros":
             sae.b_dec.copy_(geometric_median(tgt) if cfg.b_dec_init == "geometric_median" else tgt.mean(0))
-    unit_norm = spec.architecture in ("topk", "batchtopk", "jumprelu")
     opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     state: dict[str, Any] = {"step": 0, "position": [0, 0, 0], "scale_in": scale_in, "scale_out": scale_out,
@@ -352,7 +380,9 @@ def _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device
     since_fired = (torch.tensor(state["tokens_since_fired"], dtype=torch.long) if state["tokens_since_fired"] is not None
                    else torch.zeros(spec.d_sae, dtype=torch.long))
     evaluator = Evaluator(lm, eval_tokens, cfg, eval_acts)
-    stream = ActivationStream(lm, train_tokens, hooks, batch_tokens=cfg.batch_tokens, chunk_sequences=cfg.chunk_sequences,
+    # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config, so resumes agree
+    needed = math.ceil(cfg.steps * cfg.batch_tokens * 1.05 / max(train_tokens.shape[1] - 1, 1)) + 1
+    stream = ActivationStream(lm, train_tokens, hooks, batch_tokens=cfg.batch_tokens, chunk_sequences=min(cfg.chunk_sequences, needed),
                               seed=cfg.seed, harvest_batch_size=cfg.harvest_batch_size, progress=progress)
     it = stream.batches(tuple(state["position"]))
     aux_k = cfg.aux_k or max(spec.d_in // 2, 1)
@@ -373,34 +403,13 @@ def _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device
         t_all = batch[cfg.hook_out].to(device) * scale_out if cfg.hook_out else x_all
         coef = cfg.l1_coefficient * min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else cfg.l1_coefficient
         dead = since_fired >= cfg.dead_tokens
-        opt.zero_grad(set_to_none=True)
-        parts = {"loss": 0.0, "mse_loss": 0.0, "sparsity_loss": 0.0, "aux_loss": 0.0}
-        fired = torch.zeros(spec.d_sae, dtype=torch.bool)
-        l0_sum, recon_parts = 0.0, []
-        for xm, tm in zip(x_all.chunk(cfg.grad_accumulation), t_all.chunk(cfg.grad_accumulation)):
-            with _autocast(cfg, device):
-                losses, out = compute_losses(sae, cfg, xm, tm, dead.to(device), coef, aux_k)
-            (losses.total / cfg.grad_accumulation).backward()
-            for key, v in (("loss", losses.total), ("mse_loss", losses.mse), ("sparsity_loss", losses.sparsity), ("aux_loss", losses.aux)):
-                parts[key] += float(v.detach()) / cfg.grad_accumulation
-            with torch.no_grad():
-                active = out.active().cpu()
-                fired |= active.any(0)
-                fire_counts += active.sum(0)
-                l0_sum += float(active.sum())
-                recon_parts.append(out.recon.detach().float())
+        parts, active, recon, fired = optimizer_step(sae, opt, sched, cfg, x_all, t_all, dead.to(device), coef, aux_k, device)
+        fire_counts += active.sum(0)
+        l0_sum = float(active.sum())
         if not math.isfinite(parts["loss"]):
             raise TrainingError(f"The loss became {parts['loss']} at step {step}; training stopped and the last good "
                                 f"checkpoint (step {ws.get(run.id).meta.get('last_checkpoint', 'none')}) was kept.",
                                 "lower the learning rate (lr) or enable gradient clipping, then resume or start again.")
-        if unit_norm:
-            sae.remove_parallel_grad()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        if unit_norm:
-            sae.normalise_decoder()
         n = x_all.shape[0]
         since_fired += n
         since_fired[fired] = 0
@@ -412,7 +421,6 @@ def _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device
         s = state["step"]
         if s % cfg.log_every == 0 or s == cfg.steps:
             now = time.perf_counter()
-            recon = torch.cat(recon_parts)
             last = {**parts, "mse": float((recon - t_all).pow(2).mean() / scale_out**2),
                     "explained_variance": explained_variance(recon, t_all), "l0": l0_sum / n,
                     "dead_fraction": float((since_fired >= cfg.dead_tokens).float().mean()),
@@ -463,7 +471,7 @@ def _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device
                                  "hook_out": cfg.hook_out, "architecture": spec.architecture, "d_in": spec.d_in,
                                  "d_sae": spec.d_sae, "k": spec.k, "metrics": metrics, "source": "trained"}) as w:
         save_sae(out, w.path, extra={"run": run.id, "scale_in": scale_in, "scale_out": scale_out})
-    ws.update_meta(run.id, status="done", sae=w.id, finished=time.time(), metrics=metrics)
+    ws.update_meta(run.id, status="done", sae=w.id, finished=time.time(), metrics=metrics, harvest=stream.counts)
     emit(progress, "train", state["step"], cfg.steps, unit="step", finished=True)
     return TrainResult(run.id, w.id, str(ws.get(w.id).path), metrics, "done")
 

@@ -151,12 +151,12 @@ class StepOut:
     pre: torch.Tensor | None
     idx: torch.Tensor | None      # sparse: [B, k] active latent indices
     vals: torch.Tensor | None     # sparse: [B, k] their values
+    d_sae: int | None = None
 
     def active(self) -> torch.Tensor:
         """Bool [B, d_sae] of which latents fired (for L0 and dead-latent tracking)."""
         if self.acts is not None:
             return self.acts > 0
-        d_sae = self.pre.shape[-1] if self.pre is not None else int(self.idx.max()) + 1
-        out = torch.zeros(self.idx.shape[0], d_sae, dtype=torch.bool, device=self.idx.device)
+        out = torch.zeros(self.idx.shape[0], self.d_sae, dtype=torch.bool, device=self.idx.device)
         out.scatter_(1, self.idx, self.vals > 0)
         return out

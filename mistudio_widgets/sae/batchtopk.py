@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .base import SAE, SAESpec, StepOut
-from .topk import selected_pre_acts, sparse_decode
+from .topk import choose, selected_pre_acts, sparse_decode
 
 
 class BatchTopKSAE(SAE):
@@ -22,23 +22,20 @@ class BatchTopKSAE(SAE):
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
         x_c = x - self.b_dec if self.spec.apply_b_dec_to_input else x
+        width = min(4 * self.spec.k, self.spec.d_sae)   # each token keeps at most 4k latents above the batch threshold
+        idx, values = choose(self, x_c, width)
         with torch.no_grad():
-            pre = torch.relu(x_c @ self.W_enc + self.b_enc)
-            flat = pre.reshape(-1)
-            n_keep = min(self.spec.k * x.shape[0], flat.numel())
-            kth = flat.topk(n_keep, sorted=False).values.min()
-            # a fixed-width sparse layout: each token keeps at most 4k latents above the batch threshold
-            width = min(4 * self.spec.k, pre.shape[-1])
-            vals_ng, idx = pre.topk(width, dim=-1, sorted=False)
-            keep = vals_ng >= kth
-            pos = vals_ng[keep]
-            if pos.numel():
-                t = pos.min()
+            pos = torch.relu(values)
+            n_keep = min(self.spec.k * x.shape[0], pos.numel())
+            kth = pos.reshape(-1).topk(n_keep, sorted=False).values.min()
+            keep = (pos >= kth) & (pos > 0)
+            if keep.any():
+                t = float(pos[keep].min())
                 n = int(self.threshold_steps)
-                self.threshold.fill_((float(self.threshold[0]) * n + float(t)) / (n + 1) if n else float(t))
+                self.threshold.fill_((float(self.threshold[0]) * n + t) / (n + 1) if n else t)
                 self.threshold_steps += 1
-        vals = torch.relu(selected_pre_acts(self, x_c, idx)) * keep
+        vals = torch.relu(selected_pre_acts(self, x_c, idx, values)) * keep
         recon = sparse_decode(self.W_dec, self.b_dec, idx, vals)
         if self.spec.skip:
             recon = recon + x @ self.W_skip.T
-        return StepOut(recon=recon, acts=None, pre=pre, idx=idx, vals=vals)
+        return StepOut(recon=recon, acts=None, pre=None, idx=idx, vals=vals, d_sae=self.spec.d_sae)
