@@ -27,7 +27,7 @@ setup: $(STAMP)
 browser-deps:
 	@test -x /usr/bin/chromium || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium fonts-dejavu-core)
 
-## make demo: the main job on the embedded defaults (model, corpus, tokenize, capture at a hook)
+## make demo: the main job on the embedded defaults (model, corpus, tokenize, capture at a hook, train an SAE)
 demo: setup
 	$(VENV)/bin/mistudio demo
 

@@ -171,11 +171,23 @@ def cmd_demo(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
              f"tokens  {tok.name}: {st['tokens']:,} tokens in {st['sequences']:,} sequences")
     a.model, a.dataset = model.id, tok.id
     cmd_capture(ws, a, out)
+    from .configs import TrainConfig
+    from .training import train
+
+    cfg = TrainConfig(hook=a.hook, steps=a.train_steps, batch_tokens=1024, expansion_factor=4, k=32, lr=2e-3, eval_every=0,
+                      log_every=10, chunk_sequences=256, eval_sequences=8, name=ws.unique_name("run", "demo-topk"))
+    res = train(ws, cfg, progress=out.progress)
+    m = res.metrics
+    out.line({"step": "train", "run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "metrics": m},
+             f"sae     {res.sae_id} ({res.path}): top-k k=32, d_sae {4 * 576}, {m['tokens']:,} tokens; explained variance "
+             f"{m['explained_variance']:.3f}, L0 {m['l0']:.0f}, dead {m['dead_fraction']:.1%}, CE recovered {m['ce_recovered']:.3f}")
     out.line({"step": "done", "seconds": time.perf_counter() - t0, "workspace": str(ws.root)},
              f"done in {time.perf_counter() - t0:.1f}s; workspace {ws.root}")
 
 
-def _train_config(a: argparse.Namespace):
+def _train_configs(a: argparse.Namespace):
+    """TrainConfigs from --config (a mapping, optionally with `saes: [...]` for several SAEs from one
+    harvest) and the flags (which apply to every SAE)."""
     import yaml
 
     from .configs import TrainConfig, from_dict
@@ -193,16 +205,23 @@ def _train_config(a: argparse.Namespace):
              "k": a.k, "l1_coefficient": a.l1, "expansion_factor": a.expansion, "d_sae": a.d_sae, "steps": a.steps,
              "batch_tokens": a.batch_tokens, "lr": a.lr, "seed": a.seed, "name": a.name, "device": a.device}
     data.update({k: v for k, v in flags.items() if v is not None})
-    if isinstance(data.get("adam_betas"), list):
-        data["adam_betas"] = tuple(data["adam_betas"])
-    return from_dict(TrainConfig, data)
+    variants = data.pop("saes", None) or [{}]
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise MistudioError("`saes` in the config file must be a list of mappings.", "write e.g. `saes: [{hook: blocks.5.hook_resid_post}]`.")
+    out = []
+    for v in variants:
+        merged = {**data, **v}
+        if isinstance(merged.get("adam_betas"), list):
+            merged["adam_betas"] = tuple(merged["adam_betas"])
+        out.append(from_dict(TrainConfig, merged))
+    return out
 
 
 def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     import signal
 
     from .jobs import JobCancelled, JobControl
-    from .training import train
+    from .training import train_many
 
     control = JobControl()
 
@@ -213,15 +232,20 @@ def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
         control.cancel()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    cfg = None if a.resume else _train_config(a)
+    cfgs = None if a.resume else _train_configs(a)
     started = lambda run: out.line({"run_id": run.id, "name": run.name}, f"run {run.name} ({run.id})")  # noqa: E731
     try:
-        res = train(ws, cfg, resume=a.resume, progress=out.progress, control=control, on_start=started)
+        results = train_many(ws, cfgs, resume=a.resume, progress=out.progress, control=control, on_start=started)
     except JobCancelled:
-        out.summary({"status": "interrupted"}, "interrupted; resume with: mistudio train --resume RUN")
+        out.summary({"status": "interrupted"}, "interrupted; resume each run with: mistudio train --resume RUN")
         return
     finally:
         signal.signal(signal.SIGINT, previous)
+    for res in results[:-1]:
+        m = res.metrics
+        out.line({"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "status": res.status, "metrics": m},
+                 f"SAE {res.sae_id} at {res.path}: EV {m['explained_variance']:.3f}, L0 {m['l0']:.1f}")
+    res = results[-1]
     m = res.metrics
     out.summary({"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "status": res.status, "metrics": m},
                 f"SAE {res.sae_id} at {res.path}\n  explained variance {m['explained_variance']:.3f}, L0 {m['l0']:.1f}, "
@@ -290,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", nargs="?", default=DEFAULT)
 
     for name, help in (("capture", "capture activations at a hook and print their statistics"),
-                       ("demo", "run the main job on the embedded defaults")):
+                       ("demo", "run the main job on the embedded defaults: model, corpus, tokens, activations, a trained SAE")):
         sp = cmd(sub, name, cmd_capture if name == "capture" else cmd_demo, help)
         if name == "capture":
             sp.add_argument("--model", default=DEFAULT)
@@ -299,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tokens", type=int, default=16384)
         sp.add_argument("--batch-size", type=int, default=16)
         sp.add_argument("--context-size", type=int, default=128)
+        if name == "demo":
+            sp.add_argument("--train-steps", type=int, default=40, help="steps of the demo SAE (1,024 tokens each)")
 
     sp = cmd(sub, "train", cmd_train, "train an SAE (settings from --config and flags; TrainConfig fields)")
     sp.add_argument("--config", default=None, help="YAML or JSON file of TrainConfig settings")

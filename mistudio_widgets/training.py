@@ -290,190 +290,259 @@ def _autocast(cfg: TrainConfig, device: str):
     return torch.autocast("cuda", dtype=dtype)
 
 
+# Settings that every SAE trained from one harvest must share (they define the activation stream).
+SHARED = ("model", "dataset", "context_size", "batch_tokens", "steps", "seed", "chunk_sequences", "harvest_batch_size",
+          "eval_sequences", "device")
+
+
 def train(ws: Workspace, cfg: TrainConfig | None = None, *, resume: str | None = None,
           progress: ProgressCallback | None = None, control: JobControl | None = None,
           stop_after: int | None = None, on_start: Callable[[Artifact], None] | None = None) -> TrainResult:
     """Train an SAE (or resume run ``resume``). ``stop_after`` ends the session after that many steps
     with a checkpoint, as an interruption would (the run is then resumable). ``on_start(run)`` is
     called once the run is registered."""
+    cfgs = None if resume else [cfg or TrainConfig()]
+    return train_many(ws, cfgs, resume=resume, progress=progress, control=control, stop_after=stop_after,
+                      on_start=on_start)[0]
+
+
+def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | None = None,
+               progress: ProgressCallback | None = None, control: JobControl | None = None,
+               stop_after: int | None = None, on_start: Callable[[Artifact], None] | None = None) -> list[TrainResult]:
+    """Train several SAEs (other layers, widths, architectures or hyper-parameters) from one pass of
+    the model: every batch is harvested once, at the union of their hooks, and feeds them all. Each SAE
+    gets its own run (config, metrics, checkpoints) and lands in the library on its own. The SAEs must
+    agree on the settings in ``SHARED``."""
     control = control or JobControl()
+    stream_hooks: list[str] | None = None
+    runs: list[Artifact] = []
     if resume:
         run = ws.get(resume, "run")
         if run.path is None or not run.path.is_dir():
             raise TrainingError(f"The files of run {run.name!r} are gone.", "start a new run; this one cannot resume.")
-        ckpts = _checkpoints(run.path)
-        if not ckpts:
+        if not _checkpoints(run.path):
             raise TrainingError(f"Run {run.name!r} has no checkpoint to resume from.", "start a new run with the same settings.")
-        cfg = from_dict(TrainConfig, {**run.meta["config"], "adam_betas": tuple(run.meta["config"]["adam_betas"])})
-    cfg = cfg or TrainConfig()
-    lm = load_model(ws, resolve_model(ws, cfg.model, progress=progress), device=None if cfg.device == "auto" else cfg.device)
-    parse_hook(lm.model, cfg.hook)
-    if cfg.hook_out:
-        parse_hook(lm.model, cfg.hook_out)
-    tok = _resolve_tokens(ws, cfg, lm, progress)
-    d_in = d_out = int(lm.info["d_model"])
-    meta_sae = {"model_name": lm.name, "hook_name": cfg.hook, "context_size": tok.meta["config"]["context_size"],
-                "prepend_bos": tok.meta["config"]["prepend_bos"], "dataset_path": ws.get(tok.parent).name if tok.parent else None,
-                "exclude_special_tokens": True, "hook_head_index": None}
-    if cfg.hook_out:
-        meta_sae["hook_name_out"] = cfg.hook_out
-    spec = sae_spec(cfg, d_in, d_out, meta_sae)
-    if cfg.batch_tokens % cfg.grad_accumulation:
-        raise TrainingError(f"batch_tokens={cfg.batch_tokens} is not divisible by grad_accumulation={cfg.grad_accumulation}.",
-                            "choose values where batch_tokens / grad_accumulation is a whole number.")
+        cfgs = [from_dict(TrainConfig, {**run.meta["config"], "adam_betas": tuple(run.meta["config"]["adam_betas"])})]
+        stream_hooks = run.meta.get("stream_hooks")
+        runs = [run]
+    if not cfgs:
+        raise TrainingError("No SAE to train was given.", "pass at least one TrainConfig.")
+    first = cfgs[0]
+    mismatched = sorted({k for c in cfgs[1:] for k in SHARED if getattr(c, k) != getattr(first, k)})
+    if mismatched:
+        raise TrainingError(f"SAEs trained from one harvest must share {', '.join(mismatched)}.",
+                            "give them equal values, or train them separately.")
+    lm = load_model(ws, resolve_model(ws, first.model, progress=progress), device=None if first.device == "auto" else first.device)
+    tok = _resolve_tokens(ws, first, lm, progress)
+    d_model = int(lm.info["d_model"])
+    specs = []
+    for c in cfgs:
+        parse_hook(lm.model, c.hook)
+        if c.hook_out:
+            parse_hook(lm.model, c.hook_out)
+        if c.batch_tokens % c.grad_accumulation:
+            raise TrainingError(f"batch_tokens={c.batch_tokens} is not divisible by grad_accumulation={c.grad_accumulation}.",
+                                "choose values where batch_tokens / grad_accumulation is a whole number.")
+        meta_sae = {"model_name": lm.name, "hook_name": c.hook, "context_size": tok.meta["config"]["context_size"],
+                    "prepend_bos": tok.meta["config"]["prepend_bos"],
+                    "dataset_path": ws.get(tok.parent).name if tok.parent else None,
+                    "exclude_special_tokens": True, "hook_head_index": None}
+        if c.hook_out:
+            meta_sae["hook_name_out"] = c.hook_out
+        specs.append(sae_spec(c, d_model, d_model, meta_sae))
+    if stream_hooks is None:
+        stream_hooks = list(dict.fromkeys(h for c in cfgs for h in (c.hook, c.hook_out) if h))
     tokens = load_tokens(ws, tok)
-    n_eval = min(cfg.eval_sequences, max(len(tokens) // 10, 1))
+    n_eval = min(first.eval_sequences, max(len(tokens) // 10, 1))
     train_tokens, eval_tokens = tokens[:-n_eval], tokens[-n_eval:]
-    hooks = [cfg.hook] + ([cfg.hook_out] if cfg.hook_out and cfg.hook_out != cfg.hook else [])
-
     if not resume:
-        name = cfg.name or ws.unique_name("run", f"{cfg.architecture}-{cfg.hook}")
-        run = ws.create_folder("run", name, meta={"config": to_dict(cfg), "status": "running", "model": lm.artifact.id,
-                                                  "tokenization": tok.id, "spec": spec.to_dict(), "started": time.time()},
-                               parent=None)
+        for c, spec in zip(cfgs, specs):
+            name = c.name or ws.unique_name("run", f"{c.architecture}-{c.hook}")
+            runs.append(ws.create_folder("run", name, meta={
+                "config": to_dict(c), "status": "running", "model": lm.artifact.id, "tokenization": tok.id,
+                "spec": spec.to_dict(), "started": time.time(), "stream_hooks": stream_hooks,
+                "group": [r.id for r in runs]}))
     else:
-        ws.update_meta(run.id, status="running", resumed=time.time(), resumed_at_step=run.meta.get("step") or 0)
+        ws.update_meta(runs[0].id, status="running", resumed=time.time(), resumed_at_step=runs[0].meta.get("step") or 0)
     if on_start:
-        on_start(run)
+        for r in runs:
+            on_start(r)
     device = lm.device if lm.device != "mps" else "cpu"
     try:
-        return _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device, resume is not None,
-                           progress, control, stop_after)
+        return _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, stream_hooks, device, resume is not None,
+                      progress, control, stop_after)
     except JobCancelled:
-        ws.update_meta(run.id, status="interrupted", stopped=time.time())
+        for r in runs:
+            ws.update_meta(r.id, status="interrupted", stopped=time.time())
         raise
     except torch.OutOfMemoryError as exc:
-        ws.update_meta(run.id, status="failed", error="out of memory")
-        raise TrainingError(f"Out of memory with batch_tokens={cfg.batch_tokens} and d_sae={spec.d_sae}.",
+        for r in runs:
+            ws.update_meta(r.id, status="failed", error="out of memory")
+        raise TrainingError(f"Out of memory with batch_tokens={first.batch_tokens} and d_sae={max(sp.d_sae for sp in specs)}.",
                             "lower batch_tokens, raise grad_accumulation, or use a smaller expansion factor; then resume the run.") from exc
     except MistudioError as exc:
-        ws.update_meta(run.id, status="failed", error=str(exc))
+        for r in runs:
+            ws.update_meta(r.id, status="failed", error=str(exc))
         raise
     except BaseException as exc:
-        ws.update_meta(run.id, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=repr(exc))
+        for r in runs:
+            ws.update_meta(r.id, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=repr(exc))
         raise
 
 
-def _train_loop(ws, run, cfg, spec, lm, train_tokens, eval_tokens, hooks, device, resuming, progress, control, stop_after):
-    torch.manual_seed(cfg.seed)
-    sae = make_sae(spec).to(device)
-    sae.select_dtype = None if cfg.select_precision == "float32" else torch.bfloat16
-    eval_acts, _ = harvest(lm, eval_tokens, hooks, batch_size=cfg.harvest_batch_size, progress=progress, stage="harvest eval")
-    x_eval = eval_acts[cfg.hook]
-    if x_eval.shape[0] < 2:
-        raise TrainingError("The held-out sequences give too few activations to evaluate.", "use a larger dataset.")
-    norm = lambda a: float(math.sqrt(a.shape[1]) / a.norm(dim=1).mean()) if cfg.normalize else 1.0  # noqa: E731
-    scale_in = norm(x_eval)
-    scale_out = norm(eval_acts[cfg.hook_out]) if cfg.hook_out else scale_in
-    with torch.no_grad():
-        tgt = eval_acts[cfg.hook_out or cfg.hook] * scale_out
-        if cfg.b_dec_init != "zeros":
-            sae.b_dec.copy_(geometric_median(tgt) if cfg.b_dec_init == "geometric_median" else tgt.mean(0))
-    opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    state: dict[str, Any] = {"step": 0, "position": [0, 0, 0], "scale_in": scale_in, "scale_out": scale_out,
-                             "tokens_since_fired": None, "best_eval": None, "bad_evals": 0, "tokens": 0}
-    if resuming:
-        ckpt = _checkpoints(run.path)[-1]
-        state = load_checkpoint(ckpt, sae, opt, sched)
-        scale_in, scale_out = state["scale_in"], state["scale_out"]
-    since_fired = (torch.tensor(state["tokens_since_fired"], dtype=torch.long) if state["tokens_since_fired"] is not None
-                   else torch.zeros(spec.d_sae, dtype=torch.long))
-    evaluator = Evaluator(lm, eval_tokens, cfg, eval_acts)
-    # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config, so resumes agree
-    needed = math.ceil(cfg.steps * cfg.batch_tokens * 1.05 / max(train_tokens.shape[1] - 1, 1)) + 1
-    stream = ActivationStream(lm, train_tokens, hooks, batch_tokens=cfg.batch_tokens, chunk_sequences=min(cfg.chunk_sequences, needed),
-                              seed=cfg.seed, harvest_batch_size=cfg.harvest_batch_size, progress=progress)
-    it = stream.batches(tuple(state["position"]))
-    aux_k = cfg.aux_k or max(spec.d_in // 2, 1)
-    fire_counts = torch.zeros(spec.d_sae)
-    window_tokens, t_log, last = 0, time.perf_counter(), {}
-    steps_here = 0
+class _Member:
+    """One SAE of a (possibly one-member) training group: its weights, optimiser, schedule, dead-latent
+    counts, evaluator, run artifact and checkpoints."""
 
-    def checkpoint() -> None:
-        state.update(tokens_since_fired=since_fired.tolist(), position=list(stream.position))
-        save_checkpoint(run.path, sae, opt, sched, state)
-        ws.update_meta(run.id, last_checkpoint=state["step"])
+    def __init__(self, ws: Workspace, run: Artifact, cfg: TrainConfig, spec: SAESpec, lm: LoadedModel,
+                 eval_tokens, eval_acts: dict[str, torch.Tensor], device: str, resuming: bool):
+        self.ws, self.run, self.cfg, self.spec, self.device = ws, run, cfg, spec, device
+        torch.manual_seed(cfg.seed)
+        self.sae = sae = make_sae(spec).to(device)
+        sae.select_dtype = None if cfg.select_precision == "float32" else torch.bfloat16
+        x_eval = eval_acts[cfg.hook]
+        if x_eval.shape[0] < 2:
+            raise TrainingError("The held-out sequences give too few activations to evaluate.", "use a larger dataset.")
+        norm = lambda a: float(math.sqrt(a.shape[1]) / a.norm(dim=1).mean()) if cfg.normalize else 1.0  # noqa: E731
+        self.scale_in = norm(x_eval)
+        self.scale_out = norm(eval_acts[cfg.hook_out]) if cfg.hook_out else self.scale_in
+        with torch.no_grad():
+            tgt = eval_acts[cfg.hook_out or cfg.hook] * self.scale_out
+            if cfg.b_dec_init != "zeros":
+                sae.b_dec.copy_(geometric_median(tgt) if cfg.b_dec_init == "geometric_median" else tgt.mean(0))
+        self.opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.state: dict[str, Any] = {"step": 0, "position": [0, 0, 0], "scale_in": self.scale_in, "scale_out": self.scale_out,
+                                      "tokens_since_fired": None, "best_eval": None, "bad_evals": 0, "tokens": 0}
+        if resuming:
+            self.state = load_checkpoint(_checkpoints(run.path)[-1], sae, self.opt, self.sched)
+            self.scale_in, self.scale_out = self.state["scale_in"], self.state["scale_out"]
+        tsf = self.state["tokens_since_fired"]
+        self.since_fired = torch.tensor(tsf, dtype=torch.long) if tsf is not None else torch.zeros(spec.d_sae, dtype=torch.long)
+        self.evaluator = Evaluator(lm, eval_tokens, cfg, eval_acts)
+        self.aux_k = cfg.aux_k or max(spec.d_in // 2, 1)
+        self.fire_counts = torch.zeros(spec.d_sae)
+        self.window_tokens, self.t_log, self.last = 0, time.perf_counter(), {}
+        self.stopped = False
 
-    while state["step"] < cfg.steps:
-        control.check()
+    @property
+    def done(self) -> bool:
+        return self.stopped or self.state["step"] >= self.cfg.steps
+
+    def step(self, batch: dict[str, torch.Tensor], position: tuple[int, int, int]) -> dict[str, Any]:
+        cfg, sae, state = self.cfg, self.sae, self.state
         step = state["step"]
-        batch = next(it)
-        x_all = batch[cfg.hook].to(device) * scale_in
-        t_all = batch[cfg.hook_out].to(device) * scale_out if cfg.hook_out else x_all
+        x = batch[cfg.hook].to(self.device) * self.scale_in
+        t = batch[cfg.hook_out].to(self.device) * self.scale_out if cfg.hook_out else x
         coef = cfg.l1_coefficient * min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else cfg.l1_coefficient
-        dead = since_fired >= cfg.dead_tokens
-        parts, active, recon, fired = optimizer_step(sae, opt, sched, cfg, x_all, t_all, dead.to(device), coef, aux_k, device)
-        fire_counts += active.sum(0)
-        l0_sum = float(active.sum())
+        dead = self.since_fired >= cfg.dead_tokens
+        parts, active, recon, fired = optimizer_step(sae, self.opt, self.sched, cfg, x, t, dead.to(self.device), coef,
+                                                     self.aux_k, self.device)
         if not math.isfinite(parts["loss"]):
             raise TrainingError(f"The loss became {parts['loss']} at step {step}; training stopped and the last good "
-                                f"checkpoint (step {ws.get(run.id).meta.get('last_checkpoint', 'none')}) was kept.",
+                                f"checkpoint (step {self.ws.get(self.run.id).meta.get('last_checkpoint', 'none')}) was kept.",
                                 "lower the learning rate (lr) or enable gradient clipping, then resume or start again.")
-        n = x_all.shape[0]
-        since_fired += n
-        since_fired[fired] = 0
-        window_tokens += n
+        self.fire_counts += active.sum(0)
+        l0 = float(active.sum()) / x.shape[0]
+        n = x.shape[0]
+        self.since_fired += n
+        self.since_fired[fired] = 0
+        self.window_tokens += n
         state["step"], state["tokens"] = step + 1, state["tokens"] + n
-        steps_here += 1
-        if spec.architecture == "standard" and cfg.resample_dead and (step + 1) % max(cfg.dead_tokens // cfg.batch_tokens, 1) == 0:
-            resample_dead(sae, opt, (since_fired >= cfg.dead_tokens).to(device), x_all, t_all)
+        if sae.spec.architecture == "standard" and cfg.resample_dead and (step + 1) % max(cfg.dead_tokens // cfg.batch_tokens, 1) == 0:
+            resample_dead(sae, self.opt, (self.since_fired >= cfg.dead_tokens).to(self.device), x, t)
         s = state["step"]
         if s % cfg.log_every == 0 or s == cfg.steps:
             now = time.perf_counter()
-            last = {**parts, "mse": float((recon - t_all).pow(2).mean() / scale_out**2),
-                    "explained_variance": explained_variance(recon, t_all), "l0": l0_sum / n,
-                    "dead_fraction": float((since_fired >= cfg.dead_tokens).float().mean()),
-                    "dense_fraction": float((fire_counts / max(window_tokens, 1) > 0.1).float().mean()),
-                    "lr": sched.get_last_lr()[0], "sparsity_coefficient": coef,
-                    "tokens_per_second": window_tokens / max(now - t_log, 1e-9), "memory_mib": _memory(), "tokens": state["tokens"]}
-            ws.add_metrics(run.id, s, "train", last)
+            self.last = {**parts, "mse": float((recon - t).pow(2).mean() / self.scale_out**2),
+                         "explained_variance": explained_variance(recon, t), "l0": l0,
+                         "dead_fraction": float((self.since_fired >= cfg.dead_tokens).float().mean()),
+                         "dense_fraction": float((self.fire_counts / max(self.window_tokens, 1) > 0.1).float().mean()),
+                         "lr": self.sched.get_last_lr()[0], "sparsity_coefficient": coef,
+                         "tokens_per_second": self.window_tokens / max(now - self.t_log, 1e-9), "memory_mib": _memory(),
+                         "tokens": state["tokens"]}
+            self.ws.add_metrics(self.run.id, s, "train", self.last)
             per_token = active.sum(1).float().numpy()
             counts, edges = np.histogram(per_token, bins=min(30, max(int(per_token.max()) - int(per_token.min()) + 1, 1)))
-            ws.update_meta(run.id, step=s, l0_histogram={"edges": edges.tolist(), "counts": counts.tolist()})
-            fire_counts.zero_()
-            window_tokens, t_log = 0, now
-        emit(progress, "train", s, cfg.steps, unit="step",
-             message=f"loss {parts['loss']:.3g} L0 {l0_sum / n:.1f} EV {last.get('explained_variance', float('nan')):.3f}")
-        if (cfg.eval_every and s % cfg.eval_every == 0) and s < cfg.steps:
-            ev = evaluator.run(sae, scale_in, scale_out)
-            ws.add_metrics(run.id, s, "eval", ev)
+            self.ws.update_meta(self.run.id, step=s, l0_histogram={"edges": edges.tolist(), "counts": counts.tolist()})
+            self.fire_counts.zero_()
+            self.window_tokens, self.t_log = 0, now
+        if cfg.eval_every and s % cfg.eval_every == 0 and s < cfg.steps:
+            ev = self.evaluator.run(sae, self.scale_in, self.scale_out)
+            self.ws.add_metrics(self.run.id, s, "eval", ev)
             if cfg.early_stop_patience:
                 if state["best_eval"] is None or ev["mse"] < state["best_eval"]:
                     state["best_eval"], state["bad_evals"] = ev["mse"], 0
                 else:
                     state["bad_evals"] += 1
                     if state["bad_evals"] >= cfg.early_stop_patience:
-                        ws.update_meta(run.id, early_stopped=s)
-                        break
+                        self.ws.update_meta(self.run.id, early_stopped=s)
+                        self.stopped = True
         if cfg.checkpoint_every and s % cfg.checkpoint_every == 0 and s < cfg.steps:
-            checkpoint()
-        if stop_after is not None and steps_here >= stop_after and s < cfg.steps:
-            checkpoint()
-            ws.update_meta(run.id, status="interrupted", stopped=time.time())
-            return TrainResult(run.id, None, None, last, "interrupted")
-        if control.cancelled:
-            checkpoint()
-            raise JobCancelled()
+            self.checkpoint(position)
+        return {"loss": parts["loss"], "l0": l0, "ev": self.last.get("explained_variance", float("nan"))}
 
-    final_eval = evaluator.run(sae, scale_in, scale_out)
-    ws.add_metrics(run.id, state["step"], "eval", final_eval)
-    checkpoint()
-    metrics = {"explained_variance": final_eval["explained_variance"], "l0": final_eval["l0"], "mse": final_eval["mse"],
-               "dead_fraction": last.get("dead_fraction", float("nan")), "ce_recovered": final_eval["ce_recovered"],
-               "delta_loss": final_eval["delta_loss"], "steps": state["step"], "tokens": state["tokens"]}
-    out = make_sae(dataclasses.replace(spec)).to("cpu")
-    out.load_state_dict({k: v.detach().cpu() for k, v in sae.state_dict().items()}, strict=False)
-    out.fold_scale(scale_in, scale_out)
-    sae_name = ws.unique_name("sae", run.name)
-    with ws.write_artifact("sae", sae_name, parent=run.id,
-                           meta={"run": run.id, "model": lm.artifact.id, "model_name": lm.name, "hook": cfg.hook,
-                                 "hook_out": cfg.hook_out, "architecture": spec.architecture, "d_in": spec.d_in,
-                                 "d_sae": spec.d_sae, "k": spec.k, "metrics": metrics, "source": "trained"}) as w:
-        save_sae(out, w.path, extra={"run": run.id, "scale_in": scale_in, "scale_out": scale_out})
-    ws.update_meta(run.id, status="done", sae=w.id, finished=time.time(), metrics=metrics, harvest=stream.counts)
-    emit(progress, "train", state["step"], cfg.steps, unit="step", finished=True)
-    return TrainResult(run.id, w.id, str(ws.get(w.id).path), metrics, "done")
+    def checkpoint(self, position: tuple[int, int, int]) -> None:
+        self.state.update(tokens_since_fired=self.since_fired.tolist(), position=list(position))
+        save_checkpoint(self.run.path, self.sae, self.opt, self.sched, self.state)
+        self.ws.update_meta(self.run.id, last_checkpoint=self.state["step"])
+
+    def finish(self, position: tuple[int, int, int], harvest_counts: dict[str, int]) -> TrainResult:
+        ws, cfg, spec, run = self.ws, self.cfg, self.spec, self.run
+        final_eval = self.evaluator.run(self.sae, self.scale_in, self.scale_out)
+        ws.add_metrics(run.id, self.state["step"], "eval", final_eval)
+        self.checkpoint(position)
+        metrics = {"explained_variance": final_eval["explained_variance"], "l0": final_eval["l0"], "mse": final_eval["mse"],
+                   "dead_fraction": self.last.get("dead_fraction", float("nan")), "ce_recovered": final_eval["ce_recovered"],
+                   "delta_loss": final_eval["delta_loss"], "steps": self.state["step"], "tokens": self.state["tokens"]}
+        out = make_sae(dataclasses.replace(spec)).to("cpu")
+        out.load_state_dict({k: v.detach().cpu() for k, v in self.sae.state_dict().items()}, strict=False)
+        out.fold_scale(self.scale_in, self.scale_out)
+        lm_name = spec.metadata.get("model_name")
+        with ws.write_artifact("sae", ws.unique_name("sae", run.name), parent=run.id,
+                               meta={"run": run.id, "model": run.meta.get("model"), "model_name": lm_name, "hook": cfg.hook,
+                                     "hook_out": cfg.hook_out, "architecture": spec.architecture, "d_in": spec.d_in,
+                                     "d_sae": spec.d_sae, "k": spec.k, "metrics": metrics, "source": "trained"}) as w:
+            save_sae(out, w.path, extra={"run": run.id, "scale_in": self.scale_in, "scale_out": self.scale_out})
+        ws.update_meta(run.id, status="done", sae=w.id, finished=time.time(), metrics=metrics, harvest=harvest_counts)
+        return TrainResult(run.id, w.id, str(ws.get(w.id).path), metrics, "done")
+
+
+def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, resuming, progress, control, stop_after):
+    first = cfgs[0]
+    eval_acts, _ = harvest(lm, eval_tokens, hooks, batch_size=first.harvest_batch_size, progress=progress, stage="harvest eval")
+    members = [_Member(ws, r, c, sp, lm, eval_tokens, eval_acts, device, resuming) for r, c, sp in zip(runs, cfgs, specs)]
+    # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config, so resumes agree
+    needed = math.ceil(first.steps * first.batch_tokens * 1.05 / max(train_tokens.shape[1] - 1, 1)) + 1
+    stream = ActivationStream(lm, train_tokens, hooks, batch_tokens=first.batch_tokens,
+                              chunk_sequences=min(first.chunk_sequences, needed), seed=first.seed,
+                              harvest_batch_size=first.harvest_batch_size, progress=progress)
+    it = stream.batches(tuple(members[0].state["position"]))
+    steps_here = 0
+    while not all(m.done for m in members):
+        control.check()
+        batch = next(it)
+        info = {}
+        for m in members:
+            if not m.done:
+                info = m.step(batch, stream.position)
+        steps_here += 1
+        s = max(m.state["step"] for m in members)
+        emit(progress, "train", s, first.steps, unit="step",
+             message=f"loss {info.get('loss', float('nan')):.3g} L0 {info.get('l0', float('nan')):.1f} EV {info.get('ev', float('nan')):.3f}")
+        unfinished = [m for m in members if not m.done]
+        if stop_after is not None and steps_here >= stop_after and unfinished:
+            for m in unfinished:
+                m.checkpoint(stream.position)
+                ws.update_meta(m.run.id, status="interrupted", stopped=time.time())
+            return [TrainResult(m.run.id, None, None, m.last, "interrupted") for m in members]
+        if control.cancelled and unfinished:
+            for m in unfinished:
+                m.checkpoint(stream.position)
+            raise JobCancelled()
+    results = [m.finish(stream.position, stream.counts) for m in members]
+    emit(progress, "train", first.steps, first.steps, unit="step", finished=True)
+    return results
 
 
 def run_status(ws: Workspace, run: str) -> dict[str, Any]:
@@ -492,7 +561,7 @@ def load_trained(ws: Workspace, ref: str, device: str = "cpu"):
     return load_sae(art.path, device)
 
 
-__all__ = ["train", "TrainResult", "TrainingError", "run_status", "load_trained"]
+__all__ = ["train", "train_many", "TrainResult", "TrainingError", "run_status", "load_trained"]
 
 
 def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:

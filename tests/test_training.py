@@ -160,3 +160,49 @@ def test_background_job_cancel_checkpoints_and_can_resume(default_ws):
     assert job.status == "cancelled"
     st = run_status(default_ws, name)
     assert st["status"] == "interrupted" and st["last_checkpoint"] >= 1
+
+
+def test_several_saes_from_one_harvest(default_ws):
+    from mistudio_widgets.training import train_many
+
+    base = dict(TINY, steps=5, seed=7)
+    cfgs = [TrainConfig(**base, hook="blocks.15.hook_resid_post", name=default_ws.unique_name("run", "many-a")),
+            TrainConfig(**dict(base, k=8), hook="blocks.5.hook_resid_post", name=default_ws.unique_name("run", "many-b")),
+            TrainConfig(**base, architecture="standard", hook="blocks.5.hook_mlp_out", l1_coefficient=1.0,
+                        name=default_ws.unique_name("run", "many-c"))]
+    results = train_many(default_ws, cfgs)
+    assert [r.status for r in results] == ["done"] * 3
+    hooks = [load_sae(r.path)[1]["metadata"]["hook_name"] for r in results]
+    assert hooks == ["blocks.15.hook_resid_post", "blocks.5.hook_resid_post", "blocks.5.hook_mlp_out"]
+    harvests = [default_ws.get(r.run_id).meta["harvest"] for r in results]
+    assert harvests[0] == harvests[1] == harvests[2]          # one pass of the model fed all three
+    assert load_sae(results[1].path)[1]["k"] == 8
+    # the first SAE matches the same config trained alone (same stream, same seed)
+    alone = train(default_ws, TrainConfig(**base, hook="blocks.15.hook_resid_post", name=default_ws.unique_name("run", "alone")))
+    a, _ = load_sae(alone.path)
+    b, _ = load_sae(results[0].path)
+    assert torch.allclose(a.W_dec, b.W_dec, atol=1e-6)
+    with pytest.raises(TrainingError, match="must share steps"):
+        train_many(default_ws, [TrainConfig(**base), TrainConfig(**dict(base, steps=9))])
+
+
+def test_cli_trains_several_saes_from_a_config_file(default_ws, tmp_path):
+    import sys
+
+    conf = tmp_path / "sweep.yaml"
+    conf.write_text("steps: 3\nbatch_tokens: 256\nchunk_sequences: 24\neval_sequences: 4\neval_every: 0\n"
+                    "checkpoint_every: 0\nexpansion_factor: 2\nk: 8\n"
+                    "saes:\n  - {hook: blocks.3.hook_resid_post}\n  - {hook: blocks.3.hook_mlp_out, architecture: batchtopk}\n")
+    env = {**os.environ, "MISTUDIO_HOME": str(default_ws.root)}
+    r = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--json", "train", "--config", str(conf), "--seed", "4"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(x) for x in r.stdout.splitlines() if not x.startswith('{"event"')]
+    assert "run_id" in lines[0] and "run_id" in lines[1]
+    assert lines[-1]["summary"] and lines[-1]["sae_id"] and set(lines[-1]["metrics"]) >= {"explained_variance", "l0", "mse", "dead_fraction", "ce_recovered"}
+    assert default_ws.get(lines[0]["run_id"]).meta["config"]["seed"] == 4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("saes: 3\n")
+    r = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "train", "--config", str(bad)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "must be a list" in r.stderr
