@@ -104,7 +104,11 @@ def test_studio_in_voila(page, default_ws, tmp_path):
         page.get_by_role("tab", name="Models").click()
         expect(page.get_by_test_id("model-arch")).to_contain_text("134,515,008")
         page.get_by_role("tab", name="Training").click()
-        expect(page.get_by_text("Training: coming soon.")).to_be_visible()
+        expect(page.get_by_test_id("training-configurator").get_by_test_id("train-estimate")).to_contain_text("Latents")
+        page.get_by_role("tab", name="SAEs").click()
+        expect(page.get_by_test_id("sae-library")).to_be_visible()
+        page.get_by_role("tab", name="Features").click()
+        expect(page.get_by_text("Features: coming soon.")).to_be_visible()
         expect(page.get_by_test_id("system-monitor").get_by_test_id("sys-cpu")).to_contain_text("cores")
 
 

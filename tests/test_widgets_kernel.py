@@ -80,5 +80,34 @@ def test_system_monitor_samples_only_when_visible(default_ws):
 def test_studio_tabs(default_ws):
     s = Studio(default_ws)
     assert [s.tabs.get_title(i) for i in range(6)] == ["Datasets", "Models", "SAEs", "Training", "Features", "Steering"]
-    assert "coming soon" in s.tabs.children[3].value
+    assert "coming soon" in s.tabs.children[4].value and "coming soon" in s.tabs.children[5].value
+    assert s.trainer.check["problems"] == [] and s.trainer.monitor is s.monitor
+    s.library.action_open(id="x", target="Steering")
+    assert s.tabs.selected_index == 5
     s.close()
+
+
+def test_monitor_reattaches_from_the_catalog_and_library_manages_saes(default_ws):
+    from mistudio_widgets.configs import TrainConfig
+    from mistudio_widgets.training import train
+    from mistudio_widgets.widgets import SAELibrary, TrainingMonitor
+
+    res = train(default_ws, TrainConfig(steps=3, batch_tokens=256, chunk_sequences=24, eval_sequences=4, eval_every=0,
+                                        log_every=1, checkpoint_every=0, expansion_factor=2, k=8,
+                                        name=default_ws.unique_name("run", "widget-run")))
+    mon = TrainingMonitor(default_ws, runs=[res.run_id])        # as after a kernel restart: only the catalog is read
+    loss = next(tr for tr in mon.figure.data if list(tr.meta) == [res.run_id, "loss", "train"])
+    assert list(loss.x) == [1, 2, 3] and all(v > 0 for v in loss.y)
+    row = next(r for r in mon.controls.runs if r["id"] == res.run_id)
+    assert row["status"] == "done" and row["step"] == 3 and row["sae"] == res.sae_id
+    mon.controls.action_detach(id=res.run_id)
+    assert not [tr for tr in mon.figure.data if tr.meta[0] == res.run_id]
+    mon.close()
+    lib = SAELibrary(default_ws)
+    item = next(x for x in lib.saes if x["id"] == res.sae_id)
+    assert item["architecture"] == "topk" and item["explained_variance"] == res.metrics["explained_variance"]
+    new_name = default_ws.unique_name("sae", "renamed-sae")
+    lib.action_rename(id=res.sae_id, name=new_name)
+    assert default_ws.get(res.sae_id).name == new_name and any(x["name"] == new_name for x in lib.saes)
+    lib.action_delete(id=res.sae_id)
+    assert default_ws.find(res.sae_id) is None and all(x["id"] != res.sae_id for x in lib.saes)
