@@ -156,7 +156,7 @@ def capture_stats(ws: Workspace, model: str | Artifact = DEFAULT, tokenization: 
 # Training stream
 def harvest(lm: LoadedModel, tokens: np.ndarray, hooks: list[str], *, batch_size: int = 16, drop_special: bool = True,
             outlier_factor: float = 10.0, progress: ProgressCallback | None = None, stage: str = "harvest",
-            done_before: int = 0, total: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+            total: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Activations at every hook for ``tokens`` [n, ctx] (one forward per batch, stopped after the last
     hook), with the same positions kept for every hook. Returns ({hook: [kept, d]}, counts)."""
     for h in hooks:
@@ -172,7 +172,8 @@ def harvest(lm: LoadedModel, tokens: np.ndarray, hooks: list[str], *, batch_size
         counts["seen"] += ids.numel()
         counts["dropped_special"] += dropped
         counts["outliers"] += outliers
-        emit(progress, stage, done_before + counts["seen"], total, unit="tok")
+        emit(progress, stage, counts["seen"], total, unit="tok")
+    emit(progress, stage, counts["seen"], total or counts["seen"], unit="tok", finished=True)
     return {h: torch.cat(v) if v else torch.zeros(0) for h, v in out.items()}, counts
 
 
