@@ -10,8 +10,8 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
+from baseline import truncated_forward_seconds
 from mistudio_widgets import TokenizeConfig, Workspace
 from mistudio_widgets.activations import iter_activations
 from mistudio_widgets.datasets import ensure_tokenization, load_tokens, resolve_dataset
@@ -19,21 +19,6 @@ from mistudio_widgets.hooks import decoder_layers
 from mistudio_widgets.models import load_model, resolve_model
 
 HOOK, LAYER = "blocks.15.hook_resid_post", 15
-
-
-def bare_truncated(lm, tokens, batch_size: int) -> float:
-    """Seconds for embedding + layers 0..15 (+ final norm) with no hooks and no post-processing."""
-    inner = lm.model.model
-    full = inner.layers
-    inner.layers = nn.ModuleList(list(full)[: LAYER + 1])
-    try:
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for s in range(0, len(tokens), batch_size):
-                inner(input_ids=torch.tensor(tokens[s:s + batch_size], dtype=torch.long), use_cache=False)
-        return time.perf_counter() - t0
-    finally:
-        inner.layers = full
 
 
 def ours(lm, tokens, batch_size: int) -> float:
@@ -60,10 +45,10 @@ def main() -> None:
     lm = load_model(ws, model)
     assert len(decoder_layers(lm.model)) > LAYER
     ours(lm, tokens[: a.batch_size], a.batch_size)            # warm-up
-    bare_truncated(lm, tokens[: a.batch_size], a.batch_size)
+    truncated_forward_seconds(lm, tokens[: a.batch_size], LAYER, a.batch_size)
     base_t, our_t = [], []
     for _ in range(a.repeats):                                 # interleaved, so drift hits both alike
-        base_t.append(bare_truncated(lm, tokens, a.batch_size))
+        base_t.append(truncated_forward_seconds(lm, tokens, LAYER, a.batch_size))
         our_t.append(ours(lm, tokens, a.batch_size))
     n = tokens.size
     base, mine = n / statistics.median(base_t), n / statistics.median(our_t)

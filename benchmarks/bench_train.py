@@ -19,6 +19,7 @@ import time
 import torch
 from torch import nn
 
+from baseline import truncated_forward_seconds
 from mistudio_widgets import TokenizeConfig, Workspace
 from mistudio_widgets.activations import harvest
 from mistudio_widgets.configs import TrainConfig
@@ -99,20 +100,6 @@ def bench_dense(train_x, test_x, steps: int) -> dict[str, float]:
     return {"tokens_per_s": steps * BATCH / secs, **evaluate(m, test_x, m.encode)}
 
 
-def truncated_forward_seconds(lm, tokens) -> float:
-    inner = lm.model.model
-    full = inner.layers
-    inner.layers = nn.ModuleList(list(full)[: LAYER + 1])
-    try:
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for s in range(0, len(tokens), 16):
-                inner(input_ids=torch.tensor(tokens[s:s + 16], dtype=torch.long), use_cache=False)
-        return time.perf_counter() - t0
-    finally:
-        inner.layers = full
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=131072, help="activations harvested for the speed/quality table")
@@ -150,7 +137,7 @@ def main() -> None:
         res = train(ws, cfg)
         e2e = time.perf_counter() - t0
         harvested = ws.get(res.run_id).meta["harvest"]["seen"] + cfg.eval_sequences * tokens.shape[1]
-        bare = truncated_forward_seconds(lm, tokens[: harvested // tokens.shape[1]])
+        bare = truncated_forward_seconds(lm, tokens[: harvested // tokens.shape[1]], LAYER)
         print(f"\nend to end: {harvested} tokens harvested (eval included), {res.metrics['tokens']} trained, to a saved SAE in "
               f"{e2e:.1f}s; bare truncated forward over the same sequences {bare:.1f}s; ratio {bare / e2e:.3f} (target >= 0.85)")
 
