@@ -41,8 +41,11 @@ def _capture_batch(lm: LoadedModel, ids: torch.Tensor, hooks: list[str], special
     flat = {h: store[h].reshape(-1, store[h].shape[-1]).float().cpu() for h in hooks}
     outliers = 0
     if outlier_factor and keep.any():
-        norms = flat[hooks[0]].norm(dim=-1)
-        big = keep & (norms > outlier_factor * norms[keep].median())
+        # judged against the median norm of the sequence's kept positions, so that a position's fate does not
+        # depend on which sequences share its batch (caches and data-parallel shards agree with a plain harvest)
+        norms = flat[hooks[0]].norm(dim=-1).reshape(ids.shape)
+        med = torch.where(keep.reshape(ids.shape), norms, torch.nan).nanmedian(dim=1, keepdim=True).values
+        big = keep & (norms > outlier_factor * med).reshape(-1)
         outliers = int(big.sum())
         keep &= ~big
     idx = keep.nonzero().squeeze(1)
@@ -59,7 +62,7 @@ def iter_activations(lm: LoadedModel, tokens: np.ndarray, hook: str, *, batch_si
     """Yield activations at ``hook`` for consecutive batches of sequences (forward stops at the hook).
 
     Special-token positions are dropped when ``drop_special``; positions whose norm exceeds
-    ``outlier_factor`` x the batch median are counted as outliers and dropped too (0 turns it off).
+    ``outlier_factor`` x their sequence's median are counted as outliers and dropped too (0 turns it off).
     """
     parse_hook(lm.model, hook)
     if tokens.ndim != 2 or tokens.shape[0] == 0:
@@ -188,12 +191,12 @@ class ActivationStream:
 
     def __init__(self, lm: LoadedModel, tokens: np.ndarray, hooks: list[str], *, batch_tokens: int,
                  chunk_sequences: int, seed: int, harvest_batch_size: int = 16,
-                 progress: ProgressCallback | None = None):
+                 progress: ProgressCallback | None = None, cache=None):
         if len(tokens) == 0:
             raise DatasetError("There are no training sequences.", "use a dataset with more text, or fewer held-out sequences.")
         self.lm, self.tokens, self.hooks = lm, tokens, hooks
         self.batch_tokens, self.chunk_sequences, self.seed = batch_tokens, min(chunk_sequences, len(tokens)), seed
-        self.harvest_batch_size, self.progress = harvest_batch_size, progress
+        self.harvest_batch_size, self.progress, self.cache = harvest_batch_size, progress, cache
         self.position = (0, 0, 0)
         self.counts = {"seen": 0, "dropped_special": 0, "outliers": 0}
 
@@ -204,9 +207,12 @@ class ActivationStream:
         order = self._order(epoch)
         n_chunks = -(-len(order) // self.chunk_sequences)
         seqs = np.sort(order[c * self.chunk_sequences:(c + 1) * self.chunk_sequences])
-        acts, counts = harvest(self.lm, self.tokens[seqs], self.hooks, batch_size=self.harvest_batch_size,
-                               progress=self.progress, stage=f"harvest chunk {c + 1}/{n_chunks}",
-                               total=len(seqs) * self.tokens.shape[1])
+        if self.cache is not None:      # an ActivationCache over a token array whose first rows are self.tokens
+            acts, counts = self.cache.gather(seqs, self.lm, self.progress)
+        else:
+            acts, counts = harvest(self.lm, self.tokens[seqs], self.hooks, batch_size=self.harvest_batch_size,
+                                   progress=self.progress, stage=f"harvest chunk {c + 1}/{n_chunks}",
+                                   total=len(seqs) * self.tokens.shape[1])
         for k, v in counts.items():
             self.counts[k] += v
         g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, epoch, c]).integers(2**62)))

@@ -87,7 +87,9 @@ def cmd_list(kind: str) -> Callable[[Workspace, argparse.Namespace, Output], Non
             info = x.meta.get("info", {})
             detail = (f"{st.get('documents', '')} docs" if x.kind == "dataset" else
                       f"{st.get('tokens', '')} tokens, ctx {st.get('context_size', '')}" if x.kind == "tokenization" else
-                      f"{info.get('family')} {info.get('layers')} layers d_model {info.get('d_model')}" if x.kind == "model" else "")
+                      f"{info.get('family')} {info.get('layers')} layers d_model {info.get('d_model')}" if x.kind == "model" else
+                      f"{x.meta.get('filled_sequences', 0)}/{x.meta.get('sequences')} sequences, "
+                      f"{x.meta.get('bytes', 0) / 2**20:.0f} MiB" if x.kind == "activation_cache" else "")
             rows.append([x.id, x.kind, x.name, detail])
         out.summary({"count": len(arts), "workspace": str(ws.root)},
                     _table(rows, ["id", "kind", "name", "detail"]) if rows else f"nothing yet in {ws.root}")

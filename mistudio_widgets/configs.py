@@ -92,7 +92,7 @@ class CaptureConfig:
     tokens: int = opt(16384, "Tokens to run through the model.", minimum=1)
     batch_size: int = opt(16, "Sequences per forward pass.", minimum=1)
     drop_special: bool = opt(True, "Drop BOS, separator and other special-token positions (attention sinks).")
-    outlier_factor: float = opt(10.0, "Flag positions whose norm exceeds this multiple of the batch median (0 turns it off).")
+    outlier_factor: float = opt(10.0, "Flag positions whose norm exceeds this multiple of their sequence's median (0 turns it off).")
 
 
 @dataclass

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from .activation_cache import ActivationCache
 from .activations import ActivationStream, harvest
 from .configs import TrainConfig, from_dict, to_dict
 from .datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
@@ -369,8 +370,14 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
             on_start(r)
     device = lm.device if lm.device != "mps" else "cpu"
     try:
+        cache = None
+        if first.cache_activations:
+            key = ActivationCache.key(lm.artifact, tok, stream_hooks)
+            cache = ActivationCache.open(ws, key, tokens, d_model, first.harvest_batch_size)
+            for r in runs:
+                ws.update_meta(r.id, activation_cache=cache.art.id)
         return _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, stream_hooks, device, resume is not None,
-                      progress, control, stop_after)
+                      progress, control, stop_after, cache)
     except JobCancelled:
         for r in runs:
             ws.update_meta(r.id, status="interrupted", stopped=time.time())
@@ -508,15 +515,20 @@ class _Member:
         return TrainResult(run.id, w.id, str(ws.get(w.id).path), metrics, "done")
 
 
-def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, resuming, progress, control, stop_after):
+def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, resuming, progress, control, stop_after,
+           cache=None):
     first = cfgs[0]
-    eval_acts, _ = harvest(lm, eval_tokens, hooks, batch_size=first.harvest_batch_size, progress=progress, stage="harvest eval")
+    if cache is not None:
+        eval_acts, _ = cache.gather(np.arange(len(train_tokens), len(train_tokens) + len(eval_tokens)), lm, progress)
+    else:
+        eval_acts, _ = harvest(lm, eval_tokens, hooks, batch_size=first.harvest_batch_size, progress=progress,
+                               stage="harvest eval")
     members = [_Member(ws, r, c, sp, lm, eval_tokens, eval_acts, device, resuming) for r, c, sp in zip(runs, cfgs, specs)]
     # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config, so resumes agree
     needed = math.ceil(first.steps * first.batch_tokens * 1.05 / max(train_tokens.shape[1] - 1, 1)) + 1
     stream = ActivationStream(lm, train_tokens, hooks, batch_tokens=first.batch_tokens,
                               chunk_sequences=min(first.chunk_sequences, needed), seed=first.seed,
-                              harvest_batch_size=first.harvest_batch_size, progress=progress)
+                              harvest_batch_size=first.harvest_batch_size, progress=progress, cache=cache)
     it = stream.batches(tuple(members[0].state["position"]))
     steps_here = 0
     while not all(m.done for m in members):
