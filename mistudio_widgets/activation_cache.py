@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed as dist
 from .errors import ArtifactWriteError
 from .progress import ProgressCallback, emit
 from .workspace import Artifact, Workspace, disk_error
@@ -46,6 +47,12 @@ class ActivationCache:
         self.kept = np.load(self.path / "kept.npy")
         self.filled = np.load(self.path / "filled.npy")
         self._maps: list[np.memmap] | None = None
+
+    def reload(self) -> None:
+        """Re-read what is filled (another process may have filled more)."""
+        self.kept = np.load(self.path / "kept.npy")
+        self.filled = np.load(self.path / "filled.npy")
+        self._maps = None
 
     # -- lookup --------------------------------------------------------------------------
     @staticmethod
@@ -138,9 +145,13 @@ class ActivationCache:
         """Activations of sequences ``seqs`` (in that order, kept positions only) at every hook, as
         float32, filling missing blocks first; and the harvest counts, as :func:`harvest` gives them."""
         seqs = np.asarray(seqs)
-        missing = np.unique(seqs[~self.filled[seqs]])
-        if len(missing):
-            self._fill(missing, lm, progress)
+        if dist.is_main():                 # data-parallel processes: the main one fills, the others wait and read
+            missing = np.unique(seqs[~self.filled[seqs]])
+            if len(missing):
+                self._fill(missing, lm, progress)
+        if dist.active():
+            dist.barrier()
+            self.reload()
         if self._maps is None:
             self._maps = [np.memmap(self.path / f"{i}.f16", dtype=np.float16, mode="r",
                                     shape=(self.n_seq, self.ctx, self.d)) for i in range(len(self.hooks))]

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from . import distributed as dist
 from .configs import DEFAULT, CaptureConfig
 from .datasets import check_tokenization_fits, find_tokenization, load_tokens, resolve_dataset
 from .errors import DatasetError
@@ -180,6 +181,23 @@ def harvest(lm: LoadedModel, tokens: np.ndarray, hooks: list[str], *, batch_size
     return {h: torch.cat(v) if v else torch.zeros(0) for h, v in out.items()}, counts
 
 
+def harvest_shared(lm: LoadedModel, tokens: np.ndarray, hooks: list[str], *, batch_size: int = 16,
+                   progress: ProgressCallback | None = None, stage: str = "harvest"
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """:func:`harvest`, with the sequences shared out between data-parallel processes (each runs the model
+    on its contiguous share) and the results gathered back in order: every process gets the same
+    activations a single process would have harvested."""
+    if not dist.active():
+        return harvest(lm, tokens, hooks, batch_size=batch_size, progress=progress, stage=stage,
+                       total=len(tokens) * tokens.shape[1])
+    mine = tokens[dist.shard(len(tokens))]
+    acts, counts = harvest(lm, mine, hooks, batch_size=batch_size, progress=progress, stage=stage,
+                           total=len(mine) * tokens.shape[1])
+    acts = {h: dist.gather_rows(a) for h, a in acts.items()}
+    summed = dist.all_sum(torch.tensor([counts[k] for k in sorted(counts)], dtype=torch.long))
+    return acts, dict(zip(sorted(counts), (int(v) for v in summed)))
+
+
 class ActivationStream:
     """Shuffled training batches, reproducible from (seed, position) so that a resumed run sees
     exactly the batches the uninterrupted run would have seen.
@@ -187,7 +205,11 @@ class ActivationStream:
     The training sequences are visited in a seeded random order, ``chunk_sequences`` at a time; each
     chunk is harvested, its activations shuffled together (mixing tokens across many sequences) and
     cut into batches of ``batch_tokens`` (a chunk's remainder smaller than a batch is dropped).
-    The position is (epoch, chunk, batch within chunk)."""
+    The position is (epoch, chunk, batch within chunk).
+
+    Under data parallelism every process holds the whole chunk (harvested in shares and gathered) and
+    takes its contiguous share of each batch, so the processes together see exactly the batches a
+    single process would."""
 
     def __init__(self, lm: LoadedModel, tokens: np.ndarray, hooks: list[str], *, batch_tokens: int,
                  chunk_sequences: int, seed: int, harvest_batch_size: int = 16,
@@ -210,9 +232,8 @@ class ActivationStream:
         if self.cache is not None:      # an ActivationCache over a token array whose first rows are self.tokens
             acts, counts = self.cache.gather(seqs, self.lm, self.progress)
         else:
-            acts, counts = harvest(self.lm, self.tokens[seqs], self.hooks, batch_size=self.harvest_batch_size,
-                                   progress=self.progress, stage=f"harvest chunk {c + 1}/{n_chunks}",
-                                   total=len(seqs) * self.tokens.shape[1])
+            acts, counts = harvest_shared(self.lm, self.tokens[seqs], self.hooks, batch_size=self.harvest_batch_size,
+                                          progress=self.progress, stage=f"harvest chunk {c + 1}/{n_chunks}")
         for k, v in counts.items():
             self.counts[k] += v
         g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, epoch, c]).integers(2**62)))
@@ -231,8 +252,9 @@ class ActivationStream:
             if n == 0 and c == 0 and b == 0:
                 raise DatasetError(f"A chunk of {self.chunk_sequences} sequences gives fewer than batch_tokens={self.batch_tokens} activations.",
                                    "raise chunk_sequences or lower batch_tokens.")
+            share = dist.shard(self.batch_tokens)
             for i in range(b, n):
                 nxt = (epoch, c, i + 1) if i + 1 < n else ((epoch, c + 1, 0) if c + 1 < self.n_chunks() else (epoch + 1, 0, 0))
                 self.position = nxt
-                yield {h: a[i * self.batch_tokens:(i + 1) * self.batch_tokens] for h, a in data.items()}
+                yield {h: a[i * self.batch_tokens:(i + 1) * self.batch_tokens][share] for h, a in data.items()}
             epoch, c, b = (epoch, c + 1, 0) if c + 1 < self.n_chunks() else (epoch + 1, 0, 0)

@@ -243,6 +243,10 @@ def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
         return
     finally:
         signal.signal(signal.SIGINT, previous)
+    from . import distributed
+
+    if not distributed.is_main():        # under torchrun only the main process reports
+        return
     for res in results[:-1]:
         m = res.metrics
         out.line({"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "status": res.status, "metrics": m},

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from .activation_cache import ActivationCache
-from .activations import ActivationStream, harvest
+from . import distributed as dist
+from .activations import ActivationStream, harvest_shared
 from .configs import TrainConfig, from_dict, to_dict
 from .datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
 from .errors import ArtifactWriteError, MistudioError
@@ -140,26 +141,45 @@ def resample_dead(sae: SAE, opt: torch.optim.Optimizer, dead: torch.Tensor, x: t
     return int(idx.numel())
 
 
+class LossModule(torch.nn.Module):
+    """The losses as a module, so that DistributedDataParallel can wrap them and average the gradients."""
+
+    def __init__(self, sae: SAE, cfg: TrainConfig):
+        super().__init__()
+        self.sae, self.cfg = sae, cfg
+
+    def forward(self, x, target, dead, coef, aux_k):
+        return compute_losses(self.sae, self.cfg, x, target, dead, coef, aux_k)
+
+
 def optimizer_step(sae: SAE, opt: torch.optim.Optimizer, sched, cfg: TrainConfig, x: torch.Tensor, target: torch.Tensor,
-                   dead: torch.Tensor, coef: float, aux_k: int, device: str = "cpu"):
+                   dead: torch.Tensor, coef: float, aux_k: int, device: str = "cpu", ddp=None):
     """One optimiser step over a batch (split into ``cfg.grad_accumulation`` micro-batches).
     Returns (loss parts, active [B, d_sae] bool on CPU, reconstruction, fired [d_sae]). The weights are
-    not updated when the loss is not finite (the caller decides what to do)."""
+    not updated when the loss is not finite (the caller decides what to do). ``ddp``: the
+    DistributedDataParallel-wrapped :class:`LossModule` under data parallelism (gradients are averaged
+    over the processes on the last micro-batch)."""
+    import contextlib
+
     unit_norm = sae.spec.architecture in ("topk", "batchtopk", "jumprelu")
     opt.zero_grad(set_to_none=True)
     parts = {"loss": 0.0, "mse_loss": 0.0, "sparsity_loss": 0.0, "aux_loss": 0.0}
     actives, recons = [], []
-    for xm, tm in zip(x.chunk(cfg.grad_accumulation), target.chunk(cfg.grad_accumulation)):
-        with _autocast(cfg, device):
-            losses, out = compute_losses(sae, cfg, xm, tm, dead, coef, aux_k)
-        (losses.total / cfg.grad_accumulation).backward()
+    micro = list(zip(x.chunk(cfg.grad_accumulation), target.chunk(cfg.grad_accumulation)))
+    for i, (xm, tm) in enumerate(micro):
+        sync = contextlib.nullcontext() if ddp is None or i == len(micro) - 1 else ddp.no_sync()
+        with sync:
+            with _autocast(cfg, device):
+                losses, out = (ddp or compute_losses)(*(() if ddp else (sae, cfg)), xm, tm, dead, coef, aux_k)
+            (losses.total / cfg.grad_accumulation).backward()
         for key, v in (("loss", losses.total), ("mse_loss", losses.mse), ("sparsity_loss", losses.sparsity), ("aux_loss", losses.aux)):
             parts[key] += float(v.detach()) / cfg.grad_accumulation
         with torch.no_grad():
             actives.append(out.active().cpu())
             recons.append(out.recon.detach().float())
     active = torch.cat(actives)
-    if math.isfinite(parts["loss"]):
+    finite = dist.all_sum(torch.tensor([0.0 if math.isfinite(parts["loss"]) else 1.0]))[0] == 0
+    if finite:
         if unit_norm:
             sae.remove_parallel_grad()
         if cfg.grad_clip:
@@ -329,12 +349,19 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
     if not cfgs:
         raise TrainingError("No SAE to train was given.", "pass at least one TrainConfig.")
     first = cfgs[0]
+    dist.init_from_env(first.device)
+    if not dist.is_main():
+        progress = None
     mismatched = sorted({k for c in cfgs[1:] for k in SHARED if getattr(c, k) != getattr(first, k)})
     if mismatched:
         raise TrainingError(f"SAEs trained from one harvest must share {', '.join(mismatched)}.",
                             "give them equal values, or train them separately.")
-    lm = load_model(ws, resolve_model(ws, first.model, progress=progress), device=None if first.device == "auto" else first.device)
-    tok = _resolve_tokens(ws, first, lm, progress)
+    if first.batch_tokens % dist.world():
+        raise TrainingError(f"batch_tokens={first.batch_tokens} does not split evenly over {dist.world()} processes.",
+                            f"choose a multiple of {dist.world()}.")
+    with dist.main_first():       # the main process converts the model and tokenizes; the others find the results
+        lm = load_model(ws, resolve_model(ws, first.model, progress=progress), device=None if first.device == "auto" else first.device)
+        tok = _resolve_tokens(ws, first, lm, progress)
     d_model = int(lm.info["d_model"])
     specs = []
     for c in cfgs:
@@ -357,15 +384,20 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
     n_eval = min(first.eval_sequences, max(len(tokens) // 10, 1))
     train_tokens, eval_tokens = tokens[:-n_eval], tokens[-n_eval:]
     if not resume:
-        for c, spec in zip(cfgs, specs):
-            name = c.name or ws.unique_name("run", f"{c.architecture}-{c.hook}")
-            runs.append(ws.create_folder("run", name, meta={
-                "config": to_dict(c), "status": "running", "model": lm.artifact.id, "tokenization": tok.id,
-                "spec": spec.to_dict(), "started": time.time(), "stream_hooks": stream_hooks,
-                "group": [r.id for r in runs]}))
-    else:
-        ws.update_meta(runs[0].id, status="running", resumed=time.time(), resumed_at_step=runs[0].meta.get("step") or 0)
-    if on_start:
+        ids = None
+        if dist.is_main():
+            for c, spec in zip(cfgs, specs):
+                name = c.name or ws.unique_name("run", f"{c.architecture}-{c.hook}")
+                runs.append(ws.create_folder("run", name, meta={
+                    "config": to_dict(c), "status": "running", "model": lm.artifact.id, "tokenization": tok.id,
+                    "spec": spec.to_dict(), "started": time.time(), "stream_hooks": stream_hooks,
+                    "group": [r.id for r in runs], "processes": dist.world()}))
+            ids = [r.id for r in runs]
+        runs = [ws.get(i) for i in dist.broadcast(ids)]
+    elif dist.is_main():
+        ws.update_meta(runs[0].id, status="running", resumed=time.time(), resumed_at_step=runs[0].meta.get("step") or 0,
+                       processes=dist.world())
+    if on_start and dist.is_main():
         for r in runs:
             on_start(r)
     device = lm.device if lm.device != "mps" else "cpu"
@@ -373,26 +405,27 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
         cache = None
         if first.cache_activations:
             key = ActivationCache.key(lm.artifact, tok, stream_hooks)
-            cache = ActivationCache.open(ws, key, tokens, d_model, first.harvest_batch_size)
-            for r in runs:
+            with dist.main_first():
+                cache = ActivationCache.open(ws, key, tokens, d_model, first.harvest_batch_size)
+            for r in runs if dist.is_main() else []:
                 ws.update_meta(r.id, activation_cache=cache.art.id)
         return _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, stream_hooks, device, resume is not None,
                       progress, control, stop_after, cache)
     except JobCancelled:
-        for r in runs:
+        for r in runs if dist.is_main() else []:
             ws.update_meta(r.id, status="interrupted", stopped=time.time())
         raise
     except torch.OutOfMemoryError as exc:
-        for r in runs:
+        for r in runs if dist.is_main() else []:
             ws.update_meta(r.id, status="failed", error="out of memory")
         raise TrainingError(f"Out of memory with batch_tokens={first.batch_tokens} and d_sae={max(sp.d_sae for sp in specs)}.",
                             "lower batch_tokens, raise grad_accumulation, or use a smaller expansion factor; then resume the run.") from exc
     except MistudioError as exc:
-        for r in runs:
+        for r in runs if dist.is_main() else []:
             ws.update_meta(r.id, status="failed", error=str(exc))
         raise
     except BaseException as exc:
-        for r in runs:
+        for r in runs if dist.is_main() else []:
             ws.update_meta(r.id, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=repr(exc))
         raise
 
@@ -426,7 +459,10 @@ class _Member:
             self.scale_in, self.scale_out = self.state["scale_in"], self.state["scale_out"]
         tsf = self.state["tokens_since_fired"]
         self.since_fired = torch.tensor(tsf, dtype=torch.long) if tsf is not None else torch.zeros(spec.d_sae, dtype=torch.long)
-        self.evaluator = Evaluator(lm, eval_tokens, cfg, eval_acts)
+        self.evaluator = Evaluator(lm, eval_tokens, cfg, eval_acts) if dist.is_main() else None
+        # data parallel: DDP makes every process start from the main one's weights and averages the gradients
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(LossModule(sae, cfg), forward_sync_buffers=False)
+                    if dist.active() else None)
         self.aux_k = cfg.aux_k or max(spec.d_in // 2, 1)
         self.fire_counts = torch.zeros(spec.d_sae)
         self.window_tokens, self.t_log, self.last = 0, time.perf_counter(), {}
@@ -444,21 +480,33 @@ class _Member:
         coef = cfg.l1_coefficient * min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else cfg.l1_coefficient
         dead = self.since_fired >= cfg.dead_tokens
         parts, active, recon, fired = optimizer_step(sae, self.opt, self.sched, cfg, x, t, dead.to(self.device), coef,
-                                                     self.aux_k, self.device)
+                                                     self.aux_k, self.device, self.ddp)
+        counts = active.sum(0).float()
+        n = x.shape[0]
+        if dist.active():       # every process's share of the batch counts: firing, L0 and losses over the whole batch
+            counts = dist.all_sum(counts)
+            fired = counts > 0
+            n = cfg.batch_tokens
+            summed = dist.all_sum(torch.tensor([parts[k] for k in sorted(parts)], dtype=torch.float64)) / dist.world()
+            parts = dict(zip(sorted(parts), (float(v) for v in summed)))
         if not math.isfinite(parts["loss"]):
             raise TrainingError(f"The loss became {parts['loss']} at step {step}; training stopped and the last good "
                                 f"checkpoint (step {self.ws.get(self.run.id).meta.get('last_checkpoint', 'none')}) was kept.",
                                 "lower the learning rate (lr) or enable gradient clipping, then resume or start again.")
-        self.fire_counts += active.sum(0)
-        l0 = float(active.sum()) / x.shape[0]
-        n = x.shape[0]
+        self.fire_counts += counts
+        l0 = float(counts.sum()) / n
         self.since_fired += n
         self.since_fired[fired] = 0
         self.window_tokens += n
         state["step"], state["tokens"] = step + 1, state["tokens"] + n
         if sae.spec.architecture == "standard" and cfg.resample_dead and (step + 1) % max(cfg.dead_tokens // cfg.batch_tokens, 1) == 0:
             resample_dead(sae, self.opt, (self.since_fired >= cfg.dead_tokens).to(self.device), x, t)
+            dist.broadcast_tensors(sae.parameters())     # the same dead latents everywhere; the main one's new directions
         s = state["step"]
+        if not dist.is_main():
+            if cfg.eval_every and s % cfg.eval_every == 0 and s < cfg.steps and cfg.early_stop_patience:
+                self.stopped = dist.broadcast(None)
+            return {"loss": parts["loss"], "l0": l0, "ev": float("nan")}
         if s % cfg.log_every == 0 or s == cfg.steps:
             now = time.perf_counter()
             self.last = {**parts, "mse": float((recon - t).pow(2).mean() / self.scale_out**2),
@@ -485,17 +533,22 @@ class _Member:
                     if state["bad_evals"] >= cfg.early_stop_patience:
                         self.ws.update_meta(self.run.id, early_stopped=s)
                         self.stopped = True
+                dist.broadcast(self.stopped)
         if cfg.checkpoint_every and s % cfg.checkpoint_every == 0 and s < cfg.steps:
             self.checkpoint(position)
         return {"loss": parts["loss"], "l0": l0, "ev": self.last.get("explained_variance", float("nan"))}
 
     def checkpoint(self, position: tuple[int, int, int]) -> None:
+        if not dist.is_main():
+            return
         self.state.update(tokens_since_fired=self.since_fired.tolist(), position=list(position))
         save_checkpoint(self.run.path, self.sae, self.opt, self.sched, self.state)
         self.ws.update_meta(self.run.id, last_checkpoint=self.state["step"])
 
     def finish(self, position: tuple[int, int, int], harvest_counts: dict[str, int]) -> TrainResult:
         ws, cfg, spec, run = self.ws, self.cfg, self.spec, self.run
+        if not dist.is_main():
+            return TrainResult(run.id, None, None, {}, "done")
         final_eval = self.evaluator.run(self.sae, self.scale_in, self.scale_out)
         ws.add_metrics(run.id, self.state["step"], "eval", final_eval)
         self.checkpoint(position)
@@ -521,8 +574,8 @@ def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, 
     if cache is not None:
         eval_acts, _ = cache.gather(np.arange(len(train_tokens), len(train_tokens) + len(eval_tokens)), lm, progress)
     else:
-        eval_acts, _ = harvest(lm, eval_tokens, hooks, batch_size=first.harvest_batch_size, progress=progress,
-                               stage="harvest eval")
+        eval_acts, _ = harvest_shared(lm, eval_tokens, hooks, batch_size=first.harvest_batch_size, progress=progress,
+                                      stage="harvest eval")
     members = [_Member(ws, r, c, sp, lm, eval_tokens, eval_acts, device, resuming) for r, c, sp in zip(runs, cfgs, specs)]
     # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config, so resumes agree
     needed = math.ceil(first.steps * first.batch_tokens * 1.05 / max(train_tokens.shape[1] - 1, 1)) + 1
@@ -546,13 +599,15 @@ def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, 
         if stop_after is not None and steps_here >= stop_after and unfinished:
             for m in unfinished:
                 m.checkpoint(stream.position)
-                ws.update_meta(m.run.id, status="interrupted", stopped=time.time())
+                if dist.is_main():
+                    ws.update_meta(m.run.id, status="interrupted", stopped=time.time())
             return [TrainResult(m.run.id, None, None, m.last, "interrupted") for m in members]
         if control.cancelled and unfinished:
             for m in unfinished:
                 m.checkpoint(stream.position)
             raise JobCancelled()
     results = [m.finish(stream.position, stream.counts) for m in members]
+    dist.barrier()                    # the others end once the main process has saved the SAEs
     emit(progress, "train", first.steps, first.steps, unit="step", finished=True)
     return results
 

@@ -31,6 +31,9 @@ def default_tokenization(ws):
 def test_a_second_run_reuses_the_cache_and_trains_the_same_sae(default_ws):
     cfg = dict(steps=4, batch_tokens=512, chunk_sequences=16, eval_sequences=4, eval_every=0, checkpoint_every=0,
                log_every=2, expansion_factor=2, hook="blocks.3.hook_resid_post", cache_activations=True, seed=11)
+    for old in default_ws.list(KIND):          # the test workspace persists between runs: start without a cache
+        if old.meta["hooks"] == [cfg["hook"]]:
+            default_ws.delete(old.id)
     events: list = []
     first = train(default_ws, TrainConfig(**cfg, name=default_ws.unique_name("run", "cache-a")), progress=events.append)
     fills = [e for e in events if e.stage.startswith("filling activation cache")]
