@@ -4,9 +4,10 @@ function render({ model, el }) {
   const root = h("div", { class: "mistudio mistudio-training-controls", "data-testid": "training-monitor" });
   const body = h("tbody");
   const other = h("select", { "data-testid": "run-other" });
+  const device = h("div", { class: "muted", "data-testid": "run-device" });
   const attach = h("button", { class: "secondary", text: "Overlay", on: { click: () => other.value && send(model, "attach", { id: other.value }) } });
   root.append(h("table", {}, h("thead", {}, h("tr", {}, ["Run", "Status", "Progress", "Tokens/s", "ETA", ""].map((t) => h("th", { text: t })))), body),
-    h("div", { class: "row" }, h("span", { class: "muted", text: "Watch another run:" }), other, attach), statusBar(model));
+    h("div", { class: "row" }, h("span", { class: "muted", text: "Watch another run:" }), other, attach), device, statusBar(model));
   el.append(root);
   const fmtEta = (s) => (s === null || s === undefined ? "–" : s < 90 ? `${Math.round(s)} s` : `${(s / 60).toFixed(1)} min`);
   const draw = () => {
@@ -31,8 +32,11 @@ function render({ model, el }) {
     other.replaceChildren(h("option", { value: "", text: rest.length ? "(choose a run)" : "(no other runs)" }),
       ...rest.map((x) => h("option", { value: x.id, text: `${x.name} (${x.status})` })));
   };
+  const drawDevice = () => { device.textContent = model.get("device") || ""; };
   model.on("change:runs", draw);
+  model.on("change:device", drawDevice);
   draw();
+  drawDevice();
 }
 
 export default { render };

@@ -135,6 +135,7 @@ def test_training_from_the_configurator_updates_the_charts_and_stops(page, lab):
     row = monitor.locator(f'tr[data-run="{name}"]')
     expect(row.get_by_test_id("run-status")).to_have_text("running")
     expect(row.get_by_test_id("run-step")).to_have_text(re.compile(r"^([3-9]|\d{2,}) / 5,000"))
+    expect(monitor.get_by_test_id("run-device")).to_contain_text(re.compile(r"GPU \d|CPU: \d+ cores"))
     # the plotly loss chart has drawn a line from the catalog's metric history
     line = page.locator(".js-plotly-plot .scatterlayer .trace path.js-line").first
     expect(line).to_have_attribute("d", re.compile(r"M.+L.+"))

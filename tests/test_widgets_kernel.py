@@ -100,6 +100,9 @@ def test_monitor_reattaches_from_the_catalog_and_library_manages_saes(default_ws
     assert list(loss.x) == [1, 2, 3] and all(v > 0 for v in loss.y)
     row = next(r for r in mon.controls.runs if r["id"] == res.run_id)
     assert row["status"] == "done" and row["step"] == 3 and row["sae"] == res.sae_id
+    import torch
+
+    assert ("GPU 0" in mon.controls.device) if torch.cuda.is_available() else mon.controls.device.startswith("CPU: ")
     mon.controls.action_detach(id=res.run_id)
     assert not [tr for tr in mon.figure.data if tr.meta[0] == res.run_id]
     mon.close()

@@ -18,11 +18,28 @@ CHARTS = [("loss", "train", "loss"), ("mse", "train", "MSE"), ("l0", "train", "L
           ("lr", "train", "learning rate")]
 
 
+def device_line() -> str:
+    """One line on what training is using: each GPU's utilisation and memory (NVML), else the CPU."""
+    import psutil
+
+    from ..system import gpu_snapshot
+
+    state, message, gpus = gpu_snapshot()
+    if gpus:
+        return "  ·  ".join(f"GPU {g['index']} {g['name']}: {g['util']:.0f}% busy, {g['mem_used'] / 2**30:.1f} / "
+                            f"{g['mem_total'] / 2**30:.1f} GiB" for g in gpus)
+    import torch
+
+    cpu = f"CPU: {psutil.cpu_count()} cores at {psutil.cpu_percent():.0f}%, {torch.get_num_threads()} torch threads"
+    return f"{cpu}  ·  {'no GPU' if state == 'none' else 'GPU monitor unavailable'} ({message})"
+
+
 class TrainingControls(EngineWidget):
     """The monitor's status table and buttons (the charts are a plotly FigureWidget beside it)."""
 
     _esm = esm("training_controls")
     runs = t.List().tag(sync=True)     # [{id, name, status, step, steps, tokens_per_second, eta, live, ...}]
+    device = t.Unicode("").tag(sync=True)   # what the training is using: GPU utilisation and memory, or the CPU
 
     def __init__(self, workspace=None, owner: "TrainingMonitor | None" = None, **kw: Any):
         self.owner = owner
@@ -181,6 +198,7 @@ class TrainingMonitor(ipw.VBox):
         others = [{"id": a.id, "name": a.name, "status": a.meta.get("status")} for a in self.workspace.list("run")
                   if a.id not in self.run_ids]
         self.controls.runs = rows_out + [{**o, "attached": False} for o in others[-10:]]
+        self.controls.device = device_line()
 
     def close(self) -> None:
         if self._timer is not None:
