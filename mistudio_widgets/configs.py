@@ -143,3 +143,27 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "Where to train.")
     autocast: Literal["auto", "none", "bf16", "fp16"] = opt("auto", "Mixed precision on CUDA (auto: bf16 where supported).")
     name: str | None = opt(None, "Name of the run and its SAE (derived when empty).")
+
+
+@dataclass
+class ExtractConfig:
+    """Feature extraction: run N tokens through the model and an SAE and keep, per feature, statistics,
+    top and quantile-sampled examples, logit lens and neighbours (memory stays bounded whatever N is)."""
+
+    dataset: str = opt(DEFAULT, "Dataset or tokenization (name or id); tokenized on demand with the SAE's model.")
+    model: str | None = opt(None, "Model to run (name or id); empty: the model the SAE was trained on, else the default.")
+    tokens: int = opt(65536, "Tokens to run through the model and SAE.", minimum=1)
+    context_size: int = opt(128, "Tokens per sequence when the dataset must be tokenized.", minimum=2)
+    top_k: int = opt(100, "Top activating examples kept per feature (one per sequence).", minimum=1)
+    quantile_groups: int = opt(5, "Activation intervals (equal-width slices of [0, max]) for quantile-sampled examples.", minimum=1)
+    quantile_examples: int = opt(5, "Examples sampled per interval.", minimum=1)
+    window_left: int = opt(16, "Context tokens kept before an example's peak token.", minimum=0)
+    window_right: int = opt(8, "Context tokens kept after an example's peak token.", minimum=0)
+    threshold: float = opt(0.0, "A feature fires on a token when its activation exceeds this.", minimum=0.0)
+    logits: int = opt(20, "Top positive and negative logit-lens tokens kept per feature.", minimum=1)
+    neighbours: int = opt(10, "Nearest features by decoder cosine kept per feature.", minimum=1)
+    coactivation_tokens: int = opt(16384, "Tokens whose sparse feature activations are kept for co-activation correlations.", minimum=0)
+    batch_size: int = opt(16, "Sequences per forward pass.", minimum=1)
+    checkpoint_every: int = opt(32, "Save resumable state every N batches (0: never).", minimum=0)
+    seed: int = opt(0, "Seed for the quantile sampling.")
+    name: str | None = opt(None, "Name of the extraction (derived when empty).")

@@ -20,12 +20,12 @@ from typing import Any, Iterator
 
 from .errors import ArtifactNotFound, ArtifactWriteError, WorkspaceError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ENV_HOME = "MISTUDIO_HOME"
 DEFAULT_DIRNAME = "mistudio-workspace"
 STALE_TMP_SECONDS = 24 * 3600
 KIND_PREFIX = {"dataset": "ds", "tokenization": "tk", "model": "md", "sae": "sae", "run": "run",
-               "activation_cache": "ac"}
+               "activation_cache": "ac", "extraction": "fx"}
 
 # Migration n brings a catalog from version n-1 to n. Append, never edit.
 MIGRATIONS: dict[int, str] = {
@@ -53,6 +53,21 @@ MIGRATIONS: dict[int, str] = {
         time REAL NOT NULL,
         PRIMARY KEY (run, split, name, step)
     );
+    """,
+    3: """
+    CREATE TABLE labels (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sae TEXT NOT NULL,
+        feature INTEGER NOT NULL,
+        label TEXT NOT NULL,
+        method TEXT NOT NULL,
+        model TEXT,
+        template TEXT,
+        score REAL,
+        time REAL NOT NULL,
+        meta TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX labels_sae_feature ON labels(sae, feature, id);
     """,
 }
 
@@ -334,6 +349,31 @@ class Workspace:
                 out.setdefault((step, sp), {"step": step, "split": sp})[name] = value
         return sorted(out.values(), key=lambda r: (r["step"], r["split"]))
 
+    # -- feature labels (every label is kept: the newest one of a feature is its label) -----------
+    def add_label(self, sae: str, feature: int, label: str, *, method: str = "manual", model: str | None = None,
+                  template: str | None = None, score: float | None = None, meta: dict[str, Any] | None = None) -> int:
+        sae_id = self.get(sae, "sae").id
+        with self._db() as con:
+            cur = con.execute("INSERT INTO labels (sae, feature, label, method, model, template, score, time, meta) "
+                              "VALUES (?,?,?,?,?,?,?,?,?)", (sae_id, int(feature), str(label), method, model, template,
+                                                             score, time.time(), json.dumps(meta or {})))
+            return int(cur.lastrowid)
+
+    def labels(self, sae: str, feature: int | None = None, *, history: bool = False) -> list[dict[str, Any]]:
+        """Labels of an SAE's features: the newest per feature, or (``history``) every one, oldest first."""
+        sae_id = self.get(sae, "sae").id
+        cols = "id, feature, label, method, model, template, score, time, meta"
+        sql, args = f"SELECT {cols} FROM labels WHERE sae = ?", [sae_id]
+        if feature is not None:
+            sql += " AND feature = ?"
+            args.append(int(feature))
+        if not history:
+            sql += " AND id IN (SELECT MAX(id) FROM labels WHERE sae = ? GROUP BY feature)"
+            args.append(sae_id)
+        with self._db() as con:
+            rows = con.execute(sql + " ORDER BY feature, id", args).fetchall()
+        return [{**dict(zip(cols.split(", "), r)), "meta": json.loads(r[-1])} for r in rows]
+
     def update_meta(self, ref: str, **changes: Any) -> Artifact:
         """Merge ``changes`` into an artifact's metadata."""
         with self._db() as con:
@@ -380,6 +420,7 @@ class Workspace:
         with self._db() as con:
             con.execute("DELETE FROM artifacts WHERE id = ?", (art.id,))
             con.execute("DELETE FROM metrics WHERE run = ?", (art.id,))
+            con.execute("DELETE FROM labels WHERE sae = ?", (art.id,))
         if art.path and art.path.exists() and self.root in art.path.parents:
             trash = self.root / ".trash" / f"{art.id}.{uuid.uuid4().hex[:6]}"
             trash.parent.mkdir(exist_ok=True)

@@ -1,0 +1,127 @@
+"""``mistudio extract`` and ``mistudio features show|fire|search|label-set``: feature discovery from the
+command line (registered into the parser of :mod:`mistudio_widgets.cli`)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .configs import ExtractConfig
+from .workspace import Workspace
+
+
+def _spark(values: list[float], peak: float) -> str:
+    bars = " ▁▂▃▄▅▆▇█"
+    return "".join(bars[min(int(v / peak * 8 + 0.999), 8)] if peak > 0 and v > 0 else " " for v in values)
+
+
+def cmd_extract(ws: Workspace, a: argparse.Namespace, out) -> None:
+    from .features import extract
+
+    if a.resume:
+        ext = extract(ws, None, resume=a.resume, progress=out.progress)
+    else:
+        if not a.sae:
+            raise SystemExit("mistudio extract: give an SAE (or --resume EXTRACTION)")
+        cfg = ExtractConfig(dataset=a.dataset, tokens=a.tokens, top_k=a.top_k, model=a.model, name=a.name,
+                            batch_size=a.batch_size)
+        ext = extract(ws, a.sae, cfg, progress=out.progress)
+    s = ext.meta.get("summary") or {}
+    if ext.meta.get("status") != "done":
+        out.summary({"extraction_id": ext.id, "status": ext.meta.get("status")},
+                    f"extraction {ext.id} {ext.meta.get('status')}; resume with: mistudio extract --resume {ext.id}")
+        return
+    out.summary({"extraction_id": ext.id, "sae_id": ext.parent, "path": str(ext.path), "status": "done", **s},
+                f"extraction {ext.name} ({ext.id}): {s['tokens']:,} tokens; {s['alive']:,} of {s['d_sae']:,} features "
+                f"fired ({s['dead']:,} never); mean L0 {s['mean_l0']:.1f}\n  files: {ext.path}")
+
+
+def cmd_features_show(ws: Workspace, a: argparse.Namespace, out) -> None:
+    from .features import feature_detail
+
+    d = feature_detail(ws, a.sae, a.index, max_examples=a.examples)
+    if out.as_json:
+        rec = {k: v for k, v in d.items() if k not in ("examples", "quantile_examples")}
+        rec["examples"] = [{"tokens": e["tokens"], "values": e["values"], "value": e["value"]} for e in d["examples"]]
+        rec["quantile_examples"] = [{"range": g["range"], "examples": [{"tokens": e["tokens"], "values": e["values"]}
+                                                                      for e in g["examples"]]} for g in d["quantile_examples"]]
+        out.summary(rec, "")
+        return
+    lines = [f"feature {d['index']}" + (f": {d['label']}" if d["label"] else ""),
+             f"  fires on {d['frequency']:.3%} of tokens; mean {d['mean']:.3g}, max {d['max']:.3g}, "
+             f"median {d['quantiles']['q50']:.3g}, p99 {d['quantiles']['q99']:.3g}",
+             f"  histogram 0..{d['max']:.3g}: {_spark(d['histogram']['counts'], max(d['histogram']['counts']) or 1)}"]
+    if "logits" in d:
+        lines.append("  promotes: " + " ".join(repr(x["token"]) for x in d["logits"]["positive"][:10]))
+        lines.append("  suppresses: " + " ".join(repr(x["token"]) for x in d["logits"]["negative"][:10]))
+    lines.append("  neighbours: " + ", ".join(f"{n['index']} ({n['cosine']:.2f})" for n in d["neighbours"][:5]))
+    lines.append("  top examples ([[peak]]):")
+    for e in d["examples"][: a.examples or 10]:
+        text = "".join(f"[[{t}]]" if i == e["peak"] else t for i, t in enumerate(e["tokens"]))
+        lines.append(f"    {e['value']:7.3f}  {text!r}")
+    out.summary({}, "\n".join(lines))
+
+
+def cmd_features_fire(ws: Workspace, a: argparse.Namespace, out) -> None:
+    from .features import fire
+
+    r = fire(ws, a.sae, a.text, top=a.top)
+    if out.as_json:
+        out.summary({"features": [{"index": f["index"], "activation": f["activation"], "label": f["label"]}
+                                  for f in r["features"][: a.top]], "tokens": r["tokens"]}, "")
+        return
+    lines = ["per token (strongest features):"]
+    for t, feats in zip(r["tokens"], r["per_token"]):
+        lines.append(f"  {t!r:>16}  " + ", ".join(f"{f['index']}:{f['activation']:.2f}" for f in feats[:5]))
+    lines.append("features over the text:")
+    for f in r["features"][: a.top]:
+        lines.append(f"  {f['index']:>6}  peak {f['activation']:.3f} at {r['tokens'][f['token']]!r}"
+                     + (f"  {f['label']}" if f["label"] else ""))
+    out.summary({}, "\n".join(lines))
+
+
+def cmd_features_search(ws: Workspace, a: argparse.Namespace, out) -> None:
+    from .features import search
+
+    hits = search(ws, a.sae, a.query, limit=a.limit)
+    out.summary({"features": hits}, "\n".join(f"{h['index']:>6}  ({h['match']})  {h['label'] or ''}" for h in hits)
+                or "no feature matches")
+
+
+def cmd_features_label(ws: Workspace, a: argparse.Namespace, out) -> None:
+    from .features import check_feature_index
+
+    check_feature_index(ws, a.sae, a.index)
+    lid = ws.add_label(a.sae, a.index, a.label, method="manual")
+    out.summary({"label_id": lid, "feature": a.index, "label": a.label}, f"feature {a.index}: {a.label}")
+
+
+def register(sub, cmd) -> None:
+    sp = cmd(sub, "extract", cmd_extract, "extract feature statistics, examples and logit lens for an SAE")
+    sp.add_argument("sae", nargs="?", default=None)
+    sp.add_argument("--dataset", default="default", help="a dataset (tokenized on demand) or a tokenization")
+    sp.add_argument("--tokens", type=int, default=ExtractConfig.tokens)
+    sp.add_argument("--top-k", type=int, default=ExtractConfig.top_k)
+    sp.add_argument("--model", default=None)
+    sp.add_argument("--batch-size", type=int, default=ExtractConfig.batch_size)
+    sp.add_argument("--name", default=None)
+    sp.add_argument("--resume", default=None, metavar="EXTRACTION", help="resume an interrupted extraction")
+    fs = sub.add_parser("features", help="look at an SAE's features").add_subparsers(dest="sub", required=True)
+    sp = cmd(fs, "show", cmd_features_show, "a feature's statistics, logits, neighbours and top examples")
+    sp.add_argument("sae")
+    sp.add_argument("index", type=int)
+    sp.add_argument("--examples", type=int, default=None, help="top examples to show (all kept by default with --json)")
+    sp = cmd(fs, "fire", cmd_features_fire, "which features fire on a text, per token and overall")
+    sp.add_argument("sae")
+    sp.add_argument("--text", required=True)
+    sp.add_argument("--top", type=int, default=10)
+    sp = cmd(fs, "search", cmd_features_search, "features whose label or top logit tokens match a word")
+    sp.add_argument("sae")
+    sp.add_argument("query")
+    sp.add_argument("--limit", type=int, default=50)
+    sp = cmd(fs, "label", cmd_features_label, "set a feature's label by hand")
+    sp.add_argument("sae")
+    sp.add_argument("index", type=int)
+    sp.add_argument("label")
+
+
+__all__: list[Any] = ["register"]
