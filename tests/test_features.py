@@ -1,0 +1,135 @@
+"""Feature extraction, the prompt tester, search and labels on the real default model and a small SAE
+trained here: the streamed statistics and examples are checked against a brute-force pass."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mistudio_widgets.configs import ExtractConfig, TrainConfig
+from mistudio_widgets.datasets import load_tokens
+from mistudio_widgets.features import (FeatureError, coactivation, extract, feature_acts, feature_columns, feature_detail,
+                                       fire, load_library_sae, model_for_sae, sae_hook, search)
+from mistudio_widgets.sae.io import load_sparsity
+from mistudio_widgets.training import train
+
+N_TOKENS = 2048
+
+
+@pytest.fixture(scope="module")
+def small_sae(default_ws):
+    res = train(default_ws, TrainConfig(steps=4, batch_tokens=512, chunk_sequences=16, eval_sequences=4, eval_every=0,
+                                        checkpoint_every=0, log_every=2, expansion_factor=1, k=8, hook="blocks.6.hook_resid_post",
+                                        name=default_ws.unique_name("run", "features-sae")))
+    return res.sae_id
+
+
+@pytest.fixture(scope="module")
+def extraction(default_ws, small_sae):
+    cfg = ExtractConfig(tokens=N_TOKENS, top_k=5, quantile_groups=3, quantile_examples=2, batch_size=4,
+                        coactivation_tokens=N_TOKENS, name=default_ws.unique_name("extraction", "ci"))
+    return extract(default_ws, small_sae, cfg)
+
+
+def brute_force(ws, sae_id, ext):
+    art, sae, _ = load_library_sae(ws, sae_id)
+    lm = model_for_sae(ws, art, sae)
+    tokens = load_tokens(ws, ext.meta["tokenization"])[: N_TOKENS // 128]
+    return tokens, feature_acts(lm, sae, sae_hook(art, sae), torch.tensor(tokens, dtype=torch.long))   # [S, T, F]
+
+
+def test_streamed_statistics_and_examples_match_a_brute_force_pass(default_ws, small_sae, extraction):
+    assert extraction.meta["status"] == "done" and extraction.parent == small_sae
+    tokens, A = brute_force(default_ws, small_sae, extraction)
+    F = A.shape[-1]
+    cols = feature_columns(default_ws, extraction)
+    flat = A.reshape(-1, F)
+    count = (flat > 0).sum(0).numpy()
+    n_valid = extraction.meta["summary"]["tokens"]
+    assert n_valid == N_TOKENS - int(np.isin(tokens, [0, 1, 2]).sum())
+    np.testing.assert_allclose(cols["frequency"], count / n_valid, rtol=1e-5)
+    np.testing.assert_allclose(cols["max"], flat.max(0).values.numpy(), rtol=1e-5)
+    busiest = int(np.argmax(count))
+    d = feature_detail(default_ws, extraction, busiest)
+    assert d["count"] == count[busiest] and sum(d["histogram"]["counts"]) == count[busiest]
+    assert d["mean"] == pytest.approx(float(flat[:, busiest][flat[:, busiest] > 0].mean()), rel=1e-4)
+    assert d["quantiles"]["q50"] <= d["quantiles"]["q90"] <= d["quantiles"]["q99"] <= d["max"]
+    # top examples: one per sequence, the sequences with the highest peaks, with the model's own values
+    peaks = A[:, :, busiest].max(1).values
+    want = torch.argsort(peaks, descending=True)[:5]
+    got = [e["sequence"] for e in d["examples"]]
+    assert got == want.tolist()
+    for e in d["examples"]:
+        row = A[e["sequence"], :, busiest]
+        start = int(row.argmax()) - e["peak"]
+        np.testing.assert_allclose(e["values"], row[start:start + len(e["values"])].numpy(), rtol=1e-3, atol=1e-3)
+        assert e["token_ids"] == tokens[e["sequence"], start:start + len(e["values"])].tolist()
+        assert e["values"][e["peak"]] == pytest.approx(e["value"], rel=1e-3)
+    values = [e["value"] for e in d["examples"]]
+    assert values == sorted(values, reverse=True)
+    for g in d["quantile_examples"]:
+        assert all(g["range"][0] - 1e-6 <= e["value"] <= g["range"][1] + 1e-6 for e in g["examples"])
+    assert sum(len(g["examples"]) for g in d["quantile_examples"]) >= 2
+    # logit lens, neighbours, sparsity for SAELens
+    assert len(d["logits"]["positive"]) == 20 and d["logits"]["positive"][0]["value"] >= d["logits"]["positive"][-1]["value"]
+    assert len(d["neighbours"]) == 10 and busiest not in [n["index"] for n in d["neighbours"]]
+    sparsity = load_sparsity(extraction.path)
+    np.testing.assert_allclose(sparsity.numpy(), np.log10(count / n_valid + 1e-10), rtol=1e-4, atol=1e-4)
+
+
+def test_coactivation_and_interrupted_extraction_resumes_to_the_same_files(default_ws, small_sae, extraction):
+    import pyarrow.parquet as pq
+
+    top = np.argsort(-feature_columns(default_ws, extraction)["frequency"])[:3].tolist()
+    co = coactivation(default_ws, extraction, top)
+    C = np.array(co["correlation"])
+    assert np.allclose(np.diag(C), 1.0) and np.allclose(C, C.T) and co["tokens"] == N_TOKENS
+    cfg = dict(extraction.meta["config"], name=default_ws.unique_name("extraction", "ci-resume"), checkpoint_every=1)
+    part = extract(default_ws, small_sae, ExtractConfig(**cfg), stop_after=2)
+    assert part.meta["status"] == "interrupted" and (part.path / "state.pt").is_file()
+    with pytest.raises(FeatureError, match="interrupted"):
+        feature_detail(default_ws, part, 0)
+    done = extract(default_ws, None, resume=part.id)
+    assert done.meta["status"] == "done" and not (done.path / "state.pt").exists()
+    for name in ("features.parquet", "examples.parquet"):
+        assert pq.read_table(done.path / name).equals(pq.read_table(extraction.path / name)), name
+
+
+def test_prompt_tester_labels_and_search(default_ws, small_sae):
+    r = fire(default_ws, small_sae, "WHY ARE YOU SHOUTING")
+    assert "".join(r["tokens"]) == "WHY ARE YOU SHOUTING" and len(r["per_token"]) == len(r["tokens"])
+    f = r["features"][0]
+    assert f["activation"] == max(x["activation"] for x in r["features"])
+    assert r["values"][f["index"]][f["token"]] == pytest.approx(f["activation"])
+    default_ws.add_label(small_sae, f["index"], "shouting (draft)")
+    default_ws.add_label(small_sae, f["index"], "UPPERCASE text", score=0.9, method="manual")
+    r2 = fire(default_ws, small_sae, "WHY ARE YOU SHOUTING")
+    assert next(x for x in r2["features"] if x["index"] == f["index"])["label"] == "UPPERCASE text"
+    assert [h["index"] for h in search(default_ws, small_sae, "uppercase")] == [f["index"]]
+    hist = default_ws.labels(small_sae, f["index"], history=True)
+    assert [h["label"] for h in hist] == ["shouting (draft)", "UPPERCASE text"]
+    with pytest.raises(FeatureError, match="empty"):
+        fire(default_ws, small_sae, "   ")
+
+
+def _cli(ws, *args):
+    proc = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(ws.root), "--json", *args],
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+
+
+def test_cli_features_fire_show_and_bad_index(default_ws, small_sae, extraction):
+    rc, lines = _cli(default_ws, "features", "fire", small_sae, "--text", "Good morrow, my lord!", "--top", "4")
+    assert rc == 0 and set(lines[-1]) == {"summary", "features", "tokens"}
+    assert len(lines[-1]["features"]) == 4 and {"index", "activation", "label"} <= set(lines[-1]["features"][0])
+    idx = lines[-1]["features"][0]["index"]
+    rc, lines = _cli(default_ws, "features", "show", small_sae, str(idx))
+    assert rc == 0 and lines[-1]["index"] == idx and lines[-1]["examples"]
+    ex = lines[-1]["examples"][0]
+    assert len(ex["tokens"]) == len(ex["values"]) and max(ex["values"]) == pytest.approx(ex["value"], rel=1e-3)
+    rc, lines = _cli(default_ws, "features", "show", small_sae, "100000")
+    assert rc == 2 and "out of range" in lines[-1]["error"]
