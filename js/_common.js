@@ -51,7 +51,7 @@ function select(options, value, attrs = {}) {
 }
 
 // A histogram as SVG bars; each bar has a tooltip with its range and count.
-function histogram(counts, edges, { width = 420, height = 120, xlabel = "" } = {}) {
+function histogram(counts, edges, { width = 420, height = 120, xlabel = "", digits = 0 } = {}) {
   const svg = h("svg", { width, height: height + 28, viewBox: `0 0 ${width} ${height + 28}`, role: "img",
                          "aria-label": xlabel ? `histogram of ${xlabel}` : "histogram", class: "histogram" });
   if (!counts || !counts.length) return svg;
@@ -59,12 +59,12 @@ function histogram(counts, edges, { width = 420, height = 120, xlabel = "" } = {
   counts.forEach((c, i) => {
     const bh = (c / max) * height;
     const r = h("rect", { x: 36 + i * bw, y: height - bh, width: Math.max(bw - 1, 1), height: bh, class: "binbar" });
-    r.append(h("title", { text: `${fmtNum(edges[i], 0)}–${fmtNum(edges[i + 1], 0)}: ${fmtInt(c)}` }));
+    r.append(h("title", { text: `${fmtNum(edges[i], digits)}–${fmtNum(edges[i + 1], digits)}: ${fmtInt(c)}` }));
     svg.append(r);
   });
   svg.append(h("text", { x: 0, y: 10, text: fmtInt(max) }));
-  svg.append(h("text", { x: 36, y: height + 14, text: fmtNum(edges[0], 0) }));
-  svg.append(h("text", { x: width - 40, y: height + 14, text: fmtNum(edges[edges.length - 1], 0) }));
+  svg.append(h("text", { x: 36, y: height + 14, text: fmtNum(edges[0], digits) }));
+  svg.append(h("text", { x: width - 40, y: height + 14, text: fmtNum(edges[edges.length - 1], digits) }));
   if (xlabel) svg.append(h("text", { x: width / 2 - 40, y: height + 26, text: xlabel }));
   return svg;
 }

@@ -108,7 +108,9 @@ def test_studio_in_voila(page, default_ws, tmp_path):
         page.get_by_role("tab", name="SAEs").click()
         expect(page.get_by_test_id("sae-library")).to_be_visible()
         page.get_by_role("tab", name="Features").click()
-        expect(page.get_by_text("Features: coming soon.")).to_be_visible()
+        expect(page.get_by_test_id("feature-browser")).to_be_visible()
+        page.get_by_role("tab", name="Steering").click()
+        expect(page.get_by_text("Steering: coming soon.")).to_be_visible()
         expect(page.get_by_test_id("system-monitor").get_by_test_id("sys-cpu")).to_contain_text("cores")
 
 
@@ -145,3 +147,61 @@ def test_training_from_the_configurator_updates_the_charts_and_stops(page, lab):
     row.get_by_test_id("run-stop").click()
     expect(row.get_by_test_id("run-status")).to_have_text("interrupted")
     expect(row.get_by_test_id("run-resume")).to_be_visible()
+
+
+@pytest.fixture(scope="module")
+def extracted_sae(default_ws):
+    from mistudio_widgets.configs import ExtractConfig, TrainConfig
+    from mistudio_widgets.features import extract
+    from mistudio_widgets.training import train
+
+    res = train(default_ws, TrainConfig(steps=3, batch_tokens=512, chunk_sequences=16, eval_sequences=4, eval_every=0,
+                                        checkpoint_every=0, log_every=1, expansion_factor=1, k=8, hook="blocks.6.hook_resid_post",
+                                        name=default_ws.unique_name("run", "browser-features")))
+    extract(default_ws, res.sae_id, ExtractConfig(tokens=1024, top_k=5, batch_size=4))
+    return res.sae_id
+
+
+def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
+    import numpy as np
+
+    from mistudio_widgets.features import feature_columns
+
+    cols = feature_columns(default_ws, extracted_sae)
+    open_and_run(page, lab, "features.ipynb", [
+        SETUP, f"from mistudio_widgets.widgets import FeatureBrowser\nfb = FeatureBrowser(ws, sae={extracted_sae!r})\nfb"])
+    fb = page.get_by_test_id("feature-browser")
+    expect(fb.get_by_test_id("fb-count")).to_have_text("576 of 576 features")
+    expect(fb.get_by_test_id("feature-row").first).to_be_visible()
+    assert fb.get_by_test_id("feature-row").count() < 80, "only the visible rows are in the page"
+    # sorting and filtering happen in the page on the binary columns
+    fb.get_by_test_id("fb-sort").select_option("frequency")
+    expect(fb.get_by_test_id("feature-row").first).to_have_attribute("data-index", str(int(np.argmax(cols["frequency"]))))
+    fb.get_by_test_id("fb-list").evaluate("el => { el.scrollTop = el.scrollHeight; el.dispatchEvent(new Event('scroll')); }")
+    expect(fb.locator(f'[data-testid="feature-row"][data-index="{int(np.argsort(-cols["frequency"], kind="stable")[-1])}"]')).to_be_attached()
+    fb.get_by_test_id("fb-filter").fill("7")
+    expect(fb.get_by_test_id("fb-count")).to_have_text("1 of 576 features")
+    busiest = int(np.argmax(cols["frequency"]))
+    fb.get_by_test_id("fb-filter").fill(str(busiest))
+    fb.locator(f'[data-testid="feature-row"][data-index="{busiest}"]').click()
+    expect(fb.get_by_test_id("fb-title")).to_contain_text(f"Feature {busiest}")
+    peak = fb.get_by_test_id("fb-examples").locator(".ftok.peak").first
+    expect(peak).to_have_attribute("title", re.compile(r": \d+\.\d{3}$"))
+    # a label with markup is shown as text, never run
+    hostile = '<img src=x onerror="window.__pwned=1">loud'
+    fb.get_by_test_id("fb-label-input").fill(hostile)
+    fb.get_by_test_id("fb-label-save").click()
+    expect(fb.get_by_test_id("fb-title")).to_contain_text(hostile)
+    expect(fb.get_by_test_id("fb-label-history")).to_contain_text("manual")
+    assert page.evaluate("window.__pwned") is None
+    assert default_ws.labels(extracted_sae, busiest)[0]["label"] == hostile
+    # the prompt tester: type, see the features, open one
+    fb.get_by_test_id("fb-prompt").fill("WHY ARE YOU SHOUTING")
+    fb.get_by_test_id("fb-prompt-go").click()
+    first = fb.get_by_test_id("fb-prompt-features").locator("button").first
+    expect(first).to_be_visible()
+    idx = first.get_attribute("data-index")
+    first.click()
+    expect(fb.get_by_test_id("fb-title")).to_contain_text(f"Feature {idx}")
+    if os.environ.get("MISTUDIO_SCREENSHOTS"):
+        fb.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/feature_browser.png")

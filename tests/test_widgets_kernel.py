@@ -80,7 +80,7 @@ def test_system_monitor_samples_only_when_visible(default_ws):
 def test_studio_tabs(default_ws):
     s = Studio(default_ws)
     assert [s.tabs.get_title(i) for i in range(6)] == ["Datasets", "Models", "SAEs", "Training", "Features", "Steering"]
-    assert "coming soon" in s.tabs.children[4].value and "coming soon" in s.tabs.children[5].value
+    assert s.tabs.children[4].children[0] is s.features and "coming soon" in s.tabs.children[5].value
     assert s.trainer.check["problems"] == [] and s.trainer.monitor is s.monitor
     s.library.action_open(id="x", target="Steering")
     assert s.tabs.selected_index == 5
@@ -114,3 +114,42 @@ def test_monitor_reattaches_from_the_catalog_and_library_manages_saes(default_ws
     assert default_ws.get(res.sae_id).name == new_name and any(x["name"] == new_name for x in lib.saes)
     lib.action_delete(id=res.sae_id)
     assert default_ws.find(res.sae_id) is None and all(x["id"] != res.sae_id for x in lib.saes)
+
+
+def test_feature_browser_and_map_from_the_kernel(default_ws):
+    import numpy as np
+
+    from mistudio_widgets.configs import ExtractConfig, TrainConfig
+    from mistudio_widgets.features import extract, feature_columns
+    from mistudio_widgets.training import train
+    from mistudio_widgets.widgets import FeatureBrowser, FeatureMap
+
+    res = train(default_ws, TrainConfig(steps=2, batch_tokens=256, chunk_sequences=8, eval_sequences=4, eval_every=0,
+                                        checkpoint_every=0, log_every=1, expansion_factor=1, k=8, hook="blocks.2.hook_resid_post",
+                                        name=default_ws.unique_name("run", "widget-features")))
+    fb = FeatureBrowser(default_ws, sae=res.sae_id)
+    assert fb.sae == res.sae_id and fb.extraction == {} and fb.columns == b""
+    fb.extract(tokens=512, top_k=3, batch_size=4)                    # blocking, as from a cell
+    cols = np.frombuffer(fb.columns, dtype="<f4").reshape(3, -1)
+    assert fb.n_features == 576 and cols.shape == (3, 576)
+    np.testing.assert_array_equal(cols[0], feature_columns(default_ws, res.sae_id)["frequency"])
+    busiest = int(cols[0].argmax())
+    d = fb.show(busiest)
+    assert d["index"] == busiest and d["examples"] and fb.error == {}
+    fb.label(busiest, "newline-ish")
+    assert fb.labels[str(busiest)] == "newline-ish" and fb.detail["label"] == "newline-ish"
+    fb.label(busiest, "   ")
+    assert "empty" in fb.error["problem"]
+    fb.show(10**6)
+    assert "out of range" in fb.error["problem"]
+    p = fb.test_prompt("WHY ARE YOU SHOUTING")
+    assert p["tokens"] and p["features"] and p["text"] == "WHY ARE YOU SHOUTING"
+    fb.action_coact(features=[busiest, 1, 2])
+    assert len(fb.coact["correlation"]) == 3
+    fm = FeatureMap(fb)
+    assert len(fm.figure.data[0].x) == 576
+    fm._clicked(None, type("Points", (), {"point_inds": [7]})(), None)   # what plotly calls on a click
+    assert fb.detail["index"] == 7
+    fb.action_steer(index=7)
+    assert fb.steer_request == {"sae": res.sae_id, "index": 7}
+    fb.close()

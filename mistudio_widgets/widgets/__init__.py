@@ -1,5 +1,6 @@
 """The widgets: thin views over the engine (anywidget front ends in js/)."""
 from .dataset_picker import DatasetPicker
+from .feature_browser import FeatureBrowser, FeatureMap
 from .model_picker import ModelPicker
 from .sae_library import SAELibrary
 from .studio import Studio
@@ -7,4 +8,4 @@ from .system_monitor import SystemMonitor
 from .training_configurator import TrainingConfigurator
 from .training_monitor import TrainingMonitor
 
-__all__ = ["DatasetPicker", "ModelPicker", "SAELibrary", "Studio", "SystemMonitor", "TrainingConfigurator", "TrainingMonitor"]
+__all__ = ["DatasetPicker", "FeatureBrowser", "FeatureMap", "ModelPicker", "SAELibrary", "Studio", "SystemMonitor", "TrainingConfigurator", "TrainingMonitor"]

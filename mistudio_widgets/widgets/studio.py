@@ -8,6 +8,7 @@ import ipywidgets as ipw
 
 from ..workspace import Workspace
 from .dataset_picker import DatasetPicker
+from .feature_browser import FeatureBrowser, FeatureMap
 from .model_picker import ModelPicker
 from .sae_library import SAELibrary
 from .system_monitor import SystemMonitor
@@ -15,10 +16,9 @@ from .training_configurator import TrainingConfigurator
 from .training_monitor import TrainingMonitor
 
 COMING = {
-    "Features": "The feature browser, prompt tester and auto-labelling arrive after training.",
     "Steering": "Steering generation with features, steered and unsteered side by side, arrives after training.",
 }
-TABS = ("Datasets", "Models", "SAEs", "Training", *COMING)
+TABS = ("Datasets", "Models", "SAEs", "Training", "Features", *COMING)
 
 
 def _coming(title: str, text: str) -> ipw.HTML:
@@ -42,7 +42,10 @@ class Studio(ipw.VBox):
         self.monitor = TrainingMonitor(ws)
         self.trainer = TrainingConfigurator(ws, monitor=self.monitor)
         training = ipw.VBox([self.trainer, self.monitor])
+        self.features = FeatureBrowser(ws)
+        self.feature_map = FeatureMap(self.features)
         self.tabs = ipw.Tab(children=[self.datasets, self.models, self.library, training,
+                                      ipw.VBox([self.features, self.feature_map]),
                                       *(_coming(k, v) for k, v in COMING.items())])
         self.library.observe(self._open, "opened")
         for i, title in enumerate(TABS):
@@ -53,10 +56,12 @@ class Studio(ipw.VBox):
 
     def _open(self, change: dict) -> None:
         target = change["new"].get("target")
+        if target == "Features" and change["new"].get("id"):
+            self.features.select(change["new"]["id"])
         if target in TABS:
             self.tabs.selected_index = TABS.index(target)
 
     def close(self) -> None:
-        for w in (self.system, self.datasets, self.models, self.library, self.trainer, self.monitor):
+        for w in (self.system, self.datasets, self.models, self.library, self.trainer, self.monitor, self.features):
             w.close()
         super().close()

@@ -1,0 +1,194 @@
+// FeatureBrowser: a virtualised list of every feature (filter and sort happen here, on column arrays that
+// arrived as one binary buffer), the open feature's detail, a co-activation heatmap and the prompt tester.
+
+const ROW = 24;
+
+function columnsOf(model) {
+  const dv = model.get("columns"), n = model.get("n_features");
+  if (!dv || !n || !dv.byteLength) return null;
+  const buf = dv.buffer.slice(dv.byteOffset, dv.byteOffset + dv.byteLength);
+  return { frequency: new Float32Array(buf, 0, n), mean: new Float32Array(buf, 4 * n, n), max: new Float32Array(buf, 8 * n, n) };
+}
+
+// Token spans coloured by value (relative to `peak`); the value shows on hover. Text goes in as textContent.
+function tokenLine(tokens, values, peak, { mark = -1, onClick = null } = {}) {
+  const line = h("div", { class: "fb-tokens" });
+  tokens.forEach((t, i) => {
+    const v = values[i] || 0, a = peak > 0 ? Math.max(0, Math.min(v / peak, 1)) : 0;
+    const span = h("span", { class: "ftok" + (i === mark ? " peak" : ""), title: `${JSON.stringify(t)}: ${v.toFixed(3)}`,
+                              "data-value": v.toFixed(4), style: { background: a > 0 ? `rgba(255, 120, 0, ${(0.12 + 0.78 * a).toFixed(3)})` : "" } });
+    span.textContent = t.replace(/\n/g, "⏎");
+    if (onClick) span.addEventListener("click", () => onClick(i));
+    line.append(span);
+  });
+  return line;
+}
+
+function heatmap(co, onOpen) {
+  const n = co.features.length, cell = 26, pad = 44;
+  const svg = h("svg", { width: pad + n * cell, height: pad + n * cell, class: "heatmap", "data-testid": "coact-heatmap" });
+  co.features.forEach((f, i) => {
+    svg.append(h("text", { x: pad + i * cell + 4, y: pad - 6, text: String(f), class: "small" }));
+    svg.append(h("text", { x: 0, y: pad + i * cell + 17, text: String(f), class: "small" }));
+    co.features.forEach((g, j) => {
+      const c = co.correlation[i][j];
+      const colour = c >= 0 ? `rgba(211, 47, 47, ${Math.min(Math.abs(c), 1).toFixed(3)})` : `rgba(25, 118, 210, ${Math.min(Math.abs(c), 1).toFixed(3)})`;
+      const r = h("rect", { x: pad + j * cell, y: pad + i * cell, width: cell - 2, height: cell - 2, fill: colour, class: "cell" });
+      r.append(h("title", { text: `${f} × ${g}: correlation ${c.toFixed(3)}, fired together on ${co.together[i][j]} tokens` }));
+      r.addEventListener("click", () => onOpen(g));
+      svg.append(r);
+    });
+  });
+  return svg;
+}
+
+function render({ model, el }) {
+  const root = h("div", { class: "mistudio mistudio-feature-browser", "data-testid": "feature-browser" });
+  const saeSel = h("select", { "data-testid": "fb-sae" });
+  const info = h("span", { class: "muted", "data-testid": "fb-info" });
+  const tokensIn = h("input", { type: "number", value: 65536, min: 128, step: 128, style: { width: "7em" } });
+  const extractBtn = h("button", { text: "Extract", "data-testid": "fb-extract",
+    on: { click: () => send(model, "extract", { tokens: Number(tokensIn.value) }) } });
+  const filter = h("input", { type: "search", placeholder: "filter: label text or index", "data-testid": "fb-filter" });
+  const sortSel = select([["index", "index"], ["frequency", "frequency ↓"], ["max", "max activation ↓"], ["label", "label"]], "index", { "data-testid": "fb-sort" });
+  const count = h("span", { class: "muted", "data-testid": "fb-count" });
+  const viewport = h("div", { class: "vlist", "data-testid": "fb-list" });
+  const spacer = h("div", { class: "vspacer" });
+  viewport.append(spacer);
+  const detail = h("div", { class: "detail", "data-testid": "fb-detail" });
+  const promptIn = h("textarea", { rows: 2, placeholder: "Type text to see which features fire, e.g. WHY ARE YOU SHOUTING", "data-testid": "fb-prompt" });
+  const promptBtn = h("button", { text: "Test", "data-testid": "fb-prompt-go", on: { click: () => promptIn.value.trim() && send(model, "fire", { text: promptIn.value }) } });
+  const promptOut = h("div", { "data-testid": "fb-prompt-out" });
+  busyDisables(model, extractBtn, promptBtn);
+  saeSel.addEventListener("change", () => send(model, "select", { id: saeSel.value }));
+  root.append(
+    h("div", { class: "row" }, h("b", { text: "SAE" }), saeSel, info, h("span", { class: "muted", text: "tokens:" }), tokensIn, extractBtn),
+    h("div", { class: "fb-grid" },
+      h("div", { class: "fb-left" }, h("div", { class: "row" }, filter, sortSel), count, viewport),
+      detail),
+    h("section", {}, h("h4", { text: "Prompt tester" }), h("div", { class: "row" }, promptIn, promptBtn), promptOut),
+    statusBar(model));
+  el.append(root);
+
+  let cols = null, order = [];
+  const open = (i) => send(model, "open", { index: i });
+
+  const rebuild = () => {
+    cols = columnsOf(model);
+    const n = model.get("n_features"), labels = model.get("labels") || {};
+    const q = filter.value.trim().toLowerCase();
+    let idx = Array.from({ length: cols ? n : 0 }, (_, i) => i);
+    if (q) idx = idx.filter((i) => String(i) === q || (labels[i] || "").toLowerCase().includes(q));
+    const key = sortSel.value;
+    if (key === "frequency" || key === "max") idx.sort((a, b) => cols[key][b] - cols[key][a]);
+    else if (key === "label") idx.sort((a, b) => (labels[a] ? 0 : 1) - (labels[b] ? 0 : 1) || (labels[a] || "").localeCompare(labels[b] || "") || a - b);
+    order = idx;
+    count.textContent = cols ? `${fmtInt(order.length)} of ${fmtInt(n)} features` : "";
+    spacer.style.height = `${order.length * ROW}px`;
+    drawRows();
+  };
+
+  const drawRows = () => {
+    for (const r of Array.from(viewport.querySelectorAll(".vrow"))) r.remove();
+    if (!cols) return;
+    const labels = model.get("labels") || {}, current = (model.get("detail") || {}).index;
+    const first = Math.max(0, Math.floor(viewport.scrollTop / ROW) - 5);
+    const last = Math.min(order.length, first + Math.ceil((viewport.clientHeight || 420) / ROW) + 10);
+    let peak = 0;
+    for (let k = first; k < last; k++) peak = Math.max(peak, cols.max[order[k]]);
+    for (let k = first; k < last; k++) {
+      const i = order[k], f = cols.frequency[i];
+      const row = h("div", { class: "vrow" + (i === current ? " selected" : ""), "data-testid": "feature-row", "data-index": i,
+                             style: { top: `${k * ROW}px`, height: `${ROW}px` }, on: { click: () => open(i) } },
+        h("span", { class: "idx", text: String(i) }),
+        h("span", { class: "lbl" + (labels[i] ? "" : " muted"), text: labels[i] || (f > 0 ? "—" : "dead") }),
+        h("span", { class: "num", text: f > 0 ? `${(100 * f).toFixed(f < 0.001 ? 3 : 2)}%` : "0" }),
+        h("span", { class: "minibar" }, h("span", { style: { width: `${peak ? (100 * cols.max[i] / peak).toFixed(0) : 0}%` } })));
+      viewport.append(row);
+    }
+  };
+
+  const drawDetail = () => {
+    const d = model.get("detail") || {};
+    detail.replaceChildren();
+    if (d.index === undefined) {
+      detail.append(h("p", { class: "muted", text: model.get("extraction").id ? "Click a feature to open it." : "No extraction yet for this SAE: press Extract." }));
+      return;
+    }
+    const labelIn = h("input", { type: "text", value: d.label || "", placeholder: "label this feature", "data-testid": "fb-label-input" });
+    const save = h("button", { text: "Save label", "data-testid": "fb-label-save", on: { click: () => send(model, "label", { index: d.index, label: labelIn.value }) } });
+    const steer = h("button", { class: "secondary", text: "Steer with this", "data-testid": "fb-steer", on: { click: () => send(model, "steer", { index: d.index }) } });
+    const coBtn = h("button", { class: "secondary", text: "Co-activation with neighbours", "data-testid": "fb-coact",
+      on: { click: () => send(model, "coact", { features: [d.index, ...d.neighbours.slice(0, 9).map((n) => n.index)] }) } });
+    detail.append(
+      h("h4", { "data-testid": "fb-title" }, `Feature ${d.index}`, d.label ? h("span", { class: "muted", text: ` — ${d.label}` }) : null),
+      h("div", { class: "row" }, labelIn, save, steer),
+      h("div", { class: "kv" }, kv("fires on", `${(100 * d.frequency).toFixed(3)}% of tokens`), kv("max", fmtNum(d.max, 3)),
+        kv("mean", fmtNum(d.mean, 3)), kv("median", fmtNum(d.quantiles.q50, 3)), kv("p99", fmtNum(d.quantiles.q99, 3))),
+      histogram(d.histogram.counts, d.histogram.edges, { width: 360, height: 70, xlabel: "activation", digits: 2 }));
+    if (d.logits) {
+      const list = (xs, cls) => h("table", { class: "logits " + cls }, h("tbody", {}, xs.slice(0, 10).map((x) =>
+        h("tr", {}, h("td", { class: "tokcell", text: JSON.stringify(x.token) }), h("td", { class: "num", text: x.value.toFixed(2) })))));
+      detail.append(h("div", { class: "row top", "data-testid": "fb-logits" },
+        h("div", {}, h("div", { class: "muted", text: "promotes" }), list(d.logits.positive, "pos")),
+        h("div", {}, h("div", { class: "muted", text: "suppresses" }), list(d.logits.negative, "neg")),
+        histogram(d.logits.histogram.counts, d.logits.histogram.edges, { width: 220, height: 60, xlabel: "logit", digits: 1 })));
+    }
+    detail.append(h("div", { class: "row", "data-testid": "fb-neighbours" }, h("span", { class: "muted", text: "neighbours:" }),
+      d.neighbours.map((n) => h("button", { class: "link", text: `${n.index} (${n.cosine.toFixed(2)})`, "data-index": n.index, on: { click: () => open(n.index) } }))), coBtn);
+    const co = model.get("coact") || {};
+    if (co.features && co.features[0] === d.index) detail.append(heatmap(co, open));
+    const ex = h("div", { class: "examples", "data-testid": "fb-examples" }, h("div", { class: "muted", text: "top activations" }));
+    for (const e of d.examples) ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), tokenLine(e.tokens, e.values, d.max, { mark: e.peak })));
+    for (const g of d.quantile_examples) {
+      if (!g.examples.length) continue;
+      ex.append(h("div", { class: "muted", text: `interval ${g.range[0].toFixed(2)}–${g.range[1].toFixed(2)}` }));
+      for (const e of g.examples) ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), tokenLine(e.tokens, e.values, d.max, { mark: e.peak })));
+    }
+    detail.append(ex);
+    if (d.labels && d.labels.length) {
+      detail.append(h("div", { class: "muted", text: "label history" }), h("ul", { "data-testid": "fb-label-history" },
+        d.labels.map((l) => h("li", { text: `${l.label} (${l.method}${l.model ? `, ${l.model}` : ""}${l.score !== null ? `, score ${l.score.toFixed(2)}` : ""})` }))));
+    }
+  };
+
+  const drawPrompt = () => {
+    const p = model.get("prompt") || {};
+    promptOut.replaceChildren();
+    if (!p.tokens) return;
+    const top = p.features.slice(0, 12);
+    const best = p.per_token.map((fs) => (fs.length ? fs[0].activation : 0));
+    const peak = Math.max(...best, 1e-9);
+    const perTok = h("div", { class: "muted", "data-testid": "fb-prompt-token" });
+    promptOut.append(tokenLine(p.tokens, best, peak, { onClick: (i) => {
+      perTok.textContent = `${JSON.stringify(p.tokens[i])}: ` + p.per_token[i].slice(0, 8).map((f) => `${f.index} (${f.activation.toFixed(2)})`).join(", ");
+    } }), perTok, h("div", { class: "row wrap", "data-testid": "fb-prompt-features" },
+      top.map((f) => h("button", { class: "link", "data-index": f.index, text: `${f.index}${f.label ? ` ${f.label}` : ""} · ${f.activation.toFixed(2)} @ ${JSON.stringify(p.tokens[f.token])}`,
+        on: { click: () => open(f.index) } }))));
+  };
+
+  const drawHeader = () => {
+    const saes = model.get("saes") || [];
+    saeSel.replaceChildren(...(saes.length ? saes.map((s) => h("option", { value: s.id, text: `${s.name}${s.extraction ? "" : " (not extracted)"}` }))
+      : [h("option", { value: "", text: "(no SAEs yet)" })]));
+    saeSel.value = model.get("sae");
+    const e = model.get("extraction") || {};
+    info.textContent = e.id ? `${fmtInt(e.tokens)} tokens · ${fmtInt(e.alive)} of ${fmtInt(e.d_sae)} features fired · mean L0 ${fmtNum(e.mean_l0, 1)}`
+      : model.get("sae") ? "not extracted yet" : "";
+  };
+
+  viewport.addEventListener("scroll", () => requestAnimationFrame(drawRows));
+  filter.addEventListener("input", rebuild);
+  sortSel.addEventListener("change", rebuild);
+  model.on("change:columns", rebuild);
+  model.on("change:labels", () => { rebuild(); });
+  model.on("change:detail", () => { drawDetail(); drawRows(); });
+  model.on("change:coact", drawDetail);
+  model.on("change:prompt", drawPrompt);
+  model.on("change:saes", drawHeader);
+  model.on("change:sae", drawHeader);
+  model.on("change:extraction", () => { drawHeader(); drawDetail(); });
+  drawHeader(); rebuild(); drawDetail(); drawPrompt();
+}
+
+export default { render };

@@ -1,0 +1,187 @@
+"""FeatureBrowser: every feature of an SAE in a virtualised list (filter and sort in the page), a feature's
+detail (highlighted examples, histogram, logit lens, neighbours, co-activation heatmap, labels), and the
+prompt tester. FeatureMap: the decoder directions in 2-D, click a point to open the feature.
+
+The per-feature columns reach the page as one binary buffer of float32 arrays, not one message per
+feature; details are read from the extraction's Parquet files when a feature is opened."""
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as ipw
+import numpy as np
+import traitlets as t
+
+from .. import features as fx
+from ..configs import ExtractConfig
+from .base import EngineWidget, background, esm
+
+COLUMNS = ("frequency", "mean", "max")     # packed in this order into ``columns``
+
+
+class FeatureBrowser(EngineWidget):
+    _esm = esm("feature_browser")
+    saes = t.List().tag(sync=True)                 # [{id, name, d_sae, extraction}]
+    sae = t.Unicode("").tag(sync=True)             # the SAE shown
+    extraction = t.Dict().tag(sync=True)           # its newest finished extraction (id, summary) or {}
+    n_features = t.Int(0).tag(sync=True)
+    columns = t.Bytes(b"").tag(sync=True)          # float32 [len(COLUMNS), n_features], little-endian
+    labels = t.Dict().tag(sync=True)               # {"index": label} for labelled features
+    detail = t.Dict().tag(sync=True)               # the open feature
+    prompt = t.Dict().tag(sync=True)               # the prompt tester's last answer
+    coact = t.Dict().tag(sync=True)                # co-activation of a chosen set
+    steer_request = t.Dict().tag(sync=True)        # {sae, index}: "steer with this" (the Studio follows it)
+
+    def __init__(self, workspace=None, sae: str | None = None, **kw: Any):
+        self._initial = sae
+        super().__init__(workspace, **kw)
+        if sae:
+            self.select(sae)
+
+    # -- notebook API ------------------------------------------------------------------------
+    def select(self, sae: str) -> None:
+        self.do("select", self.action_select, id=sae)
+
+    def show(self, index: int) -> dict[str, Any]:
+        """Open feature ``index`` (as a click in the list does) and return its detail."""
+        self.do("open", self.action_open, index=index)
+        return self.detail
+
+    def test_prompt(self, text: str) -> dict[str, Any]:
+        """The prompt tester, from a cell (blocks until the answer is shown)."""
+        self.do("fire", self.action_fire, blocking=True, text=text)
+        return self.prompt
+
+    def extract(self, tokens: int = ExtractConfig.tokens, **settings: Any) -> None:
+        """Run an extraction for the selected SAE (blocks; progress shows in the widget)."""
+        self.do("extract", self.action_extract, blocking=True, tokens=tokens, **settings)
+
+    def label(self, index: int, text: str) -> None:
+        self.do("label", self.action_label, index=index, label=text)
+
+    # -- state from the workspace ---------------------------------------------------------------
+    def refresh(self) -> None:
+        rows = []
+        for a in self.workspace.list("sae"):
+            ext = fx.latest_extraction(self.workspace, a)
+            rows.append({"id": a.id, "name": a.name, "d_sae": a.meta.get("d_sae"), "hook": a.meta.get("hook"),
+                         "extraction": ext.id if ext else None})
+        self.saes = rows
+        if self.sae and self.workspace.find(self.sae, "sae") is None:
+            self.sae, self.extraction, self.columns, self.n_features, self.detail = "", {}, b"", 0, {}
+        elif not self.sae and rows and not self._initial:
+            done = [r for r in rows if r["extraction"]]
+            self._load((done or rows)[-1]["id"])
+        elif self.sae and self.extraction.get("id") != next((r["extraction"] for r in rows if r["id"] == self.sae), None):
+            self._load(self.sae)
+
+    def _load(self, sae_id: str) -> None:
+        art = self.workspace.get(sae_id, "sae")
+        self.sae = art.id
+        ext = fx.latest_extraction(self.workspace, art)
+        self.labels = {str(r["feature"]): r["label"] for r in self.workspace.labels(art.id)}
+        self.detail, self.prompt, self.coact = {}, {}, {}
+        if ext is None:
+            self.extraction, self.columns, self.n_features = {}, b"", int(art.meta.get("d_sae") or 0)
+            return
+        cols = fx.feature_columns(self.workspace, ext)
+        self.n_features = int(len(cols["frequency"]))
+        self.columns = np.stack([cols[c].astype("<f4") for c in COLUMNS]).tobytes()
+        self.extraction = {"id": ext.id, "name": ext.name, **(ext.meta.get("summary") or {}),
+                           "config": ext.meta.get("config", {})}
+
+    # -- actions from the page ------------------------------------------------------------------
+    def action_select(self, id: str) -> None:
+        self._load(id)
+
+    def action_open(self, index: int) -> None:
+        if not self.extraction:
+            raise fx.FeatureError("This SAE has no feature extraction yet.", "press Extract first.")
+        self.detail = fx.feature_detail(self.workspace, self.extraction["id"], int(index))
+        self.coact = {}
+
+    def action_coact(self, features: list[int]) -> None:
+        self.coact = fx.coactivation(self.workspace, self.extraction["id"], features)
+
+    def action_label(self, index: int, label: str) -> None:
+        label = str(label).strip()
+        if not label:
+            raise fx.FeatureError("The label is empty.", "type a few words that describe the feature.")
+        fx.check_feature_index(self.workspace, self.sae, int(index))
+        self.workspace.add_label(self.sae, int(index), label, method="manual")
+        self.labels = {**self.labels, str(int(index)): label}
+        if self.detail.get("index") == int(index):
+            self.detail = fx.feature_detail(self.workspace, self.extraction["id"], int(index))
+        self.message = f"Feature {index} labelled."
+
+    def action_steer(self, index: int) -> None:
+        self.steer_request = {"sae": self.sae, "index": int(index)}
+
+    @background
+    def action_fire(self, text: str, progress=None):
+        ws, sae = self.workspace, self.sae
+        if not sae:
+            raise fx.FeatureError("No SAE is selected.", "choose an SAE first.")
+        res = fx.fire(ws, sae, text)
+
+        def apply() -> None:
+            self.prompt = {**res, "text": text, "values": {str(k): v for k, v in res["values"].items()}}
+        return apply
+
+    @background
+    def action_extract(self, tokens: int = ExtractConfig.tokens, progress=None, **settings: Any):
+        ws, sae = self.workspace, self.sae
+        if not sae:
+            raise fx.FeatureError("No SAE is selected.", "choose an SAE first.")
+        ext = fx.extract(ws, sae, ExtractConfig(tokens=int(tokens), **settings), progress=progress)
+
+        def apply() -> None:
+            self._load(sae)
+            self.message = f"Extracted {ext.meta['summary']['tokens']:,} tokens."
+        return apply
+
+
+class FeatureMap(ipw.VBox):
+    """The SAE's decoder directions projected to 2-D (PCA), coloured by firing frequency (log10) or by
+    whether a feature has a label; clicking a point opens that feature in ``browser``."""
+
+    def __init__(self, browser: FeatureBrowser, colour: str = "frequency", **kw: Any):
+        import plotly.graph_objects as go
+
+        self.browser, self.colour = browser, colour
+        self.figure = go.FigureWidget(layout=dict(height=360, margin=dict(l=30, r=10, t=30, b=30), template="plotly_white",
+                                                  title="feature map (decoder directions, PCA)", dragmode="pan"))
+        self.colour_picker = ipw.ToggleButtons(options=[("frequency", "frequency"), ("labelled", "label")], value=colour)
+        self.colour_picker.observe(lambda ch: self.draw(), "value")
+        super().__init__(children=[self.colour_picker, self.figure], **kw)
+        self.add_class("mistudio-feature-map")
+        browser.observe(lambda ch: self.draw(), names=["extraction", "labels"])
+        self.draw()
+
+    def draw(self) -> None:
+        import plotly.graph_objects as go
+
+        b = self.browser
+        with self.figure.batch_update():
+            self.figure.data = ()
+            if not b.sae:
+                return
+            xy = fx.feature_map(b.workspace, b.sae)
+            n = len(xy["x"])
+            if b.columns:
+                freq = np.frombuffer(b.columns, dtype="<f4").reshape(len(COLUMNS), -1)[0]
+                c_freq = np.log10(freq + 1e-7)
+            else:
+                c_freq = np.zeros(n)
+            by_label = self.colour_picker.value == "label"
+            colour = [1 if str(i) in b.labels else 0 for i in range(n)] if by_label else c_freq.tolist()
+            text = [f"{i}: {b.labels.get(str(i), '')}" for i in range(n)]
+            trace = go.Scattergl(x=xy["x"], y=xy["y"], mode="markers", text=text, hoverinfo="text",
+                                 marker=dict(size=4, color=colour, colorscale="Viridis", showscale=not by_label,
+                                             colorbar=dict(title="log10 freq") if not by_label else None))
+            self.figure.add_trace(trace)
+        self.figure.data[0].on_click(self._clicked)
+
+    def _clicked(self, _trace, points, _state) -> None:
+        if points.point_inds:
+            self.browser.show(int(points.point_inds[0]))
