@@ -350,9 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
     sp.add_argument("--name", default=None)
-    from .cli_features import register
+    from .cli_features import register, register_labels
 
     register(sub, cmd)
+    register_labels(sub, cmd)
     saes = sub.add_parser("saes", help="the SAE library").add_subparsers(dest="sub", required=True)
     cmd(saes, "list", cmd_saes_list, "list SAEs with their final metrics")
     cmd(sub, "list", cmd_list("all"), "list everything in the workspace")

@@ -125,3 +125,55 @@ def register(sub, cmd) -> None:
 
 
 __all__: list[Any] = ["register"]
+
+
+def cmd_label(ws: Workspace, a: argparse.Namespace, out) -> None:
+    from .configs import LabelConfig
+    from .labeling import label_features
+
+    cfg = LabelConfig(backend=a.backend, model=a.model or ("default" if a.backend == "local" else "gpt-4o-mini"),
+                      base_url=a.base_url or LabelConfig.base_url, api_key_env=a.api_key_env, score=not a.no_score,
+                      examples=a.examples)
+    feats = [int(x) for x in a.features.split(",") if x.strip()] if a.features else None
+    res = label_features(ws, a.sae, cfg, features=feats, top=a.top, redo=a.redo, progress=out.progress)
+    for r in res:
+        out.line({"feature": r["feature"], "label": r.get("label"), "score": r.get("score")},
+                 f"{r['feature']:>6}  {r.get('label') or '(' + r.get('skipped', '') + ')'}"
+                 + (f"  score {r['score']:.2f}" if r.get("score") is not None else ""))
+    out.summary({"labelled": sum(1 for r in res if r.get("label")), "results": res},
+                f"labelled {sum(1 for r in res if r.get('label'))} feature(s)")
+
+
+def cmd_serve_chat(ws: Workspace, a: argparse.Namespace, out) -> None:
+    import os
+
+    from .chat_server import make_server
+
+    key = os.environ.get(a.require_key_env) if a.require_key_env else None
+    srv = make_server(ws, a.model, a.host, a.port, require_key=key)
+    host, port = srv.server_address[:2]
+    out.line({"serving": f"http://{host}:{port}/v1", "model": a.model},
+             f"serving {a.model} at http://{host}:{port}/v1 (OpenAI chat-completions); Ctrl-C stops")
+    try:
+        srv.serve_forever()
+    finally:
+        srv.server_close()
+
+
+def register_labels(sub, cmd) -> None:
+    sp = cmd(sub, "label", cmd_label, "label features automatically with an explainer model, scored by detection")
+    sp.add_argument("sae")
+    sp.add_argument("--features", default=None, help="comma-separated feature indices")
+    sp.add_argument("--top", type=int, default=None, help="the N most frequent features (default 10)")
+    sp.add_argument("--backend", choices=["local", "openai"], default="local")
+    sp.add_argument("--base-url", default=None)
+    sp.add_argument("--model", default=None, help="workspace model (local) or served model name (openai)")
+    sp.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    sp.add_argument("--examples", type=int, default=10)
+    sp.add_argument("--no-score", action="store_true", help="skip detection scoring")
+    sp.add_argument("--redo", action="store_true", help="label again features this explainer already labelled")
+    sp = cmd(sub, "serve-chat", cmd_serve_chat, "serve a workspace model as an OpenAI-compatible chat endpoint")
+    sp.add_argument("--model", default="default")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--require-key-env", default=None, help="require the key held in this environment variable")

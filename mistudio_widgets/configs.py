@@ -167,3 +167,33 @@ class ExtractConfig:
     checkpoint_every: int = opt(32, "Save resumable state every N batches (0: never).", minimum=0)
     seed: int = opt(0, "Seed for the quantile sampling.")
     name: str | None = opt(None, "Name of the extraction (derived when empty).")
+
+
+EXPLAIN_TEMPLATE = (
+    "Below are text excerpts where one feature of a language model is active. Tokens where it is strongly "
+    "active are marked <<like this>>.\n\n{examples}\n\nTokens the feature promotes: {logits}\n\n"
+    "In a short phrase (at most 8 words), what does the feature respond to? Answer with the phrase only.")
+DETECT_TEMPLATE = (
+    "A feature of a language model is described as: \"{label}\".\n\nText: {text}\n\n"
+    "Is this feature active anywhere in the text? Answer yes or no.")
+
+
+@dataclass
+class LabelConfig:
+    """Automatic labelling: an explainer model reads a feature's top examples and names it; a scorer
+    model then judges held-out texts with the label (detection), giving a balanced accuracy."""
+
+    backend: Literal["local", "openai"] = opt("local", "'local': the in-kernel model (offline); 'openai': any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM, llama.cpp server).")
+    model: str = opt(DEFAULT, "Explainer model: a workspace model for 'local' ('default' is the embedded SmolLM2-Instruct), the served model name for 'openai'.")
+    base_url: str = opt("http://127.0.0.1:11434/v1", "Endpoint base URL for 'openai' (ends before /chat/completions).")
+    api_key_env: str = opt("OPENAI_API_KEY", "Environment variable holding the API key (the key itself is never stored).")
+    template: str = opt(EXPLAIN_TEMPLATE, "Explanation prompt; {examples} and {logits} are filled in.")
+    detect_template: str = opt(DETECT_TEMPLATE, "Detection-scoring prompt; {label} and {text} are filled in.")
+    examples: int = opt(10, "Top examples shown to the explainer.", minimum=1)
+    score: bool = opt(True, "Score each label by detection on held-out examples.")
+    score_examples: int = opt(5, "Held-out activating and as many non-activating texts per score.", minimum=1)
+    max_tokens: int = opt(40, "Longest answer accepted from the explainer.", minimum=1)
+    temperature: float = opt(0.0, "Sampling temperature of the explainer (0: greedy).", minimum=0.0)
+    timeout: float = opt(60.0, "Seconds to wait for one HTTP answer.", minimum=0.1)
+    retries: int = opt(3, "Retries of a failed HTTP call, with exponential backoff.", minimum=0)
+    seed: int = opt(0, "Seed for choosing held-out texts.")

@@ -146,3 +146,28 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
+
+
+N_TOKENS = 2048
+
+
+@pytest.fixture(scope="session")
+def small_sae(default_ws):
+    """A small top-k SAE (576 features at blocks.6) trained here, shared by the feature and label tests."""
+    from mistudio_widgets.configs import TrainConfig
+    from mistudio_widgets.training import train
+
+    res = train(default_ws, TrainConfig(steps=4, batch_tokens=512, chunk_sequences=16, eval_sequences=4, eval_every=0,
+                                        checkpoint_every=0, log_every=2, expansion_factor=1, k=8, hook="blocks.6.hook_resid_post",
+                                        name=default_ws.unique_name("run", "features-sae")))
+    return res.sae_id
+
+
+@pytest.fixture(scope="session")
+def extraction(default_ws, small_sae):
+    from mistudio_widgets.configs import ExtractConfig
+    from mistudio_widgets.features import extract
+
+    cfg = ExtractConfig(tokens=N_TOKENS, top_k=5, quantile_groups=3, quantile_examples=2, batch_size=4,
+                        coactivation_tokens=N_TOKENS, name=default_ws.unique_name("extraction", "ci"))
+    return extract(default_ws, small_sae, cfg)

@@ -10,29 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from mistudio_widgets.configs import ExtractConfig, TrainConfig
+from mistudio_widgets.configs import ExtractConfig
 from mistudio_widgets.datasets import load_tokens
 from mistudio_widgets.features import (FeatureError, coactivation, extract, feature_acts, feature_columns, feature_detail,
                                        fire, load_library_sae, model_for_sae, sae_hook, search)
 from mistudio_widgets.sae.io import load_sparsity
-from mistudio_widgets.training import train
 
-N_TOKENS = 2048
-
-
-@pytest.fixture(scope="module")
-def small_sae(default_ws):
-    res = train(default_ws, TrainConfig(steps=4, batch_tokens=512, chunk_sequences=16, eval_sequences=4, eval_every=0,
-                                        checkpoint_every=0, log_every=2, expansion_factor=1, k=8, hook="blocks.6.hook_resid_post",
-                                        name=default_ws.unique_name("run", "features-sae")))
-    return res.sae_id
-
-
-@pytest.fixture(scope="module")
-def extraction(default_ws, small_sae):
-    cfg = ExtractConfig(tokens=N_TOKENS, top_k=5, quantile_groups=3, quantile_examples=2, batch_size=4,
-                        coactivation_tokens=N_TOKENS, name=default_ws.unique_name("extraction", "ci"))
-    return extract(default_ws, small_sae, cfg)
+from conftest import N_TOKENS
 
 
 def brute_force(ws, sae_id, ext):

@@ -1,0 +1,242 @@
+"""Automatic feature labels: an explainer model reads a feature's top examples (strong tokens marked
+<<like this>>) and its logit-lens tokens and names the feature; a scorer model then reads held-out texts
+(activating ones from the extraction, non-activating ones found by running the model) and says whether
+the label fits; the balanced accuracy is the label's score.
+
+Explainers: the in-kernel model (offline; default the embedded SmolLM2-Instruct) or any OpenAI-compatible
+chat-completions endpoint. API keys come from the environment or the caller and are never stored."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .configs import LabelConfig
+from .datasets import load_tokens
+from .errors import MistudioError
+from .features import check_feature_index, feature_acts, feature_detail, load_library_sae, require_extraction, sae_hook
+from .jobs import JobControl
+from .models import load_model, resolve_model
+from .progress import ProgressCallback, emit
+from .workspace import Workspace
+
+
+class LabelError(MistudioError):
+    pass
+
+
+class Chat(Protocol):
+    name: str
+
+    def chat(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str: ...
+
+
+class LocalChat:
+    """Chat with a workspace model in this process (its chat template, greedy or sampled)."""
+
+    def __init__(self, ws: Workspace, model: str = "default"):
+        self.lm = load_model(ws, resolve_model(ws, model))
+        self.name = self.lm.name
+        if not getattr(self.lm.tokenizer, "chat_template", None):
+            raise LabelError(f"The model {self.name!r} has no chat template, so it cannot act as an explainer.",
+                             "use an instruct model (the default SmolLM2-Instruct works) or an OpenAI-compatible endpoint.")
+
+    @torch.no_grad()
+    def chat(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str:
+        tok = self.lm.tokenizer
+        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+        ids = (enc["input_ids"] if hasattr(enc, "keys") else enc).to(self.lm.device)
+        kw: dict[str, Any] = {"do_sample": False} if temperature <= 0 else {"do_sample": True, "temperature": temperature}
+        out = self.lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                     pad_token_id=tok.pad_token_id or tok.eos_token_id, **kw)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+class OpenAIChat:
+    """An OpenAI-compatible chat-completions endpoint, with a timeout and retries with backoff."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, timeout: float = 60.0, retries: int = 3):
+        if not base_url.startswith(("http://", "https://")):
+            raise LabelError(f"The endpoint {base_url!r} is not an http(s) URL.", "give e.g. http://127.0.0.1:11434/v1.")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.name, self._key, self.timeout, self.retries = model, api_key, timeout, retries
+
+    def chat(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str:
+        body = json.dumps({"model": self.name, "messages": messages, "max_tokens": max_tokens,
+                           "temperature": temperature}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
+            try:
+                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    data = json.loads(resp.read().decode("utf-8"))
+                return str(data["choices"][0]["message"]["content"]).strip()
+            except urllib.error.HTTPError as exc:
+                if exc.code in (401, 403):
+                    raise LabelError(f"The endpoint {self.url} refused the API key (HTTP {exc.code}).",
+                                     "set the right key in the environment variable named by api_key_env, or in the key field.") from None
+                if exc.code not in (408, 409, 429) and exc.code < 500:
+                    raise LabelError(f"The endpoint {self.url} answered HTTP {exc.code}.",
+                                     "check the base URL and the model name.") from None
+                last = f"HTTP {exc.code}"
+            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
+                reason = getattr(exc, "reason", exc)
+                last = "no answer within the timeout" if isinstance(reason, (socket.timeout, TimeoutError)) else str(reason)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise LabelError(f"The endpoint {self.url} did not answer in the chat-completions format ({exc}).",
+                                 "point base_url at an OpenAI-compatible server.") from None
+        raise LabelError(f"The endpoint {self.url} did not answer after {self.retries + 1} tries ({last}).",
+                         "start the server or fix base_url; raise timeout for slow models.")
+
+
+def make_chat(ws: Workspace, cfg: LabelConfig, api_key: str | None = None) -> Chat:
+    if cfg.backend == "local":
+        return LocalChat(ws, cfg.model)
+    if cfg.backend == "openai":
+        key = api_key if api_key is not None else os.environ.get(cfg.api_key_env)
+        return OpenAIChat(cfg.base_url, cfg.model, key, timeout=cfg.timeout, retries=cfg.retries)
+    raise LabelError(f"Unknown labelling backend {cfg.backend!r}.", "use 'local' or 'openai'.")
+
+
+# ---------------------------------------------------------------------------------------------
+def _marked(tokens: list[str], values: list[float], peak: float) -> str:
+    out = []
+    for t, v in zip(tokens, values):
+        out.append(f"<<{t}>>" if peak > 0 and v >= 0.5 * peak else t)
+    return "".join(out).replace("\n", " ").strip()
+
+
+def explanation_prompt(detail: dict[str, Any], cfg: LabelConfig) -> str:
+    ex = detail["examples"][: cfg.examples]
+    lines = [f"{i + 1}. {_marked(e['tokens'], e['values'], e['value'])}" for i, e in enumerate(ex)]
+    logits = ", ".join(repr(x["token"]) for x in (detail.get("logits") or {}).get("positive", [])[:10]) or "(unknown)"
+    return cfg.template.format(examples="\n".join(lines), logits=logits)
+
+
+_PREAMBLES = ("the feature responds to", "this feature responds to", "the feature fires on", "it responds to",
+              "the feature by", "answer:", "label:", "the phrase is")
+
+
+def clean_label(text: str) -> str:
+    """The explainer's answer as a label: first non-empty line, without quotes and stock preambles."""
+    line = next((x for x in text.strip().splitlines() if x.strip()), "").strip()
+    changed = True
+    while changed:
+        changed = False
+        line = line.strip(" \"'`*:")
+        for p in _PREAMBLES:
+            if line.lower().startswith(p):
+                line, changed = line[len(p):], True
+    return line[:120].rstrip(".").strip()
+
+
+def template_id(cfg: LabelConfig) -> str:
+    return hashlib.sha1(cfg.template.encode()).hexdigest()[:10]
+
+
+def _non_activating(ws: Workspace, ext, index: int, n: int, width: int, rng: np.random.Generator) -> list[str]:
+    """Texts of ``width`` tokens where the feature stays at zero, found by running the model on random sequences."""
+    art, sae, _ = load_library_sae(ws, ext.parent)
+    lm = load_model(ws, ext.meta["model"])
+    tokens = load_tokens(ws, ext.meta["tokenization"])
+    special = set(lm.tokenizer.all_special_ids)
+    found: list[str] = []
+    for _ in range(8):
+        seqs = rng.choice(len(tokens), size=min(8, len(tokens)), replace=False)
+        A = feature_acts(lm, sae, sae_hook(art, sae), torch.tensor(tokens[seqs], dtype=torch.long))[..., index].cpu()
+        for row, s in zip(A, seqs):
+            for start in rng.permutation(max(tokens.shape[1] - width, 1)):
+                ids = tokens[s, start:start + width]
+                if float(row[start:start + width].max()) == 0.0 and not special & set(ids.tolist()):
+                    found.append(lm.tokenizer.decode(ids))
+                    break
+            if len(found) >= n:
+                return found
+    return found
+
+
+def detection_score(ws: Workspace, chat: Chat, ext, detail: dict[str, Any], label: str, cfg: LabelConfig,
+                    rng: np.random.Generator) -> dict[str, Any]:
+    """Balanced accuracy of the scorer telling held-out activating texts from non-activating ones."""
+    held = detail["examples"][cfg.examples:] + [e for g in detail["quantile_examples"] for e in g["examples"]]
+    seen, pos = set(), []
+    for e in held:
+        text = "".join(e["tokens"]).strip()
+        if text and text not in seen:
+            seen.add(text)
+            pos.append(text)
+    pos = pos[: cfg.score_examples]
+    width = len(detail["examples"][0]["tokens"]) if detail["examples"] else 24
+    neg = _non_activating(ws, ext, detail["index"], len(pos), width, rng) if pos else []
+    if not pos or not neg:
+        return {"score": None, "reason": "not enough held-out texts"}
+
+    def says_yes(text: str) -> bool:
+        ans = chat.chat([{"role": "user", "content": cfg.detect_template.format(label=label, text=text.replace("\n", " "))}],
+                        max_tokens=3, temperature=0.0)
+        return ans.strip().lower().startswith("yes")
+
+    tp = sum(says_yes(t) for t in pos)
+    tn = sum(not says_yes(t) for t in neg)
+    return {"score": 0.5 * (tp / len(pos) + tn / len(neg)), "true_positive": tp, "positives": len(pos),
+            "true_negative": tn, "negatives": len(neg)}
+
+
+def label_features(ws: Workspace, sae: str, cfg: LabelConfig | None = None, *, features: list[int] | None = None,
+                   top: int | None = None, api_key: str | None = None, redo: bool = False,
+                   progress: ProgressCallback | None = None, control: JobControl | None = None) -> list[dict[str, Any]]:
+    """Label ``features`` (or the ``top`` most frequent) of an SAE automatically. Features already
+    labelled by the same explainer model and prompt template are skipped (so an interrupted batch
+    resumes where it stopped) unless ``redo``. Each label is stored at once, with its method, model,
+    template, score and time."""
+    cfg = cfg or LabelConfig()
+    control = control or JobControl()
+    ext = require_extraction(ws, sae)
+    sae_id = ext.parent
+    if features is None:
+        import pyarrow.parquet as pq
+
+        freq = pq.read_table(ext.path / "features.parquet", columns=["frequency"]).column(0).to_numpy()
+        order = [int(i) for i in np.argsort(-freq, kind="stable") if freq[i] > 0]
+        features = order[: top or 10]
+    features = [check_feature_index(ws, sae_id, f) for f in features]
+    chat = make_chat(ws, cfg, api_key)
+    tid = template_id(cfg)
+    done_before = {r["feature"] for r in ws.labels(sae_id, history=True)
+                   if r["method"] == "auto" and r["model"] == chat.name and r["template"] == tid}
+    todo = [f for f in features if redo or f not in done_before]
+    rng = np.random.default_rng(cfg.seed)
+    results = []
+    emit(progress, "labelling", 0, len(todo), unit="feature")
+    for n, f in enumerate(todo):
+        control.check()
+        detail = feature_detail(ws, ext, f)
+        if not detail["examples"]:
+            results.append({"feature": f, "label": None, "skipped": "never fired"})
+            continue
+        raw = chat.chat([{"role": "user", "content": explanation_prompt(detail, cfg)}], cfg.max_tokens, cfg.temperature)
+        label = clean_label(raw)
+        if not label:
+            results.append({"feature": f, "label": None, "skipped": "empty explanation", "raw": raw})
+            continue
+        scored = detection_score(ws, chat, ext, detail, label, cfg, rng) if cfg.score else {"score": None}
+        ws.add_label(sae_id, f, label, method="auto", model=chat.name, template=tid, score=scored["score"],
+                     meta={"backend": cfg.backend, "raw": raw[:500], "scoring": scored, "extraction": ext.id,
+                           "template_text": cfg.template})
+        results.append({"feature": f, "label": label, "score": scored["score"]})
+        emit(progress, "labelling", n + 1, len(todo), unit="feature", message=f"{f}: {label}")
+    emit(progress, "labelling", len(todo), len(todo), unit="feature", finished=True)
+    return results

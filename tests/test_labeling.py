@@ -1,0 +1,118 @@
+"""Automatic labelling, offline: the in-kernel explainer, and the HTTP path against a real
+OpenAI-compatible server (``mistudio serve-chat``, backed by the embedded model) started here; a
+hanging endpoint; the API key reaches the server but never the workspace."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from browser import free_port
+from mistudio_widgets.configs import LabelConfig
+from mistudio_widgets.labeling import LabelError, OpenAIChat, clean_label, label_features
+
+SECRET = "sk-test-" + "5ecret-never-stored-0042"
+
+
+@pytest.fixture(scope="module")
+def chat_server(default_ws):
+    port = free_port()
+    env = {**os.environ, "MISTUDIO_TEST_KEY": SECRET, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(default_ws.root), "serve-chat",
+                             "--port", str(port), "--require-key-env", "MISTUDIO_TEST_KEY"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            req = urllib.request.Request(url + "/models", headers={"Authorization": f"Bearer {SECRET}"})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                assert json.load(r)["data"][0]["id"] == "SmolLM2-135M-Instruct"
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(proc.stdout.read())
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(20)
+
+
+def test_http_labelling_against_a_real_chat_server(default_ws, small_sae, extraction, chat_server, monkeypatch):
+    cfg = LabelConfig(backend="openai", base_url=chat_server, model="SmolLM2-135M-Instruct", api_key_env="MISTUDIO_TEST_KEY",
+                      examples=4, score_examples=2, max_tokens=16, timeout=120)
+    with pytest.raises(LabelError, match="refused the API key"):
+        label_features(default_ws, small_sae, cfg, top=1, api_key="wrong-key")
+    monkeypatch.setenv("MISTUDIO_TEST_KEY", SECRET)
+    res = label_features(default_ws, small_sae, cfg, top=1, redo=True)
+    assert len(res) == 1 and res[0]["label"], res
+    row = default_ws.labels(small_sae, res[0]["feature"])[0]
+    assert row["method"] == "auto" and row["model"] == "SmolLM2-135M-Instruct" and row["label"] == res[0]["label"]
+    assert 0.0 <= row["score"] <= 1.0 and row["meta"]["scoring"]["positives"] >= 1 and row["meta"]["scoring"]["negatives"] >= 1
+    # the same explainer and template again: nothing to do (a stopped batch resumes where it stopped)
+    assert label_features(default_ws, small_sae, cfg, features=[res[0]["feature"]]) == []
+    # the key went to the server but is nowhere in the workspace
+    for path in default_ws.root.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_local_explainer_labels_without_a_server(default_ws, small_sae, extraction):
+    import numpy as np
+
+    from mistudio_widgets.features import feature_columns
+
+    busiest = int(np.argmax(feature_columns(default_ws, extraction)["frequency"]))
+    res = label_features(default_ws, small_sae, LabelConfig(examples=3, score=False, max_tokens=12), features=[busiest], redo=True)
+    assert len(res) == 1 and res[0]["label"], res
+    row = default_ws.labels(small_sae, busiest)[0]
+    assert (row["label"], row["method"], row["model"], row["score"]) == (res[0]["label"], "auto", "SmolLM2-135M-Instruct", None)
+
+
+def test_a_hanging_endpoint_fails_clearly_and_labels_nothing(default_ws, small_sae, extraction):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_hang():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])          # read nothing, answer nothing
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept_and_hang, daemon=True)
+    t.start()
+    before = len(default_ws.labels(small_sae, history=True))
+    try:
+        cfg = LabelConfig(backend="openai", base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", model="x",
+                          timeout=0.5, retries=1, score=False)
+        t0 = time.time()
+        with pytest.raises(LabelError, match="did not answer after 2 tries"):
+            label_features(default_ws, small_sae, cfg, top=1, redo=True)
+        assert time.time() - t0 < 10
+    finally:
+        stop.set()
+        t.join()
+        for c in held:
+            c.close()
+        listener.close()
+    assert len(default_ws.labels(small_sae, history=True)) == before
+
+
+def test_endpoint_errors_and_label_cleaning():
+    with pytest.raises(LabelError, match="not an http"):
+        OpenAIChat("ftp://x", "m")
+    with pytest.raises(LabelError, match="did not answer"):
+        OpenAIChat(f"http://127.0.0.1:{free_port()}/v1", "m", timeout=0.5, retries=0).chat([{"role": "user", "content": "hi"}], 4, 0)
+    assert clean_label('The feature responds to "all-caps shouting."\nExtra') == "all-caps shouting"
