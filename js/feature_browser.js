@@ -59,7 +59,37 @@ function render({ model, el }) {
   const promptIn = h("textarea", { rows: 2, placeholder: "Type text to see which features fire, e.g. WHY ARE YOU SHOUTING", "data-testid": "fb-prompt" });
   const promptBtn = h("button", { text: "Test", "data-testid": "fb-prompt-go", on: { click: () => promptIn.value.trim() && send(model, "fire", { text: promptIn.value }) } });
   const promptOut = h("div", { "data-testid": "fb-prompt-out" });
-  busyDisables(model, extractBtn, promptBtn);
+  // auto-labelling: settings are LabelConfig fields; the key goes with the request only, never into widget state
+  const ls = () => model.get("label_settings") || {};
+  const backendSel = select([["local", "in-kernel model (offline)"], ["openai", "OpenAI-compatible endpoint"]], ls().backend, { "data-testid": "lb-backend" });
+  const lbModel = h("input", { type: "text", value: ls().model || "", "data-testid": "lb-model", style: { minWidth: "160px" } });
+  const lbUrl = h("input", { type: "text", value: ls().base_url || "", "data-testid": "lb-url" });
+  const lbKey = h("input", { type: "password", placeholder: "API key (or set it in the environment)", autocomplete: "off", "data-testid": "lb-key", style: { minWidth: "200px" } });
+  const lbTemplate = h("textarea", { rows: 5, "data-testid": "lb-template" });
+  lbTemplate.value = ls().template || "";
+  const lbScore = h("input", { type: "checkbox", checked: ls().score !== false, "data-testid": "lb-score" });
+  const lbTop = h("input", { type: "number", value: 5, min: 1, "data-testid": "lb-top" });
+  const settings = () => ({ backend: backendSel.value, model: lbModel.value.trim() || "default", base_url: lbUrl.value.trim(),
+                            template: lbTemplate.value, score: lbScore.checked });
+  const lbOpen = h("button", { class: "secondary", text: "Label the open feature", "data-testid": "lb-open", on: { click: () => {
+    const d = model.get("detail") || {}; if (d.index !== undefined) send(model, "autolabel", { features: [d.index], settings: settings(), api_key: lbKey.value }); } } });
+  const lbTopBtn = h("button", { text: "Label the most frequent", "data-testid": "lb-go", on: { click: () =>
+    send(model, "autolabel", { top: Number(lbTop.value), settings: settings(), api_key: lbKey.value }) } });
+  const urlField = field("Base URL", lbUrl);
+  const showUrl = () => { urlField.style.display = backendSel.value === "openai" ? "" : "none"; };
+  backendSel.addEventListener("change", () => {
+    if (backendSel.value === "openai" && lbModel.value === "default") lbModel.value = "";
+    if (backendSel.value === "local" && !lbModel.value) lbModel.value = "default";
+    showUrl();
+  });
+  showUrl();
+  model.on("change:label_settings", () => { const s2 = ls(); backendSel.value = s2.backend; lbModel.value = s2.model; lbUrl.value = s2.base_url; lbTemplate.value = s2.template; lbScore.checked = s2.score !== false; showUrl(); });
+  const labelPanel = h("section", { "data-testid": "fb-autolabel" }, h("h4", { text: "Auto-label" }),
+    h("div", { class: "row" }, field("Explainer", backendSel), field("Model", lbModel), urlField, field("Key", lbKey),
+      h("label", { class: "check" }, lbScore, "score by detection")),
+    h("details", {}, h("summary", { text: "Prompt template ({examples}, {logits})" }), lbTemplate),
+    h("div", { class: "row" }, lbOpen, h("span", { class: "muted", text: "or the" }), lbTop, lbTopBtn));
+  busyDisables(model, extractBtn, promptBtn, lbOpen, lbTopBtn);
   saeSel.addEventListener("change", () => send(model, "select", { id: saeSel.value }));
   root.append(
     h("div", { class: "row" }, h("b", { text: "SAE" }), saeSel, info, h("span", { class: "muted", text: "tokens:" }), tokensIn, extractBtn),
@@ -67,7 +97,7 @@ function render({ model, el }) {
       h("div", { class: "fb-left" }, h("div", { class: "row" }, filter, sortSel), count, viewport),
       detail),
     h("section", {}, h("h4", { text: "Prompt tester" }), h("div", { class: "row" }, promptIn, promptBtn), promptOut),
-    statusBar(model));
+    labelPanel, statusBar(model));
   el.append(root);
 
   let cols = null, order = [];

@@ -203,5 +203,13 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     idx = first.get_attribute("data-index")
     first.click()
     expect(fb.get_by_test_id("fb-title")).to_contain_text(f"Feature {idx}")
+    # auto-label the open feature with the in-kernel explainer
+    panel = fb.get_by_test_id("fb-autolabel")
+    panel.get_by_test_id("lb-score").uncheck()
+    panel.get_by_test_id("lb-open").click()
+    expect(fb.get_by_test_id("message")).to_contain_text("Labelled 1 feature(s).")
+    auto = default_ws.labels(extracted_sae, int(idx))[0]
+    assert auto["method"] == "auto" and auto["model"] == "SmolLM2-135M-Instruct"
+    expect(fb.get_by_test_id("fb-label-history")).to_contain_text("SmolLM2-135M-Instruct")
     if os.environ.get("MISTUDIO_SCREENSHOTS"):
         fb.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/feature_browser.png")

@@ -150,6 +150,10 @@ def test_feature_browser_and_map_from_the_kernel(default_ws):
     assert len(fm.figure.data[0].x) == 576
     fm._clicked(None, type("Points", (), {"point_inds": [7]})(), None)   # what plotly calls on a click
     assert fb.detail["index"] == 7
+    fb.show(busiest)
+    fb.autolabel(features=[busiest], score=False, max_tokens=8, examples=2)
+    assert fb.error == {} and fb.detail["labels"][-1]["method"] == "auto" and fb.labels[str(busiest)] == fb.detail["label"]
+    assert fb.label_settings["score"] is False and "api_key" not in fb.label_settings
     fb.action_steer(index=7)
     assert fb.steer_request == {"sae": res.sae_id, "index": 7}
     fb.close()

@@ -13,7 +13,7 @@ import numpy as np
 import traitlets as t
 
 from .. import features as fx
-from ..configs import ExtractConfig
+from ..configs import ExtractConfig, LabelConfig, from_dict, to_dict
 from .base import EngineWidget, background, esm
 
 COLUMNS = ("frequency", "mean", "max")     # packed in this order into ``columns``
@@ -31,10 +31,12 @@ class FeatureBrowser(EngineWidget):
     prompt = t.Dict().tag(sync=True)               # the prompt tester's last answer
     coact = t.Dict().tag(sync=True)                # co-activation of a chosen set
     steer_request = t.Dict().tag(sync=True)        # {sae, index}: "steer with this" (the Studio follows it)
+    label_settings = t.Dict().tag(sync=True)       # LabelConfig fields (never an API key)
 
     def __init__(self, workspace=None, sae: str | None = None, **kw: Any):
         self._initial = sae
         super().__init__(workspace, **kw)
+        self.label_settings = to_dict(LabelConfig())
         if sae:
             self.select(sae)
 
@@ -58,6 +60,13 @@ class FeatureBrowser(EngineWidget):
 
     def label(self, index: int, text: str) -> None:
         self.do("label", self.action_label, index=index, label=text)
+
+    def autolabel(self, features: list[int] | None = None, top: int | None = None, api_key: str | None = None,
+                  **settings: Any) -> None:
+        """Label features automatically (blocks; progress shows in the widget). ``settings`` are
+        LabelConfig fields; the API key, if any, is used for this call only."""
+        self.label_settings = {**self.label_settings, **settings}
+        self.do("autolabel", self.action_autolabel, blocking=True, features=features, top=top, api_key=api_key)
 
     # -- state from the workspace ---------------------------------------------------------------
     def refresh(self) -> None:
@@ -126,6 +135,29 @@ class FeatureBrowser(EngineWidget):
 
         def apply() -> None:
             self.prompt = {**res, "text": text, "values": {str(k): v for k, v in res["values"].items()}}
+        return apply
+
+    @background
+    def action_autolabel(self, features: list[int] | None = None, top: int | None = None, api_key: str | None = None,
+                         settings: dict[str, Any] | None = None, progress=None):
+        from ..labeling import label_features
+
+        if settings:
+            self.label_settings = {**self.label_settings, **{k: v for k, v in settings.items() if k in self.label_settings}}
+        cfg = from_dict(LabelConfig, self.label_settings)
+        ws, sae = self.workspace, self.sae
+        if not self.extraction:
+            raise fx.FeatureError("This SAE has no feature extraction yet.", "press Extract first.")
+        res = label_features(ws, sae, cfg, features=[int(f) for f in features] if features else None,
+                             top=int(top) if top else None, api_key=api_key or None, progress=progress)
+
+        def apply() -> None:
+            self.labels = {str(r["feature"]): r["label"] for r in ws.labels(sae)}
+            if self.detail:
+                self.detail = fx.feature_detail(ws, self.extraction["id"], self.detail["index"])
+            done = [r for r in res if r.get("label")]
+            self.message = (f"Labelled {len(done)} feature(s)." if res else
+                            "Nothing to do: these features already have labels from this explainer and template.")
         return apply
 
     @background
