@@ -116,3 +116,21 @@ def test_endpoint_errors_and_label_cleaning():
     with pytest.raises(LabelError, match="did not answer"):
         OpenAIChat(f"http://127.0.0.1:{free_port()}/v1", "m", timeout=0.5, retries=0).chat([{"role": "user", "content": "hi"}], 4, 0)
     assert clean_label('The feature responds to "all-caps shouting."\nExtra') == "all-caps shouting"
+
+
+def test_cli_extract_and_label(default_ws, small_sae):
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(default_ws.root), "--json", *args],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+        return proc.returncode, lines
+
+    rc, lines = cli("extract", small_sae, "--tokens", "512", "--top-k", "5", "--batch-size", "4")
+    assert rc == 0 and lines[-1]["status"] == "done" and lines[-1]["sae_id"] == small_sae
+    assert any(x.get("event") == "progress" and x["stage"] == "extract" for x in lines)
+    ext = default_ws.get(lines[-1]["extraction_id"], "extraction")
+    assert ext.meta["summary"]["tokens"] > 0 and (ext.path / "sparsity.safetensors").is_file()
+    rc, lines = cli("label", small_sae, "--top", "1", "--no-score", "--redo")
+    assert rc == 0 and lines[-1]["labelled"] == 1 and lines[-1]["results"][0]["label"]
+    rc, lines = cli("label", small_sae, "--features", "99999")
+    assert rc == 2 and "out of range" in lines[-1]["error"]
