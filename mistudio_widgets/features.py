@@ -191,6 +191,8 @@ def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None
         cfg = ExtractConfig(**ext.meta["config"])
         sae = ext.parent
     cfg = cfg or ExtractConfig()
+    if not isinstance(cfg.tokens, int) or cfg.tokens < 1:
+        raise FeatureError(f"tokens must be a positive number (got {cfg.tokens!r}).", "ask for e.g. 65536 tokens.")
     sae_art, model_sae, _ = load_library_sae(ws, sae)
     lm = model_for_sae(ws, sae_art, model_sae, cfg.model, progress)
     hook = sae_hook(sae_art, model_sae)

@@ -221,6 +221,17 @@ def label_features(ws: Workspace, sae: str, cfg: LabelConfig | None = None, *, f
     rng = np.random.default_rng(cfg.seed)
     results = []
     emit(progress, "labelling", 0, len(todo), unit="feature")
+    try:
+        _label_each(ws, ext, sae_id, todo, chat, cfg, tid, rng, results, progress, control)
+    except LabelError as exc:
+        kept = sum(1 for r in results if r.get("label"))
+        raise LabelError(f"{exc.problem} Labelling stopped at feature {len(results) + 1} of {len(todo)}; the {kept} label(s) "
+                         "obtained before are kept.", f"{exc.fix} Then run it again: it continues with the rest.") from exc
+    emit(progress, "labelling", len(todo), len(todo), unit="feature", finished=True)
+    return results
+
+
+def _label_each(ws, ext, sae_id, todo, chat, cfg, tid, rng, results, progress, control) -> None:
     for n, f in enumerate(todo):
         control.check()
         detail = feature_detail(ws, ext, f)
@@ -238,5 +249,3 @@ def label_features(ws: Workspace, sae: str, cfg: LabelConfig | None = None, *, f
                            "template_text": cfg.template})
         results.append({"feature": f, "label": label, "score": scored["score"]})
         emit(progress, "labelling", n + 1, len(todo), unit="feature", message=f"{f}: {label}")
-    emit(progress, "labelling", len(todo), len(todo), unit="feature", finished=True)
-    return results

@@ -134,3 +134,69 @@ def test_cli_extract_and_label(default_ws, small_sae):
     assert rc == 0 and lines[-1]["labelled"] == 1 and lines[-1]["results"][0]["label"]
     rc, lines = cli("label", small_sae, "--features", "99999")
     assert rc == 2 and "out of range" in lines[-1]["error"]
+
+
+class _Scripted:
+    """A real HTTP server answering chat-completions calls from a script: 'ok', 'busy' (429) or 'bad' (malformed)."""
+
+    def __init__(self, script):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.script, self.calls = list(script), 0
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                step = outer.script[min(outer.calls, len(outer.script) - 1)]
+                outer.calls += 1
+                code, body = {"ok": (200, {"choices": [{"message": {"role": "assistant", "content": f"label {outer.calls}"}}]}),
+                              "busy": (429, {"error": "slow down"}), "bad": (200, {"nope": True})}[step]
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_rate_limits_are_retried_and_a_failure_mid_batch_keeps_earlier_labels(default_ws, small_sae, extraction):
+    import numpy as np
+
+    from mistudio_widgets.features import feature_columns
+
+    order = [int(i) for i in np.argsort(-feature_columns(default_ws, extraction)["frequency"])[:2]]
+    srv = _Scripted(["busy", "ok", "bad"])
+    try:
+        cfg = LabelConfig(backend="openai", base_url=srv.url, model=f"scripted-{time.time()}", score=False, retries=2, timeout=5)
+        with pytest.raises(LabelError, match=r"did not answer in the chat-completions format.*feature 2 of 2.*1 label\(s\)"):
+            label_features(default_ws, small_sae, cfg, features=order)
+        kept = [r for r in default_ws.labels(small_sae, history=True) if r["model"] == cfg.model]
+        assert [(r["feature"], r["label"]) for r in kept] == [(order[0], "label 2")]       # 429 first, then answered
+        srv.script = ["ok"]
+        res = label_features(default_ws, small_sae, cfg, features=order)          # continues with the rest only
+        assert [r["feature"] for r in res] == [order[1]]
+    finally:
+        srv.close()
+
+
+def test_an_sae_that_does_not_fit_the_model_is_refused(default_ws, tmp_path):
+    from mistudio_widgets.features import FeatureError, fire
+    from mistudio_widgets.sae import SAESpec, make_sae
+    from mistudio_widgets.sae.io import save_sae
+
+    sae = make_sae(SAESpec(architecture="topk", d_in=64, d_sae=128, k=4, metadata={"hook_name": "blocks.1.hook_resid_post"}))
+    with default_ws.write_artifact("sae", default_ws.unique_name("sae", "narrow"), meta={"d_sae": 128, "d_in": 64}) as w:
+        save_sae(sae, w.path)
+    with pytest.raises(FeatureError, match="reads 64-wide activations but .* has d_model 576"):
+        fire(default_ws, w.id, "hello")
