@@ -88,7 +88,7 @@ def test_model_picker_and_system_monitor_in_lab(page, lab):
     expect(sm.get_by_test_id("sys-nogpu").or_(sm.get_by_text("GPU 0"))).to_be_visible()
 
 
-def test_studio_in_voila(page, default_ws, tmp_path):
+def test_studio_in_voila(page, default_ws, tmp_path, extracted_sae):
     nb = write_notebook(tmp_path / "studio.ipynb", [SETUP, "from mistudio_widgets.widgets import Studio\nStudio(ws)"])
     port = free_port()
     env = jupyter_env(tmp_path / ".jupyter", default_ws.root)
@@ -102,13 +102,21 @@ def test_studio_in_voila(page, default_ws, tmp_path):
         picker.locator('tr[data-name="shakespeare"] button', has_text="ctx 128").first.click()
         expect(picker.get_by_test_id("ds-stats")).to_contain_text("Sequences")
         page.get_by_role("tab", name="Models").click()
+        page.get_by_test_id("model-list").locator('tr[data-name="SmolLM2-135M-Instruct"]').click()
         expect(page.get_by_test_id("model-arch")).to_contain_text("134,515,008")
         page.get_by_role("tab", name="Training").click()
         expect(page.get_by_test_id("training-configurator").get_by_test_id("train-estimate")).to_contain_text("Latents")
         page.get_by_role("tab", name="SAEs").click()
         expect(page.get_by_test_id("sae-library")).to_be_visible()
         page.get_by_role("tab", name="Features").click()
-        expect(page.get_by_test_id("feature-browser")).to_be_visible()
+        fb = page.get_by_test_id("feature-browser")
+        expect(fb.get_by_test_id("fb-sae")).to_have_value(extracted_sae)        # the newest extracted SAE
+        fb.locator('[data-testid="feature-row"][data-index="3"]').click()
+        expect(fb.get_by_test_id("fb-title")).to_contain_text("Feature 3")
+        fb.get_by_test_id("fb-prompt").fill("Good morrow, my lord!")
+        fb.get_by_test_id("fb-prompt-go").click()
+        expect(fb.get_by_test_id("fb-prompt-features").locator("button").first).to_be_visible()
+        expect(page.locator(".mistudio-feature-map .js-plotly-plot")).to_be_visible()
         page.get_by_role("tab", name="Steering").click()
         expect(page.get_by_text("Steering: coming soon.")).to_be_visible()
         expect(page.get_by_test_id("system-monitor").get_by_test_id("sys-cpu")).to_contain_text("cores")
@@ -169,7 +177,8 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
 
     cols = feature_columns(default_ws, extracted_sae)
     open_and_run(page, lab, "features.ipynb", [
-        SETUP, f"from mistudio_widgets.widgets import FeatureBrowser\nfb = FeatureBrowser(ws, sae={extracted_sae!r})\nfb"])
+        SETUP, f"from mistudio_widgets.widgets import FeatureBrowser, FeatureMap\nfb = FeatureBrowser(ws, sae={extracted_sae!r})\nfb",
+        "FeatureMap(fb)"])
     fb = page.get_by_test_id("feature-browser")
     expect(fb.get_by_test_id("fb-count")).to_have_text("576 of 576 features")
     expect(fb.get_by_test_id("feature-row").first).to_be_visible()
@@ -203,12 +212,22 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     idx = first.get_attribute("data-index")
     first.click()
     expect(fb.get_by_test_id("fb-title")).to_contain_text(f"Feature {idx}")
+    # the feature map: clicking a point opens that feature
+    before = fb.get_by_test_id("fb-title").inner_text()
+    point = page.locator(".mistudio-feature-map .scatterlayer .point").nth(100)
+    point.scroll_into_view_if_needed()
+    box = point.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(fb.get_by_test_id("fb-title")).not_to_have_text(before)
+    expect(fb.get_by_test_id("fb-title")).to_contain_text(re.compile(r"Feature \d+"))
+    fb.scroll_into_view_if_needed()
     # auto-label the open feature with the in-kernel explainer
     panel = fb.get_by_test_id("fb-autolabel")
     panel.get_by_test_id("lb-score").uncheck()
     panel.get_by_test_id("lb-open").click()
     expect(fb.get_by_test_id("message")).to_contain_text("Labelled 1 feature(s).")
-    auto = default_ws.labels(extracted_sae, int(idx))[0]
+    opened = int(re.search(r"Feature (\d+)", fb.get_by_test_id("fb-title").inner_text()).group(1))
+    auto = default_ws.labels(extracted_sae, opened)[0]
     assert auto["method"] == "auto" and auto["model"] == "SmolLM2-135M-Instruct"
     expect(fb.get_by_test_id("fb-label-history")).to_contain_text("SmolLM2-135M-Instruct")
     if os.environ.get("MISTUDIO_SCREENSHOTS"):

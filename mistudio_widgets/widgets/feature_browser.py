@@ -208,7 +208,8 @@ class FeatureMap(ipw.VBox):
             by_label = self.colour_picker.value == "label"
             colour = [1 if str(i) in b.labels else 0 for i in range(n)] if by_label else c_freq.tolist()
             text = [f"{i}: {b.labels.get(str(i), '')}" for i in range(n)]
-            trace = go.Scattergl(x=xy["x"], y=xy["y"], mode="markers", text=text, hoverinfo="text",
+            kind = go.Scattergl if n > 5000 else go.Scatter     # WebGL for large SAEs
+            trace = kind(x=xy["x"], y=xy["y"], mode="markers", text=text, hoverinfo="text",
                                  marker=dict(size=4, color=colour, colorscale="Viridis", showscale=not by_label,
                                              colorbar=dict(title="log10 freq") if not by_label else None))
             self.figure.add_trace(trace)

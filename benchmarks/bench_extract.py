@@ -1,0 +1,58 @@
+"""Feature extraction throughput against the capture limit, in one run: the same sequences through
+(a) the bare limit, the model's forward stopped at the SAE's hook plus the SAE's encode, and (b) a full
+extraction (streaming statistics, top-k and reservoir examples, histograms, then logit lens,
+neighbours and the Parquet files). Printed as a ratio; target >= 0.8.
+
+    python benchmarks/bench_extract.py [--sae NAME] [--tokens 32768]
+(without --sae, a top-k SAE with 4,608 features is trained first at blocks.15.hook_resid_post.)
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from mistudio_widgets import Workspace
+from mistudio_widgets.configs import ExtractConfig, TrainConfig
+from mistudio_widgets.datasets import load_tokens
+from mistudio_widgets.features import extract, feature_acts, load_library_sae, model_for_sae, sae_hook
+from mistudio_widgets.training import train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sae", default=None)
+    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--workspace", default=None)
+    a = ap.parse_args()
+    ws = Workspace(a.workspace)
+    sae_ref = a.sae
+    if sae_ref is None:
+        res = train(ws, TrainConfig(steps=20, batch_tokens=2048, expansion_factor=8, eval_every=0, chunk_sequences=256,
+                                    name=ws.unique_name("run", "bench-extract")))
+        sae_ref = res.sae_id
+    art, sae, _ = load_library_sae(ws, sae_ref)
+    lm = model_for_sae(ws, art, sae)
+    hook = sae_hook(art, sae)
+    print(f"SAE {art.name}: d_sae {sae.spec.d_sae} at {hook}; {a.tokens:,} tokens, batch {a.batch_size} sequences, "
+          f"threads {torch.get_num_threads()}")
+    cfg = ExtractConfig(tokens=a.tokens, batch_size=a.batch_size, checkpoint_every=0, name=ws.unique_name("extraction", "bench"))
+    t0 = time.perf_counter()
+    ext = extract(ws, art.id, cfg)
+    ours = time.perf_counter() - t0
+    tokens = load_tokens(ws, ext.meta["tokenization"])[: ext.meta["sequences"]]
+    feature_acts(lm, sae, hook, torch.tensor(tokens[:2], dtype=torch.long))          # warm-up
+    t0 = time.perf_counter()
+    for s in range(0, len(tokens), a.batch_size):
+        feature_acts(lm, sae, hook, torch.tensor(tokens[s:s + a.batch_size], dtype=torch.long))
+    limit = time.perf_counter() - t0
+    n = tokens.size
+    print(f"capture limit (forward to the hook + encode): {n / limit:8.0f} tok/s  ({limit:.1f}s)")
+    print(f"full extraction (incl. logit lens, files):     {n / ours:8.0f} tok/s  ({ours:.1f}s)")
+    print(f"ratio {limit / ours:.3f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
