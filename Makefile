@@ -40,9 +40,11 @@ lab: setup
 	cd notebooks && ../$(VENV)/bin/jupyter lab
 
 ## make bench: the benchmarks (ratios against a baseline measured in the same run)
-bench: setup
+bench: setup browser-deps
 	$(PY) benchmarks/bench_capture.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_extract.py
+	$(PY) benchmarks/bench_browser.py
 
 clean:
 	rm -rf test-artifacts
