@@ -46,6 +46,7 @@ for (const q of ["k", "ki", "kin", "king", "kin", "ki", "k", "", "1", "12", "123
   el.offsetHeight;
   keys.push(performance.now() - s);
 }
+filter.value = ""; filter.dispatchEvent(new Event("input"));
 const sortSel = el.querySelector('[data-testid="fb-sort"]');
 let s = performance.now(); sortSel.value = "frequency"; sortSel.dispatchEvent(new Event("change")); el.offsetHeight;
 const sort = performance.now() - s;
@@ -60,7 +61,7 @@ s = performance.now();
 const labels = traits.labels;
 for (let i = 0; i < traits.n_features; i++) {
   const r = document.createElement("div"); r.className = "vrow"; r.style.position = "static";
-  for (const t of [String(i), labels[i] || "—", "0.1%"]) { const sp = document.createElement("span"); sp.textContent = t; r.append(sp); }
+  for (const t of [String(i), labels[i] || "—", "0.1%%"]) { const sp = document.createElement("span"); sp.textContent = t; r.append(sp); }
   base.append(r);
 }
 base.offsetHeight;
