@@ -212,6 +212,11 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     idx = first.get_attribute("data-index")
     first.click()
     expect(fb.get_by_test_id("fb-title")).to_contain_text(f"Feature {idx}")
+    # markup typed into the prompt comes back as tokens shown as text
+    fb.get_by_test_id("fb-prompt").fill('<img src=x onerror="window.__pwned=2"><script>window.__pwned=3</script>')
+    fb.get_by_test_id("fb-prompt-go").click()
+    expect(fb.get_by_test_id("fb-prompt-out").locator(".ftok", has_text="script").first).to_be_visible()
+    assert page.evaluate("window.__pwned") is None and fb.get_by_test_id("fb-prompt-out").locator("img, script").count() == 0
     # the feature map: clicking a point opens that feature
     before = fb.get_by_test_id("fb-title").inner_text()
     point = page.locator(".mistudio-feature-map .scatterlayer .point").nth(100)

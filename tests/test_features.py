@@ -98,6 +98,8 @@ def test_prompt_tester_labels_and_search(default_ws, small_sae):
     assert [h["label"] for h in hist] == ["shouting (draft)", "UPPERCASE text"]
     with pytest.raises(FeatureError, match="empty"):
         fire(default_ws, small_sae, "   ")
+    with pytest.raises(FeatureError, match="tokens must be a positive number"):
+        extract(default_ws, small_sae, ExtractConfig(tokens=0))
 
 
 def _cli(ws, *args):
