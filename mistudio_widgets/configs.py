@@ -15,7 +15,9 @@ DEFAULT = "default"
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a help text (the field's docstring)."""
+    """A dataclass field with a help text (the field's docstring); a list or dict default is copied per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -197,3 +199,21 @@ class LabelConfig:
     timeout: float = opt(60.0, "Seconds to wait for one HTTP answer.", minimum=0.1)
     retries: int = opt(3, "Retries of a failed HTTP call, with exponential backoff.", minimum=0)
     seed: int = opt(0, "Seed for choosing held-out texts.")
+
+
+@dataclass
+class SteerConfig:
+    """Steered against unsteered generation: which features, how strongly, how, and the sampling
+    settings both generations share."""
+
+    features: list = opt([], "Features and strengths: [[index, strength], ...] (or {index: strength}).")
+    method: Literal["add", "orthogonal", "cap", "clamp", "ablate"] = opt("add", "add: h + s·d; orthogonal: (I−P)h + s·Ph; cap: projection on d capped at s; clamp: the feature set to s through the SAE; ablate: the feature set to 0.")
+    multiplier: float = opt(1.0, "Scales every strength (Neuronpedia's steering multiplier).")
+    normalise: bool = opt(False, "Use unit-length decoder directions (strengths are then in activation-norm units).")
+    prompt: str = opt("", "The text to continue.")
+    chat_template: bool = opt(True, "Wrap the prompt in the model's chat template (instruct models).")
+    max_tokens: int = opt(40, "Tokens to generate.", minimum=1)
+    temperature: float = opt(0.0, "Sampling temperature (0: greedy).", minimum=0.0)
+    top_p: float = opt(1.0, "Nucleus sampling mass.", minimum=0.0)
+    frequency_penalty: float = opt(0.0, "Subtract this times a token's count so far from its logit (as OpenAI's frequency_penalty).")
+    seed: int = opt(0, "Seed shared by both generations.")

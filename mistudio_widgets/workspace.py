@@ -25,7 +25,8 @@ ENV_HOME = "MISTUDIO_HOME"
 DEFAULT_DIRNAME = "mistudio-workspace"
 STALE_TMP_SECONDS = 24 * 3600
 KIND_PREFIX = {"dataset": "ds", "tokenization": "tk", "model": "md", "sae": "sae", "run": "run",
-               "activation_cache": "ac", "extraction": "fx"}
+               "activation_cache": "ac", "extraction": "fx",
+               "steering_preset": "sp"}
 
 # Migration n brings a catalog from version n-1 to n. Append, never edit.
 MIGRATIONS: dict[int, str] = {

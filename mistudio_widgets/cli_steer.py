@@ -1,0 +1,63 @@
+"""``mistudio steer``: steered and unsteered continuations side by side, with metrics; sweeps and presets."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from .configs import SteerConfig
+from .workspace import Workspace
+
+
+def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
+    from .steering import SteeringError, load_preset, parse_features, save_preset, steer, sweep
+
+    if a.preset:
+        sae, cfg = load_preset(ws, a.preset)
+        if a.sae and ws.get(a.sae, "sae").id != sae:
+            raise SteeringError(f"The preset {a.preset!r} belongs to another SAE.", "leave out the SAE or pick its preset.")
+    else:
+        if not a.sae:
+            raise SteeringError("No SAE given.", "mistudio steer SAE --feature I:S --prompt TEXT")
+        sae, cfg = a.sae, SteerConfig()
+    changes = {k: v for k, v in {"prompt": a.prompt, "method": a.method, "max_tokens": a.max_tokens, "seed": a.seed,
+                                 "temperature": a.temperature, "multiplier": a.multiplier}.items() if v is not None}
+    if a.feature:
+        changes["features"] = [list(x) for x in parse_features(a.feature)]
+    if a.normalise:
+        changes["normalise"] = True
+    if a.no_chat_template:
+        changes["chat_template"] = False
+    cfg = dataclasses.replace(cfg, **changes)
+    if a.save_preset:
+        save_preset(ws, a.save_preset, sae, cfg)
+    if a.strengths:
+        rows = sweep(ws, sae, cfg, [float(x) for x in a.strengths.split(",")])
+        out.summary({"sweep": rows}, "\n".join(f"{r['strength']:>8g}  KL {r['kl_mean']:.3f}  {r['steered']!r}" for r in rows))
+        return
+    r = steer(ws, sae, cfg)
+    m = r["metrics"]
+    text = [f"prompt:    {cfg.prompt!r}", f"unsteered: {r['unsteered']!r}", f"steered:   {r['steered']!r}",
+            f"KL(steered || unsteered) mean {m['kl_mean']:.3f} over {len(m['kl_per_position'])} positions"]
+    if "perplexity_steered" in m:
+        text.append(f"perplexity of the {m['reference']}: {m['perplexity_unsteered']:.2f} -> {m['perplexity_steered']:.2f}")
+    for i, v in (m.get("feature_activation") or {}).items():
+        text.append(f"feature {i}: mean activation {v['before']:.3f} -> {v['after']:.3f}")
+    out.summary({"unsteered": r["unsteered"], "steered": r["steered"], "metrics": m, "features": r["features"],
+                 "method": r["method"], "diff": r["diff"]}, "\n".join(text))
+
+
+def register(sub, cmd) -> None:
+    sp = cmd(sub, "steer", cmd_steer, "generate with and without steering by SAE features, side by side, with metrics")
+    sp.add_argument("sae", nargs="?", default=None)
+    sp.add_argument("--feature", action="append", default=[], metavar="I[:S]", help="feature index and strength (repeatable)")
+    sp.add_argument("--prompt", default=None)
+    sp.add_argument("--method", choices=["add", "orthogonal", "cap", "clamp", "ablate"], default=None)
+    sp.add_argument("--max-tokens", type=int, default=None)
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--temperature", type=float, default=None)
+    sp.add_argument("--multiplier", type=float, default=None)
+    sp.add_argument("--normalise", action="store_true", help="unit-length decoder directions")
+    sp.add_argument("--no-chat-template", action="store_true")
+    sp.add_argument("--strengths", default=None, help="comma-separated strengths: a sweep table instead")
+    sp.add_argument("--preset", default=None, help="start from a saved preset")
+    sp.add_argument("--save-preset", default=None, metavar="NAME", help="save these settings as a preset")

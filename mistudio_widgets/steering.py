@@ -1,0 +1,269 @@
+"""Steering: change what the model writes by editing the activations at an SAE's hook with feature
+directions, on every position including the generated ones, and compare with the unsteered
+generation from the same prompt, seed and sampling settings.
+
+Methods (``d_i`` is feature i's decoder row, unit-normalised with ``normalise``; ``s_i`` its strength
+times the multiplier):
+  add          h + sum_i s_i d_i
+  orthogonal   (I - P_i) h + s_i P_i h, P_i the projection on d_i (unit)
+  cap          the projection of h on d_i (unit) capped at s_i
+  clamp        feature i set to s_i through the SAE: h + (s_i - f_i(h)) W_dec[i] (reconstruction error kept)
+  ablate       feature i set to 0 the same way
+An empty intervention leaves the model untouched. Hooks are removed when generation ends, fails or is
+interrupted.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import time
+from typing import Any, Callable
+
+import torch
+
+from .configs import SteerConfig
+from .errors import MistudioError
+from .features import check_feature_index, load_library_sae, model_for_sae, sae_hook
+from .hooks import capture, intervene
+from .jobs import JobControl
+from .models import LoadedModel
+from .sae import SAE
+from .workspace import Workspace
+
+MAX_STRENGTH = 1e4
+
+
+class SteeringError(MistudioError):
+    pass
+
+
+def parse_features(spec) -> list[tuple[int, float]]:
+    """[(index, strength)] from [[i, s], ...], {i: s}, or 'I:S' strings (strength 1 when left out)."""
+    items = spec.items() if isinstance(spec, dict) else spec
+    out = []
+    for it in items:
+        if isinstance(it, str):
+            idx, _, st = it.partition(":")
+            try:
+                it = (int(idx), float(st) if st else 1.0)
+            except ValueError:
+                raise SteeringError(f"{it!r} is not a feature: write INDEX or INDEX:STRENGTH.", "e.g. --feature 123:40") from None
+        i, s = it
+        out.append((int(i), float(s)))
+    return out
+
+
+def _check(ws: Workspace, sae_id: str, feats: list[tuple[int, float]], cfg: SteerConfig) -> None:
+    for i, s in feats:
+        check_feature_index(ws, sae_id, i)
+        v = s * cfg.multiplier
+        if not math.isfinite(v):
+            raise SteeringError(f"The strength of feature {i} is {v}.", "use a finite number (e.g. -300..300).")
+        if abs(v) > MAX_STRENGTH:
+            raise SteeringError(f"The strength {v:g} of feature {i} is absurd (more than {MAX_STRENGTH:g}).",
+                                "use strengths of a few times the feature's max activation, or Neuronpedia's -300..300.")
+
+
+def make_edit(sae: SAE, feats: list[tuple[int, float]], cfg: SteerConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The function that edits the hook's value [batch, seq, d], or None when nothing changes."""
+    if not feats:
+        return None
+    idx = torch.tensor([i for i, _ in feats])
+    s = torch.tensor([v * cfg.multiplier for _, v in feats], dtype=torch.float32)
+    W = sae.W_dec.detach().float()[idx]                                     # [n, d]
+    unit = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    D = unit if cfg.normalise else W
+    method = cfg.method
+
+    def edit(h: torch.Tensor) -> torch.Tensor:
+        x = h.float()
+        dev = x.device
+        if method == "add":
+            x = x + (s.to(dev) @ D.to(dev))
+        elif method in ("orthogonal", "cap"):
+            for k in range(len(idx)):
+                u = unit[k].to(dev)
+                proj = x @ u                                                  # [b, t]
+                new = s[k].to(dev) * proj if method == "orthogonal" else torch.minimum(proj, s[k].to(dev))
+                x = x + (new - proj).unsqueeze(-1) * u
+        elif method in ("clamp", "ablate"):
+            f = sae.encode(x.to(sae.W_enc.device))[..., idx.to(sae.W_enc.device)].to(dev)    # [b, t, n]
+            target = torch.zeros_like(f) if method == "ablate" else s.to(dev).expand_as(f)
+            x = x + (target - f) @ W.to(dev)
+        return x.to(h.dtype)
+
+    return edit
+
+
+class _Streamer:
+    """transformers' streamer protocol: the first put() is the prompt, each later one a new token."""
+
+    def __init__(self, on_token: Callable[[int], None] | None):
+        self.on_token, self.first = on_token, True
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.first:
+            self.first = False
+            return
+        if self.on_token:
+            for t in value.reshape(-1).tolist():
+                self.on_token(int(t))
+
+    def end(self) -> None:
+        pass
+
+
+def prompt_ids(lm: LoadedModel, prompt: str, chat_template: bool) -> torch.Tensor:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise SteeringError("The prompt is empty.", "type a prompt to continue.")
+    tok = lm.tokenizer
+    if chat_template and getattr(tok, "chat_template", None):
+        enc = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt")
+        ids = enc["input_ids"] if hasattr(enc, "keys") else enc
+    else:
+        ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+    return ids
+
+
+def generate(lm: LoadedModel, ids: torch.Tensor, cfg: SteerConfig, *, hook: str | None = None, edit=None,
+             on_token: Callable[[int], None] | None = None, control: JobControl | None = None) -> list[int]:
+    """Continue ``ids`` [1, n]; with ``edit`` applied at ``hook`` on every position. Seeded."""
+    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+    tok = lm.tokenizer
+    n0 = ids.shape[1]
+
+    class FrequencyPenalty(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            gen = input_ids[:, n0:]
+            if gen.numel() and cfg.frequency_penalty:
+                counts = torch.zeros_like(scores).scatter_add_(1, gen, torch.ones_like(gen, dtype=scores.dtype))
+                scores = scores - cfg.frequency_penalty * counts
+            return scores
+
+    class Interrupt(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            done = bool(control is not None and control.cancelled)
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    kw: dict[str, Any] = {"do_sample": False}
+    if cfg.temperature > 0:
+        kw = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
+    torch.manual_seed(cfg.seed)
+    edits = {hook: edit} if edit is not None and hook else {}
+    with torch.no_grad(), intervene(lm.model, edits):
+        out = lm.model.generate(ids.to(lm.device), attention_mask=torch.ones_like(ids).to(lm.device),
+                                max_new_tokens=cfg.max_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                                logits_processor=LogitsProcessorList([FrequencyPenalty()]),
+                                stopping_criteria=StoppingCriteriaList([Interrupt()]), streamer=_Streamer(on_token),
+                                top_k=None, **kw)
+    return out[0, n0:].tolist()
+
+
+@torch.no_grad()
+def _logprobs_and_acts(lm: LoadedModel, ids: torch.Tensor, hook: str, edit, sae: SAE, feats: list[int]):
+    edits = {hook: edit} if edit is not None else {}
+    with intervene(lm.model, edits), capture(lm.model, hook, stop=False) as got:
+        logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits[0].float()
+    acts = sae.encode(got[hook].float().to(sae.W_enc.device))[0][:, feats] if feats else None
+    return torch.log_softmax(logits, -1).cpu(), acts
+
+
+def token_diff(a: list[str], b: list[str]) -> list[dict[str, Any]]:
+    ops = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        ops.append({"op": op, "unsteered": a[i1:i2], "steered": b[j1:j2]})
+    return ops
+
+
+def steer(ws: Workspace, sae: str, cfg: SteerConfig, *, reference: str | None = None,
+          on_token: Callable[[str, int], None] | None = None, control: JobControl | None = None) -> dict[str, Any]:
+    """Generate unsteered and steered continuations of ``cfg.prompt`` and measure the difference.
+    ``on_token(which, token_id)`` streams tokens ('unsteered' or 'steered') as they come."""
+    control = control or JobControl()
+    art, model_sae, _ = load_library_sae(ws, sae)
+    feats = parse_features(cfg.features)
+    _check(ws, art.id, feats, cfg)
+    lm = model_for_sae(ws, art, model_sae)
+    hook = sae_hook(art, model_sae)
+    ids = prompt_ids(lm, cfg.prompt, cfg.chat_template)
+    limit = getattr(lm.model.config, "max_position_embeddings", None) or 2048
+    if ids.shape[1] + cfg.max_tokens > limit:
+        raise SteeringError(f"The prompt is {ids.shape[1]} tokens; with {cfg.max_tokens} more it exceeds the model's "
+                            f"context of {limit}.", "shorten the prompt or generate fewer tokens.")
+    edit = make_edit(model_sae, feats, cfg)
+    t0 = time.perf_counter()
+    base = generate(lm, ids, cfg, on_token=(lambda t: on_token("unsteered", t)) if on_token else None, control=control)
+    t1 = time.perf_counter()
+    steered = generate(lm, ids, cfg, hook=hook, edit=edit,
+                       on_token=(lambda t: on_token("steered", t)) if on_token else None, control=control)
+    t2 = time.perf_counter()
+    tok = lm.tokenizer
+    pieces = lambda xs: [tok.decode([t]) for t in xs]   # noqa: E731
+    # metrics on one shared text: the prompt and the unsteered continuation
+    seq = torch.cat([ids, torch.tensor([base], dtype=torch.long)], 1) if base else ids
+    idx = [i for i, _ in feats]
+    lp0, a0 = _logprobs_and_acts(lm, seq, hook, None, model_sae, idx)
+    lp1, a1 = _logprobs_and_acts(lm, seq, hook, edit, model_sae, idx)
+    n0 = ids.shape[1]
+    span = slice(n0 - 1, seq.shape[1] - 1)                       # predictions of the continuation's tokens
+    kl = (lp1[span].exp() * (lp1[span] - lp0[span])).sum(-1)      # KL(steered || unsteered) per position
+    metrics: dict[str, Any] = {"kl_per_position": kl.tolist(), "kl_mean": float(kl.mean()) if kl.numel() else 0.0}
+    ref_ids = torch.tensor([tok(reference, add_special_tokens=False)["input_ids"]]) if reference else seq
+    if ref_ids.shape[1] >= 2:
+        r0, _ = _logprobs_and_acts(lm, ref_ids, hook, None, model_sae, [])
+        r1, _ = _logprobs_and_acts(lm, ref_ids, hook, edit, model_sae, [])
+        tgt = ref_ids[0, 1:]
+        metrics["perplexity_unsteered"] = float(torch.exp(-r0[:-1].gather(1, tgt[:, None]).mean()))
+        metrics["perplexity_steered"] = float(torch.exp(-r1[:-1].gather(1, tgt[:, None]).mean()))
+        metrics["reference"] = "given" if reference else "prompt + unsteered continuation"
+    if idx:
+        sl = slice(n0, None) if seq.shape[1] > n0 else slice(None)
+        metrics["feature_activation"] = {str(i): {"before": float(a0[sl, k].mean()), "after": float(a1[sl, k].mean())}
+                                         for k, i in enumerate(idx)}
+    metrics["seconds"] = {"unsteered": t1 - t0, "steered": t2 - t1}
+    return {"sae": art.id, "hook": hook, "prompt": cfg.prompt, "features": feats, "method": cfg.method,
+            "unsteered": tok.decode(base, skip_special_tokens=True), "steered": tok.decode(steered, skip_special_tokens=True),
+            "unsteered_tokens": pieces(base), "steered_tokens": pieces(steered),
+            "diff": token_diff(pieces(base), pieces(steered)), "metrics": metrics,
+            "interrupted": bool(control.cancelled)}
+
+
+def sweep(ws: Workspace, sae: str, cfg: SteerConfig, strengths: list[float], *,
+          control: JobControl | None = None) -> list[dict[str, Any]]:
+    """Steered generation for each strength (every feature's strength set to it); one row per strength."""
+    import dataclasses
+
+    feats = parse_features(cfg.features)
+    if not feats:
+        raise SteeringError("A sweep needs at least one feature.", "add a feature to steer with.")
+    rows = []
+    for s in strengths:
+        r = steer(ws, sae, dataclasses.replace(cfg, features=[[i, float(s)] for i, _ in feats]), control=control)
+        act = r["metrics"].get("feature_activation", {})
+        rows.append({"strength": float(s), "steered": r["steered"], "kl_mean": r["metrics"]["kl_mean"],
+                     "perplexity": r["metrics"].get("perplexity_steered"),
+                     "activation": {k: v["after"] for k, v in act.items()}})
+    return rows
+
+
+PRESET = "steering_preset"
+
+
+def save_preset(ws: Workspace, name: str, sae: str, cfg: SteerConfig):
+    """Keep features, strengths and settings under a name in the workspace."""
+    from .configs import to_dict
+
+    art = ws.get(sae, "sae")
+    parse_features(cfg.features)
+    old = ws.find(name, PRESET)
+    if old is not None:
+        ws.delete(old.id)
+    return ws.register(PRESET, name, parent=art.id, meta={"sae": art.id, "config": to_dict(cfg)})
+
+
+def load_preset(ws: Workspace, name: str) -> tuple[str, SteerConfig]:
+    from .configs import from_dict
+
+    art = ws.get(name, PRESET)
+    return art.meta["sae"], from_dict(SteerConfig, art.meta["config"])
