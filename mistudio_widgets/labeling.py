@@ -60,6 +60,22 @@ class LocalChat:
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
+    @torch.no_grad()
+    def yes_probability(self, messages: list[dict[str, str]]) -> float:
+        """P(yes) / (P(yes) + P(no)) for the model's next token after ``messages`` (detection scoring)."""
+        tok = self.lm.tokenizer
+        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+        ids = (enc["input_ids"] if hasattr(enc, "keys") else enc).to(self.lm.device)
+        logp = torch.log_softmax(self.lm.model(input_ids=ids, use_cache=False).logits[0, -1].float(), -1)
+
+        def mass(words: tuple[str, ...]) -> torch.Tensor:
+            ids_ = {tok(w, add_special_tokens=False)["input_ids"][0] for w in words}
+            return torch.logsumexp(logp[list(ids_)], 0)
+
+        yes, no = mass(("Yes", "yes", " Yes", " yes")), mass(("No", "no", " No", " no"))
+        return float(torch.sigmoid(yes - no))
+
+
 class OpenAIChat:
     """An OpenAI-compatible chat-completions endpoint, with a timeout and retries with backoff."""
 
@@ -184,15 +200,25 @@ def detection_score(ws: Workspace, chat: Chat, ext, detail: dict[str, Any], labe
     if not pos or not neg:
         return {"score": None, "reason": "not enough held-out texts"}
 
-    def says_yes(text: str) -> bool:
-        ans = chat.chat([{"role": "user", "content": cfg.detect_template.format(label=label, text=text.replace("\n", " "))}],
-                        max_tokens=3, temperature=0.0)
-        return ans.strip().lower().startswith("yes")
+    def ask(text: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": cfg.detect_template.format(label=label, text=text.replace("\n", " "))}]
 
-    tp = sum(says_yes(t) for t in pos)
-    tn = sum(not says_yes(t) for t in neg)
+    if hasattr(chat, "yes_probability"):
+        # an in-kernel scorer: rank the texts by P(yes) and call the upper half "active" (a small model's
+        # plain answers are nearly always the same word; its probabilities still carry the signal)
+        p_pos = [chat.yes_probability(ask(t)) for t in pos]
+        p_neg = [chat.yes_probability(ask(t)) for t in neg]
+        cut = float(np.median(p_pos + p_neg))
+        tp, tn = sum(p > cut for p in p_pos), sum(p <= cut for p in p_neg)
+        how = "P(yes) above the median"
+    else:
+        def says_yes(text: str) -> bool:
+            return chat.chat(ask(text), max_tokens=3, temperature=0.0).strip().lower().startswith("yes")
+
+        tp, tn = sum(says_yes(t) for t in pos), sum(not says_yes(t) for t in neg)
+        how = "answered yes/no"
     return {"score": 0.5 * (tp / len(pos) + tn / len(neg)), "true_positive": tp, "positives": len(pos),
-            "true_negative": tn, "negatives": len(neg)}
+            "true_negative": tn, "negatives": len(neg), "rule": how}
 
 
 def label_features(ws: Workspace, sae: str, cfg: LabelConfig | None = None, *, features: list[int] | None = None,

@@ -70,10 +70,18 @@ def test_local_explainer_labels_without_a_server(default_ws, small_sae, extracti
     from mistudio_widgets.features import feature_columns
 
     busiest = int(np.argmax(feature_columns(default_ws, extraction)["frequency"]))
-    res = label_features(default_ws, small_sae, LabelConfig(examples=3, score=False, max_tokens=12), features=[busiest], redo=True)
+    res = label_features(default_ws, small_sae, LabelConfig(examples=3, score_examples=2, max_tokens=12),
+                         features=[busiest], redo=True)
     assert len(res) == 1 and res[0]["label"], res
     row = default_ws.labels(small_sae, busiest)[0]
-    assert (row["label"], row["method"], row["model"], row["score"]) == (res[0]["label"], "auto", "SmolLM2-135M-Instruct", None)
+    assert (row["label"], row["method"], row["model"]) == (res[0]["label"], "auto", "SmolLM2-135M-Instruct")
+    from mistudio_widgets.labeling import LocalChat
+
+    p = LocalChat(default_ws).yes_probability([{"role": "user", "content": "Is fire hot? Answer yes or no."}])
+    assert 0.0 < p < 1.0
+    scoring = row["meta"]["scoring"]
+    if scoring["score"] is not None:       # the in-kernel scorer ranks texts by P(yes)
+        assert scoring["rule"] == "P(yes) above the median" and 0.0 <= row["score"] <= 1.0
 
 
 def test_a_hanging_endpoint_fails_clearly_and_labels_nothing(default_ws, small_sae, extraction):
