@@ -117,8 +117,19 @@ def test_studio_in_voila(page, default_ws, tmp_path, extracted_sae):
         fb.get_by_test_id("fb-prompt-go").click()
         expect(fb.get_by_test_id("fb-prompt-features").locator("button").first).to_be_visible()
         expect(page.locator(".mistudio-feature-map .js-plotly-plot")).to_be_visible()
-        page.get_by_role("tab", name="Steering").click()
-        expect(page.get_by_text("Steering: coming soon.")).to_be_visible()
+        fb.get_by_test_id("fb-steer").click()                              # "Steer with this"
+        pane = page.get_by_test_id("steering-pane")
+        expect(pane.locator('[data-testid="st-feature"][data-index="3"]')).to_be_visible()
+        pane.get_by_test_id("st-prompt").fill("Tell me about the king.")
+        pane.get_by_test_id("st-max-tokens").fill("6")
+        pane.get_by_test_id("st-max-tokens").dispatch_event("change")
+        pane.get_by_test_id("st-strength").fill("50")
+        pane.get_by_test_id("st-strength").dispatch_event("change")
+        pane.get_by_test_id("st-generate").click()
+        expect(pane.get_by_test_id("st-metrics")).to_contain_text("KL")
+        expect(pane.get_by_test_id("st-steered").locator(".stok").first).to_be_visible()
+        if os.environ.get("MISTUDIO_SCREENSHOTS"):
+            pane.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/steering.png")
         expect(page.get_by_test_id("system-monitor").get_by_test_id("sys-cpu")).to_contain_text("cores")
 
 

@@ -80,7 +80,7 @@ def test_system_monitor_samples_only_when_visible(default_ws):
 def test_studio_tabs(default_ws):
     s = Studio(default_ws)
     assert [s.tabs.get_title(i) for i in range(6)] == ["Datasets", "Models", "SAEs", "Training", "Features", "Steering"]
-    assert s.tabs.children[4].children[0] is s.features and "coming soon" in s.tabs.children[5].value
+    assert s.tabs.children[4].children[0] is s.features and s.tabs.children[5] is s.steering
     assert s.trainer.check["problems"] == [] and s.trainer.monitor is s.monitor
     s.library.action_open(id="x", target="Steering")
     assert s.tabs.selected_index == 5
@@ -157,3 +157,34 @@ def test_feature_browser_and_map_from_the_kernel(default_ws):
     fb.action_steer(index=7)
     assert fb.steer_request == {"sae": res.sae_id, "index": 7}
     fb.close()
+
+
+def test_steering_pane_from_the_kernel_and_steer_with_this(default_ws, small_sae, extraction):
+    from mistudio_widgets.features import feature_columns
+    from mistudio_widgets.widgets import SteeringPane, Studio
+
+    f = int(feature_columns(default_ws, extraction)["frequency"].argmax())
+    pane = SteeringPane(default_ws, sae=small_sae)
+    pane.add(f)
+    row = pane.chosen[0]
+    assert row["index"] == f and row["max"] > 0 and row["strength"] == round(4 * row["max"], 3)
+    pane.action_strength(index=f, strength=12 * row["max"])
+    res = pane.generate("Tell me about the king.", max_tokens=8)
+    assert pane.error == {} and res["metrics"]["kl_mean"] > 0 and pane.steered and pane.unsteered
+    assert "".join(pane.steered) != "".join(pane.unsteered)
+    pane.action_search(query=str(f))
+    assert pane.found[0]["index"] == f
+    pane.add(10**7)
+    assert "out of range" in pane.error["problem"]
+    pane.action_save_preset(name="kernel-preset")
+    pane.action_remove(index=f)
+    assert pane.chosen == []
+    pane.action_load_preset(name="kernel-preset")
+    assert [c["index"] for c in pane.chosen] == [f] and pane.prompt == "Tell me about the king."
+    pane.close()
+    s = Studio(default_ws)
+    s.features.select(small_sae)
+    s.features.action_steer(index=f)                       # "Steer with this" in the browser
+    assert s.tabs.selected_index == 5 and s.steering.sae == default_ws.get(small_sae).id
+    assert [c["index"] for c in s.steering.chosen] == [f]
+    s.close()

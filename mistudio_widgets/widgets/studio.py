@@ -11,22 +11,12 @@ from .dataset_picker import DatasetPicker
 from .feature_browser import FeatureBrowser, FeatureMap
 from .model_picker import ModelPicker
 from .sae_library import SAELibrary
+from .steering_pane import SteeringPane
 from .system_monitor import SystemMonitor
 from .training_configurator import TrainingConfigurator
 from .training_monitor import TrainingMonitor
 
-COMING = {
-    "Steering": "Steering generation with features, steered and unsteered side by side, arrives after training.",
-}
-TABS = ("Datasets", "Models", "SAEs", "Training", "Features", *COMING)
-
-
-def _coming(title: str, text: str) -> ipw.HTML:
-    box = ipw.HTML()
-    box.value = (f"<div class='mistudio-coming'><b>{title}: coming soon.</b><br>{text}<br>"
-                 "Until then, the notebooks in <code>notebooks/</code> show what already works.</div>")
-    box.add_class("mistudio-coming-tab")
-    return box
+TABS = ("Datasets", "Models", "SAEs", "Training", "Features", "Steering")
 
 
 class Studio(ipw.VBox):
@@ -44,10 +34,11 @@ class Studio(ipw.VBox):
         training = ipw.VBox([self.trainer, self.monitor])
         self.features = FeatureBrowser(ws)
         self.feature_map = FeatureMap(self.features)
+        self.steering = SteeringPane(ws)
         self.tabs = ipw.Tab(children=[self.datasets, self.models, self.library, training,
-                                      ipw.VBox([self.features, self.feature_map]),
-                                      *(_coming(k, v) for k, v in COMING.items())])
+                                      ipw.VBox([self.features, self.feature_map]), self.steering])
         self.library.observe(self._open, "opened")
+        self.features.observe(self._steer_with, "steer_request")
         for i, title in enumerate(TABS):
             self.tabs.set_title(i, title)
         header = ipw.HTML(f"<b>mistudio</b> &middot; workspace <code>{html.escape(str(ws.root))}</code>")
@@ -58,10 +49,20 @@ class Studio(ipw.VBox):
         target = change["new"].get("target")
         if target == "Features" and change["new"].get("id"):
             self.features.select(change["new"]["id"])
+        if target == "Steering" and change["new"].get("id"):
+            self.steering.select(change["new"]["id"])
         if target in TABS:
             self.tabs.selected_index = TABS.index(target)
 
+    def _steer_with(self, change: dict) -> None:
+        """"Steer with this" in the feature browser: that SAE and feature in the Steering tab."""
+        req = change["new"] or {}
+        if req.get("sae"):
+            self.steering.select(req["sae"])
+            self.steering.add(int(req["index"]))
+            self.tabs.selected_index = TABS.index("Steering")
+
     def close(self) -> None:
-        for w in (self.system, self.datasets, self.models, self.library, self.trainer, self.monitor, self.features):
+        for w in (self.system, self.datasets, self.models, self.library, self.trainer, self.monitor, self.features, self.steering):
             w.close()
         super().close()
