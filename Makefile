@@ -45,6 +45,7 @@ bench: setup browser-deps
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_browser.py
+	$(PY) benchmarks/bench_steer.py
 
 clean:
 	rm -rf test-artifacts

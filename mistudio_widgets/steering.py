@@ -74,13 +74,21 @@ def make_edit(sae: SAE, feats: list[tuple[int, float]], cfg: SteerConfig) -> Cal
     unit = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
     D = unit if cfg.normalise else W
     method = cfg.method
+    if method == "add":                          # one fixed vector: add it in the model's own dtype and device
+        vec = s @ D
+        cache: dict[tuple, torch.Tensor] = {}
+
+        def add(h: torch.Tensor) -> torch.Tensor:
+            key = (h.device, h.dtype)
+            if key not in cache:
+                cache[key] = vec.to(device=h.device, dtype=h.dtype)
+            return h + cache[key]
+        return add
 
     def edit(h: torch.Tensor) -> torch.Tensor:
         x = h.float()
         dev = x.device
-        if method == "add":
-            x = x + (s.to(dev) @ D.to(dev))
-        elif method in ("orthogonal", "cap"):
+        if method in ("orthogonal", "cap"):
             for k in range(len(idx)):
                 u = unit[k].to(dev)
                 proj = x @ u                                                  # [b, t]
