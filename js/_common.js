@@ -22,7 +22,11 @@ function h(tag, attrs = {}, ...kids) {
 }
 
 function fmtInt(n) { return n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"); }
-function fmtNum(n, d = 1) { return n === null || n === undefined ? "–" : Number(n).toFixed(d); }
+function fmtNum(n, d = 1) {
+  if (n === null || n === undefined) return "–";
+  const x = Number(n);
+  return Math.abs(x) >= 1e6 ? x.toExponential(2) : x.toFixed(d);   // huge values (a perplexity) stay readable
+}
 function fmtBytes(b) {
   if (!b && b !== 0) return "–";
   const u = ["B", "KiB", "MiB", "GiB", "TiB"]; let i = 0; b = Number(b);

@@ -248,3 +248,58 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     expect(fb.get_by_test_id("fb-label-history")).to_contain_text("SmolLM2-135M-Instruct")
     if os.environ.get("MISTUDIO_SCREENSHOTS"):
         fb.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/feature_browser.png")
+
+
+def test_steering_pane_in_lab(page, lab, default_ws, extracted_sae):
+    from mistudio_widgets.features import feature_columns
+
+    peak = float(feature_columns(default_ws, extracted_sae)["max"][3])
+    preset = f"lab-preset-{uuid.uuid4().hex[:6]}"
+    open_and_run(page, lab, "steer.ipynb", [
+        SETUP, f"from mistudio_widgets.widgets import SteeringPane\npane = SteeringPane(ws, sae={extracted_sae!r})\npane"])
+    pane = page.get_by_test_id("steering-pane")
+    expect(pane.get_by_test_id("st-sae")).to_have_value(extracted_sae)
+    # find a feature by index and add it: its slider spans ten times its largest activation
+    pane.get_by_test_id("st-search").fill("3")
+    pane.get_by_test_id("st-search").press("Enter")
+    pane.get_by_test_id("st-found").locator('button[data-index="3"]').click()
+    slider = pane.locator('[data-testid="st-slider"][data-index="3"]')
+    expect(slider).to_have_attribute("max", re.compile(r"^\d"))
+    assert abs(float(slider.get_attribute("max")) - max(10 * peak, 1)) < 1e-3
+    pane.get_by_test_id("st-wide").check()                                   # Neuronpedia's range
+    expect(slider).to_have_attribute("max", "300")
+    # generate: both continuations come back, the changed tokens are marked and the metrics shown
+    pane.get_by_test_id("st-prompt").fill("Tell me about the king.")
+    pane.get_by_test_id("st-prompt").dispatch_event("change")
+    pane.get_by_test_id("st-max-tokens").fill("8")
+    pane.get_by_test_id("st-max-tokens").dispatch_event("change")
+    pane.locator('[data-testid="st-strength"][data-index="3"]').fill("300")
+    pane.locator('[data-testid="st-strength"][data-index="3"]').dispatch_event("change")
+    pane.get_by_test_id("st-generate").click()
+    expect(pane.get_by_test_id("st-metrics")).to_contain_text("KL")
+    expect(pane.get_by_test_id("st-metrics")).to_contain_text("perplexity")
+    expect(pane.get_by_test_id("st-metrics")).to_contain_text("feature 3 activation")
+    expect(pane.get_by_test_id("st-unsteered").locator(".stok").first).to_be_visible()
+    expect(pane.get_by_test_id("st-steered").locator(".stok.added").first).to_be_visible()
+    if os.environ.get("MISTUDIO_SCREENSHOTS"):
+        pane.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/steering_lab.png")
+    # a long generation streams tokens in and stops when asked
+    pane.get_by_test_id("st-max-tokens").fill("400")
+    pane.get_by_test_id("st-max-tokens").dispatch_event("change")
+    pane.get_by_test_id("st-generate").click()
+    expect(pane.get_by_test_id("st-unsteered").locator(".stok").nth(2)).to_be_attached()    # streaming
+    pane.get_by_test_id("st-stop").click()
+    expect(pane.get_by_test_id("st-metrics")).to_contain_text("stopped")
+    assert pane.get_by_test_id("st-unsteered").locator(".stok").count() < 400
+    # a sweep over two strengths fills a table; a preset is kept in the workspace
+    pane.get_by_test_id("st-max-tokens").fill("4")
+    pane.get_by_test_id("st-max-tokens").dispatch_event("change")
+    pane.get_by_test_id("st-sweep-strengths").fill("0, 300")
+    pane.get_by_test_id("st-sweep").click()
+    expect(pane.get_by_test_id("st-sweep-table").locator("tr")).to_have_count(3)
+    pane.get_by_test_id("st-preset-name").fill(preset)
+    pane.get_by_role("button", name="Save preset").click()
+    expect(pane.get_by_test_id("st-presets").locator(f'option[value="{preset}"]')).to_be_attached()
+    saved = default_ws.find(preset, "steering_preset")
+    assert saved is not None and saved.meta["config"]["features"] == [[3, 300.0]]
+    assert saved.meta["config"]["max_tokens"] == 4
