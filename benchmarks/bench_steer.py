@@ -44,9 +44,13 @@ def main() -> None:
     edit = make_edit(sae, [(0, 10.0)], cfg)
     timed(lm, ids, cfg)                                            # warm-up
     base, steered = [], []
-    for _ in range(a.repeats):                                     # alternate, so drift hits both alike
-        base.append(timed(lm, ids, cfg))
-        steered.append(timed(lm, ids, cfg, hook, edit))
+    for r in range(a.repeats):                                     # alternate the order, so drift hits both alike
+        if r % 2:
+            steered.append(timed(lm, ids, cfg, hook, edit))
+            base.append(timed(lm, ids, cfg))
+        else:
+            base.append(timed(lm, ids, cfg))
+            steered.append(timed(lm, ids, cfg, hook, edit))
     b_first, b_tok = statistics.median(x[0] for x in base), statistics.median(x[1] for x in base)
     s_first, s_tok = statistics.median(x[0] for x in steered), statistics.median(x[1] for x in steered)
     print(f"SAE {art.name} at {hook}; prompt {ids.shape[1]} tokens, {a.tokens} generated, median of {a.repeats}")

@@ -512,8 +512,10 @@ def latest_extraction(ws: Workspace, sae: str | Artifact) -> Artifact | None:
 
 
 def require_extraction(ws: Workspace, ref: str | Artifact) -> Artifact:
-    """An extraction, or the newest finished extraction of an SAE."""
-    art = ws.get(ref)
+    """An extraction, or the newest finished extraction of an SAE (an SAE's name is shared with its run)."""
+    if isinstance(ref, Artifact):
+        ref = ref.id
+    art = ws.find(ref, "sae") or ws.find(ref, KIND) or ws.get(ref)
     if art.kind == "sae":
         ext = latest_extraction(ws, art)
         if ext is None:

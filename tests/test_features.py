@@ -113,7 +113,9 @@ def test_cli_features_fire_show_and_bad_index(default_ws, small_sae, extraction)
     assert rc == 0 and set(lines[-1]) == {"summary", "features", "tokens"}
     assert len(lines[-1]["features"]) == 4 and {"index", "activation", "label"} <= set(lines[-1]["features"][0])
     idx = lines[-1]["features"][0]["index"]
-    rc, lines = _cli(default_ws, "features", "show", small_sae, str(idx))
+    name = default_ws.get(small_sae).name
+    assert default_ws.find(name, "run") is not None                # the SAE shares its name with its run
+    rc, lines = _cli(default_ws, "features", "show", name, str(idx))
     assert rc == 0 and lines[-1]["index"] == idx and lines[-1]["examples"]
     ex = lines[-1]["examples"][0]
     assert len(ex["tokens"]) == len(ex["values"]) and max(ex["values"]) == pytest.approx(ex["value"], rel=1e-3)
