@@ -72,9 +72,16 @@ def save_sae(sae: SAE, folder: str | Path, metadata: dict[str, Any] | None = Non
     meta.update({k: v for k, v in {**spec.metadata, **(metadata or {})}.items()})
     meta["sae_lens_version"] = meta.get("sae_lens_version") or SAE_LENS_VERSION
     meta["sae_lens_training_version"] = meta.get("sae_lens_training_version") or SAE_LENS_VERSION
+    arch = saved_architecture(sae)
+    state = state_for_saving(sae)
+    # SAELens transcoders never subtract b_dec from the input; a skip SAE that does is saved with
+    # b_dec folded into b_enc ((x - b_dec) W_enc + b_enc = x W_enc + (b_enc - b_dec W_enc)): same outputs.
+    fold = "transcoder" in arch and spec.apply_b_dec_to_input
+    if fold:
+        state["b_enc"] = (state["b_enc"].double() - state["b_dec"].double() @ state["W_enc"].double()).float()
     cfg: dict[str, Any] = {
-        "architecture": saved_architecture(sae), "d_in": spec.d_in, "d_sae": spec.d_sae, "dtype": "float32",
-        "device": "cpu", "apply_b_dec_to_input": spec.apply_b_dec_to_input, "normalize_activations": "none",
+        "architecture": arch, "d_in": spec.d_in, "d_sae": spec.d_sae, "dtype": "float32",
+        "device": "cpu", "apply_b_dec_to_input": spec.apply_b_dec_to_input and not fold, "normalize_activations": "none",
         "reshape_activations": "none", "metadata": meta,
     }
     if spec.architecture == "topk":
@@ -82,7 +89,7 @@ def save_sae(sae: SAE, folder: str | Path, metadata: dict[str, Any] | None = Non
     if spec.is_transcoder or spec.skip:
         cfg["d_out"] = spec.out_dim
     cfg["mistudio"] = {"architecture": spec.architecture, "k": spec.k, "trained_as": spec.architecture, **(extra or {})}
-    write_safetensors(state_for_saving(sae), folder / WEIGHTS)
+    write_safetensors(state, folder / WEIGHTS)
     if sparsity is not None:
         write_safetensors({"sparsity": sparsity.detach().float().cpu().contiguous()}, folder / SPARSITY)
     (folder / CFG).write_text(json.dumps(cfg, indent=2))

@@ -58,7 +58,7 @@ class JumpReLUSAE(SAE):
         return self.loaded_threshold if self.loaded_threshold is not None else self.jump_threshold.clamp_min(0.0)
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
-        return pre * (pre > self.threshold)
+        return pre.clamp_min(0) * (pre > self.threshold)      # as SAELens: ReLU(pre) where pre > threshold
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
         pre = self.pre_acts(x)
