@@ -357,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_steer import register as register_steer
 
     register_steer(sub, cmd)
+    from .cli_share import register as register_share
+
+    register_share(sub, cmd)
     saes = sub.add_parser("saes", help="the SAE library").add_subparsers(dest="sub", required=True)
     cmd(saes, "list", cmd_saes_list, "list SAEs with their final metrics")
     cmd(sub, "list", cmd_list("all"), "list everything in the workspace")

@@ -96,6 +96,10 @@ class Artifact:
                 "created": self.created, "updated": self.updated, "meta": self.meta}
 
 
+def _now() -> float:
+    return time.time()
+
+
 def default_root() -> Path:
     return Path(os.environ.get(ENV_HOME) or Path.cwd() / DEFAULT_DIRNAME)
 
@@ -352,12 +356,13 @@ class Workspace:
 
     # -- feature labels (every label is kept: the newest one of a feature is its label) -----------
     def add_label(self, sae: str, feature: int, label: str, *, method: str = "manual", model: str | None = None,
-                  template: str | None = None, score: float | None = None, meta: dict[str, Any] | None = None) -> int:
+                  template: str | None = None, score: float | None = None, meta: dict[str, Any] | None = None,
+                  time: float | None = None) -> int:
         sae_id = self.get(sae, "sae").id
         with self._db() as con:
             cur = con.execute("INSERT INTO labels (sae, feature, label, method, model, template, score, time, meta) "
                               "VALUES (?,?,?,?,?,?,?,?,?)", (sae_id, int(feature), str(label), method, model, template,
-                                                             score, time.time(), json.dumps(meta or {})))
+                                                             score, time or _now(), json.dumps(meta or {})))
             return int(cur.lastrowid)
 
     def labels(self, sae: str, feature: int | None = None, *, history: bool = False) -> list[dict[str, Any]]:

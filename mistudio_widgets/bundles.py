@@ -1,0 +1,191 @@
+"""Workshop bundles: pack chosen workspace artifacts into one file and unpack them into another
+workspace, so a class can start at any tutorial without waiting for training.
+
+An SAE brings its newest finished extraction and its labels; a tokenization brings its dataset. The
+models they refer to are not packed (they are large and usually the embedded default): unpacking maps
+each to the target workspace's model of the same name or upstream id, adding the embedded default
+when that is the one needed. Unpacking is all or nothing per artifact, never overwrites, and refuses
+archive members outside the bundle's own folders."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import MistudioError
+from .features import latest_extraction
+from .importing import match_model
+from .progress import ProgressCallback, emit
+from .workspace import Artifact, Workspace, disk_error
+
+FORMAT, VERSION, MANIFEST = "mistudio-bundle", 1, "manifest.json"
+PACKABLE = ("dataset", "tokenization", "sae", "extraction", "steering_preset")
+
+
+class BundleError(MistudioError):
+    pass
+
+
+def _closure(ws: Workspace, refs: list[str]) -> list[Artifact]:
+    """The artifacts to pack, parents before children."""
+    chosen: dict[str, Artifact] = {}
+
+    def add(art: Artifact) -> None:
+        if art.id in chosen:
+            return
+        if art.kind not in PACKABLE:
+            raise BundleError(f"{art.name!r} is a {art.kind}; bundles hold {', '.join(PACKABLE)}.",
+                              "pack the SAE, extraction or dataset made from it instead.")
+        if art.kind == "tokenization" and art.parent:
+            add(ws.get(art.parent))
+        if art.kind == "extraction":
+            add(ws.get(art.parent, "sae"))
+        chosen[art.id] = art
+        if art.kind == "sae":
+            ext = latest_extraction(ws, art)
+            if ext is not None:
+                chosen[ext.id] = ext
+
+    for ref in refs:
+        art = ws.find(ref, "sae") or ws.get(ref)
+        add(art)
+    return list(chosen.values())
+
+
+def pack(ws: Workspace, refs: list[str], out: str | Path, *, progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Write the bundle file ``out`` (a .tar.gz) holding ``refs`` and what they need."""
+    if not refs:
+        raise BundleError("Nothing to pack.", "name at least one SAE, extraction or dataset.")
+    arts = _closure(ws, refs)
+    out = Path(out).expanduser()
+    if out.exists():
+        raise BundleError(f"{out} already exists.", "choose a new file name (nothing was overwritten).")
+    models: dict[str, Any] = {}
+    for a in arts:
+        mid = a.meta.get("model")
+        m = ws.find(mid, "model") if isinstance(mid, str) else None
+        if m is not None:
+            prov = m.meta.get("provenance") or {}
+            models[m.id] = {"name": m.name, "upstream": prov.get("upstream") or prov.get("hub_id"), "kind": prov.get("kind")}
+    manifest = {"format": FORMAT, "version": VERSION, "created": time.time(), "source_workspace": str(ws.root),
+                "artifacts": [{"id": a.id, "kind": a.kind, "name": a.name, "parent": a.parent, "meta": a.meta,
+                               "folder": bool(a.path and a.path.is_dir())} for a in arts],
+                "labels": {a.id: ws.labels(a.id, history=True) for a in arts if a.kind == "sae"},
+                "models": models}
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+            data = json.dumps(manifest, indent=1, default=str).encode()
+            info = tarfile.TarInfo(MANIFEST)
+            info.size, info.mtime = len(data), int(time.time())
+            import io
+
+            tar.addfile(info, io.BytesIO(data))
+            for i, a in enumerate(arts):
+                if a.path and a.path.is_dir():
+                    tar.add(a.path, arcname=f"artifacts/{a.id}")
+                emit(progress, "pack", i + 1, len(arts), unit="artifact", finished=i + 1 == len(arts))
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(exc, f"the bundle {out}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"path": str(out), "bytes": out.stat().st_size,
+            "artifacts": [{"id": a.id, "kind": a.kind, "name": a.name} for a in arts],
+            "labels": sum(len(v) for v in manifest["labels"].values())}
+
+
+def _read_manifest(tar: tarfile.TarFile, path: Path) -> dict[str, Any]:
+    try:
+        f = tar.extractfile(MANIFEST)
+        manifest = json.loads(f.read()) if f else None
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path} is not a mistudio bundle (no readable {MANIFEST}).", "pack it with `mistudio bundle pack`.") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path} is not a mistudio bundle.", "pack it with `mistudio bundle pack`.")
+    if int(manifest.get("version", 0)) > VERSION:
+        raise BundleError(f"{path} was packed by a newer mistudio (bundle version {manifest['version']}).",
+                          "upgrade mistudio-widgets.")
+    return manifest
+
+
+def _map_model(ws: Workspace, info: dict[str, Any], progress: ProgressCallback | None) -> str | None:
+    art = match_model(ws, info.get("name")) or match_model(ws, info.get("upstream"))
+    if art is None and info.get("kind") == "embedded":
+        from .models import resolve_model
+
+        art = resolve_model(ws, "default", progress=progress)
+    return art.id if art is not None else None
+
+
+def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Add a bundle's artifacts (and labels) to ``ws``. Artifacts already present (same id) are kept
+    as they are; names taken by other artifacts get a suffix."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BundleError(f"{path} does not exist.", "give the path of a .tar.gz made by `mistudio bundle pack`.")
+    try:
+        tar = tarfile.open(path, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{path} is not a readable bundle ({exc}).", "copy the file again; it may be truncated.") from exc
+    added, kept = [], []
+    with tar:
+        manifest = _read_manifest(tar, path)
+        ids = {a["id"] for a in manifest["artifacts"]}
+        members = tar.getmembers()
+        for m in members:
+            parts = Path(m.name).parts
+            if m.name != MANIFEST and not (len(parts) >= 2 and parts[0] == "artifacts" and parts[1] in ids and ".." not in parts):
+                raise BundleError(f"{path} holds an unexpected member {m.name!r}.", "only unpack bundles you trust; this one was refused.")
+            if m.issym() or m.islnk() or m.isdev():
+                raise BundleError(f"{path} holds a link or device {m.name!r}.", "this bundle was refused.")
+        model_map = {mid: _map_model(ws, info, progress) for mid, info in (manifest.get("models") or {}).items()}
+        for i, a in enumerate(manifest["artifacts"]):
+            if ws.find(a["id"]) is not None:
+                kept.append(a["id"])
+                continue
+            meta = dict(a["meta"])
+            if meta.get("model") in model_map:
+                meta["model"] = model_map[meta["model"]]
+            parent = a["parent"] if a["parent"] and ws.find(a["parent"]) is not None else None
+            name = ws.unique_name(a["kind"], a["name"])
+            rel = f"{a['kind']}s/{a['id']}" if a["folder"] else None
+            if a["folder"]:
+                tmp = ws.root / ".tmp" / f"unpack-{a['id']}.{os.getpid()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                try:
+                    tmp.mkdir(parents=True)
+                    prefix = f"artifacts/{a['id']}"
+                    mine = [m for m in members if m.name == prefix or m.name.startswith(prefix + "/")]
+                    tar.extractall(tmp, members=mine, filter="data")
+                    (ws.root / f"{a['kind']}s").mkdir(exist_ok=True)
+                    os.replace(tmp / prefix, ws.root / rel)
+                    shutil.rmtree(tmp, ignore_errors=True)
+                except OSError as exc:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise disk_error(exc, f"the {a['kind']} {a['name']!r}") from exc
+            try:
+                ws.register(a["kind"], name, meta=meta, parent=parent, id=a["id"], relpath=rel)
+            except BaseException:
+                if rel:
+                    shutil.rmtree(ws.root / rel, ignore_errors=True)
+                raise
+            added.append({"id": a["id"], "kind": a["kind"], "name": name})
+            emit(progress, "unpack", i + 1, len(manifest["artifacts"]), unit="artifact")
+        n_labels = 0
+        for sae_id, rows in (manifest.get("labels") or {}).items():
+            if sae_id in kept:
+                continue
+            for r in rows:
+                ws.add_label(sae_id, r["feature"], r["label"], method=r["method"], model=r["model"], template=r["template"],
+                             score=r["score"], meta=r.get("meta"), time=r.get("time"))
+                n_labels += 1
+    return {"path": str(path), "added": added, "already_present": kept, "labels": n_labels,
+            "models": {k: v for k, v in model_map.items()}}

@@ -1,0 +1,109 @@
+"""Export an SAE from the workspace: a SAELens folder (``cfg.json`` with the v6 fields and
+``metadata``, ``sae_weights.safetensors``, ``sparsity.safetensors`` from the latest extraction, a
+``pretrained_saes.yaml`` entry) and Neuronpedia dashboard data (see ``neuronpedia``).
+
+Exports are written to a temporary folder beside the target and renamed into place when complete,
+so an interrupted export leaves no half-written folder; an existing non-empty folder is refused
+rather than overwritten."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from .errors import MistudioError
+from .features import latest_extraction
+from .sae.io import CFG, SPARSITY, WEIGHTS, load_sae, save_sae
+from .workspace import Artifact, Workspace, disk_error
+
+
+class ExportError(MistudioError):
+    """An export cannot be written as asked."""
+
+
+@contextmanager
+def fresh_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``out`` when the block succeeds."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise ExportError(f"{out} already exists and is not empty.", "choose a new folder, or pass overwrite=True (CLI: --overwrite).")
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_error(exc, f"the export to {out}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def model_hub_id(ws: Workspace, sae: Artifact) -> str | None:
+    """The hub id of the model an SAE reads (``HuggingFaceTB/SmolLM2-135M-Instruct`` for the embedded default)."""
+    ref = sae.meta.get("model")
+    art = ws.find(ref, "model") if ref else None
+    if art is None:
+        return sae.meta.get("model_name")
+    prov = art.meta.get("provenance") or {}
+    return prov.get("upstream") or prov.get("hub_id") or art.name
+
+
+def default_neuronpedia_ids(ws: Workspace, sae: Artifact) -> tuple[str, str]:
+    """(model id, source id) in Neuronpedia's style: ``smollm2-135m-instruct`` and ``15-mistudio-res-4608``."""
+    model = (model_hub_id(ws, sae) or "model").split("/")[-1].lower()
+    hook = sae.meta.get("hook") or ""
+    layer = hook.split(".")[1] if hook.startswith("blocks.") else "0"
+    site = {"hook_resid_post": "res", "hook_resid_pre": "res-pre", "hook_resid_mid": "res-mid", "hook_mlp_out": "mlp",
+            "hook_attn_out": "att", "ln2.hook_normalized": "mlp-in"}.get(hook.split(".", 2)[-1], "res")
+    if sae.meta.get("hook_out"):
+        site = "tc"
+    return model, f"{layer}-mistudio-{site}-{sae.meta.get('d_sae')}"
+
+
+def export_saelens(ws: Workspace, sae: str, out: str | Path, *, repo_id: str | None = None,
+                   path_in_repo: str | None = None, release: str | None = None, neuronpedia_id: str | None = None,
+                   overwrite: bool = False) -> dict[str, Any]:
+    """Write ``sae`` as a SAELens folder at ``out`` (plus ``pretrained_saes.yaml`` beside the weights).
+    Returns the paths written and the yaml entry."""
+    art = ws.get(sae, "sae")
+    model, cfg = load_sae(art.path)
+    ext = latest_extraction(ws, art)
+    np_model, np_source = default_neuronpedia_ids(ws, art)
+    meta = {"model_name": model_hub_id(ws, art) or cfg.get("metadata", {}).get("model_name"),
+            "hook_name": art.meta.get("hook"), "neuronpedia_id": neuronpedia_id or f"{np_model}/{np_source}"}
+    if art.meta.get("hook_out"):
+        meta["hook_name_out"] = art.meta["hook_out"]
+    sae_path = path_in_repo or art.meta.get("hook") or art.name
+    release = release or f"{art.name}-mistudio"
+    entry = {release: {"repo_id": repo_id or f"YOUR-HF-USER/{art.name}", "model": meta["model_name"], "conversion_func": None,
+                       "saes": [{"id": art.meta.get("hook") or art.name, "path": sae_path,
+                                 "neuronpedia": meta["neuronpedia_id"],
+                                 **({"l0": round(float(art.meta["metrics"]["l0"]), 2)}
+                                    if (art.meta.get("metrics") or {}).get("l0") is not None else {})}]}}
+    with fresh_folder(out, overwrite=overwrite) as tmp:
+        save_sae(model, tmp, metadata=meta, extra={**(cfg.get("mistudio") or {}), "exported_from": art.id})
+        if ext is not None and (ext.path / SPARSITY).is_file():
+            shutil.copy2(ext.path / SPARSITY, tmp / SPARSITY)
+        elif (art.path / SPARSITY).is_file():
+            shutil.copy2(art.path / SPARSITY, tmp / SPARSITY)
+        (tmp / "pretrained_saes.yaml").write_text(
+            "# Add this release to SAELens's pretrained_saes.yaml (or your own) once the folder is on the hub.\n"
+            + yaml.safe_dump(entry, sort_keys=False))
+    out = Path(out).expanduser().resolve()
+    files = sorted(p.name for p in out.iterdir())
+    return {"sae": art.id, "format": "saelens", "path": str(out), "files": files, "pretrained_saes": entry,
+            "sparsity": SPARSITY in files, "cfg": json.loads((out / CFG).read_text())}
+
+
+__all__ = ["ExportError", "export_saelens", "fresh_folder", "model_hub_id", "default_neuronpedia_ids", "WEIGHTS"]
