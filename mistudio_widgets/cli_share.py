@@ -13,7 +13,7 @@ def cmd_export(ws: Workspace, a: argparse.Namespace, out) -> None:
         from .exporting import export_saelens
 
         r = export_saelens(ws, a.sae, a.out, repo_id=a.repo, neuronpedia_id=a.neuronpedia_id, overwrite=a.overwrite)
-        out.summary(r, f"SAELens folder {r['path']}: {', '.join(r['files'])}")
+        out.summary(r, f"SAELens folder {r['path']}: {', '.join(r['files'])}" + "".join(f"\nwarning: {w}" for w in r["warnings"]))
     else:
         from .neuronpedia import export_neuronpedia
 

@@ -18,7 +18,7 @@ import yaml
 
 from .errors import MistudioError
 from .features import latest_extraction
-from .sae.io import CFG, SPARSITY, WEIGHTS, load_sae, save_sae
+from .sae.io import CFG, SAELENS_TRANSCODERS, SPARSITY, WEIGHTS, load_sae, save_sae
 from .workspace import Artifact, Workspace, disk_error
 
 
@@ -102,8 +102,12 @@ def export_saelens(ws: Workspace, sae: str, out: str | Path, *, repo_id: str | N
             + yaml.safe_dump(entry, sort_keys=False))
     out = Path(out).expanduser().resolve()
     files = sorted(p.name for p in out.iterdir())
+    cfg_out = json.loads((out / CFG).read_text())
+    warnings = []
+    if "transcoder" in cfg_out["architecture"] and cfg_out["architecture"] not in SAELENS_TRANSCODERS:
+        warnings.append(f"SAELens 6 has no {cfg_out['architecture']} architecture: mistudio loads this folder, SAELens does not.")
     return {"sae": art.id, "format": "saelens", "path": str(out), "files": files, "pretrained_saes": entry,
-            "sparsity": SPARSITY in files, "cfg": json.loads((out / CFG).read_text())}
+            "sparsity": SPARSITY in files, "cfg": cfg_out, "warnings": warnings}
 
 
 __all__ = ["ExportError", "export_saelens", "fresh_folder", "model_hub_id", "default_neuronpedia_ids", "WEIGHTS"]

@@ -44,7 +44,10 @@ def test_saelens_round_trip(tmp_path, arch, variant):
     assert cfg["architecture"] == expected_arch
     loaded, _ = load_sae(tmp_path)
     with torch.no_grad():
-        assert torch.equal(loaded.encode(x), sae.encode(x))
+        if variant == "skip" and arch != "topk":     # saved with b_dec folded into b_enc for SAELens: rounding only
+            torch.testing.assert_close(loaded.encode(x), sae.encode(x), rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(loaded.encode(x), sae.encode(x))
         assert torch.allclose(loaded(x), sae(x), atol=1e-6)
     assert loaded(x).shape == (50, 16 if variant == "transcoder" else 24)
 

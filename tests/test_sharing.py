@@ -208,3 +208,25 @@ def test_cli_export_import_and_bundle(default_ws, small_sae, extraction, tmp_pat
     rc, lines = _cli(default_ws, "import", "hf://google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71",
                      env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")})
     assert rc == 2 and lines[-1]["type"] == "HubError" and "HF_HUB_OFFLINE" in lines[-1]["error"]
+
+
+def test_library_widget_imports_exports_and_compares(default_ws, small_sae, extraction, tmp_path):
+    from mistudio_widgets.widgets import SAELibrary
+
+    lib = SAELibrary(default_ws)
+    export_saelens(default_ws, small_sae, tmp_path / "folder")
+    name = default_ws.unique_name("sae", "lib-imported")
+    msg = lib.import_sae(str(tmp_path / "folder"), name=name)
+    assert msg.startswith(f"Imported {name}: saelens topk SAE at blocks.6.hook_resid_post") and not lib.error
+    row = next(r for r in lib.saes if r["name"] == name)
+    assert row["source"] == "imported" and row["format"] == "saelens"
+    r = lib.export(small_sae, "neuronpedia", str(tmp_path / "np"))
+    assert r["features"] == default_ws.get(small_sae).meta["d_sae"] and "for Neuronpedia" in lib.message
+    c = lib.compare(small_sae, row["id"])
+    assert c["summary"]["mean_matched_cosine"] == pytest.approx(1.0, abs=1e-5) and c["pairs"][0]["a"] == c["pairs"][0]["b"]
+    assert "matches feature" in lib.message
+    from mistudio_widgets.sae.io import SAEFormatError
+
+    with pytest.raises(SAEFormatError):                 # the notebook call raises, and the widget shows it
+        lib.import_sae(str(tmp_path / "nowhere"))
+    assert "does not exist" in lib.error["problem"] and lib.status == "idle"

@@ -17,6 +17,8 @@ from . import CLASSES, SAE, SAESpec
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 SAE_LENS_VERSION = "6.0.0"
+# the transcoder architectures SAELens 6 can load (it has no top-k transcoders)
+SAELENS_TRANSCODERS = ("transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder")
 METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "model_class_name", "hook_layer", "prepend_bos",
                  "exclude_special_tokens", "neuronpedia_id", "context_size", "seqpos_slice", "dataset_path",
                  "model_from_pretrained_kwargs", "sae_lens_version", "sae_lens_training_version")
@@ -76,7 +78,7 @@ def save_sae(sae: SAE, folder: str | Path, metadata: dict[str, Any] | None = Non
     state = state_for_saving(sae)
     # SAELens transcoders never subtract b_dec from the input; a skip SAE that does is saved with
     # b_dec folded into b_enc ((x - b_dec) W_enc + b_enc = x W_enc + (b_enc - b_dec W_enc)): same outputs.
-    fold = "transcoder" in arch and spec.apply_b_dec_to_input
+    fold = arch in SAELENS_TRANSCODERS and spec.apply_b_dec_to_input
     if fold:
         state["b_enc"] = (state["b_enc"].double() - state["b_dec"].double() @ state["W_enc"].double()).float()
     cfg: dict[str, Any] = {
