@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Any, Callable
 
 from .configs import DEFAULT, CaptureConfig, DatasetConfig, ModelConfig, TokenizeConfig
@@ -155,36 +154,10 @@ def cmd_capture(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_demo(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
-    """The main job on the embedded defaults (grows with each capability)."""
-    from .datasets import ensure_tokenization, resolve_dataset
-    from .models import model_info, resolve_model
+    """The whole main job on the embedded defaults (see ``demo``)."""
+    from .demo import run_demo
 
-    t0 = time.perf_counter()
-    model = resolve_model(ws, DEFAULT, progress=out.progress)
-    info = model_info(ws, model)
-    out.line({"step": "model", **_artifact_line(model), "info": info},
-             f"model   {model.name}: {info['family']}, {info['layers']} layers, d_model {info['d_model']}, {info['parameters']:,} parameters")
-    ds = resolve_dataset(ws, DEFAULT, progress=out.progress)
-    out.line({"step": "dataset", **_artifact_line(ds), "stats": ds.meta["stats"]},
-             f"dataset {ds.name}: {ds.meta['stats']['documents']} documents ({ds.meta.get('licence', '')}, {ds.meta['provenance']['source']})")
-    tok = ensure_tokenization(ws, ds, model, TokenizeConfig(context_size=a.context_size), progress=out.progress)
-    st = tok.meta["stats"]
-    out.line({"step": "tokenize", **_artifact_line(tok), "stats": st},
-             f"tokens  {tok.name}: {st['tokens']:,} tokens in {st['sequences']:,} sequences")
-    a.model, a.dataset = model.id, tok.id
-    cmd_capture(ws, a, out)
-    from .configs import TrainConfig
-    from .training import train
-
-    cfg = TrainConfig(hook=a.hook, steps=a.train_steps, batch_tokens=1024, expansion_factor=4, k=32, lr=2e-3, eval_every=0,
-                      log_every=10, chunk_sequences=256, eval_sequences=8, name=ws.unique_name("run", "demo-topk"))
-    res = train(ws, cfg, progress=out.progress)
-    m = res.metrics
-    out.line({"step": "train", "run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "metrics": m},
-             f"sae     {res.sae_id} ({res.path}): top-k k=32, d_sae {4 * 576}, {m['tokens']:,} tokens; explained variance "
-             f"{m['explained_variance']:.3f}, L0 {m['l0']:.0f}, dead {m['dead_fraction']:.1%}, CE recovered {m['ce_recovered']:.3f}")
-    out.line({"step": "done", "seconds": time.perf_counter() - t0, "workspace": str(ws.root)},
-             f"done in {time.perf_counter() - t0:.1f}s; workspace {ws.root}")
+    run_demo(ws, a, out, cmd_capture)
 
 
 def _train_configs(a: argparse.Namespace):
@@ -320,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", nargs="?", default=DEFAULT)
 
     for name, help in (("capture", "capture activations at a hook and print their statistics"),
-                       ("demo", "run the main job on the embedded defaults: model, corpus, tokens, activations, a trained SAE")):
+                       ("demo", "the main job on the embedded defaults: train an SAE, extract, find, label and steer a feature, export")):
         sp = cmd(sub, name, cmd_capture if name == "capture" else cmd_demo, help)
         if name == "capture":
             sp.add_argument("--model", default=DEFAULT)
@@ -331,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--context-size", type=int, default=128)
         if name == "demo":
             sp.add_argument("--train-steps", type=int, default=40, help="steps of the demo SAE (1,024 tokens each)")
+            sp.add_argument("--extract-tokens", type=int, default=16384, help="tokens of the feature extraction")
+            sp.add_argument("--steer-tokens", type=int, default=30, help="tokens generated with and without steering")
 
     sp = cmd(sub, "train", cmd_train, "train an SAE (settings from --config and flags; TrainConfig fields)")
     sp.add_argument("--config", default=None, help="YAML or JSON file of TrainConfig settings")

@@ -303,3 +303,38 @@ def test_steering_pane_in_lab(page, lab, default_ws, extracted_sae):
     saved = default_ws.find(preset, "steering_preset")
     assert saved is not None and saved.meta["config"]["features"] == [[3, 300.0]]
     assert saved.meta["config"]["max_tokens"] == 4
+
+
+def test_sae_library_imports_exports_and_compares_in_lab(page, lab, default_ws, extracted_sae):
+    from mistudio_widgets.exporting import export_saelens
+
+    folder = lab["root"] / f"shared-{uuid.uuid4().hex[:6]}"
+    export_saelens(default_ws, extracted_sae, folder)
+    name = f"lab-import-{uuid.uuid4().hex[:6]}"
+    open_and_run(page, lab, "library.ipynb", [SETUP, "from mistudio_widgets.widgets import SAELibrary\nSAELibrary(ws)"])
+    lib = page.get_by_test_id("sae-library")
+    expect(lib.locator("tbody tr").first).to_be_visible()
+    # import a SAELens folder from the page
+    lib.get_by_test_id("lib-import-source").fill(str(folder))
+    lib.get_by_test_id("lib-import-name").fill(name)
+    lib.get_by_test_id("lib-import").click()
+    expect(lib.get_by_test_id("message")).to_contain_text(f"Imported {name}: saelens")
+    expect(lib.locator(f'tr[data-name="{name}"]')).to_contain_text("imported (saelens)")
+    imported = default_ws.get(name, "sae").id
+    # export the extracted SAE for Neuronpedia
+    out = lab["root"] / f"np-{uuid.uuid4().hex[:6]}"
+    lib.get_by_test_id("lib-export-sae").select_option(extracted_sae)
+    lib.get_by_test_id("lib-export-format").select_option("neuronpedia")
+    lib.get_by_test_id("lib-export-out").fill(str(out))
+    lib.get_by_test_id("lib-export").click()
+    expect(lib.get_by_test_id("lib-exported")).to_contain_text(str(out))
+    assert json.loads((out / "manifest.json").read_text())["features"] == default_ws.get(extracted_sae).meta["d_sae"]
+    # compare the SAE with its imported copy: every feature matches itself
+    lib.get_by_test_id("lib-compare-a").select_option(extracted_sae)
+    lib.get_by_test_id("lib-compare-b").select_option(imported)
+    lib.get_by_test_id("lib-compare").click()
+    expect(lib.get_by_test_id("lib-comparison-sentence")).to_contain_text(re.compile(r"matches feature (\d+) of .* at 1\.00"))
+    expect(lib.get_by_test_id("lib-comparison")).to_contain_text("mean cosine")
+    expect(lib.get_by_test_id("lib-comparison").locator("svg.histogram rect.binbar").first).to_be_attached()
+    if os.environ.get("MISTUDIO_SCREENSHOTS"):
+        lib.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/sae_library.png")
