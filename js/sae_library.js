@@ -25,8 +25,8 @@ function render({ model, el }) {
   busyDisables(model, importBtn, exBtn, cmpBtn);
   root.append(
     h("section", {}, h("h4", { text: "SAE library" }),
-      h("table", {}, h("thead", {}, h("tr", {}, ["Name", "Architecture", "Hook", "Latents", "EV", "L0", "Dead", "CE recovered", "Tokens", "Source", ""]
-        .map((t) => h("th", { text: t })))), body)),
+      h("div", { class: "table-scroll" }, h("table", {}, h("thead", {}, h("tr", {}, ["Name", "Architecture", "Hook", "Latents", "EV", "L0", "Dead",
+        "CE recovered", "Tokens", "Source", ""].map((t) => h("th", { text: t })))), body))),
     h("section", {}, h("h4", { text: "Import an SAE" }), h("div", { class: "row wrap" }, src, hook, iname, importBtn)),
     h("section", {}, h("h4", { text: "Export" }), h("div", { class: "row wrap" }, exSae, exFmt, exOut, exBtn), exDone),
     h("section", {}, h("h4", { text: "Compare two SAEs" }), h("div", { class: "row wrap" }, cmpA, h("span", { text: "vs" }), cmpB, cmpBtn), cmpOut),
@@ -54,7 +54,7 @@ function render({ model, el }) {
         h("td", { text: fmtInt(s.d_sae) }), h("td", { text: fmtNum(s.explained_variance, 3) }), h("td", { text: fmtNum(s.l0, 1) }),
         h("td", { text: pct(s.dead_fraction) }), h("td", { text: fmtNum(s.ce_recovered, 3) }), h("td", { text: fmtInt(s.tokens) }),
         h("td", { text: s.source === "imported" ? `imported (${s.format})` : s.source }),
-        h("td", {}, h("span", { class: "row" }, feats, steer, exp, rename, del))));
+        h("td", { class: "actions" }, h("span", { class: "row" }, feats, steer, exp, rename, del))));
     }
     if (!saes.length) body.append(h("tr", {}, h("td", { colspan: 11, class: "muted", text: "No SAEs yet: train one in the Training tab, or import one below." })));
     fillSelect(exSae, saes, saes.length - 1);
@@ -77,7 +77,7 @@ function render({ model, el }) {
       histogram(c.histogram || [], Array.from({ length: 21 }, (_, i) => -1 + i * 0.1), { xlabel: "cosine of matched pairs", digits: 1 }),
       h("table", { "data-testid": "lib-comparison-pairs" }, h("tr", {}, [s.name_a, s.name_b, "cosine", "labels"].map((t) => h("th", { text: t }))),
         ...(c.pairs || []).slice(0, 20).map((p) => h("tr", {}, h("td", { text: String(p.a) }), h("td", { text: String(p.b) }),
-          h("td", { text: fmtNum(p.cosine, 3) }), h("td", { text: [p.label_a, p.label_b].filter(Boolean).join(" | ") }))))));
+          h("td", { text: fmtNum(p.cosine, 3) }), h("td", { text: [p.label_a, p.label_b].filter(Boolean).join(" | ") })))));
   };
   model.on("change:saes", draw);
   model.on("change:exported", drawExported);
