@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export MISTUDIO_HOME ?= $(CURDIR)/mistudio-workspace
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser-deps demo test lab bench clean
+.PHONY: setup browser-deps demo test lab dashboard bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +38,10 @@ test: setup browser-deps
 ## make lab: JupyterLab on the tutorial notebooks
 lab: setup
 	cd notebooks && ../$(VENV)/bin/jupyter lab
+
+## make dashboard: the Studio as a Voila dashboard (settings in jupyter-config/)
+dashboard: setup
+	JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter-config $(VENV)/bin/voila dashboards/studio.ipynb
 
 ## make bench: the benchmarks (ratios against a baseline measured in the same run)
 bench: setup browser-deps

@@ -70,6 +70,7 @@ def test_model_picker_and_system_monitor_in_lab(page, lab):
         SETUP, "from mistudio_widgets.widgets import ModelPicker, SystemMonitor\nmp = ModelPicker(ws)\nmp",
         "sm = SystemMonitor(ws, interval=0.5)\nsm"])
     mp = page.get_by_test_id("model-picker")
+    mp.get_by_test_id("model-list").locator('tr[data-name="SmolLM2-135M-Instruct"]').click()   # other tests add models
     expect(mp.get_by_test_id("model-arch")).to_contain_text("llama")
     expect(mp.get_by_test_id("model-memory")).to_contain_text("GiB")
     mp.get_by_test_id("model-quant").select_option("4bit")
@@ -89,10 +90,13 @@ def test_model_picker_and_system_monitor_in_lab(page, lab):
 
 
 def test_studio_in_voila(page, default_ws, tmp_path, extracted_sae):
-    nb = write_notebook(tmp_path / "studio.ipynb", [SETUP, "from mistudio_widgets.widgets import Studio\nStudio(ws)"])
+    """The shipped dashboard (dashboards/studio.ipynb with the Voila settings of jupyter-config/)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
     port = free_port()
-    env = jupyter_env(tmp_path / ".jupyter", default_ws.root)
-    with server(voila_command(nb, port), env, f"http://127.0.0.1:{port}/", tmp_path / "voila.log"):
+    env = {**jupyter_env(tmp_path / ".jupyter", default_ws.root), "JUPYTER_CONFIG_PATH": str(repo / "jupyter-config")}
+    with server(voila_command(repo / "dashboards" / "studio.ipynb", port), env, f"http://127.0.0.1:{port}/", tmp_path / "voila.log"):
         page.goto(f"http://127.0.0.1:{port}/")
         picker = page.get_by_test_id("dataset-picker")
         expect(picker).to_be_visible()

@@ -51,6 +51,8 @@ class ModelPicker(EngineWidget):
 
     # -- actions ---------------------------------------------------------------------------
     def action_select(self, id: str) -> None:
+        if id != self.selected:
+            self.hook = ""            # another model: start from its middle residual stream
         self.selected = id
         self._show(id)
 
