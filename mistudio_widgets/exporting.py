@@ -8,7 +8,6 @@ rather than overwritten."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ import yaml
 from .errors import MistudioError
 from .features import latest_extraction
 from .sae.io import CFG, SAELENS_TRANSCODERS, SPARSITY, WEIGHTS, load_sae, save_sae
-from .workspace import Artifact, Workspace, disk_error
+from .workspace import Artifact, Workspace, atomic_folder
 
 
 class ExportError(MistudioError):
@@ -28,25 +27,13 @@ class ExportError(MistudioError):
 
 @contextmanager
 def fresh_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder that becomes ``out`` when the block succeeds."""
+    """Yield a temporary folder that becomes ``out`` when the block succeeds (see ``atomic_folder``);
+    a non-empty ``out`` is refused unless ``overwrite``."""
     out = Path(out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise ExportError(f"{out} already exists and is not empty.", "choose a new folder, or pass overwrite=True (CLI: --overwrite).")
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ExportError(f"{out} already exists and is not empty.", "choose a new folder, or pass overwrite=True (CLI: --overwrite).")
+    with atomic_folder(out) as tmp:
         yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_error(exc, f"the export to {out}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def model_hub_id(ws: Workspace, sae: Artifact) -> str | None:

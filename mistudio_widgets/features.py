@@ -426,7 +426,7 @@ def finalise(folder: Path, acc: Accumulator, sae: SAE, lm: LoadedModel, tokens: 
 def _write_examples(folder: Path, acc: Accumulator, tokens: np.ndarray, cfg: ExtractConfig, maxv: torch.Tensor) -> None:
     import pyarrow as pa
 
-    s, F, W = acc.s, acc.F, acc.W
+    s, W = acc.s, acc.W
     rng = np.random.default_rng(cfg.seed)
     parts: list[dict[str, np.ndarray]] = []
 

@@ -20,7 +20,7 @@ from . import distributed as dist
 from .activations import ActivationStream, harvest_shared
 from .configs import TrainConfig, from_dict, to_dict
 from .datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
-from .errors import ArtifactWriteError, MistudioError
+from .errors import MistudioError
 from .hooks import intervene, parse_hook
 from .jobs import JobCancelled, JobControl
 from .models import LoadedModel, load_model, resolve_model

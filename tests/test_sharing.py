@@ -60,7 +60,7 @@ def test_saelens_export_loads_in_saelens_with_sparsity_and_yaml(default_ws, smal
         export_saelens(default_ws, small_sae, tmp_path / "out")
     assert (tmp_path / "out" / "cfg.json").is_file()
     export_saelens(default_ws, small_sae, tmp_path / "out", overwrite=True)
-    assert not list(tmp_path.glob(".out.partial-*"))
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]                  # no temporary folders left behind
 
 
 def test_neuronpedia_export_matches_the_extraction(default_ws, small_sae, extraction, tmp_path):

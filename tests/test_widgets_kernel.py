@@ -119,8 +119,8 @@ def test_monitor_reattaches_from_the_catalog_and_library_manages_saes(default_ws
 def test_feature_browser_and_map_from_the_kernel(default_ws):
     import numpy as np
 
-    from mistudio_widgets.configs import ExtractConfig, TrainConfig
-    from mistudio_widgets.features import extract, feature_columns
+    from mistudio_widgets.configs import TrainConfig
+    from mistudio_widgets.features import feature_columns
     from mistudio_widgets.training import train
     from mistudio_widgets.widgets import FeatureBrowser, FeatureMap
 

@@ -11,7 +11,7 @@ import traitlets as t
 
 from .. import jobs
 from ..training import run_status, train
-from .base import EngineWidget, esm, on_kernel
+from .base import EngineWidget, esm
 
 CHARTS = [("loss", "train", "loss"), ("mse", "train", "MSE"), ("l0", "train", "L0"), ("dead_fraction", "train", "dead fraction"),
           ("explained_variance", "train", "explained variance"), ("ce_recovered", "eval", "CE recovered"),
