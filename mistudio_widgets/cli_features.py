@@ -88,10 +88,9 @@ def cmd_features_search(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 
 def cmd_features_label(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .features import check_feature_index
+    from .features import set_label
 
-    check_feature_index(ws, a.sae, a.index)
-    lid = ws.add_label(a.sae, a.index, a.label, method="manual")
+    lid = set_label(ws, a.sae, a.index, a.label)
     out.summary({"label_id": lid, "feature": a.index, "label": a.label}, f"feature {a.index}: {a.label}")
 
 

@@ -6,12 +6,79 @@ reads the same field names from flags or a YAML/JSON file.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from .errors import MistudioError
 
 DEFAULT = "default"
+
+
+class ConfigError(MistudioError):
+    """A setting has the wrong type or is out of range."""
+
+
+def _check_value(owner: str, name: str, v: Any, hint: Any, lo: Any, hi: Any) -> Any:
+    """``v`` checked against its type hint and range (integral floats become ints); returns the value to keep."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    where = f"{owner}.{name}"
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return v
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if v not in args:
+            raise ConfigError(f"{where} is {v!r}; it must be one of {', '.join(map(repr, args))}.", f"set {name} to one of those.")
+        return v
+    if hint is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where} must be true or false (got {v!r}).", f"set {name} to true or false.")
+        return v
+    if hint is int:
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{where} must be a whole number (got {v!r}).", f"set {name} to an integer.")
+    elif hint is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where} must be a number (got {v!r}).", f"set {name} to a number.")
+        v = float(v)
+        if not math.isfinite(v):
+            raise ConfigError(f"{where} must be a finite number (got {v!r}).", f"set {name} to a finite number.")
+    elif hint is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{where} must be text (got {v!r}).", f"set {name} to a string.")
+        return v
+    elif origin in (list, dict, tuple) or hint in (list, dict, tuple):
+        ok = (list, tuple) if (origin or hint) in (list, tuple) else dict
+        if not isinstance(v, ok):
+            raise ConfigError(f"{where} must be a {(origin or hint).__name__} (got {v!r}).", f"set {name} to a {(origin or hint).__name__}.")
+        return v
+    if lo is not None and v < lo:
+        raise ConfigError(f"{where} must be at least {lo} (got {v}).", f"set {name} to {lo} or more.")
+    if hi is not None and v > hi:
+        raise ConfigError(f"{where} must be at most {hi} (got {v}).", f"set {name} to {hi} or less.")
+    return v
+
+
+def check_fields(cfg: Any) -> None:
+    """Type and range checks of every field (from the type hints and the ``minimum``/``maximum``
+    metadata); run whenever a config is made, so widgets, notebooks and the CLI get the same errors."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        v = _check_value(type(cfg).__name__, f.name, getattr(cfg, f.name), hints[f.name], f.metadata.get("minimum"),
+                         f.metadata.get("maximum"))
+        object.__setattr__(cfg, f.name, v)
+
+
+def config(cls: type[T]) -> type[T]:
+    """``@dataclass`` whose instances check their fields when made (and when ``dataclasses.replace``d)."""
+    cls.__post_init__ = check_fields  # type: ignore[attr-defined]
+    return dataclass(cls)
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -45,7 +112,7 @@ def field_help(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-@dataclass
+@config
 class DatasetConfig:
     """Where a dataset's documents come from."""
 
@@ -60,7 +127,7 @@ class DatasetConfig:
     token: str | None = opt(None, "Hub token for gated datasets; never stored.")
 
 
-@dataclass
+@config
 class TokenizeConfig:
     """How documents become packed sequences of token ids."""
 
@@ -72,7 +139,7 @@ class TokenizeConfig:
     max_tokens: int | None = opt(None, "Stop after this many tokens (all when empty).")
 
 
-@dataclass
+@config
 class ModelConfig:
     """Which model to use and how to load it."""
 
@@ -86,7 +153,7 @@ class ModelConfig:
     token: str | None = opt(None, "Hub token for gated models; never stored.")
 
 
-@dataclass
+@config
 class CaptureConfig:
     """Which activations to capture and from how many tokens."""
 
@@ -97,7 +164,7 @@ class CaptureConfig:
     outlier_factor: float = opt(10.0, "Flag positions whose norm exceeds this multiple of their sequence's median (0 turns it off).")
 
 
-@dataclass
+@config
 class TrainConfig:
     """One SAE training run: data, architecture, optimisation, bookkeeping."""
 
@@ -147,7 +214,7 @@ class TrainConfig:
     name: str | None = opt(None, "Name of the run and its SAE (derived when empty).")
 
 
-@dataclass
+@config
 class ExtractConfig:
     """Feature extraction: run N tokens through the model and an SAE and keep, per feature, statistics,
     top and quantile-sampled examples, logit lens and neighbours (memory stays bounded whatever N is)."""
@@ -180,7 +247,7 @@ DETECT_TEMPLATE = (
     "Is this feature active anywhere in the text? Answer yes or no.")
 
 
-@dataclass
+@config
 class LabelConfig:
     """Automatic labelling: an explainer model reads a feature's top examples and names it; a scorer
     model then judges held-out texts with the label (detection), giving a balanced accuracy."""
@@ -201,7 +268,7 @@ class LabelConfig:
     seed: int = opt(0, "Seed for choosing held-out texts.")
 
 
-@dataclass
+@config
 class SteerConfig:
     """Steered against unsteered generation: which features, how strongly, how, and the sampling
     settings both generations share."""

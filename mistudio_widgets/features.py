@@ -506,6 +506,20 @@ def check_feature_index(ws: Workspace, sae: str | Artifact, index: int) -> int:
     return int(index)
 
 
+MAX_LABEL_CHARS = 2000
+
+
+def set_label(ws: Workspace, sae: str | Artifact, index: int, label: str, *, method: str = "manual", **kw: Any) -> int:
+    """Add a label to a feature (kept with its history). The label is stored as given (markup is data)."""
+    label = str(label).strip()
+    if not label:
+        raise FeatureError("The label is empty.", "type a few words that describe the feature.")
+    if len(label) > MAX_LABEL_CHARS:
+        raise FeatureError(f"The label is {len(label):,} characters long.", f"keep it under {MAX_LABEL_CHARS:,} characters.")
+    index = check_feature_index(ws, sae, index)
+    return ws.add_label(ws.get(sae, "sae").id, index, label, method=method, **kw)
+
+
 def latest_extraction(ws: Workspace, sae: str | Artifact) -> Artifact | None:
     done = [a for a in ws.list(KIND, parent=ws.get(sae, "sae").id) if a.meta.get("status") == "done"]
     return done[-1] if done else None

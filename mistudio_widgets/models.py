@@ -160,6 +160,9 @@ def add_model(ws: Workspace, cfg: ModelConfig | None = None, *, progress: Progre
         except ValueError as exc:
             raise ModelError(f"Could not read the model config in {path}: {exc}",
                              "if the model needs its own code and you trust it, set trust_remote_code=True.") from exc
+        if not any(next(path.glob(pat), None) for pat in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")):
+            raise ModelError(f"{path} has a config.json but no weights (*.safetensors or *.bin).",
+                             "save the model with save_pretrained, or copy its weight files into the folder.")
         provenance = {"kind": "local", "path": str(path.resolve())}
         meta = {"provenance": provenance, "location": str(path.resolve()), "settings": settings}
     else:

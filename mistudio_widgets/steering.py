@@ -48,8 +48,11 @@ def parse_features(spec) -> list[tuple[int, float]]:
                 it = (int(idx), float(st) if st else 1.0)
             except ValueError:
                 raise SteeringError(f"{it!r} is not a feature: write INDEX or INDEX:STRENGTH.", "e.g. --feature 123:40") from None
-        i, s = it
-        out.append((int(i), float(s)))
+        try:
+            i, s = it
+            out.append((int(i), float(s)))
+        except (TypeError, ValueError):
+            raise SteeringError(f"{it!r} is not a feature and strength.", "give [[index, strength], ...], e.g. [[123, 40.0]].") from None
     return out
 
 

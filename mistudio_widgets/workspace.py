@@ -194,8 +194,13 @@ class Workspace:
 
     def _row(self, row: tuple) -> Artifact:
         id_, kind, name, path, parent, created, updated, meta = row
-        return Artifact(id_, kind, name, (self.root / path) if path else None, parent, created, updated,
-                        json.loads(meta or "{}"))
+        try:
+            data = json.loads(meta or "{}")
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise WorkspaceError(f"The catalog row of the {kind} {name!r} ({id_}) has unreadable metadata ({exc}).",
+                                 f"restore catalog.sqlite from a backup, or remove the row: sqlite3 {self.root / 'catalog.sqlite'} "
+                                 f"\"DELETE FROM artifacts WHERE id = '{id_}'\".") from exc
+        return Artifact(id_, kind, name, (self.root / path) if path else None, parent, created, updated, data)
 
     _COLS = "id, kind, name, path, parent, created, updated, meta"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mistudio_widgets.configs import ExtractConfig
+from mistudio_widgets.configs import ConfigError, ExtractConfig
 from mistudio_widgets.datasets import load_tokens
 from mistudio_widgets.features import (FeatureError, coactivation, extract, feature_acts, feature_columns, feature_detail,
                                        fire, load_library_sae, model_for_sae, sae_hook, search)
@@ -98,7 +98,7 @@ def test_prompt_tester_labels_and_search(default_ws, small_sae):
     assert [h["label"] for h in hist] == ["shouting (draft)", "UPPERCASE text"]
     with pytest.raises(FeatureError, match="empty"):
         fire(default_ws, small_sae, "   ")
-    with pytest.raises(FeatureError, match="tokens must be a positive number"):
+    with pytest.raises(ConfigError, match="tokens must be at least 1"):
         extract(default_ws, small_sae, ExtractConfig(tokens=0))
 
 

@@ -271,3 +271,23 @@ def test_an_imported_saelens_sae_steers_the_model(default_ws, tmp_path):
     res = pane.generate("Tell me about your day.", max_tokens=6)
     assert res["metrics"]["kl_mean"] > 0.01
     assert "".join(pane.steered) != "".join(pane.unsteered)
+
+
+def test_an_imported_sparsify_sae_is_browsable(default_ws, tmp_path):
+    """Imported SAEs are first-class: extraction and the feature browser take them like trained ones."""
+    from mistudio_widgets.configs import ExtractConfig
+    from mistudio_widgets.features import extract, feature_detail, fire
+    from mistudio_widgets.widgets import FeatureBrowser
+
+    torch.manual_seed(13)
+    coder = sparsify.SparseCoder(576, sparsify.SparseCoderConfig(num_latents=512, k=16))
+    coder.save_to_disk(tmp_path / "layers.8")
+    art = import_sae(default_ws, tmp_path / "layers.8", model="SmolLM2-135M-Instruct")
+    assert art.meta["hook"] == "blocks.8.hook_resid_post"
+    ext = extract(default_ws, art.id, ExtractConfig(tokens=512, top_k=3, quantile_examples=1, batch_size=4))
+    assert ext.meta["summary"]["alive"] > 0
+    hit = fire(default_ws, art.id, "WHY ARE YOU SHOUTING?")["features"][0]
+    detail = feature_detail(default_ws, art.id, hit["index"])
+    assert detail["logits"]["positive"] and detail["frequency"] >= 0
+    fb = FeatureBrowser(default_ws, sae=art.id)
+    assert fb.show(hit["index"])["index"] == hit["index"]

@@ -114,10 +114,7 @@ class FeatureBrowser(EngineWidget):
 
     def action_label(self, index: int, label: str) -> None:
         label = str(label).strip()
-        if not label:
-            raise fx.FeatureError("The label is empty.", "type a few words that describe the feature.")
-        fx.check_feature_index(self.workspace, self.sae, int(index))
-        self.workspace.add_label(self.sae, int(index), label, method="manual")
+        fx.set_label(self.workspace, self.sae, int(index), label)
         self.labels = {**self.labels, str(int(index)): label}
         if self.detail.get("index") == int(index):
             self.detail = fx.feature_detail(self.workspace, self.extraction["id"], int(index))
