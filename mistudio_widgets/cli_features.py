@@ -23,7 +23,7 @@ def cmd_extract(ws: Workspace, a: argparse.Namespace, out) -> None:
         if not a.sae:
             raise SystemExit("mistudio extract: give an SAE (or --resume EXTRACTION)")
         cfg = ExtractConfig(dataset=a.dataset, tokens=a.tokens, top_k=a.top_k, model=a.model, name=a.name,
-                            batch_size=a.batch_size)
+                            batch_size=a.batch_size, checkpoint_every=a.checkpoint_every)
         ext = extract(ws, a.sae, cfg, progress=out.progress)
     s = ext.meta.get("summary") or {}
     if ext.meta.get("status") != "done":
@@ -102,6 +102,7 @@ def register(sub, cmd) -> None:
     sp.add_argument("--top-k", type=int, default=ExtractConfig.top_k)
     sp.add_argument("--model", default=None)
     sp.add_argument("--batch-size", type=int, default=ExtractConfig.batch_size)
+    sp.add_argument("--checkpoint-every", type=int, default=ExtractConfig.checkpoint_every, help="batches between resumable checkpoints")
     sp.add_argument("--name", default=None)
     sp.add_argument("--resume", default=None, metavar="EXTRACTION", help="resume an interrupted extraction")
     fs = sub.add_parser("features", help="look at an SAE's features").add_subparsers(dest="sub", required=True)

@@ -24,7 +24,7 @@ from .configs import DEFAULT, ExtractConfig, TokenizeConfig, to_dict
 from .datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
 from .errors import MistudioError
 from .hooks import capture, parse_hook
-from .jobs import JobCancelled, JobControl
+from .jobs import JobCancelled, JobControl, claim, owner_stamp
 from .models import LoadedModel, load_model, resolve_model
 from .progress import ProgressCallback, emit
 from .sae import SAE
@@ -213,6 +213,7 @@ def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None
     control = control or JobControl()
     if resume:
         ext = ws.get(resume, KIND)
+        claim(ws, ext, "extraction")
         if not (ext.path / STATE_FILE).is_file() and ext.meta.get("status") != "done":
             raise FeatureError(f"Extraction {ext.name!r} has no checkpoint to resume from.", "start a new extraction.")
         if ext.meta.get("status") == "done":
@@ -237,10 +238,10 @@ def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None
     if not resume:
         name = cfg.name or ws.unique_name(KIND, f"{sae_art.name}@{tok.name}")
         ext = ws.create_folder(KIND, name, parent=sae_art.id, meta={
-            "config": to_dict(cfg), "status": "running", "sae": sae_art.id, "model": lm.artifact.id, "hook": hook,
+            "config": to_dict(cfg), "status": "running", "owner": owner_stamp(), "sae": sae_art.id, "model": lm.artifact.id, "hook": hook,
             "tokenization": tok.id, "sequences": n_seq, "context_size": ctx, "started": time.time()})
     else:
-        ws.update_meta(ext.id, status="running", resumed=time.time())
+        ws.update_meta(ext.id, status="running", resumed=time.time(), owner=owner_stamp())
     acc = Accumulator(model_sae.spec.d_sae, ctx, cfg)
     if resume and (ext.path / STATE_FILE).is_file():
         acc.s = torch.load(ext.path / STATE_FILE, weights_only=True)

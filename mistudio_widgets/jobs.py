@@ -153,3 +153,51 @@ def submit(name: str, work: Callable[[ProgressCallback, JobControl], Any],
 def queued() -> list[Job]:
     with _queue_lock:
         return list(_queue)
+
+
+# -- who runs a job recorded in the catalog ---------------------------------------------------------------
+def owner_stamp() -> dict[str, Any]:
+    """The process that runs a job (stored in the job's metadata while it runs)."""
+    import os
+    import socket
+
+    import psutil
+
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "created": psutil.Process(pid).create_time()}
+
+
+def owner_alive(meta: dict[str, Any]) -> bool | None:
+    """Whether the process recorded in ``meta['owner']`` still runs: True/False on this machine, None
+    when the job was started elsewhere (or before owners were recorded)."""
+    import socket
+
+    import psutil
+
+    owner = meta.get("owner") or {}
+    if not owner or owner.get("host") != socket.gethostname():
+        return None
+    try:
+        proc = psutil.Process(int(owner["pid"]))
+        return abs(proc.create_time() - float(owner.get("created", 0))) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, ValueError):
+        return False
+
+
+def effective_status(meta: dict[str, Any]) -> str | None:
+    """A job's status, with 'running' read as 'interrupted' when its process is gone (killed, crashed,
+    kernel restarted)."""
+    status = meta.get("status")
+    if status == "running" and owner_alive(meta) is False:
+        return "interrupted"
+    return status
+
+
+def claim(ws, art, what: str) -> None:
+    """Refuse to start work on ``art`` (resume a run or an extraction) while another live process runs it."""
+    alive = owner_alive(art.meta)
+    if art.meta.get("status") == "running" and (alive or (alive is None and art.meta.get("owner"))):
+        owner = art.meta.get("owner") or {}
+        raise MistudioError(f"The {what} {art.name!r} is running in another process (pid {owner.get('pid', '?')}"
+                            f" on {owner.get('host', 'another machine')}).",
+                            "wait for it to finish or stop it there; resume it once it shows as interrupted.")

@@ -22,7 +22,7 @@ from .configs import TrainConfig, from_dict, to_dict
 from .datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
 from .errors import MistudioError
 from .hooks import intervene, parse_hook
-from .jobs import JobCancelled, JobControl
+from .jobs import JobCancelled, JobControl, claim, effective_status, owner_stamp
 from .models import LoadedModel, load_model, resolve_model
 from .progress import ProgressCallback, emit
 from .sae import SAE, SAESpec, make_sae
@@ -339,6 +339,7 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
     runs: list[Artifact] = []
     if resume:
         run = ws.get(resume, "run")
+        claim(ws, run, "run")
         if run.path is None or not run.path.is_dir():
             raise TrainingError(f"The files of run {run.name!r} are gone.", "start a new run; this one cannot resume.")
         if not _checkpoints(run.path):
@@ -391,12 +392,12 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
                 runs.append(ws.create_folder("run", name, meta={
                     "config": to_dict(c), "status": "running", "model": lm.artifact.id, "tokenization": tok.id,
                     "spec": spec.to_dict(), "started": time.time(), "stream_hooks": stream_hooks,
-                    "group": [r.id for r in runs], "processes": dist.world()}))
+                    "group": [r.id for r in runs], "processes": dist.world(), "owner": owner_stamp()}))
             ids = [r.id for r in runs]
         runs = [ws.get(i) for i in dist.broadcast(ids)]
     elif dist.is_main():
         ws.update_meta(runs[0].id, status="running", resumed=time.time(), resumed_at_step=runs[0].meta.get("step") or 0,
-                       processes=dist.world())
+                       processes=dist.world(), owner=owner_stamp())
     if on_start and dist.is_main():
         for r in runs:
             on_start(r)
@@ -615,7 +616,7 @@ def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, 
 def run_status(ws: Workspace, run: str) -> dict[str, Any]:
     art = ws.get(run, "run")
     ckpts = _checkpoints(art.path) if art.path and art.path.is_dir() else []
-    return {"id": art.id, "name": art.name, "status": art.meta.get("status"), "sae": art.meta.get("sae"),
+    return {"id": art.id, "name": art.name, "status": effective_status(art.meta), "sae": art.meta.get("sae"),
             "last_checkpoint": int(ckpts[-1].name[len(CKPT_PREFIX):]) if ckpts else None,
             "steps": art.meta["config"]["steps"], "metrics": art.meta.get("metrics")}
 

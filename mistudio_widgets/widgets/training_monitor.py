@@ -195,7 +195,7 @@ class TrainingMonitor(ipw.VBox):
             rows_out.append({"id": rid, "name": art.name, "status": status, "step": step, "steps": st["steps"],
                              "tokens_per_second": tps, "eta_seconds": remaining, "live": job is not None and not job.done,
                              "last_checkpoint": st["last_checkpoint"], "sae": st["sae"], "error": art.meta.get("error", "")})
-        others = [{"id": a.id, "name": a.name, "status": a.meta.get("status")} for a in self.workspace.list("run")
+        others = [{"id": a.id, "name": a.name, "status": jobs.effective_status(a.meta)} for a in self.workspace.list("run")
                   if a.id not in self.run_ids]
         self.controls.runs = rows_out + [{**o, "attached": False} for o in others[-10:]]
         self.controls.device = device_line()
