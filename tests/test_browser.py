@@ -135,6 +135,11 @@ def test_studio_in_voila(page, default_ws, tmp_path, extracted_sae):
         if os.environ.get("MISTUDIO_SCREENSHOTS"):
             pane.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/steering.png")
         expect(page.get_by_test_id("system-monitor").get_by_test_id("sys-cpu")).to_contain_text("cores")
+        # the dashboard exposes its widgets and nothing else: no notebook source, no files, no Jupyter APIs
+        assert "open_workspace" not in page.content()
+        for path in ("/voila/files/studio.ipynb", "/voila/files/../README.md", "/api/contents", "/api/kernels", "/tree",
+                     "/files/studio.ipynb"):
+            assert page.request.get(f"http://127.0.0.1:{port}{path}").status in (403, 404), path
 
 
 def test_training_from_the_configurator_updates_the_charts_and_stops(page, lab):
