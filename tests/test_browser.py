@@ -36,6 +36,20 @@ def open_and_run(page, lab, name: str, cells: list[str]):
     page.get_by_text("Run All Cells", exact=True).click()
 
 
+def set_field(locator, value) -> None:
+    """Type into a field and commit it, as leaving the field does."""
+    locator.fill(str(value))
+    locator.dispatch_event("change")
+
+
+def generate_in_pane(pane, prompt: str, *, max_tokens: int, strength: float, index: int) -> None:
+    """Set the prompt, the length and one feature's strength in a SteeringPane, then press Generate."""
+    set_field(pane.get_by_test_id("st-prompt"), prompt)
+    set_field(pane.get_by_test_id("st-max-tokens"), max_tokens)
+    set_field(pane.locator(f'[data-testid="st-strength"][data-index="{index}"]'), strength)
+    pane.get_by_test_id("st-generate").click()
+
+
 def test_dataset_picker_in_lab_tokenizes_through_the_kernel(page, lab):
     open_and_run(page, lab, "picker.ipynb", [SETUP, "from mistudio_widgets.widgets import DatasetPicker\nDatasetPicker(ws)"])
     picker = page.get_by_test_id("dataset-picker")
@@ -124,12 +138,7 @@ def test_studio_in_voila(page, default_ws, tmp_path, extracted_sae):
         fb.get_by_test_id("fb-steer").click()                              # "Steer with this"
         pane = page.get_by_test_id("steering-pane")
         expect(pane.locator('[data-testid="st-feature"][data-index="3"]')).to_be_visible()
-        pane.get_by_test_id("st-prompt").fill("Tell me about the king.")
-        pane.get_by_test_id("st-max-tokens").fill("6")
-        pane.get_by_test_id("st-max-tokens").dispatch_event("change")
-        pane.get_by_test_id("st-strength").fill("50")
-        pane.get_by_test_id("st-strength").dispatch_event("change")
-        pane.get_by_test_id("st-generate").click()
+        generate_in_pane(pane, "Tell me about the king.", max_tokens=6, strength=50, index=3)
         expect(pane.get_by_test_id("st-metrics")).to_contain_text("KL")
         expect(pane.get_by_test_id("st-steered").locator(".stok").first).to_be_visible()
         if os.environ.get("MISTUDIO_SCREENSHOTS"):
@@ -278,13 +287,7 @@ def test_steering_pane_in_lab(page, lab, default_ws, extracted_sae):
     pane.get_by_test_id("st-wide").check()                                   # Neuronpedia's range
     expect(slider).to_have_attribute("max", "300")
     # generate: both continuations come back, the changed tokens are marked and the metrics shown
-    pane.get_by_test_id("st-prompt").fill("Tell me about the king.")
-    pane.get_by_test_id("st-prompt").dispatch_event("change")
-    pane.get_by_test_id("st-max-tokens").fill("8")
-    pane.get_by_test_id("st-max-tokens").dispatch_event("change")
-    pane.locator('[data-testid="st-strength"][data-index="3"]').fill("300")
-    pane.locator('[data-testid="st-strength"][data-index="3"]').dispatch_event("change")
-    pane.get_by_test_id("st-generate").click()
+    generate_in_pane(pane, "Tell me about the king.", max_tokens=8, strength=300, index=3)
     expect(pane.get_by_test_id("st-metrics")).to_contain_text("KL")
     expect(pane.get_by_test_id("st-metrics")).to_contain_text("perplexity")
     expect(pane.get_by_test_id("st-metrics")).to_contain_text("feature 3 activation")
