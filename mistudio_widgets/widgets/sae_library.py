@@ -27,8 +27,7 @@ class SAELibrary(EngineWidget):
                          "source": a.meta.get("source", ""), "format": a.meta.get("format", ""), "run": run.name if run else "",
                          "path": str(a.path), "explained_variance": m.get("explained_variance"), "l0": m.get("l0"),
                          "mse": m.get("mse"), "dead_fraction": m.get("dead_fraction"), "ce_recovered": m.get("ce_recovered"),
-                         "tokens": m.get("tokens"), "created": a.created,
-                         "export_dir": str(self.workspace.root / "exports" / a.name)})
+                         "tokens": m.get("tokens"), "created": a.created})
         self.saes = rows
 
     # -- notebook API ----------------------------------------------------------------------------
