@@ -421,6 +421,7 @@ class Workspace:
         """Delete an artifact (and, with ``cascade``, everything derived from it). Returns the ids removed."""
         art = self.get(ref)
         kids = self.children(art.id)
+        self._refuse_in_use(art, kids if cascade else [])
         if kids and not cascade:
             raise WorkspaceError(
                 f"The {art.kind} {art.name!r} has {len(kids)} derived artifact(s): {', '.join(k.name for k in kids)}.",
@@ -438,6 +439,24 @@ class Workspace:
             os.replace(art.path, trash)
             shutil.rmtree(trash, ignore_errors=True)
         return removed + [art.id]
+
+    def _refuse_in_use(self, art: Artifact, kids: list[Artifact]) -> None:
+        """Refuse to delete a job (training, extraction) that a live process is still running, or,
+        for a cascade, anything derived from ``art`` that is."""
+        from .jobs import owner_alive
+
+        todo = [art, *kids]
+        while todo:
+            a = todo.pop()
+            owner = a.meta.get("owner") or {}
+            if a.meta.get("status") == "running" and owner and owner_alive(a.meta) is not False:
+                what = "it" if a.id == art.id else f"the {a.kind} {a.name!r} derived from it"
+                raise WorkspaceError(
+                    f"The {art.kind} {art.name!r} is in use: {what} is running in process {owner.get('pid', '?')} "
+                    f"on {owner.get('host', 'another machine')}. Nothing was deleted.",
+                    "stop that job (or wait for it to finish), then delete again.")
+            if a.id != art.id:
+                todo += self.children(a.id)
 
     def _collect_garbage(self) -> None:
         """Remove leftovers of interrupted writes and deletes."""

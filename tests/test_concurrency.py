@@ -80,3 +80,50 @@ def test_deletes_while_another_process_reads(tmp_path):
     assert proc.wait() == 0, proc.stderr.read()[-2000:]
     assert ws.list("dataset") == []
     consistent(ws)
+
+
+def test_extraction_in_one_kernel_while_another_browses(default_ws, small_sae, extraction):
+    """Two real kernels with widgets on one workspace: kernel A extracts features of an SAE (as the
+    browser's Extract button does, in a worker thread) while kernel B browses the same SAE, labels a
+    feature and tries to delete it; B keeps reading the finished extraction and sees the new one at the end."""
+    from kernels import kernel
+
+    before = state(default_ws)
+    setup = ("import os\nimport mistudio_widgets as ms\nfrom mistudio_widgets.widgets import FeatureBrowser\n"
+             f"ws = ms.open_workspace()\nfb = FeatureBrowser(ws, sae={small_sae!r})")
+    with kernel(default_ws.root) as a, kernel(default_ws.root) as b:
+        a.run(setup)
+        b.run(setup)
+        old = b.eval("fb.extraction['id']")
+        a_pid = a.eval("os.getpid()")
+        a.run("fb.do('extract', fb.action_extract, tokens=8192, batch_size=4, top_k=5)")
+        deadline = time.time() + 120
+        while not (running := [e for e in default_ws.list("extraction")
+                               if e.meta.get("status") == "running" and e.meta.get("owner", {}).get("pid") == a_pid]):
+            assert time.time() < deadline and a.eval("fb.status") == "busy", a.eval("fb.error")
+            time.sleep(0.2)
+        new = running[0].id
+        # while A extracts: B cannot delete the SAE (nor the extraction), and is told why
+        content, _ = b.execute(f"ws.delete({small_sae!r}, cascade=True)")
+        assert content["status"] == "error" and content["ename"] == "WorkspaceError"
+        assert "is in use" in content["evalue"] and f"process {a_pid}" in content["evalue"]
+        content, _ = b.execute(f"ws.delete({new!r})")
+        assert content["status"] == "error" and "is in use" in content["evalue"]
+        # ... and browses the finished extraction (never the one being written): features open, labels
+        # are written, the list refreshes
+        opened = 0
+        while a.eval("fb.status") == "busy":
+            i = (37 * opened) % 576
+            b.run(f"fb.action_open({i})\nassert fb.detail['index'] == {i}, fb.error\nfb.refresh()\nassert not fb.error, fb.error\n"
+                  f"assert fb.extraction['id'] == {old!r} or ws.get(fb.extraction['id']).meta['status'] == 'done'")
+            if opened == 1:
+                b.run(f"fb.action_label({i}, 'seen while kernel A extracts')\nassert not fb.error, fb.error")
+            opened += 1
+        assert a.eval("fb.error") == {}, a.eval("fb.error")
+        assert opened >= 3, "kernel A finished before kernel B could browse during it"
+        b.run("fb.refresh()")
+        assert b.eval("fb.extraction['id']") == new != old
+        b.run("fb.action_open(5)\nassert fb.detail['index'] == 5 and not fb.error, fb.error")
+    assert default_ws.get(new).meta["status"] == "done"
+    assert any(l["label"] == "seen while kernel A extracts" for l in default_ws.labels(small_sae))
+    consistent(default_ws, before)
