@@ -93,7 +93,7 @@ def pack(ws: Workspace, refs: list[str], out: str | Path, *, progress: ProgressC
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise disk_error(exc, f"the bundle {out}") from exc
+        raise disk_error(exc, f"the bundle {out}", writing="export") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -32,7 +32,7 @@ def fresh_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ExportError(f"{out} already exists and is not empty.", "choose a new folder, or pass overwrite=True (CLI: --overwrite).")
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, writing="export") as tmp:
         yield tmp
 
 

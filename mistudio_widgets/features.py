@@ -201,7 +201,7 @@ def _checkpoint(folder: Path, acc: Accumulator) -> None:
         os.replace(tmp, folder / STATE_FILE)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise disk_error(exc, "the extraction checkpoint") from exc
+        raise disk_error(exc, "the extraction checkpoint", writing="checkpoint") from exc
 
 
 def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None, *, resume: str | None = None,

@@ -266,7 +266,7 @@ def save_checkpoint(run_dir: Path, sae: SAE, opt: torch.optim.Optimizer, sched, 
                 tensors[f"opt.{names[id(p)]}.{key}"] = v.detach().cpu().contiguous().reshape(v.shape)
     tensors["rng.torch"] = torch.get_rng_state()
     final = run_dir / f"{CKPT_PREFIX}{state['step']}"
-    with atomic_folder(final) as tmp:
+    with atomic_folder(final, writing="checkpoint") as tmp:
         write_safetensors(tensors, tmp / "state.safetensors")
         (tmp / "state.json").write_text(json.dumps({**state, "scheduler": sched.state_dict()}))
     for old in _checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:

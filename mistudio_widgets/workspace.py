@@ -104,13 +104,23 @@ def default_root() -> Path:
     return Path(os.environ.get(ENV_HOME) or Path.cwd() / DEFAULT_DIRNAME)
 
 
-def disk_error(exc: OSError, what: str) -> ArtifactWriteError:
-    """Turn an OSError during a write into a clear error naming the cause and the fix."""
+_AFTER = {  # what is true after a failed write, and where to go next, by what was being written
+    "artifact": ("Nothing was registered.", "point MISTUDIO_HOME at a larger disk", "choose another workspace folder"),
+    "checkpoint": ("The earlier checkpoints are kept; resume from the newest.", "point MISTUDIO_HOME at a larger disk",
+                   "make the run's folder writable again"),
+    "export": ("Nothing was left there, and what was there before is unchanged.", "choose an output folder on another disk",
+               "choose a folder you may write to"),
+}
+
+
+def disk_error(exc: OSError, what: str, *, writing: str = "artifact") -> ArtifactWriteError:
+    """Turn an OSError during a write into a clear error naming the cause and the fix; ``writing`` is
+    "artifact" (the workspace), "checkpoint" or "export" (a folder or file outside the workspace)."""
     cause = _DISK_ERRNOS.get(exc.errno or 0, exc.strerror or str(exc))
-    fix = ("free some disk space or point MISTUDIO_HOME at a larger disk, then try again."
-           if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-           else "check the folder's permissions or choose another workspace folder, then try again.")
-    return ArtifactWriteError(f"Could not write {what}: {cause} ({exc.filename or exc}). Nothing was registered.", fix)
+    after, full_fix, perm_fix = _AFTER[writing]
+    fix = (f"free some disk space or {full_fix}, then try again." if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else f"check the folder's permissions or {perm_fix}, then try again.")
+    return ArtifactWriteError(f"Could not write {what}: {cause} ({exc.filename or exc}). {after}", fix)
 
 
 class ArtifactWriter:
@@ -477,7 +487,7 @@ class Workspace:
 
 
 @contextlib.contextmanager
-def atomic_folder(final: Path) -> Iterator[Path]:
+def atomic_folder(final: Path, *, writing: str = "artifact") -> Iterator[Path]:
     """Write a folder under a temporary name and rename it to ``final`` when the block succeeds;
     an existing ``final`` is replaced only then. On failure the temporary folder is removed and
     ``final`` (if any) is left as it was. Disk errors become :class:`ArtifactWriteError`."""
@@ -495,7 +505,7 @@ def atomic_folder(final: Path) -> Iterator[Path]:
             os.replace(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_error(exc, str(final.name)) from exc
+        raise disk_error(exc, str(final if writing == "export" else final.name), writing=writing) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
