@@ -350,3 +350,57 @@ def test_sae_library_imports_exports_and_compares_in_lab(page, lab, default_ws, 
     expect(lib.get_by_test_id("lib-comparison").locator("svg.histogram rect.binbar").first).to_be_attached()
     if os.environ.get("MISTUDIO_SCREENSHOTS"):
         lib.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/sae_library.png")
+
+
+HOSTILE = ['<img src=x onerror="window.__pwned=\'img\'"> The king is here.',
+           '<script>window.__pwned="script"</script> A calm sentence about the sea.',
+           '<svg onload="window.__pwned=\'svg\'"></svg> "><b>bold</b> & <a href="javascript:window.__pwned=1">link</a>',
+           '<iframe srcdoc="<script>parent.__pwned=1</script>"></iframe> Why are you shouting?']
+
+
+def test_untrusted_text_is_shown_as_text_never_run(page, lab, default_ws, extracted_sae, tmp_path):
+    """Markup in dataset text, in the extraction's examples drawn from it, in labels and in prompts is
+    shown as text in every widget: nothing it holds is run or rendered."""
+    from mistudio_widgets.configs import DatasetConfig, ExtractConfig
+    from mistudio_widgets.datasets import add_dataset
+    from mistudio_widgets.exporting import export_saelens
+    from mistudio_widgets.features import extract, feature_columns
+    from mistudio_widgets.importing import import_sae
+
+    src = tmp_path / "hostile.jsonl"
+    src.write_text("\n".join(json.dumps({"text": t}) for t in HOSTILE * 20))
+    ds = add_dataset(default_ws, DatasetConfig(source=str(src), name=default_ws.unique_name("dataset", "hostile")))
+    export_saelens(default_ws, extracted_sae, tmp_path / "copy")            # a copy of the SAE, extracted on that text
+    sae = import_sae(default_ws, tmp_path / "copy", name=default_ws.unique_name("sae", "hostile-copy")).id
+    extract(default_ws, sae, ExtractConfig(dataset=ds.name, tokens=1024, top_k=5, batch_size=4))
+    busiest = int(feature_columns(default_ws, sae)["frequency"].argmax())
+    default_ws.add_label(sae, busiest, HOSTILE[0])
+    open_and_run(page, lab, "hostile.ipynb", [
+        SETUP, "from mistudio_widgets.widgets import DatasetPicker, FeatureBrowser, SteeringPane\nDatasetPicker(ws)",
+        f"fb = FeatureBrowser(ws, sae={sae!r})\nfb", f"SteeringPane(ws, sae={sae!r})"])
+    widgets = page.locator(".jp-OutputArea-output")
+    # the dataset's preview
+    picker = page.get_by_test_id("dataset-picker")
+    picker.locator(f'tr[data-name="{ds.name}"]').click()
+    expect(picker.get_by_test_id("ds-preview")).to_contain_text("<script>window.__pwned")
+    # the feature's label in the list and its title, and its examples drawn from that text
+    fb = page.get_by_test_id("feature-browser")
+    fb.get_by_test_id("fb-filter").fill(str(busiest))
+    row = fb.locator(f'[data-testid="feature-row"][data-index="{busiest}"]')
+    expect(row).to_contain_text("onerror=")
+    row.click()
+    expect(fb.get_by_test_id("fb-title")).to_contain_text(HOSTILE[0])
+    expect(fb.get_by_test_id("fb-examples").locator(".ftok").first).to_be_visible()
+    examples = fb.get_by_test_id("fb-examples").inner_text()
+    assert any(m in examples for m in ("<img", "<script", "<svg", "<iframe", "onerror", "onload")), examples[:500]
+    # a prompt with markup, steered: the continuations are text too
+    pane = page.get_by_test_id("steering-pane")
+    pane.get_by_test_id("st-search").fill(str(busiest))
+    pane.get_by_test_id("st-search").press("Enter")
+    pane.get_by_test_id("st-found").locator(f'button[data-index="{busiest}"]').click()
+    generate_in_pane(pane, HOSTILE[1] + " " + HOSTILE[3], max_tokens=4, strength=5, index=busiest)
+    expect(pane.get_by_test_id("st-metrics")).to_contain_text("KL")
+    # nothing ran, and no element came from the text
+    assert page.evaluate("window.__pwned") is None
+    assert page.evaluate("() => [...document.querySelectorAll('iframe')].every(f => !f.contentWindow || f.contentWindow.__pwned === undefined)")
+    assert widgets.locator("img, script, svg[onload], iframe, a[href^='javascript']").count() == 0
