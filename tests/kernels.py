@@ -13,12 +13,14 @@ from jupyter_client.manager import KernelManager
 class Kernel:
     def __init__(self, km: KernelManager):
         self.km, self.kc = km, km.client()
+        self.published: list[dict] = []        # every message the kernel published on iopub, in order
 
     def execute(self, code: str, timeout: float = 300) -> tuple[dict, str]:
         """Run ``code``; return (reply content, everything it printed)."""
         out: list[str] = []
 
         def hook(msg: dict) -> None:
+            self.published.append(msg)
             c = msg["content"]
             if msg["msg_type"] == "stream":
                 out.append(c["text"])
@@ -33,6 +35,16 @@ class Kernel:
         content, out = self.execute(code, timeout)
         assert content["status"] == "ok", f"{content.get('ename')}: {content.get('evalue')}\n" + "\n".join(content.get("traceback", []))
         return out
+
+    def drain(self, quiet: float = 2.0) -> None:
+        """Collect what the kernel publishes after a cell ended (worker threads) until it is quiet."""
+        import queue
+
+        while True:
+            try:
+                self.published.append(self.kc.get_iopub_msg(timeout=quiet))
+            except queue.Empty:
+                return
 
     def eval(self, expr: str):
         """The value of a Python literal expression evaluated in the kernel."""

@@ -208,3 +208,37 @@ def test_an_sae_that_does_not_fit_the_model_is_refused(default_ws, tmp_path):
         save_sae(sae, w.path)
     with pytest.raises(FeatureError, match="reads 64-wide activations but .* has d_model 576"):
         fire(default_ws, w.id, "hello")
+
+
+def test_a_key_typed_in_the_widget_never_leaves_the_kernel(default_ws, small_sae, extraction, chat_server):
+    """In a real kernel, the browser's auto-label panel sends the key with one request (as the page
+    does): the labelling works, and nothing the kernel publishes (outputs, the widget state a saved
+    notebook keeps, errors) holds the key; a refused key is not repeated in the error either."""
+    import numpy as np
+
+    from kernels import kernel
+    from mistudio_widgets.features import feature_columns
+
+    freq = feature_columns(default_ws, extraction)["frequency"]
+    feature = next(int(i) for i in np.argsort(-freq) if not default_ws.labels(small_sae, int(i)))
+    settings = {"backend": "openai", "base_url": chat_server, "model": "SmolLM2-135M-Instruct", "api_key_env": "",
+                "examples": 3, "score": False, "max_tokens": 12, "timeout": 120}
+    wrong = "sk-wrong-" + "key-typed-by-mistake-77"
+    with kernel(default_ws.root) as k:
+        k.run("import mistudio_widgets as ms\nfrom mistudio_widgets.widgets import FeatureBrowser\nfrom IPython.display import display\n"
+              f"ws = ms.open_workspace()\nfb = FeatureBrowser(ws, sae={small_sae!r})\ndisplay(fb)")
+        for key, expected in ((wrong, "refused the API key"), (SECRET, "Labelled 1 feature(s).")):
+            k.run(f"fb._on_page_msg(fb, {{'action': 'autolabel', 'args': {{'features': [{feature}], "
+                  f"'settings': {settings!r}, 'api_key': {key!r}}}}}, [])\nfb.wait(600)")
+            while k.eval("fb.status") != "idle":                 # the result is applied on the kernel's loop
+                time.sleep(0.2)
+            assert expected in k.run("print(fb.message, fb.error)")
+        k.drain()
+    # (execute_input only echoes this test's own cells, which hold the key the page would send in a comm message)
+    blob = json.dumps([m for m in k.published if m["msg_type"] != "execute_input"], default=str)
+    assert "refused the API key" in blob and '"label_settings"' in blob, "the kernel's messages were not all captured"
+    assert SECRET not in blob and wrong not in blob
+    assert default_ws.labels(small_sae, feature)[0]["method"] == "auto"
+    for path in default_ws.root.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert SECRET.encode() not in path.read_bytes() and wrong.encode() not in path.read_bytes(), path
