@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import sys
 import threading
 import time
 import uuid
@@ -70,7 +71,9 @@ def make_server(ws: Workspace, model: str = "default", host: str = "127.0.0.1", 
                              "model": chat.name, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                                               "finish_reason": "stop"}]})
 
-        def log_message(self, fmt: str, *args) -> None:  # quiet; never logs headers (keys)
-            pass
+        def log_message(self, fmt: str, *args) -> None:
+            """One line per request on stderr: client, request line, status (never headers, so never a key)."""
+            sys.stderr.write(f"{self.address_string()} [{self.log_date_time_string()}] {fmt % args}\n")
+            sys.stderr.flush()
 
     return ThreadingHTTPServer((host, port), Handler)

@@ -42,7 +42,8 @@ def chat_server(default_ws):
             time.sleep(0.5)
     yield url
     proc.terminate()
-    proc.wait(20)
+    log, _ = proc.communicate(timeout=20)
+    assert "POST /v1/chat/completions" in log and SECRET not in log       # the server's log never holds the key
 
 
 def test_http_labelling_against_a_real_chat_server(default_ws, small_sae, extraction, chat_server, monkeypatch):
