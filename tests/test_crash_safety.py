@@ -121,3 +121,45 @@ def test_export_killed_leaves_no_export_and_a_rerun_works(default_ws, small_sae,
     proc = _spawn(default_ws, "export", small_sae, "--format", "neuronpedia", "--out", str(out), "--batch-size", "8")
     assert proc.wait(600) == 0
     assert json.loads((out / "manifest.json").read_text())["features"] == default_ws.get(small_sae).meta["d_sae"]
+
+
+def test_kernel_killed_mid_training_resumes_from_the_monitor_in_a_new_kernel(default_ws):
+    """A training started from the configurator in a real kernel; the kernel is SIGKILLed after its
+    third checkpoint. A monitor in a new kernel shows the run as interrupted and its Resume button
+    finishes it, with the weights of an uninterrupted run."""
+    from kernels import kernel
+
+    base = dict(TINY, steps=8, seed=9, checkpoint_every=1)
+    name = default_ws.unique_name("run", "kernel-killed")
+    before = state(default_ws)
+    with kernel(default_ws.root) as a:
+        a.run("import os\nimport mistudio_widgets as ms\nfrom mistudio_widgets.widgets import TrainingConfigurator, TrainingMonitor\n"
+              f"ws = ms.open_workspace()\nmon = TrainingMonitor(ws)\nconf = TrainingConfigurator(ws, monitor=mon)\n"
+              f"job = conf.start(**{dict(base, name=name)!r})")
+        pid = a.eval("os.getpid()")
+        t0 = time.time()
+        while (run := default_ws.find(name, "run")) is None or (run.meta.get("last_checkpoint") or 0) < 3:
+            assert time.time() - t0 < 600 and a.eval("conf.error") == {}, "the training did not reach its third checkpoint"
+            time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        while a.km.is_alive():
+            time.sleep(0.1)
+    run = default_ws.get(name, "run")
+    assert effective_status(run.meta) == "interrupted" and not [s for s in default_ws.list("sae") if s.parent == run.id]
+    consistent(default_ws, before)
+    with kernel(default_ws.root) as b:
+        b.run("import mistudio_widgets as ms\nfrom mistudio_widgets.widgets import TrainingMonitor\n"
+              f"ws = ms.open_workspace()\nmon = TrainingMonitor(ws, runs=[{run.id!r}])\nmon.poll()")
+        row = b.eval("mon.controls.runs[0]")
+        assert (row["id"], row["status"], row["live"]) == (run.id, "interrupted", False) and row["last_checkpoint"] >= 3
+        b.run(f"mon.controls._on_page_msg(mon.controls, {{'action': 'resume', 'args': {{'id': {run.id!r}}}}}, [])\n"
+              f"mon.jobs[{run.id!r}].wait(600)\nmon.poll()")
+        row = b.eval("mon.controls.runs[0]")
+        assert row["status"] == "done" and row["sae"], row
+    done = default_ws.get(row["sae"], "sae")
+    full = train(default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "kernel-unkilled")))
+    x, _ = load_sae(full.path)
+    y, _ = load_sae(done.path)
+    for w in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(getattr(x, w), getattr(y, w)), w
+    consistent(default_ws, before)
