@@ -499,7 +499,11 @@ def atomic_folder(final: Path, *, writing: str = "artifact") -> Iterator[Path]:
         if final.exists():
             old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:6]}")
             os.replace(final, old)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                os.replace(old, final)            # put the previous folder back before reporting
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)

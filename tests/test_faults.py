@@ -188,3 +188,25 @@ def test_nvml_failing_mid_run_is_reported_and_training_goes_on(default_ws, monke
     assert device_line().endswith("GPU monitor unavailable (NVML stopped answering (NVMLError_GpuIsLost: GPU is lost))")
     run = default_ws.get(res.run_id)
     assert run.meta["status"] == "done" and default_ws.get(res.sae_id).kind == "sae"
+
+
+def test_a_failed_final_rename_puts_the_earlier_export_back(default_ws, small_sae, tmp_path, monkeypatch):
+    """The last step of replacing an export (renaming the new folder into place) fails with an I/O
+    error: the export that was there is put back under its name."""
+    import errno
+
+    from mistudio_widgets import workspace
+
+    export_saelens(default_ws, small_sae, tmp_path / "out")
+    before = digest(tmp_path / "out")
+    real = os.replace
+
+    def failing(src, dst):
+        if ".tmp-" in Path(src).name:
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(workspace.os, "replace", failing)
+    with pytest.raises(ArtifactWriteError, match="Input/output error.*what was there before is unchanged"):
+        export_saelens(default_ws, small_sae, tmp_path / "out", overwrite=True)
+    assert digest(tmp_path / "out") == before and [p.name for p in tmp_path.iterdir()] == ["out"]
