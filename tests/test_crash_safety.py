@@ -49,6 +49,15 @@ def _first_json(proc: subprocess.Popen, key: str) -> str:
     raise AssertionError(f"no {key} in the worker's output")
 
 
+def same_as_uninterrupted(ws: Workspace, base: dict, resumed_sae_path) -> None:
+    """Train ``base`` again without interruption and check the resumed SAE has exactly its weights."""
+    full = train(ws, TrainConfig(**base, name=ws.unique_name("run", "uninterrupted")))
+    a, _ = load_sae(full.path)
+    b, _ = load_sae(resumed_sae_path)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
 @pytest.mark.parametrize("kill_after", [2, 5])
 def test_training_killed_resumes_to_the_same_weights(default_ws, tmp_path, kill_after):
     base = dict(TINY, steps=8, seed=5, checkpoint_every=1)
@@ -63,12 +72,7 @@ def test_training_killed_resumes_to_the_same_weights(default_ws, tmp_path, kill_
     assert run_status(default_ws, run_id)["status"] == "interrupted"
     assert not [a for a in default_ws.list("sae") if a.parent == run_id]                    # no SAE yet
     consistent(default_ws, before)
-    done = train(default_ws, resume=run_id)
-    full = train(default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "unkilled")))
-    a, _ = load_sae(full.path)
-    b, _ = load_sae(done.path)
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    same_as_uninterrupted(default_ws, base, train(default_ws, resume=run_id).path)
     consistent(default_ws, before)
 
 
@@ -156,10 +160,5 @@ def test_kernel_killed_mid_training_resumes_from_the_monitor_in_a_new_kernel(def
               f"mon.jobs[{run.id!r}].wait(600)\nmon.poll()")
         row = b.eval("mon.controls.runs[0]")
         assert row["status"] == "done" and row["sae"], row
-    done = default_ws.get(row["sae"], "sae")
-    full = train(default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "kernel-unkilled")))
-    x, _ = load_sae(full.path)
-    y, _ = load_sae(done.path)
-    for w in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        assert torch.equal(getattr(x, w), getattr(y, w)), w
+    same_as_uninterrupted(default_ws, base, default_ws.get(row["sae"], "sae").path)
     consistent(default_ws, before)

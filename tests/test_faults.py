@@ -11,16 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mistudio_widgets.bundles import pack
 from mistudio_widgets.configs import TrainConfig
 from mistudio_widgets.errors import ArtifactWriteError
 from mistudio_widgets.exporting import export_saelens
 from mistudio_widgets.neuronpedia import export_neuronpedia
-from mistudio_widgets.sae.io import load_sae
 from mistudio_widgets.training import train
-from test_crash_safety import TINY
+from test_crash_safety import TINY, same_as_uninterrupted
 from test_hostile_input import consistent, state
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs and dropping capabilities need root")
@@ -132,12 +130,7 @@ def test_permission_denied_while_checkpointing_fails_the_run_and_keeps_its_check
     assert not [a for a in default_ws.list("sae") if a.parent == run_id]
     consistent(default_ws, before)
     # with the permissions put right, the same run resumes to the weights of an uninterrupted one
-    done = train(default_ws, resume=run_id)
-    full = train(default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "perm-whole")))
-    a, _ = load_sae(full.path)
-    b, _ = load_sae(done.path)
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    same_as_uninterrupted(default_ws, base, train(default_ws, resume=run_id).path)
 
 
 def test_nvml_failing_mid_run_is_reported_and_training_goes_on(default_ws, monkeypatch):
