@@ -175,3 +175,22 @@ def test_read_only_workspace_is_reported(shared_dir):
     """)
     assert r.returncode == 3, r.stderr
     assert "must be writable" in r.stdout
+
+
+def test_a_job_in_use_is_not_deleted_until_its_process_is_gone(tmp_path):
+    from mistudio_widgets.jobs import owner_stamp
+
+    ws = Workspace(tmp_path)
+    sae = ws.register("sae", "s")
+    live = ws.register("extraction", "mine", parent=sae.id, meta={"status": "running", "owner": owner_stamp()})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = ws.register("extraction", "gone", parent=sae.id,
+                       meta={"status": "running", "owner": {**owner_stamp(), "pid": dead.pid, "created": 0.0}})
+    with pytest.raises(WorkspaceError, match=f"'mine' derived from it is running in process {os.getpid()}"):
+        ws.delete(sae.id, cascade=True)
+    with pytest.raises(WorkspaceError, match="is in use"):
+        ws.delete(live.id)
+    assert ws.delete(gone.id) == [gone.id]                     # its process is gone: shown as interrupted, deletable
+    ws.update_meta(live.id, status="done")
+    assert set(ws.delete(sae.id, cascade=True)) == {sae.id, live.id}
