@@ -47,10 +47,15 @@ class Kernel:
                 return
 
     def eval(self, expr: str):
-        """The value of a Python literal expression evaluated in the kernel."""
+        """The value of a Python literal expression evaluated in the kernel. (Output of the kernel's
+        worker threads, such as a progress bar, may land in the same cell: the value is fenced.)"""
         import ast
+        import re
 
-        return ast.literal_eval(self.run(f"print(repr({expr}))").strip())
+        out = self.run(f"print('<<value>>' + repr({expr}) + '<</value>>')")
+        found = re.search(r"<<value>>(.*?)<</value>>", out, re.S)
+        assert found, f"no value in the kernel's output: {out[-500:]!r}"
+        return ast.literal_eval(found.group(1))
 
 
 @contextlib.contextmanager
