@@ -57,7 +57,14 @@ function render({ model, el }) {
   viewport.append(spacer);
   const detail = h("div", { class: "detail", "data-testid": "fb-detail" });
   const promptIn = h("textarea", { rows: 2, placeholder: "Type text to see which features fire, e.g. WHY ARE YOU SHOUTING", "data-testid": "fb-prompt" });
-  const promptBtn = h("button", { text: "Test", "data-testid": "fb-prompt-go", on: { click: () => promptIn.value.trim() && send(model, "fire", { text: promptIn.value }) } });
+  const contrastIn = h("textarea", { rows: 2, placeholder: "compared with… (optional; one text per line): features that fire on the text and not on these", "data-testid": "fb-contrast" });
+  const ordinaryBox = h("input", { type: "checkbox", "data-testid": "fb-ordinary" });
+  const denseIn = h("input", { type: "number", value: 0.1, min: 0, max: 1, step: 0.01, style: { width: "5em" }, "data-testid": "fb-dense",
+                               title: "features firing on more than this share of the extraction's tokens are left out" });
+  ordinaryBox.addEventListener("change", () => { contrastIn.disabled = ordinaryBox.checked; });
+  const promptBtn = h("button", { text: "Test", "data-testid": "fb-prompt-go", on: { click: () => promptIn.value.trim() &&
+    send(model, "fire", { text: promptIn.value, contrast: ordinaryBox.checked ? "" : contrastIn.value, ordinary: ordinaryBox.checked,
+                          dense: Number(denseIn.value) }) } });
   const promptOut = h("div", { "data-testid": "fb-prompt-out" });
   // auto-labelling: settings are LabelConfig fields; the key goes with the request only, never into widget state
   const ls = () => model.get("label_settings") || {};
@@ -96,7 +103,9 @@ function render({ model, el }) {
     h("div", { class: "fb-grid" },
       h("div", { class: "fb-left" }, h("div", { class: "row" }, filter, sortSel), count, viewport),
       detail),
-    h("section", {}, h("h4", { text: "Prompt tester" }), h("div", { class: "row" }, promptIn, promptBtn), promptOut),
+    h("section", {}, h("h4", { text: "Prompt tester" }), h("div", { class: "row" }, promptIn, contrastIn),
+      h("div", { class: "row" }, h("label", { class: "check" }, ordinaryBox, "compare with the same text in ordinary case"),
+        field("leave out features firing on more than (share of tokens) ", denseIn), promptBtn), promptOut),
     labelPanel, statusBar(model));
   el.append(root);
 
@@ -185,16 +194,43 @@ function render({ model, el }) {
   const drawPrompt = () => {
     const p = model.get("prompt") || {};
     promptOut.replaceChildren();
+    if (p.note) promptOut.append(h("div", { class: "warn", text: p.note, "data-testid": "fb-prompt-note" }));
+    if (p.mode === "contrast") return drawContrast(p);
     if (!p.tokens) return;
     const top = p.features.slice(0, 12);
-    const best = p.per_token.map((fs) => (fs.length ? fs[0].activation : 0));
-    const peak = Math.max(...best, 1e-9);
+    const best = p.per_token.map((fs) => (fs.length ? fs[0].relative : 0));
     const perTok = h("div", { class: "muted", "data-testid": "fb-prompt-token" });
-    promptOut.append(tokenLine(p.tokens, best, peak, { onClick: (i) => {
-      perTok.textContent = `${JSON.stringify(p.tokens[i])}: ` + p.per_token[i].slice(0, 8).map((f) => `${f.index} (${f.activation.toFixed(2)})`).join(", ");
-    } }), perTok, h("div", { class: "row wrap", "data-testid": "fb-prompt-features" },
-      top.map((f) => h("button", { class: "link", "data-index": f.index, text: `${f.index}${f.label ? ` ${f.label}` : ""} · ${f.activation.toFixed(2)} @ ${JSON.stringify(p.tokens[f.token])}`,
+    promptOut.append(h("div", { class: "muted", text: `Ranked by peak activation ${p.ranking === "relative" ? "relative to each feature's own maximum" : "(raw)"}; `
+        + `${p.left_out_dense} dense feature(s) firing on more than ${(100 * p.dense_threshold).toFixed(0)}% of tokens left out. Click a token for its features.` }),
+      tokenLine(p.tokens, best, 1, { onClick: (i) => {
+        perTok.textContent = `${JSON.stringify(p.tokens[i])}: ` + p.per_token[i].slice(0, 8).map((f) => `${f.index} (${f.activation.toFixed(2)}, ${(100 * f.relative).toFixed(0)}% of max)`).join(", ");
+      } }), perTok, h("div", { class: "row wrap", "data-testid": "fb-prompt-features" },
+      top.map((f) => h("button", { class: "link", "data-index": f.index, text: `${f.index}${f.label ? ` ${f.label}` : ""} · ${f.activation.toFixed(2)} (${(100 * f.relative).toFixed(0)}% of max) @ ${JSON.stringify(p.tokens[f.token])}`,
         on: { click: () => open(f.index) } }))));
+  };
+
+  const drawContrast = (p) => {
+    const pct = (x) => `${(100 * x).toFixed(0)}%`;
+    promptOut.append(h("div", { class: "muted", text: `Features that fire on the text and not on the contrast, ranked by `
+      + `the mean of the differences in firing rate and in activation relative to each feature's maximum; ${p.left_out_dense} dense `
+      + `feature(s) firing on more than ${pct(p.dense_threshold)} of tokens left out.` }));
+    if (!p.features.length) { promptOut.append(h("div", { class: "warn", text: "No feature fires more on the text than on the contrast." })); return; }
+    let chosen = p.features[0].index;
+    const sides = h("div", { "data-testid": "fb-contrast-tokens" });
+    const drawSides = () => {
+      const f = p.features.find((x) => x.index === chosen);
+      const peak = f && f.max ? f.max : Math.max(f.peak, f.peak_contrast, 1e-9);
+      sides.replaceChildren(h("div", { class: "muted", text: `feature ${chosen}, per token:` }),
+        ...p.texts.map((r) => h("div", { class: "row" }, h("span", { class: "muted", text: "text" }), tokenLine(r.tokens, r.values[String(chosen)], peak))),
+        ...p.contrast.map((r) => h("div", { class: "row" }, h("span", { class: "muted", text: "contrast" }), tokenLine(r.tokens, r.values[String(chosen)], peak))));
+    };
+    const rows = p.features.map((f) => h("tr", { "data-index": f.index, on: { click: () => { chosen = f.index; drawSides(); } } },
+      h("td", {}, h("button", { class: "link", text: String(f.index), on: { click: (e) => { e.stopPropagation(); open(f.index); } } })),
+      h("td", { class: "num", text: f.score.toFixed(2) }), h("td", { class: "num", text: `${pct(f.rate)} / ${pct(f.rate_contrast)}` }),
+      h("td", { class: "num", text: `${pct(f.relative)} / ${pct(f.relative_contrast)}` }), h("td", { text: f.label || "" })));
+    promptOut.append(h("table", { class: "table", "data-testid": "fb-contrast-table" },
+      h("tr", {}, ["feature", "score", "fires on text / contrast", "mean activation (of max)", "label"].map((x) => h("th", { text: x }))), rows), sides);
+    drawSides();
   };
 
   const drawHeader = () => {

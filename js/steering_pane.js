@@ -5,8 +5,19 @@ function render({ model, el }) {
   const root = h("div", { class: "mistudio mistudio-steering", "data-testid": "steering-pane" });
   const saeSel = h("select", { "data-testid": "st-sae" });
   saeSel.addEventListener("change", () => send(model, "select", { id: saeSel.value }));
-  const search = h("input", { type: "search", placeholder: "find a feature: label text or index", "data-testid": "st-search" });
+  const search = h("input", { type: "search", placeholder: "find a feature: label text or index, then Enter", "data-testid": "st-search",
+                              title: "matches labels, top logit-lens tokens, or a feature index" });
   search.addEventListener("keydown", (e) => { if (e.key === "Enter") send(model, "search", { query: search.value }); });
+  const searchBtn = h("button", { class: "secondary", text: "Search", "data-testid": "st-search-go", on: { click: () => send(model, "search", { query: search.value }) } });
+  const cText = h("input", { type: "text", placeholder: "text with the trait, e.g. WHY ARE YOU SHOUTING", "data-testid": "st-contrast-text", style: { minWidth: "220px" } });
+  const cOther = h("input", { type: "text", placeholder: "compared with (empty: the same text in ordinary case)", "data-testid": "st-contrast-other", style: { minWidth: "220px" } });
+  const cBtn = h("button", { class: "secondary", text: "Find by contrast", "data-testid": "st-contrast-go",
+    on: { click: () => cText.value.trim() && send(model, "contrast", { text: cText.value, contrast: cOther.value }) } });
+  const maxPpl = h("input", { type: "number", min: 1, step: 1, value: 10, style: { width: "4em" }, "data-testid": "st-auto-ppl",
+                              title: "steered text's perplexity (read by the unsteered model) at most this many times the unsteered text's" });
+  const maxRep = h("input", { type: "number", min: 0.05, max: 1, step: 0.05, value: 0.5, style: { width: "4em" }, "data-testid": "st-auto-rep",
+                              title: "share of the steered text's token trigrams that repeat an earlier one" });
+  const autoOut = h("div", { "data-testid": "st-auto" });
   const found = h("div", { class: "row wrap", "data-testid": "st-found" });
   const chosen = h("div", { class: "st-chosen", "data-testid": "st-chosen" });
   const wide = h("input", { type: "checkbox", "data-testid": "st-wide" });
@@ -32,10 +43,13 @@ function render({ model, el }) {
   const presetSel = h("select", { "data-testid": "st-presets" });
   const presetSave = h("button", { class: "secondary", text: "Save preset", on: { click: () => presetName.value.trim() && send(model, "save_preset", { name: presetName.value.trim() }) } });
   const presetLoad = h("button", { class: "secondary", text: "Load", on: { click: () => presetSel.value && send(model, "load_preset", { name: presetSel.value }) } });
-  busyDisables(model, gen, sweepBtn);
+  busyDisables(model, gen, sweepBtn, cBtn);
   root.append(
-    h("div", { class: "row" }, h("b", { text: "SAE" }), saeSel, search, h("label", { class: "check" }, wide, "Neuronpedia range (−300…300)")),
+    h("div", { class: "row" }, h("b", { text: "SAE" }), saeSel, search, searchBtn, h("label", { class: "check" }, wide, "Neuronpedia range (−300…300)")),
+    h("div", { class: "row" }, cText, cOther, cBtn),
     found, chosen,
+    h("div", { class: "row muted" }, "Auto strength: the largest whose text stays fluent — perplexity ≤", maxPpl, "× the unsteered text's, repeated trigrams ≤", maxRep),
+    autoOut,
     h("div", { class: "row" }, prompt),
     h("div", { class: "row" }, field("Method", method), field("Max tokens", maxTok), field("Temperature", temp), field("Seed", seed),
       field("Multiplier", mult), gen, stop),
@@ -55,9 +69,26 @@ function render({ model, el }) {
     const presets = model.get("presets") || [];
     presetSel.replaceChildren(h("option", { value: "", text: presets.length ? "(presets)" : "(no presets)" }), ...presets.map((p) => h("option", { value: p.name, text: p.name })));
   };
+  const why = (f) => f.match === "contrast" ? ` · fires on ${(100 * f.rate).toFixed(0)}% vs ${(100 * f.rate_contrast).toFixed(0)}% of tokens`
+    : f.match === "logits" ? " · promotes that token" : f.match === "label" ? " · label matches" : "";
   const drawFound = () => {
-    found.replaceChildren(...(model.get("found") || []).map((f) => h("button", { class: "link", "data-index": f.index,
-      text: `+ ${f.index}${f.label ? ` ${f.label}` : ""}`, on: { click: () => send(model, "add", { index: f.index }) } })));
+    const rows = model.get("found") || [];
+    found.replaceChildren(...(rows.length ? [h("span", { class: "muted", text: "add:" })] : []), ...rows.map((f) => h("button", { class: "link", "data-index": f.index,
+      title: f.match === "contrast" ? `contrast score ${f.score.toFixed(2)}, decoder alignment ${f.alignment.toFixed(2)}` : `matched by ${f.match}`,
+      text: `+ ${f.suggested ? "★ " : ""}${f.index}${f.label ? ` ${f.label}` : ""}${why(f)}`, on: { click: () => send(model, "add", { index: f.index }) } })));
+  };
+  const drawAuto = () => {
+    const a = model.get("auto") || {};
+    autoOut.replaceChildren();
+    if (!a.rows) return;
+    const head = a.running ? `feature ${a.index}: trying strengths…` : a.strength !== null && a.strength !== undefined
+      ? `feature ${a.index}: strength ${fmtNum(a.strength, 2)} (${(100 * a.relative).toFixed(0)}% of the residual norm ${fmtNum(a.residual_norm, 0)}) is the largest that stays fluent`
+      : (a.note || "");
+    autoOut.append(h("div", { class: a.strength === null && !a.running ? "warn" : "muted", text: head }),
+      h("table", { class: "table", "data-testid": "st-auto-table" }, h("tr", {}, ["strength", "of residual norm", "perplexity", "repeated", "fluent", "steered text"].map((x) => h("th", { text: x }))),
+        ...a.rows.map((r) => h("tr", {}, h("td", { class: "num", text: fmtNum(r.strength, 2) }), h("td", { class: "num", text: `${(100 * r.relative).toFixed(0)}%` }),
+          h("td", { class: "num", text: fmtNum(r.perplexity, 1) }), h("td", { class: "num", text: `${(100 * r.repetition).toFixed(0)}%` }),
+          h("td", { text: r.fluent ? "yes" : "no" }), h("td", { text: r.text })))));
   };
   const drawChosen = () => {
     chosen.replaceChildren();
@@ -68,9 +99,14 @@ function render({ model, el }) {
       slider.addEventListener("input", () => { num.value = slider.value; });
       slider.addEventListener("change", () => send(model, "strength", { index: c.index, strength: Number(slider.value) }));
       num.addEventListener("change", () => send(model, "strength", { index: c.index, strength: Number(num.value) }));
+      const auto = h("button", { class: "secondary", text: "Auto", "data-testid": "st-auto-go", "data-index": c.index,
+        title: "try strengths from weak to strong and keep the largest whose text stays fluent",
+        on: { click: () => send(model, "auto", { index: c.index, max_perplexity: Number(maxPpl.value), max_repetition: Number(maxRep.value) }) } });
+      auto.disabled = model.get("status") === "busy";
       chosen.append(h("div", { class: "row", "data-testid": "st-feature", "data-index": c.index },
         h("b", { text: `#${c.index}` }), h("span", { class: "muted", text: c.label || (c.max ? `max ${c.max.toFixed(2)}` : "") }),
-        slider, num, h("button", { class: "link", text: "remove", on: { click: () => send(model, "remove", { index: c.index }) } })));
+        slider, num, h("span", { class: "muted", "data-testid": "st-relative", text: c.relative !== null && c.relative !== undefined ? `≈ ${(100 * c.relative).toFixed(0)}% of the residual norm` : "" }),
+        auto, h("button", { class: "link", text: "remove", on: { click: () => send(model, "remove", { index: c.index }) } })));
     }
     if (!chosen.children.length) chosen.append(h("div", { class: "muted", text: "No feature yet: search above, or use “Steer with this” in the feature browser." }));
   };
@@ -105,7 +141,8 @@ function render({ model, el }) {
   model.on("change:chosen", drawChosen);
   for (const k of ["unsteered", "steered", "result"]) model.on(`change:${k}`, drawOut);
   model.on("change:sweep_rows", drawSweep);
-  drawHeader(); drawFound(); drawChosen(); drawOut(); drawSweep();
+  model.on("change:auto", drawAuto);
+  drawHeader(); drawFound(); drawChosen(); drawOut(); drawSweep(); drawAuto();
 }
 
 export default { render };

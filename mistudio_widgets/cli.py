@@ -178,6 +178,7 @@ def _train_configs(a: argparse.Namespace):
             raise MistudioError(f"{a.config} must hold a mapping of TrainConfig settings.", "write e.g. `steps: 300`.")
     flags = {"model": a.model, "dataset": a.dataset, "hook": a.hook, "hook_out": a.hook_out, "architecture": a.arch,
              "k": a.k, "l1_coefficient": a.l1, "expansion_factor": a.expansion, "d_sae": a.d_sae, "steps": a.steps,
+             "train_tokens": a.train_tokens,
              "batch_tokens": a.batch_tokens, "lr": a.lr, "seed": a.seed, "name": a.name, "device": a.device}
     data.update({k: v for k, v in flags.items() if v is not None})
     variants = data.pop("saes", None) or [{}]
@@ -298,14 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "capture":
             sp.add_argument("--model", default=DEFAULT)
             sp.add_argument("--dataset", default=DEFAULT, help="a dataset (tokenized on demand) or a tokenization")
-        sp.add_argument("--hook", default="blocks.15.hook_resid_post")
+        sp.add_argument("--hook", default="blocks.10.hook_resid_post" if name == "demo" else "blocks.15.hook_resid_post")
         sp.add_argument("--tokens", type=int, default=16384)
         sp.add_argument("--batch-size", type=int, default=16)
         sp.add_argument("--context-size", type=int, default=128)
         if name == "demo":
-            sp.add_argument("--train-steps", type=int, default=40, help="steps of the demo SAE (1,024 tokens each)")
-            sp.add_argument("--extract-tokens", type=int, default=16384, help="tokens of the feature extraction")
-            sp.add_argument("--steer-tokens", type=int, default=30, help="tokens generated with and without steering")
+            sp.add_argument("--train-steps", type=int, default=100, help="steps of the demo SAE")
+            sp.add_argument("--batch-tokens", type=int, default=4096, help="activations per training step")
+            sp.add_argument("--train-tokens", type=int, default=204_800,
+                            help="distinct training tokens, harvested once into the activation cache and reused each epoch")
+            sp.add_argument("--expansion", type=int, default=8, help="d_sae = expansion x d_model")
+            sp.add_argument("--extract-tokens", type=int, default=32768, help="tokens of the feature extraction")
+            sp.add_argument("--steer-tokens", type=int, default=40, help="tokens generated with and without steering")
 
     sp = cmd(sub, "train", cmd_train, "train an SAE (settings from --config and flags; TrainConfig fields)")
     sp.add_argument("--config", default=None, help="YAML or JSON file of TrainConfig settings")
@@ -320,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--expansion", type=int, default=None)
     sp.add_argument("--d-sae", type=int, default=None)
     sp.add_argument("--steps", type=int, default=None)
+    sp.add_argument("--train-tokens", type=int, default=None, help="distinct training tokens, reused each epoch")
     sp.add_argument("--batch-tokens", type=int, default=None)
     sp.add_argument("--lr", type=float, default=None)
     sp.add_argument("--seed", type=int, default=None)

@@ -61,21 +61,76 @@ def cmd_features_show(ws: Workspace, a: argparse.Namespace, out) -> None:
     out.summary({}, "\n".join(lines))
 
 
-def cmd_features_fire(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .features import fire
+def _read_texts(path: str) -> list[str]:
+    from pathlib import Path
 
-    r = fire(ws, a.sae, a.text, top=a.top)
+    from .features import FeatureError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FeatureError(f"Could not read the texts file {path!r} ({exc.__class__.__name__}).",
+                           "give a UTF-8 text file with one text per line.") from exc
+    texts = [x for x in lines if x.strip()]
+    if not texts:
+        raise FeatureError(f"The texts file {path!r} holds no text.", "put one text per line.")
+    return texts
+
+
+def _marked(tokens: list[str], values: list[float]) -> str:
+    return "".join(f"[[{t}]]" if v > 0 else t for t, v in zip(tokens, values))
+
+
+def cmd_features_fire(ws: Workspace, a: argparse.Namespace, out) -> None:
+    from .features import contrast, fire
+
+    against = list(a.contrast or []) + [t for f in a.contrast_file or [] for t in _read_texts(f)]
+    if against or a.ordinary:
+        return _print_contrast(contrast(ws, a.sae, a.text, against or None, top=a.top, dense_threshold=a.dense), a, out)
+    if len(a.text) > 1:
+        raise SystemExit("mistudio features fire: several --text need --contrast, --contrast-file or --ordinary")
+    r = fire(ws, a.sae, a.text[0], top=a.top, dense_threshold=a.dense)
     if out.as_json:
-        out.summary({"features": [{"index": f["index"], "activation": f["activation"], "label": f["label"]}
-                                  for f in r["features"][: a.top]], "tokens": r["tokens"]}, "")
+        out.summary({"features": [{k: f[k] for k in ("index", "activation", "relative", "label")} for f in r["features"][: a.top]],
+                     "tokens": r["tokens"], "ranking": r["ranking"], "note": r["note"]}, "")
         return
-    lines = ["per token (strongest features):"]
+    lines = ["per token (strongest features, activation / its max):"]
     for t, feats in zip(r["tokens"], r["per_token"]):
-        lines.append(f"  {t!r:>16}  " + ", ".join(f"{f['index']}:{f['activation']:.2f}" for f in feats[:5]))
-    lines.append("features over the text:")
+        lines.append(f"  {t!r:>16}  " + ", ".join(f"{f['index']}:{f['activation']:.2f}/{f['relative']:.0%}" for f in feats[:5]))
+    lines.append(f"features over the text (ranked by {r['ranking']} peak; {r['left_out_dense']} dense features "
+                 f"firing on > {r['dense_threshold']:.0%} of tokens left out):")
     for f in r["features"][: a.top]:
-        lines.append(f"  {f['index']:>6}  peak {f['activation']:.3f} at {r['tokens'][f['token']]!r}"
+        lines.append(f"  {f['index']:>6}  peak {f['activation']:.3f} ({f['relative']:.0%} of its max) at "
+                     f"{r['tokens'][f['token']]!r}" + (f"  {f['label']}" if f["label"] else ""))
+    if r["note"]:
+        lines.append("note: " + r["note"])
+    out.summary({}, "\n".join(lines))
+
+
+def _print_contrast(r: dict[str, Any], a: argparse.Namespace, out) -> None:
+    if out.as_json:
+        out.summary({k: r[k] for k in ("features", "steer_with", "texts", "contrast", "ranking", "dense_threshold",
+                                       "left_out_dense", "note")}, "")
+        return
+    lines = [f"features that fire on the text(s) and not on the contrast ({r['ranking']} ranking; "
+             f"{r['left_out_dense']} dense features firing on > {r['dense_threshold']:.0%} of tokens left out):",
+             "   index  score  fires on text / contrast  mean act. (of max) text / contrast  aligned"]
+    for f in r["features"]:
+        lines.append(f"  {f['index']:>6}  {f['score']:.2f}   {f['rate']:6.0%} / {f['rate_contrast']:<6.0%}"
+                     f"            {f['relative']:6.0%} / {f['relative_contrast']:<6.0%}         {f['alignment']:5.2f}"
                      + (f"  {f['label']}" if f["label"] else ""))
+    if r["features"]:
+        best = r["features"][0]["index"]
+        lines.append(f"feature {best}, tokens where it fires marked [[ ]]:")
+        for side in ("texts", "contrast"):
+            for row in r[side]:
+                lines.append(f"  {side[:4]:<5} {_marked(row['tokens'], row['values'][best])!r}")
+        lines.append(f"to steer towards the text: feature {r['steer_with']} (of the top features, its decoder direction is "
+                     "the best aligned with the shift of the activations from the contrast to the text)")
+    else:
+        lines.append("  no feature fires more on the text than on the contrast")
+    if r["note"]:
+        lines.append("note: " + r["note"])
     out.summary({}, "\n".join(lines))
 
 
@@ -110,9 +165,15 @@ def register(sub, cmd) -> None:
     sp.add_argument("sae")
     sp.add_argument("index", type=int)
     sp.add_argument("--examples", type=int, default=None, help="top examples to show (all kept by default with --json)")
-    sp = cmd(fs, "fire", cmd_features_fire, "which features fire on a text, per token and overall")
+    sp = cmd(fs, "fire", cmd_features_fire, "which features fire on a text (per token and overall), or on texts and not on others")
     sp.add_argument("sae")
-    sp.add_argument("--text", required=True)
+    sp.add_argument("--text", required=True, action="append", help="the text to test (repeat for several)")
+    sp.add_argument("--contrast", action="append", default=None, metavar="TEXT",
+                    help="rank features that fire on the text(s) and not on this one (repeatable)")
+    sp.add_argument("--contrast-file", action="append", default=None, metavar="FILE", help="contrast texts, one per line")
+    sp.add_argument("--ordinary", action="store_true", help="contrast with the same text(s) in ordinary case (e.g. for SHOUTING)")
+    sp.add_argument("--dense", type=float, default=0.1, metavar="SHARE",
+                    help="leave out features firing on more than this share of extraction tokens (default 0.1)")
     sp.add_argument("--top", type=int, default=10)
     sp = cmd(fs, "search", cmd_features_search, "features whose label or top logit tokens match a word")
     sp.add_argument("sae")

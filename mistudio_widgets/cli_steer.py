@@ -9,7 +9,7 @@ from .workspace import Workspace
 
 
 def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .steering import SteeringError, load_preset, parse_features, save_preset, steer, sweep
+    from .steering import SteeringError, auto_strength, load_preset, parse_features, save_preset, steer, sweep
 
     if a.preset:
         sae, cfg = load_preset(ws, a.preset)
@@ -21,13 +21,22 @@ def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
         sae, cfg = a.sae, SteerConfig()
     changes = {k: v for k, v in {"prompt": a.prompt, "method": a.method, "max_tokens": a.max_tokens, "seed": a.seed,
                                  "temperature": a.temperature, "multiplier": a.multiplier}.items() if v is not None}
+    auto = [f.partition(":")[0] for f in a.feature if f.partition(":")[2].strip().lower() == "auto"]
+    if len(auto) > 1:
+        raise SteeringError("Only one feature at a time can have an automatic strength.", "give the others numbers.")
     if a.feature:
-        changes["features"] = [list(x) for x in parse_features(a.feature)]
+        changes["features"] = [list(x) for x in parse_features([f.partition(":")[0] + ":0" if f.partition(":")[0] in auto
+                                                                 and f.partition(":")[2].strip().lower() == "auto" else f
+                                                                 for f in a.feature])]
     if a.normalise:
         changes["normalise"] = True
     if a.no_chat_template:
         changes["chat_template"] = False
     cfg = dataclasses.replace(cfg, **changes)
+    if auto:
+        cfg = _auto(ws, sae, cfg, int(auto[0]), a, out)
+        if cfg is None:
+            return
     if a.save_preset:
         save_preset(ws, a.save_preset, sae, cfg)
     if a.strengths:
@@ -46,10 +55,37 @@ def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
                  "method": r["method"], "diff": r["diff"]}, "\n".join(text))
 
 
+def _auto(ws: Workspace, sae: str, cfg: SteerConfig, feature: int, a: argparse.Namespace, out) -> SteerConfig | None:
+    """Find the strength of ``feature`` by the fluency sweep, print the sweep, and return the config to steer
+    with (None when no strength stays fluent)."""
+    from .steering import auto_strength
+
+    bound = {k: v for k, v in {"max_perplexity": a.max_perplexity, "max_repetition": a.max_repetition}.items() if v is not None}
+    r = auto_strength(ws, sae, cfg, feature=feature, **bound,
+                      on_row=None if out.as_json else lambda row: out.line(
+                          {}, f"  strength {row['strength']:8.2f} ({row['relative']:.0%} of the residual norm): perplexity "
+                              f"{row['perplexity']:7.1f}, repeated {row['repetition']:.0%}  "
+                              f"{'fluent' if row['fluent'] else 'NOT fluent'}  {row['text'][:70]!r}"))
+    b = r["bound"]
+    head = (f"automatic strength for feature {feature}: the largest whose text stays fluent (perplexity under the "
+            f"unsteered model <= {b['max_perplexity']:g}x the unsteered text's = {b['perplexity_limit']:.1f}, repeated "
+            f"trigrams <= {b['max_repetition']:.0%}); residual norm {r['residual_norm']:.1f}")
+    if r["strength"] is None:
+        out.summary({"auto": r, "unsteered": r["unsteered"], "steered": None}, head + "\n" + r["note"]
+                    + f"\nunsteered: {r['unsteered']!r}")
+        return None
+    out.line({"auto": r}, head + f": {r['strength']:.2f} ({r['relative']:.0%} of the residual norm)")
+    feats = [[i, r["strength"] if i == feature else s] for i, s in cfg.features]
+    return dataclasses.replace(cfg, features=feats)
+
+
 def register(sub, cmd) -> None:
     sp = cmd(sub, "steer", cmd_steer, "generate with and without steering by SAE features, side by side, with metrics")
     sp.add_argument("sae", nargs="?", default=None)
-    sp.add_argument("--feature", action="append", default=[], metavar="I[:S]", help="feature index and strength (repeatable)")
+    sp.add_argument("--feature", action="append", default=[], metavar="I[:S]",
+                    help="feature index and strength (repeatable); I:auto finds the largest strength that stays fluent")
+    sp.add_argument("--max-perplexity", type=float, default=None, help="auto: fluency bound, the steered text's perplexity as a multiple of the unsteered text's (default 10)")
+    sp.add_argument("--max-repetition", type=float, default=None, help="auto: bound on the share of repeated trigrams")
     sp.add_argument("--prompt", default=None)
     sp.add_argument("--method", choices=["add", "orthogonal", "cap", "clamp", "ablate"], default=None)
     sp.add_argument("--max-tokens", type=int, default=None)

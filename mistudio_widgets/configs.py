@@ -174,6 +174,7 @@ class TrainConfig:
     hook: str = opt("blocks.15.hook_resid_post", "Hook point the SAE reads.")
     hook_out: str | None = opt(None, "Transcoders: the hook the SAE reconstructs (e.g. blocks.15.hook_mlp_out); empty for an SAE.")
     context_size: int = opt(128, "Tokens per sequence when the dataset must be tokenized.", minimum=2)
+    train_tokens: int | None = opt(None, "Distinct training tokens (the first sequences of the data; all when empty). With fewer than steps x batch_tokens the same tokens return each epoch: with cache_activations they are harvested once and reread from the cache.", minimum=1)
     # architecture
     architecture: Literal["topk", "batchtopk", "standard", "jumprelu"] = opt("topk", "SAE architecture.")
     expansion_factor: int = opt(8, "d_sae = expansion_factor x d_model (ignored when d_sae is set).", minimum=1)
@@ -239,9 +240,13 @@ class ExtractConfig:
 
 
 EXPLAIN_TEMPLATE = (
-    "Below are text excerpts where one feature of a language model is active. Tokens where it is strongly "
-    "active are marked <<like this>>.\n\n{examples}\n\nTokens the feature promotes: {logits}\n\n"
-    "In a short phrase (at most 8 words), what does the feature respond to? Answer with the phrase only.")
+    "A feature of a language model is active on some tokens of a text. Below are excerpts where the tokens it is "
+    "active on are marked <<like this>>. Name what the feature responds to in a few words.\n\n"
+    "Excerpts:\n1. the <<cat>> chased the <<mouse>> into the garden\n2. a <<dog>> barked at the <<horse>>\n"
+    "Marked tokens: 'cat', 'mouse', 'dog', 'horse'\nName: animals\n\n"
+    "Excerpts:\n1. she said<<,\">> and left\n2. \"Wait<<!\">> he cried\n"
+    "Marked tokens: ',\"', '!\"'\nFacts: most marked tokens (100%) are punctuation.\nName: closing quotation marks\n\n"
+    "Excerpts:\n{examples}\nMarked tokens: {tokens}\n{facts}Tokens the feature promotes: {logits}\nName:")
 DETECT_TEMPLATE = (
     "A feature of a language model is described as: \"{label}\".\n\nText: {text}\n\n"
     "Is this feature active anywhere in the text? Answer yes or no.")
@@ -256,7 +261,7 @@ class LabelConfig:
     model: str = opt(DEFAULT, "Explainer model: a workspace model for 'local' ('default' is the embedded SmolLM2-Instruct), the served model name for 'openai'.")
     base_url: str = opt("http://127.0.0.1:11434/v1", "Endpoint base URL for 'openai' (ends before /chat/completions).")
     api_key_env: str = opt("OPENAI_API_KEY", "Environment variable holding the API key (the key itself is never stored).")
-    template: str = opt(EXPLAIN_TEMPLATE, "Explanation prompt; {examples} and {logits} are filled in.")
+    template: str = opt(EXPLAIN_TEMPLATE, "Explanation prompt; {examples}, {tokens} (the marked tokens), {facts} (shares of capitals, punctuation, digits... among them) and {logits} are filled in.")
     detect_template: str = opt(DETECT_TEMPLATE, "Detection-scoring prompt; {label} and {text} are filled in.")
     examples: int = opt(10, "Top examples shown to the explainer.", minimum=1)
     score: bool = opt(True, "Score each label by detection on held-out examples.")

@@ -1,7 +1,8 @@
 """``mistudio demo``: the whole main job on the embedded defaults, offline: model and corpus, tokens,
-activations at a hook, a trained SAE, its features extracted, the feature that fires most on shouted
-text found and labelled by the in-kernel explainer, a steered continuation, and the SAE exported for
-SAELens and Neuronpedia. Prints one line per step and a summary."""
+activations at a hook, a trained SAE, its features extracted, a SHOUTING feature found by contrast
+(shouted sentences against the same sentences in ordinary case), labelled by the in-kernel explainer,
+used to steer a chat answer at an automatically chosen strength, and the SAE exported for SAELens and
+Neuronpedia. Prints one line per step and a summary."""
 from __future__ import annotations
 
 import argparse
@@ -11,18 +12,31 @@ from typing import Any
 from .configs import DEFAULT, ExtractConfig, LabelConfig, SteerConfig, TokenizeConfig, TrainConfig
 from .workspace import Workspace
 
-SHOUT = "WHY ARE YOU SHOUTING AT ME? STOP YELLING!"
+SHOUTS = ["WHY ARE YOU SHOUTING AT ME? STOP YELLING!", "GET OUT OF MY HOUSE RIGHT NOW.",
+          "I TOLD YOU TO LEAVE THE DOG ALONE!", "NOBODY LISTENS TO ME ANYMORE.",
+          "THIS IS THE BEST DAY OF MY LIFE!", "COME BACK HERE AND FINISH YOUR DINNER."]
 PROMPT = "Tell me about your day."
+DEMO_HOOK = "blocks.10.hook_resid_post"
+
+
+def uppercase_share(text: str) -> float:
+    """The share of a text's letters that are capitals."""
+    letters = [c for c in text if c.isalpha()]
+    return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
+
+
+def _marked(tokens: list[str], values: list[float], peak: float) -> str:
+    return "".join(f"[{t}]" if peak > 0 and v >= 0.5 * peak else t for t, v in zip(tokens, values)).replace("\n", " ")
 
 
 def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, Any]:
     from .datasets import ensure_tokenization, resolve_dataset
     from .exporting import export_saelens
-    from .features import extract, feature_columns, fire
+    from .features import contrast, extract, feature_columns, feature_detail, ordinary_case
     from .labeling import label_features
     from .models import model_info, resolve_model
     from .neuronpedia import export_neuronpedia
-    from .steering import steer
+    from .steering import auto_strength, steer
     from .training import train
 
     t0 = time.perf_counter()
@@ -35,10 +49,12 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
     model = resolve_model(ws, DEFAULT, progress=out.progress)
     info = model_info(ws, model)
     step("model", {"id": model.id, "name": model.name, "info": info},
-         f"{model.name}: {info['family']}, {info['layers']} layers, d_model {info['d_model']}, {info['parameters']:,} parameters")
+         f"{model.name}: {info['family']}, {info['layers']} layers, d_model {info['d_model']}, "
+         f"{info['parameters']:,} parameters")
     ds = resolve_dataset(ws, DEFAULT, progress=out.progress)
     step("dataset", {"id": ds.id, "name": ds.name, "stats": ds.meta["stats"]},
-         f"{ds.name}: {ds.meta['stats']['documents']} documents ({ds.meta.get('licence', '')}, {ds.meta['provenance']['source']})")
+         f"{ds.name}: {ds.meta['stats']['documents']} documents ({ds.meta.get('licence', '')}, "
+         f"{ds.meta['provenance']['source']})")
     tok = ensure_tokenization(ws, ds, model, TokenizeConfig(context_size=a.context_size), progress=out.progress)
     st = tok.meta["stats"]
     step("tokenize", {"id": tok.id, "stats": st}, f"{tok.name}: {st['tokens']:,} tokens in {st['sequences']:,} sequences")
@@ -46,15 +62,7 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
     capture(ws, a, out)
     times["capture"] = time.perf_counter() - t0 - sum(times.values())
 
-    cfg = TrainConfig(dataset=tok.id, hook=a.hook, steps=a.train_steps, batch_tokens=1024, expansion_factor=4, k=32, lr=2e-3,
-                      eval_every=0, log_every=10, chunk_sequences=256, eval_sequences=8, name=ws.unique_name("run", "demo-topk"))
-    res = train(ws, cfg, progress=out.progress)
-    m = res.metrics
-    sae = ws.get(res.sae_id)
-    step("train", {"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "metrics": m},
-         f"{sae.name} ({res.path}): top-k k=32, d_sae {4 * info['d_model']}, {m['tokens']:,} tokens; explained variance "
-         f"{m['explained_variance']:.3f}, L0 {m['l0']:.0f}, dead {m['dead_fraction']:.1%}, CE recovered {m['ce_recovered']:.3f}")
-
+    sae, m = _train(ws, a, tok, info, out, step, train)
     ext = extract(ws, sae.id, ExtractConfig(dataset=tok.id, tokens=a.extract_tokens, top_k=20, quantile_examples=3,
                                             coactivation_tokens=4096), progress=out.progress)
     cols = feature_columns(ws, ext)
@@ -62,27 +70,48 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
     step("extract", {"extraction": ext.id, "tokens": a.extract_tokens, "live_features": live},
          f"{a.extract_tokens:,} tokens: {live:,} of {len(cols['frequency']):,} features fired")
 
-    hits = fire(ws, sae.id, SHOUT)
-    top = hits["features"][0]
-    feature = int(top["index"])
-    step("find", {"text": SHOUT, "feature": feature, "activation": top["activation"], "features": hits["features"][:5]},
-         f"feature {feature} fires most on {SHOUT!r} ({top['activation']:.2f} on {hits['tokens'][top['token']]!r})")
+    found = contrast(ws, sae.id, SHOUTS, [ordinary_case(x) for x in SHOUTS], top=10)
+    feature = found["steer_with"]
+    if feature is None:
+        step("find", {"features": []}, "no feature fires more on shouted text than on the same text in ordinary case")
+        return {"feature": None}
+    rows = "\n".join(f"           {f['index']:>5}  score {f['score']:.2f}  fires on {f['rate']:.0%} of shouted tokens, "
+                     f"{f['rate_contrast']:.0%} of ordinary ones; aligned {f['alignment']:+.2f}" for f in found["features"][:5])
+    detail = feature_detail(ws, ext, feature, max_examples=5)
+    examples = "\n".join(f"             {e['value']:6.2f}  {_marked(e['tokens'], e['values'], e['value'])!r}"
+                         for e in detail["examples"][:5])
+    step("find", {"texts": SHOUTS, "feature": feature, "features": found["features"][:5],
+                  "examples": [{"tokens": e["tokens"], "values": e["values"]} for e in detail["examples"][:5]]},
+         f"features that fire on {len(SHOUTS)} shouted sentences and not on the same sentences in ordinary case:\n{rows}\n"
+         f"         feature {feature} is the one to steer with (its decoder row is the best aligned with the shift from "
+         f"ordinary to shouted text); it fires on {detail['frequency']:.2%} of corpus tokens, max {detail['max']:.2f}; "
+         f"its top examples ([strong tokens]):\n{examples}")
 
-    lab = label_features(ws, sae.id, LabelConfig(examples=8, score_examples=3), features=[feature], redo=True,
+    lab = label_features(ws, sae.id, LabelConfig(examples=10, score_examples=5), features=[feature], redo=True,
                          progress=out.progress)[0]
     score = lab.get("score")
-    step("label", {"feature": feature, "label": lab.get("label"), "score": score},
-         f"feature {feature}: {lab.get('label')!r}" + (f", detection score {score:.2f}" if score is not None else ""))
+    step("label", {"feature": feature, "label": lab.get("label"), "score": score, "chance": 0.5},
+         f"feature {feature}: {lab.get('label')!r}" + (f"; detection score {score:.2f} (chance 0.50)" if score is not None else ""))
 
-    peak = float(cols["max"][feature])
-    strength = round(2 * peak, 2) or 10.0          # twice its largest activation: visible, still fluent
-    r = steer(ws, sae.id, SteerConfig(features=[[feature, strength]], prompt=PROMPT, max_tokens=a.steer_tokens))
-    sm = r["metrics"]
+    auto = auto_strength(ws, sae.id, SteerConfig(features=[[feature, 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens))
+    sweep = "\n".join(f"           {r['strength']:7.2f} ({r['relative']:.0%} of the residual norm): perplexity "
+                      f"{r['perplexity']:6.1f}, repeated {r['repetition']:.0%}, {uppercase_share(r['text']):.0%} uppercase"
+                      f"{'' if r['fluent'] else '  (not fluent)'}" for r in auto["rows"])
+    strength = auto["strength"]
+    b = auto["bound"]
+    chosen = (f"chosen {strength:.2f} ({auto['relative']:.0%} of the residual norm {auto['residual_norm']:.0f})"
+              if strength is not None else auto["note"])
+    step("strength", {"feature": feature, "auto": {k: auto[k] for k in ("strength", "relative", "rows", "bound", "residual_norm")}},
+         f"the largest strength whose text stays fluent (perplexity <= {b['max_perplexity']:g}x the unsteered text's, "
+         f"repeated trigrams <= {b['max_repetition']:.0%}):\n{sweep}\n         {chosen}")
+    r = steer(ws, sae.id, SteerConfig(features=[[feature, strength or 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens))
+    up0, up1 = uppercase_share(r["unsteered"]), uppercase_share(r["steered"])
     step("steer", {"feature": feature, "strength": strength, "prompt": PROMPT, "unsteered": r["unsteered"],
-                   "steered": r["steered"], "kl_mean": sm["kl_mean"], "perplexity_unsteered": sm.get("perplexity_unsteered"),
-                   "perplexity_steered": sm.get("perplexity_steered")},
-         f"feature {feature} x {strength}: KL {sm['kl_mean']:.3f}\n           unsteered: {r['unsteered']!r}\n"
-         f"           steered:   {r['steered']!r}")
+                   "steered": r["steered"], "uppercase_unsteered": up0, "uppercase_steered": up1,
+                   "kl_mean": r["metrics"]["kl_mean"]},
+         f"{PROMPT!r} with feature {feature} x {strength or 0:.2f}:\n"
+         f"           unsteered ({up0:.0%} uppercase): {r['unsteered']!r}\n"
+         f"           steered   ({up1:.0%} uppercase): {r['steered']!r}")
 
     base = ws.root / "exports" / sae.name
     lens = export_saelens(ws, sae.id, f"{base}-saelens", overwrite=True)
@@ -91,7 +120,24 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
          f"SAELens {lens['path']}\n           Neuronpedia {npx['path']} ({npx['features']:,} features)")
     total = time.perf_counter() - t0
     summary = {"seconds": round(total, 1), "workspace": str(ws.root), "sae": sae.id, "metrics": m, "feature": feature,
-               "label": lab.get("label"), "score": score, "steered": r["steered"], "unsteered": r["unsteered"],
-               "exports": {"saelens": lens["path"], "neuronpedia": npx["path"]}, "step_seconds": {k: round(v, 1) for k, v in times.items()}}
+               "label": lab.get("label"), "score": score, "strength": strength, "steered": r["steered"],
+               "unsteered": r["unsteered"], "uppercase_steered": up1, "uppercase_unsteered": up0,
+               "exports": {"saelens": lens["path"], "neuronpedia": npx["path"]},
+               "step_seconds": {k: round(v, 1) for k, v in times.items()}}
     out.summary(summary, f"done in {total:.0f}s; workspace {ws.root}")
     return summary
+
+
+def _train(ws: Workspace, a: argparse.Namespace, tok, info: dict[str, Any], out, step, train):
+    """The demo's SAE: top-k at the demo hook, activations harvested once into the cache."""
+    cfg = TrainConfig(dataset=tok.id, hook=a.hook, steps=a.train_steps, batch_tokens=a.batch_tokens, train_tokens=a.train_tokens,
+                      expansion_factor=a.expansion, k=32, eval_every=0, log_every=10, chunk_sequences=1024,
+                      eval_sequences=8, cache_activations=True, name=ws.unique_name("run", "demo-topk"))
+    res = train(ws, cfg, progress=out.progress)
+    m = res.metrics
+    sae = ws.get(res.sae_id)
+    step("train", {"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "metrics": m},
+         f"{sae.name} ({res.path}): top-k k=32, d_sae {a.expansion * info['d_model']} at {a.hook}, {m['tokens']:,} "
+         f"tokens ({a.train_tokens:,} distinct, harvested once); explained variance {m['explained_variance']:.3f}, L0 {m['l0']:.0f}, dead {m['dead_fraction']:.1%}, "
+         f"CE recovered {m['ce_recovered']:.3f}")
+    return sae, m

@@ -8,6 +8,7 @@ chat-completions endpoint. API keys come from the environment or the caller and 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import json
 import os
 import socket
@@ -135,14 +136,49 @@ def _marked(tokens: list[str], values: list[float], peak: float) -> str:
     return "".join(out).replace("\n", " ").strip()
 
 
+def marked_tokens(detail: dict[str, Any], n_examples: int) -> list[str]:
+    """The tokens of the top examples where the feature is at least half its peak in that example."""
+    out = []
+    for e in detail["examples"][:n_examples]:
+        out += [t for t, v in zip(e["tokens"], e["values"]) if e["value"] > 0 and v >= 0.5 * e["value"]]
+    return out
+
+
+TOKEN_FACTS = (    # (what, test of one token's text); a fact is stated when it holds for most marked tokens
+    ("in CAPITAL LETTERS", lambda t: sum(c.isalpha() for c in t) >= 1 and t.strip().isupper()),
+    ("capitalised words", lambda t: t.strip()[:1].isupper() and not t.strip().isupper()),
+    ("punctuation", lambda t: bool(t.strip()) and all(not c.isalnum() for c in t.strip())),
+    ("digits", lambda t: any(c.isdigit() for c in t)),
+    ("line breaks or spaces", lambda t: not t.strip()),
+    ("the start of a word", lambda t: t[:1] == " " and t.strip().isalpha()),
+    ("inside a word (no leading space)", lambda t: t[:1].isalpha()),
+)
+
+
+def token_facts(tokens: list[str], threshold: float = 0.6) -> list[str]:
+    """Plain statements about the marked tokens that hold for at least ``threshold`` of them."""
+    if not tokens:
+        return []
+    facts = []
+    for what, test in TOKEN_FACTS:
+        share = sum(bool(test(t)) for t in tokens) / len(tokens)
+        if share >= threshold:
+            facts.append(f"most marked tokens ({share:.0%}) are {what}.")
+    return facts
+
+
 def explanation_prompt(detail: dict[str, Any], cfg: LabelConfig) -> str:
     ex = detail["examples"][: cfg.examples]
     lines = [f"{i + 1}. {_marked(e['tokens'], e['values'], e['value'])}" for i, e in enumerate(ex)]
     logits = ", ".join(repr(x["token"]) for x in (detail.get("logits") or {}).get("positive", [])[:10]) or "(unknown)"
-    return cfg.template.format(examples="\n".join(lines), logits=logits)
+    marked = marked_tokens(detail, cfg.examples)
+    common = [t for t, _ in Counter(marked).most_common(12)]
+    facts = token_facts(marked)
+    return cfg.template.format(examples="\n".join(lines), logits=logits, tokens=", ".join(repr(t) for t in common),
+                               facts=f"Facts: {' '.join(facts[:2])}\n" if facts else "")
 
 
-_PREAMBLES = ("the feature responds to", "this feature responds to", "the feature fires on", "it responds to",
+_PREAMBLES = ("name:", "the feature responds to", "this feature responds to", "the feature fires on", "it responds to",
               "the feature by", "answer:", "label:", "the phrase is")
 
 
@@ -184,9 +220,9 @@ def _non_activating(ws: Workspace, ext, index: int, n: int, width: int, rng: np.
     return found
 
 
-def detection_score(ws: Workspace, chat: Chat, ext, detail: dict[str, Any], label: str, cfg: LabelConfig,
-                    rng: np.random.Generator) -> dict[str, Any]:
-    """Balanced accuracy of the scorer telling held-out activating texts from non-activating ones."""
+def held_out_texts(ws: Workspace, ext, detail: dict[str, Any], cfg: LabelConfig,
+                   rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """Held-out activating texts (examples the explainer did not see) and as many non-activating ones."""
     held = detail["examples"][cfg.examples:] + [e for g in detail["quantile_examples"] for e in g["examples"]]
     seen, pos = set(), []
     for e in held:
@@ -197,9 +233,11 @@ def detection_score(ws: Workspace, chat: Chat, ext, detail: dict[str, Any], labe
     pos = pos[: cfg.score_examples]
     width = len(detail["examples"][0]["tokens"]) if detail["examples"] else 24
     neg = _non_activating(ws, ext, detail["index"], len(pos), width, rng) if pos else []
-    if not pos or not neg:
-        return {"score": None, "reason": "not enough held-out texts"}
+    return pos, neg
 
+
+def judge(chat: Chat, label: str, pos: list[str], neg: list[str], cfg: LabelConfig) -> dict[str, Any]:
+    """Balanced accuracy of the scorer telling the activating texts ``pos`` from ``neg`` given ``label``."""
     def ask(text: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": cfg.detect_template.format(label=label, text=text.replace("\n", " "))}]
 
@@ -217,8 +255,18 @@ def detection_score(ws: Workspace, chat: Chat, ext, detail: dict[str, Any], labe
 
         tp, tn = sum(says_yes(t) for t in pos), sum(not says_yes(t) for t in neg)
         how = "answered yes/no"
-    return {"score": 0.5 * (tp / len(pos) + tn / len(neg)), "true_positive": tp, "positives": len(pos),
+    return {"score": 0.5 * (tp / len(pos) + tn / len(neg)), "chance": 0.5, "true_positive": tp, "positives": len(pos),
             "true_negative": tn, "negatives": len(neg), "rule": how}
+
+
+def detection_score(ws: Workspace, chat: Chat, ext, detail: dict[str, Any], label: str, cfg: LabelConfig,
+                    rng: np.random.Generator) -> dict[str, Any]:
+    """Balanced accuracy of the scorer telling held-out activating texts from non-activating ones
+    (chance: 0.5)."""
+    pos, neg = held_out_texts(ws, ext, detail, cfg, rng)
+    if not pos or not neg:
+        return {"score": None, "reason": "not enough held-out texts"}
+    return judge(chat, label, pos, neg, cfg)
 
 
 def label_features(ws: Workspace, sae: str, cfg: LabelConfig | None = None, *, features: list[int] | None = None,

@@ -172,12 +172,27 @@ def generate(lm: LoadedModel, ids: torch.Tensor, cfg: SteerConfig, *, hook: str 
 
 
 @torch.no_grad()
-def _logprobs_and_acts(lm: LoadedModel, ids: torch.Tensor, hook: str, edit, sae: SAE, feats: list[int]):
+def _logprobs_and_acts(lm: LoadedModel, ids: torch.Tensor, hook: str, edit, sae: SAE, feats: list[int], residual: bool = False):
     edits = {hook: edit} if edit is not None else {}
     with intervene(lm.model, edits), capture(lm.model, hook, stop=False) as got:
         logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits[0].float()
     acts = sae.encode(got[hook].float().to(sae.W_enc.device))[0][:, feats] if feats else None
+    if residual:
+        return torch.log_softmax(logits, -1).cpu(), acts, got[hook][0].float().cpu()
     return torch.log_softmax(logits, -1).cpu(), acts
+
+
+def residual_norm(lm: LoadedModel, ids: torch.Tensor, h: torch.Tensor) -> float:
+    """The median norm of the hook's activations ``h`` [T, d] over the non-special tokens of ``ids``."""
+    keep = ~torch.isin(ids[0].cpu(), torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long))
+    norms = h[keep].norm(dim=-1) if keep.any() else h.norm(dim=-1)
+    return float(norms.median())
+
+
+def relative_strength(sae: SAE, index: int, strength: float, normalise: bool, norm: float) -> float:
+    """The length of the vector a strength adds, as a share of the hook's typical residual norm."""
+    d = 1.0 if normalise else float(sae.W_dec[index].detach().float().norm())
+    return abs(strength) * d / max(norm, 1e-12)
 
 
 def token_diff(a: list[str], b: list[str]) -> list[dict[str, Any]]:
@@ -214,8 +229,9 @@ def steer(ws: Workspace, sae: str, cfg: SteerConfig, *, reference: str | None = 
     # metrics on one shared text: the prompt and the unsteered continuation
     seq = torch.cat([ids, torch.tensor([base], dtype=torch.long)], 1) if base else ids
     idx = [i for i, _ in feats]
-    lp0, a0 = _logprobs_and_acts(lm, seq, hook, None, model_sae, idx)
+    lp0, a0, h0 = _logprobs_and_acts(lm, seq, hook, None, model_sae, idx, residual=True)
     lp1, a1 = _logprobs_and_acts(lm, seq, hook, edit, model_sae, idx)
+    norm = residual_norm(lm, seq, h0)
     n0 = ids.shape[1]
     span = slice(n0 - 1, seq.shape[1] - 1)                       # predictions of the continuation's tokens
     kl = (lp1[span].exp() * (lp1[span] - lp0[span])).sum(-1)      # KL(steered || unsteered) per position
@@ -232,6 +248,8 @@ def steer(ws: Workspace, sae: str, cfg: SteerConfig, *, reference: str | None = 
         sl = slice(n0, None) if seq.shape[1] > n0 else slice(None)
         metrics["feature_activation"] = {str(i): {"before": float(a0[sl, k].mean()), "after": float(a1[sl, k].mean())}
                                          for k, i in enumerate(idx)}
+    metrics["residual_norm"] = norm
+    metrics["relative_strength"] = {str(i): relative_strength(model_sae, i, v * cfg.multiplier, cfg.normalise, norm) for i, v in feats}
     metrics["seconds"] = {"unsteered": t1 - t0, "steered": t2 - t1}
     return {"sae": art.id, "hook": hook, "prompt": cfg.prompt, "features": feats, "method": cfg.method,
             "unsteered": tok.decode(base, skip_special_tokens=True), "steered": tok.decode(steered, skip_special_tokens=True),
@@ -256,6 +274,93 @@ def sweep(ws: Workspace, sae: str, cfg: SteerConfig, strengths: list[float], *,
                      "perplexity": r["metrics"].get("perplexity_steered"),
                      "activation": {k: v["after"] for k, v in act.items()}})
     return rows
+
+
+# Automatic strength: the largest strength whose steered text stays fluent
+AUTO_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8)
+AUTO_MAX_PERPLEXITY = 10.0       # steered continuation's perplexity / the unsteered one's (both read unsteered)
+AUTO_MAX_REPETITION = 0.5        # share of the continuation's token trigrams that repeat an earlier one
+
+
+@torch.no_grad()
+def fluency(lm: LoadedModel, ids: torch.Tensor, cont: list[int]) -> dict[str, float]:
+    """How fluent a continuation ``cont`` of ``ids`` reads: its perplexity under the unsteered model and
+    the share of its token trigrams that repeat an earlier one (loops)."""
+    if not cont:
+        return {"perplexity": float("inf"), "repetition": 1.0}
+    seq = torch.cat([ids, torch.tensor([cont], dtype=torch.long)], 1).to(lm.device)
+    logits = lm.model(input_ids=seq, use_cache=False).logits[0, ids.shape[1] - 1:-1].float()
+    nll = -torch.log_softmax(logits, -1).gather(1, torch.tensor(cont, device=logits.device)[:, None]).mean()
+    grams = [tuple(cont[i:i + 3]) for i in range(len(cont) - 2)]
+    rep = 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+    return {"perplexity": float(torch.exp(nll)), "repetition": rep}
+
+
+def auto_strength(ws: Workspace, sae: str, cfg: SteerConfig, *, feature: int | None = None,
+                  max_perplexity: float = AUTO_MAX_PERPLEXITY, max_repetition: float = AUTO_MAX_REPETITION,
+                  fractions: tuple[float, ...] = AUTO_FRACTIONS, tokens: int = 24,
+                  on_row: Callable[[dict[str, Any]], None] | None = None,
+                  control: JobControl | None = None) -> dict[str, Any]:
+    """A short sweep that picks the largest strength of ``feature`` whose steered continuation of
+    ``cfg.prompt`` stays fluent: read by the unsteered model, its perplexity is at most ``max_perplexity``
+    times the unsteered continuation's, and at most ``max_repetition`` of its trigrams repeat. Strengths are tried as ``fractions`` of the hook's
+    typical residual norm (the median norm over the prompt and the unsteered continuation), weakest
+    first; the sweep stops after two non-fluent steps in a row. Other features of ``cfg.features``
+    keep their strengths. ``strength`` is None when no strength stays fluent."""
+    import dataclasses
+
+    control = control or JobControl()
+    art, model_sae, _ = load_library_sae(ws, sae)
+    feats = parse_features(cfg.features)
+    if feature is None:
+        if len(feats) != 1:
+            raise SteeringError("An automatic strength is found for one feature at a time.",
+                                "name the feature to tune (feature=I, or I:auto on the command line).")
+        feature = feats[0][0]
+    feature = check_feature_index(ws, art.id, feature)
+    if not max_perplexity >= 1 or not 0 < max_repetition <= 1:
+        raise SteeringError(f"The fluency bound (perplexity ratio {max_perplexity}, repetition {max_repetition}) admits nothing.",
+                            "use a perplexity ratio of 1 or more and a repetition share in (0, 1].")
+    others = [[i, s] for i, s in feats if i != feature]
+    _check(ws, art.id, [(i, s) for i, s in others], cfg)
+    lm = model_for_sae(ws, art, model_sae)
+    hook = sae_hook(art, model_sae)
+    ids = prompt_ids(lm, cfg.prompt, cfg.chat_template)
+    short = dataclasses.replace(cfg, max_tokens=min(cfg.max_tokens, tokens))
+    base = generate(lm, ids, short, control=control)
+    seq = torch.cat([ids, torch.tensor([base], dtype=torch.long)], 1) if base else ids
+    norm = residual_norm(lm, seq, _logprobs_and_acts(lm, seq, hook, None, model_sae, [], residual=True)[2])
+    dnorm = 1.0 if cfg.normalise else float(model_sae.W_dec[feature].detach().float().norm())
+    base_fluency = fluency(lm, ids, base)
+    limit = max_perplexity * base_fluency["perplexity"] if base else float("inf")
+    rows: list[dict[str, Any]] = []
+    broken = 0
+    for frac in fractions:
+        if control.cancelled:
+            break
+        strength = frac * norm / max(dnorm, 1e-12) / (cfg.multiplier or 1.0)
+        test = dataclasses.replace(short, features=others + [[feature, strength]])
+        out = generate(lm, ids, test, hook=hook, edit=make_edit(model_sae, parse_features(test.features), test), control=control)
+        row = {"strength": strength, "relative": frac, "text": lm.tokenizer.decode(out, skip_special_tokens=True),
+               **fluency(lm, ids, out)}
+        row["fluent"] = row["perplexity"] <= limit and row["repetition"] <= max_repetition
+        rows.append(row)
+        if on_row:
+            on_row(row)
+        broken = 0 if row["fluent"] else broken + 1
+        if broken >= 2:
+            break
+    fluent = [r for r in rows if r["fluent"]]
+    chosen = fluent[-1] if fluent else None
+    return {"sae": art.id, "feature": feature, "strength": chosen["strength"] if chosen else None,
+            "relative": chosen["relative"] if chosen else None, "rows": rows,
+            "unsteered": lm.tokenizer.decode(base, skip_special_tokens=True), "unsteered_fluency": base_fluency,
+            "bound": {"max_perplexity": max_perplexity, "perplexity_limit": limit, "max_repetition": max_repetition},
+            "residual_norm": norm, "decoder_norm": dnorm, "interrupted": bool(control.cancelled),
+            "note": None if chosen else ("No strength kept the steered text fluent under the bound (perplexity at most "
+                                         f"{max_perplexity:g}x the unsteered text's, repeated trigrams <= "
+                                         f"{max_repetition:.0%}); the unsteered text is kept. Loosen the bound or pick "
+                                         "another feature.")}
 
 
 PRESET = "steering_preset"

@@ -312,8 +312,8 @@ def _autocast(cfg: TrainConfig, device: str):
 
 
 # Settings that every SAE trained from one harvest must share (they define the activation stream).
-SHARED = ("model", "dataset", "context_size", "batch_tokens", "steps", "seed", "chunk_sequences", "harvest_batch_size",
-          "eval_sequences", "device")
+SHARED = ("model", "dataset", "context_size", "train_tokens", "batch_tokens", "steps", "seed", "chunk_sequences",
+          "harvest_batch_size", "eval_sequences", "device")
 
 
 def train(ws: Workspace, cfg: TrainConfig | None = None, *, resume: str | None = None,
@@ -384,6 +384,8 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
     tokens = load_tokens(ws, tok)
     n_eval = min(first.eval_sequences, max(len(tokens) // 10, 1))
     train_tokens, eval_tokens = tokens[:-n_eval], tokens[-n_eval:]
+    if first.train_tokens:
+        train_tokens = train_tokens[:max(math.ceil(first.train_tokens / tokens.shape[1]), 1)]
     if not resume:
         ids = None
         if dist.is_main():
@@ -573,7 +575,8 @@ def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, 
            cache=None):
     first = cfgs[0]
     if cache is not None:
-        eval_acts, _ = cache.gather(np.arange(len(train_tokens), len(train_tokens) + len(eval_tokens)), lm, progress)
+        n_all = len(cache.tokens)                      # the held-out sequences are the data's last ones
+        eval_acts, _ = cache.gather(np.arange(n_all - len(eval_tokens), n_all), lm, progress)
     else:
         eval_acts, _ = harvest_shared(lm, eval_tokens, hooks, batch_size=first.harvest_batch_size, progress=progress,
                                       stage="harvest eval")

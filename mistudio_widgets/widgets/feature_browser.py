@@ -49,9 +49,12 @@ class FeatureBrowser(EngineWidget):
         self.do("open", self.action_open, index=index)
         return self.detail
 
-    def test_prompt(self, text: str) -> dict[str, Any]:
-        """The prompt tester, from a cell (blocks until the answer is shown)."""
-        self.do("fire", self.action_fire, blocking=True, text=text)
+    def test_prompt(self, text: str, contrast: str | None = None, *, ordinary: bool = False,
+                    dense: float = fx.DENSE_THRESHOLD) -> dict[str, Any]:
+        """The prompt tester, from a cell (blocks until the answer is shown). With ``contrast`` (or
+        ``ordinary``: the same text in its ordinary case) it ranks the features that fire on ``text`` and
+        not on the contrast."""
+        self.do("fire", self.action_fire, blocking=True, text=text, contrast=contrast or "", ordinary=ordinary, dense=dense)
         return self.prompt
 
     def extract(self, tokens: int = ExtractConfig.tokens, **settings: Any) -> None:
@@ -124,14 +127,24 @@ class FeatureBrowser(EngineWidget):
         self.steer_request = {"sae": self.sae, "index": int(index)}
 
     @background
-    def action_fire(self, text: str, progress=None):
+    def action_fire(self, text: str, contrast: str = "", ordinary: bool = False, dense: float = fx.DENSE_THRESHOLD,
+                    progress=None):
         ws, sae = self.workspace, self.sae
         if not sae:
             raise fx.FeatureError("No SAE is selected.", "choose an SAE first.")
-        res = fx.fire(ws, sae, text)
+        dense = float(dense)
+        if contrast.strip() or ordinary:
+            against = [x for x in contrast.split("\n") if x.strip()] or None
+            res = fx.contrast(ws, sae, text, against, dense_threshold=dense)
+            res = {**res, "mode": "contrast", "text": text,
+                   **{side: [{**row, "values": {str(k): v for k, v in row["values"].items()}} for row in res[side]]
+                      for side in ("texts", "contrast")}}
+        else:
+            res = fx.fire(ws, sae, text, dense_threshold=dense)
+            res = {**res, "mode": "fire", "text": text, "values": {str(k): v for k, v in res["values"].items()}}
 
         def apply() -> None:
-            self.prompt = {**res, "text": text, "values": {str(k): v for k, v in res["values"].items()}}
+            self.prompt = res
         return apply
 
     @background

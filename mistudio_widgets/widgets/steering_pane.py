@@ -31,6 +31,7 @@ class SteeringPane(EngineWidget):
     steered = t.List().tag(sync=True)
     result = t.Dict().tag(sync=True)          # diff and metrics of the last generation
     sweep_rows = t.List().tag(sync=True)
+    auto = t.Dict().tag(sync=True)            # the last automatic-strength sweep: rows, bound, chosen
     presets = t.List().tag(sync=True)
 
     def __init__(self, workspace=None, sae: str | None = None, **kw: Any):
@@ -55,6 +56,16 @@ class SteeringPane(EngineWidget):
         self.do("generate", self.action_generate, blocking=True)
         return self.result
 
+    def find(self, text: str, contrast: str | None = None) -> list[dict[str, Any]]:
+        """Features that fire on ``text`` and not on ``contrast`` (default: the same text in ordinary case)."""
+        self.do("contrast", self.action_contrast, blocking=True, text=text, contrast=contrast or "")
+        return self.found
+
+    def auto_strength(self, index: int, **bound: Any) -> dict[str, Any]:
+        """Set feature ``index``'s strength to the largest that keeps the text fluent (blocks)."""
+        self.do("auto", self.action_auto, blocking=True, index=index, **bound)
+        return self.auto
+
     def config(self) -> SteerConfig:
         return from_dict(SteerConfig, {**self.settings, "prompt": self.prompt,
                                        "features": [[c["index"], c["strength"]] for c in self.chosen]})
@@ -74,7 +85,7 @@ class SteeringPane(EngineWidget):
         label = next((r["label"] for r in self.workspace.labels(self.sae, index)), None)
         if strength is None:
             strength = round(4 * mx, 3) if mx else 10.0      # a visible push: a few times the feature's peak
-        return {"index": int(index), "strength": float(strength), "label": label, "max": mx}
+        return {"index": int(index), "strength": float(strength), "label": label, "max": mx, "relative": None}
 
     # -- actions -------------------------------------------------------------------------------
     def action_select(self, id: str) -> None:
@@ -87,12 +98,14 @@ class SteeringPane(EngineWidget):
         index = int(index)
         rows = [c for c in self.chosen if c["index"] != index]
         self.chosen = rows + [self._feature_row(index, strength)]
+        self.found = []
 
     def action_remove(self, index: int) -> None:
         self.chosen = [c for c in self.chosen if c["index"] != int(index)]
 
     def action_strength(self, index: int, strength: float) -> None:
-        self.chosen = [{**c, "strength": float(strength)} if c["index"] == int(index) else c for c in self.chosen]
+        self.chosen = [{**c, "strength": float(strength), "relative": None} if c["index"] == int(index) else c
+                       for c in self.chosen]
 
     def action_settings(self, **values: Any) -> None:
         cfg = from_dict(SteerConfig, {**self.settings, **values})          # validates the names
@@ -104,6 +117,50 @@ class SteeringPane(EngineWidget):
             self.found = []
             return
         self.found = fx.search(self.workspace, self.sae, q, limit=20)
+
+    @background
+    def action_contrast(self, text: str, contrast: str = "", progress=None):
+        against = [x for x in str(contrast).split("\n") if x.strip()] or None
+        res = fx.contrast(self.workspace, self.sae, text, against)
+
+        def apply() -> None:
+            self.found = [{"index": f["index"], "label": f["label"], "match": "contrast", "score": f["score"],
+                           "rate": f["rate"], "rate_contrast": f["rate_contrast"], "alignment": f["alignment"],
+                           "suggested": f["index"] == res["steer_with"]} for f in res["features"]]
+            self.message = (f"{len(self.found)} feature(s) fire more on the text than on the contrast; "
+                            f"the suggested one (★) writes the difference best." if self.found else
+                            "No feature fires more on the text than on the contrast.")
+        return apply
+
+    @background
+    def action_auto(self, index: int, max_perplexity: float = st.AUTO_MAX_PERPLEXITY,
+                    max_repetition: float = st.AUTO_MAX_REPETITION, progress=None):
+        cfg = self.config()
+        index = int(index)
+        if index not in [c["index"] for c in self.chosen]:
+            raise st.SteeringError(f"Feature {index} is not among the chosen features.", "add it first.")
+        self._control = control = JobControl()
+        rows: list[dict[str, Any]] = []
+
+        def on_row(row: dict[str, Any]) -> None:
+            rows.append(row)
+            snapshot = {"index": index, "rows": list(rows), "running": True}
+            on_kernel(lambda: self.set_trait("auto", snapshot))
+
+        res = st.auto_strength(self.workspace, self.sae, cfg, feature=index, max_perplexity=float(max_perplexity),
+                               max_repetition=float(max_repetition), on_row=on_row, control=control)
+
+        def apply() -> None:
+            self.auto = {"index": index, "rows": res["rows"], "strength": res["strength"], "relative": res["relative"],
+                         "bound": res["bound"], "residual_norm": res["residual_norm"], "note": res["note"], "running": False}
+            if res["strength"] is not None:
+                self.chosen = [{**c, "strength": round(res["strength"], 3), "relative": res["relative"]}
+                               if c["index"] == index else c for c in self.chosen]
+                self.message = (f"Feature {index}: strength {res['strength']:.2f} ({res['relative']:.0%} of the residual "
+                                "norm), the largest that stays fluent.")
+            else:
+                self.message = res["note"]
+        return apply
 
     def action_stop(self) -> None:
         if self._control is not None:
@@ -149,6 +206,8 @@ class SteeringPane(EngineWidget):
             self.unsteered, self.steered = res["unsteered_tokens"], res["steered_tokens"]
             self.result = {"diff": res["diff"], "metrics": res["metrics"], "interrupted": res["interrupted"],
                            "features": res["features"], "method": res["method"]}
+            rel = res["metrics"].get("relative_strength", {})
+            self.chosen = [{**c, "relative": rel.get(str(c["index"]), c.get("relative"))} for c in self.chosen]
             self.message = "Stopped." if res["interrupted"] else "Done."
         return apply
 

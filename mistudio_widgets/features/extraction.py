@@ -4,7 +4,7 @@ histogram (log-spaced counting bins, re-binned into 50 linear bins at the end) a
 sequences by peak activation with a context window of per-token values, a random reservoir of firing
 sequences for quantile-sampled examples, and a sparse sample of activations for co-activation
 correlations. At the end: logit lens through the unembedding, nearest features by decoder cosine, and
-columnar files (Parquet) per SAE and extraction, plus SAELens's ``sparsity.safetensors``.
+columnar files (Parquet, schema in ``store``) per SAE and extraction, plus SAELens's ``sparsity.safetensors``.
 
 An extraction is a workspace artifact (kind ``extraction``, child of the SAE) that checkpoints its state
 every few batches and resumes where it stopped.
@@ -13,82 +13,24 @@ from __future__ import annotations
 
 import os
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .configs import DEFAULT, ExtractConfig, TokenizeConfig, to_dict
-from .datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
-from .errors import MistudioError
-from .hooks import capture, parse_hook
-from .jobs import JobCancelled, JobControl, claim, owner_stamp
-from .models import LoadedModel, load_model, resolve_model
-from .progress import ProgressCallback, emit
-from .sae import SAE
-from .workspace import Artifact, Workspace, disk_error
+from ..configs import ExtractConfig, TokenizeConfig, to_dict
+from ..datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
+from ..jobs import JobCancelled, JobControl, claim, owner_stamp
+from ..models import LoadedModel
+from ..progress import ProgressCallback, emit
+from ..sae import SAE
+from ..workspace import Artifact, Workspace, disk_error
+from .library import FeatureError, _special, feature_acts, load_library_sae, model_for_sae, sae_hook
+from .store import (COACT_FILE, EXAMPLES_FILE, FEATURES_FILE, HIST_BINS, KIND, LOGIT_HIST_BINS, SPARSITY_FILE,
+                    STATE_FILE, vocab_strings)
 
-KIND = "extraction"
 LOG_LO, LOG_HI, LOG_BINS = -3.0, 3.0, 1536    # counting bins: 10^-3 .. 10^3, 0.9% wide each
-HIST_BINS, LOGIT_HIST_BINS = 50, 30
-FEATURES_FILE, EXAMPLES_FILE, COACT_FILE, SPARSITY_FILE, STATE_FILE = (
-    "features.parquet", "examples.parquet", "coactivation.npz", "sparsity.safetensors", "state.pt")
-
-
-class FeatureError(MistudioError):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# What to run
-def load_library_sae(ws: Workspace, ref: str | Artifact, device: str = "cpu") -> tuple[Artifact, SAE, dict[str, Any]]:
-    from .sae.io import load_sae
-
-    art = ws.get(ref, "sae")
-    sae, cfg = load_sae(art.path, device)
-    sae.eval()
-    return art, sae, cfg
-
-
-def model_for_sae(ws: Workspace, sae_art: Artifact, sae: SAE, model: str | None = None,
-                  progress: ProgressCallback | None = None) -> LoadedModel:
-    """The model an SAE reads: ``model`` when given, else the one it was trained on, else the default;
-    checked against the SAE's hook and width."""
-    ref = model or sae_art.meta.get("model") or DEFAULT
-    if ref != DEFAULT and ws.find(ref, "model") is None:
-        ref = DEFAULT if not model else ref
-    lm = load_model(ws, resolve_model(ws, ref, progress=progress))
-    hook = sae.spec.metadata.get("hook_name") or sae_art.meta.get("hook")
-    if not hook:
-        raise FeatureError(f"The SAE {sae_art.name!r} does not say which hook it reads.", "add metadata.hook_name to its cfg.json.")
-    parse_hook(lm.model, hook)
-    d_model = int(lm.info["d_model"])
-    if sae.spec.d_in != d_model:
-        raise FeatureError(f"The SAE {sae_art.name!r} reads {sae.spec.d_in}-wide activations but {lm.name!r} has d_model {d_model}.",
-                           "pick the model the SAE was trained on (model=...).")
-    return lm
-
-
-def sae_hook(sae_art: Artifact, sae: SAE) -> str:
-    return sae.spec.metadata.get("hook_name") or sae_art.meta["hook"]
-
-
-def _special(lm: LoadedModel) -> torch.Tensor:
-    return torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
-
-
-@torch.no_grad()
-def feature_acts(lm: LoadedModel, sae: SAE, hook: str, ids: torch.Tensor) -> torch.Tensor:
-    """SAE feature activations [batch, seq, d_sae] for token ids [batch, seq]; special-token positions
-    (attention sinks the SAE never saw in training) are zero."""
-    with torch.inference_mode(), capture(lm.model, hook) as store:
-        lm.model(input_ids=ids.to(lm.device), use_cache=False)
-    x = store[hook].float().to(sae.W_enc.device)
-    acts = sae.encode(x)
-    keep = ~torch.isin(ids, _special(lm)).to(acts.device)
-    return acts * keep.unsqueeze(-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,17 +218,6 @@ def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None
     return ws.update_meta(ext.id, status="done", finished=time.time(), summary=summary)
 
 
-# ---------------------------------------------------------------------------------------------
-# Writing the results
-@lru_cache(maxsize=4)
-def _vocab_strings(tokenizer) -> tuple[str, ...]:
-    return tuple(tokenizer.batch_decode([[i] for i in range(len(tokenizer))]))
-
-
-def vocab_strings(tokenizer) -> tuple[str, ...]:
-    return _vocab_strings(tokenizer)
-
-
 def _unembedding(lm: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(W_U [vocab, d], the final norm's scale [d] or None)."""
     model = lm.model
@@ -340,7 +271,7 @@ def finalise(folder: Path, acc: Accumulator, sae: SAE, lm: LoadedModel, tokens: 
              progress: ProgressCallback | None = None) -> dict[str, Any]:
     import pyarrow as pa
 
-    from .sae.io import write_safetensors
+    from ..sae.io import write_safetensors
 
     s, F = acc.s, acc.F
     n_tok = max(int(s["tokens"]), 1)
@@ -489,214 +420,3 @@ def _write_examples(folder: Path, acc: Accumulator, tokens: np.ndarray, cfg: Ext
         "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tok.reshape(-1).astype(np.int32)), W),
         "values": pa.FixedSizeListArray.from_arrays(pa.array(cols["values"].reshape(-1)), W)})
     _atomic_parquet(table, folder / EXAMPLES_FILE, row_group_size=8192)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-def check_feature_index(ws: Workspace, sae: str | Artifact, index: int) -> int:
-    """``index`` when the SAE has such a feature, else a clear error."""
-    art = ws.get(sae, "sae")
-    d_sae = art.meta.get("d_sae")
-    if d_sae is None:
-        import json
-
-        d_sae = json.loads((art.path / "cfg.json").read_text())["d_sae"]
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= int(index) < int(d_sae):
-        raise FeatureError(f"Feature {index!r} is out of range: {art.name!r} has features 0..{int(d_sae) - 1}.",
-                           f"pick an index from 0 to {int(d_sae) - 1}.")
-    return int(index)
-
-
-MAX_LABEL_CHARS = 2000
-
-
-def set_label(ws: Workspace, sae: str | Artifact, index: int, label: str, *, method: str = "manual", **kw: Any) -> int:
-    """Add a label to a feature (kept with its history). The label is stored as given (markup is data)."""
-    label = str(label).strip()
-    if not label:
-        raise FeatureError("The label is empty.", "type a few words that describe the feature.")
-    if len(label) > MAX_LABEL_CHARS:
-        raise FeatureError(f"The label is {len(label):,} characters long.", f"keep it under {MAX_LABEL_CHARS:,} characters.")
-    index = check_feature_index(ws, sae, index)
-    return ws.add_label(ws.get(sae, "sae").id, index, label, method=method, **kw)
-
-
-def latest_extraction(ws: Workspace, sae: str | Artifact) -> Artifact | None:
-    done = [a for a in ws.list(KIND, parent=ws.get(sae, "sae").id) if a.meta.get("status") == "done"]
-    return done[-1] if done else None
-
-
-def require_extraction(ws: Workspace, ref: str | Artifact) -> Artifact:
-    """An extraction, or the newest finished extraction of an SAE (an SAE's name is shared with its run)."""
-    if isinstance(ref, Artifact):
-        ref = ref.id
-    art = ws.find(ref, "sae") or ws.find(ref, KIND) or ws.get(ref)
-    if art.kind == "sae":
-        ext = latest_extraction(ws, art)
-        if ext is None:
-            raise FeatureError(f"The SAE {art.name!r} has no finished feature extraction yet.",
-                               f"run one first (mistudio extract {art.name}, or extract(ws, ...) in a notebook).")
-        return ext
-    if art.kind != KIND:
-        raise FeatureError(f"{art.name!r} is a {art.kind}, not an SAE or an extraction.", "pass an SAE from the library.")
-    if art.meta.get("status") != "done":
-        raise FeatureError(f"The extraction {art.name!r} is {art.meta.get('status')}.", f"resume it (mistudio extract --resume {art.id}).")
-    return art
-
-
-def feature_columns(ws: Workspace, ext: str | Artifact) -> dict[str, np.ndarray]:
-    """The browsing columns of every feature: index, frequency, mean, max (numpy arrays)."""
-    import pyarrow.parquet as pq
-
-    ext = require_extraction(ws, ext)
-    t = pq.read_table(ext.path / FEATURES_FILE, columns=["index", "frequency", "mean", "max"])
-    return {k: t.column(k).to_numpy() for k in t.column_names}
-
-
-def _token_text(vocab: tuple[str, ...], ids) -> list[str]:
-    return [vocab[i] if 0 <= i < len(vocab) else "" for i in ids]
-
-
-def feature_detail(ws: Workspace, ext: str | Artifact, index: int, *, max_examples: int | None = None) -> dict[str, Any]:
-    """Everything about one feature: statistics, histogram, logit lens, neighbours, examples (tokens with
-    per-token values) and labels."""
-    import pyarrow.parquet as pq
-
-    from .models import load_tokenizer
-
-    ext = require_extraction(ws, ext)
-    index = check_feature_index(ws, ext.parent, index)
-    table = pq.read_table(ext.path / FEATURES_FILE)
-    row = {k: v[0] for k, v in table.slice(index, 1).to_pydict().items()}
-    ex = pq.read_table(ext.path / EXAMPLES_FILE, filters=[("feature", "=", index)])
-    vocab = vocab_strings(load_tokenizer(ws, ext.meta["model"]))
-    examples: dict[str, list] = {"top": [], "quantile": []}
-    for r in ex.to_pylist():
-        if max_examples is not None and r["kind"] == "top" and r["rank"] >= max_examples:
-            continue
-        examples[r["kind"]].append({"value": r["value"], "group": r["group"], "sequence": r["sequence"], "peak": r["peak"],
-                                    "tokens": _token_text(vocab, r["tokens"]), "token_ids": r["tokens"], "values": r["values"]})
-    mx = float(row["max"])
-    labels = ws.labels(ext.parent, index, history=True)
-    out = {"index": index, "sae": ext.parent, "extraction": ext.id, "frequency": float(row["frequency"]),
-           "count": int(row["count"]), "mean": float(row["mean"]), "max": mx,
-           "quantiles": {"q50": float(row["q50"]), "q90": float(row["q90"]), "q99": float(row["q99"])},
-           "histogram": {"edges": np.linspace(0, mx, HIST_BINS + 1).tolist(), "counts": row["hist"]},
-           "neighbours": [{"index": int(i), "cosine": float(c)} for i, c in zip(row["neighbours"], row["neighbour_cos"])],
-           "examples": examples["top"],
-           "quantile_examples": [{"group": g, "range": [g * mx / ext.meta["config"]["quantile_groups"],
-                                                        (g + 1) * mx / ext.meta["config"]["quantile_groups"]],
-                                  "examples": [e for e in examples["quantile"] if e["group"] == g]}
-                                 for g in range(ext.meta["config"]["quantile_groups"])],
-           "label": labels[-1]["label"] if labels else None, "labels": labels}
-    if "top_logit_ids" in row:
-        out["logits"] = {"positive": [{"token": t, "id": int(i), "value": float(v)} for t, i, v in
-                                      zip(row["top_logit_tokens"], row["top_logit_ids"], row["top_logit_values"])],
-                         "negative": [{"token": t, "id": int(i), "value": float(v)} for t, i, v in
-                                      zip(row["bottom_logit_tokens"], row["bottom_logit_ids"], row["bottom_logit_values"])],
-                         "histogram": {"edges": np.linspace(row["logit_min"], row["logit_max"], LOGIT_HIST_BINS + 1).tolist(),
-                                       "counts": row["logit_hist"]}}
-    return out
-
-
-def coactivation(ws: Workspace, ext: str | Artifact, features: list[int]) -> dict[str, Any]:
-    """Pearson correlations between the activations of ``features`` over the extraction's sample of tokens
-    (high values flag redundant features), and how often each pair fires together."""
-    ext = require_extraction(ws, ext)
-    F = int(ext.meta["summary"]["d_sae"])
-    feats = [int(f) for f in features]
-    bad = [f for f in feats if not 0 <= f < F]
-    if bad or not feats:
-        raise FeatureError(f"Feature(s) {bad or features} out of range 0..{F - 1}.", "choose at least one valid feature index.")
-    z = np.load(ext.path / COACT_FILE)
-    n = int(z["tokens"])
-    if n < 2:
-        raise FeatureError("The extraction kept no activation sample.", "extract again with coactivation_tokens > 0.")
-    pos = {f: i for i, f in enumerate(feats)}
-    M = np.zeros((n, len(feats)), dtype=np.float32)
-    sel = np.isin(z["col"], feats) & (z["row"] < n)
-    M[z["row"][sel], [pos[c] for c in z["col"][sel]]] = z["val"][sel]
-    std = M.std(0)
-    C = np.corrcoef(M, rowvar=False) if len(feats) > 1 else np.ones((1, 1))
-    C = np.where(np.outer(std, std) > 0, C, 0.0)
-    fired = (M > 0).astype(np.float32)
-    both = fired.T @ fired
-    return {"features": feats, "correlation": np.nan_to_num(C).tolist(), "together": both.astype(int).tolist(), "tokens": n}
-
-
-# ---------------------------------------------------------------------------------------------
-# Prompt tester
-def fire(ws: Workspace, sae: str | Artifact, text: str, *, top: int = 10, model: str | None = None) -> dict[str, Any]:
-    """Which features fire on ``text``: per token the ``top`` strongest, and over the whole text the
-    features ranked by their peak activation (with labels where there are some)."""
-    if not isinstance(text, str) or not text.strip():
-        raise FeatureError("The text is empty.", "type some text to test.")
-    sae_art, model_sae, _ = load_library_sae(ws, sae)
-    lm = model_for_sae(ws, sae_art, model_sae, model)
-    enc = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = lm.tokenizer.bos_token_id
-    ids = ([bos] if bos is not None else []) + list(enc)
-    limit = getattr(lm.model.config, "max_position_embeddings", None) or 4096
-    if len(ids) > limit:
-        raise FeatureError(f"The text is {len(ids)} tokens long; the model reads at most {limit}.", "shorten the text.")
-    A = feature_acts(lm, model_sae, sae_hook(sae_art, model_sae), torch.tensor([ids]))[0].cpu()   # [T, F]
-    vocab = vocab_strings(lm.tokenizer)
-    labels = {r["feature"]: r["label"] for r in ws.labels(sae_art.id)}
-    per_token = []
-    k = min(top, A.shape[1])
-    for t in range(len(ids)):
-        v, i = A[t].topk(k)
-        per_token.append([{"index": int(a), "activation": float(b)} for a, b in zip(i, v) if b > 0])
-    peak, where = A.max(0)
-    order = torch.argsort(peak, descending=True)
-    start = 1 if bos is not None else 0
-    feats = [{"index": int(f), "activation": float(peak[f]), "token": int(where[f]) - start, "label": labels.get(int(f))}
-             for f in order[:max(top, 1) * 3] if peak[f] > 0]
-    return {"sae": sae_art.id, "tokens": _token_text(vocab, ids)[start:], "token_ids": ids[start:],
-            "per_token": per_token[start:], "features": feats,
-            "values": {f["index"]: A[start:, f["index"]].tolist() for f in feats[:top]}}
-
-
-# ---------------------------------------------------------------------------------------------
-# Search
-def search(ws: Workspace, sae: str | Artifact, query: str, *, limit: int = 50) -> list[dict[str, Any]]:
-    """Features whose label, or top logit-lens tokens, contain ``query`` (case-insensitive); an integer
-    query also finds that index."""
-    import pyarrow.parquet as pq
-
-    q = (query or "").strip().lower()
-    if not q:
-        raise FeatureError("The search text is empty.", "give a word to look for in labels or logit tokens.")
-    sae_art = ws.get(sae, "sae")
-    hits: dict[int, dict[str, Any]] = {}
-    if q.isdigit() and int(q) < int(sae_art.meta.get("d_sae") or 0):
-        hits[int(q)] = {"index": int(q), "match": "index"}
-    for r in ws.labels(sae_art.id):
-        if q in r["label"].lower():
-            hits.setdefault(r["feature"], {"index": r["feature"], "match": "label"})["label"] = r["label"]
-    ext = latest_extraction(ws, sae_art)
-    if ext is not None:
-        t = pq.read_table(ext.path / FEATURES_FILE, columns=["index", "top_logit_tokens", "frequency"])
-        for i, toks in zip(t.column("index").to_pylist(), t.column("top_logit_tokens").to_pylist()):
-            if any(q == tk.strip().lower() for tk in toks[:10]):
-                hits.setdefault(i, {"index": i, "match": "logits"})
-    labels = {r["feature"]: r["label"] for r in ws.labels(sae_art.id)}
-    out = sorted(hits.values(), key=lambda h: ({"index": 0, "label": 1, "logits": 2}[h["match"]], h["index"]))[:limit]
-    for h in out:
-        h["label"] = labels.get(h["index"])
-    return out
-
-
-def feature_map(ws: Workspace, sae: str | Artifact) -> dict[str, Any]:
-    """A 2-D projection of the decoder directions (PCA of the unit-normalised rows)."""
-    _, model_sae, _ = load_library_sae(ws, sae)
-    W = model_sae.W_dec.detach().float()
-    W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    W = W - W.mean(0)
-    _, _, V = torch.pca_lowrank(W, q=2, center=False, niter=4)
-    xy = W @ V[:, :2]
-    return {"x": xy[:, 0].tolist(), "y": xy[:, 1].tolist()}
-
-
-__all__ = ["extract", "feature_columns", "feature_detail", "fire", "search", "coactivation", "feature_map",
-           "latest_extraction", "require_extraction", "FeatureError"]
