@@ -24,7 +24,7 @@ from mistudio_widgets import Workspace
 from mistudio_widgets.configs import LabelConfig, SteerConfig
 from mistudio_widgets.demo import SHOUTS, uppercase_share
 from mistudio_widgets.features import contrast, feature_columns, feature_detail, ordinary_case, require_extraction
-from mistudio_widgets.labeling import LocalChat, clean_label, explanation_prompt, held_out_texts, judge
+from mistudio_widgets.labeling import LocalChat, explain, held_out_texts, judge
 from mistudio_widgets.steering import auto_strength, steer
 
 UNTUNED_PROMPTS = ["What did you have for breakfast?", "Describe the town where you grew up.",
@@ -49,7 +49,7 @@ def steering_part(ws: Workspace, sae: str, feature: int) -> None:
 def label_part(ws: Workspace, sae: str, n: int, seed: int = 0) -> None:
     ext = require_extraction(ws, sae)
     cols = feature_columns(ws, ext)
-    cfg = LabelConfig(examples=10, score_examples=5)
+    cfg = LabelConfig(score_examples=5)
     rng = np.random.default_rng(seed)
     live = np.nonzero((cols["frequency"] > 0) & (cols["frequency"] < 0.1))[0]
     picked = [int(f) for f in rng.permutation(live)]
@@ -65,7 +65,7 @@ def label_part(ws: Workspace, sae: str, n: int, seed: int = 0) -> None:
         pos, neg = held_out_texts(ws, ext, d, cfg, rng)
         if len(pos) < 3 or len(neg) < len(pos):
             continue
-        label = clean_label(chat.chat([{"role": "user", "content": explanation_prompt(d, cfg)}], cfg.max_tokens, 0.0))
+        label = explain(chat, d, cfg)[0]
         if label:
             labels[f], texts[f] = label, (pos, neg)
     feats = list(labels)

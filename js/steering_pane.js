@@ -9,11 +9,11 @@ function render({ model, el }) {
                               title: "matches labels, top logit-lens tokens, or a feature index" });
   search.addEventListener("keydown", (e) => { if (e.key === "Enter") send(model, "search", { query: search.value }); });
   const searchBtn = h("button", { class: "secondary", text: "Search", "data-testid": "st-search-go", on: { click: () => send(model, "search", { query: search.value }) } });
-  const cText = h("input", { type: "text", placeholder: "text with the trait, e.g. WHY ARE YOU SHOUTING", "data-testid": "st-contrast-text", style: { minWidth: "220px" } });
-  const cOther = h("input", { type: "text", placeholder: "compared with (empty: the same text in ordinary case)", "data-testid": "st-contrast-other", style: { minWidth: "220px" } });
+  const cText = h("textarea", { rows: 2, placeholder: "text with the trait, one per line, e.g. WHY ARE YOU SHOUTING", "data-testid": "st-contrast-text" });
+  const cOther = h("textarea", { rows: 2, placeholder: "compared with, one per line (empty: the same texts in ordinary case)", "data-testid": "st-contrast-other" });
   const cBtn = h("button", { class: "secondary", text: "Find by contrast", "data-testid": "st-contrast-go",
     on: { click: () => cText.value.trim() && send(model, "contrast", { text: cText.value, contrast: cOther.value }) } });
-  const maxPpl = h("input", { type: "number", min: 1, step: 1, value: 10, style: { width: "4em" }, "data-testid": "st-auto-ppl",
+  const maxPpl = h("input", { type: "number", min: 1, step: 1, value: 15, style: { width: "4em" }, "data-testid": "st-auto-ppl",
                               title: "steered text's perplexity (read by the unsteered model) at most this many times the unsteered text's" });
   const maxRep = h("input", { type: "number", min: 0.05, max: 1, step: 0.05, value: 0.5, style: { width: "4em" }, "data-testid": "st-auto-rep",
                               title: "share of the steered text's token trigrams that repeat an earlier one" });

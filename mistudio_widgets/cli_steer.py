@@ -84,7 +84,7 @@ def register(sub, cmd) -> None:
     sp.add_argument("sae", nargs="?", default=None)
     sp.add_argument("--feature", action="append", default=[], metavar="I[:S]",
                     help="feature index and strength (repeatable); I:auto finds the largest strength that stays fluent")
-    sp.add_argument("--max-perplexity", type=float, default=None, help="auto: fluency bound, the steered text's perplexity as a multiple of the unsteered text's (default 10)")
+    sp.add_argument("--max-perplexity", type=float, default=None, help="auto: fluency bound, the steered text's perplexity as a multiple of the unsteered text's (default 15)")
     sp.add_argument("--max-repetition", type=float, default=None, help="auto: bound on the share of repeated trigrams")
     sp.add_argument("--prompt", default=None)
     sp.add_argument("--method", choices=["add", "orthogonal", "cap", "clamp", "ablate"], default=None)

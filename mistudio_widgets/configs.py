@@ -240,13 +240,8 @@ class ExtractConfig:
 
 
 EXPLAIN_TEMPLATE = (
-    "A feature of a language model is active on some tokens of a text. Below are excerpts where the tokens it is "
-    "active on are marked <<like this>>. Name what the feature responds to in a few words.\n\n"
-    "Excerpts:\n1. the <<cat>> chased the <<mouse>> into the garden\n2. a <<dog>> barked at the <<horse>>\n"
-    "Marked tokens: 'cat', 'mouse', 'dog', 'horse'\nName: animals\n\n"
-    "Excerpts:\n1. she said<<,\">> and left\n2. \"Wait<<!\">> he cried\n"
-    "Marked tokens: ',\"', '!\"'\nFacts: most marked tokens (100%) are punctuation.\nName: closing quotation marks\n\n"
-    "Excerpts:\n{examples}\nMarked tokens: {tokens}\n{facts}Tokens the feature promotes: {logits}\nName:")
+    "Excerpts where a feature of a language model is active, with the active tokens marked <<like this>>:\n"
+    "{examples}\nMarked tokens: {tokens}\n{facts}In a few words, what does the feature respond to?")
 DETECT_TEMPLATE = (
     "A feature of a language model is described as: \"{label}\".\n\nText: {text}\n\n"
     "Is this feature active anywhere in the text? Answer yes or no.")
@@ -261,9 +256,10 @@ class LabelConfig:
     model: str = opt(DEFAULT, "Explainer model: a workspace model for 'local' ('default' is the embedded SmolLM2-Instruct), the served model name for 'openai'.")
     base_url: str = opt("http://127.0.0.1:11434/v1", "Endpoint base URL for 'openai' (ends before /chat/completions).")
     api_key_env: str = opt("OPENAI_API_KEY", "Environment variable holding the API key (the key itself is never stored).")
-    template: str = opt(EXPLAIN_TEMPLATE, "Explanation prompt; {examples}, {tokens} (the marked tokens), {facts} (shares of capitals, punctuation, digits... among them) and {logits} are filled in.")
+    template: str = opt(EXPLAIN_TEMPLATE, "Explanation prompt; {examples} (short windows around each peak), {tokens} (the marked tokens), {facts} (shares of capitals, punctuation, digits... among them) and {logits} (logit-lens tokens) are filled in.")
+    few_shot: bool = opt(True, "Precede the question with three worked examples in the same template (small explainers need them).")
     detect_template: str = opt(DETECT_TEMPLATE, "Detection-scoring prompt; {label} and {text} are filled in.")
-    examples: int = opt(10, "Top examples shown to the explainer.", minimum=1)
+    examples: int = opt(6, "Top examples shown to the explainer.", minimum=1)
     score: bool = opt(True, "Score each label by detection on held-out examples.")
     score_examples: int = opt(5, "Held-out activating and as many non-activating texts per score.", minimum=1)
     max_tokens: int = opt(40, "Longest answer accepted from the explainer.", minimum=1)

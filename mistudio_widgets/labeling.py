@@ -167,15 +167,54 @@ def token_facts(tokens: list[str], threshold: float = 0.6) -> list[str]:
     return facts
 
 
-def explanation_prompt(detail: dict[str, Any], cfg: LabelConfig) -> str:
+FEW_SHOT = (     # (examples, marked tokens, facts, answer): worked examples for the explainer
+    ("1. the <<cat>> chased the <<mouse>> into the garden\n2. a <<dog>> barked at the <<horse>>",
+     "'cat', 'mouse', 'dog', 'horse'", "", "animals"),
+    ("1. she said<<,\">> and left\n2. \"Wait<<!\">> he cried", "',\"', '!\"'",
+     "Facts: most marked tokens (100%) are punctuation.\n", "closing quotation marks"),
+    ("1. born in <<18>>62 and died\n2. the war of <<19>>14", "'18', '19'",
+     "Facts: most marked tokens (100%) are digits.\n", "the century digits of years"),
+)
+
+
+def _window(e: dict[str, Any], before: int = 8, after: int = 3) -> str:
+    a = max(0, e["peak"] - before)
+    return _marked(e["tokens"][a:e["peak"] + after + 1], e["values"][a:e["peak"] + after + 1], e["value"])
+
+
+def explanation_messages(detail: dict[str, Any], cfg: LabelConfig) -> list[dict[str, str]]:
+    """The chat messages asking the explainer to name a feature: optional worked examples, then the
+    feature's top examples (short windows, strong tokens marked), its marked tokens, plain facts about
+    them and its logit-lens tokens, in ``cfg.template``."""
     ex = detail["examples"][: cfg.examples]
-    lines = [f"{i + 1}. {_marked(e['tokens'], e['values'], e['value'])}" for i, e in enumerate(ex)]
+    lines = [f"{i + 1}. {_window(e)}" for i, e in enumerate(ex)]
     logits = ", ".join(repr(x["token"]) for x in (detail.get("logits") or {}).get("positive", [])[:10]) or "(unknown)"
     marked = marked_tokens(detail, cfg.examples)
-    common = [t for t, _ in Counter(marked).most_common(12)]
+    common = [t for t, _ in Counter(marked).most_common(8)]
     facts = token_facts(marked)
-    return cfg.template.format(examples="\n".join(lines), logits=logits, tokens=", ".join(repr(t) for t in common),
-                               facts=f"Facts: {' '.join(facts[:2])}\n" if facts else "")
+    msgs: list[dict[str, str]] = []
+    if cfg.few_shot:
+        for examples, tokens, fact, answer in FEW_SHOT:
+            msgs += [{"role": "user", "content": cfg.template.format(examples=examples, tokens=tokens, facts=fact,
+                                                                     logits="(unknown)")},
+                     {"role": "assistant", "content": answer}]
+    msgs.append({"role": "user", "content": cfg.template.format(
+        examples="\n".join(lines), logits=logits, tokens=", ".join(repr(t) for t in common),
+        facts=f"Facts: {' '.join(facts[:2])}\n" if facts else "")})
+    return msgs
+
+
+def explanation_prompt(detail: dict[str, Any], cfg: LabelConfig) -> str:
+    """The question about this feature (the last message of :func:`explanation_messages`)."""
+    return explanation_messages(detail, cfg)[-1]["content"]
+
+
+def token_label(detail: dict[str, Any], n_examples: int) -> str:
+    """A label read straight off the marked tokens: the commonest ones, and a shared trait if any."""
+    marked = marked_tokens(detail, n_examples)
+    common = ", ".join(repr(t.strip() or t) for t, _ in Counter(marked).most_common(3))
+    facts = [what for what, test in TOKEN_FACTS[:5] if marked and sum(bool(test(t)) for t in marked) >= 0.8 * len(marked)]
+    return f"tokens {common}" + (f" ({facts[0]})" if facts else "")
 
 
 _PREAMBLES = ("name:", "the feature responds to", "this feature responds to", "the feature fires on", "it responds to",
@@ -183,8 +222,10 @@ _PREAMBLES = ("name:", "the feature responds to", "this feature responds to", "t
 
 
 def clean_label(text: str) -> str:
-    """The explainer's answer as a label: first non-empty line, without quotes and stock preambles."""
+    """The explainer's answer as a label: first non-empty line, first sentence, without quotes and stock
+    preambles."""
     line = next((x for x in text.strip().splitlines() if x.strip()), "").strip()
+    line = line.split(". ")[0]
     changed = True
     while changed:
         changed = False
@@ -196,7 +237,16 @@ def clean_label(text: str) -> str:
 
 
 def template_id(cfg: LabelConfig) -> str:
-    return hashlib.sha1(cfg.template.encode()).hexdigest()[:10]
+    return hashlib.sha1((cfg.template + ("\0few-shot" if cfg.few_shot else "")).encode()).hexdigest()[:10]
+
+
+def explain(chat: Chat, detail: dict[str, Any], cfg: LabelConfig) -> tuple[str, str, str]:
+    """(label, the explainer's raw answer, where the label came from) for one feature."""
+    raw = chat.chat(explanation_messages(detail, cfg), cfg.max_tokens, cfg.temperature)
+    label, how = clean_label(raw), "explainer"
+    if cfg.few_shot and label.lower() in {shot[3] for shot in FEW_SHOT}:
+        label, how = token_label(detail, cfg.examples), "marked tokens (the explainer repeated a worked example)"
+    return label, raw, how
 
 
 def _non_activating(ws: Workspace, ext, index: int, n: int, width: int, rng: np.random.Generator) -> list[str]:
@@ -312,14 +362,13 @@ def _label_each(ws, ext, sae_id, todo, chat, cfg, tid, rng, results, progress, c
         if not detail["examples"]:
             results.append({"feature": f, "label": None, "skipped": "never fired"})
             continue
-        raw = chat.chat([{"role": "user", "content": explanation_prompt(detail, cfg)}], cfg.max_tokens, cfg.temperature)
-        label = clean_label(raw)
+        label, raw, how = explain(chat, detail, cfg)
         if not label:
             results.append({"feature": f, "label": None, "skipped": "empty explanation", "raw": raw})
             continue
         scored = detection_score(ws, chat, ext, detail, label, cfg, rng) if cfg.score else {"score": None}
         ws.add_label(sae_id, f, label, method="auto", model=chat.name, template=tid, score=scored["score"],
-                     meta={"backend": cfg.backend, "raw": raw[:500], "scoring": scored, "extraction": ext.id,
+                     meta={"backend": cfg.backend, "raw": raw[:500], "scoring": scored, "extraction": ext.id, "from": how,
                            "template_text": cfg.template})
         results.append({"feature": f, "label": label, "score": scored["score"]})
         emit(progress, "labelling", n + 1, len(todo), unit="feature", message=f"{f}: {label}")

@@ -278,7 +278,7 @@ def sweep(ws: Workspace, sae: str, cfg: SteerConfig, strengths: list[float], *,
 
 # Automatic strength: the largest strength whose steered text stays fluent
 AUTO_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8)
-AUTO_MAX_PERPLEXITY = 10.0       # steered continuation's perplexity / the unsteered one's (both read unsteered)
+AUTO_MAX_PERPLEXITY = 15.0       # steered continuation's perplexity / the unsteered one's (both read unsteered)
 AUTO_MAX_REPETITION = 0.5        # share of the continuation's token trigrams that repeat an earlier one
 
 

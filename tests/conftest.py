@@ -171,3 +171,18 @@ def extraction(default_ws, small_sae):
     cfg = ExtractConfig(tokens=N_TOKENS, top_k=5, quantile_groups=3, quantile_examples=2, batch_size=4,
                         coactivation_tokens=N_TOKENS, name=default_ws.unique_name("extraction", "ci"))
     return extract(default_ws, small_sae, cfg)
+
+
+@pytest.fixture(scope="session")
+def demo_sae(default_ws):
+    """The SAE `mistudio demo` trains (its recipe, on the default corpus), with the demo's extraction: the
+    real shouting feature the insight tests look for. About three minutes on a 2-core CPU."""
+    from mistudio_widgets.configs import ExtractConfig
+    from mistudio_widgets.demo import demo_train_config
+    from mistudio_widgets.features import extract
+    from mistudio_widgets.training import train
+
+    ws = default_ws
+    res = train(ws, demo_train_config(ws, "default", name=ws.unique_name("run", "insight-demo")))
+    extract(ws, res.sae_id, ExtractConfig(tokens=32768, top_k=20, quantile_examples=3, coactivation_tokens=4096))
+    return res.sae_id

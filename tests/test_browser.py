@@ -404,3 +404,45 @@ def test_untrusted_text_is_shown_as_text_never_run(page, lab, default_ws, extrac
     assert page.evaluate("window.__pwned") is None
     assert page.evaluate("() => [...document.querySelectorAll('iframe')].every(f => !f.contentWindow || f.contentWindow.__pwned === undefined)")
     assert widgets.locator("img, script, svg[onload], iframe, a[href^='javascript']").count() == 0
+
+
+def test_a_shouting_feature_is_found_and_steered_from_the_page(page, lab, default_ws, demo_sae):
+    """The run of show through the widgets: the prompt tester's contrast with the ordinary case, then the
+    SteeringPane finds the feature by contrast, picks its strength automatically and steers into capitals."""
+    from mistudio_widgets.demo import PROMPT, SHOUTS, uppercase_share
+    from mistudio_widgets.features import contrast
+
+    best = contrast(default_ws, demo_sae, SHOUTS)["features"][0]["index"]
+    open_and_run(page, lab, "shout.ipynb", [
+        SETUP, f"from mistudio_widgets.widgets import FeatureBrowser, SteeringPane\nFeatureBrowser(ws, sae={demo_sae!r})",
+        f"SteeringPane(ws, sae={demo_sae!r})"])
+    fb = page.get_by_test_id("feature-browser")
+    fb.get_by_test_id("fb-prompt").fill("\n".join(SHOUTS))
+    fb.get_by_test_id("fb-ordinary").check()
+    fb.get_by_test_id("fb-prompt-go").click()
+    table = fb.get_by_test_id("fb-contrast-table")
+    expect(table.locator("tr[data-index]").first).to_have_attribute("data-index", str(best))
+    expect(fb.get_by_test_id("fb-contrast-tokens")).to_contain_text("contrast")
+    pane = page.get_by_test_id("steering-pane")
+    pane.scroll_into_view_if_needed()
+    pane.get_by_test_id("st-contrast-text").fill("\n".join(SHOUTS))
+    pane.get_by_test_id("st-contrast-go").click()
+    star = pane.get_by_test_id("st-found").locator("button", has_text="★")
+    expect(star).to_be_visible()
+    index = star.get_attribute("data-index")
+    star.click()
+    set_field(pane.get_by_test_id("st-prompt"), PROMPT)
+    pane.locator(f'[data-testid="st-auto-go"][data-index="{index}"]').click()
+    expect(pane.get_by_test_id("message")).to_contain_text("the largest that stays fluent", timeout=300_000)
+    expect(pane.get_by_test_id("st-auto-table").locator("tr")).not_to_have_count(1)
+    expect(pane.get_by_test_id("st-relative")).to_contain_text("of the residual norm")
+    set_field(pane.get_by_test_id("st-max-tokens"), 30)
+    pane.get_by_test_id("st-generate").click()
+    expect(pane.get_by_test_id("st-metrics")).to_contain_text("KL", timeout=300_000)
+    steered = "".join(pane.get_by_test_id("st-steered").locator(".stok").all_inner_texts())
+    unsteered = "".join(pane.get_by_test_id("st-unsteered").locator(".stok").all_inner_texts())
+    assert uppercase_share(steered) > 0.6, steered
+    assert uppercase_share(unsteered) < 0.2, unsteered
+    if os.environ.get("MISTUDIO_SCREENSHOTS"):
+        pane.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/steering_shout.png")
+        fb.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/contrast.png")

@@ -88,14 +88,18 @@ def test_demo_runs_the_whole_main_job(tmp_path):
     """`mistudio demo` (what `make demo` runs), shortened: train, extract, find, label, steer, export."""
     env = {**os.environ, "MISTUDIO_HOME": str(tmp_path / "ws"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--json", "demo", "--tokens", "1024", "--train-steps", "4",
-                           "--extract-tokens", "2048", "--steer-tokens", "6"], capture_output=True, text=True, timeout=900, env=env)
+                           "--extract-tokens", "2048", "--steer-tokens", "6", "--expansion", "4"], capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     steps = [x["step"] for x in lines if "step" in x]
-    assert steps == ["model", "dataset", "tokenize", "train", "extract", "find", "label", "steer", "export"]
+    assert steps == ["model", "dataset", "tokenize", "train", "extract", "find", "label", "strength", "steer", "export"]
     s = lines[-1]
     assert s["summary"] and s["label"] and isinstance(s["feature"], int)
-    assert s["steered"] != s["unsteered"]
+    find = next(x for x in lines if x.get("step") == "find")
+    assert find["feature"] in [f["index"] for f in find["features"]] and find["examples"]
+    # four steps learn no shouting feature: the strength sweep says whether any strength stayed fluent, and
+    # without one the unsteered text is kept
+    assert (s["strength"] is None and s["steered"] == s["unsteered"]) or s["strength"] > 0
     lens, npx = s["exports"]["saelens"], s["exports"]["neuronpedia"]
     assert sorted(os.listdir(lens)) == ["cfg.json", "pretrained_saes.yaml", "sae_weights.safetensors", "sparsity.safetensors"]
     assert json.load(open(os.path.join(npx, "manifest.json")))["features"] == 4 * 576

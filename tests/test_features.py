@@ -87,7 +87,9 @@ def test_prompt_tester_labels_and_search(default_ws, small_sae):
     r = fire(default_ws, small_sae, "WHY ARE YOU SHOUTING")
     assert "".join(r["tokens"]) == "WHY ARE YOU SHOUTING" and len(r["per_token"]) == len(r["tokens"])
     f = r["features"][0]
-    assert f["activation"] == max(x["activation"] for x in r["features"])
+    assert r["ranking"] == "relative" and f["relative"] == max(x["relative"] for x in r["features"])    # an extraction exists
+    maxes = feature_columns(default_ws, small_sae)["max"]
+    assert all(x["relative"] == pytest.approx(min(x["activation"] / maxes[x["index"]], 1.0), rel=1e-4) for x in r["features"])
     assert r["values"][f["index"]][f["token"]] == pytest.approx(f["activation"])
     default_ws.add_label(small_sae, f["index"], "shouting (draft)")
     default_ws.add_label(small_sae, f["index"], "UPPERCASE text", score=0.9, method="manual")
@@ -110,8 +112,8 @@ def _cli(ws, *args):
 
 def test_cli_features_fire_show_and_bad_index(default_ws, small_sae, extraction):
     rc, lines = _cli(default_ws, "features", "fire", small_sae, "--text", "Good morrow, my lord!", "--top", "4")
-    assert rc == 0 and set(lines[-1]) == {"summary", "features", "tokens"}
-    assert len(lines[-1]["features"]) == 4 and {"index", "activation", "label"} <= set(lines[-1]["features"][0])
+    assert rc == 0 and set(lines[-1]) == {"summary", "features", "tokens", "ranking", "note"}
+    assert len(lines[-1]["features"]) == 4 and {"index", "activation", "relative", "label"} <= set(lines[-1]["features"][0])
     idx = lines[-1]["features"][0]["index"]
     name = default_ws.get(small_sae).name
     assert default_ws.find(name, "run") is not None                # the SAE shares its name with its run

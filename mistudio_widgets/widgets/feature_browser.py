@@ -134,8 +134,9 @@ class FeatureBrowser(EngineWidget):
             raise fx.FeatureError("No SAE is selected.", "choose an SAE first.")
         dense = float(dense)
         if contrast.strip() or ordinary:
+            texts = [x for x in text.split("\n") if x.strip()] or [text]
             against = [x for x in contrast.split("\n") if x.strip()] or None
-            res = fx.contrast(ws, sae, text, against, dense_threshold=dense)
+            res = fx.contrast(ws, sae, texts, against, dense_threshold=dense)
             res = {**res, "mode": "contrast", "text": text,
                    **{side: [{**row, "values": {str(k): v for k, v in row["values"].items()}} for row in res[side]]
                       for side in ("texts", "contrast")}}

@@ -120,8 +120,9 @@ class SteeringPane(EngineWidget):
 
     @background
     def action_contrast(self, text: str, contrast: str = "", progress=None):
+        texts = [x for x in str(text).split("\n") if x.strip()] or [str(text)]
         against = [x for x in str(contrast).split("\n") if x.strip()] or None
-        res = fx.contrast(self.workspace, self.sae, text, against)
+        res = fx.contrast(self.workspace, self.sae, texts, against)
 
         def apply() -> None:
             self.found = [{"index": f["index"], "label": f["label"], "match": "contrast", "score": f["score"],
