@@ -210,7 +210,25 @@ class Workspace:
             raise WorkspaceError(f"The catalog row of the {kind} {name!r} ({id_}) has unreadable metadata ({exc}).",
                                  f"restore catalog.sqlite from a backup, or remove the row: sqlite3 {self.root / 'catalog.sqlite'} "
                                  f"\"DELETE FROM artifacts WHERE id = '{id_}'\".") from exc
-        return Artifact(id_, kind, name, (self.root / path) if path else None, parent, created, updated, data)
+        folder = None
+        if path:
+            try:
+                folder = self.contained(path, f"folder of the {kind} {name!r}")
+            except WorkspaceError as exc:     # a tampered catalog: the row stays listable and deletable, its folder unused
+                data = {**data, "refused_path": str(path), "refused_because": exc.problem}
+        return Artifact(id_, kind, name, folder, parent, created, updated, data)
+
+    def contained(self, path: str | Path, what: str = "path") -> Path:
+        """``path`` (relative to the workspace, or absolute) if, with symlinks and '..' resolved, it lies
+        strictly inside the workspace; otherwise a clear error (and the caller touches nothing)."""
+        p = self.root / path
+        real = p.resolve()
+        if real == self.root or not real.is_relative_to(self.root):
+            raise WorkspaceError(f"The {what} ({path}) leads to {real}, outside the workspace {self.root}; nothing "
+                                 "there is read, written or deleted.",
+                                 "the catalog or bundle was changed by hand or by another program: remove that entry "
+                                 "(mistudio delete ID removes only the catalog row).")
+        return p
 
     _COLS = "id, kind, name, path, parent, created, updated, meta"
 
@@ -443,7 +461,7 @@ class Workspace:
             con.execute("DELETE FROM artifacts WHERE id = ?", (art.id,))
             con.execute("DELETE FROM metrics WHERE run = ?", (art.id,))
             con.execute("DELETE FROM labels WHERE sae = ?", (art.id,))
-        if art.path and art.path.exists() and self.root in art.path.parents:
+        if art.path and art.path.exists() and self.contained(art.path, f"folder of the {art.kind} {art.name!r}"):
             trash = self.root / ".trash" / f"{art.id}.{uuid.uuid4().hex[:6]}"
             trash.parent.mkdir(exist_ok=True)
             os.replace(art.path, trash)
