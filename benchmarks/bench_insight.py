@@ -24,7 +24,7 @@ from mistudio_widgets import Workspace
 from mistudio_widgets.configs import LabelConfig, SteerConfig
 from mistudio_widgets.demo import SHOUTS, uppercase_share
 from mistudio_widgets.features import contrast, feature_columns, feature_detail, ordinary_case, require_extraction
-from mistudio_widgets.labeling import LocalChat, explain, held_out_texts, judge
+from mistudio_widgets.labeling import LocalChat, explain, held_out_texts, judge, simulation_score
 from mistudio_widgets.steering import auto_strength, steer
 
 UNTUNED_PROMPTS = ["What did you have for breakfast?", "Describe the town where you grew up.",
@@ -70,20 +70,26 @@ def label_part(ws: Workspace, sae: str, n: int, seed: int = 0) -> None:
             labels[f], texts[f] = label, (pos, neg)
     feats = list(labels)
     others = feats[1:] + feats[:1]                     # every feature is paired with another feature's label
-    own, other, wins = [], [], []
-    for f, g in zip(feats, others):
-        pos, neg = texts[f]
-        a = judge(chat, labels[f], pos, neg, cfg)["score"]
-        b = judge(chat, labels[g], pos, neg, cfg)["score"]
-        own.append(a), other.append(b), wins.append(1.0 if a > b else 0.5 if a == b else 0.0)
-    w = np.array(wins)
-    boot = [rng.choice(w, len(w)).mean() for _ in range(2000)]
-    lo, hi = np.percentile(boot, [2.5, 97.5])
     print(f"(b) {len(feats)} live features labelled by the in-kernel explainer ({time.perf_counter() - t0:.0f}s); "
-          f"detection score of the own label {np.mean(own):.3f} vs another feature's label {np.mean(other):.3f} "
-          f"(chance 0.5 for both)\n  own label scores higher in {w.mean():.1%} of features (ties count half; 95% "
-          f"bootstrap interval {lo:.1%}..{hi:.1%}); chance is 50%: ratio x{w.mean() / 0.5:.2f}")
-    for f in feats[:8]:
+          "each feature's held-out texts scored with its own label and with another feature's:")
+    for name in ("simulation", "judge"):
+        own, other = [], []
+        for f, g in zip(feats, others):
+            pos, neg = texts[f]
+            a, b = (simulation_score(lab, pos, neg) if name == "simulation" else judge(chat, lab, pos, neg, cfg)
+                    for lab in (labels[f], labels[g]))
+            own.append(a["score"]), other.append(b["score"])
+        scored = [x for x in own if x is not None]
+        o = np.array([0.5 if x is None else x for x in own])
+        t = np.array([0.5 if x is None else x for x in other])
+        w = (o > t) + 0.5 * (o == t)
+        boot = [rng.choice(w, len(w)).mean() for _ in range(2000)]
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        rule = "simulation (AUC)" if name == "simulation" else "in-kernel judge, P(yes) above the median"
+        print(f"  {rule}: {len(scored)}/{len(own)} labels scorable; mean score own {o.mean():.3f} vs other {t.mean():.3f} "
+              f"(chance 0.5; unscorable count as 0.5)\n    own label scores higher in {w.mean():.1%} of features "
+              f"(ties half; 95% bootstrap interval {lo:.1%}..{hi:.1%}); chance 50%: ratio x{w.mean() / 0.5:.2f}")
+    for f in feats[:10]:
         print(f"    {f:>5}: {labels[f]!r}")
 
 

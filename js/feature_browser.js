@@ -160,7 +160,9 @@ function render({ model, el }) {
     const coBtn = h("button", { class: "secondary", text: "Co-activation with neighbours", "data-testid": "fb-coact",
       on: { click: () => send(model, "coact", { features: [d.index, ...d.neighbours.slice(0, 9).map((n) => n.index)] }) } });
     detail.append(
-      h("h4", { "data-testid": "fb-title" }, `Feature ${d.index}`, d.label ? h("span", { class: "muted", text: ` — ${d.label}` }) : null),
+      h("h4", { "data-testid": "fb-title" }, `Feature ${d.index}`, d.label ? h("span", { class: "muted", text: ` — ${d.label}` }) : null,
+        d.labels && d.labels.length && d.labels[d.labels.length - 1].score !== null && d.labels[d.labels.length - 1].score <= 0.5
+          ? h("span", { class: "warn", "data-testid": "fb-below-chance", text: " (its detection score is no better than chance)" }) : null),
       h("div", { class: "row" }, labelIn, save, steer),
       h("div", { class: "kv" }, kv("fires on", `${(100 * d.frequency).toFixed(3)}% of tokens`), kv("max", fmtNum(d.max, 3)),
         kv("mean", fmtNum(d.mean, 3)), kv("median", fmtNum(d.quantiles.q50, 3)), kv("p99", fmtNum(d.quantiles.q99, 3))),
@@ -187,7 +189,14 @@ function render({ model, el }) {
     detail.append(ex);
     if (d.labels && d.labels.length) {
       detail.append(h("div", { class: "muted", text: "label history" }), h("ul", { "data-testid": "fb-label-history" },
-        d.labels.map((l) => h("li", { text: `${l.label} (${l.method}${l.model ? `, ${l.model}` : ""}${l.score !== null ? `, score ${l.score.toFixed(2)}` : ""})` }))));
+        d.labels.map((l) => {
+          const sc = (l.meta && l.meta.scoring) || {};
+          const how = sc.rule ? ` by ${sc.rule}` : "";
+          const score = l.score !== null ? `, detection score ${l.score.toFixed(2)}${how}, chance 0.50${l.score <= 0.5 ? " — no better than chance" : ""}`
+            : sc.reason ? `, not scored: ${sc.reason}` : "";
+          return h("li", { text: `${l.label} (${l.method}${l.model ? `, ${l.model}` : ""}${score})` });
+        })));
+      if (d.scorer_note) detail.append(h("div", { class: "warn", "data-testid": "fb-scorer-note", text: d.scorer_note }));
     }
   };
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .configs import ExtractConfig
+from .configs import ExtractConfig, LabelConfig
 from .workspace import Workspace
 
 
@@ -194,13 +194,19 @@ def cmd_label(ws: Workspace, a: argparse.Namespace, out) -> None:
 
     cfg = LabelConfig(backend=a.backend, model=a.model or ("default" if a.backend == "local" else "gpt-4o-mini"),
                       base_url=a.base_url or LabelConfig.base_url, api_key_env=a.api_key_env, score=not a.no_score,
-                      examples=a.examples)
+                      examples=a.examples, scorer=a.scorer)
     feats = [int(x) for x in a.features.split(",") if x.strip()] if a.features else None
     res = label_features(ws, a.sae, cfg, features=feats, top=a.top, redo=a.redo, progress=out.progress)
     for r in res:
-        out.line({"feature": r["feature"], "label": r.get("label"), "score": r.get("score")},
-                 f"{r['feature']:>6}  {r.get('label') or '(' + r.get('skipped', '') + ')'}"
-                 + (f"  score {r['score']:.2f}" if r.get("score") is not None else ""))
+        sc = r.get("scoring") or {}
+        score = (f"  detection score {r['score']:.2f} by {sc.get('rule')} (chance 0.50)" if r.get("score") is not None
+                 else f"  (not scored: {sc['reason']})" if sc.get("reason") else "")
+        out.line({"feature": r["feature"], "label": r.get("label"), "score": r.get("score"), "chance": 0.5,
+                  "scoring": sc.get("rule")}, f"{r['feature']:>6}  {r.get('label') or '(' + r.get('skipped', '') + ')'}{score}")
+    if any((r.get("scoring") or {}).get("rule", "").startswith("P(yes)") for r in res):
+        from .features.store import JUDGE_NOTE
+
+        out.line({}, "note: " + JUDGE_NOTE)
     out.summary({"labelled": sum(1 for r in res if r.get("label")), "results": res},
                 f"labelled {sum(1 for r in res if r.get('label'))} feature(s)")
 
@@ -230,8 +236,10 @@ def register_labels(sub, cmd) -> None:
     sp.add_argument("--base-url", default=None)
     sp.add_argument("--model", default=None, help="workspace model (local) or served model name (openai)")
     sp.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
-    sp.add_argument("--examples", type=int, default=10)
+    sp.add_argument("--examples", type=int, default=LabelConfig.examples)
     sp.add_argument("--no-score", action="store_true", help="skip detection scoring")
+    sp.add_argument("--scorer", choices=["auto", "simulation", "judge"], default="auto",
+                    help="simulation (in-kernel default) or a judge model (endpoint default)")
     sp.add_argument("--redo", action="store_true", help="label again features this explainer already labelled")
     sp = cmd(sub, "serve-chat", cmd_serve_chat, "serve a workspace model as an OpenAI-compatible chat endpoint")
     sp.add_argument("--model", default="default")

@@ -261,6 +261,7 @@ class LabelConfig:
     detect_template: str = opt(DETECT_TEMPLATE, "Detection-scoring prompt; {label} and {text} are filled in.")
     examples: int = opt(6, "Top examples shown to the explainer.", minimum=1)
     score: bool = opt(True, "Score each label by detection on held-out examples.")
+    scorer: Literal["auto", "simulation", "judge"] = opt("auto", "How to score: 'simulation' reads the label for tokens and traits (capitals, punctuation, digits) a program can check in each held-out text; 'judge' asks the model whether the label fits. 'auto': simulation for the in-kernel model (measured unable to judge), judge for an endpoint.")
     score_examples: int = opt(5, "Held-out activating and as many non-activating texts per score.", minimum=1)
     max_tokens: int = opt(40, "Longest answer accepted from the explainer.", minimum=1)
     temperature: float = opt(0.0, "Sampling temperature of the explainer (0: greedy).", minimum=0.0)

@@ -89,9 +89,11 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
 
     lab = label_features(ws, sae.id, LabelConfig(score_examples=5), features=[feature], redo=True,
                          progress=out.progress)[0]
-    score = lab.get("score")
-    step("label", {"feature": feature, "label": lab.get("label"), "score": score, "chance": 0.5},
-         f"feature {feature}: {lab.get('label')!r}" + (f"; detection score {score:.2f} (chance 0.50)" if score is not None else ""))
+    score, sc = lab.get("score"), lab.get("scoring") or {}
+    step("label", {"feature": feature, "label": lab.get("label"), "score": score, "chance": 0.5, "scoring": sc.get("rule")},
+         f"feature {feature}: {lab.get('label')!r}; " + (f"detection score {score:.2f} by {sc.get('rule')} on held-out "
+                                                          "texts (chance 0.50)" if score is not None
+                                                          else f"not scored ({sc.get('reason', 'no held-out texts')})"))
 
     auto = auto_strength(ws, sae.id, SteerConfig(features=[[feature, 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens))
     sweep = "\n".join(f"           {r['strength']:7.2f} ({r['relative']:.0%} of the residual norm): perplexity "

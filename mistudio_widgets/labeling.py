@@ -8,6 +8,7 @@ chat-completions endpoint. API keys come from the environment or the caller and 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 import json
 import os
@@ -246,6 +247,9 @@ def explain(chat: Chat, detail: dict[str, Any], cfg: LabelConfig) -> tuple[str, 
     label, how = clean_label(raw), "explainer"
     if cfg.few_shot and label.lower() in {shot[3] for shot in FEW_SHOT}:
         label, how = token_label(detail, cfg.examples), "marked tokens (the explainer repeated a worked example)"
+    elif label and cfg.backend == "local" and not label_cues(label):
+        # a small explainer's phrase often names nothing checkable ("the start of a word"): add the evidence
+        label, how = f"{label}: {token_label(detail, cfg.examples)}", "explainer, with the marked tokens"
     return label, raw, how
 
 
@@ -268,6 +272,72 @@ def _non_activating(ws: Workspace, ext, index: int, n: int, width: int, rng: np.
             if len(found) >= n:
                 return found
     return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring by simulation: read the label for things a program can check in a text (quoted tokens,
+# capitals, punctuation marks, digits, line breaks), predict from them how strongly each held-out text
+# should activate the feature, and measure how well that separates activating from other texts (AUC).
+_WORDS = re.compile(r"[A-Za-z]{2,}")
+_PUNCT_NAMES = {"comma": ",", "period": ".", "full stop": ".", "quotation": '"', "apostrophe": "'", "colon": ":",
+                "semicolon": ";", "exclamation": "!", "question mark": "?", "hyphen": "-", "dash": "-"}
+
+
+def _share_caps(text: str) -> float:
+    words = _WORDS.findall(text)
+    return sum(w.isupper() for w in words) / len(words) if words else 0.0
+
+
+def label_cues(label: str) -> list[tuple[str, Any]]:
+    """What a label says that a program can check: quoted tokens, and traits (capitals, punctuation,
+    digits, line breaks) named in words."""
+    low, cues = label.lower(), []
+    for _, q in re.findall(r"(?<![A-Za-z])([\"'\u201c\u2018])(.+?)(?:\1|[\u201d\u2019]|$)", label):
+        if q.strip():
+            cues.append(("token", q.strip()))
+    if any(w in low for w in ("capital", "upper", "caps")):
+        cues.append(("caps", None))
+    cues += [("char", ch) for name, ch in _PUNCT_NAMES.items() if name in low]
+    if "punctuation" in low:
+        cues.append(("punct", None))
+    if any(w in low for w in ("digit", "number", "year", "numeral")):
+        cues.append(("digit", None))
+    if any(w in low for w in ("line break", "newline", "new line")) or "'\\n'" in label:
+        cues.append(("char", "\n"))
+    return cues
+
+
+def simulate(cues: list[tuple[str, Any]], text: str) -> float:
+    """How strongly ``text`` shows what the cues describe (0: not at all)."""
+    best = 0.0
+    for kind, v in cues:
+        if kind == "token":
+            s = len(re.findall(r"(?<![A-Za-z])" + re.escape(v), text, flags=re.I)) / max(len(text.split()), 1)
+        elif kind == "char":
+            s = text.count(v) / max(len(text), 1)
+        elif kind == "punct":
+            s = sum(not c.isalnum() and not c.isspace() for c in text) / max(len(text), 1)
+        elif kind == "digit":
+            s = sum(c.isdigit() for c in text) / max(len(text), 1)
+        else:
+            s = _share_caps(text)
+        best = max(best, s)
+    return best
+
+
+def auc(pos: list[float], neg: list[float]) -> float:
+    """The chance that a random activating text scores above a random other one (ties half); 0.5 is chance."""
+    return float(np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg]))
+
+
+def simulation_score(label: str, pos: list[str], neg: list[str]) -> dict[str, Any]:
+    cues = label_cues(label)
+    if not cues:
+        return {"score": None, "chance": 0.5, "rule": "simulation",
+                "reason": "the label names no token or trait (capitals, punctuation, digits) the simulator can check"}
+    return {"score": auc([simulate(cues, t) for t in pos], [simulate(cues, t) for t in neg]), "chance": 0.5,
+            "rule": "simulation (AUC)", "cues": [f"{k}:{v}" if v is not None else k for k, v in cues],
+            "positives": len(pos), "negatives": len(neg)}
 
 
 def held_out_texts(ws: Workspace, ext, detail: dict[str, Any], cfg: LabelConfig,
@@ -309,13 +379,21 @@ def judge(chat: Chat, label: str, pos: list[str], neg: list[str], cfg: LabelConf
             "true_negative": tn, "negatives": len(neg), "rule": how}
 
 
+def scorer_for(cfg: LabelConfig) -> str:
+    """'simulation' or 'judge': ``auto`` simulates for the in-kernel model, which cannot judge labels
+    (see ``benchmarks/bench_insight.py``), and asks an endpoint's model to judge."""
+    return cfg.scorer if cfg.scorer != "auto" else ("simulation" if cfg.backend == "local" else "judge")
+
+
 def detection_score(ws: Workspace, chat: Chat, ext, detail: dict[str, Any], label: str, cfg: LabelConfig,
                     rng: np.random.Generator) -> dict[str, Any]:
-    """Balanced accuracy of the scorer telling held-out activating texts from non-activating ones
-    (chance: 0.5)."""
+    """How well the label tells held-out activating texts from non-activating ones (chance: 0.5), by
+    simulation or by a judge model (``cfg.scorer``)."""
     pos, neg = held_out_texts(ws, ext, detail, cfg, rng)
     if not pos or not neg:
-        return {"score": None, "reason": "not enough held-out texts"}
+        return {"score": None, "chance": 0.5, "reason": "not enough held-out texts"}
+    if scorer_for(cfg) == "simulation":
+        return simulation_score(label, pos, neg)
     return judge(chat, label, pos, neg, cfg)
 
 
@@ -370,5 +448,5 @@ def _label_each(ws, ext, sae_id, todo, chat, cfg, tid, rng, results, progress, c
         ws.add_label(sae_id, f, label, method="auto", model=chat.name, template=tid, score=scored["score"],
                      meta={"backend": cfg.backend, "raw": raw[:500], "scoring": scored, "extraction": ext.id, "from": how,
                            "template_text": cfg.template})
-        results.append({"feature": f, "label": label, "score": scored["score"]})
+        results.append({"feature": f, "label": label, "score": scored["score"], "scoring": scored, "from": how})
         emit(progress, "labelling", n + 1, len(todo), unit="feature", message=f"{f}: {label}")

@@ -81,8 +81,28 @@ def test_local_explainer_labels_without_a_server(default_ws, small_sae, extracti
     p = LocalChat(default_ws).yes_probability([{"role": "user", "content": "Is fire hot? Answer yes or no."}])
     assert 0.0 < p < 1.0
     scoring = row["meta"]["scoring"]
-    if scoring["score"] is not None:       # the in-kernel scorer ranks texts by P(yes)
-        assert scoring["rule"] == "P(yes) above the median" and 0.0 <= row["score"] <= 1.0
+    assert scoring["chance"] == 0.5
+    if scoring["score"] is not None:       # the in-kernel default scores by simulation
+        assert scoring["rule"] == "simulation (AUC)" and 0.0 <= row["score"] <= 1.0 and scoring["cues"]
+    else:
+        assert "simulator" in scoring["reason"] or "held-out" in scoring["reason"]
+    # asked to judge, the in-kernel model ranks the texts by P(yes)
+    res = label_features(default_ws, small_sae, LabelConfig(examples=3, score_examples=2, max_tokens=12, scorer="judge"),
+                         features=[busiest], redo=True)
+    scoring = default_ws.labels(small_sae, busiest)[0]["meta"]["scoring"]
+    assert scoring.get("reason") or (scoring["rule"] == "P(yes) above the median" and 0.0 <= scoring["score"] <= 1.0)
+
+
+def test_simulation_scoring_reads_what_a_label_names():
+    from mistudio_widgets.labeling import label_cues, simulation_score
+
+    shouted, calm = ["WHY ARE YOU SHOUTING AT ME", "GET OUT NOW"], ["why are you here", "get out now, please"]
+    assert simulation_score("tokens 'WID', 'BOT' (in CAPITAL LETTERS)", shouted, calm)["score"] == 1.0
+    assert simulation_score("words in capital letters", calm, shouted)["score"] == 0.0      # a wrong label scores low
+    assert simulation_score('the word "please', ["say please", "please go"], ["go away", "come here"])["score"] == 1.0
+    r = simulation_score("the start of a word", shouted, calm)
+    assert r["score"] is None and "simulator" in r["reason"] and r["chance"] == 0.5
+    assert label_cues('the comma after "Farewell') == [("token", "Farewell"), ("char", ",")]
 
 
 def test_a_hanging_endpoint_fails_clearly_and_labels_nothing(default_ws, small_sae, extraction):

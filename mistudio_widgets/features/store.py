@@ -12,6 +12,9 @@ from ..workspace import Artifact, Workspace
 from .library import FeatureError, load_library_sae
 
 KIND = "extraction"
+JUDGE_NOTE = ("Scores 'by P(yes)' come from the in-kernel model judging its own labels, which cannot tell a feature's "
+              "label from another feature's (measured: it prefers the right label in 47% of features, chance 50%); "
+              "read them as noise, or score by simulation or with a bigger model through an endpoint.")
 HIST_BINS, LOGIT_HIST_BINS = 50, 30
 FEATURES_FILE, EXAMPLES_FILE, COACT_FILE, SPARSITY_FILE, STATE_FILE = (
     "features.parquet", "examples.parquet", "coactivation.npz", "sparsity.safetensors", "state.pt")
@@ -122,7 +125,9 @@ def feature_detail(ws: Workspace, ext: str | Artifact, index: int, *, max_exampl
                                                         (g + 1) * mx / ext.meta["config"]["quantile_groups"]],
                                   "examples": [e for e in examples["quantile"] if e["group"] == g]}
                                  for g in range(ext.meta["config"]["quantile_groups"])],
-           "label": labels[-1]["label"] if labels else None, "labels": labels}
+           "label": labels[-1]["label"] if labels else None, "labels": labels,
+           "scorer_note": JUDGE_NOTE if any((r["meta"].get("scoring") or {}).get("rule", "").startswith("P(yes)")
+                                            for r in labels) else None}
     if "top_logit_ids" in row:
         out["logits"] = {"positive": [{"token": t, "id": int(i), "value": float(v)} for t, i, v in
                                       zip(row["top_logit_tokens"], row["top_logit_ids"], row["top_logit_values"])],
