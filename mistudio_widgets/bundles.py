@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tarfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,9 @@ from .workspace import Artifact, Workspace, disk_error
 
 FORMAT, VERSION, MANIFEST = "mistudio-bundle", 1, "manifest.json"
 PACKABLE = ("dataset", "tokenization", "sae", "extraction", "steering_preset")
+SAFE_ID = re.compile(r"^[a-z]{2,8}-[0-9a-f]{6,32}$")
+CODE_KEYS = ("trust_remote_code", "auto_map")          # settings that would run code: never unpacked
+REQUIRED_FILES = {"sae": ("cfg.json", "sae_weights.safetensors")}
 
 
 class BundleError(MistudioError):
@@ -116,6 +121,48 @@ def _read_manifest(tar: tarfile.TarFile, path: Path) -> dict[str, Any]:
     return manifest
 
 
+def _strip_code(value: Any, where: str, stripped: list[str]) -> Any:
+    """``value`` without settings that can run code (at any depth); their paths go into ``stripped``."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k in CODE_KEYS:
+                stripped.append(f"{where}.{k}")
+                continue
+            out[k] = _strip_code(v, f"{where}.{k}", stripped)
+        return out
+    if isinstance(value, list):
+        return [_strip_code(v, f"{where}[{i}]", stripped) for i, v in enumerate(value)]
+    return value
+
+
+def _check_entries(manifest: dict[str, Any], members: list[tarfile.TarInfo], path: Path) -> None:
+    """Refuse entries that are not plain data: unknown kinds, ids that are not ids, wrong types, folders
+    without their files."""
+    entries = manifest.get("artifacts")
+    if not isinstance(entries, list):
+        raise BundleError(f"{path} has no list of artifacts.", "pack it again with `mistudio bundle pack`.")
+    names = {m.name for m in members}
+    for a in entries:
+        if not isinstance(a, dict) or a.get("kind") not in PACKABLE:
+            kind = a.get("kind") if isinstance(a, dict) else a
+            raise BundleError(f"{path} holds an artifact of kind {str(kind)[:60]!r}; bundles hold {', '.join(PACKABLE)}.",
+                              "only unpack bundles made by `mistudio bundle pack`; this one was refused and nothing was added.")
+        if not isinstance(a.get("id"), str) or not SAFE_ID.match(a["id"]):
+            raise BundleError(f"{path} holds an artifact with the id {str(a.get('id'))[:60]!r}, which is not an id.",
+                              "this bundle was refused and nothing was added.")
+        if not isinstance(a.get("name"), str) or not isinstance(a.get("meta"), dict) or \
+                not (a.get("parent") is None or isinstance(a["parent"], str)) or not isinstance(a.get("folder"), bool):
+            raise BundleError(f"{path}: the entry of {a['id']} has fields of the wrong type.", "this bundle was refused.")
+        prefix = f"artifacts/{a['id']}"
+        if a["folder"] and prefix not in names and not any(n.startswith(prefix + "/") for n in names):
+            raise BundleError(f"{path} lists the {a['kind']} {a['name']!r} with a folder, but holds no files for it.",
+                              "pack it again; this bundle was refused.")
+        for f in REQUIRED_FILES.get(a["kind"], ()) if a["folder"] else ():
+            if f"{prefix}/{f}" not in names:
+                raise BundleError(f"{path}: the {a['kind']} {a['name']!r} lacks its {f}.", "pack it again; this bundle was refused.")
+
+
 def _map_model(ws: Workspace, info: dict[str, Any], progress: ProgressCallback | None) -> str | None:
     art = match_model(ws, info.get("name")) or match_model(ws, info.get("upstream"))
     if art is None and info.get("kind") == "embedded":
@@ -135,11 +182,16 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
         tar = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError) as exc:
         raise BundleError(f"{path} is not a readable bundle ({exc}).", "copy the file again; it may be truncated.") from exc
-    added, kept = [], []
+    added, kept, stripped = [], [], []
     with tar:
-        manifest = _read_manifest(tar, path)
+        try:
+            manifest = _read_manifest(tar, path)
+            members = tar.getmembers()           # reads the whole archive: a truncated one fails here, before any write
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise BundleError(f"{path} is truncated or corrupted ({exc.__class__.__name__}: {exc}); nothing was added.",
+                              "copy the bundle again.") from exc
+        _check_entries(manifest, members, path)
         ids = {a["id"] for a in manifest["artifacts"]}
-        members = tar.getmembers()
         for m in members:
             parts = Path(m.name).parts
             if m.name != MANIFEST and not (len(parts) >= 2 and parts[0] == "artifacts" and parts[1] in ids and ".." not in parts):
@@ -151,12 +203,16 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
             if ws.find(a["id"]) is not None:
                 kept.append(a["id"])
                 continue
-            meta = dict(a["meta"])
+            meta = _strip_code(dict(a["meta"]), a["id"], stripped)
             if meta.get("model") in model_map:
                 meta["model"] = model_map[meta["model"]]
+            elif meta.get("model") is not None and ws.find(str(meta["model"]), "model") is None:
+                meta["model"] = None                 # an unknown model reference is dropped, never followed
             parent = a["parent"] if a["parent"] and ws.find(a["parent"]) is not None else None
             name = ws.unique_name(a["kind"], a["name"])
             rel = f"{a['kind']}s/{a['id']}" if a["folder"] else None
+            if rel:
+                ws.contained(rel, f"folder of the bundled {a['kind']} {a['name']!r}")
             if a["folder"]:
                 tmp = ws.root / ".tmp" / f"unpack-{a['id']}.{os.getpid()}"
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -164,7 +220,12 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
                     tmp.mkdir(parents=True)
                     prefix = f"artifacts/{a['id']}"
                     mine = [m for m in members if m.name == prefix or m.name.startswith(prefix + "/")]
-                    tar.extractall(tmp, members=mine, filter="data")
+                    try:
+                        tar.extractall(tmp, members=mine, filter="data")
+                    except (tarfile.TarError, EOFError, zlib.error) as exc:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        raise BundleError(f"{path} is corrupted inside the {a['kind']} {a['name']!r} ({exc}).",
+                                          "copy the bundle again.") from exc
                     (ws.root / f"{a['kind']}s").mkdir(exist_ok=True)
                     os.replace(tmp / prefix, ws.root / rel)
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -188,4 +249,4 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
                              score=r["score"], meta=r.get("meta"), time=r.get("time"))
                 n_labels += 1
     return {"path": str(path), "added": added, "already_present": kept, "labels": n_labels,
-            "models": {k: v for k, v in model_map.items()}}
+            "models": {k: v for k, v in model_map.items()}, "stripped": stripped}

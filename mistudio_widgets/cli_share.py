@@ -70,7 +70,8 @@ def cmd_bundle(ws: Workspace, a: argparse.Namespace, out) -> None:
     else:
         r = unpack(ws, a.file, progress=out.progress)
         out.summary(r, f"added {len(r['added'])} artifact(s) ({', '.join(x['name'] for x in r['added']) or 'none'}), "
-                       f"{r['labels']} label(s); {len(r['already_present'])} already present")
+                       f"{r['labels']} label(s); {len(r['already_present'])} already present"
+                       + (f"\nremoved settings that would run code: {', '.join(r['stripped'])}" if r["stripped"] else ""))
 
 
 def register(sub, cmd) -> None:

@@ -44,3 +44,65 @@ def test_a_symlinked_artifact_folder_leading_outside_is_not_followed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (victim / "precious.txt").read_text() == "keep me"
     assert json.loads(proc.stdout.splitlines()[-1])
+
+
+def _bundle(path, entries, files=None):
+    """A bundle file written by hand: a manifest with ``entries`` and ``files`` {member name: bytes}."""
+    import io
+    import tarfile
+
+    manifest = {"format": "mistudio-bundle", "version": 1, "artifacts": entries, "labels": {}, "models": {}}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in {"manifest.json": json.dumps(manifest).encode(), **(files or {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _entry(kind="dataset", id="dat-0123456789", folder=False, meta=None):
+    return {"id": id, "kind": kind, "name": "x", "parent": None, "meta": meta or {}, "folder": folder}
+
+
+def test_bundles_are_data_never_code_and_never_write_outside(tmp_path):
+    import pytest
+
+    from mistudio_widgets.bundles import BundleError, unpack
+
+    ws = Workspace(tmp_path / "ws")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    hostile = [
+        ([_entry(kind="../../../../" + str(tmp_path / "escaped"))], None, "bundles hold"),
+        ([_entry(kind="model", meta={"settings": {"trust_remote_code": True}})], None, "bundles hold"),
+        ([_entry(id="../../etc")], None, "not an id"),
+        ([_entry(kind="sae", id="sae-0123456789", folder=True)], {"artifacts/sae-0123456789/cfg.json": b"{}"},
+         "lacks its sae_weights.safetensors"),
+        ([_entry(folder=True)], None, "holds no files"),
+        ([{**_entry(), "meta": "not a mapping"}], None, "wrong type"),
+    ]
+    for i, (entries, files, message) in enumerate(hostile):
+        with pytest.raises(BundleError, match=message):
+            unpack(ws, _bundle(tmp_path / f"b{i}.tar.gz", entries, files))
+        assert ws.list() == []
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".tar.gz")) == before
+    # settings that would run code are stripped, at any depth, and reported
+    meta = {"model": "mod-0123456789", "config": {"auto_map": {"AutoModel": "evil.Model"}, "trust_remote_code": True}}
+    r = unpack(ws, _bundle(tmp_path / "ok.tar.gz", [_entry(meta=meta)]))
+    got = ws.get("dat-0123456789").meta
+    assert got == {"model": None, "config": {}}
+    assert sorted(r["stripped"]) == ["dat-0123456789.config.auto_map", "dat-0123456789.config.trust_remote_code"]
+
+
+def test_a_truncated_bundle_is_refused_and_adds_nothing(tmp_path):
+    import pytest
+
+    from mistudio_widgets.bundles import BundleError, unpack
+
+    ws = Workspace(tmp_path / "ws")
+    files = {f"artifacts/dat-0123456789/part-{i}.bin": os.urandom(200_000) for i in range(3)}
+    full = _bundle(tmp_path / "full.tar.gz", [_entry(folder=True)], files).read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(full[: len(full) // 2])
+    with pytest.raises(BundleError, match="truncated or corrupted"):
+        unpack(ws, cut)
+    assert ws.list() == [] and not (ws.root / "datasets").exists()
