@@ -8,6 +8,7 @@ rather than overwritten."""
 from __future__ import annotations
 
 import json
+import time
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,15 +26,29 @@ class ExportError(MistudioError):
     """An export cannot be written as asked."""
 
 
+EXPORT_MARKER = ".mistudio-export.json"     # marks a folder as an export of ours: only such a folder is replaced
+
+
 @contextmanager
-def fresh_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder that becomes ``out`` when the block succeeds (see ``atomic_folder``);
-    a non-empty ``out`` is refused unless ``overwrite``."""
+def fresh_folder(out: str | Path, *, overwrite: bool = False, workspace: Path | None = None,
+                 what: str = "export") -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``out`` when the block succeeds (see ``atomic_folder``).
+    A non-empty ``out`` is refused unless ``overwrite``, and even then unless it holds an earlier export
+    of ours (its marker file); the workspace, or any folder holding it, is never replaced."""
     out = Path(out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ExportError(f"{out} already exists and is not empty.", "choose a new folder, or pass overwrite=True (CLI: --overwrite).")
+    if workspace is not None and Path(workspace).resolve().is_relative_to(out):
+        raise ExportError(f"{out} is the workspace or holds it; an export never replaces it.",
+                          "export into a new folder, e.g. under the workspace's exports/.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise ExportError(f"{out} already exists and is not empty.",
+                              "choose a new folder, or pass overwrite=True (CLI: --overwrite) to replace an earlier export.")
+        if not (out / EXPORT_MARKER).is_file():
+            raise ExportError(f"{out} is not an earlier export of mistudio (it has no {EXPORT_MARKER}), so it is not "
+                              "replaced; nothing was changed.", "choose a new or empty folder.")
     with atomic_folder(out, writing="export") as tmp:
         yield tmp
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"format": what, "written": time.time()}) + "\n")
 
 
 def model_hub_id(ws: Workspace, sae: Artifact) -> str | None:
@@ -78,7 +93,7 @@ def export_saelens(ws: Workspace, sae: str, out: str | Path, *, repo_id: str | N
                                  "neuronpedia": meta["neuronpedia_id"],
                                  **({"l0": round(float(art.meta["metrics"]["l0"]), 2)}
                                     if (art.meta.get("metrics") or {}).get("l0") is not None else {})}]}}
-    with fresh_folder(out, overwrite=overwrite) as tmp:
+    with fresh_folder(out, overwrite=overwrite, workspace=ws.root, what="saelens") as tmp:
         save_sae(model, tmp, metadata=meta, extra={**(cfg.get("mistudio") or {}), "exported_from": art.id})
         if ext is not None and (ext.path / SPARSITY).is_file():
             shutil.copy2(ext.path / SPARSITY, tmp / SPARSITY)

@@ -132,7 +132,7 @@ def upload_folder(folder: str | Path, repo_id: str, *, token: str | None = None,
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, path_in_repo=path_in_repo or None,
-                                 commit_message=message)
+                                 commit_message=message, ignore_patterns=[".mistudio-export.json"])
     except HfHubHTTPError as exc:
         raise HubError(f"The hub refused the upload to {repo_id}: {exc}", "check that the token can write to this repository.") from exc
     except OSError as exc:

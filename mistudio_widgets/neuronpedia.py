@@ -80,7 +80,7 @@ def export_neuronpedia(ws: Workspace, sae: str, out: str | Path, *, model_id: st
     d_sae = int(ext.meta["summary"]["d_sae"])
     n_batches = -(-d_sae // batch_size)
     counts = {"features": 0, "activations": 0, "explanations": 0}
-    with fresh_folder(out, overwrite=overwrite) as tmp:
+    with fresh_folder(out, overwrite=overwrite, workspace=ws.root, what="neuronpedia") as tmp:
         bulk = tmp / model_id / source_id
         bulk.mkdir(parents=True)
         hook = art.meta.get("hook") or ""

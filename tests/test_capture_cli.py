@@ -101,5 +101,6 @@ def test_demo_runs_the_whole_main_job(tmp_path):
     # without one the unsteered text is kept
     assert (s["strength"] is None and s["steered"] == s["unsteered"]) or s["strength"] > 0
     lens, npx = s["exports"]["saelens"], s["exports"]["neuronpedia"]
-    assert sorted(os.listdir(lens)) == ["cfg.json", "pretrained_saes.yaml", "sae_weights.safetensors", "sparsity.safetensors"]
+    assert sorted(os.listdir(lens)) == [".mistudio-export.json", "cfg.json", "pretrained_saes.yaml", "sae_weights.safetensors",
+                                        "sparsity.safetensors"]
     assert json.load(open(os.path.join(npx, "manifest.json")))["features"] == 4 * 576

@@ -15,7 +15,7 @@ import pytest
 from mistudio_widgets.bundles import pack
 from mistudio_widgets.configs import TrainConfig
 from mistudio_widgets.errors import ArtifactWriteError
-from mistudio_widgets.exporting import export_saelens
+from mistudio_widgets.exporting import EXPORT_MARKER, export_saelens
 from mistudio_widgets.neuronpedia import export_neuronpedia
 from mistudio_widgets.training import train
 from test_crash_safety import TINY, same_as_uninterrupted
@@ -96,14 +96,16 @@ def test_permission_denied_during_an_export_changes_nothing(default_ws, small_sa
     shared = tmp_path / "someone-elses"
     (shared / "out").mkdir(parents=True)
     (shared / "out" / "theirs.txt").write_text("not ours")
-    for p in (shared, shared / "out", shared / "out" / "theirs.txt"):
+    (shared / "out" / EXPORT_MARKER).write_text("{}")           # an earlier export, by another user
+    for p in (shared, shared / "out", shared / "out" / "theirs.txt", shared / "out" / EXPORT_MARKER):
         os.chown(p, NOBODY, NOBODY)
     before = state(default_ws)
     r = no_dac("--workspace", str(default_ws.root), "export", small_sae, "--format", fmt, "--out", str(shared / "out"), "--overwrite")
     assert r.returncode == 2, r.stderr[-2000:]
     assert "permission was denied" in r.stderr and "what was there before is unchanged" in r.stderr, r.stderr[-2000:]
     assert "choose a folder you may write to" in r.stderr
-    assert digest(shared) == {"out/theirs.txt": hashlib.sha256(b"not ours").hexdigest()}
+    assert digest(shared) == {"out/theirs.txt": hashlib.sha256(b"not ours").hexdigest(),
+                              f"out/{EXPORT_MARKER}": hashlib.sha256(b"{}").hexdigest()}
     assert sorted(p.name for p in shared.iterdir()) == ["out"]
     consistent(default_ws, before)
 

@@ -106,3 +106,28 @@ def test_a_truncated_bundle_is_refused_and_adds_nothing(tmp_path):
     with pytest.raises(BundleError, match="truncated or corrupted"):
         unpack(ws, cut)
     assert ws.list() == [] and not (ws.root / "datasets").exists()
+
+
+def test_export_overwrite_replaces_only_an_earlier_export(tmp_path):
+    import pytest
+
+    from mistudio_widgets.exporting import EXPORT_MARKER, ExportError, fresh_folder
+
+    ws = Workspace(tmp_path / "ws")
+    (ws.root / "keep.txt").write_text("workspace file")
+    for target in (ws.root, tmp_path):                         # the workspace, or a folder holding it
+        with pytest.raises(ExportError, match="holds it"):
+            with fresh_folder(target, overwrite=True, workspace=ws.root):
+                pass
+    unrelated = tmp_path / "photos"
+    unrelated.mkdir()
+    (unrelated / "cat.jpg").write_bytes(b"meow")
+    with pytest.raises(ExportError, match="not an earlier export"):
+        with fresh_folder(unrelated, overwrite=True, workspace=ws.root):
+            pass
+    assert (unrelated / "cat.jpg").read_bytes() == b"meow" and (ws.root / "keep.txt").is_file()
+    out = tmp_path / "export"
+    for n in (1, 2):                                              # an export of ours is replaced when asked
+        with fresh_folder(out, overwrite=True, workspace=ws.root) as tmp:
+            (tmp / "cfg.json").write_text(str(n))
+        assert (out / "cfg.json").read_text() == str(n) and (out / EXPORT_MARKER).is_file()
