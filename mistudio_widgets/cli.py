@@ -99,7 +99,8 @@ def cmd_models_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     from .models import add_model, model_info
 
     cfg = ModelConfig(source=a.source, name=a.name, dtype=a.dtype, quantization=a.quantization, device=a.device,
-                      revision=a.revision, trust_remote_code=a.trust_remote_code, token=os.environ.get("HF_TOKEN"))
+                      revision=a.revision, trust_remote_code=a.trust_remote_code, allow_pickle_weights=a.allow_pickle_weights,
+                      token=os.environ.get("HF_TOKEN"))
     art = add_model(ws, cfg, progress=out.progress)
     info = model_info(ws, art)
     out.summary({**_artifact_line(art), "info": info},
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     sp.add_argument("--revision", default=None)
     sp.add_argument("--trust-remote-code", action="store_true")
+    sp.add_argument("--allow-pickle-weights", action="store_true",
+                    help="also load *.bin (pickle) weights, with torch.load(weights_only=True)")
     cmd(ms, "list", cmd_list("model"), "list models")
     sp = cmd(ms, "hooks", cmd_models_hooks, "list a model's hook points")
     sp.add_argument("model", nargs="?", default=DEFAULT)

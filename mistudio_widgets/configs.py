@@ -150,6 +150,7 @@ class ModelConfig:
     quantization: Literal["none", "8bit", "4bit"] = opt("none", "bitsandbytes quantization (8-bit or 4-bit NF4).")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "Where to run the model.")
     trust_remote_code: bool = opt(False, "Run the model repository's own Python code. Off unless you trust the repository.")
+    allow_pickle_weights: bool = opt(False, "Also load *.bin (pickle) weight files, through torch.load(weights_only=True); off: safetensors only.")
     token: str | None = opt(None, "Hub token for gated models; never stored.")
 
 

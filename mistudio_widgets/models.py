@@ -38,6 +38,20 @@ def model_location(art: Artifact) -> tuple[str, dict[str, Any]]:
     return art.meta["provenance"]["hub_id"], {"revision": art.meta["provenance"].get("revision")}
 
 
+def _check_loading(name: str, model, loading: dict[str, Any]) -> None:
+    """Refuse a model whose weight files did not cover its parameters (they would be random) or did not fit."""
+    tied = set()
+    if getattr(model.config, "tie_word_embeddings", False):
+        tied = {n for n, _ in model.named_parameters() if n.endswith(("lm_head.weight", "embed_out.weight"))}
+    missing = [k for k in loading.get("missing_keys", []) if k not in tied]
+    bad = [str(x) for x in loading.get("mismatched_keys", [])]
+    if missing or bad:
+        what = (f"{len(missing)} parameter(s) are missing from its weight files (e.g. {', '.join(missing[:3])})" if missing
+                else f"{len(bad)} weight(s) have the wrong shape (e.g. {', '.join(bad[:2])})")
+        raise ModelError(f"The model {name!r} cannot be used: {what}; they would be filled with random values.",
+                         "restore the complete weight files (or a matching config.json), then load again.")
+
+
 def _hub_error(source: str, exc: Exception) -> HubError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     return HubError(
@@ -127,7 +141,8 @@ def add_model(ws: Workspace, cfg: ModelConfig | None = None, *, progress: Progre
     from transformers import AutoConfig
 
     cfg = cfg or ModelConfig()
-    settings = {k: v for k, v in to_dict(cfg).items() if k in ("dtype", "quantization", "device", "trust_remote_code")}
+    settings = {k: v for k, v in to_dict(cfg).items()
+                if k in ("dtype", "quantization", "device", "trust_remote_code", "allow_pickle_weights")}
     if cfg.source == DEFAULT:
         existing = ws.find(cfg.name or defaults.DEFAULT_MODEL_NAME, "model")
         if existing and existing.meta.get("provenance", {}).get("kind") == "embedded":
@@ -163,6 +178,11 @@ def add_model(ws: Workspace, cfg: ModelConfig | None = None, *, progress: Progre
         if not any(next(path.glob(pat), None) for pat in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")):
             raise ModelError(f"{path} has a config.json but no weights (*.safetensors or *.bin).",
                              "save the model with save_pretrained, or copy its weight files into the folder.")
+        if not next(path.glob("*.safetensors"), None) and not cfg.allow_pickle_weights:
+            raise ModelError(f"{path} holds its weights only as *.bin files, which are Python pickles; they are not "
+                             "loaded by default.", "convert them to safetensors, or if you trust the folder add it with "
+                             "allow_pickle_weights=True (CLI: --allow-pickle-weights); they are then read with "
+                             "torch.load(weights_only=True).")
         provenance = {"kind": "local", "path": str(path.resolve())}
         meta = {"provenance": provenance, "location": str(path.resolve()), "settings": settings}
     else:
@@ -308,12 +328,15 @@ def load_model(ws: Workspace, ref: str | Artifact = defaults.DEFAULT_MODEL_NAME,
             return _models[key]
         loc, kw = model_location(art)
         emit(progress, "load", 0, 1, unit="model", message=art.name)
-        kwargs: dict[str, Any] = dict(dtype=getattr(torch, dt), trust_remote_code=settings.get("trust_remote_code", False), **kw)
+        kwargs: dict[str, Any] = dict(dtype=getattr(torch, dt), trust_remote_code=settings.get("trust_remote_code", False),
+                                      output_loading_info=True, **kw)
+        if not settings.get("allow_pickle_weights"):
+            kwargs["use_safetensors"] = True
         if qcfg is not None:
             kwargs["quantization_config"] = qcfg
             kwargs["device_map"] = {"": dev if dev != "cuda" else 0}
         try:
-            model = AutoModelForCausalLM.from_pretrained(loc, **kwargs)
+            model, loading = AutoModelForCausalLM.from_pretrained(loc, **kwargs)
         except torch.OutOfMemoryError as exc:
             raise ModelError(f"Out of memory loading {art.name!r} in {dt}.", "use a smaller dtype or 8bit/4bit quantization.") from exc
         except OSError as exc:
@@ -325,6 +348,7 @@ def load_model(ws: Workspace, ref: str | Artifact = defaults.DEFAULT_MODEL_NAME,
                 raise ModelError(f"bitsandbytes could not load {art.name!r} in {quant} on {dev}: {exc}",
                                  "use a CUDA GPU for quantization, or quantization='none'.") from exc
             raise
+        _check_loading(art.name, model, loading)
         if qcfg is None:
             model.to(dev)
         model.eval()

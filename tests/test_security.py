@@ -131,3 +131,36 @@ def test_export_overwrite_replaces_only_an_earlier_export(tmp_path):
         with fresh_folder(out, overwrite=True, workspace=ws.root) as tmp:
             (tmp / "cfg.json").write_text(str(n))
         assert (out / "cfg.json").read_text() == str(n) and (out / EXPORT_MARKER).is_file()
+
+
+def test_model_weights_come_from_safetensors_and_must_cover_the_model(tmp_path, tiny_model_dir):
+    import pytest
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from mistudio_widgets.configs import ModelConfig
+    from mistudio_widgets.errors import ModelError
+    from mistudio_widgets.models import add_model, load_model
+
+    ws = Workspace(tmp_path / "ws")
+    # a folder holding only pickled weights is refused unless asked for, and then loads
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save(AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict(), pickled / "pytorch_model.bin")
+    assert not list(pickled.glob("*.safetensors")) and list(pickled.glob("*.bin"))
+    with pytest.raises(ModelError, match="pickles"):
+        add_model(ws, ModelConfig(source=str(pickled), name="pickled"))
+    art = add_model(ws, ModelConfig(source=str(pickled), name="pickled-ok", allow_pickle_weights=True))
+    assert load_model(ws, art.id).model is not None
+    # weight files that do not cover the parameters: refused, never filled with random values
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_model_dir, partial)
+    weights = load_file(partial / "model.safetensors")
+    dropped = sorted(k for k in weights if k.endswith("mlp.c_fc.weight"))[0]
+    save_file({k: v for k, v in weights.items() if k != dropped}, partial / "model.safetensors", metadata={"format": "pt"})
+    art = add_model(ws, ModelConfig(source=str(partial), name="partial"))
+    with pytest.raises(ModelError, match="missing from its weight files"):
+        load_model(ws, art.id)
+    assert torch.is_tensor(weights[dropped])
