@@ -161,6 +161,19 @@ def cmd_demo(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     run_demo(ws, a, out, cmd_capture)
 
 
+def _no_alias_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """YAML without anchors and aliases: a config never needs them, and they can expand without bound."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError(f"aliases (*name) are not allowed in config files (line {self.peek_event().start_mark.line + 1})")
+            return super().compose_node(parent, index)
+    return Loader
+
+
 def _train_configs(a: argparse.Namespace):
     """TrainConfigs from --config (a mapping, optionally with `saes: [...]` for several SAEs from one
     harvest) and the flags (which apply to every SAE)."""
@@ -172,8 +185,8 @@ def _train_configs(a: argparse.Namespace):
     if a.config:
         try:
             with open(a.config) as fh:
-                data = yaml.safe_load(fh) or {}
-        except (OSError, yaml.YAMLError) as exc:
+                data = yaml.load(fh, Loader=_no_alias_loader()) or {}
+        except (OSError, yaml.YAMLError, RecursionError) as exc:
             raise MistudioError(f"Could not read the config file {a.config}: {exc}", "check the path and the YAML/JSON syntax.") from exc
         if not isinstance(data, dict):
             raise MistudioError(f"{a.config} must hold a mapping of TrainConfig settings.", "write e.g. `steps: 300`.")

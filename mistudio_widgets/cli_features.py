@@ -195,7 +195,12 @@ def cmd_label(ws: Workspace, a: argparse.Namespace, out) -> None:
     cfg = LabelConfig(backend=a.backend, model=a.model or ("default" if a.backend == "local" else "gpt-4o-mini"),
                       base_url=a.base_url or LabelConfig.base_url, api_key_env=a.api_key_env, score=not a.no_score,
                       examples=a.examples, scorer=a.scorer)
-    feats = [int(x) for x in a.features.split(",") if x.strip()] if a.features else None
+    try:
+        feats = [int(x) for x in a.features.split(",") if x.strip()] if a.features else None
+    except ValueError:
+        from .labeling import LabelError
+
+        raise LabelError(f"--features {a.features!r} is not a list of feature indices.", "write e.g. --features 12,40,7.") from None
     res = label_features(ws, a.sae, cfg, features=feats, top=a.top, redo=a.redo, progress=out.progress)
     for r in res:
         sc = r.get("scoring") or {}

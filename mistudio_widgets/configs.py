@@ -21,6 +21,14 @@ class ConfigError(MistudioError):
     """A setting has the wrong type or is out of range."""
 
 
+def _short(v: Any, limit: int = 80) -> str:
+    """``repr(v)`` cut to ``limit`` characters (a value may be huge: never echo it whole)."""
+    if isinstance(v, (list, tuple, dict, set)) and len(v) > 20:
+        return f"<a {type(v).__name__} of {len(v)} items>"
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit] + "…"
+
+
 def _check_value(owner: str, name: str, v: Any, hint: Any, lo: Any, hi: Any) -> Any:
     """``v`` checked against its type hint and range (integral floats become ints); returns the value to keep."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -32,31 +40,31 @@ def _check_value(owner: str, name: str, v: Any, hint: Any, lo: Any, hi: Any) -> 
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
         if v not in args:
-            raise ConfigError(f"{where} is {v!r}; it must be one of {', '.join(map(repr, args))}.", f"set {name} to one of those.")
+            raise ConfigError(f"{where} is {_short(v)}; it must be one of {', '.join(map(repr, args))}.", f"set {name} to one of those.")
         return v
     if hint is bool:
         if not isinstance(v, bool):
-            raise ConfigError(f"{where} must be true or false (got {v!r}).", f"set {name} to true or false.")
+            raise ConfigError(f"{where} must be true or false (got {_short(v)}).", f"set {name} to true or false.")
         return v
     if hint is int:
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{where} must be a whole number (got {v!r}).", f"set {name} to an integer.")
+            raise ConfigError(f"{where} must be a whole number (got {_short(v)}).", f"set {name} to an integer.")
     elif hint is float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{where} must be a number (got {v!r}).", f"set {name} to a number.")
+            raise ConfigError(f"{where} must be a number (got {_short(v)}).", f"set {name} to a number.")
         v = float(v)
         if not math.isfinite(v):
-            raise ConfigError(f"{where} must be a finite number (got {v!r}).", f"set {name} to a finite number.")
+            raise ConfigError(f"{where} must be a finite number (got {_short(v)}).", f"set {name} to a finite number.")
     elif hint is str:
         if not isinstance(v, str):
-            raise ConfigError(f"{where} must be text (got {v!r}).", f"set {name} to a string.")
+            raise ConfigError(f"{where} must be text (got {_short(v)}).", f"set {name} to a string.")
         return v
     elif origin in (list, dict, tuple) or hint in (list, dict, tuple):
         ok = (list, tuple) if (origin or hint) in (list, tuple) else dict
         if not isinstance(v, ok):
-            raise ConfigError(f"{where} must be a {(origin or hint).__name__} (got {v!r}).", f"set {name} to a {(origin or hint).__name__}.")
+            raise ConfigError(f"{where} must be a {(origin or hint).__name__} (got {_short(v)}).", f"set {name} to a {(origin or hint).__name__}.")
         return v
     if lo is not None and v < lo:
         raise ConfigError(f"{where} must be at least {lo} (got {v}).", f"set {name} to {lo} or more.")
@@ -202,7 +210,7 @@ class TrainConfig:
     resample_dead: bool = opt(True, "standard: re-initialise dead latents towards badly reconstructed inputs.")
     select_precision: Literal["auto", "float32", "bfloat16"] = opt("auto", "topk/batchtopk: dtype of the dense pass that only chooses the active latents (their values are always exact float32); auto is bfloat16, about 2x faster on CPUs.")
     # bookkeeping
-    seed: int = opt(0, "Random seed (data order and initialisation); CPU runs are deterministic.")
+    seed: int = opt(0, "Random seed (data order and initialisation); CPU runs are deterministic.", minimum=0)
     chunk_sequences: int = opt(1024, "Sequences harvested and shuffled together (mixing across sequences); a chunk's remainder smaller than a batch is skipped.", minimum=1)
     harvest_batch_size: int = opt(16, "Sequences per model forward pass while harvesting.", minimum=1)
     log_every: int = opt(10, "Record training metrics every N steps.", minimum=1)
@@ -236,7 +244,7 @@ class ExtractConfig:
     coactivation_tokens: int = opt(16384, "Tokens whose sparse feature activations are kept for co-activation correlations.", minimum=0)
     batch_size: int = opt(16, "Sequences per forward pass.", minimum=1)
     checkpoint_every: int = opt(32, "Save resumable state every N batches (0: never).", minimum=0)
-    seed: int = opt(0, "Seed for the quantile sampling.")
+    seed: int = opt(0, "Seed for the quantile sampling.", minimum=0)
     name: str | None = opt(None, "Name of the extraction (derived when empty).")
 
 
@@ -268,7 +276,7 @@ class LabelConfig:
     temperature: float = opt(0.0, "Sampling temperature of the explainer (0: greedy).", minimum=0.0)
     timeout: float = opt(60.0, "Seconds to wait for one HTTP answer.", minimum=0.1)
     retries: int = opt(3, "Retries of a failed HTTP call, with exponential backoff.", minimum=0)
-    seed: int = opt(0, "Seed for choosing held-out texts.")
+    seed: int = opt(0, "Seed for choosing held-out texts.", minimum=0)
 
 
 @config
@@ -286,4 +294,4 @@ class SteerConfig:
     temperature: float = opt(0.0, "Sampling temperature (0: greedy).", minimum=0.0)
     top_p: float = opt(1.0, "Nucleus sampling mass.", minimum=0.0)
     frequency_penalty: float = opt(0.0, "Subtract this times a token's count so far from its logit (as OpenAI's frequency_penalty).")
-    seed: int = opt(0, "Seed shared by both generations.")
+    seed: int = opt(0, "Seed shared by both generations.", minimum=0)

@@ -164,3 +164,38 @@ def test_model_weights_come_from_safetensors_and_must_cover_the_model(tmp_path, 
     with pytest.raises(ModelError, match="missing from its weight files"):
         load_model(ws, art.id)
     assert torch.is_tensor(weights[dropped])
+
+
+def _cli(ws_root, *args):
+    env = {**os.environ, "MISTUDIO_HOME": str(ws_root), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_bounded_inputs_and_clear_errors_instead_of_tracebacks(tmp_path):
+    from mistudio_widgets.configs import ConfigError, TrainConfig
+    from mistudio_widgets.sae.io import SAEFormatError, load_sae
+
+    ws_root = tmp_path / "ws"
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nsteps: *c\n")
+    r = _cli(ws_root, "train", "--config", str(bomb))
+    assert r.returncode == 2 and "aliases" in r.stderr and len(r.stderr) < 2000, r.stderr[-2000:]
+    huge = list(range(10_000))
+    try:
+        TrainConfig(steps=huge)
+    except ConfigError as exc:
+        assert "10000 items" in str(exc) and len(str(exc)) < 400
+    r = _cli(ws_root, "train", "--seed", "-1", "--steps", "1")
+    assert r.returncode == 2 and "seed must be at least 0" in r.stderr, r.stderr[-2000:]
+    deep = tmp_path / "deep-sae"
+    deep.mkdir()
+    (deep / "cfg.json").write_text("[" * 100_000 + "]" * 100_000)
+    (deep / "sae_weights.safetensors").write_bytes(b"")
+    import pytest
+
+    with pytest.raises(SAEFormatError, match="nested too deeply"):
+        load_sae(deep)
+    r = _cli(ws_root, "label", "some-sae", "--features", "1,abc")
+    assert r.returncode == 2 and "not a list of feature indices" in r.stderr, r.stderr[-2000:]

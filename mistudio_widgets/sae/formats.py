@@ -118,8 +118,8 @@ def read_sparsify(folder: str | Path) -> tuple[SAE, dict[str, Any]]:
     folder = Path(folder)
     try:
         cfg = json.loads((folder / CFG).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SAEFormatError(f"{folder / CFG} is not readable JSON ({exc}).", "re-save the sparsify SAE.") from exc
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise SAEFormatError(f"{folder / CFG} is not readable JSON ({exc.__class__.__name__}).", "re-save the sparsify SAE.") from exc
     activation = cfg.get("activation", "topk")
     if activation != "topk":
         raise SAEFormatError(f"This sparsify SAE uses the {activation!r} activation.", "only top-k sparsify SAEs can be imported.")

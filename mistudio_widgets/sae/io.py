@@ -136,6 +136,8 @@ def load_sae(folder: str | Path, device: str = "cpu") -> tuple[SAE, dict[str, An
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SAEFormatError(f"{cfg_path} is not valid JSON ({exc}).", "re-export the SAE.") from exc
+    except RecursionError as exc:
+        raise SAEFormatError(f"{cfg_path} is nested too deeply to be an SAE config.", "re-export the SAE.") from exc
     if not isinstance(cfg, dict):
         raise SAEFormatError(f"{cfg_path} does not hold a JSON object.", "re-export the SAE.")
     spec = _spec_from_cfg(cfg)
