@@ -199,3 +199,32 @@ def test_bounded_inputs_and_clear_errors_instead_of_tracebacks(tmp_path):
         load_sae(deep)
     r = _cli(ws_root, "label", "some-sae", "--features", "1,abc")
     assert r.returncode == 2 and "not a list of feature indices" in r.stderr, r.stderr[-2000:]
+
+
+def test_sae_weights_must_be_finite_floats_and_k_valid(tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from mistudio_widgets.sae.io import SAEFormatError, load_sae
+
+    def folder(name, tensors, **cfg):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "cfg.json").write_text(json.dumps({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2, **cfg}))
+        save_file(tensors, d / "sae_weights.safetensors")
+        return d
+
+    good = {"W_enc": torch.randn(4, 8), "b_enc": torch.zeros(8), "W_dec": torch.randn(8, 4), "b_dec": torch.zeros(4)}
+    assert load_sae(folder("good", good))[0].spec.k == 2
+    with pytest.raises(SAEFormatError, match="NaN or infinite"):
+        load_sae(folder("nan", {**good, "W_dec": torch.full((8, 4), float("nan"))}))
+    with pytest.raises(SAEFormatError, match="NaN or infinite"):
+        load_sae(folder("inf", {**good, "b_enc": torch.full((8,), float("inf"))}))
+    with pytest.raises(SAEFormatError, match="floating point"):
+        load_sae(folder("int", {**good, "W_enc": torch.ones(4, 8, dtype=torch.int64)}))
+    with pytest.raises(SAEFormatError, match="floating point"):
+        load_sae(folder("bool", {**good, "b_dec": torch.ones(4, dtype=torch.bool)}))
+    for k in (0, -3, True, 1.5):
+        with pytest.raises(SAEFormatError, match="k must be a whole number"):
+            load_sae(folder(f"k{k}", good, k=k))

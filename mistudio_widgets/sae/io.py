@@ -107,7 +107,10 @@ def _spec_from_cfg(cfg: dict[str, Any]) -> SAESpec:
         raise SAEFormatError(f"SAE architecture {arch!r} is not supported.", "use standard, topk, jumprelu or batchtopk SAEs (or their transcoders).")
     if base == "batchtopk":  # never saved so by us, but accept: inference is JumpReLU with its threshold
         base = "jumprelu"
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+    k = cfg["k"] if "k" in cfg else (cfg.get("activation_fn_kwargs") or {}).get("k")
+    if base == "topk" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise SAEFormatError(f"cfg.json gives the top-k SAE k={k!r}; k must be a whole number of at least 1.",
+                             "set k to the number of active latents the SAE was trained with.")
     try:
         d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -120,7 +123,7 @@ def _spec_from_cfg(cfg: dict[str, Any]) -> SAESpec:
     for old, new in _OLD_KEYS.items():
         if old in cfg and new not in meta:
             meta[new] = cfg[old]
-    return SAESpec(architecture=base, d_in=d_in, d_sae=d_sae, k=int(k) if k else (1 if base == "topk" else None),
+    return SAESpec(architecture=base, d_in=d_in, d_sae=d_sae, k=int(k) if k else None,
                    d_out=int(d_out) if d_out else None, skip=skip,
                    apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), metadata=meta)
 
@@ -147,9 +150,16 @@ def load_sae(folder: str | Path, device: str = "cpu") -> tuple[SAE, dict[str, An
                              "fold the normalisation into the weights before saving (SAELens: fold_activation_norm_scaling_factor).")
     try:
         with safe_open(str(w_path), framework="pt", device="cpu") as f:
-            state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
+            raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:
         raise SAEFormatError(f"Could not read {w_path}: {exc}", "the file is truncated or not safetensors; re-export it.") from exc
+    for name, t in raw.items():
+        if not t.is_floating_point():
+            raise SAEFormatError(f"{w_path.name}: {name} holds {t.dtype} values; SAE weights are floating point.",
+                                 "re-export the SAE.")
+        if not bool(torch.isfinite(t).all()):
+            raise SAEFormatError(f"{w_path.name}: {name} holds NaN or infinite values.", "re-export the SAE (or train it again).")
+    state = {k: t.float() for k, t in raw.items()}
     if "threshold" in state and spec.architecture == "standard":
         spec.architecture = "jumprelu"
     sae = CLASSES[spec.architecture](spec)
