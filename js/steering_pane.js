@@ -101,7 +101,7 @@ function render({ model, el }) {
       num.addEventListener("change", () => send(model, "strength", { index: c.index, strength: Number(num.value) }));
       const auto = h("button", { class: "secondary", text: "Auto", "data-testid": "st-auto-go", "data-index": c.index,
         title: "try strengths from weak to strong and keep the largest whose text stays fluent",
-        on: { click: () => send(model, "auto", { index: c.index, max_perplexity: Number(maxPpl.value), max_repetition: Number(maxRep.value) }) } });
+        on: { click: () => send(model, "auto", { index: c.index, prompt: prompt.value, max_perplexity: Number(maxPpl.value), max_repetition: Number(maxRep.value) }) } });
       auto.disabled = model.get("status") === "busy";
       chosen.append(h("div", { class: "row", "data-testid": "st-feature", "data-index": c.index },
         h("b", { text: `#${c.index}` }), h("span", { class: "muted", text: c.label || (c.max ? `max ${c.max.toFixed(2)}` : "") }),

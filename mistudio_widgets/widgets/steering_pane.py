@@ -134,9 +134,11 @@ class SteeringPane(EngineWidget):
         return apply
 
     @background
-    def action_auto(self, index: int, max_perplexity: float = st.AUTO_MAX_PERPLEXITY,
+    def action_auto(self, index: int, prompt: str | None = None, max_perplexity: float = st.AUTO_MAX_PERPLEXITY,
                     max_repetition: float = st.AUTO_MAX_REPETITION, progress=None):
-        cfg = self.config()
+        if prompt is not None:
+            on_kernel(lambda: self.set_trait("prompt", prompt))
+        cfg = dataclasses.replace(self.config(), prompt=self.prompt if prompt is None else prompt)
         index = int(index)
         if index not in [c["index"] for c in self.chosen]:
             raise st.SteeringError(f"Feature {index} is not among the chosen features.", "add it first.")
