@@ -302,10 +302,10 @@ def auto_strength(ws: Workspace, sae: str, cfg: SteerConfig, *, feature: int | N
                   on_row: Callable[[dict[str, Any]], None] | None = None,
                   control: JobControl | None = None) -> dict[str, Any]:
     """A short sweep that picks the largest strength of ``feature`` whose steered continuation of
-    ``cfg.prompt`` stays fluent: read by the unsteered model, its perplexity is at most ``max_perplexity``
-    times the unsteered continuation's, and at most ``max_repetition`` of its trigrams repeat. Strengths are tried as ``fractions`` of the hook's
-    typical residual norm (the median norm over the prompt and the unsteered continuation), weakest
-    first; the sweep stops after two non-fluent steps in a row. Other features of ``cfg.features``
+    ``cfg.prompt`` stays fluent: read by the unsteered model, its perplexity is at most
+    ``max_perplexity`` times the unsteered continuation's, and at most ``max_repetition`` of its
+    trigrams repeat. Strengths are tried as ``fractions`` of the hook's typical residual norm (the
+    median norm over the prompt and the unsteered continuation), weakest first; the sweep stops after two non-fluent steps in a row. Other features of ``cfg.features``
     keep their strengths. ``strength`` is None when no strength stays fluent."""
     import dataclasses
 
