@@ -103,7 +103,7 @@ def export_saelens(ws: Workspace, sae: str, out: str | Path, *, repo_id: str | N
             "# Add this release to SAELens's pretrained_saes.yaml (or your own) once the folder is on the hub.\n"
             + yaml.safe_dump(entry, sort_keys=False))
     out = Path(out).expanduser().resolve()
-    files = sorted(p.name for p in out.iterdir() if p.name != EXPORT_MARKER)          # the export itself, not our marker
+    files = sorted(p.name for p in out.iterdir() if p.name != EXPORT_MARKER)   # not our marker
     cfg_out = json.loads((out / CFG).read_text())
     warnings = []
     if "transcoder" in cfg_out["architecture"] and cfg_out["architecture"] not in SAELENS_TRANSCODERS:
