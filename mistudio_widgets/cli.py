@@ -26,10 +26,19 @@ class Output:
         print(json.dumps({"event": "progress", **ev.to_dict()}), flush=True)
 
     def line(self, obj: dict[str, Any], text: str) -> None:
-        print(json.dumps(obj, default=str) if self.as_json else text, flush=True)
+        print(json.dumps(obj, default=str) if self.as_json else printable(text), flush=True)
 
     def summary(self, obj: dict[str, Any], text: str) -> None:
         self.line({"summary": True, **obj}, text)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f]}
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal: control characters (escape sequences in labels, names or model answers)
+    shown as \\xNN instead of acted on; line breaks and tabs kept."""
+    return text.translate(_CONTROL)
 
 
 def _table(rows: list[list[Any]], head: list[str]) -> str:
@@ -227,8 +236,11 @@ def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     try:
         results = train_many(ws, cfgs, resume=a.resume, progress=out.progress, control=control, on_start=started)
     except JobCancelled:
-        out.summary({"status": "interrupted"}, "interrupted; resume each run with: mistudio train --resume RUN")
-        return
+        mine = lambda r: isinstance(r.meta.get("owner"), dict) and r.meta["owner"].get("pid") == os.getpid()  # noqa: E731
+        runs = [r.id for r in ws.list("run") if r.meta.get("status") == "interrupted" and mine(r)]
+        out.summary({"status": "interrupted", "runs": runs}, "interrupted after a checkpoint; resume with: "
+                    + "; ".join(f"mistudio train --resume {r}" for r in runs or ["RUN"]))
+        raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGINT, previous)
     from . import distributed
@@ -382,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.as_json:
             print(json.dumps({"error": exc.problem, "fix": exc.fix, "type": type(exc).__name__}), flush=True)
         else:
-            print(f"error: {exc.problem}" + (f"\n  fix: {exc.fix}" if exc.fix else ""), file=sys.stderr)
+            print(printable(f"error: {exc.problem}" + (f"\n  fix: {exc.fix}" if exc.fix else "")), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -101,7 +101,8 @@ class OpenAIChat:
                 req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     data = json.loads(resp.read().decode("utf-8"))
-                return str(data["choices"][0]["message"]["content"]).strip()
+                content = data["choices"][0]["message"]["content"]
+                return "" if content is None else str(content).strip()      # a null answer is no answer
             except urllib.error.HTTPError as exc:
                 if exc.code in (401, 403):
                     raise LabelError(f"The endpoint {self.url} refused the API key (HTTP {exc.code}).",

@@ -251,6 +251,14 @@ class Evaluator:
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
+def _remove_stale_checkpoint_temps(run_dir: Path) -> list[str]:
+    """Remove half-written checkpoint folders a killed process left (``.checkpoint-N.tmp-*``)."""
+    stale = [p for p in run_dir.glob(f".{CKPT_PREFIX}*.tmp-*") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in stale]
+
+
 def _checkpoints(run_dir: Path) -> list[Path]:
     found = [p for p in run_dir.glob(f"{CKPT_PREFIX}*") if p.is_dir() and (p / "state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
@@ -342,6 +350,7 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
         claim(ws, run, "run")
         if run.path is None or not run.path.is_dir():
             raise TrainingError(f"The files of run {run.name!r} are gone.", "start a new run; this one cannot resume.")
+        _remove_stale_checkpoint_temps(run.path)
         if not _checkpoints(run.path):
             raise TrainingError(f"Run {run.name!r} has no checkpoint to resume from.", "start a new run with the same settings.")
         cfgs = [from_dict(TrainConfig, {**run.meta["config"], "adam_betas": tuple(run.meta["config"]["adam_betas"])})]

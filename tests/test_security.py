@@ -228,3 +228,61 @@ def test_sae_weights_must_be_finite_floats_and_k_valid(tmp_path):
     for k in (0, -3, True, 1.5):
         with pytest.raises(SAEFormatError, match="k must be a whole number"):
             load_sae(folder(f"k{k}", good, k=k))
+
+
+def test_terminal_escapes_null_answers_sigint_and_stale_checkpoint_temps(tmp_path):
+    import signal
+    import time
+
+    from mistudio_widgets.cli import printable
+    from mistudio_widgets.training import _remove_stale_checkpoint_temps
+
+    assert printable("label \x1b[2J\x1b]0;pwned\x07 end\nnext\tline") == "label \\x1b[2J\\x1b]0;pwned\\x07 end\nnext\tline"
+    # half-written checkpoint folders of a killed process go on the next start
+    run = tmp_path / "run"
+    (run / ".checkpoint-4.tmp-abc123").mkdir(parents=True)
+    (run / "checkpoint-2").mkdir()
+    assert _remove_stale_checkpoint_temps(run) == [".checkpoint-4.tmp-abc123"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-2"]
+    # Ctrl-C during a CLI training: it checkpoints, exits non-zero and names the resume command
+    env = {**os.environ, "MISTUDIO_HOME": str(tmp_path / "ws"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mistudio_widgets.cli", "train", "--steps", "400", "--hook",
+                             "blocks.1.hook_resid_post", "--expansion", "1", "--batch-tokens", "256"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 600
+    while time.time() < deadline:                  # wait until the run is registered and training
+        line = proc.stdout.readline()
+        if line.startswith("run ") or not line:
+            break
+    time.sleep(5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    assert "mistudio train --resume run-" in out
+
+
+def test_a_null_answer_from_an_endpoint_is_no_label(tmp_path):
+    import http.server
+    import threading
+
+    from mistudio_widgets.labeling import OpenAIChat
+
+    class Null(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.dumps({"choices": [{"message": {"content": None}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Null)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        chat = OpenAIChat(f"http://127.0.0.1:{srv.server_port}/v1", "m", timeout=5, retries=0)
+        assert chat.chat([{"role": "user", "content": "hi"}], 5, 0.0) == ""
+    finally:
+        srv.shutdown()
