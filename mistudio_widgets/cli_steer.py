@@ -21,13 +21,13 @@ def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
         sae, cfg = a.sae, SteerConfig()
     changes = {k: v for k, v in {"prompt": a.prompt, "method": a.method, "max_tokens": a.max_tokens, "seed": a.seed,
                                  "temperature": a.temperature, "multiplier": a.multiplier}.items() if v is not None}
-    auto = [f.partition(":")[0] for f in a.feature if f.partition(":")[2].strip().lower() == "auto"]
+    specs = [f.partition(":") for f in a.feature]
+    auto = [i for i, _, st in specs if st.strip().lower() == "auto"]
     if len(auto) > 1:
         raise SteeringError("Only one feature at a time can have an automatic strength.", "give the others numbers.")
-    if a.feature:
-        changes["features"] = [list(x) for x in parse_features([f.partition(":")[0] + ":0" if f.partition(":")[0] in auto
-                                                                 and f.partition(":")[2].strip().lower() == "auto" else f
-                                                                 for f in a.feature])]
+    if a.feature:                         # the auto feature starts at 0 until the sweep finds its strength
+        changes["features"] = [list(x) for x in parse_features([f"{i}:0" if i in auto else f"{i}{sep}{st}"
+                                                                 for i, sep, st in specs])]
     if a.normalise:
         changes["normalise"] = True
     if a.no_chat_template:

@@ -25,15 +25,11 @@ def uppercase_share(text: str) -> float:
     return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
 
 
-def _marked(tokens: list[str], values: list[float], peak: float) -> str:
-    return "".join(f"[{t}]" if peak > 0 and v >= 0.5 * peak else t for t, v in zip(tokens, values)).replace("\n", " ")
-
-
 def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, Any]:
     from .datasets import ensure_tokenization, resolve_dataset
     from .exporting import export_saelens
     from .features import contrast, extract, feature_columns, feature_detail, ordinary_case
-    from .labeling import label_features
+    from .labeling import label_features, mark_strong
     from .models import model_info, resolve_model
     from .neuronpedia import export_neuronpedia
     from .steering import auto_strength, steer
@@ -78,7 +74,7 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
     rows = "\n".join(f"           {f['index']:>5}  score {f['score']:.2f}  fires on {f['rate']:.0%} of shouted tokens, "
                      f"{f['rate_contrast']:.0%} of ordinary ones; aligned {f['alignment']:+.2f}" for f in found["features"][:5])
     detail = feature_detail(ws, ext, feature, max_examples=5)
-    examples = "\n".join(f"             {e['value']:6.2f}  {_marked(e['tokens'], e['values'], e['value'])!r}"
+    examples = "\n".join(f"             {e['value']:6.2f}  {mark_strong(e['tokens'], e['values'], e['value'], '[', ']')!r}"
                          for e in detail["examples"][:5])
     step("find", {"texts": SHOUTS, "feature": feature, "features": found["features"][:5],
                   "examples": [{"tokens": e["tokens"], "values": e["values"]} for e in detail["examples"][:5]]},

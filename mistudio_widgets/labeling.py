@@ -131,10 +131,11 @@ def make_chat(ws: Workspace, cfg: LabelConfig, api_key: str | None = None) -> Ch
 
 
 # ---------------------------------------------------------------------------------------------
-def _marked(tokens: list[str], values: list[float], peak: float) -> str:
+def mark_strong(tokens: list[str], values: list[float], peak: float, left: str = "<<", right: str = ">>") -> str:
+    """The text of ``tokens`` on one line, with those at least half of ``peak`` marked ``left``..``right``."""
     out = []
     for t, v in zip(tokens, values):
-        out.append(f"<<{t}>>" if peak > 0 and v >= 0.5 * peak else t)
+        out.append(f"{left}{t}{right}" if peak > 0 and v >= 0.5 * peak else t)
     return "".join(out).replace("\n", " ").strip()
 
 
@@ -181,7 +182,7 @@ FEW_SHOT = (     # (examples, marked tokens, facts, answer): worked examples for
 
 def _window(e: dict[str, Any], before: int = 8, after: int = 3) -> str:
     a = max(0, e["peak"] - before)
-    return _marked(e["tokens"][a:e["peak"] + after + 1], e["values"][a:e["peak"] + after + 1], e["value"])
+    return mark_strong(e["tokens"][a:e["peak"] + after + 1], e["values"][a:e["peak"] + after + 1], e["value"])
 
 
 def explanation_messages(detail: dict[str, Any], cfg: LabelConfig) -> list[dict[str, str]]:

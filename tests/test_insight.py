@@ -46,7 +46,8 @@ def test_contrast_finds_a_feature_of_shouted_text(default_ws, demo_sae, shouting
     # per-token values for both sides, tokens of the ordinary case on the contrast side
     f = shouting["steer_with"]
     assert "".join(shouting["contrast"][0]["tokens"]) == ordinary_case(SHOUTS[0])
-    assert max(shouting["texts"][0]["values"][f]) > 0 and max(r["values"][f] for r in shouting["contrast"])[0] >= 0
+    assert max(shouting["texts"][0]["values"][f]) > 0
+    assert all(len(r["values"][f]) == len(r["tokens"]) for side in ("texts", "contrast") for r in shouting[side])
     # plain fire ranks by activation relative to each feature's own maximum, dense features left out
     r = fire(default_ws, demo_sae, SHOUTS[0])
     rel = [x["relative"] for x in r["features"]]
