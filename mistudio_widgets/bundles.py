@@ -45,6 +45,10 @@ def _closure(ws: Workspace, refs: list[str]) -> list[Artifact]:
         if art.kind not in PACKABLE:
             raise BundleError(f"{art.name!r} is a {art.kind}; bundles hold {', '.join(PACKABLE)}.",
                               "pack the SAE, extraction or dataset made from it instead.")
+        if art.meta.get("refused_because") or (art.path is not None and not art.path.is_dir()):
+            why = art.meta.get("refused_because") or f"its folder {art.path} is gone"
+            raise BundleError(f"The {art.kind} {art.name!r} ({art.id}) cannot be packed: {why}. Nothing was written.",
+                              f"make it again, or remove its catalog row with `mistudio delete {art.id}`.")
         if art.kind == "tokenization" and art.parent:
             add(ws.get(art.parent))
         if art.kind == "extraction":

@@ -41,8 +41,12 @@ def printable(text: str) -> str:
     return text.translate(_CONTROL)
 
 
+_CELL = {**_CONTROL, 0x09: "\\t", 0x0a: "\\n", 0x0d: "\\r"}
+ODD_META = "(metadata not as expected)"
+
+
 def _table(rows: list[list[Any]], head: list[str]) -> str:
-    rows = [[str(c) for c in r] for r in rows]
+    rows = [[str(c).translate(_CELL) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*head), *(fmt.format(*r) for r in rows)])
@@ -59,13 +63,19 @@ def cmd_datasets_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     cfg = DatasetConfig(source=a.source, name=a.name, split=a.split, samples=a.samples, config_name=a.config_name,
                         text_field=a.text_field, streaming=not a.no_streaming, token=os.environ.get("HF_TOKEN"))
     art = add_dataset(ws, cfg, progress=out.progress)
-    st = art.meta["stats"]
+    st, prov = art.meta["stats"], art.meta["provenance"]
+    notes = [f"\n  skipped {v['records']} record(s) holding {why} (the first is record {v['first']})"
+             for why, v in st.get("skipped", {}).items()]
+    if "header" in prov:
+        head = prov["header"]
+        notes.append(f"\n  CSV header row: {', '.join(head) if isinstance(head, list) else head}; "
+                     f"text column {art.meta['text_field']!r}")
     out.summary({**_artifact_line(art), "stats": st},
-                f"dataset {art.name} ({art.id}): {st['documents']} documents, {st['characters']} characters")
+                f"dataset {art.name} ({art.id}): {st['documents']} documents, {st['characters']} characters" + "".join(notes))
 
 
 def cmd_datasets_tokenize(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
-    from .datasets import resolve_dataset, tokenize_dataset
+    from .datasets import PIECE_CHARS, resolve_dataset, tokenize_dataset
     from .models import resolve_model
 
     ds = resolve_dataset(ws, a.dataset, progress=out.progress)
@@ -77,7 +87,18 @@ def cmd_datasets_tokenize(ws: Workspace, a: argparse.Namespace, out: Output) -> 
     top = ", ".join(repr(t["token"]) for t in st["top_tokens"][:8])
     out.summary({**_artifact_line(art), "stats": st},
                 f"tokenization {art.name} ({art.id}): {st['tokens']} tokens in {st['sequences']} sequences of "
-                f"{st['context_size']}; {st['documents_kept']}/{st['documents']} documents kept; top tokens {top}")
+                f"{st['context_size']}; {st['documents_kept']}/{st['documents']} documents kept; top tokens {top}"
+                + (f"\n  {st['documents_tokenized_in_pieces']} document(s) longer than {PIECE_CHARS:,} characters were "
+                   "tokenized in pieces cut at spaces" if st.get("documents_tokenized_in_pieces") else ""))
+
+
+def _detail(x) -> str:
+    st, info = x.meta.get("stats", {}), x.meta.get("info", {})
+    return (f"{st.get('documents', '')} docs" if x.kind == "dataset" else
+            f"{st.get('tokens', '')} tokens, ctx {st.get('context_size', '')}" if x.kind == "tokenization" else
+            f"{info.get('family')} {info.get('layers')} layers d_model {info.get('d_model')}" if x.kind == "model" else
+            f"{x.meta.get('filled_sequences', 0)}/{x.meta.get('sequences')} sequences, "
+            f"{x.meta.get('bytes', 0) / 2**20:.0f} MiB" if x.kind == "activation_cache" else "")
 
 
 def cmd_list(kind: str) -> Callable[[Workspace, argparse.Namespace, Output], None]:
@@ -91,13 +112,10 @@ def cmd_list(kind: str) -> Callable[[Workspace, argparse.Namespace, Output], Non
                 out.line({**_artifact_line(x), "meta": x.meta}, "")
         rows = []
         for x in arts:
-            st = x.meta.get("stats", {})
-            info = x.meta.get("info", {})
-            detail = (f"{st.get('documents', '')} docs" if x.kind == "dataset" else
-                      f"{st.get('tokens', '')} tokens, ctx {st.get('context_size', '')}" if x.kind == "tokenization" else
-                      f"{info.get('family')} {info.get('layers')} layers d_model {info.get('d_model')}" if x.kind == "model" else
-                      f"{x.meta.get('filled_sequences', 0)}/{x.meta.get('sequences')} sequences, "
-                      f"{x.meta.get('bytes', 0) / 2**20:.0f} MiB" if x.kind == "activation_cache" else "")
+            try:
+                detail = x.meta.get("refused_because") or _detail(x)
+            except (AttributeError, TypeError, ValueError):      # a row changed by hand or by another program
+                detail = ODD_META
             rows.append([x.id, x.kind, x.name, detail])
         out.summary({"count": len(arts), "workspace": str(ws.root)},
                     _table(rows, ["id", "kind", "name", "detail"]) if rows else f"nothing yet in {ws.root}")
@@ -262,12 +280,25 @@ def cmd_saes_list(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     arts = ws.list("sae")
     rows = []
     for x in arts:
-        m = x.meta.get("metrics", {})
         if out.as_json:
             out.line({**_artifact_line(x), "meta": x.meta}, "")
-        rows.append([x.id, x.name, x.meta.get("architecture"), x.meta.get("hook"), x.meta.get("d_sae"),
-                     f"{m.get('explained_variance', float('nan')):.3f}", f"{m.get('l0', float('nan')):.1f}"])
+        try:
+            m = x.meta.get("metrics", {})
+            rows.append([x.id, x.name, x.meta.get("architecture"), x.meta.get("hook"), x.meta.get("d_sae"),
+                         f"{m.get('explained_variance', float('nan')):.3f}", f"{m.get('l0', float('nan')):.1f}"])
+        except (AttributeError, TypeError, ValueError):
+            rows.append([x.id, x.name, ODD_META, "", "", "", ""])
     out.summary({"count": len(arts)}, _table(rows, ["id", "name", "arch", "hook", "d_sae", "EV", "L0"]) if rows else "no SAEs yet")
+
+
+def cmd_repair(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
+    got = ws.repair()
+    lines = [f"registered the {d['kind']} {d['name']} ({d['id']})" + ("" if d["from_record"] else
+             ", named after its folder (it had no record)") for d in got["registered"]]
+    lines += [f"skipped {s['folder']}: {s['why']}" for s in got["skipped"]]
+    lines.append(f"{len(got['registered'])} artifact(s) registered again in {ws.root}" +
+                 ("; labels and metric history lived only in the lost catalog" if got["registered"] else ""))
+    out.summary(got, "\n".join(lines))
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -377,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd(sub, "rename", cmd_rename, "rename an artifact")
     sp.add_argument("ref")
     sp.add_argument("new_name")
+    cmd(sub, "repair", cmd_repair, "register artifact folders that the catalog lost, from their own metadata")
     sp = cmd(sub, "delete", cmd_delete, "delete an artifact")
     sp.add_argument("ref")
     sp.add_argument("--cascade", action="store_true", help="also delete what was derived from it")
@@ -388,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(args.json)
     try:
-        ws = Workspace(args.workspace)
+        ws = Workspace(args.workspace, repair=args.fn is cmd_repair)
         args.fn(ws, args, out)
     except MistudioError as exc:
         if out.as_json:

@@ -194,7 +194,7 @@ def cmd_label(ws: Workspace, a: argparse.Namespace, out) -> None:
 
     cfg = LabelConfig(backend=a.backend, model=a.model or ("default" if a.backend == "local" else "gpt-4o-mini"),
                       base_url=a.base_url or LabelConfig.base_url, api_key_env=a.api_key_env, score=not a.no_score,
-                      examples=a.examples, scorer=a.scorer)
+                      examples=a.examples, scorer=a.scorer, timeout=a.timeout, retries=a.retries)
     try:
         feats = [int(x) for x in a.features.split(",") if x.strip()] if a.features else None
     except ValueError:
@@ -246,6 +246,9 @@ def register_labels(sub, cmd) -> None:
     sp.add_argument("--scorer", choices=["auto", "simulation", "judge"], default="auto",
                     help="simulation (in-kernel default) or a judge model (endpoint default)")
     sp.add_argument("--redo", action="store_true", help="label again features this explainer already labelled")
+    sp.add_argument("--timeout", type=float, default=LabelConfig.timeout,
+                    help="seconds to wait for one answer of an endpoint (a hanging one costs timeout x (retries + 1))")
+    sp.add_argument("--retries", type=int, default=LabelConfig.retries, help="retries of a failed endpoint call")
     sp = cmd(sub, "serve-chat", cmd_serve_chat, "serve a workspace model as an OpenAI-compatible chat endpoint")
     sp.add_argument("--model", default="default")
     sp.add_argument("--host", default="127.0.0.1")

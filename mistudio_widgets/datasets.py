@@ -21,6 +21,8 @@ LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json
                  ".csv": "csv", ".parquet": "parquet"}
 TEXT_FIELDS = ("text", "content", "document", "body", "sentence", "story", "article")
 HIST_BINS = 30
+PIECE_CHARS = 100_000      # longer documents are tokenized in pieces cut at whitespace (bounded memory)
+BATCH_CHARS = 2_000_000    # characters handed to the tokenizer at once
 TOP_TOKENS = 25
 
 
@@ -120,10 +122,27 @@ def _iter_records(cfg: DatasetConfig) -> tuple[Iterator[dict[str, Any]], str, di
             ds = hfd.load_dataset(builder, data_files=files, split="train", **kwargs)
         except Exception as exc:
             raise DatasetError(f"Could not read {path} as {builder}: {exc}", "check that the files are valid and UTF-8 text.") from exc
+        prov: dict[str, Any] = {"kind": "local", "path": str(path.resolve()), "files": len(files), "format": builder}
+        if builder == "csv":
+            ds, prov["header"] = _csv_header(ds, cfg, files)
         first = ds[0] if len(ds) else None
         field = _pick_text_field(ds.column_names, cfg.text_field, first)
-        return iter(ds), field, {"kind": "local", "path": str(path.resolve()), "files": len(files), "format": builder}
+        return iter(ds), field, prov
     return _hub_records(cfg)
+
+
+def _csv_header(ds, cfg: DatasetConfig, files: list[str]):
+    """A CSV's first row is read as column names. When none of them names a text column and one reads
+    like a sentence, the file has no header row: read it again keeping that row as a record. Returns
+    the dataset and what the first row was taken as (recorded, and printed by the CLI)."""
+    import datasets as hfd
+
+    names = ds.column_names
+    sentence = lambda c: not c.startswith("Unnamed:") and (" " in c.strip() or len(c) > 40)  # noqa: E731
+    if cfg.text_field or any(c in TEXT_FIELDS for c in names) or not any(sentence(c) for c in names):
+        return ds, names
+    ds = hfd.load_dataset("csv", data_files=files, split="train", header=None)
+    return ds, "none (the first row reads as text, so it was kept as a record)"
 
 
 def _hub_records(cfg: DatasetConfig) -> tuple[Iterator[dict[str, Any]], str, dict[str, Any]]:
@@ -170,10 +189,14 @@ def add_dataset(ws: Workspace, cfg: DatasetConfig | None = None, *, progress: Pr
     records, field, provenance = _iter_records(cfg)
     texts: list[str] = []
     extra: dict[str, list[str]] = collections.defaultdict(list)
+    skipped: dict[str, Any] = {}
     limit = cfg.samples
-    for rec in records:
+    for i, rec in enumerate(records):
         text = rec.get(field)
         if not isinstance(text, str) or not text.strip():
+            why = ("no text" if text is None else "blank text" if isinstance(text, str)
+                   else f"a value of type {type(text).__name__}, not text")
+            skipped.setdefault(why, {"records": 0, "first": i + 1})["records"] += 1
             continue
         texts.append(text)
         for key in ("title", "part"):
@@ -190,7 +213,7 @@ def add_dataset(ws: Workspace, cfg: DatasetConfig | None = None, *, progress: Pr
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     meta = {"config": to_dict(cfg), "provenance": provenance, "text_field": field,
             "stats": {"documents": len(texts), "characters": int(lengths.sum()),
-                      "mean_chars": float(lengths.mean()), "max_chars": int(lengths.max())}}
+                      "mean_chars": float(lengths.mean()), "max_chars": int(lengths.max()), "skipped": skipped}}
     if provenance.get("licence"):
         meta["licence"] = provenance["licence"]
     with ws.write_artifact("dataset", name, meta=meta) as w:
@@ -241,6 +264,40 @@ def _histogram(lengths: np.ndarray, bins: int = HIST_BINS) -> dict[str, list]:
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
+def pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:
+    """``text`` cut into pieces of at most ``limit`` characters, each cut just before a space in the
+    piece's second half (so a word-initial token keeps its leading space), else before a line break,
+    else at the limit."""
+    out, pos = [], 0
+    while len(text) - pos > limit:
+        end = pos + limit
+        cut = text.rfind(" ", pos + limit // 2, end)
+        cut = cut if cut > pos else text.rfind("\n", pos + limit // 2, end)
+        cut = cut if cut > pos else end
+        out.append(text[pos:cut])
+        pos = cut
+    out.append(text[pos:])
+    return out
+
+
+def _encode(tokenizer, texts: list[str], **kw) -> Iterator[np.ndarray]:
+    """Token ids (int32) of each text, with at most BATCH_CHARS characters in the tokenizer at once:
+    a single-line document of 50 MB costs tens of MB, not gigabytes."""
+    todo = [(i, p) for i, t in enumerate(texts) for p in pieces(t)]
+    ids: list[list[np.ndarray]] = [[] for _ in texts]
+    start = 0
+    while start < len(todo):
+        end, chars = start, 0
+        while end < len(todo) and (end == start or chars + len(todo[end][1]) <= BATCH_CHARS):
+            chars += len(todo[end][1])
+            end += 1
+        enc = tokenizer([p for _, p in todo[start:end]], add_special_tokens=False, **kw)["input_ids"]
+        for (i, _), got in zip(todo[start:end], enc):
+            ids[i].append(np.asarray(got, dtype=np.int32))
+        start = end
+    return (np.concatenate(parts) if parts else np.zeros(0, np.int32) for parts in ids)
+
+
 def tokenize_dataset(ws: Workspace, dataset: str | Artifact, model: str | Artifact, cfg: TokenizeConfig | None = None,
                      *, name: str | None = None, progress: ProgressCallback | None = None) -> Artifact:
     """Tokenize a stored dataset with ``model``'s tokenizer into packed sequences of ``context_size`` tokens.
@@ -275,18 +332,18 @@ def tokenize_dataset(ws: Workspace, dataset: str | Artifact, model: str | Artifa
 
     stream: list[np.ndarray] = []
     doc_lengths: list[int] = []
-    dropped_short = 0
+    dropped_short = split_docs = 0
     total = 0
     batch = 256
     for start in range(0, n_docs, batch):
         chunk = list(texts[start:start + batch])
-        enc = tokenizer(chunk, add_special_tokens=False, split_special_tokens=not cfg.special_tokens)["input_ids"]
-        for ids in enc:
+        split_docs += sum(len(t) > PIECE_CHARS for t in chunk)
+        for ids in _encode(tokenizer, chunk, split_special_tokens=not cfg.special_tokens):
             if len(ids) < max(cfg.min_length, 1):
                 dropped_short += 1
                 continue
             doc_lengths.append(len(ids))
-            arr = np.asarray(ids, dtype=np.int32)
+            arr = ids
             if sep is not None:
                 arr = np.append(arr, np.int32(sep))
             stream.append(arr)
@@ -315,6 +372,7 @@ def tokenize_dataset(ws: Workspace, dataset: str | Artifact, model: str | Artifa
     lengths = np.asarray(doc_lengths, dtype=np.int64)
     stats = {
         "documents": n_docs, "documents_kept": len(doc_lengths), "documents_dropped_short": dropped_short,
+        "documents_tokenized_in_pieces": split_docs,
         "tokens": int(seqs.size), "sequences": int(n_seq), "context_size": cfg.context_size,
         "unique_tokens": int(ids.size), "special_positions": int(np.isin(seqs, special).sum()),
         "mean_doc_tokens": float(lengths.mean()) if lengths.size else 0.0,

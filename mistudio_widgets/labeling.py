@@ -118,7 +118,8 @@ class OpenAIChat:
                 raise LabelError(f"The endpoint {self.url} did not answer in the chat-completions format ({exc}).",
                                  "point base_url at an OpenAI-compatible server.") from None
         raise LabelError(f"The endpoint {self.url} did not answer after {self.retries + 1} tries ({last}).",
-                         "start the server or fix base_url; raise timeout for slow models.")
+                         "start the server or fix base_url; for slow models raise the timeout (CLI --timeout), "
+                         "for a server that may be down lower it or --retries.")
 
 
 def make_chat(ws: Workspace, cfg: LabelConfig, api_key: str | None = None) -> Chat:

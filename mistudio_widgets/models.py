@@ -12,6 +12,7 @@ from typing import Any
 from . import defaults
 from .configs import DEFAULT, ModelConfig, to_dict
 from .errors import HubError, ModelError
+from .model_files import check_weight_files
 from .progress import ProgressCallback, emit
 from .workspace import Artifact, Workspace
 
@@ -183,6 +184,7 @@ def add_model(ws: Workspace, cfg: ModelConfig | None = None, *, progress: Progre
                              "loaded by default.", "convert them to safetensors, or if you trust the folder add it with "
                              "allow_pickle_weights=True (CLI: --allow-pickle-weights); they are then read with "
                              "torch.load(weights_only=True).")
+        check_weight_files(path, config, name)
         provenance = {"kind": "local", "path": str(path.resolve())}
         meta = {"provenance": provenance, "location": str(path.resolve()), "settings": settings}
     else:
@@ -335,6 +337,11 @@ def load_model(ws: Workspace, ref: str | Artifact = defaults.DEFAULT_MODEL_NAME,
         if qcfg is not None:
             kwargs["quantization_config"] = qcfg
             kwargs["device_map"] = {"": dev if dev != "cuda" else 0}
+        if Path(loc).is_dir():       # a local folder: its files may have changed since it was added
+            from transformers import AutoConfig
+
+            check_weight_files(Path(loc), AutoConfig.from_pretrained(loc, trust_remote_code=kwargs["trust_remote_code"]),
+                               art.name)
         try:
             model, loading = AutoModelForCausalLM.from_pretrained(loc, **kwargs)
         except torch.OutOfMemoryError as exc:

@@ -127,6 +127,10 @@ class _Streamer:
 def prompt_ids(lm: LoadedModel, prompt: str, chat_template: bool) -> torch.Tensor:
     if not isinstance(prompt, str) or not prompt.strip():
         raise SteeringError("The prompt is empty.", "type a prompt to continue.")
+    limit = getattr(lm.model.config, "max_position_embeddings", None) or 2048
+    if len(prompt) > 64 * limit:          # surely longer than the context: refused before tokenizing it
+        raise SteeringError(f"The prompt is {len(prompt):,} characters; the model reads at most {limit} tokens.",
+                            "shorten the prompt.")
     tok = lm.tokenizer
     if chat_template and getattr(tok, "chat_template", None):
         enc = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt")

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -24,6 +25,7 @@ SCHEMA_VERSION = 3
 ENV_HOME = "MISTUDIO_HOME"
 DEFAULT_DIRNAME = "mistudio-workspace"
 STALE_TMP_SECONDS = 24 * 3600
+RECORD = ".mistudio-artifact.json"     # each artifact folder's own copy of its catalog row, for `mistudio repair`
 KIND_PREFIX = {"dataset": "ds", "tokenization": "tk", "model": "md", "sae": "sae", "run": "run",
                "activation_cache": "ac", "extraction": "fx",
                "steering_preset": "sp"}
@@ -100,6 +102,20 @@ def _now() -> float:
     return time.time()
 
 
+def _valid_name(name: Any) -> bool:
+    """A name that prints on one line: a non-empty string without control characters."""
+    return isinstance(name, str) and bool(name.strip()) and not any(ord(c) < 0x20 or ord(c) == 0x7f for c in name)
+
+
+def _read_record(folder: Path) -> dict[str, Any]:
+    """An artifact folder's own record (see :data:`RECORD`), or {} when it has none or it is unreadable."""
+    try:
+        rec = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
 def default_root() -> Path:
     return Path(os.environ.get(ENV_HOME) or Path.cwd() / DEFAULT_DIRNAME)
 
@@ -123,6 +139,18 @@ def disk_error(exc: OSError, what: str, *, writing: str = "artifact") -> Artifac
     return ArtifactWriteError(f"Could not write {what}: {cause} ({exc.filename or exc}). {after}", fix)
 
 
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """``exc`` as an OSError when it is one, or when it is a library's wrapper around one (safetensors
+    reports a full disk as "I/O error: No space left on device (os error 28)"); else None."""
+    if isinstance(exc, OSError):
+        return exc
+    m = _OS_ERROR.search(str(exc)) if isinstance(exc, Exception) else None
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
+
+
 class ArtifactWriter:
     """Handed out by :meth:`Workspace.write_artifact`: write files under ``path``, fill ``meta``."""
 
@@ -134,7 +162,7 @@ class Workspace:
     """A workspace folder. Cheap to construct; every call opens its own short sqlite connection,
     so one Workspace may be used from several threads and several kernels at once."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, create: bool = True):
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, create: bool = True, repair: bool = False):
         self.root = Path(root).expanduser().resolve() if root else default_root().resolve()
         if not self.root.exists():
             if not create:
@@ -147,8 +175,16 @@ class Workspace:
         elif not self.root.is_dir():
             raise WorkspaceError(f"{self.root} is a file, not a workspace folder.", "choose a folder.")
         self.catalog_path = self.root / "catalog.sqlite"
-        self._migrate()
-        self._collect_garbage()
+        self.read_only: str | None = None     # why the catalog is open for reading only, when it is
+        if not repair:
+            self._refuse_lost_catalog()
+        try:
+            self._migrate()
+        except WorkspaceError as exc:
+            if not self._readable_without_writing(exc):
+                raise
+        if not self.read_only:
+            self._collect_garbage()
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -157,20 +193,52 @@ class Workspace:
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         try:
-            con = sqlite3.connect(self.catalog_path, timeout=30, isolation_level=None)
+            if self.read_only:
+                con = sqlite3.connect(f"{self.catalog_path.as_uri()}?{self._ro_mode}", uri=True, timeout=30,
+                                      isolation_level=None)
+            else:
+                con = sqlite3.connect(self.catalog_path, timeout=30, isolation_level=None)
         except sqlite3.Error as exc:
             raise WorkspaceError(f"Cannot open the catalog {self.catalog_path}: {exc}.",
                                  "check the folder's permissions.") from exc
         try:
             con.execute("PRAGMA busy_timeout = 30000")
             yield con
+        except sqlite3.OperationalError as exc:
+            if not self.read_only:
+                raise
+            raise WorkspaceError(f"The workspace {self.root} is open for browsing only ({self.read_only}); "
+                                 "nothing was changed.", "free some disk space, then try again." if "full" in self.read_only
+                                 else "make the folder writable, or copy the workspace somewhere writable, then try again."
+                                 ) from exc
         finally:
             con.close()
+
+    def _readable_without_writing(self, exc: WorkspaceError) -> bool:
+        """After the catalog could not be opened for writing (a read-only folder, a full disk): open it
+        for reading only when it is readable and up to date, so the workspace can still be browsed."""
+        cause = str(exc.__cause__ or "")
+        if not self.catalog_path.is_file() or not any(
+                w in cause for w in ("readonly", "read-only", "unable to open", "disk is full", "disk I/O")):
+            return False
+        self.read_only = "the disk is full" if "full" in cause or self._disk_full() else "the workspace folder is read-only"
+        for mode in ("mode=ro", "immutable=1"):      # immutable: WAL catalogs in folders where -shm cannot be made
+            self._ro_mode = mode
+            try:
+                with self._db() as con:
+                    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            except (WorkspaceError, sqlite3.Error):
+                continue
+            if row and int(row[0]) == SCHEMA_VERSION:
+                return True
+        self.read_only = None
+        return False
 
     def _migrate(self) -> None:
         try:
             with self._db() as con:
-                con.execute("PRAGMA journal_mode = WAL")
+                if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    con.execute("PRAGMA journal_mode = WAL")
                 con.execute("BEGIN IMMEDIATE")
                 try:
                     con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -184,18 +252,76 @@ class Workspace:
                         for stmt in MIGRATIONS[v].split(";"):
                             if stmt.strip():
                                 con.execute(stmt)
-                    con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    if version != SCHEMA_VERSION:
+                        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
         except sqlite3.OperationalError as exc:
+            if "full" in str(exc) or self._disk_full():
+                raise WorkspaceError(f"Cannot use the catalog {self.catalog_path}: the disk is full ({exc}).",
+                                     "free some disk space or point MISTUDIO_HOME at a larger disk.") from exc
             raise WorkspaceError(f"Cannot use the catalog {self.catalog_path}: {exc}.",
                                  "the workspace folder and catalog.sqlite must be writable by you; fix their permissions "
                                  "or choose another workspace.") from exc
         except sqlite3.DatabaseError as exc:
             raise WorkspaceError(f"The catalog {self.catalog_path} is not a readable SQLite database ({exc}).",
-                                 "move the damaged catalog.sqlite aside; artifact folders are kept.") from exc
+                                 "move the damaged catalog.sqlite aside, then run `mistudio repair` to register the "
+                                 "artifact folders again (they are kept).") from exc
+
+    def _disk_full(self) -> bool:
+        with contextlib.suppress(OSError):
+            return os.statvfs(self.root).f_bavail == 0
+        return False
+
+    def _artifact_folders(self) -> list[Path]:
+        """The artifact folders on disk (``<kind>s/<id>``), whether or not the catalog knows them."""
+        return sorted(q for kind in KIND_PREFIX if (self.root / f"{kind}s").is_dir()
+                      for q in (self.root / f"{kind}s").iterdir() if q.is_dir() and not q.name.startswith("."))
+
+    def _refuse_lost_catalog(self) -> None:
+        """A missing or empty catalog beside artifact folders is a lost catalog, not a new workspace:
+        opening it as new would orphan every artifact. Refuse, naming the repair."""
+        cat = self.catalog_path
+        if cat.is_file() and cat.stat().st_size > 0:
+            return
+        folders = self._artifact_folders()
+        if folders:
+            state = "is empty (0 bytes)" if cat.is_file() else "is missing"
+            raise WorkspaceError(
+                f"The catalog {cat} {state}, but {len(folders)} artifact folder(s) are beside it "
+                f"({', '.join(f.name for f in folders[:3])}{', ...' if len(folders) > 3 else ''}). Nothing was changed.",
+                f"run `mistudio --workspace {self.root} repair` to register them again from their own metadata "
+                "(labels and metric history lived only in the catalog), or restore catalog.sqlite from a backup.")
+
+    def repair(self) -> dict[str, Any]:
+        """Register every artifact folder the catalog does not know, from the folder's own record
+        (``.mistudio-artifact.json``) or, without one, from where it lies (kind from ``<kind>s/``, id and
+        name from the folder). Returns what was registered and what was skipped, and why."""
+        known = {a.id for a in self.list()}
+        done, skipped = [], []
+        for folder in self._artifact_folders():
+            kind = folder.parent.name[:-1]
+            if folder.name in known:
+                continue
+            rec = _read_record(folder)
+            if rec.get("id") not in (None, folder.name) or rec.get("kind") not in (None, kind):
+                skipped.append({"folder": str(folder), "why": "its record names another id or kind"})
+                continue
+            name = rec.get("name") if _valid_name(rec.get("name")) else folder.name
+            meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+            art = self.register(kind, self.unique_name(kind, name), meta={**meta, "repaired": True},
+                                id=folder.name, relpath=f"{kind}s/{folder.name}",
+                                parent=rec.get("parent") if isinstance(rec.get("parent"), str) else None)
+            done.append({"id": art.id, "kind": kind, "name": art.name, "from_record": bool(rec)})
+        ids = {a.id for a in self.list()}
+        with self._db() as con:            # parents that were not recovered: the row stands alone
+            for d in done:
+                art = self.get(d["id"])
+                if art.parent and art.parent not in ids:
+                    con.execute("UPDATE artifacts SET parent = NULL WHERE id = ?", (art.id,))
+        return {"registered": done, "skipped": skipped}
 
     @property
     def schema_version(self) -> int:
@@ -210,6 +336,8 @@ class Workspace:
             raise WorkspaceError(f"The catalog row of the {kind} {name!r} ({id_}) has unreadable metadata ({exc}).",
                                  f"restore catalog.sqlite from a backup, or remove the row: sqlite3 {self.root / 'catalog.sqlite'} "
                                  f"\"DELETE FROM artifacts WHERE id = '{id_}'\".") from exc
+        if not isinstance(data, dict):          # a catalog changed by hand: keep the row usable
+            data = {"refused_meta": data, "refused_because": "its metadata is not a JSON object"}
         folder = None
         if path:
             try:
@@ -291,6 +419,9 @@ class Workspace:
     def _check_name_free(self, kind: str, name: str, con: sqlite3.Connection) -> None:
         if not name or not name.strip():
             raise WorkspaceError(f"An empty name was given for a {kind}.", "give a non-empty name.")
+        if not _valid_name(name):
+            raise WorkspaceError(f"The name {name[:80]!r} for a {kind} holds line breaks or other control characters.",
+                                 "give a name of printable characters.")
         if con.execute("SELECT 1 FROM artifacts WHERE kind = ? AND name = ?", (kind, name)).fetchone():
             raise WorkspaceError(f"A {kind} called {name!r} already exists.",
                                  "choose another name, or delete or rename the existing one.")
@@ -310,7 +441,19 @@ class Workspace:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        return self.get(id)
+        return self._keep_record(self.get(id))
+
+    def _keep_record(self, art: Artifact) -> Artifact:
+        """Write the artifact's row into its folder too, so that a lost catalog can be rebuilt
+        (:meth:`repair`). Best effort: the catalog stays the source of truth."""
+        if art.path is not None and art.path.is_dir():
+            tmp = art.path / f".{RECORD}.{uuid.uuid4().hex[:6]}"
+            try:
+                tmp.write_text(json.dumps({k: v for k, v in art.to_dict().items() if k != "path"}, default=str))
+                os.replace(tmp, art.path / RECORD)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+        return art
 
     @contextlib.contextmanager
     def write_artifact(self, kind: str, name: str, *, meta: dict[str, Any] | None = None,
@@ -339,11 +482,10 @@ class Workspace:
             yield writer
             _fsync_tree(tmp)
             os.replace(tmp, final)
-        except OSError as exc:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise disk_error(exc, f"the {kind} {name!r}") from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if (os_exc := os_error_in(exc)) is not None:
+                raise disk_error(os_exc, f"the {kind} {name!r}") from exc
             raise
         try:
             self.register(kind, name, meta=writer.meta, parent=parent, id=id_, relpath=final_rel)
@@ -426,7 +568,7 @@ class Workspace:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        return self.get(ref)
+        return self._keep_record(self.get(ref))
 
     def rename(self, ref: str, new_name: str) -> Artifact:
         art = self.get(ref)
@@ -440,7 +582,7 @@ class Workspace:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        return self.get(art.id)
+        return self._keep_record(self.get(art.id))
 
     def children(self, ref: str) -> list[Artifact]:
         return self.list(parent=self.get(ref).id)
@@ -525,11 +667,10 @@ def atomic_folder(final: Path, *, writing: str = "artifact") -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_error(exc, str(final if writing == "export" else final.name), writing=writing) from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if (os_exc := os_error_in(exc)) is not None:
+            raise disk_error(os_exc, str(final if writing == "export" else final.name), writing=writing) from exc
         raise
 
 

@@ -91,6 +91,34 @@ def test_disk_full_while_packing_a_bundle_keeps_the_first(default_ws, small_sae,
 
 
 @root_only
+def test_a_full_disk_is_named_and_the_workspace_stays_browsable(small_disk):
+    from mistudio_widgets import Workspace
+
+    disk = small_disk(20 * 2**20)                          # too small for the 540 MB default model
+    Workspace(disk / "ws").register("dataset", "kept")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(disk / "ws"), *args],
+                              capture_output=True, text=True, env=env, timeout=600)
+
+    r = cli("models", "add", "default")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "the disk is full" in r.stderr and "Nothing was registered" in r.stderr
+    assert not any((disk / "ws" / ".tmp").iterdir()) and not any((disk / "ws" / "models").iterdir())
+    with open(disk / "filler", "wb") as f:                  # now not one byte is free
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+    r = cli("list")
+    assert r.returncode == 0 and "kept" in r.stdout, r.stderr
+    r = cli("rename", "kept", "other")
+    assert r.returncode == 2 and "the disk is full" in r.stderr and "permission" not in r.stderr, r.stderr
+    assert [a.name for a in Workspace(disk / "ws").list()] == ["kept"]
+
+
+@root_only
 @pytest.mark.parametrize("fmt", EXPORTERS)
 def test_permission_denied_during_an_export_changes_nothing(default_ws, small_sae, extraction, tmp_path, fmt):
     shared = tmp_path / "someone-elses"

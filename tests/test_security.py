@@ -286,3 +286,179 @@ def test_a_null_answer_from_an_endpoint_is_no_label(tmp_path):
         assert chat.chat([{"role": "user", "content": "hi"}], 5, 0.0) == ""
     finally:
         srv.shutdown()
+
+
+def test_a_lost_catalog_is_refused_and_repair_registers_the_folders_again(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    with ws.write_artifact("dataset", "plays", meta={"stats": {"documents": 3}}) as w:
+        (w.path / "data.txt").write_text("to be")
+    ds = ws.get("plays")
+    with ws.write_artifact("tokenization", "plays@m", meta={"stats": {"tokens": 9}}, parent=ds.id) as w:
+        (w.path / "ids.bin").write_bytes(b"\x01\x02")
+    ws.rename("plays", "plays-renamed")
+    before = {a.id: (a.kind, a.name, a.parent) for a in ws.list()}
+    bare = ws.root / "datasets" / "ds-0000000001"        # a folder without a record: named after itself
+    bare.mkdir()
+    cat = ws.root / "catalog.sqlite"
+    for lose in ("empty", "missing"):
+        for p in ws.root.glob("catalog.sqlite*"):
+            p.unlink()
+        if lose == "empty":
+            cat.write_bytes(b"")
+        r = _cli(ws.root, "list")
+        assert r.returncode == 2 and "3 artifact folder(s)" in r.stderr and "mistudio --workspace" in r.stderr, r.stderr
+        assert (cat.stat().st_size == 0) if lose == "empty" else not cat.exists()   # nothing was changed
+        r = _cli(ws.root, "--json", "repair")
+        assert r.returncode == 0, r.stderr
+        got = Workspace(ws.root)
+        assert {a.id: (a.kind, a.name, a.parent) for a in got.list() if a.id in before} == before
+        assert got.get("ds-0000000001").name == "ds-0000000001"
+        assert got.get("plays-renamed").meta["stats"] == {"documents": 3} and got.get("plays-renamed").meta["repaired"]
+        assert (got.get("plays-renamed").path / "data.txt").read_text() == "to be"
+        assert _cli(ws.root, "list").returncode == 0
+
+
+def test_odd_rows_and_names_never_break_list(tmp_path):
+    import pytest
+
+    from mistudio_widgets.errors import WorkspaceError
+
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(WorkspaceError, match="line breaks or other control characters"):
+        ws.register("dataset", "two\nlines")
+    a, b, c = (ws.register("dataset", n) for n in ("a", "b", "c"))
+    sae = ws.register("sae", "s")
+    with sqlite3.connect(ws.root / "catalog.sqlite") as con:
+        con.execute("UPDATE artifacts SET meta = '[1, 2]' WHERE id = ?", (a.id,))
+        con.execute("UPDATE artifacts SET meta = '{\"stats\": \"many\"}' WHERE id = ?", (b.id,))
+        con.execute("UPDATE artifacts SET name = 'fake\nds-0 dataset injected' WHERE id = ?", (c.id,))
+        con.execute("UPDATE artifacts SET meta = '{\"metrics\": [3]}' WHERE id = ?", (sae.id,))
+    for args in (["list"], ["datasets", "list"], ["saes", "list"], ["--json", "list"]):
+        r = _cli(ws.root, *args)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    out = _cli(ws.root, "list").stdout
+    assert "its metadata is not a JSON object" in out and "(metadata not as expected)" in out
+    assert "fake\\nds-0 dataset injected" in out and len(out.strip().splitlines()) == 1 + 4
+
+
+def test_pack_refuses_an_artifact_whose_folder_is_gone(tmp_path):
+    import pytest
+
+    from mistudio_widgets.bundles import BundleError, pack
+
+    ws = Workspace(tmp_path / "ws")
+    with ws.write_artifact("dataset", "gone") as w:
+        (w.path / "data.txt").write_text("x")
+    shutil.rmtree(ws.get("gone").path)
+    with pytest.raises(BundleError, match="its folder .* is gone"):
+        pack(ws, ["gone"], tmp_path / "b.tar.gz")
+    assert list(tmp_path.iterdir()) == [tmp_path / "ws"]
+
+
+def test_a_config_the_weight_files_cannot_hold_is_refused_before_allocating(tmp_path, tiny_model_dir):
+    import pytest
+
+    from mistudio_widgets.configs import ModelConfig
+    from mistudio_widgets.errors import ModelError
+    from mistudio_widgets.models import add_model, load_model
+
+    ws = Workspace(tmp_path / "ws")
+    absurd = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 32768, "n_layer": 2000,
+              "n_head": 64, "vocab_size": 500000, "n_positions": 1024}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps(absurd))
+    (empty / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match=r"\(0 bytes\) is empty, truncated or not a safetensors file"):
+        add_model(ws, ModelConfig(source=str(empty), name="empty"))
+    small = tmp_path / "small"
+    shutil.copytree(tiny_model_dir, small)
+    (small / "config.json").write_text(json.dumps(absurd))
+    with pytest.raises(ModelError, match="describes a model of at least 4,311,351,296,000 parameters"):
+        add_model(ws, ModelConfig(source=str(small), name="small"))
+    # the files of an added model change afterwards: loading refuses before allocating
+    later = tmp_path / "later"
+    shutil.copytree(tiny_model_dir, later)
+    art = add_model(ws, ModelConfig(source=str(later), name="later"))
+    (later / "config.json").write_text(json.dumps(absurd))
+    with pytest.raises(ModelError, match="describes a model of at least"):
+        load_model(ws, art.id)
+    assert [a.name for a in ws.list("model")] == ["later"]
+
+
+def test_datasets_say_which_records_they_skip_and_keep_a_headerless_csv_first_row(tmp_path):
+    from mistudio_widgets.configs import DatasetConfig
+    from mistudio_widgets.datasets import add_dataset, load_documents
+
+    ws = Workspace(tmp_path / "ws")
+    csv = tmp_path / "lines.csv"
+    csv.write_text("The first line is a sentence too\nThe second line\nThe third line\n")
+    art = add_dataset(ws, DatasetConfig(source=str(csv)))
+    assert list(load_documents(ws, art)["text"])[0] == "The first line is a sentence too"
+    assert "kept as a record" in art.meta["provenance"]["header"]
+    headed = tmp_path / "headed.csv"
+    headed.write_text("id,text\n1,hello there\n2,again\n")
+    art = add_dataset(ws, DatasetConfig(source=str(headed)))
+    assert list(load_documents(ws, art)["text"]) == ["hello there", "again"] and art.meta["provenance"]["header"] == ["id", "text"]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"text": "first doc"}\n{"text": 5}\n{"text": ["a"]}\n{"text": null}\n{"text": "  "}\n{"text": "last"}\n')
+    r = _cli(tmp_path / "ws", "datasets", "add", str(mixed))
+    assert r.returncode == 0, r.stderr
+    assert "2 documents" in r.stdout and "skipped 1 record(s) holding a value of type int, not text (the first is record 2)" in r.stdout
+    skipped = Workspace(tmp_path / "ws").get("mixed").meta["stats"]["skipped"]
+    assert {k: v["records"] for k, v in skipped.items()} == {
+        "a value of type int, not text": 1, "a value of type list, not text": 1, "no text": 1, "blank text": 1}
+
+
+def test_a_long_single_line_document_is_tokenized_in_bounded_pieces(default_ws):
+    from mistudio_widgets import datasets as dsm
+    from mistudio_widgets.defaults import default_corpus_files
+    from mistudio_widgets.models import load_tokenizer
+
+    tok = load_tokenizer(default_ws, "SmolLM2-135M-Instruct")
+    text = " ".join(default_corpus_files()[0].read_text().split())        # one line
+    text = " ".join([text] * (3_000_000 // len(text) + 1))                # about 3 MB
+    seen: list[int] = []
+
+    def counting(texts, **kw):
+        seen.append(sum(map(len, texts)))
+        return tok(texts, **kw)
+
+    ids = next(dsm._encode(counting, [text]))
+    assert max(seen) <= dsm.BATCH_CHARS and len(seen) >= 2
+    assert ids.tolist() == tok(text, add_special_tokens=False)["input_ids"]
+    assert all(len(p) <= dsm.PIECE_CHARS for p in dsm.pieces(text)) and "".join(dsm.pieces(text)) == text
+
+
+def test_labelling_has_a_timeout_and_retries_option(tmp_path):
+    import socket
+    import threading
+
+    import pytest
+
+    from mistudio_widgets.cli import build_parser
+    from mistudio_widgets.configs import LabelConfig
+    from mistudio_widgets.labeling import LabelError, make_chat
+
+    a = build_parser().parse_args(["label", "s", "--backend", "openai", "--timeout", "0.5", "--retries", "0"])
+    assert (a.timeout, a.retries) == (0.5, 0)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    accepted: list[socket.socket] = []
+
+    def hang():                              # accepts, reads, never answers
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+
+    threading.Thread(target=hang, daemon=True).start()
+    cfg = LabelConfig(backend="openai", model="m", base_url=f"http://127.0.0.1:{srv.getsockname()[1]}/v1",
+                      timeout=a.timeout, retries=a.retries)
+    with pytest.raises(LabelError, match=r"after 1 tries \(no answer within the timeout\).*--timeout"):
+        make_chat(Workspace(tmp_path / "ws"), cfg, api_key="k").chat([{"role": "user", "content": "hi"}], 5, 0.0)
+    assert len(accepted) == 1
+    srv.close()

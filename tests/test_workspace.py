@@ -164,17 +164,21 @@ def test_permission_denied_during_a_write_registers_nothing(shared_dir):
 
 
 @needs_root
-def test_read_only_workspace_is_reported(shared_dir):
+def test_a_read_only_workspace_can_be_browsed_but_not_changed(shared_dir):
     root = os.path.join(shared_dir, "ws")
-    Workspace(root)
+    Workspace(root).register("dataset", "kept")
     r = _as_nobody(f"""
+        ws = Workspace({root!r})
+        print("LIST", [a.name for a in ws.list()], ws.read_only)
         try:
-            Workspace({root!r})
+            ws.register("dataset", "new")
         except MistudioError as e:
             print("ERR", e); sys.exit(3)
     """)
     assert r.returncode == 3, r.stderr
-    assert "must be writable" in r.stdout
+    assert "LIST ['kept'] the workspace folder is read-only" in r.stdout
+    assert "open for browsing only" in r.stdout and "nothing was changed" in r.stdout
+    assert [a.name for a in Workspace(root).list()] == ["kept"]
 
 
 def test_a_job_in_use_is_not_deleted_until_its_process_is_gone(tmp_path):

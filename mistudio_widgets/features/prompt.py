@@ -64,9 +64,12 @@ class _Tester:
         self.bos = self.lm.tokenizer.bos_token_id
 
     def encode(self, text: str) -> list[int]:
+        limit = getattr(self.lm.model.config, "max_position_embeddings", None) or 4096
+        if len(text) > 64 * limit:       # surely longer than the context: refused before tokenizing it
+            raise FeatureError(f"The text is {len(text):,} characters; the model reads at most {limit} tokens.",
+                               "shorten the text or split it into several.")
         ids = ([self.bos] if self.bos is not None else []) + list(
             self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
-        limit = getattr(self.lm.model.config, "max_position_embeddings", None) or 4096
         if len(ids) > limit:
             raise FeatureError(f"The text is {len(ids)} tokens long; the model reads at most {limit}.",
                                "shorten the text or split it into several.")
