@@ -115,7 +115,7 @@ def _read_manifest(tar: tarfile.TarFile, path: Path) -> dict[str, Any]:
     try:
         f = tar.extractfile(MANIFEST)
         manifest = json.loads(f.read()) if f else None
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{path} is not a mistudio bundle (no readable {MANIFEST}).", "pack it with `mistudio bundle pack`.") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path} is not a mistudio bundle.", "pack it with `mistudio bundle pack`.")

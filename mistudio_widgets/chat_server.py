@@ -61,7 +61,7 @@ def make_server(ws: Workspace, model: str = "default", host: str = "127.0.0.1", 
                     raise ValueError("messages must be a list of {role, content}")
                 max_tokens = min(int(body.get("max_tokens") or 64), 512)
                 temperature = float(body.get("temperature") or 0.0)
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 self._send(400, {"error": {"message": f"bad request: {exc}", "type": "invalid_request_error"}})
                 return
             with lock:

@@ -114,7 +114,7 @@ class OpenAIChat:
             except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
                 reason = getattr(exc, "reason", exc)
                 last = "no answer within the timeout" if isinstance(reason, (socket.timeout, TimeoutError)) else str(reason)
-            except (KeyError, IndexError, ValueError) as exc:
+            except (KeyError, IndexError, TypeError, ValueError, RecursionError) as exc:
                 raise LabelError(f"The endpoint {self.url} did not answer in the chat-completions format ({exc}).",
                                  "point base_url at an OpenAI-compatible server.") from None
         raise LabelError(f"The endpoint {self.url} did not answer after {self.retries + 1} tries ({last}).",

@@ -332,7 +332,7 @@ class Workspace:
         id_, kind, name, path, parent, created, updated, meta = row
         try:
             data = json.loads(meta or "{}")
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, TypeError, RecursionError) as exc:
             raise WorkspaceError(f"The catalog row of the {kind} {name!r} ({id_}) has unreadable metadata ({exc}).",
                                  f"restore catalog.sqlite from a backup, or remove the row: sqlite3 {self.root / 'catalog.sqlite'} "
                                  f"\"DELETE FROM artifacts WHERE id = '{id_}'\".") from exc

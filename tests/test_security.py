@@ -462,3 +462,46 @@ def test_labelling_has_a_timeout_and_retries_option(tmp_path):
         make_chat(Workspace(tmp_path / "ws"), cfg, api_key="k").chat([{"role": "user", "content": "hi"}], 5, 0.0)
     assert len(accepted) == 1
     srv.close()
+
+
+def test_deeply_nested_json_from_a_bundle_or_an_endpoint_is_a_clear_error(tmp_path):
+    import http.server
+    import threading
+
+    import pytest
+
+    from mistudio_widgets.bundles import BundleError, unpack
+    from mistudio_widgets.configs import LabelConfig
+    from mistudio_widgets.labeling import LabelError, make_chat
+
+    deep = b"[" * 200_000 + b"]" * 200_000
+    ws = Workspace(tmp_path / "ws")
+    path = _bundle(tmp_path / "deep.tar.gz", [], {})
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:                   # the manifest itself is the deep document
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(deep)
+        tar.addfile(info, io.BytesIO(deep))
+    with pytest.raises(BundleError, match="no readable manifest.json"):
+        unpack(ws, path)
+
+    class Deep(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(deep)))
+            self.end_headers()
+            self.wfile.write(deep)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Deep)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    cfg = LabelConfig(backend="openai", model="m", base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", retries=0)
+    with pytest.raises(LabelError, match="did not answer in the chat-completions format"):
+        make_chat(ws, cfg, api_key="k").chat([{"role": "user", "content": "hi"}], 5, 0.0)
+    srv.shutdown()
+    assert ws.list() == []
