@@ -505,3 +505,20 @@ def test_deeply_nested_json_from_a_bundle_or_an_endpoint_is_a_clear_error(tmp_pa
         make_chat(ws, cfg, api_key="k").chat([{"role": "user", "content": "hi"}], 5, 0.0)
     srv.shutdown()
     assert ws.list() == []
+
+
+def test_widgets_list_around_rows_with_odd_metadata(tmp_path):
+    from mistudio_widgets.widgets.dataset_picker import DatasetPicker
+    from mistudio_widgets.widgets.model_picker import ModelPicker
+    from mistudio_widgets.widgets.sae_library import SAELibrary
+
+    ws = Workspace(tmp_path / "ws")
+    good = ws.register("dataset", "good", meta={"stats": {"documents": 2, "characters": 9}})
+    odd = [ws.register(kind, f"odd-{kind}") for kind in ("dataset", "model", "sae")]
+    with sqlite3.connect(ws.root / "catalog.sqlite") as con:
+        for a in odd:
+            con.execute("UPDATE artifacts SET meta = '{\"stats\": 3, \"info\": [1], \"metrics\": \"x\"}' WHERE id = ?", (a.id,))
+    picker, models, library = DatasetPicker(ws), ModelPicker(ws), SAELibrary(ws)
+    assert [r["name"] for r in picker.datasets] == [good.name] and "odd-dataset" in picker.message
+    assert models.models == [] and "odd-model" in models.message
+    assert library.saes == [] and "odd-sae" in library.message

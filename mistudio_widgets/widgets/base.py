@@ -16,6 +16,19 @@ from ..progress import ProgressEvent, Throttled
 from ..workspace import Workspace
 
 
+def rows_of(arts: list, row: Callable[[Any], dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """``row(a)`` for each artifact, leaving out those whose catalog metadata is not what the row reads
+    (a catalog changed by hand or by another program), and a note naming them ('' when none)."""
+    rows, odd = [], []
+    for a in arts:
+        try:
+            rows.append(row(a))
+        except (KeyError, TypeError, AttributeError, ValueError):
+            odd.append(a.name)
+    note = (f"Not shown, their metadata is not as expected: {', '.join(odd)} (see `mistudio list`)." if odd else "")
+    return rows, note
+
+
 def js_dir() -> Path:
     """``mistudio_widgets/js`` in an installed wheel, else the repository's ``js/`` (editable installs)."""
     here = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import traitlets as t
 
 from .. import datasets as dsets
 from ..configs import DatasetConfig, TokenizeConfig, field_help, from_dict
-from .base import EngineWidget, background, esm
+from .base import EngineWidget, background, esm, rows_of
 
 
 class DatasetPicker(EngineWidget):
@@ -26,17 +26,20 @@ class DatasetPicker(EngineWidget):
 
     def refresh(self) -> None:
         ws = self.workspace
-        rows = []
-        for a in ws.list("dataset"):
+        def row(a) -> dict[str, Any]:
             toks = [{"id": k.id, "name": k.name, "model": k.meta.get("model_name"), "model_id": k.meta.get("model"),
                      "context_size": k.meta["config"]["context_size"], "min_length": k.meta["config"]["min_length"],
                      "tokens": k.meta["stats"]["tokens"]}
                     for k in ws.list("tokenization", parent=a.id)]
             prov = a.meta.get("provenance", {})
-            rows.append({"id": a.id, "name": a.name, "documents": a.meta["stats"]["documents"],
-                         "characters": a.meta["stats"]["characters"], "source": prov.get("source") or prov.get("hub_id") or prov.get("path", ""),
-                         "licence": a.meta.get("licence", ""), "tokenizations": toks})
+            return {"id": a.id, "name": a.name, "documents": a.meta["stats"]["documents"],
+                    "characters": a.meta["stats"]["characters"], "source": prov.get("source") or prov.get("hub_id") or prov.get("path", ""),
+                    "licence": a.meta.get("licence", ""), "tokenizations": toks}
+
+        rows, note = rows_of(ws.list("dataset"), row)
         self.datasets = rows
+        if note:
+            self.message = note
         self.models = [{"id": m.id, "name": m.name} for m in ws.list("model")]
         ids = {r["id"] for r in rows}
         if self.selected not in ids:

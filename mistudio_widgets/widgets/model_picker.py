@@ -8,7 +8,7 @@ import traitlets as t
 from .. import models as mdl
 from ..configs import ModelConfig, field_help, from_dict
 from ..hooks import hook_names_for
-from .base import EngineWidget, background, esm
+from .base import EngineWidget, background, esm, rows_of
 
 
 class ModelPicker(EngineWidget):
@@ -28,13 +28,16 @@ class ModelPicker(EngineWidget):
     def refresh(self) -> None:
         loaded = {lm.artifact.id: f"{lm.device}/{lm.dtype}/{lm.quantization}" for lm in mdl.loaded_models()
                   if lm.artifact.path is None or self.workspace.root in lm.artifact.path.parents}
-        rows = []
-        for a in self.workspace.list("model"):
+        def row(a) -> dict[str, Any]:
             info = a.meta.get("info", {})
-            rows.append({"id": a.id, "name": a.name, "family": info.get("family"), "layers": info.get("layers"),
-                         "d_model": info.get("d_model"), "parameters": info.get("parameters"),
-                         "source": a.meta.get("provenance", {}).get("kind"), "loaded": loaded.get(a.id, "")})
+            return {"id": a.id, "name": a.name, "family": info.get("family"), "layers": info.get("layers"),
+                    "d_model": info.get("d_model"), "parameters": info.get("parameters"),
+                    "source": a.meta.get("provenance", {}).get("kind"), "loaded": loaded.get(a.id, "")}
+
+        rows, note = rows_of(self.workspace.list("model"), row)
         self.models = rows
+        if note:
+            self.message = note
         if self.selected not in {r["id"] for r in rows}:
             self.selected = rows[-1]["id"] if rows else ""
         self._show(self.selected)

@@ -7,7 +7,7 @@ from typing import Any
 
 import traitlets as t
 
-from .base import EngineWidget, background, esm, workspace_changed
+from .base import EngineWidget, background, esm, rows_of, workspace_changed
 
 
 class SAELibrary(EngineWidget):
@@ -18,17 +18,19 @@ class SAELibrary(EngineWidget):
     comparison = t.Dict().tag(sync=True)  # the last comparison: summary, pairs, histogram
 
     def refresh(self) -> None:
-        rows = []
-        for a in self.workspace.list("sae"):
+        def row(a) -> dict[str, Any]:
             m = a.meta.get("metrics", {})
             run = self.workspace.find(a.parent, "run") if a.parent else None
-            rows.append({"id": a.id, "name": a.name, "architecture": a.meta.get("architecture"), "hook": a.meta.get("hook"),
-                         "model": a.meta.get("model_name"), "d_sae": a.meta.get("d_sae"), "k": a.meta.get("k"),
-                         "source": a.meta.get("source", ""), "format": a.meta.get("format", ""), "run": run.name if run else "",
-                         "path": str(a.path), "explained_variance": m.get("explained_variance"), "l0": m.get("l0"),
-                         "mse": m.get("mse"), "dead_fraction": m.get("dead_fraction"), "ce_recovered": m.get("ce_recovered"),
-                         "tokens": m.get("tokens"), "created": a.created})
-        self.saes = rows
+            return {"id": a.id, "name": a.name, "architecture": a.meta.get("architecture"), "hook": a.meta.get("hook"),
+                    "model": a.meta.get("model_name"), "d_sae": a.meta.get("d_sae"), "k": a.meta.get("k"),
+                    "source": a.meta.get("source", ""), "format": a.meta.get("format", ""), "run": run.name if run else "",
+                    "path": str(a.path), "explained_variance": m.get("explained_variance"), "l0": m.get("l0"),
+                    "mse": m.get("mse"), "dead_fraction": m.get("dead_fraction"), "ce_recovered": m.get("ce_recovered"),
+                    "tokens": m.get("tokens"), "created": a.created}
+
+        self.saes, note = rows_of(self.workspace.list("sae"), row)
+        if note:
+            self.message = note
 
     # -- notebook API ----------------------------------------------------------------------------
     def import_sae(self, source: str, **kw: Any) -> str:
