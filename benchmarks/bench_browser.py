@@ -16,9 +16,9 @@ import base64
 import json
 
 from mistudio_widgets import Workspace
-from mistudio_widgets.configs import ExtractConfig, TrainConfig
+from mistudio_widgets.core.configs import ExtractConfig, TrainConfig
 from mistudio_widgets.features import extract, feature_columns, latest_extraction
-from mistudio_widgets.training import train
+from mistudio_widgets.train.training import train
 from mistudio_widgets.widgets.base import css, esm
 
 D_SAE = 16384

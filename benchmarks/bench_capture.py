@@ -13,10 +13,10 @@ import torch
 
 from baseline import truncated_forward_seconds
 from mistudio_widgets import TokenizeConfig, Workspace
-from mistudio_widgets.activations import iter_activations
-from mistudio_widgets.datasets import ensure_tokenization, load_tokens, resolve_dataset
-from mistudio_widgets.hooks import decoder_layers
-from mistudio_widgets.models import load_model, resolve_model
+from mistudio_widgets.data.activations import iter_activations
+from mistudio_widgets.data.datasets import ensure_tokenization, load_tokens, resolve_dataset
+from mistudio_widgets.data.hooks import decoder_layers
+from mistudio_widgets.data.models import load_model, resolve_model
 
 HOOK, LAYER = "blocks.15.hook_resid_post", 15
 

@@ -14,10 +14,10 @@ import time
 import torch
 
 from mistudio_widgets import Workspace
-from mistudio_widgets.configs import ExtractConfig, TrainConfig
-from mistudio_widgets.datasets import load_tokens
+from mistudio_widgets.core.configs import ExtractConfig, TrainConfig
+from mistudio_widgets.data.datasets import load_tokens
 from mistudio_widgets.features import extract, feature_acts, load_library_sae, model_for_sae, sae_hook
-from mistudio_widgets.training import train
+from mistudio_widgets.train.training import train
 
 
 def main() -> None:
@@ -38,8 +38,8 @@ def main() -> None:
     hook = sae_hook(art, sae)
     print(f"SAE {art.name}: d_sae {sae.spec.d_sae} at {hook}; {a.tokens:,} tokens, batch {a.batch_size} sequences, "
           f"threads {torch.get_num_threads()}")
-    from mistudio_widgets.datasets import ensure_tokenization, resolve_dataset
-    from mistudio_widgets.configs import TokenizeConfig
+    from mistudio_widgets.data.datasets import ensure_tokenization, resolve_dataset
+    from mistudio_widgets.core.configs import TokenizeConfig
 
     warm = load_tokens(ws, ensure_tokenization(ws, resolve_dataset(ws), lm.artifact, TokenizeConfig(context_size=128)))
     for s in range(0, 6 * a.batch_size, a.batch_size):      # the forward runs slower for its first batches: warm it up

@@ -21,10 +21,10 @@ import time
 import numpy as np
 
 from mistudio_widgets import Workspace
-from mistudio_widgets.configs import LabelConfig, SteerConfig
-from mistudio_widgets.demo import SHOUTS, uppercase_share
+from mistudio_widgets.core.configs import LabelConfig, SteerConfig
+from mistudio_widgets.cli.demo import SHOUTS, uppercase_share
 from mistudio_widgets.features import contrast, feature_columns, feature_detail, ordinary_case, require_extraction
-from mistudio_widgets.labeling import LocalChat, explain, held_out_texts, judge, simulation_score
+from mistudio_widgets.features.labeling import LocalChat, explain, held_out_texts, judge, simulation_score
 from mistudio_widgets.steering import auto_strength, steer
 
 UNTUNED_PROMPTS = ["What did you have for breakfast?", "Describe the town where you grew up.",

@@ -14,8 +14,8 @@ import argparse
 import time
 
 from mistudio_widgets import Workspace
-from mistudio_widgets.configs import TrainConfig
-from mistudio_widgets.training import train
+from mistudio_widgets.core.configs import TrainConfig
+from mistudio_widgets.train.training import train
 
 
 def main() -> None:

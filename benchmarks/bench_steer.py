@@ -12,7 +12,7 @@ import statistics
 import time
 
 from mistudio_widgets import Workspace
-from mistudio_widgets.configs import SteerConfig
+from mistudio_widgets.core.configs import SteerConfig
 from mistudio_widgets.features import load_library_sae, model_for_sae, sae_hook
 from mistudio_widgets.steering import generate, make_edit, prompt_ids
 

@@ -21,12 +21,12 @@ from torch import nn
 
 from baseline import truncated_forward_seconds
 from mistudio_widgets import TokenizeConfig, Workspace
-from mistudio_widgets.activations import harvest
-from mistudio_widgets.configs import TrainConfig
-from mistudio_widgets.datasets import ensure_tokenization, load_tokens, resolve_dataset
-from mistudio_widgets.models import load_model, resolve_model
+from mistudio_widgets.data.activations import harvest
+from mistudio_widgets.core.configs import TrainConfig
+from mistudio_widgets.data.datasets import ensure_tokenization, load_tokens, resolve_dataset
+from mistudio_widgets.data.models import load_model, resolve_model
 from mistudio_widgets.sae import SAESpec, make_sae
-from mistudio_widgets.training import explained_variance, geometric_median, lr_lambda, optimizer_step, train
+from mistudio_widgets.train.training import explained_variance, geometric_median, lr_lambda, optimizer_step, train
 
 HOOK, LAYER, D_SAE, BATCH, K = "blocks.15.hook_resid_post", 15, 4608, 4096, 32
 

@@ -21,14 +21,14 @@ from typing import Any, Callable
 
 import torch
 
-from .configs import SteerConfig
-from .errors import MistudioError
+from .core.configs import SteerConfig
+from .core.errors import MistudioError
 from .features import check_feature_index, load_library_sae, model_for_sae, sae_hook
-from .hooks import capture, intervene
-from .jobs import JobControl
-from .models import LoadedModel
+from .data.hooks import capture, intervene
+from .core.jobs import JobControl
+from .data.models import LoadedModel
 from .sae import SAE
-from .workspace import Workspace
+from .core.workspace import Workspace
 
 MAX_STRENGTH = 1e4
 
@@ -372,7 +372,7 @@ PRESET = "steering_preset"
 
 def save_preset(ws: Workspace, name: str, sae: str, cfg: SteerConfig):
     """Keep features, strengths and settings under a name in the workspace."""
-    from .configs import to_dict
+    from .core.configs import to_dict
 
     art = ws.get(sae, "sae")
     parse_features(cfg.features)
@@ -383,7 +383,7 @@ def save_preset(ws: Workspace, name: str, sae: str, cfg: SteerConfig):
 
 
 def load_preset(ws: Workspace, name: str) -> tuple[str, SteerConfig]:
-    from .configs import from_dict
+    from .core.configs import from_dict
 
     art = ws.get(name, PRESET)
     return art.meta["sae"], from_dict(SteerConfig, art.meta["config"])

@@ -19,8 +19,8 @@ def default_ws(tmp_path_factory):
     """The workspace shared by the integration tests, notebooks and browser tests
     ($MISTUDIO_HOME when set by `make test`), with the defaults added and tokenized."""
     from mistudio_widgets import TokenizeConfig, Workspace
-    from mistudio_widgets.datasets import ensure_tokenization, resolve_dataset
-    from mistudio_widgets.models import resolve_model
+    from mistudio_widgets.data.datasets import ensure_tokenization, resolve_dataset
+    from mistudio_widgets.data.models import resolve_model
 
     ws = Workspace(os.environ.get("MISTUDIO_HOME") or tmp_path_factory.mktemp("ws"))
     model = resolve_model(ws)
@@ -31,7 +31,7 @@ def default_ws(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def lm(default_ws):
-    from mistudio_widgets.models import load_model
+    from mistudio_widgets.data.models import load_model
 
     return load_model(default_ws)
 
@@ -93,7 +93,7 @@ def tiny_model_dir(tmp_path_factory):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from mistudio_widgets.defaults import default_corpus_files
+    from mistudio_widgets.core.defaults import default_corpus_files
 
     text = default_corpus_files()[0].read_text(encoding="utf-8", errors="replace")
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -106,6 +106,19 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(d)
     fast.save_pretrained(d)
     return d
+
+
+MODEL_FIXTURES = {"default_ws", "lm", "small_sae", "extraction", "demo_sae"}   # each loads the real model
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``model`` marker on every test that loads the real embedded model: through a fixture (above),
+    or by its own hand (marked in its module), so that ``pytest -m "not model"`` runs the fast ones."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.model)
+        if item.nodeid.startswith("notebooks/"):          # every tutorial notebook runs the real model
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -154,8 +167,8 @@ N_TOKENS = 2048
 @pytest.fixture(scope="session")
 def small_sae(default_ws):
     """A small top-k SAE (576 features at blocks.6) trained here, shared by the feature and label tests."""
-    from mistudio_widgets.configs import TrainConfig
-    from mistudio_widgets.training import train
+    from mistudio_widgets.core.configs import TrainConfig
+    from mistudio_widgets.train.training import train
 
     res = train(default_ws, TrainConfig(steps=4, batch_tokens=512, chunk_sequences=16, eval_sequences=4, eval_every=0,
                                         checkpoint_every=0, log_every=2, expansion_factor=1, k=8, hook="blocks.6.hook_resid_post",
@@ -165,7 +178,7 @@ def small_sae(default_ws):
 
 @pytest.fixture(scope="session")
 def extraction(default_ws, small_sae):
-    from mistudio_widgets.configs import ExtractConfig
+    from mistudio_widgets.core.configs import ExtractConfig
     from mistudio_widgets.features import extract
 
     cfg = ExtractConfig(tokens=N_TOKENS, top_k=5, quantile_groups=3, quantile_examples=2, batch_size=4,
@@ -177,10 +190,10 @@ def extraction(default_ws, small_sae):
 def demo_sae(default_ws):
     """The SAE `mistudio demo` trains (its recipe, on the default corpus), with the demo's extraction: the
     real shouting feature the insight tests look for. About three minutes on a 2-core CPU."""
-    from mistudio_widgets.configs import ExtractConfig
-    from mistudio_widgets.demo import demo_train_config
+    from mistudio_widgets.core.configs import ExtractConfig
+    from mistudio_widgets.cli.demo import demo_train_config
     from mistudio_widgets.features import extract
-    from mistudio_widgets.training import train
+    from mistudio_widgets.train.training import train
 
     ws = default_ws
     res = train(ws, demo_train_config(ws, "default", name=ws.unique_name("run", "insight-demo")))

@@ -9,21 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from mistudio_widgets.activation_cache import KIND, ActivationCache
-from mistudio_widgets.activations import harvest
-from mistudio_widgets.configs import TrainConfig
-from mistudio_widgets.datasets import load_tokens
-from mistudio_widgets.errors import ArtifactWriteError
+from mistudio_widgets.data.activation_cache import KIND, ActivationCache
+from mistudio_widgets.data.activations import harvest
+from mistudio_widgets.core.configs import TrainConfig
+from mistudio_widgets.data.datasets import load_tokens
+from mistudio_widgets.core.errors import ArtifactWriteError
 from mistudio_widgets.sae.io import load_sae
-from mistudio_widgets.training import train
+from mistudio_widgets.train.training import train
 
 HOOK = "blocks.15.hook_resid_post"
 
 
 def default_tokenization(ws):
     from mistudio_widgets import TokenizeConfig
-    from mistudio_widgets.datasets import ensure_tokenization, resolve_dataset
-    from mistudio_widgets.models import resolve_model
+    from mistudio_widgets.data.datasets import ensure_tokenization, resolve_dataset
+    from mistudio_widgets.data.models import resolve_model
 
     return ensure_tokenization(ws, resolve_dataset(ws), resolve_model(ws), TokenizeConfig(context_size=128))
 
@@ -89,7 +89,7 @@ def test_disk_full_while_filling_keeps_what_was_filled(tmp_path, lm, monkeypatch
             cache.gather(np.arange(4, 64), lm)                     # checked before any work
         assert cache.filled.sum() == 4
         # the disk fills up while the cache is being written: the blocks already on disk stay usable
-        monkeypatch.setattr("mistudio_widgets.activation_cache.shutil.disk_usage",
+        monkeypatch.setattr("mistudio_widgets.data.activation_cache.shutil.disk_usage",
                             lambda p: type("U", (), {"free": 2**40})())
         with pytest.raises(ArtifactWriteError, match="disk is full"):
             cache.gather(np.arange(4, 64), lm)

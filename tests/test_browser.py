@@ -188,9 +188,9 @@ def test_training_from_the_configurator_updates_the_charts_and_stops(page, lab):
 
 @pytest.fixture(scope="module")
 def extracted_sae(default_ws):
-    from mistudio_widgets.configs import ExtractConfig, TrainConfig
+    from mistudio_widgets.core.configs import ExtractConfig, TrainConfig
     from mistudio_widgets.features import extract
-    from mistudio_widgets.training import train
+    from mistudio_widgets.train.training import train
 
     res = train(default_ws, TrainConfig(steps=3, batch_tokens=512, chunk_sequences=16, eval_sequences=4, eval_every=0,
                                         checkpoint_every=0, log_every=1, expansion_factor=1, k=8, hook="blocks.6.hook_resid_post",
@@ -318,7 +318,7 @@ def test_steering_pane_in_lab(page, lab, default_ws, extracted_sae):
 
 
 def test_sae_library_imports_exports_and_compares_in_lab(page, lab, default_ws, extracted_sae):
-    from mistudio_widgets.exporting import export_saelens
+    from mistudio_widgets.share.exporting import export_saelens
 
     folder = lab["root"] / f"shared-{uuid.uuid4().hex[:6]}"
     export_saelens(default_ws, extracted_sae, folder)
@@ -361,11 +361,11 @@ HOSTILE = ['<img src=x onerror="window.__pwned=\'img\'"> The king is here.',
 def test_untrusted_text_is_shown_as_text_never_run(page, lab, default_ws, extracted_sae, tmp_path):
     """Markup in dataset text, in the extraction's examples drawn from it, in labels and in prompts is
     shown as text in every widget: nothing it holds is run or rendered."""
-    from mistudio_widgets.configs import DatasetConfig, ExtractConfig
-    from mistudio_widgets.datasets import add_dataset
-    from mistudio_widgets.exporting import export_saelens
+    from mistudio_widgets.core.configs import DatasetConfig, ExtractConfig
+    from mistudio_widgets.data.datasets import add_dataset
+    from mistudio_widgets.share.exporting import export_saelens
     from mistudio_widgets.features import extract, feature_columns
-    from mistudio_widgets.importing import import_sae
+    from mistudio_widgets.share.importing import import_sae
 
     src = tmp_path / "hostile.jsonl"
     src.write_text("\n".join(json.dumps({"text": t}) for t in HOSTILE * 20))
@@ -409,7 +409,7 @@ def test_untrusted_text_is_shown_as_text_never_run(page, lab, default_ws, extrac
 def test_a_shouting_feature_is_found_and_steered_from_the_page(page, lab, default_ws, demo_sae):
     """The run of show through the widgets: the prompt tester's contrast with the ordinary case, then the
     SteeringPane finds the feature by contrast, picks its strength automatically and steers into capitals."""
-    from mistudio_widgets.demo import PROMPT, SHOUTS, uppercase_share
+    from mistudio_widgets.cli.demo import PROMPT, SHOUTS, uppercase_share
     from mistudio_widgets.features import contrast
 
     best = contrast(default_ws, demo_sae, SHOUTS)["features"][0]["index"]

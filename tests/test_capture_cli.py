@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import torch
 
-from mistudio_widgets.activations import capture_stats, iter_activations
-from mistudio_widgets.configs import CaptureConfig
-from mistudio_widgets.datasets import find_tokenization, load_tokens
-from mistudio_widgets.hooks import capture, decoder_layers
+from mistudio_widgets.data.activations import capture_stats, iter_activations
+from mistudio_widgets.core.configs import CaptureConfig
+from mistudio_widgets.data.datasets import find_tokenization, load_tokens
+from mistudio_widgets.data.hooks import capture, decoder_layers
 
 
 def test_capture_matches_the_full_forward_and_stops_early(lm):

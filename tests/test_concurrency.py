@@ -11,8 +11,9 @@ import time
 import yaml
 
 from mistudio_widgets import Workspace
-from mistudio_widgets.errors import ArtifactNotFound
+from mistudio_widgets.core.errors import ArtifactNotFound
 from test_hostile_input import consistent, state
+from waiting import wait_for
 
 TINY = dict(batch_tokens=256, chunk_sequences=24, eval_sequences=4, eval_every=0, log_every=1, expansion_factor=2, k=16,
             warmup_steps=2, hook="blocks.6.hook_resid_post", steps=6, checkpoint_every=2)
@@ -97,11 +98,10 @@ def test_extraction_in_one_kernel_while_another_browses(default_ws, small_sae, e
         old = b.eval("fb.extraction['id']")
         a_pid = a.eval("os.getpid()")
         a.run("fb.do('extract', fb.action_extract, tokens=8192, batch_size=4, top_k=5)")
-        deadline = time.time() + 120
-        while not (running := [e for e in default_ws.list("extraction")
-                               if e.meta.get("status") == "running" and e.meta.get("owner", {}).get("pid") == a_pid]):
-            assert time.time() < deadline and a.eval("fb.status") == "busy", a.eval("fb.error")
-            time.sleep(0.2)
+        running = wait_for(lambda: [e for e in default_ws.list("extraction")
+                                    if e.meta.get("status") == "running" and e.meta.get("owner", {}).get("pid") == a_pid],
+                           "kernel A's extraction to start", timeout=120,
+                           gone=lambda: a.eval("fb.status") != "busy" and f"kernel A is {a.eval('fb.status')}: {a.eval('fb.error')}")
         new = running[0].id
         # while A extracts: B cannot delete the SAE (nor the extraction), and is told why
         content, _ = b.execute(f"ws.delete({small_sae!r}, cascade=True)")

@@ -15,12 +15,13 @@ import torch
 import yaml
 
 from mistudio_widgets import Workspace
-from mistudio_widgets.configs import TrainConfig
+from mistudio_widgets.core.configs import TrainConfig
 from mistudio_widgets.features import extract, latest_extraction
-from mistudio_widgets.jobs import effective_status
+from mistudio_widgets.core.jobs import effective_status
 from mistudio_widgets.sae.io import load_sae
-from mistudio_widgets.training import run_status, train
+from mistudio_widgets.train.training import run_status, train
 from test_hostile_input import consistent, state
+from waiting import wait_for
 
 TINY = dict(batch_tokens=256, chunk_sequences=24, eval_sequences=4, eval_every=0, log_every=1, expansion_factor=2, k=16,
             warmup_steps=2, hook="blocks.6.hook_resid_post")
@@ -33,11 +34,8 @@ def _spawn(ws: Workspace, *args: str) -> subprocess.Popen:
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
-    t0 = time.time()
-    while not ready():
-        assert proc.poll() is None, "the worker ended before the kill point"
-        assert time.time() - t0 < timeout, "the kill point was never reached"
-        time.sleep(0.2)
+    wait_for(ready, "the kill point", timeout=timeout,
+             gone=lambda: proc.poll() is not None and f"the worker exited with {proc.returncode} first")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
 
@@ -82,9 +80,8 @@ def test_a_live_run_cannot_be_resumed_twice(default_ws, tmp_path):
     proc = _spawn(default_ws, "train", "--config", str(cfg_file))
     try:
         run_id = _first_json(proc, "run_id")
-        t0 = time.time()
-        while not default_ws.get(run_id).meta.get("last_checkpoint") and time.time() - t0 < 300:
-            time.sleep(0.2)
+        wait_for(lambda: default_ws.get(run_id).meta.get("last_checkpoint"), "the run's first checkpoint",
+                 gone=lambda: proc.poll() is not None and f"the training exited with {proc.returncode}")
         with pytest.raises(Exception, match="running in another process"):
             train(default_ws, resume=run_id)
     finally:
@@ -141,10 +138,9 @@ def test_kernel_killed_mid_training_resumes_from_the_monitor_in_a_new_kernel(def
               f"ws = ms.open_workspace()\nmon = TrainingMonitor(ws)\nconf = TrainingConfigurator(ws, monitor=mon)\n"
               f"job = conf.start(**{dict(base, name=name)!r})")
         pid = a.eval("os.getpid()")
-        t0 = time.time()
-        while (run := default_ws.find(name, "run")) is None or (run.meta.get("last_checkpoint") or 0) < 3:
-            assert time.time() - t0 < 600 and a.eval("conf.error") == {}, "the training did not reach its third checkpoint"
-            time.sleep(0.3)
+        run = wait_for(lambda: (r := default_ws.find(name, "run")) is not None and (r.meta.get("last_checkpoint") or 0) >= 3 and r,
+                       "the training's third checkpoint", timeout=600, interval=0.3,
+                       gone=lambda: a.eval("conf.error") != {} and f"the configurator reports {a.eval('conf.error')}")
         os.kill(pid, signal.SIGKILL)
         while a.km.is_alive():
             time.sleep(0.1)

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from mistudio_widgets import DatasetConfig, TokenizeConfig, Workspace
-from mistudio_widgets.datasets import (add_dataset, load_documents, load_tokens, preview_tokens, tokenize_dataset)
-from mistudio_widgets.errors import DatasetError, HubError, TokenizerMismatch
-from mistudio_widgets.models import ModelConfig, add_model, load_tokenizer
+from mistudio_widgets.data.datasets import (add_dataset, load_documents, load_tokens, preview_tokens, tokenize_dataset)
+from mistudio_widgets.core.errors import DatasetError, HubError, TokenizerMismatch
+from mistudio_widgets.data.models import ModelConfig, add_model, load_tokenizer
 
 DOCS = ["The quick brown fox jumps over the lazy dog.", "WHY ARE YOU SHOUTING AT ME?",
         "A third document, with some more words in it than the others have."]
@@ -118,8 +118,8 @@ def test_special_token_text_is_split_unless_asked(default_ws, tmp_path):
 
 
 def test_tokenization_for_another_model_is_refused(default_ws, tiny_model_dir, lm):
-    from mistudio_widgets.activations import capture_stats
-    from mistudio_widgets.configs import CaptureConfig
+    from mistudio_widgets.data.activations import capture_stats
+    from mistudio_widgets.core.configs import CaptureConfig
 
     ws = default_ws
     tiny = ws.find("tiny-gpt2-test", "model") or add_model(ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test"))
@@ -139,7 +139,7 @@ def test_hub_code_path_on_a_local_dataset_repo(tmp_path, streaming):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mistudio_widgets.datasets import _hub_records
+    from mistudio_widgets.data.datasets import _hub_records
 
     repo = tmp_path / "someone" / "corpus"
     (repo / "data").mkdir(parents=True)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from mistudio_widgets.bundles import pack
-from mistudio_widgets.configs import TrainConfig
-from mistudio_widgets.errors import ArtifactWriteError
-from mistudio_widgets.exporting import EXPORT_MARKER, export_saelens
-from mistudio_widgets.neuronpedia import export_neuronpedia
-from mistudio_widgets.training import train
+from mistudio_widgets.share.bundles import pack
+from mistudio_widgets.core.configs import TrainConfig
+from mistudio_widgets.core.errors import ArtifactWriteError
+from mistudio_widgets.share.exporting import EXPORT_MARKER, export_saelens
+from mistudio_widgets.share.neuronpedia import export_neuronpedia
+from mistudio_widgets.train.training import train
 from test_crash_safety import TINY, same_as_uninterrupted
 from test_hostile_input import consistent, state
 
@@ -171,7 +171,7 @@ def test_nvml_failing_mid_run_is_reported_and_training_goes_on(default_ws, monke
 
     import pynvml
 
-    from mistudio_widgets import system
+    from mistudio_widgets.core import system
     from mistudio_widgets.widgets import SystemMonitor
     from mistudio_widgets.widgets.training_monitor import device_line
 
@@ -218,7 +218,7 @@ def test_a_failed_final_rename_puts_the_earlier_export_back(default_ws, small_sa
     error: the export that was there is put back under its name."""
     import errno
 
-    from mistudio_widgets import workspace
+    from mistudio_widgets.core import workspace
 
     export_saelens(default_ws, small_sae, tmp_path / "out")
     before = digest(tmp_path / "out")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mistudio_widgets.configs import ConfigError, ExtractConfig
-from mistudio_widgets.datasets import load_tokens
+from mistudio_widgets.core.configs import ConfigError, ExtractConfig
+from mistudio_widgets.data.datasets import load_tokens
 from mistudio_widgets.features import (FeatureError, coactivation, extract, feature_acts, feature_columns, feature_detail,
                                        fire, load_library_sae, model_for_sae, sae_hook, search)
 from mistudio_widgets.sae.io import load_sparsity
@@ -123,3 +123,27 @@ def test_cli_features_fire_show_and_bad_index(default_ws, small_sae, extraction)
     assert len(ex["tokens"]) == len(ex["values"]) and max(ex["values"]) == pytest.approx(ex["value"], rel=1e-3)
     rc, lines = _cli(default_ws, "features", "show", small_sae, "100000")
     assert rc == 2 and "out of range" in lines[-1]["error"]
+
+
+def test_search_works_on_an_extraction_without_the_logit_lens(default_ws, small_sae, extraction):
+    """A transcoder writing elsewhere than the residual stream gets no logit-lens columns (see finalise);
+    search must then match labels and indices only instead of failing on the missing column."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from mistudio_widgets.features import FEATURES_FILE, latest_extraction, search
+
+    ext = default_ws.get(extraction)
+    table = pq.read_table(ext.path / FEATURES_FILE)
+    with default_ws.write_artifact("extraction", default_ws.unique_name("extraction", "no-logit-lens"),
+                                   meta=dict(ext.meta), parent=small_sae) as w:
+        shutil.copytree(ext.path, w.path, dirs_exist_ok=True)
+        pq.write_table(table.select([c for c in table.column_names if "logit" not in c]), w.path / FEATURES_FILE)
+    try:
+        assert latest_extraction(default_ws, small_sae).id == w.id
+        default_ws.add_label(small_sae, 3, "lens-free label")
+        assert [h["index"] for h in search(default_ws, small_sae, "lens-free")] == [3]
+        assert search(default_ws, small_sae, "2")[0] == {"index": 2, "match": "index", "label": None}
+    finally:
+        default_ws.delete(w.id)

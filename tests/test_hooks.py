@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import TINY_FAMILIES, tiny_model
-from mistudio_widgets.errors import HookError
-from mistudio_widgets.hooks import HOOK_KINDS, capture, decoder_layers, hook_names, intervene, is_parallel, parse_hook
+from mistudio_widgets.core.errors import HookError
+from mistudio_widgets.data.hooks import HOOK_KINDS, capture, decoder_layers, hook_names, intervene, is_parallel, parse_hook
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 81, 2, 60], [7, 7, 12, 90, 33, 1, 0, 15]])
 
@@ -39,7 +39,7 @@ def test_residual_algebra(model):
         assert close(post, mid + mlp)
         ln2 = a[f"blocks.{layer}.ln2.hook_normalized"]
         # ln2 normalises resid_mid; compare against the norm module applied to the captured value
-        from mistudio_widgets.hooks import _get, family_of
+        from mistudio_widgets.data.hooks import _get, family_of
 
         norm = _get(decoder_layers(model)[layer], family_of(model)[1].ln2)
         assert close(ln2, norm(mid))

@@ -15,19 +15,19 @@ import torch
 from safetensors.torch import save_file
 
 from mistudio_widgets import Workspace
-from mistudio_widgets.bundles import pack, unpack
-from mistudio_widgets.configs import DatasetConfig, ExtractConfig, ModelConfig, SteerConfig, TokenizeConfig, TrainConfig
-from mistudio_widgets.datasets import add_dataset, tokenize_dataset
-from mistudio_widgets.errors import MistudioError
-from mistudio_widgets.exporting import export_saelens
+from mistudio_widgets.share.bundles import pack, unpack
+from mistudio_widgets.core.configs import DatasetConfig, ExtractConfig, ModelConfig, SteerConfig, TokenizeConfig, TrainConfig
+from mistudio_widgets.data.datasets import add_dataset, tokenize_dataset
+from mistudio_widgets.core.errors import MistudioError
+from mistudio_widgets.share.exporting import export_saelens
 from mistudio_widgets.features import extract, feature_detail, fire
-from mistudio_widgets.importing import import_sae
-from mistudio_widgets.models import add_model
-from mistudio_widgets.neuronpedia import export_neuronpedia
+from mistudio_widgets.share.importing import import_sae
+from mistudio_widgets.data.models import add_model
+from mistudio_widgets.share.neuronpedia import export_neuronpedia
 from mistudio_widgets.sae import SAESpec, make_sae
 from mistudio_widgets.sae.io import save_sae
 from mistudio_widgets.steering import steer
-from mistudio_widgets.training import train
+from mistudio_widgets.train.training import train
 
 D = 576
 
@@ -335,7 +335,7 @@ def test_corrupted_catalog_files(tmp_path):
     con.close()
     with pytest.raises(MistudioError, match="newer"):
         Workspace(tmp_path / "a").list()
-    from mistudio_widgets.workspace import SCHEMA_VERSION
+    from mistudio_widgets.core.workspace import SCHEMA_VERSION
 
     con = sqlite3.connect(ws.root / "catalog.sqlite")
     con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from mistudio_widgets.configs import LabelConfig, SteerConfig, TrainConfig
-from mistudio_widgets.demo import PROMPT, SHOUTS, uppercase_share
+from mistudio_widgets.core.configs import LabelConfig, SteerConfig, TrainConfig
+from mistudio_widgets.cli.demo import PROMPT, SHOUTS, uppercase_share
 from mistudio_widgets.features import FeatureError, contrast, fire, ordinary_case
-from mistudio_widgets.labeling import label_features
+from mistudio_widgets.features.labeling import label_features
 from mistudio_widgets.steering import SteeringError, auto_strength, steer
 
 pytestmark = pytest.mark.model
@@ -111,7 +111,7 @@ def test_bad_contrast_and_auto_strength_input(default_ws, small_sae, tmp_path):
 
 
 def test_ranking_without_an_extraction_falls_back_to_raw_with_a_note(default_ws):
-    from mistudio_widgets.training import train
+    from mistudio_widgets.train.training import train
 
     res = train(default_ws, TrainConfig(steps=2, batch_tokens=256, chunk_sequences=8, eval_sequences=2, eval_every=0,
                                         checkpoint_every=0, log_every=1, expansion_factor=1, k=8,

@@ -15,8 +15,9 @@ import urllib.request
 import pytest
 
 from browser import free_port
-from mistudio_widgets.configs import LabelConfig
-from mistudio_widgets.labeling import LabelError, OpenAIChat, clean_label, label_features
+from mistudio_widgets.core.configs import LabelConfig
+from mistudio_widgets.features.labeling import LabelError, OpenAIChat, clean_label, label_features
+from waiting import wait_for
 
 SECRET = "sk-test-" + "5ecret-never-stored-0042"
 
@@ -29,17 +30,17 @@ def chat_server(default_ws):
                              "--port", str(port), "--require-key-env", "MISTUDIO_TEST_KEY"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 180
-    while time.time() < deadline:
+    def models():
         try:
             req = urllib.request.Request(url + "/models", headers={"Authorization": f"Bearer {SECRET}"})
             with urllib.request.urlopen(req, timeout=2) as r:
-                assert json.load(r)["data"][0]["id"] == "SmolLM2-135M-Instruct"
-            break
+                return json.load(r)["data"]
         except OSError:
-            if proc.poll() is not None:
-                pytest.fail(proc.stdout.read())
-            time.sleep(0.5)
+            return None
+
+    served = wait_for(models, "the chat server to answer", timeout=180, interval=0.5,
+                      gone=lambda: proc.poll() is not None and f"it exited: {proc.stdout.read()[-2000:]}")
+    assert served[0]["id"] == "SmolLM2-135M-Instruct"
     yield url
     proc.terminate()
     log, _ = proc.communicate(timeout=20)
@@ -76,7 +77,7 @@ def test_local_explainer_labels_without_a_server(default_ws, small_sae, extracti
     assert len(res) == 1 and res[0]["label"], res
     row = default_ws.labels(small_sae, busiest)[0]
     assert (row["label"], row["method"], row["model"]) == (res[0]["label"], "auto", "SmolLM2-135M-Instruct")
-    from mistudio_widgets.labeling import LocalChat
+    from mistudio_widgets.features.labeling import LocalChat
 
     p = LocalChat(default_ws).yes_probability([{"role": "user", "content": "Is fire hot? Answer yes or no."}])
     assert 0.0 < p < 1.0
@@ -94,7 +95,7 @@ def test_local_explainer_labels_without_a_server(default_ws, small_sae, extracti
 
 
 def test_simulation_scoring_reads_what_a_label_names():
-    from mistudio_widgets.labeling import label_cues, simulation_score
+    from mistudio_widgets.features.labeling import label_cues, simulation_score
 
     shouted, calm = ["WHY ARE YOU SHOUTING AT ME", "GET OUT NOW"], ["why are you here", "get out now, please"]
     assert simulation_score("tokens 'WID', 'BOT' (in CAPITAL LETTERS)", shouted, calm)["score"] == 1.0
@@ -126,10 +127,9 @@ def test_a_hanging_endpoint_fails_clearly_and_labels_nothing(default_ws, small_s
     try:
         cfg = LabelConfig(backend="openai", base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", model="x",
                           timeout=0.5, retries=1, score=False)
-        t0 = time.time()
         with pytest.raises(LabelError, match="did not answer after 2 tries"):
             label_features(default_ws, small_sae, cfg, top=1, redo=True)
-        assert time.time() - t0 < 10
+        assert len(held) == 2                       # one try and one retry, each given up after the timeout
     finally:
         stop.set()
         t.join()

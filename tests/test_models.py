@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mistudio_widgets import ModelConfig, Workspace
-from mistudio_widgets.errors import HubError, ModelError
-from mistudio_widgets.models import add_model, load_model, model_info
+from mistudio_widgets.core.errors import HubError, ModelError
+from mistudio_widgets.data.models import add_model, load_model, model_info
 
 
 def test_default_model_converted_once(default_ws):
@@ -68,6 +68,6 @@ def test_8bit_on_cpu_through_bitsandbytes(default_ws, lm):
         ref, got = lm.model(ids).logits[0], q.model(ids).logits[0]
     agree = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
     assert q.quantization == "8bit" and agree >= 0.7
-    from mistudio_widgets.models import _models
+    from mistudio_widgets.data.models import _models
 
     _models.pop(next(k for k, v in _models.items() if v is q))

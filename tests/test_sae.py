@@ -8,7 +8,7 @@ import torch
 
 from mistudio_widgets.sae import SAEConfigError, SAESpec, make_sae
 from mistudio_widgets.sae.io import SAEFormatError, load_sae, save_sae
-from mistudio_widgets.training import TrainConfig, compute_losses
+from mistudio_widgets.train.training import TrainConfig, compute_losses
 
 ARCHS = ["standard", "topk", "batchtopk", "jumprelu"]
 

@@ -67,7 +67,7 @@ def _entry(kind="dataset", id="dat-0123456789", folder=False, meta=None):
 def test_bundles_are_data_never_code_and_never_write_outside(tmp_path):
     import pytest
 
-    from mistudio_widgets.bundles import BundleError, unpack
+    from mistudio_widgets.share.bundles import BundleError, unpack
 
     ws = Workspace(tmp_path / "ws")
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -96,7 +96,7 @@ def test_bundles_are_data_never_code_and_never_write_outside(tmp_path):
 def test_a_truncated_bundle_is_refused_and_adds_nothing(tmp_path):
     import pytest
 
-    from mistudio_widgets.bundles import BundleError, unpack
+    from mistudio_widgets.share.bundles import BundleError, unpack
 
     ws = Workspace(tmp_path / "ws")
     files = {f"artifacts/dat-0123456789/part-{i}.bin": os.urandom(200_000) for i in range(3)}
@@ -111,7 +111,7 @@ def test_a_truncated_bundle_is_refused_and_adds_nothing(tmp_path):
 def test_export_overwrite_replaces_only_an_earlier_export(tmp_path):
     import pytest
 
-    from mistudio_widgets.exporting import EXPORT_MARKER, ExportError, fresh_folder
+    from mistudio_widgets.share.exporting import EXPORT_MARKER, ExportError, fresh_folder
 
     ws = Workspace(tmp_path / "ws")
     (ws.root / "keep.txt").write_text("workspace file")
@@ -139,9 +139,9 @@ def test_model_weights_come_from_safetensors_and_must_cover_the_model(tmp_path, 
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
-    from mistudio_widgets.configs import ModelConfig
-    from mistudio_widgets.errors import ModelError
-    from mistudio_widgets.models import add_model, load_model
+    from mistudio_widgets.core.configs import ModelConfig
+    from mistudio_widgets.core.errors import ModelError
+    from mistudio_widgets.data.models import add_model, load_model
 
     ws = Workspace(tmp_path / "ws")
     # a folder holding only pickled weights is refused unless asked for, and then loads
@@ -173,7 +173,7 @@ def _cli(ws_root, *args):
 
 
 def test_bounded_inputs_and_clear_errors_instead_of_tracebacks(tmp_path):
-    from mistudio_widgets.configs import ConfigError, TrainConfig
+    from mistudio_widgets.core.configs import ConfigError, TrainConfig
     from mistudio_widgets.sae.io import SAEFormatError, load_sae
 
     ws_root = tmp_path / "ws"
@@ -235,7 +235,7 @@ def test_terminal_escapes_null_answers_sigint_and_stale_checkpoint_temps(tmp_pat
     import time
 
     from mistudio_widgets.cli import printable
-    from mistudio_widgets.training import _remove_stale_checkpoint_temps
+    from mistudio_widgets.train.training import _remove_stale_checkpoint_temps
 
     assert printable("label \x1b[2J\x1b]0;pwned\x07 end\nnext\tline") == "label \\x1b[2J\\x1b]0;pwned\\x07 end\nnext\tline"
     # half-written checkpoint folders of a killed process go on the next start
@@ -249,10 +249,8 @@ def test_terminal_escapes_null_answers_sigint_and_stale_checkpoint_temps(tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "mistudio_widgets.cli", "train", "--steps", "400", "--hook",
                              "blocks.1.hook_resid_post", "--expansion", "1", "--batch-tokens", "256"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 600
-    while time.time() < deadline:                  # wait until the run is registered and training
-        line = proc.stdout.readline()
-        if line.startswith("run ") or not line:
+    for line in proc.stdout:                       # until the run is registered and training (or the output ends)
+        if line.startswith("run "):
             break
     time.sleep(5)
     proc.send_signal(signal.SIGINT)
@@ -265,7 +263,7 @@ def test_a_null_answer_from_an_endpoint_is_no_label(tmp_path):
     import http.server
     import threading
 
-    from mistudio_widgets.labeling import OpenAIChat
+    from mistudio_widgets.features.labeling import OpenAIChat
 
     class Null(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
@@ -321,7 +319,7 @@ def test_a_lost_catalog_is_refused_and_repair_registers_the_folders_again(tmp_pa
 def test_odd_rows_and_names_never_break_list(tmp_path):
     import pytest
 
-    from mistudio_widgets.errors import WorkspaceError
+    from mistudio_widgets.core.errors import WorkspaceError
 
     ws = Workspace(tmp_path / "ws")
     with pytest.raises(WorkspaceError, match="line breaks or other control characters"):
@@ -344,7 +342,7 @@ def test_odd_rows_and_names_never_break_list(tmp_path):
 def test_pack_refuses_an_artifact_whose_folder_is_gone(tmp_path):
     import pytest
 
-    from mistudio_widgets.bundles import BundleError, pack
+    from mistudio_widgets.share.bundles import BundleError, pack
 
     ws = Workspace(tmp_path / "ws")
     with ws.write_artifact("dataset", "gone") as w:
@@ -358,9 +356,9 @@ def test_pack_refuses_an_artifact_whose_folder_is_gone(tmp_path):
 def test_a_config_the_weight_files_cannot_hold_is_refused_before_allocating(tmp_path, tiny_model_dir):
     import pytest
 
-    from mistudio_widgets.configs import ModelConfig
-    from mistudio_widgets.errors import ModelError
-    from mistudio_widgets.models import add_model, load_model
+    from mistudio_widgets.core.configs import ModelConfig
+    from mistudio_widgets.core.errors import ModelError
+    from mistudio_widgets.data.models import add_model, load_model
 
     ws = Workspace(tmp_path / "ws")
     absurd = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 32768, "n_layer": 2000,
@@ -387,8 +385,8 @@ def test_a_config_the_weight_files_cannot_hold_is_refused_before_allocating(tmp_
 
 
 def test_datasets_say_which_records_they_skip_and_keep_a_headerless_csv_first_row(tmp_path):
-    from mistudio_widgets.configs import DatasetConfig
-    from mistudio_widgets.datasets import add_dataset, load_documents
+    from mistudio_widgets.core.configs import DatasetConfig
+    from mistudio_widgets.data.datasets import add_dataset, load_documents
 
     ws = Workspace(tmp_path / "ws")
     csv = tmp_path / "lines.csv"
@@ -411,9 +409,9 @@ def test_datasets_say_which_records_they_skip_and_keep_a_headerless_csv_first_ro
 
 
 def test_a_long_single_line_document_is_tokenized_in_bounded_pieces(default_ws):
-    from mistudio_widgets import datasets as dsm
-    from mistudio_widgets.defaults import default_corpus_files
-    from mistudio_widgets.models import load_tokenizer
+    from mistudio_widgets.data import datasets as dsm
+    from mistudio_widgets.core.defaults import default_corpus_files
+    from mistudio_widgets.data.models import load_tokenizer
 
     tok = load_tokenizer(default_ws, "SmolLM2-135M-Instruct")
     text = " ".join(default_corpus_files()[0].read_text().split())        # one line
@@ -437,8 +435,8 @@ def test_labelling_has_a_timeout_and_retries_option(tmp_path):
     import pytest
 
     from mistudio_widgets.cli import build_parser
-    from mistudio_widgets.configs import LabelConfig
-    from mistudio_widgets.labeling import LabelError, make_chat
+    from mistudio_widgets.core.configs import LabelConfig
+    from mistudio_widgets.features.labeling import LabelError, make_chat
 
     a = build_parser().parse_args(["label", "s", "--backend", "openai", "--timeout", "0.5", "--retries", "0"])
     assert (a.timeout, a.retries) == (0.5, 0)
@@ -470,9 +468,9 @@ def test_deeply_nested_json_from_a_bundle_or_an_endpoint_is_a_clear_error(tmp_pa
 
     import pytest
 
-    from mistudio_widgets.bundles import BundleError, unpack
-    from mistudio_widgets.configs import LabelConfig
-    from mistudio_widgets.labeling import LabelError, make_chat
+    from mistudio_widgets.share.bundles import BundleError, unpack
+    from mistudio_widgets.core.configs import LabelConfig
+    from mistudio_widgets.features.labeling import LabelError, make_chat
 
     deep = b"[" * 200_000 + b"]" * 200_000
     ws = Workspace(tmp_path / "ws")

@@ -16,13 +16,13 @@ import yaml
 from safetensors import safe_open
 
 from mistudio_widgets import Workspace
-from mistudio_widgets.bundles import BundleError, pack, unpack
-from mistudio_widgets.compare import compare_saes, describe_pair
-from mistudio_widgets.errors import HubError
-from mistudio_widgets.exporting import ExportError, export_saelens
+from mistudio_widgets.share.bundles import BundleError, pack, unpack
+from mistudio_widgets.features.compare import compare_saes, describe_pair
+from mistudio_widgets.core.errors import HubError
+from mistudio_widgets.share.exporting import ExportError, export_saelens
 from mistudio_widgets.features import feature_columns, feature_detail
-from mistudio_widgets.hub import model_card, parse_hub_ref, upload_folder
-from mistudio_widgets.neuronpedia import export_neuronpedia
+from mistudio_widgets.share.hub import model_card, parse_hub_ref, upload_folder
+from mistudio_widgets.share.neuronpedia import export_neuronpedia
 from mistudio_widgets.sae.io import load_sae
 
 
@@ -102,7 +102,7 @@ def test_neuronpedia_export_matches_the_extraction(default_ws, small_sae, extrac
 def test_compare_finds_the_same_features_in_a_permuted_copy(default_ws, small_sae, tmp_path):
     """A copy of our SAE with its features shuffled and a little noise added: every feature is
     matched to its own copy."""
-    from mistudio_widgets.importing import import_sae
+    from mistudio_widgets.share.importing import import_sae
     from mistudio_widgets.sae.io import save_sae
 
     ours, _ = load_sae(default_ws.get(small_sae).path)

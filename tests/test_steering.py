@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from mistudio_widgets.configs import SteerConfig
+from mistudio_widgets.core.configs import SteerConfig
 from mistudio_widgets.features import feature_columns, load_library_sae, model_for_sae
-from mistudio_widgets.jobs import JobControl
+from mistudio_widgets.core.jobs import JobControl
 from mistudio_widgets.steering import SteeringError, load_preset, make_edit, save_preset, steer, sweep
 
 PROMPT = "Tell me about the king."

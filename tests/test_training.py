@@ -8,12 +8,13 @@ import subprocess
 import pytest
 import torch
 
-from mistudio_widgets.configs import TrainConfig
-from mistudio_widgets.errors import MistudioError, TokenizerMismatch
-from mistudio_widgets.errors import ArtifactWriteError
-from mistudio_widgets.jobs import submit
+from mistudio_widgets.core.configs import TrainConfig
+from mistudio_widgets.core.errors import MistudioError, TokenizerMismatch
+from mistudio_widgets.core.errors import ArtifactWriteError
+from mistudio_widgets.core.jobs import submit
 from mistudio_widgets.sae.io import load_sae
-from mistudio_widgets.training import TrainingError, _checkpoints, load_checkpoint, run_status, save_checkpoint, train
+from mistudio_widgets.train.training import TrainingError, _checkpoints, load_checkpoint, run_status, save_checkpoint, train
+from waiting import wait_for
 
 TINY = dict(batch_tokens=256, chunk_sequences=24, eval_sequences=4, eval_every=0, checkpoint_every=0, log_every=1,
             expansion_factor=2, k=16, warmup_steps=2)
@@ -38,9 +39,9 @@ def test_short_run_learns_and_lands_in_the_library(default_ws):
     sae, _ = load_sae(art.path)
     assert run_status(default_ws, res.run_id)["status"] == "done"
     # the saved SAE takes raw activations: the normalisation was folded into the weights
-    from mistudio_widgets.activations import harvest
-    from mistudio_widgets.datasets import load_tokens
-    from mistudio_widgets.models import load_model
+    from mistudio_widgets.data.activations import harvest
+    from mistudio_widgets.data.datasets import load_tokens
+    from mistudio_widgets.data.models import load_model
 
     lm = load_model(default_ws)
     tokens = load_tokens(default_ws, default_ws.get(default_ws.get(res.run_id).meta["tokenization"]))[-4:]
@@ -95,8 +96,8 @@ def test_bad_training_input_registers_no_run(default_ws, tiny_model_dir):
     tiny_tok = [t for t in default_ws.list("tokenization") if t.meta.get("model_name") == "tiny-gpt2-test"]
     if not tiny_tok:
         from mistudio_widgets import TokenizeConfig
-        from mistudio_widgets.datasets import tokenize_dataset
-        from mistudio_widgets.models import ModelConfig, add_model
+        from mistudio_widgets.data.datasets import tokenize_dataset
+        from mistudio_widgets.data.models import ModelConfig, add_model
 
         tiny = default_ws.find("tiny-gpt2-test", "model") or add_model(default_ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test"))
         tiny_tok = [tokenize_dataset(default_ws, "shakespeare", tiny, TokenizeConfig(context_size=32, max_tokens=2048))]
@@ -149,9 +150,8 @@ def test_background_job_cancel_checkpoints_and_can_resume(default_ws):
     started = []
     job = submit("train", lambda progress, control: train(default_ws, TrainConfig(**dict(TINY, steps=400), name=name),
                                                           progress=progress, control=control, on_start=started.append))
-    deadline = time.time() + 240
-    while not default_ws.metrics(started[0].id if started else "-", "train") and time.time() < deadline:
-        time.sleep(0.5)
+    wait_for(lambda: default_ws.metrics(started[0].id if started else "-", "train"), "the first training metrics",
+             timeout=240, interval=0.5, gone=lambda: job.status in ("failed", "done") and f"the job is {job.status}: {job.error}")
     job.pause()
     assert job.status == "paused"
     job.resume()
@@ -163,7 +163,7 @@ def test_background_job_cancel_checkpoints_and_can_resume(default_ws):
 
 
 def test_several_saes_from_one_harvest(default_ws):
-    from mistudio_widgets.training import train_many
+    from mistudio_widgets.train.training import train_many
 
     base = dict(TINY, steps=5, seed=7)
     cfgs = [TrainConfig(**base, hook="blocks.15.hook_resid_post", name=default_ws.unique_name("run", "many-a")),

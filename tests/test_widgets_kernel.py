@@ -88,8 +88,8 @@ def test_studio_tabs(default_ws):
 
 
 def test_monitor_reattaches_from_the_catalog_and_library_manages_saes(default_ws):
-    from mistudio_widgets.configs import TrainConfig
-    from mistudio_widgets.training import train
+    from mistudio_widgets.core.configs import TrainConfig
+    from mistudio_widgets.train.training import train
     from mistudio_widgets.widgets import SAELibrary, TrainingMonitor
 
     res = train(default_ws, TrainConfig(steps=3, batch_tokens=256, chunk_sequences=24, eval_sequences=4, eval_every=0,
@@ -119,9 +119,9 @@ def test_monitor_reattaches_from_the_catalog_and_library_manages_saes(default_ws
 def test_feature_browser_and_map_from_the_kernel(default_ws):
     import numpy as np
 
-    from mistudio_widgets.configs import TrainConfig
+    from mistudio_widgets.core.configs import TrainConfig
     from mistudio_widgets.features import feature_columns
-    from mistudio_widgets.training import train
+    from mistudio_widgets.train.training import train
     from mistudio_widgets.widgets import FeatureBrowser, FeatureMap
 
     res = train(default_ws, TrainConfig(steps=2, batch_tokens=256, chunk_sequences=8, eval_sequences=4, eval_every=0,

@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from mistudio_widgets.errors import ArtifactNotFound, ArtifactWriteError, WorkspaceError
-from mistudio_widgets.workspace import SCHEMA_VERSION, Workspace
+from mistudio_widgets.core.errors import ArtifactNotFound, ArtifactWriteError, WorkspaceError
+from mistudio_widgets.core.workspace import SCHEMA_VERSION, Workspace
 
 
 def write(ws, kind="dataset", name="a", payload=b"x" * 100, parent=None):
@@ -125,8 +125,8 @@ def test_disk_full_registers_nothing_and_keeps_the_rest(tiny_disk):
 
 def _as_nobody(code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a child that imports the package, then drops to uid/gid 65534."""
-    prelude = ("import os, sys\nfrom mistudio_widgets.workspace import Workspace\n"
-               "from mistudio_widgets.errors import MistudioError\nos.setgid(65534); os.setuid(65534)\n")
+    prelude = ("import os, sys\nfrom mistudio_widgets.core.workspace import Workspace\n"
+               "from mistudio_widgets.core.errors import MistudioError\nos.setgid(65534); os.setuid(65534)\n")
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True)
 
 
@@ -182,7 +182,7 @@ def test_a_read_only_workspace_can_be_browsed_but_not_changed(shared_dir):
 
 
 def test_a_job_in_use_is_not_deleted_until_its_process_is_gone(tmp_path):
-    from mistudio_widgets.jobs import owner_stamp
+    from mistudio_widgets.core.jobs import owner_stamp
 
     ws = Workspace(tmp_path)
     sae = ws.register("sae", "s")

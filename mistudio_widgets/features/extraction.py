@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..configs import ExtractConfig, TokenizeConfig, to_dict
-from ..datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
-from ..jobs import JobCancelled, JobControl, claim, owner_stamp
-from ..models import LoadedModel
-from ..progress import ProgressCallback, emit
+from ..core.configs import ExtractConfig, TokenizeConfig, to_dict
+from ..data.datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
+from ..core.jobs import JobCancelled, JobControl, claim, owner_stamp
+from ..data.models import LoadedModel
+from ..core.progress import ProgressCallback, emit
 from ..sae import SAE
-from ..workspace import Artifact, Workspace, disk_error
+from ..core.workspace import Artifact, Workspace, disk_error
 from .library import FeatureError, _special, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .store import (COACT_FILE, EXAMPLES_FILE, FEATURES_FILE, HIST_BINS, KIND, LOGIT_HIST_BINS, SPARSITY_FILE,
                     STATE_FILE, vocab_strings)

@@ -6,13 +6,13 @@ from typing import Any
 
 import torch
 
-from ..configs import DEFAULT
-from ..errors import MistudioError
-from ..hooks import capture, parse_hook
-from ..models import LoadedModel, load_model, resolve_model
-from ..progress import ProgressCallback
+from ..core.configs import DEFAULT
+from ..core.errors import MistudioError
+from ..data.hooks import capture, parse_hook
+from ..data.models import LoadedModel, load_model, resolve_model
+from ..core.progress import ProgressCallback
 from ..sae import SAE
-from ..workspace import Artifact, Workspace
+from ..core.workspace import Artifact, Workspace
 
 
 class FeatureError(MistudioError):

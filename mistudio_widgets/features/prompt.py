@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..workspace import Artifact, Workspace
+from ..core.workspace import Artifact, Workspace
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .store import _token_text, latest_extraction, vocab_strings
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..workspace import Artifact, Workspace
+from ..core.workspace import Artifact, Workspace
 from .library import FeatureError, load_library_sae
 
 KIND = "extraction"
@@ -100,7 +100,7 @@ def feature_detail(ws: Workspace, ext: str | Artifact, index: int, *, max_exampl
     per-token values) and labels."""
     import pyarrow.parquet as pq
 
-    from ..models import load_tokenizer
+    from ..data.models import load_tokenizer
 
     ext = require_extraction(ws, ext)
     index = check_feature_index(ws, ext.parent, index)
@@ -182,8 +182,9 @@ def search(ws: Workspace, sae: str | Artifact, query: str, *, limit: int = 50) -
         if q in r["label"].lower():
             hits.setdefault(r["feature"], {"index": r["feature"], "match": "label"})["label"] = r["label"]
     ext = latest_extraction(ws, sae_art)
-    if ext is not None:
-        t = pq.read_table(ext.path / FEATURES_FILE, columns=["index", "top_logit_tokens", "frequency"])
+    # a transcoder writing elsewhere than the residual stream has no logit lens, and no such column
+    if ext is not None and "top_logit_tokens" in pq.read_schema(ext.path / FEATURES_FILE).names:
+        t = pq.read_table(ext.path / FEATURES_FILE, columns=["index", "top_logit_tokens"])
         for i, toks in zip(t.column("index").to_pylist(), t.column("top_logit_tokens").to_pylist()):
             if any(q == tk.strip().lower() for tk in toks[:10]):
                 hits.setdefault(i, {"index": i, "match": "logits"})

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import MistudioError
+from ..core.errors import MistudioError
 
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
 

@@ -11,9 +11,9 @@ from typing import Any, Callable
 import anywidget
 import traitlets as t
 
-from ..errors import MistudioError
-from ..progress import ProgressEvent, Throttled
-from ..workspace import Workspace
+from ..core.errors import MistudioError
+from ..core.progress import ProgressEvent, Throttled
+from ..core.workspace import Workspace
 
 
 def rows_of(arts: list, row: Callable[[Any], dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:

@@ -5,8 +5,8 @@ from typing import Any
 
 import traitlets as t
 
-from .. import datasets as dsets
-from ..configs import DatasetConfig, TokenizeConfig, field_help, from_dict
+from ..data import datasets as dsets
+from ..core.configs import DatasetConfig, TokenizeConfig, field_help, from_dict
 from .base import EngineWidget, background, esm, rows_of
 
 
@@ -67,10 +67,10 @@ class DatasetPicker(EngineWidget):
 
     @background
     def action_tokenize(self, dataset: str = "", model: str = "", progress=None, **cfg: Any):
-        from ..models import resolve_model
+        from ..data.models import resolve_model
 
         if not model:
-            from ..errors import MistudioError
+            from ..core.errors import MistudioError
 
             raise MistudioError("No model chosen for tokenizing.", "add a model in the Models tab first, then pick it here.")
         cfg = {k: (int(v) if k in ("context_size", "min_length", "max_tokens") and v not in (None, "") else v)

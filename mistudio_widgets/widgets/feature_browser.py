@@ -13,7 +13,7 @@ import numpy as np
 import traitlets as t
 
 from .. import features as fx
-from ..configs import ExtractConfig, LabelConfig, from_dict, to_dict
+from ..core.configs import ExtractConfig, LabelConfig, from_dict, to_dict
 from .base import EngineWidget, background, esm
 
 COLUMNS = ("frequency", "mean", "max")     # packed in this order into ``columns``
@@ -151,7 +151,7 @@ class FeatureBrowser(EngineWidget):
     @background
     def action_autolabel(self, features: list[int] | None = None, top: int | None = None, api_key: str | None = None,
                          settings: dict[str, Any] | None = None, progress=None):
-        from ..labeling import label_features
+        from ..features.labeling import label_features
 
         if settings:
             self.label_settings = {**self.label_settings, **{k: v for k, v in settings.items() if k in self.label_settings}}

@@ -5,9 +5,9 @@ from typing import Any
 
 import traitlets as t
 
-from .. import models as mdl
-from ..configs import ModelConfig, field_help, from_dict
-from ..hooks import hook_names_for
+from ..data import models as mdl
+from ..core.configs import ModelConfig, field_help, from_dict
+from ..data.hooks import hook_names_for
 from .base import EngineWidget, background, esm, rows_of
 
 

@@ -63,7 +63,7 @@ class SAELibrary(EngineWidget):
     @background
     def action_import(self, source: str, name: str | None = None, hook: str | None = None, model: str | None = None,
                       progress=None):
-        from ..importing import import_sae
+        from ..share.importing import import_sae
 
         art = import_sae(self.workspace, str(source).strip(), name=(name or "").strip() or None,
                          hook=(hook or "").strip() or None, model=(model or "").strip() or None)
@@ -80,12 +80,12 @@ class SAELibrary(EngineWidget):
         art = self.workspace.get(id, "sae")
         target = (out or "").strip() or str(self.workspace.root / "exports" / f"{art.name}-{format}")
         if format == "saelens":
-            from ..exporting import export_saelens
+            from ..share.exporting import export_saelens
 
             r = export_saelens(self.workspace, art.id, target)
             text = f"Exported {art.name} for SAELens to {r['path']} ({', '.join(r['files'])})."
         elif format == "neuronpedia":
-            from ..neuronpedia import export_neuronpedia
+            from ..share.neuronpedia import export_neuronpedia
 
             r = export_neuronpedia(self.workspace, art.id, target, progress=progress)
             text = (f"Exported {r['features']:,} features of {art.name} for Neuronpedia to {r['path']} "
@@ -101,7 +101,7 @@ class SAELibrary(EngineWidget):
 
     @background
     def action_compare(self, a: str, b: str, progress=None):
-        from ..compare import compare_saes, describe_pair
+        from ..features.compare import compare_saes, describe_pair
 
         r = compare_saes(self.workspace, a, b, top=50)
         view = {"summary": r["summary"], "pairs": r["pairs"], "histogram": r["histogram"],

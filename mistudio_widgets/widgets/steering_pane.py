@@ -11,8 +11,8 @@ import traitlets as t
 
 from .. import features as fx
 from .. import steering as st
-from ..configs import SteerConfig, from_dict, to_dict
-from ..jobs import JobControl
+from ..core.configs import SteerConfig, from_dict, to_dict
+from ..core.jobs import JobControl
 from .base import EngineWidget, background, esm, on_kernel
 
 SETTINGS = ("method", "multiplier", "normalise", "chat_template", "max_tokens", "temperature", "top_p",
@@ -191,7 +191,7 @@ class SteeringPane(EngineWidget):
         tok_cache: dict[str, list[str]] = {"unsteered": [], "steered": []}
         on_kernel(lambda: self.set_trait("unsteered", []))
         on_kernel(lambda: self.set_trait("steered", []))
-        from ..models import load_model, resolve_model
+        from ..data.models import load_model, resolve_model
 
         art = ws.get(sae, "sae")
         model_ref = art.meta.get("model") if art.meta.get("model") and ws.find(art.meta["model"], "model") else "default"

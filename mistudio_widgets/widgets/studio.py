@@ -6,7 +6,7 @@ from typing import Any
 
 import ipywidgets as ipw
 
-from ..workspace import Workspace
+from ..core.workspace import Workspace
 from .dataset_picker import DatasetPicker
 from .feature_browser import FeatureBrowser, FeatureMap
 from .model_picker import ModelPicker

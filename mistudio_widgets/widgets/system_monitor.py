@@ -6,7 +6,7 @@ from typing import Any
 
 import traitlets as t
 
-from .. import system
+from ..core import system
 from .base import EngineWidget, esm, on_kernel
 
 

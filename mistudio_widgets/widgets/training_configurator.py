@@ -9,9 +9,9 @@ from typing import Any
 
 import traitlets as t
 
-from .. import jobs
-from ..configs import TrainConfig, from_dict, to_dict
-from ..training import check_config, train
+from ..core import jobs
+from ..core.configs import TrainConfig, from_dict, to_dict
+from ..train.training import check_config, train
 from .base import EngineWidget, esm, on_kernel
 
 BASIC = ("model", "dataset", "hook", "architecture", "expansion_factor", "k", "l1_coefficient", "lr", "batch_tokens", "steps")
@@ -65,7 +65,7 @@ class TrainingConfigurator(EngineWidget):
         hooks: list[str] = []
         model = ws.find(self.values.get("model", "default"), "model") if self.values.get("model") != "default" else (ws.list("model") or [None])[0]
         if model is not None:
-            from ..hooks import hook_names_for
+            from ..data.hooks import hook_names_for
 
             hooks = hook_names_for(model.meta["info"]["layers"], model.meta["info"].get("parallel_blocks", False))
         self.choices = {"model": ["default", *models], "dataset": ["default", *datasets], "hook": hooks,
@@ -107,7 +107,7 @@ class TrainingConfigurator(EngineWidget):
 
     def start(self, **overrides: Any) -> jobs.Job:
         """Start training in the background with the form's settings (plus ``overrides``)."""
-        from ..errors import MistudioError
+        from ..core.errors import MistudioError
 
         if overrides:
             self.values = {**self.values, **overrides}

@@ -9,8 +9,8 @@ from typing import Any
 import ipywidgets as ipw
 import traitlets as t
 
-from .. import jobs
-from ..training import run_status, train
+from ..core import jobs
+from ..train.training import run_status, train
 from .base import EngineWidget, esm
 
 CHARTS = [("loss", "train", "loss"), ("mse", "train", "MSE"), ("l0", "train", "L0"), ("dead_fraction", "train", "dead fraction"),
@@ -22,7 +22,7 @@ def device_line() -> str:
     """One line on what training is using: each GPU's utilisation and memory (NVML), else the CPU."""
     import psutil
 
-    from ..system import gpu_snapshot
+    from ..core.system import gpu_snapshot
 
     state, message, gpus = gpu_snapshot()
     if gpus:
@@ -121,7 +121,7 @@ class TrainingMonitor(ipw.VBox):
             self.poll()
 
     def _job(self, run_id: str) -> jobs.Job:
-        from ..errors import MistudioError
+        from ..core.errors import MistudioError
 
         job = self.jobs.get(run_id)
         if job is None or job.done:

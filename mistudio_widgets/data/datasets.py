@@ -11,11 +11,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from . import defaults
-from .configs import DEFAULT, DatasetConfig, TokenizeConfig, to_dict
-from .errors import DatasetError, HubError, TokenizerMismatch
-from .progress import ProgressCallback, emit
-from .workspace import Artifact, Workspace
+from ..core import defaults
+from ..core.configs import DEFAULT, DatasetConfig, TokenizeConfig, to_dict
+from ..core.errors import DatasetError, HubError, TokenizerMismatch
+from ..core.progress import ProgressCallback, emit
+from ..core.workspace import Artifact, Workspace
 
 LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json",
                  ".csv": "csv", ".parquet": "parquet"}

@@ -9,14 +9,14 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from . import distributed as dist
-from .configs import DEFAULT, CaptureConfig
+from ..core import distributed as dist
+from ..core.configs import DEFAULT, CaptureConfig
 from .datasets import check_tokenization_fits, find_tokenization, load_tokens, resolve_dataset
-from .errors import DatasetError
+from ..core.errors import DatasetError
 from .hooks import capture, parse_hook
 from .models import LoadedModel, load_model, resolve_model
-from .progress import ProgressCallback, emit
-from .workspace import Artifact, Workspace
+from ..core.progress import ProgressCallback, emit
+from ..core.workspace import Artifact, Workspace
 
 
 @dataclass

@@ -21,10 +21,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from .exporting import default_neuronpedia_ids, fresh_folder, model_hub_id
-from .features import EXAMPLES_FILE, FEATURES_FILE, HIST_BINS, LOGIT_HIST_BINS, require_extraction, vocab_strings
-from .progress import ProgressCallback, emit
-from .sae.io import load_sae
-from .workspace import Workspace
+from ..features import EXAMPLES_FILE, FEATURES_FILE, HIST_BINS, LOGIT_HIST_BINS, require_extraction, vocab_strings
+from ..core.progress import ProgressCallback, emit
+from ..sae.io import load_sae
+from ..core.workspace import Workspace
 
 CREATOR = "mistudio-widgets"
 
@@ -70,7 +70,7 @@ def export_neuronpedia(ws: Workspace, sae: str, out: str | Path, *, model_id: st
     layer = source_id.split("-")[0]
     cfg = ext.meta["config"]
     groups = int(cfg.get("quantile_groups", 10))
-    from .models import load_tokenizer
+    from ..data.models import load_tokenizer
 
     vocab = vocab_strings(load_tokenizer(ws, ext.meta["model"]))
     labels: dict[int, list[dict[str, Any]]] = {}

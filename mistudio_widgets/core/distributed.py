@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from .errors import MistudioError
+from ..core.errors import MistudioError
 
 
 class DistributedError(MistudioError):

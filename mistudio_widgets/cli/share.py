@@ -5,17 +5,17 @@ import argparse
 import os
 import tempfile
 
-from .workspace import Workspace
+from ..core.workspace import Workspace
 
 
 def cmd_export(ws: Workspace, a: argparse.Namespace, out) -> None:
     if a.format == "saelens":
-        from .exporting import export_saelens
+        from ..share.exporting import export_saelens
 
         r = export_saelens(ws, a.sae, a.out, repo_id=a.repo, neuronpedia_id=a.neuronpedia_id, overwrite=a.overwrite)
         out.summary(r, f"SAELens folder {r['path']}: {', '.join(r['files'])}" + "".join(f"\nwarning: {w}" for w in r["warnings"]))
     else:
-        from .neuronpedia import export_neuronpedia
+        from ..share.neuronpedia import export_neuronpedia
 
         r = export_neuronpedia(ws, a.sae, a.out, model_id=a.np_model, source_id=a.np_source, batch_size=a.batch_size,
                                overwrite=a.overwrite, progress=out.progress)
@@ -24,7 +24,7 @@ def cmd_export(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 
 def cmd_import(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .importing import import_sae
+    from ..share.importing import import_sae
 
     art = import_sae(ws, a.source, name=a.name, model=a.model, hook=a.hook, hook_out=a.hook_out, token=os.environ.get("HF_TOKEN"))
     m = art.meta
@@ -35,8 +35,8 @@ def cmd_import(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 
 def cmd_upload(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .exporting import export_saelens
-    from .hub import model_card, resolve_token, upload_folder
+    from ..share.exporting import export_saelens
+    from ..share.hub import model_card, resolve_token, upload_folder
 
     art = ws.get(a.sae, "sae")
     resolve_token(None)                                   # fail before any work when there is no token
@@ -50,7 +50,7 @@ def cmd_upload(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 
 def cmd_compare(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .compare import compare_saes
+    from ..features.compare import compare_saes
 
     r = compare_saes(ws, a.sae_a, a.sae_b, top=a.top)
     s = r["summary"]
@@ -62,7 +62,7 @@ def cmd_compare(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 
 def cmd_bundle(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .bundles import pack, unpack
+    from ..share.bundles import pack, unpack
 
     if a.action == "pack":
         r = pack(ws, a.refs, a.file, progress=out.progress)

@@ -21,14 +21,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .configs import LabelConfig
-from .datasets import load_tokens
-from .errors import MistudioError
-from .features import check_feature_index, feature_acts, feature_detail, load_library_sae, require_extraction, sae_hook
-from .jobs import JobControl
-from .models import load_model, resolve_model
-from .progress import ProgressCallback, emit
-from .workspace import Workspace
+from ..core.configs import LabelConfig
+from ..data.datasets import load_tokens
+from ..core.errors import MistudioError
+from . import check_feature_index, feature_acts, feature_detail, load_library_sae, require_extraction, sae_hook
+from ..core.jobs import JobControl
+from ..data.models import load_model, resolve_model
+from ..core.progress import ProgressCallback, emit
+from ..core.workspace import Workspace
 
 
 class LabelError(MistudioError):

@@ -14,8 +14,8 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .labeling import LocalChat
-from .workspace import Workspace
+from ..features.labeling import LocalChat
+from ..core.workspace import Workspace
 
 
 def make_server(ws: Workspace, model: str = "default", host: str = "127.0.0.1", port: int = 8000,

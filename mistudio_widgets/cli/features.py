@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .configs import ExtractConfig, LabelConfig
-from .workspace import Workspace
+from ..core.configs import ExtractConfig, LabelConfig
+from ..core.workspace import Workspace
 
 
 def _spark(values: list[float], peak: float) -> str:
@@ -15,7 +15,7 @@ def _spark(values: list[float], peak: float) -> str:
 
 
 def cmd_extract(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .features import extract
+    from ..features import extract
 
     if a.resume:
         ext = extract(ws, None, resume=a.resume, progress=out.progress)
@@ -36,7 +36,7 @@ def cmd_extract(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 
 def cmd_features_show(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .features import feature_detail
+    from ..features import feature_detail
 
     d = feature_detail(ws, a.sae, a.index, max_examples=a.examples)
     if out.as_json:
@@ -64,7 +64,7 @@ def cmd_features_show(ws: Workspace, a: argparse.Namespace, out) -> None:
 def _read_texts(path: str) -> list[str]:
     from pathlib import Path
 
-    from .features import FeatureError
+    from ..features import FeatureError
 
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -82,7 +82,7 @@ def _marked(tokens: list[str], values: list[float]) -> str:
 
 
 def cmd_features_fire(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .features import contrast, fire
+    from ..features import contrast, fire
 
     against = list(a.contrast or []) + [t for f in a.contrast_file or [] for t in _read_texts(f)]
     if against or a.ordinary:
@@ -135,7 +135,7 @@ def _print_contrast(r: dict[str, Any], a: argparse.Namespace, out) -> None:
 
 
 def cmd_features_search(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .features import search
+    from ..features import search
 
     hits = search(ws, a.sae, a.query, limit=a.limit)
     out.summary({"features": hits}, "\n".join(f"{h['index']:>6}  ({h['match']})  {h['label'] or ''}" for h in hits)
@@ -143,7 +143,7 @@ def cmd_features_search(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 
 def cmd_features_label(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .features import set_label
+    from ..features import set_label
 
     lid = set_label(ws, a.sae, a.index, a.label)
     out.summary({"label_id": lid, "feature": a.index, "label": a.label}, f"feature {a.index}: {a.label}")
@@ -189,8 +189,8 @@ __all__: list[Any] = ["register"]
 
 
 def cmd_label(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .configs import LabelConfig
-    from .labeling import label_features
+    from ..core.configs import LabelConfig
+    from ..features.labeling import label_features
 
     cfg = LabelConfig(backend=a.backend, model=a.model or ("default" if a.backend == "local" else "gpt-4o-mini"),
                       base_url=a.base_url or LabelConfig.base_url, api_key_env=a.api_key_env, score=not a.no_score,
@@ -198,7 +198,7 @@ def cmd_label(ws: Workspace, a: argparse.Namespace, out) -> None:
     try:
         feats = [int(x) for x in a.features.split(",") if x.strip()] if a.features else None
     except ValueError:
-        from .labeling import LabelError
+        from ..features.labeling import LabelError
 
         raise LabelError(f"--features {a.features!r} is not a list of feature indices.", "write e.g. --features 12,40,7.") from None
     res = label_features(ws, a.sae, cfg, features=feats, top=a.top, redo=a.redo, progress=out.progress)
@@ -209,7 +209,7 @@ def cmd_label(ws: Workspace, a: argparse.Namespace, out) -> None:
         out.line({"feature": r["feature"], "label": r.get("label"), "score": r.get("score"), "chance": 0.5,
                   "scoring": sc.get("rule")}, f"{r['feature']:>6}  {r.get('label') or '(' + r.get('skipped', '') + ')'}{score}")
     if any((r.get("scoring") or {}).get("rule", "").startswith("P(yes)") for r in res):
-        from .features.store import JUDGE_NOTE
+        from ..features.store import JUDGE_NOTE
 
         out.line({}, "note: " + JUDGE_NOTE)
     out.summary({"labelled": sum(1 for r in res if r.get("label")), "results": res},

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from .errors import HookError
+from ..core.errors import HookError
 
 HOOK_KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "ln2.hook_normalized", "hook_attn_out", "hook_mlp_out")
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in HOOK_KINDS) + r")$")

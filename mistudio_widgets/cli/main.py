@@ -11,10 +11,10 @@ import os
 import sys
 from typing import Any, Callable
 
-from .configs import DEFAULT, CaptureConfig, DatasetConfig, ModelConfig, TokenizeConfig
-from .errors import MistudioError
-from .progress import ProgressEvent, TqdmProgress
-from .workspace import Workspace
+from ..core.configs import DEFAULT, CaptureConfig, DatasetConfig, ModelConfig, TokenizeConfig
+from ..core.errors import MistudioError
+from ..core.progress import ProgressEvent, TqdmProgress
+from ..core.workspace import Workspace
 
 
 class Output:
@@ -58,7 +58,7 @@ def _artifact_line(a) -> dict[str, Any]:
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_datasets_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
-    from .datasets import add_dataset
+    from ..data.datasets import add_dataset
 
     cfg = DatasetConfig(source=a.source, name=a.name, split=a.split, samples=a.samples, config_name=a.config_name,
                         text_field=a.text_field, streaming=not a.no_streaming, token=os.environ.get("HF_TOKEN"))
@@ -75,8 +75,8 @@ def cmd_datasets_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_datasets_tokenize(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
-    from .datasets import PIECE_CHARS, resolve_dataset, tokenize_dataset
-    from .models import resolve_model
+    from ..data.datasets import PIECE_CHARS, resolve_dataset, tokenize_dataset
+    from ..data.models import resolve_model
 
     ds = resolve_dataset(ws, a.dataset, progress=out.progress)
     model = resolve_model(ws, a.model, progress=out.progress)
@@ -123,7 +123,7 @@ def cmd_list(kind: str) -> Callable[[Workspace, argparse.Namespace, Output], Non
 
 
 def cmd_models_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
-    from .models import add_model, model_info
+    from ..data.models import add_model, model_info
 
     cfg = ModelConfig(source=a.source, name=a.name, dtype=a.dtype, quantization=a.quantization, device=a.device,
                       revision=a.revision, trust_remote_code=a.trust_remote_code, allow_pickle_weights=a.allow_pickle_weights,
@@ -137,7 +137,7 @@ def cmd_models_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_models_hooks(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
-    from .models import load_model, resolve_model
+    from ..data.models import load_model, resolve_model
 
     lm = load_model(ws, resolve_model(ws, a.model, progress=out.progress))
     names = lm.hook_names()
@@ -160,9 +160,9 @@ def cmd_delete(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_capture(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
-    from .activations import capture_stats
-    from .datasets import ensure_tokenization, resolve_dataset
-    from .models import resolve_model
+    from ..data.activations import capture_stats
+    from ..data.datasets import ensure_tokenization, resolve_dataset
+    from ..data.models import resolve_model
 
     model = resolve_model(ws, a.model, progress=out.progress)
     tok = ws.find(a.dataset, "tokenization")
@@ -206,7 +206,7 @@ def _train_configs(a: argparse.Namespace):
     harvest) and the flags (which apply to every SAE)."""
     import yaml
 
-    from .configs import TrainConfig, from_dict
+    from ..core.configs import TrainConfig, from_dict
 
     data: dict[str, Any] = {}
     if a.config:
@@ -237,8 +237,8 @@ def _train_configs(a: argparse.Namespace):
 def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     import signal
 
-    from .jobs import JobCancelled, JobControl
-    from .training import train_many
+    from ..core.jobs import JobCancelled, JobControl
+    from ..train.training import train_many
 
     control = JobControl()
 
@@ -261,7 +261,7 @@ def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
         raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGINT, previous)
-    from . import distributed
+    from ..core import distributed
 
     if not distributed.is_main():        # under torchrun only the main process reports
         return
@@ -390,14 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
     sp.add_argument("--name", default=None)
-    from .cli_features import register, register_labels
+    from .features import register, register_labels
 
     register(sub, cmd)
     register_labels(sub, cmd)
-    from .cli_steer import register as register_steer
+    from .steer import register as register_steer
 
     register_steer(sub, cmd)
-    from .cli_share import register as register_share
+    from .share import register as register_share
 
     register_share(sub, cmd)
     saes = sub.add_parser("saes", help="the SAE library").add_subparsers(dest="sub", required=True)

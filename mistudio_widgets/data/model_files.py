@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from ..core.errors import ModelError
 
 MAX_HEADER_BYTES = 100 * 2**20      # a safetensors header holds names and shapes: far below this
 

@@ -9,8 +9,8 @@ import argparse
 import time
 from typing import Any
 
-from .configs import DEFAULT, ExtractConfig, LabelConfig, SteerConfig, TokenizeConfig, TrainConfig
-from .workspace import Workspace
+from ..core.configs import DEFAULT, ExtractConfig, LabelConfig, SteerConfig, TokenizeConfig, TrainConfig
+from ..core.workspace import Workspace
 
 SHOUTS = ["WHY ARE YOU SHOUTING AT ME? STOP YELLING!", "GET OUT OF MY HOUSE RIGHT NOW.",
           "I TOLD YOU TO LEAVE THE DOG ALONE!", "NOBODY LISTENS TO ME ANYMORE.",
@@ -26,14 +26,14 @@ def uppercase_share(text: str) -> float:
 
 
 def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, Any]:
-    from .datasets import ensure_tokenization, resolve_dataset
-    from .exporting import export_saelens
-    from .features import contrast, extract, feature_columns, feature_detail, ordinary_case
-    from .labeling import label_features, mark_strong
-    from .models import model_info, resolve_model
-    from .neuronpedia import export_neuronpedia
-    from .steering import auto_strength, steer
-    from .training import train
+    from ..data.datasets import ensure_tokenization, resolve_dataset
+    from ..share.exporting import export_saelens
+    from ..features import contrast, extract, feature_columns, feature_detail, ordinary_case
+    from ..features.labeling import label_features, mark_strong
+    from ..data.models import model_info, resolve_model
+    from ..share.neuronpedia import export_neuronpedia
+    from ..steering import auto_strength, steer
+    from ..train.training import train
 
     t0 = time.perf_counter()
     times: dict[str, float] = {}

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import defaults
-from .configs import DEFAULT, ModelConfig, to_dict
-from .errors import HubError, ModelError
+from ..core import defaults
+from ..core.configs import DEFAULT, ModelConfig, to_dict
+from ..core.errors import HubError, ModelError
 from .model_files import check_weight_files
-from .progress import ProgressCallback, emit
-from .workspace import Artifact, Workspace
+from ..core.progress import ProgressCallback, emit
+from ..core.workspace import Artifact, Workspace
 
 BYTES_PER_PARAM = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
 QUANT_BYTES = {"8bit": 1.0, "4bit": 0.5}

@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .configs import SteerConfig
-from .workspace import Workspace
+from ..core.configs import SteerConfig
+from ..core.workspace import Workspace
 
 
 def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from .steering import SteeringError, auto_strength, load_preset, parse_features, save_preset, steer, sweep
+    from ..steering import SteeringError, auto_strength, load_preset, parse_features, save_preset, steer, sweep
 
     if a.preset:
         sae, cfg = load_preset(ws, a.preset)
@@ -58,7 +58,7 @@ def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
 def _auto(ws: Workspace, sae: str, cfg: SteerConfig, feature: int, a: argparse.Namespace, out) -> SteerConfig | None:
     """Find the strength of ``feature`` by the fluency sweep, print the sweep, and return the config to steer
     with (None when no strength stays fluent)."""
-    from .steering import auto_strength
+    from ..steering import auto_strength
 
     bound = {k: v for k, v in {"max_perplexity": a.max_perplexity, "max_repetition": a.max_repetition}.items() if v is not None}
     r = auto_strength(ws, sae, cfg, feature=feature, **bound,

@@ -16,10 +16,10 @@ from typing import Any, Iterator
 
 import yaml
 
-from .errors import MistudioError
-from .features import latest_extraction
-from .sae.io import CFG, SAELENS_TRANSCODERS, SPARSITY, WEIGHTS, load_sae, save_sae
-from .workspace import Artifact, Workspace, atomic_folder
+from ..core.errors import MistudioError
+from ..features import latest_extraction
+from ..sae.io import CFG, SAELENS_TRANSCODERS, SPARSITY, WEIGHTS, load_sae, save_sae
+from ..core.workspace import Artifact, Workspace, atomic_folder
 
 
 class ExportError(MistudioError):

@@ -15,19 +15,19 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from .activation_cache import ActivationCache
-from . import distributed as dist
-from .activations import ActivationStream, harvest_shared
-from .configs import TrainConfig, from_dict, to_dict
-from .datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
-from .errors import MistudioError
-from .hooks import intervene, parse_hook
-from .jobs import JobCancelled, JobControl, claim, effective_status, owner_stamp
-from .models import LoadedModel, load_model, resolve_model
-from .progress import ProgressCallback, emit
-from .sae import SAE, SAESpec, make_sae
-from .sae.io import save_sae, write_safetensors
-from .workspace import Artifact, Workspace, atomic_folder
+from ..data.activation_cache import ActivationCache
+from ..core import distributed as dist
+from ..data.activations import ActivationStream, harvest_shared
+from ..core.configs import TrainConfig, from_dict, to_dict
+from ..data.datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
+from ..core.errors import MistudioError
+from ..data.hooks import intervene, parse_hook
+from ..core.jobs import JobCancelled, JobControl, claim, effective_status, owner_stamp
+from ..data.models import LoadedModel, load_model, resolve_model
+from ..core.progress import ProgressCallback, emit
+from ..sae import SAE, SAESpec, make_sae
+from ..sae.io import save_sae, write_safetensors
+from ..core.workspace import Artifact, Workspace, atomic_folder
 
 CKPT_PREFIX = "checkpoint-"
 KEEP_CHECKPOINTS = 2
@@ -51,7 +51,7 @@ def _resolve_tokens(ws: Workspace, cfg: TrainConfig, lm: LoadedModel, progress: 
     tok = ws.find(cfg.dataset, "tokenization")
     if tok is None:
         ds = resolve_dataset(ws, cfg.dataset, progress=progress)
-        from .configs import TokenizeConfig
+        from ..core.configs import TokenizeConfig
 
         tok = ensure_tokenization(ws, ds, lm.artifact, TokenizeConfig(context_size=cfg.context_size), progress=progress)
     check_tokenization_fits(ws, tok, lm.artifact, lm.tokenizer)
@@ -221,7 +221,7 @@ class Evaluator:
 
     @torch.no_grad()
     def _ce(self, replace) -> float:
-        from .hooks import capture
+        from ..data.hooks import capture
 
         model = self.lm.model
         ids = self.ids.to(self.lm.device)
@@ -635,7 +635,7 @@ def run_status(ws: Workspace, run: str) -> dict[str, Any]:
 
 def load_trained(ws: Workspace, ref: str, device: str = "cpu"):
     """An SAE of the library as a module (and its cfg)."""
-    from .sae.io import load_sae
+    from ..sae.io import load_sae
 
     art = ws.get(ref, "sae")
     return load_sae(art.path, device)
@@ -647,7 +647,7 @@ __all__ = ["train", "train_many", "TrainResult", "TrainingError", "run_status", 
 def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
     """Validate a config against the workspace without loading weights; returns
     ``{"problems": [...], "d_sae": ..., "memory_mib": ..., "seconds": ...}`` for forms and the CLI."""
-    from .hooks import hook_names_for
+    from ..data.hooks import hook_names_for
 
     problems: list[str] = []
     model = ws.find(cfg.model, "model") if cfg.model != "default" else ws.find("SmolLM2-135M-Instruct", "model")

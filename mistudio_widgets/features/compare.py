@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import MistudioError
-from .sae.io import load_sae
-from .workspace import Workspace
+from ..core.errors import MistudioError
+from ..sae.io import load_sae
+from ..core.workspace import Workspace
 
 EXACT_LIMIT = 4096 * 4096
 CHUNK = 2048

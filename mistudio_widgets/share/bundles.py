@@ -18,11 +18,11 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from .errors import MistudioError
-from .features import latest_extraction
+from ..core.errors import MistudioError
+from ..features import latest_extraction
 from .importing import match_model
-from .progress import ProgressCallback, emit
-from .workspace import Artifact, Workspace, disk_error
+from ..core.progress import ProgressCallback, emit
+from ..core.workspace import Artifact, Workspace, disk_error
 
 FORMAT, VERSION, MANIFEST = "mistudio-bundle", 1, "manifest.json"
 PACKABLE = ("dataset", "tokenization", "sae", "extraction", "steering_preset")
@@ -170,7 +170,7 @@ def _check_entries(manifest: dict[str, Any], members: list[tarfile.TarInfo], pat
 def _map_model(ws: Workspace, info: dict[str, Any], progress: ProgressCallback | None) -> str | None:
     art = match_model(ws, info.get("name")) or match_model(ws, info.get("upstream"))
     if art is None and info.get("kind") == "embedded":
-        from .models import resolve_model
+        from ..data.models import resolve_model
 
         art = resolve_model(ws, "default", progress=progress)
     return art.id if art is not None else None

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from . import hub
-from .errors import MistudioError
-from .hooks import HOOK_KINDS, _HOOK_RE
-from .sae.formats import read_any
-from .sae.io import SPARSITY, save_sae
-from .workspace import Artifact, Workspace
+from ..core.errors import MistudioError
+from ..data.hooks import HOOK_KINDS, _HOOK_RE
+from ..sae.formats import read_any
+from ..sae.io import SPARSITY, save_sae
+from ..core.workspace import Artifact, Workspace
 
 
 class SAEImportError(MistudioError):
@@ -59,7 +59,7 @@ def import_sae(ws: Workspace, source: str | Path, *, name: str | None = None, mo
         where = str(local)
     sae, meta, fmt = read_any(local)
     if fmt == "gemmascope":
-        from .sae.formats import gemmascope_metadata
+        from ..sae.formats import gemmascope_metadata
 
         meta = {**meta, **gemmascope_metadata(where)}
     hook = hook or meta.get("hook_name")

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed as dist
-from .errors import ArtifactWriteError
-from .progress import ProgressCallback, emit
-from .workspace import Artifact, Workspace, disk_error
+from ..core import distributed as dist
+from ..core.errors import ArtifactWriteError
+from ..core.progress import ProgressCallback, emit
+from ..core.workspace import Artifact, Workspace, disk_error
 
 KIND = "activation_cache"
 

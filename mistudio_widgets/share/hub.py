@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import HubError
+from ..core.errors import HubError
 
 HF_PREFIX = "hf://"
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
