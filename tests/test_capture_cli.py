@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from mistudio_widgets.data.activations import capture_stats, iter_activations
@@ -84,6 +85,7 @@ def test_cli_errors_name_the_fix(default_ws, tmp_path):
     assert r.returncode == 2 and "No model called 'no-such-model'" in r.stderr
 
 
+@pytest.mark.model
 def test_demo_runs_the_whole_main_job(tmp_path):
     """`mistudio demo` (what `make demo` runs), shortened: train, extract, find, label, steer, export."""
     env = {**os.environ, "MISTUDIO_HOME": str(tmp_path / "ws"), "HF_HUB_OFFLINE": "1"}

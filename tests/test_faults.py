@@ -91,6 +91,7 @@ def test_disk_full_while_packing_a_bundle_keeps_the_first(default_ws, small_sae,
 
 
 @root_only
+@pytest.mark.model
 def test_a_full_disk_is_named_and_the_workspace_stays_browsable(small_disk):
     from mistudio_widgets import Workspace
 

@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from mistudio_widgets import Workspace
 
 
@@ -230,6 +232,7 @@ def test_sae_weights_must_be_finite_floats_and_k_valid(tmp_path):
             load_sae(folder(f"k{k}", good, k=k))
 
 
+@pytest.mark.model             # the CLI training it interrupts loads the model
 def test_terminal_escapes_null_answers_sigint_and_stale_checkpoint_temps(tmp_path):
     import signal
     import time

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..core.configs import ExtractConfig, LabelConfig
+from ..core.jobs import Status
 from ..core.workspace import Workspace
 
 
@@ -26,11 +27,11 @@ def cmd_extract(ws: Workspace, a: argparse.Namespace, out) -> None:
                             batch_size=a.batch_size, checkpoint_every=a.checkpoint_every)
         ext = extract(ws, a.sae, cfg, progress=out.progress)
     s = ext.meta.get("summary") or {}
-    if ext.meta.get("status") != "done":
+    if ext.meta.get("status") != Status.DONE:
         out.summary({"extraction_id": ext.id, "status": ext.meta.get("status")},
                     f"extraction {ext.id} {ext.meta.get('status')}; resume with: mistudio extract --resume {ext.id}")
         return
-    out.summary({"extraction_id": ext.id, "sae_id": ext.parent, "path": str(ext.path), "status": "done", **s},
+    out.summary({"extraction_id": ext.id, "sae_id": ext.parent, "path": str(ext.path), "status": Status.DONE, **s},
                 f"extraction {ext.name} ({ext.id}): {s['tokens']:,} tokens; {s['alive']:,} of {s['d_sae']:,} features "
                 f"fired ({s['dead']:,} never); mean L0 {s['mean_l0']:.1f}\n  files: {ext.path}")
 

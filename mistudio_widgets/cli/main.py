@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from ..core.configs import DEFAULT, CaptureConfig, DatasetConfig, ModelConfig, TokenizeConfig
 from ..core.errors import MistudioError
+from ..core.jobs import Status
 from ..core.progress import ProgressEvent, TqdmProgress
 from ..core.workspace import Workspace
 
@@ -255,8 +256,8 @@ def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
         results = train_many(ws, cfgs, resume=a.resume, progress=out.progress, control=control, on_start=started)
     except JobCancelled:
         mine = lambda r: isinstance(r.meta.get("owner"), dict) and r.meta["owner"].get("pid") == os.getpid()  # noqa: E731
-        runs = [r.id for r in ws.list("run") if r.meta.get("status") == "interrupted" and mine(r)]
-        out.summary({"status": "interrupted", "runs": runs}, "interrupted after a checkpoint; resume with: "
+        runs = [r.id for r in ws.list("run") if r.meta.get("status") == Status.INTERRUPTED and mine(r)]
+        out.summary({"status": Status.INTERRUPTED, "runs": runs}, "interrupted after a checkpoint; resume with: "
                     + "; ".join(f"mistudio train --resume {r}" for r in runs or ["RUN"]))
         raise SystemExit(130) from None
     finally:

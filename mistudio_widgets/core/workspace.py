@@ -613,13 +613,13 @@ class Workspace:
     def _refuse_in_use(self, art: Artifact, kids: list[Artifact]) -> None:
         """Refuse to delete a job (training, extraction) that a live process is still running, or,
         for a cascade, anything derived from ``art`` that is."""
-        from .jobs import owner_alive
+        from .jobs import Status, owner_alive
 
         todo = [art, *kids]
         while todo:
             a = todo.pop()
             owner = a.meta.get("owner") or {}
-            if a.meta.get("status") == "running" and owner and owner_alive(a.meta) is not False:
+            if a.meta.get("status") == Status.RUNNING and owner and owner_alive(a.meta) is not False:
                 what = "it" if a.id == art.id else f"the {a.kind} {a.name!r} derived from it"
                 raise WorkspaceError(
                     f"The {art.kind} {art.name!r} is in use: {what} is running in process {owner.get('pid', '?')} "

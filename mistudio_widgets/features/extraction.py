@@ -21,7 +21,7 @@ import torch
 
 from ..core.configs import ExtractConfig, TokenizeConfig, to_dict
 from ..data.datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
-from ..core.jobs import JobCancelled, JobControl, claim, owner_stamp
+from ..core.jobs import JobControl, Status, claim, lifecycle, owner_stamp
 from ..data.models import LoadedModel
 from ..core.progress import ProgressCallback, emit
 from ..sae import SAE
@@ -156,9 +156,9 @@ def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None
     if resume:
         ext = ws.get(resume, KIND)
         claim(ws, ext, "extraction")
-        if not (ext.path / STATE_FILE).is_file() and ext.meta.get("status") != "done":
+        if not (ext.path / STATE_FILE).is_file() and ext.meta.get("status") != Status.DONE:
             raise FeatureError(f"Extraction {ext.name!r} has no checkpoint to resume from.", "start a new extraction.")
-        if ext.meta.get("status") == "done":
+        if ext.meta.get("status") == Status.DONE:
             return ext
         cfg = ExtractConfig(**ext.meta["config"])
         sae = ext.parent
@@ -180,16 +180,15 @@ def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None
     if not resume:
         name = cfg.name or ws.unique_name(KIND, f"{sae_art.name}@{tok.name}")
         ext = ws.create_folder(KIND, name, parent=sae_art.id, meta={
-            "config": to_dict(cfg), "status": "running", "owner": owner_stamp(), "sae": sae_art.id, "model": lm.artifact.id, "hook": hook,
-            "tokenization": tok.id, "sequences": n_seq, "context_size": ctx, "started": time.time()})
-    else:
-        ws.update_meta(ext.id, status="running", resumed=time.time(), owner=owner_stamp())
+            "config": to_dict(cfg), "status": Status.RUNNING, "owner": owner_stamp(), "sae": sae_art.id,
+            "model": lm.artifact.id, "hook": hook, "tokenization": tok.id, "sequences": n_seq, "context_size": ctx,
+            "started": time.time()})
     acc = Accumulator(model_sae.spec.d_sae, ctx, cfg)
     if resume and (ext.path / STATE_FILE).is_file():
         acc.s = torch.load(ext.path / STATE_FILE, weights_only=True)
     special = _special(lm)
     done_here = 0
-    try:
+    with lifecycle(ws, [ext], **({"resumed": time.time()} if resume else {})):
         for start in range(int(acc.s["batches"]) * cfg.batch_size, n_seq, cfg.batch_size):
             control.check()
             ids = torch.tensor(tokens[start:min(start + cfg.batch_size, n_seq)], dtype=torch.long)
@@ -198,24 +197,16 @@ def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None
             done_here += 1
             emit(progress, "extract", min(start + cfg.batch_size, n_seq) * ctx, n_seq * ctx, unit="tok")
             last = start + cfg.batch_size >= n_seq
-            if not last and ((cfg.checkpoint_every and int(acc.s["batches"]) % cfg.checkpoint_every == 0)
-                             or (stop_after is not None and done_here >= stop_after) or control.cancelled):
+            stop = (stop_after is not None and done_here >= stop_after) or control.cancelled
+            if not last and ((cfg.checkpoint_every and int(acc.s["batches"]) % cfg.checkpoint_every == 0) or stop):
                 _checkpoint(ext.path, acc)
-                if (stop_after is not None and done_here >= stop_after) or control.cancelled:
-                    ws.update_meta(ext.id, status="interrupted", batches=int(acc.s["batches"]))
-                    if control.cancelled:
-                        raise JobCancelled()
-                    return ws.get(ext.id)
+                if stop:
+                    control.check()                           # cancelled: interrupted by the lifecycle
+                    return ws.update_meta(ext.id, status=Status.INTERRUPTED, batches=int(acc.s["batches"]))
         emit(progress, "extract", n_seq * ctx, n_seq * ctx, unit="tok", finished=True)
         summary = finalise(ext.path, acc, model_sae, lm, tokens, cfg, progress)
-    except JobCancelled:
-        ws.update_meta(ext.id, status="interrupted")
-        raise
-    except BaseException as exc:
-        ws.update_meta(ext.id, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=repr(exc))
-        raise
-    (ext.path / STATE_FILE).unlink(missing_ok=True)
-    return ws.update_meta(ext.id, status="done", finished=time.time(), summary=summary)
+        (ext.path / STATE_FILE).unlink(missing_ok=True)
+        return ws.update_meta(ext.id, status=Status.DONE, finished=time.time(), summary=summary)
 
 
 def _unembedding(lm: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.jobs import Status
 from ..core.workspace import Artifact, Workspace
 from .library import FeatureError, load_library_sae
 
@@ -60,7 +61,7 @@ def set_label(ws: Workspace, sae: str | Artifact, index: int, label: str, *, met
 
 
 def latest_extraction(ws: Workspace, sae: str | Artifact) -> Artifact | None:
-    done = [a for a in ws.list(KIND, parent=ws.get(sae, "sae").id) if a.meta.get("status") == "done"]
+    done = [a for a in ws.list(KIND, parent=ws.get(sae, "sae").id) if a.meta.get("status") == Status.DONE]
     return done[-1] if done else None
 
 
@@ -77,7 +78,7 @@ def require_extraction(ws: Workspace, ref: str | Artifact) -> Artifact:
         return ext
     if art.kind != KIND:
         raise FeatureError(f"{art.name!r} is a {art.kind}, not an SAE or an extraction.", "pass an SAE from the library.")
-    if art.meta.get("status") != "done":
+    if art.meta.get("status") != Status.DONE:
         raise FeatureError(f"The extraction {art.name!r} is {art.meta.get('status')}.", f"resume it (mistudio extract --resume {art.id}).")
     return art
 

@@ -22,7 +22,7 @@ from ..core.configs import TrainConfig, from_dict, to_dict
 from ..data.datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
 from ..core.errors import MistudioError
 from ..data.hooks import intervene, parse_hook
-from ..core.jobs import JobCancelled, JobControl, claim, effective_status, owner_stamp
+from ..core.jobs import JobCancelled, JobControl, Status, claim, effective_status, lifecycle, owner_stamp
 from ..data.models import LoadedModel, load_model, resolve_model
 from ..core.progress import ProgressCallback, emit
 from ..sae import SAE, SAESpec, make_sae
@@ -401,45 +401,31 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
             for c, spec in zip(cfgs, specs):
                 name = c.name or ws.unique_name("run", f"{c.architecture}-{c.hook}")
                 runs.append(ws.create_folder("run", name, meta={
-                    "config": to_dict(c), "status": "running", "model": lm.artifact.id, "tokenization": tok.id,
+                    "config": to_dict(c), "status": Status.RUNNING, "model": lm.artifact.id, "tokenization": tok.id,
                     "spec": spec.to_dict(), "started": time.time(), "stream_hooks": stream_hooks,
                     "group": [r.id for r in runs], "processes": dist.world(), "owner": owner_stamp()}))
             ids = [r.id for r in runs]
         runs = [ws.get(i) for i in dist.broadcast(ids)]
-    elif dist.is_main():
-        ws.update_meta(runs[0].id, status="running", resumed=time.time(), resumed_at_step=runs[0].meta.get("step") or 0,
-                       processes=dist.world(), owner=owner_stamp())
+    resumed = ({"resumed": time.time(), "resumed_at_step": runs[0].meta.get("step") or 0, "processes": dist.world()}
+               if resume else {})
     if on_start and dist.is_main():
         for r in runs:
             on_start(r)
     device = lm.device if lm.device != "mps" else "cpu"
     try:
-        cache = None
-        if first.cache_activations:
-            key = ActivationCache.key(lm.artifact, tok, stream_hooks)
-            with dist.main_first():
-                cache = ActivationCache.open(ws, key, tokens, d_model, first.harvest_batch_size)
-            for r in runs if dist.is_main() else []:
-                ws.update_meta(r.id, activation_cache=cache.art.id)
-        return _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, stream_hooks, device, resume is not None,
-                      progress, control, stop_after, cache)
-    except JobCancelled:
-        for r in runs if dist.is_main() else []:
-            ws.update_meta(r.id, status="interrupted", stopped=time.time())
-        raise
+        with lifecycle(ws, runs, record=dist.is_main(), **resumed):
+            cache = None
+            if first.cache_activations:
+                key = ActivationCache.key(lm.artifact, tok, stream_hooks)
+                with dist.main_first():
+                    cache = ActivationCache.open(ws, key, tokens, d_model, first.harvest_batch_size)
+                for r in runs if dist.is_main() else []:
+                    ws.update_meta(r.id, activation_cache=cache.art.id)
+            return _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, stream_hooks, device, resume is not None,
+                          progress, control, stop_after, cache)
     except torch.OutOfMemoryError as exc:
-        for r in runs if dist.is_main() else []:
-            ws.update_meta(r.id, status="failed", error="out of memory")
         raise TrainingError(f"Out of memory with batch_tokens={first.batch_tokens} and d_sae={max(sp.d_sae for sp in specs)}.",
                             "lower batch_tokens, raise grad_accumulation, or use a smaller expansion factor; then resume the run.") from exc
-    except MistudioError as exc:
-        for r in runs if dist.is_main() else []:
-            ws.update_meta(r.id, status="failed", error=str(exc))
-        raise
-    except BaseException as exc:
-        for r in runs if dist.is_main() else []:
-            ws.update_meta(r.id, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=repr(exc))
-        raise
 
 
 class _Member:
@@ -560,7 +546,7 @@ class _Member:
     def finish(self, position: tuple[int, int, int], harvest_counts: dict[str, int]) -> TrainResult:
         ws, cfg, spec, run = self.ws, self.cfg, self.spec, self.run
         if not dist.is_main():
-            return TrainResult(run.id, None, None, {}, "done")
+            return TrainResult(run.id, None, None, {}, Status.DONE)
         final_eval = self.evaluator.run(self.sae, self.scale_in, self.scale_out)
         ws.add_metrics(run.id, self.state["step"], "eval", final_eval)
         self.checkpoint(position)
@@ -576,8 +562,8 @@ class _Member:
                                      "hook_out": cfg.hook_out, "architecture": spec.architecture, "d_in": spec.d_in,
                                      "d_sae": spec.d_sae, "k": spec.k, "metrics": metrics, "source": "trained"}) as w:
             save_sae(out, w.path, extra={"run": run.id, "scale_in": self.scale_in, "scale_out": self.scale_out})
-        ws.update_meta(run.id, status="done", sae=w.id, finished=time.time(), metrics=metrics, harvest=harvest_counts)
-        return TrainResult(run.id, w.id, str(ws.get(w.id).path), metrics, "done")
+        ws.update_meta(run.id, status=Status.DONE, sae=w.id, finished=time.time(), metrics=metrics, harvest=harvest_counts)
+        return TrainResult(run.id, w.id, str(ws.get(w.id).path), metrics, Status.DONE)
 
 
 def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, resuming, progress, control, stop_after,
@@ -613,8 +599,8 @@ def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, 
             for m in unfinished:
                 m.checkpoint(stream.position)
                 if dist.is_main():
-                    ws.update_meta(m.run.id, status="interrupted", stopped=time.time())
-            return [TrainResult(m.run.id, None, None, m.last, "interrupted") for m in members]
+                    ws.update_meta(m.run.id, status=Status.INTERRUPTED, stopped=time.time())
+            return [TrainResult(m.run.id, None, None, m.last, Status.INTERRUPTED) for m in members]
         if control.cancelled and unfinished:
             for m in unfinished:
                 m.checkpoint(stream.position)

@@ -1,7 +1,8 @@
-"""Shared machinery of the widgets: ESM loading from ``js/``, actions from the page run in a
-background thread, and every update handed back to the kernel's event loop."""
+"""Shared machinery of the widgets: ESM loading from ``js/``, actions from the page run as background
+jobs (``core.jobs``: status, pause and cancel), and every update handed back to the kernel's event loop."""
 from __future__ import annotations
 
+import inspect
 import threading
 import traceback
 import weakref
@@ -11,6 +12,7 @@ from typing import Any, Callable
 import anywidget
 import traitlets as t
 
+from ..core import jobs
 from ..core.errors import MistudioError
 from ..core.progress import ProgressEvent, Throttled
 from ..core.workspace import Workspace
@@ -94,7 +96,7 @@ class EngineWidget(anywidget.AnyWidget):
     def __init__(self, workspace: Workspace | str | None = None, **kwargs: Any):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         super().__init__(**kwargs)
-        self._job: threading.Thread | None = None
+        self.job: jobs.Job | None = None             # the background action running (or last run) here
         self.on_msg(self._on_page_msg)
         _live.add(self)
         self.refresh()
@@ -111,45 +113,60 @@ class EngineWidget(anywidget.AnyWidget):
             return
         self.do(action, handler, **(content.get("args") or {}))
 
-    def do(self, _action: str, _handler: Callable[..., Any], *, blocking: bool = False, **args: Any) -> None:
-        """Run an action. Page clicks run background actions in a worker thread; the notebook API
-        passes ``blocking=True`` to run them in the calling cell (progress still reaches the page)."""
+    stopped_message = "Stopped."                      # shown when a background action is cancelled
+
+    def do(self, _action: str, _handler: Callable[..., Any], *, blocking: bool = False, exclusive: bool = False,
+           **args: Any) -> jobs.Job | None:
+        """Run an action. Page clicks run background actions as a job (:mod:`core.jobs`) in a worker
+        thread, returned and kept in ``self.job`` (pause, resume, cancel); ``exclusive`` jobs queue for
+        the accelerator (training). The notebook API passes ``blocking=True`` to run an action in the
+        calling cell (progress still reaches the page). A handler that takes ``control`` gets the job's."""
         if not getattr(_handler, "_background", False):
             try:
                 self.error = {}
                 _handler(**args)
             except Exception as exc:  # noqa: BLE001 - shown in the widget
                 self._fail(exc)
-            return
-        if self._job is not None and self._job.is_alive():
-            self._fail(MistudioError(f"Still busy with {self.task}.", "wait for it to finish."))
-            return
+            return None
+        if self.job is not None and not self.job.done:
+            self._fail(MistudioError(f"Still busy with {self.task}.", "wait for it to finish, or stop it."))
+            return None
         self.error, self.message, self.status, self.task, self.progress = {}, "", "busy", _action, {}
         report = Throttled(lambda ev: on_kernel(lambda: self._set_progress(ev)))
+        takes_control = "control" in inspect.signature(_handler).parameters
+
+        def work(_progress: Any, control: jobs.JobControl) -> Any:
+            return _handler(progress=report, **({"control": control} if takes_control else {}), **args)
+
         if blocking:
             try:
-                finish = _handler(progress=report, **args)
+                finish = work(None, jobs.JobControl())
             except Exception as exc:
                 self._fail(exc)
                 raise
             self._finish(finish)
-            return
+            return None
+        self.job = jobs.submit(_action, work, listener=self._on_job, exclusive=exclusive)
+        return self.job
 
-        def work() -> None:
-            try:
-                finish = _handler(progress=report, **args)
-            except Exception as exc:  # noqa: BLE001 - shown in the widget
-                on_kernel(lambda exc=exc: self._fail(exc))
-            else:
-                on_kernel(lambda: self._finish(finish))
+    def _on_job(self, job: jobs.Job, ev: ProgressEvent | None) -> None:
+        if ev is None and job.done:
+            on_kernel(lambda: self._ended(job))
 
-        self._job = threading.Thread(target=work, name=f"mistudio-{_action}", daemon=True)
-        self._job.start()
+    def _ended(self, job: jobs.Job) -> None:
+        if job.status == jobs.Status.DONE:
+            self._finish(job.result)
+        elif job.status == jobs.Status.CANCELLED:
+            self.status, self.task, self.message = "idle", "", self.stopped_message
+            workspace_changed(self.workspace)
+        else:
+            self._fail(job.exception or MistudioError((job.error or {}).get("problem", "The action failed."),
+                                                      (job.error or {}).get("fix")))
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the running background action ends (for notebooks and tests)."""
-        if self._job is not None:
-            self._job.join(timeout)
+        if self.job is not None and self.job.thread is not None:
+            self.job.thread.join(timeout)
 
     def _set_progress(self, ev: ProgressEvent) -> None:
         self.progress = ev.to_dict()

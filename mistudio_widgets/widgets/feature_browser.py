@@ -172,11 +172,11 @@ class FeatureBrowser(EngineWidget):
         return apply
 
     @background
-    def action_extract(self, tokens: int = ExtractConfig.tokens, progress=None, **settings: Any):
+    def action_extract(self, tokens: int = ExtractConfig.tokens, progress=None, control=None, **settings: Any):
         ws, sae = self.workspace, self.sae
         if not sae:
             raise fx.FeatureError("No SAE is selected.", "choose an SAE first.")
-        ext = fx.extract(ws, sae, ExtractConfig(tokens=int(tokens), **settings), progress=progress)
+        ext = fx.extract(ws, sae, ExtractConfig(tokens=int(tokens), **settings), progress=progress, control=control)
 
         def apply() -> None:
             self._load(sae)

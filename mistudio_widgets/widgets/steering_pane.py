@@ -12,7 +12,6 @@ import traitlets as t
 from .. import features as fx
 from .. import steering as st
 from ..core.configs import SteerConfig, from_dict, to_dict
-from ..core.jobs import JobControl
 from .base import EngineWidget, background, esm, on_kernel
 
 SETTINGS = ("method", "multiplier", "normalise", "chat_template", "max_tokens", "temperature", "top_p",
@@ -35,7 +34,6 @@ class SteeringPane(EngineWidget):
     presets = t.List().tag(sync=True)
 
     def __init__(self, workspace=None, sae: str | None = None, **kw: Any):
-        self._control: JobControl | None = None
         super().__init__(workspace, **kw)
         self.settings = {k: v for k, v in to_dict(SteerConfig()).items() if k in SETTINGS}
         if sae:
@@ -135,14 +133,13 @@ class SteeringPane(EngineWidget):
 
     @background
     def action_auto(self, index: int, prompt: str | None = None, max_perplexity: float = st.AUTO_MAX_PERPLEXITY,
-                    max_repetition: float = st.AUTO_MAX_REPETITION, progress=None):
+                    max_repetition: float = st.AUTO_MAX_REPETITION, progress=None, control=None):
         if prompt is not None:
             on_kernel(lambda: self.set_trait("prompt", prompt))
         cfg = dataclasses.replace(self.config(), prompt=self.prompt if prompt is None else prompt)
         index = int(index)
         if index not in [c["index"] for c in self.chosen]:
             raise st.SteeringError(f"Feature {index} is not among the chosen features.", "add it first.")
-        self._control = control = JobControl()
         rows: list[dict[str, Any]] = []
 
         def on_row(row: dict[str, Any]) -> None:
@@ -166,8 +163,8 @@ class SteeringPane(EngineWidget):
         return apply
 
     def action_stop(self) -> None:
-        if self._control is not None:
-            self._control.cancel()
+        if self.job is not None:
+            self.job.cancel()
 
     def action_save_preset(self, name: str) -> None:
         st.save_preset(self.workspace, str(name).strip() or "preset", self.sae, self.config())
@@ -182,12 +179,11 @@ class SteeringPane(EngineWidget):
         self.chosen = [self._feature_row(i, s) for i, s in st.parse_features(cfg.features)]
 
     @background
-    def action_generate(self, prompt: str | None = None, progress=None):
+    def action_generate(self, prompt: str | None = None, progress=None, control=None):
         if prompt is not None:
             self.prompt = prompt
         cfg = self.config()
         ws, sae = self.workspace, self.sae
-        self._control = control = JobControl()
         tok_cache: dict[str, list[str]] = {"unsteered": [], "steered": []}
         on_kernel(lambda: self.set_trait("unsteered", []))
         on_kernel(lambda: self.set_trait("steered", []))

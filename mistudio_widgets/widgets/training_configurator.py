@@ -3,7 +3,6 @@ and time estimate, and a Start button that runs training as a background job."""
 from __future__ import annotations
 
 import dataclasses
-import time
 import typing
 from typing import Any
 
@@ -12,7 +11,7 @@ import traitlets as t
 from ..core import jobs
 from ..core.configs import TrainConfig, from_dict, to_dict
 from ..train.training import check_config, train
-from .base import EngineWidget, esm, on_kernel
+from .base import EngineWidget, background, esm, on_kernel
 
 BASIC = ("model", "dataset", "hook", "architecture", "expansion_factor", "k", "l1_coefficient", "lr", "batch_tokens", "steps")
 HIDDEN = ("adam_betas", "name")
@@ -51,8 +50,6 @@ class TrainingConfigurator(EngineWidget):
 
     def __init__(self, workspace=None, monitor=None, **kwargs: Any):
         self.monitor = monitor
-        self.job: jobs.Job | None = None
-        self._last_event = 0.0
         super().__init__(workspace, **kwargs)
         self.fields = form_fields()
         self.values = to_dict(TrainConfig())
@@ -106,7 +103,8 @@ class TrainingConfigurator(EngineWidget):
         self.start()
 
     def start(self, **overrides: Any) -> jobs.Job:
-        """Start training in the background with the form's settings (plus ``overrides``)."""
+        """Start training in the background with the form's settings (plus ``overrides``): a job that
+        queues for the accelerator, shown in the monitor, which can pause, resume and stop it."""
         from ..core.errors import MistudioError
 
         if overrides:
@@ -115,39 +113,25 @@ class TrainingConfigurator(EngineWidget):
             raise MistudioError("The settings have problems: " + " ".join(self.check["problems"]), "fix the fields marked in the form.")
         if self.job is not None and not self.job.done:
             raise MistudioError("A training started here is still running.", "stop it, or wait for it to finish.")
-        cfg, ws = self.config(), self.workspace
-        self.error, self.message, self.status, self.task = {}, "", "busy", "train"
+        return self.do("train", self.action_train, exclusive=True, cfg=self.config())
 
+    stopped_message = "Stopped; the run can be resumed from its last checkpoint."
+
+    @background
+    def action_train(self, cfg: TrainConfig, progress=None, control=None):
         def started(run) -> None:
             on_kernel(lambda: self._started(run.id))
 
-        self.job = jobs.submit("train", lambda progress, control: train(ws, cfg, progress=progress, control=control,
-                                                                          on_start=started), listener=self._on_job)
-        return self.job
+        res = train(self.workspace, cfg, progress=progress, control=control, on_start=started)
+
+        def apply() -> None:
+            if res.sae_id:
+                self.message = f"Trained {res.sae_id}: EV {res.metrics['explained_variance']:.3f}, L0 {res.metrics['l0']:.1f}."
+            else:
+                self.message = self.stopped_message
+        return apply
 
     def _started(self, run_id: str) -> None:
         self.run = run_id
         if self.monitor is not None:
             self.monitor.attach(run_id, self.job)
-
-    def _on_job(self, job: jobs.Job, ev) -> None:
-        now = time.monotonic()
-        if ev is not None and not ev.finished and not job.done and now - self._last_event < 0.1:
-            return  # at most ~10 updates a second reach the page
-        self._last_event = now
-
-        def apply() -> None:
-            if ev is not None:
-                self.progress = ev.to_dict()
-            if job.done:
-                self.status, self.task = "idle", ""
-                if job.status == "failed" and job.error:
-                    self.error = {"problem": job.error["problem"], "fix": job.error.get("fix", "")}
-                elif job.status == "done":
-                    self.message = f"Trained {job.result.sae_id}: EV {job.result.metrics['explained_variance']:.3f}, L0 {job.result.metrics['l0']:.1f}."
-                elif job.status == "cancelled":
-                    self.message = "Stopped; the run can be resumed from its last checkpoint."
-                from .base import workspace_changed
-
-                workspace_changed(self.workspace)
-        on_kernel(apply)

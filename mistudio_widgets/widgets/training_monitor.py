@@ -10,6 +10,7 @@ import ipywidgets as ipw
 import traitlets as t
 
 from ..core import jobs
+from ..core.jobs import Status
 from ..train.training import run_status, train
 from .base import EngineWidget, esm
 
@@ -191,7 +192,7 @@ class TrainingMonitor(ipw.VBox):
             since = art.meta.get("resumed") or art.meta.get("started")
             done_tokens = (step - (art.meta.get("resumed_at_step") or 0)) * art.meta["config"]["batch_tokens"]
             overall = done_tokens / max(time.time() - since, 1e-9) if since and done_tokens > 0 else None
-            remaining = (st["steps"] - step) * art.meta["config"]["batch_tokens"] / overall if overall and status == "running" else None
+            remaining = (st["steps"] - step) * art.meta["config"]["batch_tokens"] / overall if overall and status == Status.RUNNING else None
             rows_out.append({"id": rid, "name": art.name, "status": status, "step": step, "steps": st["steps"],
                              "tokens_per_second": tps, "eta_seconds": remaining, "live": job is not None and not job.done,
                              "last_checkpoint": st["last_checkpoint"], "sae": st["sae"], "error": art.meta.get("error", "")})
