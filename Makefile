@@ -31,8 +31,10 @@ browser-deps:
 demo: setup
 	$(VENV)/bin/mistudio demo
 
-## make test: unit, integration on the real model, nbval on every notebook, real-browser tests
+## make test: ruff (lint and format), unit, integration on the real model, nbval on every notebook, real-browser tests
 test: setup browser-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	MISTUDIO_HOME=$(CURDIR)/test-artifacts/workspace $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
 
 ## make lab: JupyterLab on the tutorial notebooks

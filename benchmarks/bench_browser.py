@@ -9,6 +9,7 @@ Targets: first render < 1 s, filter keystroke < 50 ms.
 
     python benchmarks/bench_browser.py [--workspace DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,8 @@ from mistudio_widgets.train.training import train
 from mistudio_widgets.widgets.base import css, esm
 
 D_SAE = 16384
-PAGE = """<!doctype html><html><head><style>%(css)s</style></head><body><div id="root" style="width:1200px"></div>
+PAGE = """<!doctype html><html><head><style>%(css)s</style></head>
+<body><div id="root" style="width:1200px"></div>
 <script type="module">
 const cols = Uint8Array.from(atob("%(columns)s"), (c) => c.charCodeAt(0));
 const traits = %(traits)s;
@@ -48,7 +50,8 @@ for (const q of ["k", "ki", "kin", "king", "kin", "ki", "k", "", "1", "12", "123
 }
 filter.value = ""; filter.dispatchEvent(new Event("input"));
 const sortSel = el.querySelector('[data-testid="fb-sort"]');
-let s = performance.now(); sortSel.value = "frequency"; sortSel.dispatchEvent(new Event("change")); el.offsetHeight;
+let s = performance.now(); sortSel.value = "frequency"; sortSel.dispatchEvent(new Event("change"));
+el.offsetHeight;
 const sort = performance.now() - s;
 const list = el.querySelector('[data-testid="fb-list"]');
 s = performance.now(); list.scrollTop = list.scrollHeight / 2; list.dispatchEvent(new Event("scroll"));
@@ -61,13 +64,16 @@ s = performance.now();
 const labels = traits.labels;
 for (let i = 0; i < traits.n_features; i++) {
   const r = document.createElement("div"); r.className = "vrow"; r.style.position = "static";
-  for (const t of [String(i), labels[i] || "—", "0.1%%"]) { const sp = document.createElement("span"); sp.textContent = t; r.append(sp); }
+  for (const t of [String(i), labels[i] || "—", "0.1%%"]) {
+    const sp = document.createElement("span"); sp.textContent = t; r.append(sp);
+  }
   base.append(r);
 }
 base.offsetHeight;
 const naive = performance.now() - s;
 s = performance.now();
-for (const r of base.children) r.style.display = (labels[r.firstChild.textContent] || "").includes("king") ? "" : "none";
+for (const r of base.children)
+  r.style.display = (labels[r.firstChild.textContent] || "").includes("king") ? "" : "none";
 base.offsetHeight;
 const naiveKey = performance.now() - s;
 window.result = { first, painted, keys, sort, scroll, rows, naive, naiveKey };
@@ -81,8 +87,18 @@ def main() -> None:
     ws = Workspace(a.workspace)
     sae = next((s for s in ws.list("sae") if s.meta.get("d_sae") == D_SAE and latest_extraction(ws, s)), None)
     if sae is None:
-        res = train(ws, TrainConfig(steps=8, batch_tokens=1024, d_sae=D_SAE, eval_every=0, chunk_sequences=128,
-                                    eval_sequences=4, name=ws.unique_name("run", "bench-browser-16k")))
+        res = train(
+            ws,
+            TrainConfig(
+                steps=8,
+                batch_tokens=1024,
+                d_sae=D_SAE,
+                eval_every=0,
+                chunk_sequences=128,
+                eval_sequences=4,
+                name=ws.unique_name("run", "bench-browser-16k"),
+            ),
+        )
         sae = ws.get(res.sae_id)
         extract(ws, sae, ExtractConfig(tokens=4096, top_k=10))
     ext = latest_extraction(ws, sae)
@@ -92,13 +108,37 @@ def main() -> None:
 
     packed = np.stack([cols[c].astype("<f4") for c in ("frequency", "mean", "max")]).tobytes()
     top = pq.read_table(ext.path / "features.parquet", columns=["top_logit_tokens"]).column(0).to_pylist()
-    labels = {str(i): f"promotes {t[0].strip()!r}" for i, t in enumerate(top)}     # a text label for every feature
-    traits = {"saes": [{"id": sae.id, "name": sae.name, "extraction": ext.id}], "sae": sae.id,
-              "extraction": {"id": ext.id, **ext.meta["summary"]}, "n_features": len(cols["frequency"]), "labels": labels,
-              "detail": {}, "prompt": {}, "coact": {}, "status": "idle", "task": "", "progress": {}, "error": {}, "message": "",
-              "label_settings": {"backend": "local", "model": "default", "base_url": "", "template": "", "score": True}}
-    html = PAGE % {"css": css(), "columns": base64.b64encode(packed).decode(), "traits": json.dumps(traits),
-                   "esm": base64.b64encode(esm("feature_browser").encode()).decode()}
+    labels = {
+        str(i): f"promotes {t[0].strip()!r}" for i, t in enumerate(top)
+    }  # a text label for every feature
+    traits = {
+        "saes": [{"id": sae.id, "name": sae.name, "extraction": ext.id}],
+        "sae": sae.id,
+        "extraction": {"id": ext.id, **ext.meta["summary"]},
+        "n_features": len(cols["frequency"]),
+        "labels": labels,
+        "detail": {},
+        "prompt": {},
+        "coact": {},
+        "status": "idle",
+        "task": "",
+        "progress": {},
+        "error": {},
+        "message": "",
+        "label_settings": {
+            "backend": "local",
+            "model": "default",
+            "base_url": "",
+            "template": "",
+            "score": True,
+        },
+    }
+    html = PAGE % {
+        "css": css(),
+        "columns": base64.b64encode(packed).decode(),
+        "traits": json.dumps(traits),
+        "esm": base64.b64encode(esm("feature_browser").encode()).decode(),
+    }
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -111,11 +151,15 @@ def main() -> None:
     keys = r["keys"]
     print(f"{traits['n_features']:,} features (SAE {sae.name}); {r['rows']} rows in the page after scrolling")
     print(f"first render:        {r['first']:7.1f} ms (painted {r['painted']:.1f} ms)   target < 1000 ms")
-    print(f"filter keystroke:    mean {sum(keys) / len(keys):6.1f} ms, max {max(keys):6.1f} ms   target < 50 ms")
+    print(
+        f"filter keystroke:    mean {sum(keys) / len(keys):6.1f} ms, max {max(keys):6.1f} ms   target < 50 ms"
+    )
     print(f"sort by frequency:   {r['sort']:7.1f} ms;  scroll to the middle: {r['scroll']:.1f} ms")
     print(f"baseline, every row in the DOM: render {r['naive']:.1f} ms, one filter {r['naiveKey']:.1f} ms")
-    print(f"ratios vs baseline: render {r['naive'] / max(r['first'], 1e-3):.1f}x faster, "
-          f"keystroke {r['naiveKey'] / max(max(keys), 1e-3):.1f}x faster")
+    print(
+        f"ratios vs baseline: render {r['naive'] / max(r['first'], 1e-3):.1f}x faster, "
+        f"keystroke {r['naiveKey'] / max(max(keys), 1e-3):.1f}x faster"
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ model's bare forward truncated after that layer, on the same tokens in one run. 
 
     python benchmarks/bench_capture.py [--tokens 8192] [--repeats 3] [--batch-size 16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,8 @@ import statistics
 import time
 
 import torch
-
 from baseline import truncated_forward_seconds
+
 from mistudio_widgets import TokenizeConfig, Workspace
 from mistudio_widgets.data.activations import iter_activations
 from mistudio_widgets.data.datasets import ensure_tokenization, load_tokens, resolve_dataset
@@ -44,10 +45,10 @@ def main() -> None:
     tokens = load_tokens(ws, tok)[: a.tokens // 128]
     lm = load_model(ws, model)
     assert len(decoder_layers(lm.model)) > LAYER
-    ours(lm, tokens[: a.batch_size], a.batch_size)            # warm-up
+    ours(lm, tokens[: a.batch_size], a.batch_size)  # warm-up
     truncated_forward_seconds(lm, tokens[: a.batch_size], LAYER, a.batch_size)
     base_t, our_t = [], []
-    for _ in range(a.repeats):                                 # interleaved, so drift hits both alike
+    for _ in range(a.repeats):  # interleaved, so drift hits both alike
         base_t.append(truncated_forward_seconds(lm, tokens, LAYER, a.batch_size))
         our_t.append(ours(lm, tokens, a.batch_size))
     n = tokens.size

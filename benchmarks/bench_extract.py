@@ -6,6 +6,7 @@ neighbours and the Parquet files). Printed as a ratio; target >= 0.8.
     python benchmarks/bench_extract.py [--sae NAME] [--tokens 65536]
 (without --sae, a top-k SAE with 4,608 features is trained first at blocks.15.hook_resid_post.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,21 +31,42 @@ def main() -> None:
     ws = Workspace(a.workspace)
     sae_ref = a.sae
     if sae_ref is None:
-        res = train(ws, TrainConfig(steps=20, batch_tokens=2048, expansion_factor=8, eval_every=0, chunk_sequences=256,
-                                    name=ws.unique_name("run", "bench-extract")))
+        res = train(
+            ws,
+            TrainConfig(
+                steps=20,
+                batch_tokens=2048,
+                expansion_factor=8,
+                eval_every=0,
+                chunk_sequences=256,
+                name=ws.unique_name("run", "bench-extract"),
+            ),
+        )
         sae_ref = res.sae_id
     art, sae, _ = load_library_sae(ws, sae_ref)
     lm = model_for_sae(ws, art, sae)
     hook = sae_hook(art, sae)
-    print(f"SAE {art.name}: d_sae {sae.spec.d_sae} at {hook}; {a.tokens:,} tokens, batch {a.batch_size} sequences, "
-          f"threads {torch.get_num_threads()}")
-    from mistudio_widgets.data.datasets import ensure_tokenization, resolve_dataset
+    print(
+        f"SAE {art.name}: d_sae {sae.spec.d_sae} at {hook}; {a.tokens:,} tokens, batch {a.batch_size} "
+        "sequences, "
+        f"threads {torch.get_num_threads()}"
+    )
     from mistudio_widgets.core.configs import TokenizeConfig
+    from mistudio_widgets.data.datasets import ensure_tokenization, resolve_dataset
 
-    warm = load_tokens(ws, ensure_tokenization(ws, resolve_dataset(ws), lm.artifact, TokenizeConfig(context_size=128)))
-    for s in range(0, 6 * a.batch_size, a.batch_size):      # the forward runs slower for its first batches: warm it up
-        feature_acts(lm, sae, hook, torch.tensor(warm[-s - a.batch_size:len(warm) - s], dtype=torch.long))
-    cfg = ExtractConfig(tokens=a.tokens, batch_size=a.batch_size, checkpoint_every=0, name=ws.unique_name("extraction", "bench"))
+    warm = load_tokens(
+        ws, ensure_tokenization(ws, resolve_dataset(ws), lm.artifact, TokenizeConfig(context_size=128))
+    )
+    for s in range(
+        0, 6 * a.batch_size, a.batch_size
+    ):  # the forward runs slower for its first batches: warm it up
+        feature_acts(lm, sae, hook, torch.tensor(warm[-s - a.batch_size : len(warm) - s], dtype=torch.long))
+    cfg = ExtractConfig(
+        tokens=a.tokens,
+        batch_size=a.batch_size,
+        checkpoint_every=0,
+        name=ws.unique_name("extraction", "bench"),
+    )
     marks: dict[str, float] = {}
 
     def note(ev) -> None:
@@ -58,12 +80,15 @@ def main() -> None:
     tokens = load_tokens(ws, ext.meta["tokenization"])[: ext.meta["sequences"]]
     t0 = time.perf_counter()
     for s in range(0, len(tokens), a.batch_size):
-        feature_acts(lm, sae, hook, torch.tensor(tokens[s:s + a.batch_size], dtype=torch.long))
+        feature_acts(lm, sae, hook, torch.tensor(tokens[s : s + a.batch_size], dtype=torch.long))
     limit = time.perf_counter() - t0
     n = tokens.size
     print(f"capture limit (forward to the hook + encode): {n / limit:8.0f} tok/s  ({limit:.1f}s)")
     print(f"extraction, streaming part:                   {n / streamed:8.0f} tok/s  ({streamed:.1f}s)")
-    print(f"full extraction (+ logit lens, neighbours, files, a fixed {ours - streamed:.1f}s): {n / ours:8.0f} tok/s  ({ours:.1f}s)")
+    print(
+        f"full extraction (+ logit lens, neighbours, files, a fixed {ours - streamed:.1f}s): "
+        f"{n / ours:8.0f} tok/s  ({ours:.1f}s)"
+    )
     print(f"ratio {limit / ours:.3f} overall, {limit / streamed:.3f} while streaming (target >= 0.8)")
 
 

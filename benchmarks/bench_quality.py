@@ -8,6 +8,7 @@ by the data mean): the SAE's MSE is printed as a ratio to it (lower is better; 0
 
     python benchmarks/bench_quality.py [--steps 256] [--batch 4096] [--arch topk]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,19 +28,41 @@ def main() -> None:
     ap.add_argument("--workspace", default=None)
     a = ap.parse_args()
     ws = Workspace(a.workspace)
-    cfg = TrainConfig(architecture=a.arch, k=32, expansion_factor=8, batch_tokens=a.batch, steps=a.steps, lr=2e-3,
-                      warmup_steps=20, lr_schedule="cosine", eval_every=max(a.steps // 4, 1), eval_sequences=64,
-                      checkpoint_every=max(a.steps // 4, 1), log_every=16, dead_tokens=500_000,
-                      cache_activations=a.cache, name=ws.unique_name("run", f"bench-quality-{a.arch}"))
+    cfg = TrainConfig(
+        architecture=a.arch,
+        k=32,
+        expansion_factor=8,
+        batch_tokens=a.batch,
+        steps=a.steps,
+        lr=2e-3,
+        warmup_steps=20,
+        lr_schedule="cosine",
+        eval_every=max(a.steps // 4, 1),
+        eval_sequences=64,
+        checkpoint_every=max(a.steps // 4, 1),
+        log_every=16,
+        dead_tokens=500_000,
+        cache_activations=a.cache,
+        name=ws.unique_name("run", f"bench-quality-{a.arch}"),
+    )
     t0 = time.perf_counter()
     res = train(ws, cfg)
     secs = time.perf_counter() - t0
     ev = ws.metrics(res.run_id, "eval")[-1]
     m = res.metrics
-    print(f"{a.arch} k=32 d_sae=4608 at blocks.15.hook_resid_post: {m['tokens']:,} tokens trained in {secs:.0f}s")
-    print(f"  explained variance {m['explained_variance']:.3f}   L0 {m['l0']:.1f}   dead {m['dead_fraction']:.2%}")
-    print(f"  CE clean {ev['ce_clean']:.3f}  spliced {ev['ce_spliced']:.3f}  zero-ablated {ev['ce_zero_ablated']:.3f}  "
-          f"-> CE recovered {m['ce_recovered']:.3f}, delta loss {m['delta_loss']:.3f}")
+    print(
+        f"{a.arch} k=32 d_sae=4608 at blocks.15.hook_resid_post: {m['tokens']:,} tokens trained in "
+        f"{secs:.0f}s"
+    )
+    print(
+        f"  explained variance {m['explained_variance']:.3f}   L0 {m['l0']:.1f}   dead "
+        f"{m['dead_fraction']:.2%}"
+    )
+    print(
+        f"  CE clean {ev['ce_clean']:.3f}  spliced {ev['ce_spliced']:.3f}  zero-ablated "
+        f"{ev['ce_zero_ablated']:.3f}  "
+        f"-> CE recovered {m['ce_recovered']:.3f}, delta loss {m['delta_loss']:.3f}"
+    )
     print(f"  MSE / mean-ablation MSE = {1 - m['explained_variance']:.3f} (baseline 1.000)")
 
 

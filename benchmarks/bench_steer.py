@@ -5,6 +5,7 @@ prompt, seed and settings. Targets: per-token overhead <= 5%, time to first toke
     python benchmarks/bench_steer.py [--sae NAME] [--tokens 64] [--repeats 3]
 (without --sae, the newest SAE of the workspace.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,17 @@ def main() -> None:
     art, sae, _ = load_library_sae(ws, ref)
     lm = model_for_sae(ws, art, sae)
     hook = sae_hook(art, sae)
-    cfg = SteerConfig(features=[[0, 10.0]], prompt="Tell me a story about a king and his daughter.", max_tokens=a.tokens,
-                      temperature=0.0)
+    cfg = SteerConfig(
+        features=[[0, 10.0]],
+        prompt="Tell me a story about a king and his daughter.",
+        max_tokens=a.tokens,
+        temperature=0.0,
+    )
     ids = prompt_ids(lm, cfg.prompt, True)
     edit = make_edit(sae, [(0, 10.0)], cfg)
-    timed(lm, ids, cfg)                                            # warm-up
+    timed(lm, ids, cfg)  # warm-up
     base, steered = [], []
-    for r in range(a.repeats):                                     # alternate the order, so drift hits both alike
+    for r in range(a.repeats):  # alternate the order, so drift hits both alike
         if r % 2:
             steered.append(timed(lm, ids, cfg, hook, edit))
             base.append(timed(lm, ids, cfg))
@@ -53,11 +58,16 @@ def main() -> None:
             steered.append(timed(lm, ids, cfg, hook, edit))
     b_first, b_tok = statistics.median(x[0] for x in base), statistics.median(x[1] for x in base)
     s_first, s_tok = statistics.median(x[0] for x in steered), statistics.median(x[1] for x in steered)
-    print(f"SAE {art.name} at {hook}; prompt {ids.shape[1]} tokens, {a.tokens} generated, median of {a.repeats}")
+    print(
+        f"SAE {art.name} at {hook}; prompt {ids.shape[1]} tokens, {a.tokens} generated, median of {a.repeats}"
+    )
     print(f"unsteered: {1000 * b_tok:6.1f} ms/token, first token {1000 * b_first:6.1f} ms")
     print(f"steered:   {1000 * s_tok:6.1f} ms/token, first token {1000 * s_first:6.1f} ms")
-    print(f"per-token overhead {100 * (s_tok / b_tok - 1):+.1f}% (target <= 5%); time to first token "
-          f"{1000 * (s_first - b_first):+.1f} ms (target <= 100 ms); ratio steered/unsteered {s_tok / b_tok:.3f}")
+    print(
+        f"per-token overhead {100 * (s_tok / b_tok - 1):+.1f}% (target <= 5%); time to first token "
+        f"{1000 * (s_first - b_first):+.1f} ms (target <= 100 ms); ratio steered/unsteered "
+        f"{s_tok / b_tok:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ comparison), ``steering``, ``share`` (import, export, Neuronpedia, hub, bundles)
 without widgets; the widgets in ``mistudio_widgets.widgets`` are thin views over it. Old flat import
 paths (``mistudio_widgets.training`` ...) still work for one release, with a DeprecationWarning.
 """
+
 from . import _moved
 from .core.configs import CaptureConfig, DatasetConfig, ExtractConfig, ModelConfig, TokenizeConfig
 from .core.errors import MistudioError
@@ -14,8 +15,17 @@ from .core.workspace import Workspace
 
 __version__ = "0.1.0"
 
-__all__ = ["CaptureConfig", "DatasetConfig", "ExtractConfig", "ModelConfig", "TokenizeConfig", "MistudioError", "Workspace",
-           "__version__", "open_workspace"]
+__all__ = [
+    "CaptureConfig",
+    "DatasetConfig",
+    "ExtractConfig",
+    "ModelConfig",
+    "TokenizeConfig",
+    "MistudioError",
+    "Workspace",
+    "__version__",
+    "open_workspace",
+]
 
 
 _moved.install()
@@ -24,7 +34,7 @@ _moved.install()
 def __getattr__(name: str):
     """``mistudio_widgets.training`` and other moved modules as attributes (deprecated, see ``_moved``)."""
     if name in _moved.MOVED:
-        module = globals()[name] = _moved.resolve(name)      # warned once; later reads find the attribute
+        module = globals()[name] = _moved.resolve(name)  # warned once; later reads find the attribute
         return module
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -12,6 +12,7 @@ times the multiplier):
 An empty intervention leaves the model untouched. Hooks are removed when generation ends, fails or is
 interrupted.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -23,12 +24,12 @@ import torch
 
 from .core.configs import SteerConfig
 from .core.errors import MistudioError
-from .features import check_feature_index, load_library_sae, model_for_sae, sae_hook
-from .data.hooks import capture, intervene
 from .core.jobs import JobControl
-from .data.models import LoadedModel
-from .sae import SAE
 from .core.workspace import Workspace
+from .data.hooks import capture, intervene
+from .data.models import LoadedModel
+from .features import check_feature_index, load_library_sae, model_for_sae, sae_hook
+from .sae import SAE
 
 MAX_STRENGTH = 1e4
 
@@ -47,12 +48,16 @@ def parse_features(spec) -> list[tuple[int, float]]:
             try:
                 it = (int(idx), float(st) if st else 1.0)
             except ValueError:
-                raise SteeringError(f"{it!r} is not a feature: write INDEX or INDEX:STRENGTH.", "e.g. --feature 123:40") from None
+                raise SteeringError(
+                    f"{it!r} is not a feature: write INDEX or INDEX:STRENGTH.", "e.g. --feature 123:40"
+                ) from None
         try:
             i, s = it
             out.append((int(i), float(s)))
         except (TypeError, ValueError):
-            raise SteeringError(f"{it!r} is not a feature and strength.", "give [[index, strength], ...], e.g. [[123, 40.0]].") from None
+            raise SteeringError(
+                f"{it!r} is not a feature and strength.", "give [[index, strength], ...], e.g. [[123, 40.0]]."
+            ) from None
     return out
 
 
@@ -61,23 +66,29 @@ def _check(ws: Workspace, sae_id: str, feats: list[tuple[int, float]], cfg: Stee
         check_feature_index(ws, sae_id, i)
         v = s * cfg.multiplier
         if not math.isfinite(v):
-            raise SteeringError(f"The strength of feature {i} is {v}.", "use a finite number (e.g. -300..300).")
+            raise SteeringError(
+                f"The strength of feature {i} is {v}.", "use a finite number (e.g. -300..300)."
+            )
         if abs(v) > MAX_STRENGTH:
-            raise SteeringError(f"The strength {v:g} of feature {i} is absurd (more than {MAX_STRENGTH:g}).",
-                                "use strengths of a few times the feature's max activation, or Neuronpedia's -300..300.")
+            raise SteeringError(
+                f"The strength {v:g} of feature {i} is absurd (more than {MAX_STRENGTH:g}).",
+                "use strengths of a few times the feature's max activation, or Neuronpedia's -300..300.",
+            )
 
 
-def make_edit(sae: SAE, feats: list[tuple[int, float]], cfg: SteerConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def make_edit(
+    sae: SAE, feats: list[tuple[int, float]], cfg: SteerConfig
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The function that edits the hook's value [batch, seq, d], or None when nothing changes."""
     if not feats:
         return None
     idx = torch.tensor([i for i, _ in feats])
     s = torch.tensor([v * cfg.multiplier for _, v in feats], dtype=torch.float32)
-    W = sae.W_dec.detach().float()[idx]                                     # [n, d]
+    W = sae.W_dec.detach().float()[idx]  # [n, d]
     unit = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
     D = unit if cfg.normalise else W
     method = cfg.method
-    if method == "add":                          # one fixed vector: add it in the model's own dtype and device
+    if method == "add":  # one fixed vector: add it in the model's own dtype and device
         vec = s @ D
         cache: dict[tuple, torch.Tensor] = {}
 
@@ -86,6 +97,7 @@ def make_edit(sae: SAE, feats: list[tuple[int, float]], cfg: SteerConfig) -> Cal
             if key not in cache:
                 cache[key] = vec.to(device=h.device, dtype=h.dtype)
             return h + cache[key]
+
         return add
 
     def edit(h: torch.Tensor) -> torch.Tensor:
@@ -94,11 +106,11 @@ def make_edit(sae: SAE, feats: list[tuple[int, float]], cfg: SteerConfig) -> Cal
         if method in ("orthogonal", "cap"):
             for k in range(len(idx)):
                 u = unit[k].to(dev)
-                proj = x @ u                                                  # [b, t]
+                proj = x @ u  # [b, t]
                 new = s[k].to(dev) * proj if method == "orthogonal" else torch.minimum(proj, s[k].to(dev))
                 x = x + (new - proj).unsqueeze(-1) * u
         elif method in ("clamp", "ablate"):
-            f = sae.encode(x.to(sae.W_enc.device))[..., idx.to(sae.W_enc.device)].to(dev)    # [b, t, n]
+            f = sae.encode(x.to(sae.W_enc.device))[..., idx.to(sae.W_enc.device)].to(dev)  # [b, t, n]
             target = torch.zeros_like(f) if method == "ablate" else s.to(dev).expand_as(f)
             x = x + (target - f) @ W.to(dev)
         return x.to(h.dtype)
@@ -128,20 +140,32 @@ def prompt_ids(lm: LoadedModel, prompt: str, chat_template: bool) -> torch.Tenso
     if not isinstance(prompt, str) or not prompt.strip():
         raise SteeringError("The prompt is empty.", "type a prompt to continue.")
     limit = getattr(lm.model.config, "max_position_embeddings", None) or 2048
-    if len(prompt) > 64 * limit:          # surely longer than the context: refused before tokenizing it
-        raise SteeringError(f"The prompt is {len(prompt):,} characters; the model reads at most {limit} tokens.",
-                            "shorten the prompt.")
+    if len(prompt) > 64 * limit:  # surely longer than the context: refused before tokenizing it
+        raise SteeringError(
+            f"The prompt is {len(prompt):,} characters; the model reads at most {limit} tokens.",
+            "shorten the prompt.",
+        )
     tok = lm.tokenizer
     if chat_template and getattr(tok, "chat_template", None):
-        enc = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt")
+        enc = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
+        )
         ids = enc["input_ids"] if hasattr(enc, "keys") else enc
     else:
         ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
     return ids
 
 
-def generate(lm: LoadedModel, ids: torch.Tensor, cfg: SteerConfig, *, hook: str | None = None, edit=None,
-             on_token: Callable[[int], None] | None = None, control: JobControl | None = None) -> list[int]:
+def generate(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    cfg: SteerConfig,
+    *,
+    hook: str | None = None,
+    edit=None,
+    on_token: Callable[[int], None] | None = None,
+    control: JobControl | None = None,
+) -> list[int]:
     """Continue ``ids`` [1, n]; with ``edit`` applied at ``hook`` on every position. Seeded."""
     from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -152,7 +176,9 @@ def generate(lm: LoadedModel, ids: torch.Tensor, cfg: SteerConfig, *, hook: str 
         def __call__(self, input_ids, scores):
             gen = input_ids[:, n0:]
             if gen.numel() and cfg.frequency_penalty:
-                counts = torch.zeros_like(scores).scatter_add_(1, gen, torch.ones_like(gen, dtype=scores.dtype))
+                counts = torch.zeros_like(scores).scatter_add_(
+                    1, gen, torch.ones_like(gen, dtype=scores.dtype)
+                )
                 scores = scores - cfg.frequency_penalty * counts
             return scores
 
@@ -167,16 +193,24 @@ def generate(lm: LoadedModel, ids: torch.Tensor, cfg: SteerConfig, *, hook: str 
     torch.manual_seed(cfg.seed)
     edits = {hook: edit} if edit is not None and hook else {}
     with torch.no_grad(), intervene(lm.model, edits):
-        out = lm.model.generate(ids.to(lm.device), attention_mask=torch.ones_like(ids).to(lm.device),
-                                max_new_tokens=cfg.max_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                                logits_processor=LogitsProcessorList([FrequencyPenalty()]),
-                                stopping_criteria=StoppingCriteriaList([Interrupt()]), streamer=_Streamer(on_token),
-                                top_k=None, **kw)
+        out = lm.model.generate(
+            ids.to(lm.device),
+            attention_mask=torch.ones_like(ids).to(lm.device),
+            max_new_tokens=cfg.max_tokens,
+            pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            logits_processor=LogitsProcessorList([FrequencyPenalty()]),
+            stopping_criteria=StoppingCriteriaList([Interrupt()]),
+            streamer=_Streamer(on_token),
+            top_k=None,
+            **kw,
+        )
     return out[0, n0:].tolist()
 
 
 @torch.no_grad()
-def _logprobs_and_acts(lm: LoadedModel, ids: torch.Tensor, hook: str, edit, sae: SAE, feats: list[int], residual: bool = False):
+def _logprobs_and_acts(
+    lm: LoadedModel, ids: torch.Tensor, hook: str, edit, sae: SAE, feats: list[int], residual: bool = False
+):
     edits = {hook: edit} if edit is not None else {}
     with intervene(lm.model, edits), capture(lm.model, hook, stop=False) as got:
         logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits[0].float()
@@ -188,7 +222,9 @@ def _logprobs_and_acts(lm: LoadedModel, ids: torch.Tensor, hook: str, edit, sae:
 
 def residual_norm(lm: LoadedModel, ids: torch.Tensor, h: torch.Tensor) -> float:
     """The median norm of the hook's activations ``h`` [T, d] over the non-special tokens of ``ids``."""
-    keep = ~torch.isin(ids[0].cpu(), torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long))
+    keep = ~torch.isin(
+        ids[0].cpu(), torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
+    )
     norms = h[keep].norm(dim=-1) if keep.any() else h.norm(dim=-1)
     return float(norms.median())
 
@@ -206,8 +242,15 @@ def token_diff(a: list[str], b: list[str]) -> list[dict[str, Any]]:
     return ops
 
 
-def steer(ws: Workspace, sae: str, cfg: SteerConfig, *, reference: str | None = None,
-          on_token: Callable[[str, int], None] | None = None, control: JobControl | None = None) -> dict[str, Any]:
+def steer(
+    ws: Workspace,
+    sae: str,
+    cfg: SteerConfig,
+    *,
+    reference: str | None = None,
+    on_token: Callable[[str, int], None] | None = None,
+    control: JobControl | None = None,
+) -> dict[str, Any]:
     """Generate unsteered and steered continuations of ``cfg.prompt`` and measure the difference.
     ``on_token(which, token_id)`` streams tokens ('unsteered' or 'steered') as they come."""
     control = control or JobControl()
@@ -219,17 +262,29 @@ def steer(ws: Workspace, sae: str, cfg: SteerConfig, *, reference: str | None = 
     ids = prompt_ids(lm, cfg.prompt, cfg.chat_template)
     limit = getattr(lm.model.config, "max_position_embeddings", None) or 2048
     if ids.shape[1] + cfg.max_tokens > limit:
-        raise SteeringError(f"The prompt is {ids.shape[1]} tokens; with {cfg.max_tokens} more it exceeds the model's "
-                            f"context of {limit}.", "shorten the prompt or generate fewer tokens.")
+        raise SteeringError(
+            f"The prompt is {ids.shape[1]} tokens; with {cfg.max_tokens} more it exceeds the model's "
+            f"context of {limit}.",
+            "shorten the prompt or generate fewer tokens.",
+        )
     edit = make_edit(model_sae, feats, cfg)
     t0 = time.perf_counter()
-    base = generate(lm, ids, cfg, on_token=(lambda t: on_token("unsteered", t)) if on_token else None, control=control)
+    base = generate(
+        lm, ids, cfg, on_token=(lambda t: on_token("unsteered", t)) if on_token else None, control=control
+    )
     t1 = time.perf_counter()
-    steered = generate(lm, ids, cfg, hook=hook, edit=edit,
-                       on_token=(lambda t: on_token("steered", t)) if on_token else None, control=control)
+    steered = generate(
+        lm,
+        ids,
+        cfg,
+        hook=hook,
+        edit=edit,
+        on_token=(lambda t: on_token("steered", t)) if on_token else None,
+        control=control,
+    )
     t2 = time.perf_counter()
     tok = lm.tokenizer
-    pieces = lambda xs: [tok.decode([t]) for t in xs]   # noqa: E731
+    pieces = lambda xs: [tok.decode([t]) for t in xs]  # noqa: E731
     # metrics on one shared text: the prompt and the unsteered continuation
     seq = torch.cat([ids, torch.tensor([base], dtype=torch.long)], 1) if base else ids
     idx = [i for i, _ in feats]
@@ -237,9 +292,12 @@ def steer(ws: Workspace, sae: str, cfg: SteerConfig, *, reference: str | None = 
     lp1, a1 = _logprobs_and_acts(lm, seq, hook, edit, model_sae, idx)
     norm = residual_norm(lm, seq, h0)
     n0 = ids.shape[1]
-    span = slice(n0 - 1, seq.shape[1] - 1)                       # predictions of the continuation's tokens
-    kl = (lp1[span].exp() * (lp1[span] - lp0[span])).sum(-1)      # KL(steered || unsteered) per position
-    metrics: dict[str, Any] = {"kl_per_position": kl.tolist(), "kl_mean": float(kl.mean()) if kl.numel() else 0.0}
+    span = slice(n0 - 1, seq.shape[1] - 1)  # predictions of the continuation's tokens
+    kl = (lp1[span].exp() * (lp1[span] - lp0[span])).sum(-1)  # KL(steered || unsteered) per position
+    metrics: dict[str, Any] = {
+        "kl_per_position": kl.tolist(),
+        "kl_mean": float(kl.mean()) if kl.numel() else 0.0,
+    }
     ref_ids = torch.tensor([tok(reference, add_special_tokens=False)["input_ids"]]) if reference else seq
     if ref_ids.shape[1] >= 2:
         r0, _ = _logprobs_and_acts(lm, ref_ids, hook, None, model_sae, [])
@@ -250,20 +308,34 @@ def steer(ws: Workspace, sae: str, cfg: SteerConfig, *, reference: str | None = 
         metrics["reference"] = "given" if reference else "prompt + unsteered continuation"
     if idx:
         sl = slice(n0, None) if seq.shape[1] > n0 else slice(None)
-        metrics["feature_activation"] = {str(i): {"before": float(a0[sl, k].mean()), "after": float(a1[sl, k].mean())}
-                                         for k, i in enumerate(idx)}
+        metrics["feature_activation"] = {
+            str(i): {"before": float(a0[sl, k].mean()), "after": float(a1[sl, k].mean())}
+            for k, i in enumerate(idx)
+        }
     metrics["residual_norm"] = norm
-    metrics["relative_strength"] = {str(i): relative_strength(model_sae, i, v * cfg.multiplier, cfg.normalise, norm) for i, v in feats}
+    metrics["relative_strength"] = {
+        str(i): relative_strength(model_sae, i, v * cfg.multiplier, cfg.normalise, norm) for i, v in feats
+    }
     metrics["seconds"] = {"unsteered": t1 - t0, "steered": t2 - t1}
-    return {"sae": art.id, "hook": hook, "prompt": cfg.prompt, "features": feats, "method": cfg.method,
-            "unsteered": tok.decode(base, skip_special_tokens=True), "steered": tok.decode(steered, skip_special_tokens=True),
-            "unsteered_tokens": pieces(base), "steered_tokens": pieces(steered),
-            "diff": token_diff(pieces(base), pieces(steered)), "metrics": metrics,
-            "interrupted": bool(control.cancelled)}
+    return {
+        "sae": art.id,
+        "hook": hook,
+        "prompt": cfg.prompt,
+        "features": feats,
+        "method": cfg.method,
+        "unsteered": tok.decode(base, skip_special_tokens=True),
+        "steered": tok.decode(steered, skip_special_tokens=True),
+        "unsteered_tokens": pieces(base),
+        "steered_tokens": pieces(steered),
+        "diff": token_diff(pieces(base), pieces(steered)),
+        "metrics": metrics,
+        "interrupted": bool(control.cancelled),
+    }
 
 
-def sweep(ws: Workspace, sae: str, cfg: SteerConfig, strengths: list[float], *,
-          control: JobControl | None = None) -> list[dict[str, Any]]:
+def sweep(
+    ws: Workspace, sae: str, cfg: SteerConfig, strengths: list[float], *, control: JobControl | None = None
+) -> list[dict[str, Any]]:
     """Steered generation for each strength (every feature's strength set to it); one row per strength."""
     import dataclasses
 
@@ -272,18 +344,26 @@ def sweep(ws: Workspace, sae: str, cfg: SteerConfig, strengths: list[float], *,
         raise SteeringError("A sweep needs at least one feature.", "add a feature to steer with.")
     rows = []
     for s in strengths:
-        r = steer(ws, sae, dataclasses.replace(cfg, features=[[i, float(s)] for i, _ in feats]), control=control)
+        r = steer(
+            ws, sae, dataclasses.replace(cfg, features=[[i, float(s)] for i, _ in feats]), control=control
+        )
         act = r["metrics"].get("feature_activation", {})
-        rows.append({"strength": float(s), "steered": r["steered"], "kl_mean": r["metrics"]["kl_mean"],
-                     "perplexity": r["metrics"].get("perplexity_steered"),
-                     "activation": {k: v["after"] for k, v in act.items()}})
+        rows.append(
+            {
+                "strength": float(s),
+                "steered": r["steered"],
+                "kl_mean": r["metrics"]["kl_mean"],
+                "perplexity": r["metrics"].get("perplexity_steered"),
+                "activation": {k: v["after"] for k, v in act.items()},
+            }
+        )
     return rows
 
 
 # Automatic strength: the largest strength whose steered text stays fluent
 AUTO_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8)
-AUTO_MAX_PERPLEXITY = 15.0       # steered continuation's perplexity / the unsteered one's (both read unsteered)
-AUTO_MAX_REPETITION = 0.5        # share of the continuation's token trigrams that repeat an earlier one
+AUTO_MAX_PERPLEXITY = 15.0  # steered continuation's perplexity / the unsteered one's (both read unsteered)
+AUTO_MAX_REPETITION = 0.5  # share of the continuation's token trigrams that repeat an earlier one
 
 
 @torch.no_grad()
@@ -293,24 +373,33 @@ def fluency(lm: LoadedModel, ids: torch.Tensor, cont: list[int]) -> dict[str, fl
     if not cont:
         return {"perplexity": float("inf"), "repetition": 1.0}
     seq = torch.cat([ids, torch.tensor([cont], dtype=torch.long)], 1).to(lm.device)
-    logits = lm.model(input_ids=seq, use_cache=False).logits[0, ids.shape[1] - 1:-1].float()
+    logits = lm.model(input_ids=seq, use_cache=False).logits[0, ids.shape[1] - 1 : -1].float()
     nll = -torch.log_softmax(logits, -1).gather(1, torch.tensor(cont, device=logits.device)[:, None]).mean()
-    grams = [tuple(cont[i:i + 3]) for i in range(len(cont) - 2)]
+    grams = [tuple(cont[i : i + 3]) for i in range(len(cont) - 2)]
     rep = 1.0 - len(set(grams)) / len(grams) if grams else 0.0
     return {"perplexity": float(torch.exp(nll)), "repetition": rep}
 
 
-def auto_strength(ws: Workspace, sae: str, cfg: SteerConfig, *, feature: int | None = None,
-                  max_perplexity: float = AUTO_MAX_PERPLEXITY, max_repetition: float = AUTO_MAX_REPETITION,
-                  fractions: tuple[float, ...] = AUTO_FRACTIONS, tokens: int = 24,
-                  on_row: Callable[[dict[str, Any]], None] | None = None,
-                  control: JobControl | None = None) -> dict[str, Any]:
+def auto_strength(
+    ws: Workspace,
+    sae: str,
+    cfg: SteerConfig,
+    *,
+    feature: int | None = None,
+    max_perplexity: float = AUTO_MAX_PERPLEXITY,
+    max_repetition: float = AUTO_MAX_REPETITION,
+    fractions: tuple[float, ...] = AUTO_FRACTIONS,
+    tokens: int = 24,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    control: JobControl | None = None,
+) -> dict[str, Any]:
     """A short sweep that picks the largest strength of ``feature`` whose steered continuation of
     ``cfg.prompt`` stays fluent: read by the unsteered model, its perplexity is at most
     ``max_perplexity`` times the unsteered continuation's, and at most ``max_repetition`` of its
     trigrams repeat. Strengths are tried as ``fractions`` of the hook's typical residual norm (the
-    median norm over the prompt and the unsteered continuation), weakest first; the sweep stops after two non-fluent steps in a row. Other features of ``cfg.features``
-    keep their strengths. ``strength`` is None when no strength stays fluent."""
+    median norm over the prompt and the unsteered continuation), weakest first; the sweep stops after
+    two non-fluent steps in a row. Other features of ``cfg.features`` keep their strengths.
+    ``strength`` is None when no strength stays fluent."""
     import dataclasses
 
     control = control or JobControl()
@@ -318,13 +407,18 @@ def auto_strength(ws: Workspace, sae: str, cfg: SteerConfig, *, feature: int | N
     feats = parse_features(cfg.features)
     if feature is None:
         if len(feats) != 1:
-            raise SteeringError("An automatic strength is found for one feature at a time.",
-                                "name the feature to tune (feature=I, or I:auto on the command line).")
+            raise SteeringError(
+                "An automatic strength is found for one feature at a time.",
+                "name the feature to tune (feature=I, or I:auto on the command line).",
+            )
         feature = feats[0][0]
     feature = check_feature_index(ws, art.id, feature)
     if not max_perplexity >= 1 or not 0 < max_repetition <= 1:
-        raise SteeringError(f"The fluency bound (perplexity ratio {max_perplexity}, repetition {max_repetition}) admits nothing.",
-                            "use a perplexity ratio of 1 or more and a repetition share in (0, 1].")
+        raise SteeringError(
+            f"The fluency bound (perplexity ratio {max_perplexity}, repetition {max_repetition}) "
+            "admits nothing.",
+            "use a perplexity ratio of 1 or more and a repetition share in (0, 1].",
+        )
     others = [[i, s] for i, s in feats if i != feature]
     _check(ws, art.id, [(i, s) for i, s in others], cfg)
     lm = model_for_sae(ws, art, model_sae)
@@ -344,9 +438,20 @@ def auto_strength(ws: Workspace, sae: str, cfg: SteerConfig, *, feature: int | N
             break
         strength = frac * norm / max(dnorm, 1e-12) / (cfg.multiplier or 1.0)
         test = dataclasses.replace(short, features=others + [[feature, strength]])
-        out = generate(lm, ids, test, hook=hook, edit=make_edit(model_sae, parse_features(test.features), test), control=control)
-        row = {"strength": strength, "relative": frac, "text": lm.tokenizer.decode(out, skip_special_tokens=True),
-               **fluency(lm, ids, out)}
+        out = generate(
+            lm,
+            ids,
+            test,
+            hook=hook,
+            edit=make_edit(model_sae, parse_features(test.features), test),
+            control=control,
+        )
+        row = {
+            "strength": strength,
+            "relative": frac,
+            "text": lm.tokenizer.decode(out, skip_special_tokens=True),
+            **fluency(lm, ids, out),
+        }
         row["fluent"] = row["perplexity"] <= limit and row["repetition"] <= max_repetition
         rows.append(row)
         if on_row:
@@ -356,15 +461,31 @@ def auto_strength(ws: Workspace, sae: str, cfg: SteerConfig, *, feature: int | N
             break
     fluent = [r for r in rows if r["fluent"]]
     chosen = fluent[-1] if fluent else None
-    return {"sae": art.id, "feature": feature, "strength": chosen["strength"] if chosen else None,
-            "relative": chosen["relative"] if chosen else None, "rows": rows,
-            "unsteered": lm.tokenizer.decode(base, skip_special_tokens=True), "unsteered_fluency": base_fluency,
-            "bound": {"max_perplexity": max_perplexity, "perplexity_limit": limit, "max_repetition": max_repetition},
-            "residual_norm": norm, "decoder_norm": dnorm, "interrupted": bool(control.cancelled),
-            "note": None if chosen else ("No strength kept the steered text fluent under the bound (perplexity at most "
-                                         f"{max_perplexity:g}x the unsteered text's, repeated trigrams <= "
-                                         f"{max_repetition:.0%}); the unsteered text is kept. Loosen the bound or pick "
-                                         "another feature.")}
+    return {
+        "sae": art.id,
+        "feature": feature,
+        "strength": chosen["strength"] if chosen else None,
+        "relative": chosen["relative"] if chosen else None,
+        "rows": rows,
+        "unsteered": lm.tokenizer.decode(base, skip_special_tokens=True),
+        "unsteered_fluency": base_fluency,
+        "bound": {
+            "max_perplexity": max_perplexity,
+            "perplexity_limit": limit,
+            "max_repetition": max_repetition,
+        },
+        "residual_norm": norm,
+        "decoder_norm": dnorm,
+        "interrupted": bool(control.cancelled),
+        "note": None
+        if chosen
+        else (
+            "No strength kept the steered text fluent under the bound (perplexity at most "
+            f"{max_perplexity:g}x the unsteered text's, repeated trigrams <= "
+            f"{max_repetition:.0%}); the unsteered text is kept. Loosen the bound or pick "
+            "another feature."
+        ),
+    }
 
 
 PRESET = "steering_preset"

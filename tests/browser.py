@@ -1,5 +1,6 @@
 """Helpers for the real-browser tests: JupyterLab and Voila servers on loopback, and Debian's Chromium
 driven by Playwright (never a downloaded browser)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,10 +16,20 @@ from pathlib import Path
 import nbformat
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-KERNELSPEC = {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
-              "language_info": {"name": "python"}}
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+KERNELSPEC = {
+    "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+    "language_info": {"name": "python"},
+}
 
 
 def free_port() -> int:
@@ -37,13 +48,19 @@ def write_notebook(path: Path, cells: list[str]) -> Path:
 def jupyter_env(base: Path, workspace: Path) -> dict[str, str]:
     """Fresh Jupyter config/runtime/settings folders, with the news and update checks turned off."""
     env = dict(os.environ)
-    for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
-                     ("JUPYTERLAB_SETTINGS_DIR", "settings"), ("JUPYTERLAB_WORKSPACES_DIR", "workspaces")):
+    for var, sub in (
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("JUPYTERLAB_SETTINGS_DIR", "settings"),
+        ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+    ):
         (base / sub).mkdir(parents=True, exist_ok=True)
         env[var] = str(base / sub)
     notif = base / "settings" / "@jupyterlab" / "apputils-extension"
     notif.mkdir(parents=True, exist_ok=True)
-    (notif / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    (notif / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
     env["MISTUDIO_HOME"] = str(workspace)
     env["HF_HUB_OFFLINE"] = env["HF_DATASETS_OFFLINE"] = "1"
     return env
@@ -83,14 +100,34 @@ def server(cmd: list[str], env: dict[str, str], url: str, log: Path):
 
 
 def lab_command(root: Path, port: int, token: str) -> list[str]:
-    return [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-            f"--ServerApp.token={token}", "--ServerApp.allow_root=True", f"--ServerApp.root_dir={root}",
-            "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=False"]
+    return [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--ServerApp.token={token}",
+        "--ServerApp.allow_root=True",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.news_url=",
+        "--ServerApp.disable_check_xsrf=False",
+    ]
 
 
 def voila_command(notebook: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-            "--ServerApp.allow_root=True", "--show_tracebacks=True"]
+    return [
+        sys.executable,
+        "-m",
+        "voila",
+        str(notebook),
+        "--no-browser",
+        f"--port={port}",
+        "--Voila.ip=127.0.0.1",
+        "--ServerApp.allow_root=True",
+        "--show_tracebacks=True",
+    ]
 
 
 def only_loopback(route) -> None:

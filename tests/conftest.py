@@ -1,5 +1,6 @@
 """Shared fixtures: a session workspace holding the real embedded model and corpus, and tiny
 random-weight models of every supported family built locally from configs (no hub)."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,15 @@ def tiny_config(family: str, **over):
     """A 3-layer, 64-wide config of ``family`` (random weights are made from it)."""
     import transformers as tf
 
-    common = dict(vocab_size=97, num_hidden_layers=3, hidden_size=64, intermediate_size=96, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=64)
+    common = dict(
+        vocab_size=97,
+        num_hidden_layers=3,
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     if family == "llama":
         cfg = tf.LlamaConfig(**common)
     elif family == "mistral":
@@ -59,9 +67,15 @@ def tiny_config(family: str, **over):
     elif family == "gpt2":
         cfg = tf.GPT2Config(vocab_size=97, n_layer=3, n_embd=64, n_head=4, n_positions=64)
     elif family in ("gpt_neox", "gpt_neox_sequential"):
-        cfg = tf.GPTNeoXConfig(vocab_size=97, num_hidden_layers=3, hidden_size=64, intermediate_size=96,
-                               num_attention_heads=4, max_position_embeddings=64,
-                               use_parallel_residual=(family == "gpt_neox"))
+        cfg = tf.GPTNeoXConfig(
+            vocab_size=97,
+            num_hidden_layers=3,
+            hidden_size=64,
+            intermediate_size=96,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            use_parallel_residual=(family == "gpt_neox"),
+        )
     else:
         raise ValueError(family)
     for k, v in over.items():
@@ -84,7 +98,18 @@ def tiny_model(family: str, seed: int = 0):
     return model
 
 
-TINY_FAMILIES = ["llama", "mistral", "qwen2", "phi3", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "gpt_neox_sequential"]
+TINY_FAMILIES = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "gpt2",
+    "gpt_neox",
+    "gpt_neox_sequential",
+]
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +123,12 @@ def tiny_model_dir(tmp_path_factory):
     text = default_corpus_files()[0].read_text(encoding="utf-8", errors="replace")
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(text.splitlines(), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<bos>", "<eos>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    tok.train_from_iterator(
+        text.splitlines(), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<bos>", "<eos>"])
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
     d = tmp_path_factory.mktemp("tiny-gpt2")
     model = tiny_model("gpt2")
     model.resize_token_embeddings(len(fast))
@@ -108,7 +137,7 @@ def tiny_model_dir(tmp_path_factory):
     return d
 
 
-MODEL_FIXTURES = {"default_ws", "lm", "small_sae", "extraction", "demo_sae"}   # each loads the real model
+MODEL_FIXTURES = {"default_ws", "lm", "small_sae", "extraction", "demo_sae"}  # each loads the real model
 
 
 def pytest_collection_modifyitems(config, items):
@@ -117,7 +146,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.model)
-        if item.nodeid.startswith("notebooks/"):          # every tutorial notebook runs the real model
+        if item.nodeid.startswith("notebooks/"):  # every tutorial notebook runs the real model
             item.add_marker(pytest.mark.model)
 
 
@@ -149,12 +178,13 @@ def page(request, browser):
 @pytest.fixture(scope="session")
 def browser():
     pytest.importorskip("playwright")
+    from browser import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
 
-    from browser import CHROMIUM, CHROMIUM_ARGS
-
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)"
+        )
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
@@ -170,9 +200,22 @@ def small_sae(default_ws):
     from mistudio_widgets.core.configs import TrainConfig
     from mistudio_widgets.train.training import train
 
-    res = train(default_ws, TrainConfig(steps=4, batch_tokens=512, chunk_sequences=16, eval_sequences=4, eval_every=0,
-                                        checkpoint_every=0, log_every=2, expansion_factor=1, k=8, hook="blocks.6.hook_resid_post",
-                                        name=default_ws.unique_name("run", "features-sae")))
+    res = train(
+        default_ws,
+        TrainConfig(
+            steps=4,
+            batch_tokens=512,
+            chunk_sequences=16,
+            eval_sequences=4,
+            eval_every=0,
+            checkpoint_every=0,
+            log_every=2,
+            expansion_factor=1,
+            k=8,
+            hook="blocks.6.hook_resid_post",
+            name=default_ws.unique_name("run", "features-sae"),
+        ),
+    )
     return res.sae_id
 
 
@@ -181,8 +224,15 @@ def extraction(default_ws, small_sae):
     from mistudio_widgets.core.configs import ExtractConfig
     from mistudio_widgets.features import extract
 
-    cfg = ExtractConfig(tokens=N_TOKENS, top_k=5, quantile_groups=3, quantile_examples=2, batch_size=4,
-                        coactivation_tokens=N_TOKENS, name=default_ws.unique_name("extraction", "ci"))
+    cfg = ExtractConfig(
+        tokens=N_TOKENS,
+        top_k=5,
+        quantile_groups=3,
+        quantile_examples=2,
+        batch_size=4,
+        coactivation_tokens=N_TOKENS,
+        name=default_ws.unique_name("extraction", "ci"),
+    )
     return extract(default_ws, small_sae, cfg)
 
 
@@ -190,12 +240,14 @@ def extraction(default_ws, small_sae):
 def demo_sae(default_ws):
     """The SAE `mistudio demo` trains (its recipe, on the default corpus), with the demo's extraction: the
     real shouting feature the insight tests look for. About three minutes on a 2-core CPU."""
-    from mistudio_widgets.core.configs import ExtractConfig
     from mistudio_widgets.cli.demo import demo_train_config
+    from mistudio_widgets.core.configs import ExtractConfig
     from mistudio_widgets.features import extract
     from mistudio_widgets.train.training import train
 
     ws = default_ws
     res = train(ws, demo_train_config(ws, "default", name=ws.unique_name("run", "insight-demo")))
-    extract(ws, res.sae_id, ExtractConfig(tokens=32768, top_k=20, quantile_examples=3, coactivation_tokens=4096))
+    extract(
+        ws, res.sae_id, ExtractConfig(tokens=32768, top_k=20, quantile_examples=3, coactivation_tokens=4096)
+    )
     return res.sae_id

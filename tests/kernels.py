@@ -1,5 +1,6 @@
 """A real IPython kernel (ipykernel through jupyter_client) for tests that need two notebooks' kernels
 on one workspace at once."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,7 @@ from jupyter_client.manager import KernelManager
 class Kernel:
     def __init__(self, km: KernelManager):
         self.km, self.kc = km, km.client()
-        self.published: list[dict] = []        # every message the kernel published on iopub, in order
+        self.published: list[dict] = []  # every message the kernel published on iopub, in order
 
     def execute(self, code: str, timeout: float = 300) -> tuple[dict, str]:
         """Run ``code``; return (reply content, everything it printed)."""
@@ -33,7 +34,9 @@ class Kernel:
     def run(self, code: str, timeout: float = 300) -> str:
         """Run ``code`` and return what it printed; fail with the kernel's traceback if it raised."""
         content, out = self.execute(code, timeout)
-        assert content["status"] == "ok", f"{content.get('ename')}: {content.get('evalue')}\n" + "\n".join(content.get("traceback", []))
+        assert content["status"] == "ok", f"{content.get('ename')}: {content.get('evalue')}\n" + "\n".join(
+            content.get("traceback", [])
+        )
         return out
 
     def drain(self, quiet: float = 2.0) -> None:
@@ -61,8 +64,13 @@ class Kernel:
 @contextlib.contextmanager
 def kernel(workspace: Path) -> Iterator[Kernel]:
     """A fresh kernel of this Python whose default workspace is ``workspace`` (offline)."""
-    env = {**os.environ, "MISTUDIO_HOME": str(workspace), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "MISTUDIO_HOME": str(workspace),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     km = KernelManager(kernel_name="python3")
     km.start_kernel(env=env)
     k = Kernel(km)

@@ -1,5 +1,6 @@
 """Real-browser tests: the widgets render in JupyterLab and in Voila, and an action in the page reaches
 the kernel and the kernel's answer comes back."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,8 @@ import re
 import uuid
 
 import pytest
-from playwright.sync_api import expect
-
 from browser import free_port, jupyter_env, lab_command, server, voila_command, write_notebook
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=90_000)
@@ -20,11 +20,17 @@ SETUP = "import mistudio_widgets as ms\nws = ms.open_workspace()"
 @pytest.fixture(scope="module")
 def lab(default_ws, tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
-    (root / "yell.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ["WHY ARE YOU SHOUTING?", "A calm sentence."] * 30))
+    (root / "yell.jsonl").write_text(
+        "\n".join(json.dumps({"text": t}) for t in ["WHY ARE YOU SHOUTING?", "A calm sentence."] * 30)
+    )
     port, token = free_port(), uuid.uuid4().hex
     env = jupyter_env(root / ".jupyter", default_ws.root)
-    with server(lab_command(root, port, token), env, f"http://127.0.0.1:{port}/api/status?token={token}",
-                root / "lab.log"):
+    with server(
+        lab_command(root, port, token),
+        env,
+        f"http://127.0.0.1:{port}/api/status?token={token}",
+        root / "lab.log",
+    ):
         yield {"root": root, "url": f"http://127.0.0.1:{port}", "token": token}
 
 
@@ -51,7 +57,12 @@ def generate_in_pane(pane, prompt: str, *, max_tokens: int, strength: float, ind
 
 
 def test_dataset_picker_in_lab_tokenizes_through_the_kernel(page, lab):
-    open_and_run(page, lab, "picker.ipynb", [SETUP, "from mistudio_widgets.widgets import DatasetPicker\nDatasetPicker(ws)"])
+    open_and_run(
+        page,
+        lab,
+        "picker.ipynb",
+        [SETUP, "from mistudio_widgets.widgets import DatasetPicker\nDatasetPicker(ws)"],
+    )
     picker = page.get_by_test_id("dataset-picker")
     expect(picker).to_be_visible()
     # add a local dataset from the page
@@ -65,7 +76,9 @@ def test_dataset_picker_in_lab_tokenizes_through_the_kernel(page, lab):
     picker.get_by_test_id("ds-model").select_option(label="SmolLM2-135M-Instruct")
     picker.get_by_test_id("ds-context").fill("16")
     picker.get_by_test_id("ds-tokenize").click()
-    expect(picker.get_by_test_id("message")).to_contain_text(re.compile(r"Tokenized into \d+ sequences of 16 tokens"))
+    expect(picker.get_by_test_id("message")).to_contain_text(
+        re.compile(r"Tokenized into \d+ sequences of 16 tokens")
+    )
     stats = picker.get_by_test_id("ds-stats")
     expect(stats).to_contain_text("Sequences")
     expect(stats.locator("svg.histogram rect.binbar").first).to_be_attached()
@@ -80,11 +93,20 @@ def test_dataset_picker_in_lab_tokenizes_through_the_kernel(page, lab):
 
 
 def test_model_picker_and_system_monitor_in_lab(page, lab):
-    open_and_run(page, lab, "models.ipynb", [
-        SETUP, "from mistudio_widgets.widgets import ModelPicker, SystemMonitor\nmp = ModelPicker(ws)\nmp",
-        "sm = SystemMonitor(ws, interval=0.5)\nsm"])
+    open_and_run(
+        page,
+        lab,
+        "models.ipynb",
+        [
+            SETUP,
+            "from mistudio_widgets.widgets import ModelPicker, SystemMonitor\nmp = ModelPicker(ws)\nmp",
+            "sm = SystemMonitor(ws, interval=0.5)\nsm",
+        ],
+    )
     mp = page.get_by_test_id("model-picker")
-    mp.get_by_test_id("model-list").locator('tr[data-name="SmolLM2-135M-Instruct"]').click()   # other tests add models
+    mp.get_by_test_id("model-list").locator(
+        'tr[data-name="SmolLM2-135M-Instruct"]'
+    ).click()  # other tests add models
     expect(mp.get_by_test_id("model-arch")).to_contain_text("llama")
     expect(mp.get_by_test_id("model-memory")).to_contain_text("GiB")
     mp.get_by_test_id("model-quant").select_option("4bit")
@@ -109,8 +131,16 @@ def test_studio_in_voila(page, default_ws, tmp_path, extracted_sae):
 
     repo = Path(__file__).resolve().parent.parent
     port = free_port()
-    env = {**jupyter_env(tmp_path / ".jupyter", default_ws.root), "JUPYTER_CONFIG_PATH": str(repo / "jupyter-config")}
-    with server(voila_command(repo / "dashboards" / "studio.ipynb", port), env, f"http://127.0.0.1:{port}/", tmp_path / "voila.log"):
+    env = {
+        **jupyter_env(tmp_path / ".jupyter", default_ws.root),
+        "JUPYTER_CONFIG_PATH": str(repo / "jupyter-config"),
+    }
+    with server(
+        voila_command(repo / "dashboards" / "studio.ipynb", port),
+        env,
+        f"http://127.0.0.1:{port}/",
+        tmp_path / "voila.log",
+    ):
         page.goto(f"http://127.0.0.1:{port}/")
         picker = page.get_by_test_id("dataset-picker")
         expect(picker).to_be_visible()
@@ -123,19 +153,21 @@ def test_studio_in_voila(page, default_ws, tmp_path, extracted_sae):
         page.get_by_test_id("model-list").locator('tr[data-name="SmolLM2-135M-Instruct"]').click()
         expect(page.get_by_test_id("model-arch")).to_contain_text("134,515,008")
         page.get_by_role("tab", name="Training").click()
-        expect(page.get_by_test_id("training-configurator").get_by_test_id("train-estimate")).to_contain_text("Latents")
+        expect(page.get_by_test_id("training-configurator").get_by_test_id("train-estimate")).to_contain_text(
+            "Latents"
+        )
         page.get_by_role("tab", name="SAEs").click()
         expect(page.get_by_test_id("sae-library")).to_be_visible()
         page.get_by_role("tab", name="Features").click()
         fb = page.get_by_test_id("feature-browser")
-        expect(fb.get_by_test_id("fb-sae")).to_have_value(extracted_sae)        # the newest extracted SAE
+        expect(fb.get_by_test_id("fb-sae")).to_have_value(extracted_sae)  # the newest extracted SAE
         fb.locator('[data-testid="feature-row"][data-index="3"]').click()
         expect(fb.get_by_test_id("fb-title")).to_contain_text("Feature 3")
         fb.get_by_test_id("fb-prompt").fill("Good morrow, my lord!")
         fb.get_by_test_id("fb-prompt-go").click()
         expect(fb.get_by_test_id("fb-prompt-features").locator("button").first).to_be_visible()
         expect(page.locator(".mistudio-feature-map .js-plotly-plot")).to_be_visible()
-        fb.get_by_test_id("fb-steer").click()                              # "Steer with this"
+        fb.get_by_test_id("fb-steer").click()  # "Steer with this"
         pane = page.get_by_test_id("steering-pane")
         expect(pane.locator('[data-testid="st-feature"][data-index="3"]')).to_be_visible()
         generate_in_pane(pane, "Tell me about the king.", max_tokens=6, strength=50, index=3)
@@ -146,19 +178,42 @@ def test_studio_in_voila(page, default_ws, tmp_path, extracted_sae):
         expect(page.get_by_test_id("system-monitor").get_by_test_id("sys-cpu")).to_contain_text("cores")
         # the dashboard exposes its widgets and nothing else: no notebook source, no files, no Jupyter APIs
         assert "open_workspace" not in page.content()
-        for path in ("/voila/files/studio.ipynb", "/voila/files/../README.md", "/api/contents", "/api/kernels", "/tree",
-                     "/files/studio.ipynb"):
+        for path in (
+            "/voila/files/studio.ipynb",
+            "/voila/files/../README.md",
+            "/api/contents",
+            "/api/kernels",
+            "/tree",
+            "/files/studio.ipynb",
+        ):
             assert page.request.get(f"http://127.0.0.1:{port}{path}").status in (403, 404), path
 
 
 def test_training_from_the_configurator_updates_the_charts_and_stops(page, lab):
     name = f"browser-{uuid.uuid4().hex[:6]}"
-    settings = dict(steps=5000, batch_tokens=256, chunk_sequences=24, eval_every=0, eval_sequences=4, log_every=1,
-                    expansion_factor=2, k=16, checkpoint_every=0, name=name)
-    open_and_run(page, lab, "train.ipynb", [
-        SETUP, "from mistudio_widgets.widgets import TrainingConfigurator, TrainingMonitor\n"
-               "mon = TrainingMonitor(ws, runs=[])\ncfg = TrainingConfigurator(ws, monitor=mon)\n"
-               f"cfg.values = {{**cfg.values, **{settings!r}}}\ndisplay(cfg, mon)"])
+    settings = dict(
+        steps=5000,
+        batch_tokens=256,
+        chunk_sequences=24,
+        eval_every=0,
+        eval_sequences=4,
+        log_every=1,
+        expansion_factor=2,
+        k=16,
+        checkpoint_every=0,
+        name=name,
+    )
+    open_and_run(
+        page,
+        lab,
+        "train.ipynb",
+        [
+            SETUP,
+            "from mistudio_widgets.widgets import TrainingConfigurator, TrainingMonitor\n"
+            "mon = TrainingMonitor(ws, runs=[])\ncfg = TrainingConfigurator(ws, monitor=mon)\n"
+            f"cfg.values = {{**cfg.values, **{settings!r}}}\ndisplay(cfg, mon)",
+        ],
+    )
     conf = page.get_by_test_id("training-configurator")
     expect(conf.get_by_test_id("train-estimate")).to_contain_text("Latents")
     # inline validation from the kernel: an impossible k disables Start and says why
@@ -192,9 +247,22 @@ def extracted_sae(default_ws):
     from mistudio_widgets.features import extract
     from mistudio_widgets.train.training import train
 
-    res = train(default_ws, TrainConfig(steps=3, batch_tokens=512, chunk_sequences=16, eval_sequences=4, eval_every=0,
-                                        checkpoint_every=0, log_every=1, expansion_factor=1, k=8, hook="blocks.6.hook_resid_post",
-                                        name=default_ws.unique_name("run", "browser-features")))
+    res = train(
+        default_ws,
+        TrainConfig(
+            steps=3,
+            batch_tokens=512,
+            chunk_sequences=16,
+            eval_sequences=4,
+            eval_every=0,
+            checkpoint_every=0,
+            log_every=1,
+            expansion_factor=1,
+            k=8,
+            hook="blocks.6.hook_resid_post",
+            name=default_ws.unique_name("run", "browser-features"),
+        ),
+    )
     extract(default_ws, res.sae_id, ExtractConfig(tokens=1024, top_k=5, batch_size=4))
     return res.sae_id
 
@@ -205,18 +273,31 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     from mistudio_widgets.features import feature_columns
 
     cols = feature_columns(default_ws, extracted_sae)
-    open_and_run(page, lab, "features.ipynb", [
-        SETUP, f"from mistudio_widgets.widgets import FeatureBrowser, FeatureMap\nfb = FeatureBrowser(ws, sae={extracted_sae!r})\nfb",
-        "FeatureMap(fb)"])
+    open_and_run(
+        page,
+        lab,
+        "features.ipynb",
+        [
+            SETUP,
+            "from mistudio_widgets.widgets import FeatureBrowser, FeatureMap\nfb = FeatureBrowser(ws, "
+            f"sae={extracted_sae!r})\nfb",
+            "FeatureMap(fb)",
+        ],
+    )
     fb = page.get_by_test_id("feature-browser")
     expect(fb.get_by_test_id("fb-count")).to_have_text("576 of 576 features")
     expect(fb.get_by_test_id("feature-row").first).to_be_visible()
     assert fb.get_by_test_id("feature-row").count() < 80, "only the visible rows are in the page"
     # sorting and filtering happen in the page on the binary columns
     fb.get_by_test_id("fb-sort").select_option("frequency")
-    expect(fb.get_by_test_id("feature-row").first).to_have_attribute("data-index", str(int(np.argmax(cols["frequency"]))))
-    fb.get_by_test_id("fb-list").evaluate("el => { el.scrollTop = el.scrollHeight; el.dispatchEvent(new Event('scroll')); }")
-    expect(fb.locator(f'[data-testid="feature-row"][data-index="{int(np.argsort(-cols["frequency"], kind="stable")[-1])}"]')).to_be_attached()
+    expect(fb.get_by_test_id("feature-row").first).to_have_attribute(
+        "data-index", str(int(np.argmax(cols["frequency"])))
+    )
+    fb.get_by_test_id("fb-list").evaluate(
+        "el => { el.scrollTop = el.scrollHeight; el.dispatchEvent(new Event('scroll')); }"
+    )
+    rarest = int(np.argsort(-cols["frequency"], kind="stable")[-1])
+    expect(fb.locator(f'[data-testid="feature-row"][data-index="{rarest}"]')).to_be_attached()
     fb.get_by_test_id("fb-filter").fill("7")
     expect(fb.get_by_test_id("fb-count")).to_have_text("1 of 576 features")
     busiest = int(np.argmax(cols["frequency"]))
@@ -242,10 +323,15 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     first.click()
     expect(fb.get_by_test_id("fb-title")).to_contain_text(f"Feature {idx}")
     # markup typed into the prompt comes back as tokens shown as text
-    fb.get_by_test_id("fb-prompt").fill('<img src=x onerror="window.__pwned=2"><script>window.__pwned=3</script>')
+    fb.get_by_test_id("fb-prompt").fill(
+        '<img src=x onerror="window.__pwned=2"><script>window.__pwned=3</script>'
+    )
     fb.get_by_test_id("fb-prompt-go").click()
     expect(fb.get_by_test_id("fb-prompt-out").locator(".ftok", has_text="script").first).to_be_visible()
-    assert page.evaluate("window.__pwned") is None and fb.get_by_test_id("fb-prompt-out").locator("img, script").count() == 0
+    assert (
+        page.evaluate("window.__pwned") is None
+        and fb.get_by_test_id("fb-prompt-out").locator("img, script").count() == 0
+    )
     # the feature map: clicking a point opens that feature
     before = fb.get_by_test_id("fb-title").inner_text()
     point = page.locator(".mistudio-feature-map .scatterlayer .point").nth(100)
@@ -273,8 +359,16 @@ def test_steering_pane_in_lab(page, lab, default_ws, extracted_sae):
 
     peak = float(feature_columns(default_ws, extracted_sae)["max"][3])
     preset = f"lab-preset-{uuid.uuid4().hex[:6]}"
-    open_and_run(page, lab, "steer.ipynb", [
-        SETUP, f"from mistudio_widgets.widgets import SteeringPane\npane = SteeringPane(ws, sae={extracted_sae!r})\npane"])
+    open_and_run(
+        page,
+        lab,
+        "steer.ipynb",
+        [
+            SETUP,
+            "from mistudio_widgets.widgets import SteeringPane\npane = SteeringPane(ws, "
+            f"sae={extracted_sae!r})\npane",
+        ],
+    )
     pane = page.get_by_test_id("steering-pane")
     expect(pane.get_by_test_id("st-sae")).to_have_value(extracted_sae)
     # find a feature by index and add it: its slider spans ten times its largest activation
@@ -284,7 +378,7 @@ def test_steering_pane_in_lab(page, lab, default_ws, extracted_sae):
     slider = pane.locator('[data-testid="st-slider"][data-index="3"]')
     expect(slider).to_have_attribute("max", re.compile(r"^\d"))
     assert abs(float(slider.get_attribute("max")) - max(10 * peak, 1)) < 1e-3
-    pane.get_by_test_id("st-wide").check()                                   # Neuronpedia's range
+    pane.get_by_test_id("st-wide").check()  # Neuronpedia's range
     expect(slider).to_have_attribute("max", "300")
     # generate: both continuations come back, the changed tokens are marked and the metrics shown
     generate_in_pane(pane, "Tell me about the king.", max_tokens=8, strength=300, index=3)
@@ -299,7 +393,7 @@ def test_steering_pane_in_lab(page, lab, default_ws, extracted_sae):
     pane.get_by_test_id("st-max-tokens").fill("400")
     pane.get_by_test_id("st-max-tokens").dispatch_event("change")
     pane.get_by_test_id("st-generate").click()
-    expect(pane.get_by_test_id("st-unsteered").locator(".stok").nth(2)).to_be_attached()    # streaming
+    expect(pane.get_by_test_id("st-unsteered").locator(".stok").nth(2)).to_be_attached()  # streaming
     pane.get_by_test_id("st-stop").click()
     expect(pane.get_by_test_id("st-metrics")).to_contain_text("stopped")
     assert pane.get_by_test_id("st-unsteered").locator(".stok").count() < 400
@@ -323,7 +417,9 @@ def test_sae_library_imports_exports_and_compares_in_lab(page, lab, default_ws, 
     folder = lab["root"] / f"shared-{uuid.uuid4().hex[:6]}"
     export_saelens(default_ws, extracted_sae, folder)
     name = f"lab-import-{uuid.uuid4().hex[:6]}"
-    open_and_run(page, lab, "library.ipynb", [SETUP, "from mistudio_widgets.widgets import SAELibrary\nSAELibrary(ws)"])
+    open_and_run(
+        page, lab, "library.ipynb", [SETUP, "from mistudio_widgets.widgets import SAELibrary\nSAELibrary(ws)"]
+    )
     lib = page.get_by_test_id("sae-library")
     expect(lib.locator("tbody tr").first).to_be_visible()
     # import a SAELens folder from the page
@@ -340,22 +436,30 @@ def test_sae_library_imports_exports_and_compares_in_lab(page, lab, default_ws, 
     lib.get_by_test_id("lib-export-out").fill(str(out))
     lib.get_by_test_id("lib-export").click()
     expect(lib.get_by_test_id("lib-exported")).to_contain_text(str(out))
-    assert json.loads((out / "manifest.json").read_text())["features"] == default_ws.get(extracted_sae).meta["d_sae"]
+    assert (
+        json.loads((out / "manifest.json").read_text())["features"]
+        == default_ws.get(extracted_sae).meta["d_sae"]
+    )
     # compare the SAE with its imported copy: every feature matches itself
     lib.get_by_test_id("lib-compare-a").select_option(extracted_sae)
     lib.get_by_test_id("lib-compare-b").select_option(imported)
     lib.get_by_test_id("lib-compare").click()
-    expect(lib.get_by_test_id("lib-comparison-sentence")).to_contain_text(re.compile(r"matches feature (\d+) of .* at 1\.00"))
+    expect(lib.get_by_test_id("lib-comparison-sentence")).to_contain_text(
+        re.compile(r"matches feature (\d+) of .* at 1\.00")
+    )
     expect(lib.get_by_test_id("lib-comparison")).to_contain_text("mean cosine")
     expect(lib.get_by_test_id("lib-comparison").locator("svg.histogram rect.binbar").first).to_be_attached()
     if os.environ.get("MISTUDIO_SCREENSHOTS"):
         lib.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/sae_library.png")
 
 
-HOSTILE = ['<img src=x onerror="window.__pwned=\'img\'"> The king is here.',
-           '<script>window.__pwned="script"</script> A calm sentence about the sea.',
-           '<svg onload="window.__pwned=\'svg\'"></svg> "><b>bold</b> & <a href="javascript:window.__pwned=1">link</a>',
-           '<iframe srcdoc="<script>parent.__pwned=1</script>"></iframe> Why are you shouting?']
+HOSTILE = [
+    "<img src=x onerror=\"window.__pwned='img'\"> The king is here.",
+    '<script>window.__pwned="script"</script> A calm sentence about the sea.',
+    '<svg onload="window.__pwned=\'svg\'"></svg> "><b>bold</b> & <a '
+    'href="javascript:window.__pwned=1">link</a>',
+    '<iframe srcdoc="<script>parent.__pwned=1</script>"></iframe> Why are you shouting?',
+]
 
 
 def test_untrusted_text_is_shown_as_text_never_run(page, lab, default_ws, extracted_sae, tmp_path):
@@ -363,21 +467,32 @@ def test_untrusted_text_is_shown_as_text_never_run(page, lab, default_ws, extrac
     shown as text in every widget: nothing it holds is run or rendered."""
     from mistudio_widgets.core.configs import DatasetConfig, ExtractConfig
     from mistudio_widgets.data.datasets import add_dataset
-    from mistudio_widgets.share.exporting import export_saelens
     from mistudio_widgets.features import extract, feature_columns
+    from mistudio_widgets.share.exporting import export_saelens
     from mistudio_widgets.share.importing import import_sae
 
     src = tmp_path / "hostile.jsonl"
     src.write_text("\n".join(json.dumps({"text": t}) for t in HOSTILE * 20))
-    ds = add_dataset(default_ws, DatasetConfig(source=str(src), name=default_ws.unique_name("dataset", "hostile")))
-    export_saelens(default_ws, extracted_sae, tmp_path / "copy")            # a copy of the SAE, extracted on that text
+    ds = add_dataset(
+        default_ws, DatasetConfig(source=str(src), name=default_ws.unique_name("dataset", "hostile"))
+    )
+    export_saelens(default_ws, extracted_sae, tmp_path / "copy")  # a copy of the SAE, extracted on that text
     sae = import_sae(default_ws, tmp_path / "copy", name=default_ws.unique_name("sae", "hostile-copy")).id
     extract(default_ws, sae, ExtractConfig(dataset=ds.name, tokens=1024, top_k=5, batch_size=4))
     busiest = int(feature_columns(default_ws, sae)["frequency"].argmax())
     default_ws.add_label(sae, busiest, HOSTILE[0])
-    open_and_run(page, lab, "hostile.ipynb", [
-        SETUP, "from mistudio_widgets.widgets import DatasetPicker, FeatureBrowser, SteeringPane\nDatasetPicker(ws)",
-        f"fb = FeatureBrowser(ws, sae={sae!r})\nfb", f"SteeringPane(ws, sae={sae!r})"])
+    open_and_run(
+        page,
+        lab,
+        "hostile.ipynb",
+        [
+            SETUP,
+            "from mistudio_widgets.widgets import DatasetPicker, FeatureBrowser, "
+            "SteeringPane\nDatasetPicker(ws)",
+            f"fb = FeatureBrowser(ws, sae={sae!r})\nfb",
+            f"SteeringPane(ws, sae={sae!r})",
+        ],
+    )
     widgets = page.locator(".jp-OutputArea-output")
     # the dataset's preview
     picker = page.get_by_test_id("dataset-picker")
@@ -392,7 +507,9 @@ def test_untrusted_text_is_shown_as_text_never_run(page, lab, default_ws, extrac
     expect(fb.get_by_test_id("fb-title")).to_contain_text(HOSTILE[0])
     expect(fb.get_by_test_id("fb-examples").locator(".ftok").first).to_be_visible()
     examples = fb.get_by_test_id("fb-examples").inner_text()
-    assert any(m in examples for m in ("<img", "<script", "<svg", "<iframe", "onerror", "onload")), examples[:500]
+    assert any(m in examples for m in ("<img", "<script", "<svg", "<iframe", "onerror", "onload")), examples[
+        :500
+    ]
     # a prompt with markup, steered: the continuations are text too
     pane = page.get_by_test_id("steering-pane")
     pane.get_by_test_id("st-search").fill(str(busiest))
@@ -402,7 +519,10 @@ def test_untrusted_text_is_shown_as_text_never_run(page, lab, default_ws, extrac
     expect(pane.get_by_test_id("st-metrics")).to_contain_text("KL")
     # nothing ran, and no element came from the text
     assert page.evaluate("window.__pwned") is None
-    assert page.evaluate("() => [...document.querySelectorAll('iframe')].every(f => !f.contentWindow || f.contentWindow.__pwned === undefined)")
+    assert page.evaluate(
+        "() => [...document.querySelectorAll('iframe')].every(f => !f.contentWindow || "
+        "f.contentWindow.__pwned === undefined)"
+    )
     assert widgets.locator("img, script, svg[onload], iframe, a[href^='javascript']").count() == 0
 
 
@@ -413,9 +533,17 @@ def test_a_shouting_feature_is_found_and_steered_from_the_page(page, lab, defaul
     from mistudio_widgets.features import contrast
 
     best = contrast(default_ws, demo_sae, SHOUTS)["features"][0]["index"]
-    open_and_run(page, lab, "shout.ipynb", [
-        SETUP, f"from mistudio_widgets.widgets import FeatureBrowser, SteeringPane\nFeatureBrowser(ws, sae={demo_sae!r})",
-        f"SteeringPane(ws, sae={demo_sae!r})"])
+    open_and_run(
+        page,
+        lab,
+        "shout.ipynb",
+        [
+            SETUP,
+            "from mistudio_widgets.widgets import FeatureBrowser, SteeringPane\nFeatureBrowser(ws, "
+            f"sae={demo_sae!r})",
+            f"SteeringPane(ws, sae={demo_sae!r})",
+        ],
+    )
     fb = page.get_by_test_id("feature-browser")
     fb.get_by_test_id("fb-prompt").fill("\n".join(SHOUTS))
     fb.get_by_test_id("fb-ordinary").check()
@@ -433,9 +561,12 @@ def test_a_shouting_feature_is_found_and_steered_from_the_page(page, lab, defaul
     star.click()
     set_field(pane.get_by_test_id("st-prompt"), PROMPT)
     pane.locator(f'[data-testid="st-auto-go"][data-index="{index}"]').click()
-    answer = pane.get_by_test_id("message").or_(pane.get_by_test_id("error")).filter(
-        has_text=re.compile("stays fluent|Fix:"))
-    expect(answer.first).to_be_visible(timeout=600_000)                 # the sweep's answer, or an error
+    answer = (
+        pane.get_by_test_id("message")
+        .or_(pane.get_by_test_id("error"))
+        .filter(has_text=re.compile("stays fluent|Fix:"))
+    )
+    expect(answer.first).to_be_visible(timeout=600_000)  # the sweep's answer, or an error
     assert not pane.get_by_test_id("error").inner_text().strip(), pane.get_by_test_id("error").inner_text()
     expect(pane.get_by_test_id("st-auto-table").locator("tr")).not_to_have_count(1)
     expect(pane.get_by_test_id("st-relative")).to_contain_text("of the residual norm")

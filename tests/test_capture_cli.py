@@ -1,4 +1,5 @@
 """Activation capture on the real default model, and the CLI contract."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mistudio_widgets.data.activations import capture_stats, iter_activations
 from mistudio_widgets.core.configs import CaptureConfig
+from mistudio_widgets.data.activations import capture_stats, iter_activations
 from mistudio_widgets.data.datasets import find_tokenization, load_tokens
 from mistudio_widgets.data.hooks import capture, decoder_layers
 
@@ -42,13 +43,21 @@ def test_special_positions_are_dropped_and_counted(default_ws, lm):
     assert kept + n_special + sum(b.outliers for b in batches) == tokens.size
     assert all(not set(b.token_ids.tolist()) & special for b in batches)
     # with the sinks kept, the largest norms are far above the median: that is why they are dropped
-    raw = next(iter_activations(lm, tokens, "blocks.15.hook_resid_post", batch_size=8, drop_special=False, outlier_factor=0))
+    raw = next(
+        iter_activations(
+            lm, tokens, "blocks.15.hook_resid_post", batch_size=8, drop_special=False, outlier_factor=0
+        )
+    )
     norms = raw.acts.norm(dim=-1)
     assert norms.max() > 20 * norms.median()
 
 
 def test_capture_stats(default_ws, lm):
-    res = capture_stats(default_ws, lm.artifact, cfg=CaptureConfig(hook="blocks.15.hook_resid_post", tokens=1024, batch_size=8))
+    res = capture_stats(
+        default_ws,
+        lm.artifact,
+        cfg=CaptureConfig(hook="blocks.15.hook_resid_post", tokens=1024, batch_size=8),
+    )
     assert res.tokens_seen == 1024 and res.d_model == 576
     assert res.dropped_special >= 8 and res.tokens_kept + res.dropped_special + res.outliers == 1024
     assert 100 < res.norm["median"] < 300 and res.norm["max"] < 10 * res.norm["median"]
@@ -57,15 +66,36 @@ def test_capture_stats(default_ws, lm):
 
 def run_cli(*args, env_home):
     env = {**os.environ, "MISTUDIO_HOME": str(env_home)}
-    return subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mistudio_widgets.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_cli_json_contract(default_ws):
-    r = run_cli("--json", "capture", "--model", "default", "--dataset", "default", "--hook", "blocks.5.hook_mlp_out",
-                "--tokens", "256", env_home=default_ws.root)
+    r = run_cli(
+        "--json",
+        "capture",
+        "--model",
+        "default",
+        "--dataset",
+        "default",
+        "--hook",
+        "blocks.5.hook_mlp_out",
+        "--tokens",
+        "256",
+        env_home=default_ws.root,
+    )
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
-    assert lines[-1]["summary"] and lines[-1]["hook"] == "blocks.5.hook_mlp_out" and lines[-1]["tokens_seen"] == 256
+    assert (
+        lines[-1]["summary"]
+        and lines[-1]["hook"] == "blocks.5.hook_mlp_out"
+        and lines[-1]["tokens_seen"] == 256
+    )
     assert any(x.get("event") == "progress" and x["stage"] == "capture" for x in lines[:-1])
     r = run_cli("models", "list", "--json", env_home=default_ws.root)
     rows = [json.loads(x) for x in r.stdout.splitlines()]
@@ -75,7 +105,9 @@ def test_cli_json_contract(default_ws):
 
 
 def test_cli_errors_name_the_fix(default_ws, tmp_path):
-    r = run_cli("--json", "capture", "--hook", "blocks.30.hook_resid_post", "--tokens", "8", env_home=default_ws.root)
+    r = run_cli(
+        "--json", "capture", "--hook", "blocks.30.hook_resid_post", "--tokens", "8", env_home=default_ws.root
+    )
     assert r.returncode == 2
     err = json.loads(r.stdout.splitlines()[-1])
     assert "out of range" in err["error"] and "0 to 29" in err["fix"]
@@ -89,12 +121,44 @@ def test_cli_errors_name_the_fix(default_ws, tmp_path):
 def test_demo_runs_the_whole_main_job(tmp_path):
     """`mistudio demo` (what `make demo` runs), shortened: train, extract, find, label, steer, export."""
     env = {**os.environ, "MISTUDIO_HOME": str(tmp_path / "ws"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--json", "demo", "--tokens", "1024", "--train-steps", "4",
-                           "--extract-tokens", "2048", "--steer-tokens", "6", "--expansion", "4"], capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mistudio_widgets.cli",
+            "--json",
+            "demo",
+            "--tokens",
+            "1024",
+            "--train-steps",
+            "4",
+            "--extract-tokens",
+            "2048",
+            "--steer-tokens",
+            "6",
+            "--expansion",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     steps = [x["step"] for x in lines if "step" in x]
-    assert steps == ["model", "dataset", "tokenize", "train", "extract", "find", "label", "strength", "steer", "export"]
+    assert steps == [
+        "model",
+        "dataset",
+        "tokenize",
+        "train",
+        "extract",
+        "find",
+        "label",
+        "strength",
+        "steer",
+        "export",
+    ]
     s = lines[-1]
     assert s["summary"] and s["label"] and isinstance(s["feature"], int)
     find = next(x for x in lines if x.get("step") == "find")
@@ -103,6 +167,11 @@ def test_demo_runs_the_whole_main_job(tmp_path):
     # without one the unsteered text is kept
     assert (s["strength"] is None and s["steered"] == s["unsteered"]) or s["strength"] > 0
     lens, npx = s["exports"]["saelens"], s["exports"]["neuronpedia"]
-    assert sorted(os.listdir(lens)) == [".mistudio-export.json", "cfg.json", "pretrained_saes.yaml", "sae_weights.safetensors",
-                                        "sparsity.safetensors"]
+    assert sorted(os.listdir(lens)) == [
+        ".mistudio-export.json",
+        "cfg.json",
+        "pretrained_saes.yaml",
+        "sae_weights.safetensors",
+        "sparsity.safetensors",
+    ]
     assert json.load(open(os.path.join(npx, "manifest.json")))["features"] == 4 * 576

@@ -1,6 +1,7 @@
 """Two processes on one workspace (as two kernels would be): simultaneous trainings while a third
 reads the catalog, and deletes while another process reads. SQLite in WAL mode with busy timeouts
 keeps the catalog whole; readers see an artifact or a clear ArtifactNotFound, never a broken one."""
+
 from __future__ import annotations
 
 import os
@@ -9,20 +10,36 @@ import sys
 import time
 
 import yaml
-
-from mistudio_widgets import Workspace
-from mistudio_widgets.core.errors import ArtifactNotFound
 from test_hostile_input import consistent, state
 from waiting import wait_for
 
-TINY = dict(batch_tokens=256, chunk_sequences=24, eval_sequences=4, eval_every=0, log_every=1, expansion_factor=2, k=16,
-            warmup_steps=2, hook="blocks.6.hook_resid_post", steps=6, checkpoint_every=2)
+from mistudio_widgets import Workspace
+from mistudio_widgets.core.errors import ArtifactNotFound
+
+TINY = dict(
+    batch_tokens=256,
+    chunk_sequences=24,
+    eval_sequences=4,
+    eval_every=0,
+    log_every=1,
+    expansion_factor=2,
+    k=16,
+    warmup_steps=2,
+    hook="blocks.6.hook_resid_post",
+    steps=6,
+    checkpoint_every=2,
+)
 
 
 def _spawn(ws: Workspace, *args: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(ws.root), "--json", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(ws.root), "--json", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_two_trainings_at_once_while_a_reader_watches(default_ws, tmp_path):
@@ -35,7 +52,7 @@ def test_two_trainings_at_once_while_a_reader_watches(default_ws, tmp_path):
         procs.append(_spawn(default_ws, "train", "--config", str(f)))
     reads = 0
     while any(p.poll() is None for p in procs):
-        for a in default_ws.list("run"):                                      # the monitor's reads, meanwhile
+        for a in default_ws.list("run"):  # the monitor's reads, meanwhile
             default_ws.metrics(a.id, "train", since_step=-1)
         reads += 1
         time.sleep(0.05)
@@ -74,7 +91,7 @@ def test_deletes_while_another_process_reads(tmp_path):
             except ArtifactNotFound:
                 seen_missing += 1
                 continue
-            try:                                   # a folder may vanish between reading the row and the file
+            try:  # a folder may vanish between reading the row and the file
                 (a.path / "data.txt").read_text()
             except FileNotFoundError:
                 seen_missing += 1
@@ -86,22 +103,33 @@ def test_deletes_while_another_process_reads(tmp_path):
 def test_extraction_in_one_kernel_while_another_browses(default_ws, small_sae, extraction):
     """Two real kernels with widgets on one workspace: kernel A extracts features of an SAE (as the
     browser's Extract button does, in a worker thread) while kernel B browses the same SAE, labels a
-    feature and tries to delete it; B keeps reading the finished extraction and sees the new one at the end."""
+    feature and tries to delete it; B keeps reading the finished extraction and sees the new one at the
+    end."""
     from kernels import kernel
 
     before = state(default_ws)
-    setup = ("import os\nimport mistudio_widgets as ms\nfrom mistudio_widgets.widgets import FeatureBrowser\n"
-             f"ws = ms.open_workspace()\nfb = FeatureBrowser(ws, sae={small_sae!r})")
+    setup = (
+        "import os\nimport mistudio_widgets as ms\nfrom mistudio_widgets.widgets import FeatureBrowser\n"
+        f"ws = ms.open_workspace()\nfb = FeatureBrowser(ws, sae={small_sae!r})"
+    )
     with kernel(default_ws.root) as a, kernel(default_ws.root) as b:
         a.run(setup)
         b.run(setup)
         old = b.eval("fb.extraction['id']")
         a_pid = a.eval("os.getpid()")
         a.run("fb.do('extract', fb.action_extract, tokens=8192, batch_size=4, top_k=5)")
-        running = wait_for(lambda: [e for e in default_ws.list("extraction")
-                                    if e.meta.get("status") == "running" and e.meta.get("owner", {}).get("pid") == a_pid],
-                           "kernel A's extraction to start", timeout=120,
-                           gone=lambda: a.eval("fb.status") != "busy" and f"kernel A is {a.eval('fb.status')}: {a.eval('fb.error')}")
+        running = wait_for(
+            lambda: [
+                e
+                for e in default_ws.list("extraction")
+                if e.meta.get("status") == "running" and e.meta.get("owner", {}).get("pid") == a_pid
+            ],
+            "kernel A's extraction to start",
+            timeout=120,
+            gone=lambda: (
+                a.eval("fb.status") != "busy" and f"kernel A is {a.eval('fb.status')}: {a.eval('fb.error')}"
+            ),
+        )
         new = running[0].id
         # while A extracts: B cannot delete the SAE (nor the extraction), and is told why
         content, _ = b.execute(f"ws.delete({small_sae!r}, cascade=True)")
@@ -114,8 +142,12 @@ def test_extraction_in_one_kernel_while_another_browses(default_ws, small_sae, e
         opened = 0
         while a.eval("fb.status") == "busy":
             i = (37 * opened) % 576
-            b.run(f"fb.action_open({i})\nassert fb.detail['index'] == {i}, fb.error\nfb.refresh()\nassert not fb.error, fb.error\n"
-                  f"assert fb.extraction['id'] == {old!r} or ws.get(fb.extraction['id']).meta['status'] == 'done'")
+            b.run(
+                f"fb.action_open({i})\nassert fb.detail['index'] == {i}, "
+                "fb.error\nfb.refresh()\nassert not fb.error, fb.error\n"
+                f"assert fb.extraction['id'] == {old!r} or ws.get(fb.extraction['id']).meta['status'] "
+                "== 'done'"
+            )
             if opened == 1:
                 b.run(f"fb.action_label({i}, 'seen while kernel A extracts')\nassert not fb.error, fb.error")
             opened += 1
@@ -125,5 +157,5 @@ def test_extraction_in_one_kernel_while_another_browses(default_ws, small_sae, e
         assert b.eval("fb.extraction['id']") == new != old
         b.run("fb.action_open(5)\nassert fb.detail['index'] == 5 and not fb.error, fb.error")
     assert default_ws.get(new).meta["status"] == "done"
-    assert any(l["label"] == "seen while kernel A extracts" for l in default_ws.labels(small_sae))
+    assert any(r["label"] == "seen while kernel A extracts" for r in default_ws.labels(small_sae))
     consistent(default_ws, before)

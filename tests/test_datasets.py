@@ -1,4 +1,5 @@
 """Datasets from local files of every format, the embedded corpus, packing with the real tokenizer."""
+
 from __future__ import annotations
 
 import json
@@ -6,12 +7,21 @@ import json
 import pytest
 
 from mistudio_widgets import DatasetConfig, TokenizeConfig, Workspace
-from mistudio_widgets.data.datasets import (add_dataset, load_documents, load_tokens, preview_tokens, tokenize_dataset)
 from mistudio_widgets.core.errors import DatasetError, HubError, TokenizerMismatch
+from mistudio_widgets.data.datasets import (
+    add_dataset,
+    load_documents,
+    load_tokens,
+    preview_tokens,
+    tokenize_dataset,
+)
 from mistudio_widgets.data.models import ModelConfig, add_model, load_tokenizer
 
-DOCS = ["The quick brown fox jumps over the lazy dog.", "WHY ARE YOU SHOUTING AT ME?",
-        "A third document, with some more words in it than the others have."]
+DOCS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "WHY ARE YOU SHOUTING AT ME?",
+    "A third document, with some more words in it than the others have.",
+]
 
 
 def make_files(d):
@@ -96,7 +106,9 @@ def test_packing_with_the_real_tokenizer(default_ws, tmp_path):
     assert st["top_tokens"][0]["count"] >= st["top_tokens"][-1]["count"]
     assert "fox" in preview_tokens(ws, tok, 1)[0]["text"]
     # several tokenizations of one dataset are kept side by side
-    tok2 = tokenize_dataset(ws, ds, model, TokenizeConfig(context_size=8, prepend_bos=False, separator="none"))
+    tok2 = tokenize_dataset(
+        ws, ds, model, TokenizeConfig(context_size=8, prepend_bos=False, separator="none")
+    )
     assert {t.id for t in ws.children(ds.id)} == {tok.id, tok2.id}
     assert load_tokens(ws, tok2).shape[1] == 8
     with pytest.raises(DatasetError, match="less than one sequence"):
@@ -111,18 +123,27 @@ def test_special_token_text_is_split_unless_asked(default_ws, tmp_path):
     src.write_text(json.dumps({"text": "hello <|im_end|> world " * 20}))
     ds = add_dataset(ws, DatasetConfig(source=str(src), name=ws.unique_name("dataset", "special-test")))
     eos = load_tokenizer(ws, model).eos_token_id
-    plain = load_tokens(ws, tokenize_dataset(ws, ds, model, TokenizeConfig(context_size=32, separator="none")))
-    parsed = load_tokens(ws, tokenize_dataset(ws, ds, model, TokenizeConfig(context_size=32, separator="none", special_tokens=True)))
+    plain = load_tokens(
+        ws, tokenize_dataset(ws, ds, model, TokenizeConfig(context_size=32, separator="none"))
+    )
+    parsed = load_tokens(
+        ws,
+        tokenize_dataset(
+            ws, ds, model, TokenizeConfig(context_size=32, separator="none", special_tokens=True)
+        ),
+    )
     assert (plain == eos).sum() == 0 and (parsed == eos).sum() > 5
     ws.delete(ds.id, cascade=True)
 
 
 def test_tokenization_for_another_model_is_refused(default_ws, tiny_model_dir, lm):
-    from mistudio_widgets.data.activations import capture_stats
     from mistudio_widgets.core.configs import CaptureConfig
+    from mistudio_widgets.data.activations import capture_stats
 
     ws = default_ws
-    tiny = ws.find("tiny-gpt2-test", "model") or add_model(ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test"))
+    tiny = ws.find("tiny-gpt2-test", "model") or add_model(
+        ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test")
+    )
     ds = ws.get("shakespeare", "dataset")
     tok = tokenize_dataset(ws, ds, tiny, TokenizeConfig(context_size=32, max_tokens=2048))
     assert load_tokens(ws, tok).max() < 300
@@ -143,8 +164,10 @@ def test_hub_code_path_on_a_local_dataset_repo(tmp_path, streaming):
 
     repo = tmp_path / "someone" / "corpus"
     (repo / "data").mkdir(parents=True)
-    pq.write_table(pa.table({"story": [f"story number {i}" for i in range(50)], "n": list(range(50))}),
-                   repo / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(
+        pa.table({"story": [f"story number {i}" for i in range(50)], "n": list(range(50))}),
+        repo / "data" / "train-00000-of-00001.parquet",
+    )
     pq.write_table(pa.table({"story": ["held out"], "n": [0]}), repo / "data" / "test-00000-of-00001.parquet")
     records, field, prov = _hub_records(DatasetConfig(source=str(repo), split="train", streaming=streaming))
     assert field == "story" and prov["kind"] == "hub" and prov["streaming"] is streaming

@@ -1,6 +1,7 @@
 """Data-parallel training under torchrun (gloo, 2 CPU processes) on the real default model: the two
 processes together train the same SAE one process trains from the same config, and the catalog
 holds one run and one SAE."""
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,23 @@ seed: 5
 
 
 def _train(ws, cfg_path, name, processes: int) -> dict:
-    cli = ["-m", "mistudio_widgets.cli", "--workspace", str(ws.root), "train", "--config", str(cfg_path), "--name", name, "--json"]
-    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-              if processes > 1 else [sys.executable])
+    cli = [
+        "-m",
+        "mistudio_widgets.cli",
+        "--workspace",
+        str(ws.root),
+        "train",
+        "--config",
+        str(cfg_path),
+        "--name",
+        name,
+        "--json",
+    ]
+    launch = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        if processes > 1
+        else [sys.executable]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(launch + cli, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

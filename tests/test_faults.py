@@ -1,6 +1,7 @@
 """Fault injection: the disk fills up, or permission is denied, while exporting, bundling and
 checkpointing; NVML stops answering in the middle of a run. Each time the earlier state survives
 unchanged and the job reports the fault with its fix."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,17 +12,19 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from mistudio_widgets.share.bundles import pack
-from mistudio_widgets.core.configs import TrainConfig
-from mistudio_widgets.core.errors import ArtifactWriteError
-from mistudio_widgets.share.exporting import EXPORT_MARKER, export_saelens
-from mistudio_widgets.share.neuronpedia import export_neuronpedia
-from mistudio_widgets.train.training import train
 from test_crash_safety import TINY, same_as_uninterrupted
 from test_hostile_input import consistent, state
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs and dropping capabilities need root")
+from mistudio_widgets.core.configs import TrainConfig
+from mistudio_widgets.core.errors import ArtifactWriteError
+from mistudio_widgets.share.bundles import pack
+from mistudio_widgets.share.exporting import EXPORT_MARKER, export_saelens
+from mistudio_widgets.share.neuronpedia import export_neuronpedia
+from mistudio_widgets.train.training import train
+
+root_only = pytest.mark.skipif(
+    os.geteuid() != 0, reason="mounting a small tmpfs and dropping capabilities need root"
+)
 # a child process that runs as root but without the capabilities that let root write anywhere
 NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 NOBODY = 65534
@@ -30,11 +33,19 @@ EXPORTERS = {"saelens": export_saelens, "neuronpedia": export_neuronpedia}
 
 def digest(path: Path) -> dict[str, str]:
     """Every file under ``path`` with the SHA-256 of its bytes."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 def size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
 
 
 @pytest.fixture
@@ -45,7 +56,10 @@ def small_disk(tmp_path):
     def make(nbytes: int) -> Path:
         mnt = tmp_path / f"disk{len(mounts)}"
         mnt.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={nbytes // 1024 + 1}k", "tmpfs", str(mnt)], capture_output=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={nbytes // 1024 + 1}k", "tmpfs", str(mnt)],
+            capture_output=True,
+        )
         if r.returncode:
             pytest.skip(f"cannot mount tmpfs here: {r.stderr.decode().strip()}")
         mounts.append(mnt)
@@ -61,15 +75,22 @@ def no_dac(*args: str) -> subprocess.CompletedProcess:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([*NO_DAC, sys.executable, "-m", "mistudio_widgets.cli", *args], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [*NO_DAC, sys.executable, "-m", "mistudio_widgets.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 @root_only
 @pytest.mark.parametrize("fmt", EXPORTERS)
-def test_disk_full_during_an_export_keeps_the_earlier_export(default_ws, small_sae, extraction, tmp_path, small_disk, fmt):
+def test_disk_full_during_an_export_keeps_the_earlier_export(
+    default_ws, small_sae, extraction, tmp_path, small_disk, fmt
+):
     export = EXPORTERS[fmt]
     need = size(Path(export(default_ws, small_sae, tmp_path / "probe")["path"]))
-    disk = small_disk(need * 3 // 2)                       # room for one export, not for a second beside it
+    disk = small_disk(need * 3 // 2)  # room for one export, not for a second beside it
     export(default_ws, small_sae, disk / "out")
     before = digest(disk / "out")
     with pytest.raises(ArtifactWriteError, match="disk is full.*what was there before is unchanged") as err:
@@ -80,7 +101,9 @@ def test_disk_full_during_an_export_keeps_the_earlier_export(default_ws, small_s
 
 
 @root_only
-def test_disk_full_while_packing_a_bundle_keeps_the_first(default_ws, small_sae, extraction, tmp_path, small_disk):
+def test_disk_full_while_packing_a_bundle_keeps_the_first(
+    default_ws, small_sae, extraction, tmp_path, small_disk
+):
     need = size(Path(pack(default_ws, [small_sae], tmp_path / "probe.tar.gz")["path"]))
     disk = small_disk(need * 3 // 2)
     pack(default_ws, [small_sae], disk / "a.tar.gz")
@@ -95,19 +118,24 @@ def test_disk_full_while_packing_a_bundle_keeps_the_first(default_ws, small_sae,
 def test_a_full_disk_is_named_and_the_workspace_stays_browsable(small_disk):
     from mistudio_widgets import Workspace
 
-    disk = small_disk(20 * 2**20)                          # too small for the 540 MB default model
+    disk = small_disk(20 * 2**20)  # too small for the 540 MB default model
     Workspace(disk / "ws").register("dataset", "kept")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(disk / "ws"), *args],
-                              capture_output=True, text=True, env=env, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(disk / "ws"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
 
     r = cli("models", "add", "default")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "the disk is full" in r.stderr and "Nothing was registered" in r.stderr
     assert not any((disk / "ws" / ".tmp").iterdir()) and not any((disk / "ws" / "models").iterdir())
-    with open(disk / "filler", "wb") as f:                  # now not one byte is free
+    with open(disk / "filler", "wb") as f:  # now not one byte is free
         with pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 65536)
@@ -125,16 +153,30 @@ def test_permission_denied_during_an_export_changes_nothing(default_ws, small_sa
     shared = tmp_path / "someone-elses"
     (shared / "out").mkdir(parents=True)
     (shared / "out" / "theirs.txt").write_text("not ours")
-    (shared / "out" / EXPORT_MARKER).write_text("{}")           # an earlier export, by another user
+    (shared / "out" / EXPORT_MARKER).write_text("{}")  # an earlier export, by another user
     for p in (shared, shared / "out", shared / "out" / "theirs.txt", shared / "out" / EXPORT_MARKER):
         os.chown(p, NOBODY, NOBODY)
     before = state(default_ws)
-    r = no_dac("--workspace", str(default_ws.root), "export", small_sae, "--format", fmt, "--out", str(shared / "out"), "--overwrite")
+    r = no_dac(
+        "--workspace",
+        str(default_ws.root),
+        "export",
+        small_sae,
+        "--format",
+        fmt,
+        "--out",
+        str(shared / "out"),
+        "--overwrite",
+    )
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "permission was denied" in r.stderr and "what was there before is unchanged" in r.stderr, r.stderr[-2000:]
+    assert "permission was denied" in r.stderr and "what was there before is unchanged" in r.stderr, r.stderr[
+        -2000:
+    ]
     assert "choose a folder you may write to" in r.stderr
-    assert digest(shared) == {"out/theirs.txt": hashlib.sha256(b"not ours").hexdigest(),
-                              f"out/{EXPORT_MARKER}": hashlib.sha256(b"{}").hexdigest()}
+    assert digest(shared) == {
+        "out/theirs.txt": hashlib.sha256(b"not ours").hexdigest(),
+        f"out/{EXPORT_MARKER}": hashlib.sha256(b"{}").hexdigest(),
+    }
     assert sorted(p.name for p in shared.iterdir()) == ["out"]
     consistent(default_ws, before)
 
@@ -143,11 +185,13 @@ def test_permission_denied_during_an_export_changes_nothing(default_ws, small_sa
 def test_permission_denied_while_checkpointing_fails_the_run_and_keeps_its_checkpoint(default_ws, tmp_path):
     base = dict(TINY, steps=6, seed=11, checkpoint_every=2)
     before = state(default_ws)
-    run_id = train(default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "perm")), stop_after=2).run_id
+    run_id = train(
+        default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "perm")), stop_after=2
+    ).run_id
     folder = default_ws.get(run_id).path
     kept = digest(folder)
     assert "checkpoint-2/state.safetensors" in kept
-    os.chown(folder, NOBODY, NOBODY)                       # the run's folder now belongs to another user
+    os.chown(folder, NOBODY, NOBODY)  # the run's folder now belongs to another user
     try:
         r = no_dac("--workspace", str(default_ws.root), "train", "--resume", run_id)
     finally:
@@ -184,11 +228,19 @@ def test_nvml_failing_mid_run_is_reported_and_training_goes_on(default_ws, monke
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         return SimpleNamespace(gpu=87, memory=40)
 
-    for name, fn in {"nvmlInit": lambda: None, "nvmlDeviceGetCount": lambda: 1, "nvmlDeviceGetHandleByIndex": lambda i: ("gpu", i),
-                     "nvmlDeviceGetName": lambda h: "Injected GPU", "nvmlDeviceGetUtilizationRates": utilisation,
-                     "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(used=3 * 2**30, total=80 * 2**30, free=77 * 2**30),
-                     "nvmlDeviceGetTemperature": lambda h, s: 61, "nvmlDeviceGetPowerUsage": lambda h: 250_000,
-                     "nvmlDeviceGetEnforcedPowerLimit": lambda h: 700_000}.items():
+    for name, fn in {
+        "nvmlInit": lambda: None,
+        "nvmlDeviceGetCount": lambda: 1,
+        "nvmlDeviceGetHandleByIndex": lambda i: ("gpu", i),
+        "nvmlDeviceGetName": lambda h: "Injected GPU",
+        "nvmlDeviceGetUtilizationRates": utilisation,
+        "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(
+            used=3 * 2**30, total=80 * 2**30, free=77 * 2**30
+        ),
+        "nvmlDeviceGetTemperature": lambda h, s: 61,
+        "nvmlDeviceGetPowerUsage": lambda h: 250_000,
+        "nvmlDeviceGetEnforcedPowerLimit": lambda h: 700_000,
+    }.items():
         monkeypatch.setattr(pynvml, name, fn)
     monkeypatch.setattr(system, "_nvml_state", {"tried": False, "ok": False, "message": ""})
 
@@ -199,7 +251,12 @@ def test_nvml_failing_mid_run_is_reported_and_training_goes_on(default_ws, monke
     mon.observe(lambda ch: (lock.acquire(), seen.append(ch["new"]), lock.release()), names=["snapshot"])
     mon.visible = True
     try:
-        res = train(default_ws, TrainConfig(**dict(TINY, steps=8, checkpoint_every=4), name=default_ws.unique_name("run", "nvml-lost")))
+        res = train(
+            default_ws,
+            TrainConfig(
+                **dict(TINY, steps=8, checkpoint_every=4), name=default_ws.unique_name("run", "nvml-lost")
+            ),
+        )
     finally:
         mon.close()
     states = [s["gpu_state"] for s in seen]
@@ -207,9 +264,15 @@ def test_nvml_failing_mid_run_is_reported_and_training_goes_on(default_ws, monke
     lost = states.index("error")
     assert seen[lost]["gpu_message"] == "NVML stopped answering (NVMLError_GpuIsLost: GPU is lost)"
     after = seen[lost:]
-    assert len(after) >= 3 and all(s["cpu"] and s["ram"]["total"] > 0 for s in after), "the CPU side stopped with NVML"
-    assert [s["time"] for s in after] == sorted(s["time"] for s in after) and after[-1]["time"] > after[0]["time"]
-    assert device_line().endswith("GPU monitor unavailable (NVML stopped answering (NVMLError_GpuIsLost: GPU is lost))")
+    assert len(after) >= 3 and all(s["cpu"] and s["ram"]["total"] > 0 for s in after), (
+        "the CPU side stopped with NVML"
+    )
+    assert [s["time"] for s in after] == sorted(s["time"] for s in after) and after[-1]["time"] > after[0][
+        "time"
+    ]
+    assert device_line().endswith(
+        "GPU monitor unavailable (NVML stopped answering (NVMLError_GpuIsLost: GPU is lost))"
+    )
     run = default_ws.get(res.run_id)
     assert run.meta["status"] == "done" and default_ws.get(res.sae_id).kind == "sae"
 

@@ -1,5 +1,6 @@
 """Feature extraction, the prompt tester, search and labels on the real default model and a small SAE
 trained here: the streamed statistics and examples are checked against a brute-force pass."""
+
 from __future__ import annotations
 
 import json
@@ -9,21 +10,33 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import N_TOKENS
 
 from mistudio_widgets.core.configs import ConfigError, ExtractConfig
 from mistudio_widgets.data.datasets import load_tokens
-from mistudio_widgets.features import (FeatureError, coactivation, extract, feature_acts, feature_columns, feature_detail,
-                                       fire, load_library_sae, model_for_sae, sae_hook, search)
+from mistudio_widgets.features import (
+    FeatureError,
+    coactivation,
+    extract,
+    feature_acts,
+    feature_columns,
+    feature_detail,
+    fire,
+    load_library_sae,
+    model_for_sae,
+    sae_hook,
+    search,
+)
 from mistudio_widgets.sae.io import load_sparsity
-
-from conftest import N_TOKENS
 
 
 def brute_force(ws, sae_id, ext):
     art, sae, _ = load_library_sae(ws, sae_id)
     lm = model_for_sae(ws, art, sae)
     tokens = load_tokens(ws, ext.meta["tokenization"])[: N_TOKENS // 128]
-    return tokens, feature_acts(lm, sae, sae_hook(art, sae), torch.tensor(tokens, dtype=torch.long))   # [S, T, F]
+    return tokens, feature_acts(
+        lm, sae, sae_hook(art, sae), torch.tensor(tokens, dtype=torch.long)
+    )  # [S, T, F]
 
 
 def test_streamed_statistics_and_examples_match_a_brute_force_pass(default_ws, small_sae, extraction):
@@ -50,8 +63,10 @@ def test_streamed_statistics_and_examples_match_a_brute_force_pass(default_ws, s
     for e in d["examples"]:
         row = A[e["sequence"], :, busiest]
         start = int(row.argmax()) - e["peak"]
-        np.testing.assert_allclose(e["values"], row[start:start + len(e["values"])].numpy(), rtol=1e-3, atol=1e-3)
-        assert e["token_ids"] == tokens[e["sequence"], start:start + len(e["values"])].tolist()
+        np.testing.assert_allclose(
+            e["values"], row[start : start + len(e["values"])].numpy(), rtol=1e-3, atol=1e-3
+        )
+        assert e["token_ids"] == tokens[e["sequence"], start : start + len(e["values"])].tolist()
         assert e["values"][e["peak"]] == pytest.approx(e["value"], rel=1e-3)
     values = [e["value"] for e in d["examples"]]
     assert values == sorted(values, reverse=True)
@@ -59,7 +74,10 @@ def test_streamed_statistics_and_examples_match_a_brute_force_pass(default_ws, s
         assert all(g["range"][0] - 1e-6 <= e["value"] <= g["range"][1] + 1e-6 for e in g["examples"])
     assert sum(len(g["examples"]) for g in d["quantile_examples"]) >= 2
     # logit lens, neighbours, sparsity for SAELens
-    assert len(d["logits"]["positive"]) == 20 and d["logits"]["positive"][0]["value"] >= d["logits"]["positive"][-1]["value"]
+    assert (
+        len(d["logits"]["positive"]) == 20
+        and d["logits"]["positive"][0]["value"] >= d["logits"]["positive"][-1]["value"]
+    )
     assert len(d["neighbours"]) == 10 and busiest not in [n["index"] for n in d["neighbours"]]
     sparsity = load_sparsity(extraction.path)
     np.testing.assert_allclose(sparsity.numpy(), np.log10(count / n_valid + 1e-10), rtol=1e-4, atol=1e-4)
@@ -72,7 +90,9 @@ def test_coactivation_and_interrupted_extraction_resumes_to_the_same_files(defau
     co = coactivation(default_ws, extraction, top)
     C = np.array(co["correlation"])
     assert np.allclose(np.diag(C), 1.0) and np.allclose(C, C.T) and co["tokens"] == N_TOKENS
-    cfg = dict(extraction.meta["config"], name=default_ws.unique_name("extraction", "ci-resume"), checkpoint_every=1)
+    cfg = dict(
+        extraction.meta["config"], name=default_ws.unique_name("extraction", "ci-resume"), checkpoint_every=1
+    )
     part = extract(default_ws, small_sae, ExtractConfig(**cfg), stop_after=2)
     assert part.meta["status"] == "interrupted" and (part.path / "state.pt").is_file()
     with pytest.raises(FeatureError, match="interrupted"):
@@ -87,9 +107,14 @@ def test_prompt_tester_labels_and_search(default_ws, small_sae):
     r = fire(default_ws, small_sae, "WHY ARE YOU SHOUTING")
     assert "".join(r["tokens"]) == "WHY ARE YOU SHOUTING" and len(r["per_token"]) == len(r["tokens"])
     f = r["features"][0]
-    assert r["ranking"] == "relative" and f["relative"] == max(x["relative"] for x in r["features"])    # an extraction exists
+    assert r["ranking"] == "relative" and f["relative"] == max(
+        x["relative"] for x in r["features"]
+    )  # an extraction exists
     maxes = feature_columns(default_ws, small_sae)["max"]
-    assert all(x["relative"] == pytest.approx(min(x["activation"] / maxes[x["index"]], 1.0), rel=1e-4) for x in r["features"])
+    assert all(
+        x["relative"] == pytest.approx(min(x["activation"] / maxes[x["index"]], 1.0), rel=1e-4)
+        for x in r["features"]
+    )
     assert r["values"][f["index"]][f["token"]] == pytest.approx(f["activation"])
     default_ws.add_label(small_sae, f["index"], "shouting (draft)")
     default_ws.add_label(small_sae, f["index"], "UPPERCASE text", score=0.9, method="manual")
@@ -105,22 +130,32 @@ def test_prompt_tester_labels_and_search(default_ws, small_sae):
 
 
 def _cli(ws, *args):
-    proc = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(ws.root), "--json", *args],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(ws.root), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc.returncode, [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
 
 
 def test_cli_features_fire_show_and_bad_index(default_ws, small_sae, extraction):
-    rc, lines = _cli(default_ws, "features", "fire", small_sae, "--text", "Good morrow, my lord!", "--top", "4")
+    rc, lines = _cli(
+        default_ws, "features", "fire", small_sae, "--text", "Good morrow, my lord!", "--top", "4"
+    )
     assert rc == 0 and set(lines[-1]) == {"summary", "features", "tokens", "ranking", "note"}
-    assert len(lines[-1]["features"]) == 4 and {"index", "activation", "relative", "label"} <= set(lines[-1]["features"][0])
+    assert len(lines[-1]["features"]) == 4 and {"index", "activation", "relative", "label"} <= set(
+        lines[-1]["features"][0]
+    )
     idx = lines[-1]["features"][0]["index"]
     name = default_ws.get(small_sae).name
-    assert default_ws.find(name, "run") is not None                # the SAE shares its name with its run
+    assert default_ws.find(name, "run") is not None  # the SAE shares its name with its run
     rc, lines = _cli(default_ws, "features", "show", name, str(idx))
     assert rc == 0 and lines[-1]["index"] == idx and lines[-1]["examples"]
     ex = lines[-1]["examples"][0]
-    assert len(ex["tokens"]) == len(ex["values"]) and max(ex["values"]) == pytest.approx(ex["value"], rel=1e-3)
+    assert len(ex["tokens"]) == len(ex["values"]) and max(ex["values"]) == pytest.approx(
+        ex["value"], rel=1e-3
+    )
     rc, lines = _cli(default_ws, "features", "show", small_sae, "100000")
     assert rc == 2 and "out of range" in lines[-1]["error"]
 
@@ -136,10 +171,16 @@ def test_search_works_on_an_extraction_without_the_logit_lens(default_ws, small_
 
     ext = default_ws.get(extraction)
     table = pq.read_table(ext.path / FEATURES_FILE)
-    with default_ws.write_artifact("extraction", default_ws.unique_name("extraction", "no-logit-lens"),
-                                   meta=dict(ext.meta), parent=small_sae) as w:
+    with default_ws.write_artifact(
+        "extraction",
+        default_ws.unique_name("extraction", "no-logit-lens"),
+        meta=dict(ext.meta),
+        parent=small_sae,
+    ) as w:
         shutil.copytree(ext.path, w.path, dirs_exist_ok=True)
-        pq.write_table(table.select([c for c in table.column_names if "logit" not in c]), w.path / FEATURES_FILE)
+        pq.write_table(
+            table.select([c for c in table.column_names if "logit" not in c]), w.path / FEATURES_FILE
+        )
     try:
         assert latest_extraction(default_ws, small_sae).id == w.id
         default_ws.add_label(small_sae, 3, "lens-free label")

@@ -1,13 +1,22 @@
 """Hook points on tiny random-weight models of every family: the values captured obey the residual
 stream's algebra, capture stops the forward pass, and interventions change (only) what they should."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY_FAMILIES, tiny_model
+
 from mistudio_widgets.core.errors import HookError
-from mistudio_widgets.data.hooks import HOOK_KINDS, capture, decoder_layers, hook_names, intervene, is_parallel, parse_hook
+from mistudio_widgets.data.hooks import (
+    HOOK_KINDS,
+    capture,
+    decoder_layers,
+    hook_names,
+    intervene,
+    is_parallel,
+    parse_hook,
+)
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 81, 2, 60], [7, 7, 12, 90, 33, 1, 0, 15]])
 
@@ -27,7 +36,10 @@ def test_residual_algebra(model):
     names.append(f"blocks.{layer + 1}.hook_resid_pre")
     with torch.no_grad(), capture(model, names, stop=False) as a:
         model(IDS)
-    pre, post, attn, mlp = (a[f"blocks.{layer}.{k}"] for k in ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out"))
+    pre, post, attn, mlp = (
+        a[f"blocks.{layer}.{k}"]
+        for k in ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+    )
     assert pre.shape == (2, 8, 64) and post.shape == pre.shape
     assert close(a[f"blocks.{layer + 1}.hook_resid_pre"], post)
     assert not close(pre, post)
@@ -48,7 +60,10 @@ def test_residual_algebra(model):
 def test_resid_pre_of_first_layer_is_the_embedding_stream(model):
     with torch.no_grad():
         out = model(IDS, output_hidden_states=True)
-    with torch.no_grad(), capture(model, ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], stop=False) as a:
+    with (
+        torch.no_grad(),
+        capture(model, ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], stop=False) as a,
+    ):
         model(IDS)
     assert close(a["blocks.0.hook_resid_pre"], out.hidden_states[0])
     assert close(a["blocks.1.hook_resid_pre"], out.hidden_states[1])
@@ -83,7 +98,9 @@ def test_identity_intervention_changes_nothing(model):
     assert close(ref, same)
 
 
-@pytest.mark.parametrize("kind", ["hook_resid_post", "hook_resid_mid", "hook_resid_pre", "hook_mlp_out", "hook_attn_out"])
+@pytest.mark.parametrize(
+    "kind", ["hook_resid_post", "hook_resid_mid", "hook_resid_pre", "hook_mlp_out", "hook_attn_out"]
+)
 def test_intervention_reaches_the_output(model, kind):
     name = f"blocks.1.{kind}"
     if kind == "hook_resid_mid" and is_parallel(model):
@@ -97,7 +114,10 @@ def test_intervention_reaches_the_output(model, kind):
             steered = model(IDS).logits
         with capture(model, "blocks.2.hook_resid_pre", stop=False) as a_ref:
             model(IDS)
-        with intervene(model, {name: lambda x: x + v}), capture(model, "blocks.2.hook_resid_pre", stop=False) as a_new:
+        with (
+            intervene(model, {name: lambda x: x + v}),
+            capture(model, "blocks.2.hook_resid_pre", stop=False) as a_new,
+        ):
             model(IDS)
         after = model(IDS).logits
     assert not close(ref, steered)
@@ -113,7 +133,11 @@ def test_hooks_removed_after_an_error(model):
     def boom(x):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), intervene(model, {"blocks.0.hook_resid_post": boom}):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        torch.no_grad(),
+        intervene(model, {"blocks.0.hook_resid_post": boom}),
+    ):
         model(IDS)
     after = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     assert before == after

@@ -2,6 +2,7 @@
 contrastive search finds it, the automatic strength steers chat answers into capitals while they stay
 readable, and the label says what it does. Bad input to contrast and the automatic strength gets clear
 errors."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import sys
 
 import pytest
 
-from mistudio_widgets.core.configs import LabelConfig, SteerConfig, TrainConfig
 from mistudio_widgets.cli.demo import PROMPT, SHOUTS, uppercase_share
+from mistudio_widgets.core.configs import LabelConfig, SteerConfig, TrainConfig
 from mistudio_widgets.features import FeatureError, contrast, fire, ordinary_case
 from mistudio_widgets.features.labeling import label_features
 from mistudio_widgets.steering import SteeringError, auto_strength, steer
@@ -20,19 +21,29 @@ pytestmark = pytest.mark.model
 
 
 def _cli(ws, *args):
-    proc = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(ws.root), "--json", *args],
-                          capture_output=True, text=True, timeout=600)
-    return proc.returncode, [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")], proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(ws.root), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return (
+        proc.returncode,
+        [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")],
+        proc.stderr,
+    )
 
 
 def test_ordinary_case():
-    assert ordinary_case("WHY ARE YOU SHOUTING AT ME? STOP YELLING! I SAID NO.") == \
-        "Why are you shouting at me? Stop yelling! I said no."
+    assert (
+        ordinary_case("WHY ARE YOU SHOUTING AT ME? STOP YELLING! I SAID NO.")
+        == "Why are you shouting at me? Stop yelling! I said no."
+    )
 
 
 @pytest.fixture(scope="module")
 def shouting(default_ws, demo_sae):
-    found = contrast(default_ws, demo_sae, SHOUTS)              # against the same sentences in ordinary case
+    found = contrast(default_ws, demo_sae, SHOUTS)  # against the same sentences in ordinary case
     return found
 
 
@@ -47,7 +58,9 @@ def test_contrast_finds_a_feature_of_shouted_text(default_ws, demo_sae, shouting
     f = shouting["steer_with"]
     assert "".join(shouting["contrast"][0]["tokens"]) == ordinary_case(SHOUTS[0])
     assert max(shouting["texts"][0]["values"][f]) > 0
-    assert all(len(r["values"][f]) == len(r["tokens"]) for side in ("texts", "contrast") for r in shouting[side])
+    assert all(
+        len(r["values"][f]) == len(r["tokens"]) for side in ("texts", "contrast") for r in shouting[side]
+    )
     # plain fire ranks by activation relative to each feature's own maximum, dense features left out
     r = fire(default_ws, demo_sae, SHOUTS[0])
     rel = [x["relative"] for x in r["features"]]
@@ -61,9 +74,13 @@ def test_auto_strength_steers_into_capitals_and_stays_readable(default_ws, demo_
         assert auto["strength"] is not None, auto["rows"]
         chosen = next(r for r in auto["rows"] if r["strength"] == auto["strength"])
         assert chosen["fluent"] and chosen["perplexity"] <= auto["bound"]["perplexity_limit"]
-        assert all(r["fluent"] is False for r in auto["rows"] if r["strength"] > auto["strength"]) or \
-            auto["rows"][-1]["fluent"]
-        r = steer(default_ws, demo_sae, SteerConfig(features=[[f, auto["strength"]]], prompt=prompt, max_tokens=30))
+        assert (
+            all(r["fluent"] is False for r in auto["rows"] if r["strength"] > auto["strength"])
+            or auto["rows"][-1]["fluent"]
+        )
+        r = steer(
+            default_ws, demo_sae, SteerConfig(features=[[f, auto["strength"]]], prompt=prompt, max_tokens=30)
+        )
         assert uppercase_share(r["unsteered"]) < 0.2, r["unsteered"]
         assert uppercase_share(r["steered"]) > 0.6, r["steered"]
         assert r["metrics"]["relative_strength"][str(f)] == pytest.approx(auto["relative"], rel=0.1)
@@ -79,11 +96,15 @@ def test_the_shouting_feature_is_labelled_with_a_score_and_its_chance(default_ws
 
 
 def test_cli_contrast_and_auto_strength(default_ws, demo_sae, shouting):
-    rc, lines, err = _cli(default_ws, "features", "fire", demo_sae, "--text", SHOUTS[0], "--text", SHOUTS[1], "--ordinary")
+    rc, lines, err = _cli(
+        default_ws, "features", "fire", demo_sae, "--text", SHOUTS[0], "--text", SHOUTS[1], "--ordinary"
+    )
     assert rc == 0, err
     assert lines[-1]["steer_with"] is not None and lines[-1]["features"][0]["rate_contrast"] <= 0.05
     f = shouting["steer_with"]
-    rc, lines, err = _cli(default_ws, "steer", demo_sae, "--feature", f"{f}:auto", "--prompt", PROMPT, "--max-tokens", "30")
+    rc, lines, err = _cli(
+        default_ws, "steer", demo_sae, "--feature", f"{f}:auto", "--prompt", PROMPT, "--max-tokens", "30"
+    )
     assert rc == 0, err
     assert lines[0]["auto"]["strength"] > 0 and uppercase_share(lines[-1]["steered"]) > 0.6
 
@@ -92,7 +113,7 @@ def test_bad_contrast_and_auto_strength_input(default_ws, small_sae, tmp_path):
     with pytest.raises(FeatureError, match="same as the texts"):
         contrast(default_ws, small_sae, "Hello there.", "Hello there.")
     with pytest.raises(FeatureError, match="ordinary case"):
-        contrast(default_ws, small_sae, "Hello there.")                    # already in its ordinary case
+        contrast(default_ws, small_sae, "Hello there.")  # already in its ordinary case
     with pytest.raises(FeatureError, match="empty"):
         contrast(default_ws, small_sae, "   ", "x")
     with pytest.raises(FeatureError, match="empty"):
@@ -102,10 +123,16 @@ def test_bad_contrast_and_auto_strength_input(default_ws, small_sae, tmp_path):
     with pytest.raises(SteeringError, match="one feature at a time"):
         auto_strength(default_ws, small_sae, SteerConfig(features=[[1, 1.0], [2, 1.0]], prompt="Hi"))
     with pytest.raises(SteeringError, match="admits nothing"):
-        auto_strength(default_ws, small_sae, SteerConfig(features=[[1, 1.0]], prompt="Hi"), max_perplexity=0.5)
+        auto_strength(
+            default_ws, small_sae, SteerConfig(features=[[1, 1.0]], prompt="Hi"), max_perplexity=0.5
+        )
     # strengths far beyond the residual norm: nothing stays fluent, which is said, and no strength is chosen
-    r = auto_strength(default_ws, small_sae, SteerConfig(features=[[1, 0.0]], prompt="Tell me a story.", max_tokens=12),
-                      fractions=(20.0, 40.0))
+    r = auto_strength(
+        default_ws,
+        small_sae,
+        SteerConfig(features=[[1, 0.0]], prompt="Tell me a story.", max_tokens=12),
+        fractions=(20.0, 40.0),
+    )
     assert r["strength"] is None and "unsteered text is kept" in r["note"] and r["unsteered"]
     assert all(not row["fluent"] for row in r["rows"])
 
@@ -113,9 +140,22 @@ def test_bad_contrast_and_auto_strength_input(default_ws, small_sae, tmp_path):
 def test_ranking_without_an_extraction_falls_back_to_raw_with_a_note(default_ws):
     from mistudio_widgets.train.training import train
 
-    res = train(default_ws, TrainConfig(steps=2, batch_tokens=256, chunk_sequences=8, eval_sequences=2, eval_every=0,
-                                        checkpoint_every=0, log_every=1, expansion_factor=1, k=8,
-                                        hook="blocks.3.hook_resid_post", name=default_ws.unique_name("run", "no-extraction")))
+    res = train(
+        default_ws,
+        TrainConfig(
+            steps=2,
+            batch_tokens=256,
+            chunk_sequences=8,
+            eval_sequences=2,
+            eval_every=0,
+            checkpoint_every=0,
+            log_every=1,
+            expansion_factor=1,
+            k=8,
+            hook="blocks.3.hook_resid_post",
+            name=default_ws.unique_name("run", "no-extraction"),
+        ),
+    )
     r = fire(default_ws, res.sae_id, "WHY ARE YOU SHOUTING")
     assert r["ranking"] == "raw" and "no finished extraction" in r["note"]
     c = contrast(default_ws, res.sae_id, "WHY ARE YOU SHOUTING")

@@ -1,22 +1,23 @@
 """Interoperability with the real libraries: SAEs saved here load in SAELens unchanged (same encode
 and decode), SAEs saved by SAELens and by EleutherAI's sparsify import here with identical outputs,
 GemmaScope params.npz files import as JumpReLU SAEs, and all of them steer like our own."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+import sae_lens
+import sparsify
 import torch
 from safetensors.torch import save_file
 
-import sae_lens
-import sparsify
 from mistudio_widgets.core.errors import HubError
-from mistudio_widgets.share.importing import SAEImportError, import_sae, match_model
 from mistudio_widgets.sae import SAESpec, make_sae
 from mistudio_widgets.sae.formats import SAEFormatError, detect
 from mistudio_widgets.sae.io import load_sae, save_sae
+from mistudio_widgets.share.importing import SAEImportError, import_sae, match_model
 
 D_IN, D_SAE = 64, 256
 
@@ -41,20 +42,41 @@ CASES = {
     "topk": SAESpec("topk", D_IN, D_SAE, k=8),
     "batchtopk": SAESpec("batchtopk", D_IN, D_SAE, k=8),
     "jumprelu": SAESpec("jumprelu", D_IN, D_SAE, k=None),
-    "transcoder": SAESpec("standard", D_IN, D_SAE, k=None, d_out=48, metadata={"hook_name_out": "blocks.1.hook_mlp_out"}),
-    "jumprelu_transcoder": SAESpec("jumprelu", D_IN, D_SAE, k=None, d_out=48, metadata={"hook_name_out": "blocks.1.hook_mlp_out"}),
-    "skip_transcoder": SAESpec("standard", D_IN, D_SAE, k=None, d_out=D_IN, skip=True,
-                               metadata={"hook_name_out": "blocks.1.hook_mlp_out"}),
-    "jumprelu_skip_transcoder": SAESpec("jumprelu", D_IN, D_SAE, k=None, d_out=D_IN, skip=True,
-                                        metadata={"hook_name_out": "blocks.1.hook_mlp_out"}),
+    "transcoder": SAESpec(
+        "standard", D_IN, D_SAE, k=None, d_out=48, metadata={"hook_name_out": "blocks.1.hook_mlp_out"}
+    ),
+    "jumprelu_transcoder": SAESpec(
+        "jumprelu", D_IN, D_SAE, k=None, d_out=48, metadata={"hook_name_out": "blocks.1.hook_mlp_out"}
+    ),
+    "skip_transcoder": SAESpec(
+        "standard",
+        D_IN,
+        D_SAE,
+        k=None,
+        d_out=D_IN,
+        skip=True,
+        metadata={"hook_name_out": "blocks.1.hook_mlp_out"},
+    ),
+    "jumprelu_skip_transcoder": SAESpec(
+        "jumprelu",
+        D_IN,
+        D_SAE,
+        k=None,
+        d_out=D_IN,
+        skip=True,
+        metadata={"hook_name_out": "blocks.1.hook_mlp_out"},
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_saved_here_loads_in_saelens_unchanged(tmp_path, case):
     spec = CASES[case]
-    spec.metadata = {"hook_name": "blocks.1.ln2.hook_normalized" if spec.d_out else "blocks.1.hook_resid_post",
-                     "model_name": "SmolLM2-135M-Instruct", **spec.metadata}
+    spec.metadata = {
+        "hook_name": "blocks.1.ln2.hook_normalized" if spec.d_out else "blocks.1.hook_resid_post",
+        "model_name": "SmolLM2-135M-Instruct",
+        **spec.metadata,
+    }
     ours = _random(spec)
     save_sae(ours, tmp_path / case)
     theirs = sae_lens.SAE.load_from_disk(tmp_path / case)
@@ -67,7 +89,7 @@ def test_saved_here_loads_in_saelens_unchanged(tmp_path, case):
         assert (f_ours > 0).any() and (f_ours == 0).any()
         torch.testing.assert_close(f_theirs, f_ours, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
-        again, _ = load_sae(tmp_path / case)              # and back here: same weights, same outputs
+        again, _ = load_sae(tmp_path / case)  # and back here: same weights, same outputs
         torch.testing.assert_close(again(x), ours(x), rtol=1e-5, atol=1e-5)
 
 
@@ -104,7 +126,7 @@ def test_saved_by_saelens_imports_with_identical_outputs(default_ws, tmp_path, k
     assert detect(tmp_path / kind) == "saelens"
     art = import_sae(default_ws, tmp_path / kind, name=f"lens-{kind}")
     assert art.meta["format"] == "saelens" and art.meta["hook"] == "blocks.3.hook_resid_post"
-    assert art.meta["model"] == default_ws.get("SmolLM2-135M-Instruct", "model").id     # matched by upstream id
+    assert art.meta["model"] == default_ws.get("SmolLM2-135M-Instruct", "model").id  # matched by upstream id
     ours, _ = load_sae(art.path)
     x = _x()
     with torch.no_grad():
@@ -117,7 +139,9 @@ def test_pre_v6_flat_config_imports(default_ws, tmp_path):
     save_sae(ours, tmp_path / "new")
     cfg = json.loads((tmp_path / "new" / "cfg.json").read_text())
     flat = {k: v for k, v in cfg.items() if k not in ("metadata", "mistudio")}
-    flat.update({"hook_point": "blocks.2.hook_resid_pre", "model_name": "gpt2", "context_size": 128})   # 5.x keys
+    flat.update(
+        {"hook_point": "blocks.2.hook_resid_pre", "model_name": "gpt2", "context_size": 128}
+    )  # 5.x keys
     (tmp_path / "new" / "cfg.json").write_text(json.dumps(flat))
     art = import_sae(default_ws, tmp_path / "new", name="flat-config", model="SmolLM2-135M-Instruct")
     assert art.meta["hook"] == "blocks.2.hook_resid_pre" and art.meta["model_name"] == "gpt2"
@@ -138,22 +162,32 @@ def test_sparsify_folder_imports_with_identical_outputs(default_ws, tmp_path, tr
     assert detect(tmp_path / hookpoint) == "sparsify"
     art = import_sae(default_ws, tmp_path / hookpoint, name=f"sparsify-{transcode}")
     if transcode:
-        assert (art.meta["hook"], art.meta["hook_out"]) == ("blocks.4.ln2.hook_normalized", "blocks.4.hook_mlp_out")
+        assert (art.meta["hook"], art.meta["hook_out"]) == (
+            "blocks.4.ln2.hook_normalized",
+            "blocks.4.hook_mlp_out",
+        )
     else:
         assert art.meta["hook"] == "blocks.4.hook_resid_post" and art.meta["hook_out"] is None
     ours, _ = load_sae(art.path)
     x = _x()
     with torch.no_grad():
         out = coder(x)
-        dense = torch.zeros(x.shape[0], D_SAE).scatter_(1, coder.encode(x).top_indices, coder.encode(x).top_acts)
+        dense = torch.zeros(x.shape[0], D_SAE).scatter_(
+            1, coder.encode(x).top_indices, coder.encode(x).top_acts
+        )
         torch.testing.assert_close(ours.encode(x), dense, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ours(x), out.sae_out, rtol=1e-5, atol=1e-5)
 
 
 def _gemmascope_npz(path, seed=7):
     rng = np.random.default_rng(seed)
-    params = {"W_enc": rng.normal(0, 0.2, (D_IN, D_SAE)), "W_dec": rng.normal(0, 0.2, (D_SAE, D_IN)),
-              "b_enc": rng.normal(0, 0.2, D_SAE), "b_dec": rng.normal(0, 0.2, D_IN), "threshold": rng.uniform(0, 0.3, D_SAE)}
+    params = {
+        "W_enc": rng.normal(0, 0.2, (D_IN, D_SAE)),
+        "W_dec": rng.normal(0, 0.2, (D_SAE, D_IN)),
+        "b_enc": rng.normal(0, 0.2, D_SAE),
+        "b_dec": rng.normal(0, 0.2, D_IN),
+        "threshold": rng.uniform(0, 0.3, D_SAE),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **{k: v.astype(np.float32) for k, v in params.items()})
     return params
@@ -170,7 +204,9 @@ def test_gemmascope_npz_needs_a_hook_and_imports_as_jumprelu(default_ws, tmp_pat
     p = _gemmascope_npz(tmp_path / "params.npz")
     with pytest.raises(SAEImportError, match="does not say which hook"):
         import_sae(default_ws, tmp_path / "params.npz")
-    art = import_sae(default_ws, tmp_path / "params.npz", hook="blocks.5.hook_resid_post", name="gemmascope-local")
+    art = import_sae(
+        default_ws, tmp_path / "params.npz", hook="blocks.5.hook_resid_post", name="gemmascope-local"
+    )
     ours, _ = load_sae(art.path)
     assert ours.spec.architecture == "jumprelu" and not ours.spec.apply_b_dec_to_input
     x = _x().numpy()
@@ -200,23 +236,35 @@ def test_hub_import_reads_the_repo_layout_from_the_cache(default_ws, tmp_path, m
     """The real hub code (snapshot_download with allow_patterns) served offline from a local hub cache:
     the GemmaScope repo and path give the hook and the model."""
     _gemmascope_npz(tmp_path / "src" / "params.npz")
-    cache = _hub_cache(tmp_path / "hub", "google/gemma-scope-2b-pt-res",
-                       {"layer_20/width_16k/average_l0_71/params.npz": (tmp_path / "src" / "params.npz").read_bytes(),
-                        "layer_20/width_16k/average_l0_11/params.npz": b"not used"})
+    cache = _hub_cache(
+        tmp_path / "hub",
+        "google/gemma-scope-2b-pt-res",
+        {
+            "layer_20/width_16k/average_l0_71/params.npz": (tmp_path / "src" / "params.npz").read_bytes(),
+            "layer_20/width_16k/average_l0_11/params.npz": b"not used",
+        },
+    )
     import huggingface_hub.constants as hf_constants
 
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))        # read per call; the env var only at import
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))  # read per call; the env var only at import
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     art = import_sae(default_ws, "hf://google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71")
     assert art.meta["hook"] == "blocks.20.hook_resid_post" and art.meta["model_name"] == "google/gemma-2-2b"
-    assert art.meta["origin"] == {"kind": "hub", "repo_id": "google/gemma-scope-2b-pt-res",
-                                  "path": "layer_20/width_16k/average_l0_71", "revision": None}
-    assert art.meta["model"] is None                                      # no Gemma in this workspace
+    assert art.meta["origin"] == {
+        "kind": "hub",
+        "repo_id": "google/gemma-scope-2b-pt-res",
+        "path": "layer_20/width_16k/average_l0_71",
+        "revision": None,
+    }
+    assert art.meta["model"] is None  # no Gemma in this workspace
     with pytest.raises(HubError, match="not in the local hub cache"):
         import_sae(default_ws, "hf://google/gemma-scope-9b-pt-res/layer_20/width_16k/average_l0_71")
     with pytest.raises(SAEFormatError, match="hook_z"):
-        _hub_cache(tmp_path / "hub", "google/gemma-scope-2b-pt-att", {"layer_3/width_16k/average_l0_9/params.npz":
-                                                                       (tmp_path / "src" / "params.npz").read_bytes()})
+        _hub_cache(
+            tmp_path / "hub",
+            "google/gemma-scope-2b-pt-att",
+            {"layer_3/width_16k/average_l0_9/params.npz": (tmp_path / "src" / "params.npz").read_bytes()},
+        )
         import_sae(default_ws, "hf://google/gemma-scope-2b-pt-att/layer_3/width_16k/average_l0_9")
     with pytest.raises(HubError, match="does not name a hub repository"):
         import_sae(default_ws, "hf://just-a-name")
@@ -233,7 +281,11 @@ def test_bad_imports_say_what_is_wrong(default_ws, tmp_path):
     (tmp_path / "trunc" / "sae_weights.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(SAEFormatError, match="truncated"):
         import_sae(default_ws, tmp_path / "trunc")
-    save_sae(_random(SAESpec("topk", D_IN, D_SAE, k=8)), tmp_path / "badhook", metadata={"hook_name": "transformer.h.3"})
+    save_sae(
+        _random(SAESpec("topk", D_IN, D_SAE, k=8)),
+        tmp_path / "badhook",
+        metadata={"hook_name": "transformer.h.3"},
+    )
     with pytest.raises(SAEImportError, match="not a hook name"):
         import_sae(default_ws, tmp_path / "badhook")
     groupmax = tmp_path / "layers.1"
@@ -242,7 +294,7 @@ def test_bad_imports_say_what_is_wrong(default_ws, tmp_path):
     save_file({"encoder.weight": torch.zeros(D_SAE, D_IN)}, str(groupmax / "sae.safetensors"))
     with pytest.raises(SAEFormatError, match="groupmax"):
         import_sae(default_ws, groupmax)
-    assert len(default_ws.list("sae")) == before                          # nothing half-registered
+    assert len(default_ws.list("sae")) == before  # nothing half-registered
 
 
 def test_model_matching(default_ws):
@@ -264,7 +316,9 @@ def test_an_imported_saelens_sae_steers_the_model(default_ws, tmp_path):
     theirs.cfg.metadata.model_name = "HuggingFaceTB/SmolLM2-135M-Instruct"
     theirs.save_model(tmp_path / "lens-576")
     art = import_sae(default_ws, tmp_path / "lens-576", name="lens-steer")
-    base = steer(default_ws, art.id, SteerConfig(features=[[7, 0.0]], prompt="Tell me about your day.", max_tokens=6))
+    base = steer(
+        default_ws, art.id, SteerConfig(features=[[7, 0.0]], prompt="Tell me about your day.", max_tokens=6)
+    )
     assert base["steered"] == base["unsteered"] and base["metrics"]["kl_mean"] == 0.0
     pane = SteeringPane(default_ws, sae=art.id)
     pane.add(7, 60.0)

@@ -1,6 +1,7 @@
 """Automatic labelling, offline: the in-kernel explainer, and the HTTP path against a real
 OpenAI-compatible server (``mistudio serve-chat``, backed by the embedded model) started here; a
 hanging endpoint; the API key reaches the server but never the workspace."""
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,11 @@ import time
 import urllib.request
 
 import pytest
-
 from browser import free_port
+from waiting import wait_for
+
 from mistudio_widgets.core.configs import LabelConfig
 from mistudio_widgets.features.labeling import LabelError, OpenAIChat, clean_label, label_features
-from waiting import wait_for
 
 SECRET = "sk-test-" + "5ecret-never-stored-0042"
 
@@ -26,10 +27,26 @@ SECRET = "sk-test-" + "5ecret-never-stored-0042"
 def chat_server(default_ws):
     port = free_port()
     env = {**os.environ, "MISTUDIO_TEST_KEY": SECRET, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(default_ws.root), "serve-chat",
-                             "--port", str(port), "--require-key-env", "MISTUDIO_TEST_KEY"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mistudio_widgets.cli",
+            "--workspace",
+            str(default_ws.root),
+            "serve-chat",
+            "--port",
+            str(port),
+            "--require-key-env",
+            "MISTUDIO_TEST_KEY",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/v1"
+
     def models():
         try:
             req = urllib.request.Request(url + "/models", headers={"Authorization": f"Bearer {SECRET}"})
@@ -38,26 +55,51 @@ def chat_server(default_ws):
         except OSError:
             return None
 
-    served = wait_for(models, "the chat server to answer", timeout=180, interval=0.5,
-                      gone=lambda: proc.poll() is not None and f"it exited: {proc.stdout.read()[-2000:]}")
+    served = wait_for(
+        models,
+        "the chat server to answer",
+        timeout=180,
+        interval=0.5,
+        gone=lambda: proc.poll() is not None and f"it exited: {proc.stdout.read()[-2000:]}",
+    )
     assert served[0]["id"] == "SmolLM2-135M-Instruct"
     yield url
     proc.terminate()
     log, _ = proc.communicate(timeout=20)
-    assert "POST /v1/chat/completions" in log and SECRET not in log       # the server's log never holds the key
+    assert "POST /v1/chat/completions" in log and SECRET not in log  # the server's log never holds the key
 
 
-def test_http_labelling_against_a_real_chat_server(default_ws, small_sae, extraction, chat_server, monkeypatch):
-    cfg = LabelConfig(backend="openai", base_url=chat_server, model="SmolLM2-135M-Instruct", api_key_env="MISTUDIO_TEST_KEY",
-                      examples=4, score_examples=2, max_tokens=16, timeout=120)
+def test_http_labelling_against_a_real_chat_server(
+    default_ws, small_sae, extraction, chat_server, monkeypatch
+):
+    cfg = LabelConfig(
+        backend="openai",
+        base_url=chat_server,
+        model="SmolLM2-135M-Instruct",
+        api_key_env="MISTUDIO_TEST_KEY",
+        examples=4,
+        score_examples=2,
+        max_tokens=16,
+        timeout=120,
+    )
     with pytest.raises(LabelError, match="refused the API key"):
-        label_features(default_ws, small_sae, cfg, top=1, api_key="wrong-key", redo=True)   # (redo: earlier tests may have labelled it)
+        label_features(
+            default_ws, small_sae, cfg, top=1, api_key="wrong-key", redo=True
+        )  # (redo: earlier tests may have labelled it)
     monkeypatch.setenv("MISTUDIO_TEST_KEY", SECRET)
     res = label_features(default_ws, small_sae, cfg, top=1, redo=True)
     assert len(res) == 1 and res[0]["label"], res
     row = default_ws.labels(small_sae, res[0]["feature"])[0]
-    assert row["method"] == "auto" and row["model"] == "SmolLM2-135M-Instruct" and row["label"] == res[0]["label"]
-    assert 0.0 <= row["score"] <= 1.0 and row["meta"]["scoring"]["positives"] >= 1 and row["meta"]["scoring"]["negatives"] >= 1
+    assert (
+        row["method"] == "auto"
+        and row["model"] == "SmolLM2-135M-Instruct"
+        and row["label"] == res[0]["label"]
+    )
+    assert (
+        0.0 <= row["score"] <= 1.0
+        and row["meta"]["scoring"]["positives"] >= 1
+        and row["meta"]["scoring"]["negatives"] >= 1
+    )
     # the same explainer and template again: nothing to do (a stopped batch resumes where it stopped)
     assert label_features(default_ws, small_sae, cfg, features=[res[0]["feature"]]) == []
     # the key went to the server but is nowhere in the workspace
@@ -72,8 +114,13 @@ def test_local_explainer_labels_without_a_server(default_ws, small_sae, extracti
     from mistudio_widgets.features import feature_columns
 
     busiest = int(np.argmax(feature_columns(default_ws, extraction)["frequency"]))
-    res = label_features(default_ws, small_sae, LabelConfig(examples=3, score_examples=2, max_tokens=12),
-                         features=[busiest], redo=True)
+    res = label_features(
+        default_ws,
+        small_sae,
+        LabelConfig(examples=3, score_examples=2, max_tokens=12),
+        features=[busiest],
+        redo=True,
+    )
     assert len(res) == 1 and res[0]["label"], res
     row = default_ws.labels(small_sae, busiest)[0]
     assert (row["label"], row["method"], row["model"]) == (res[0]["label"], "auto", "SmolLM2-135M-Instruct")
@@ -83,15 +130,22 @@ def test_local_explainer_labels_without_a_server(default_ws, small_sae, extracti
     assert 0.0 < p < 1.0
     scoring = row["meta"]["scoring"]
     assert scoring["chance"] == 0.5
-    if scoring["score"] is not None:       # the in-kernel default scores by simulation
+    if scoring["score"] is not None:  # the in-kernel default scores by simulation
         assert scoring["rule"] == "simulation (AUC)" and 0.0 <= row["score"] <= 1.0 and scoring["cues"]
     else:
         assert "simulator" in scoring["reason"] or "held-out" in scoring["reason"]
     # asked to judge, the in-kernel model ranks the texts by P(yes)
-    res = label_features(default_ws, small_sae, LabelConfig(examples=3, score_examples=2, max_tokens=12, scorer="judge"),
-                         features=[busiest], redo=True)
+    res = label_features(
+        default_ws,
+        small_sae,
+        LabelConfig(examples=3, score_examples=2, max_tokens=12, scorer="judge"),
+        features=[busiest],
+        redo=True,
+    )
     scoring = default_ws.labels(small_sae, busiest)[0]["meta"]["scoring"]
-    assert scoring.get("reason") or (scoring["rule"] == "P(yes) above the median" and 0.0 <= scoring["score"] <= 1.0)
+    assert scoring.get("reason") or (
+        scoring["rule"] == "P(yes) above the median" and 0.0 <= scoring["score"] <= 1.0
+    )
 
 
 def test_simulation_scoring_reads_what_a_label_names():
@@ -99,8 +153,13 @@ def test_simulation_scoring_reads_what_a_label_names():
 
     shouted, calm = ["WHY ARE YOU SHOUTING AT ME", "GET OUT NOW"], ["why are you here", "get out now, please"]
     assert simulation_score("tokens 'WID', 'BOT' (in CAPITAL LETTERS)", shouted, calm)["score"] == 1.0
-    assert simulation_score("words in capital letters", calm, shouted)["score"] == 0.0      # a wrong label scores low
-    assert simulation_score('the word "please', ["say please", "please go"], ["go away", "come here"])["score"] == 1.0
+    assert (
+        simulation_score("words in capital letters", calm, shouted)["score"] == 0.0
+    )  # a wrong label scores low
+    assert (
+        simulation_score('the word "please', ["say please", "please go"], ["go away", "come here"])["score"]
+        == 1.0
+    )
     r = simulation_score("the start of a word", shouted, calm)
     assert r["score"] is None and "simulator" in r["reason"] and r["chance"] == 0.5
     assert label_cues('the comma after "Farewell') == [("token", "Farewell"), ("char", ",")]
@@ -117,7 +176,7 @@ def test_a_hanging_endpoint_fails_clearly_and_labels_nothing(default_ws, small_s
         listener.settimeout(0.2)
         while not stop.is_set():
             try:
-                held.append(listener.accept()[0])          # read nothing, answer nothing
+                held.append(listener.accept()[0])  # read nothing, answer nothing
             except OSError:
                 pass
 
@@ -125,11 +184,17 @@ def test_a_hanging_endpoint_fails_clearly_and_labels_nothing(default_ws, small_s
     t.start()
     before = len(default_ws.labels(small_sae, history=True))
     try:
-        cfg = LabelConfig(backend="openai", base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", model="x",
-                          timeout=0.5, retries=1, score=False)
+        cfg = LabelConfig(
+            backend="openai",
+            base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1",
+            model="x",
+            timeout=0.5,
+            retries=1,
+            score=False,
+        )
         with pytest.raises(LabelError, match="did not answer after 2 tries"):
             label_features(default_ws, small_sae, cfg, top=1, redo=True)
-        assert len(held) == 2                       # one try and one retry, each given up after the timeout
+        assert len(held) == 2  # one try and one retry, each given up after the timeout
     finally:
         stop.set()
         t.join()
@@ -143,14 +208,29 @@ def test_endpoint_errors_and_label_cleaning():
     with pytest.raises(LabelError, match="not an http"):
         OpenAIChat("ftp://x", "m")
     with pytest.raises(LabelError, match="did not answer"):
-        OpenAIChat(f"http://127.0.0.1:{free_port()}/v1", "m", timeout=0.5, retries=0).chat([{"role": "user", "content": "hi"}], 4, 0)
+        OpenAIChat(f"http://127.0.0.1:{free_port()}/v1", "m", timeout=0.5, retries=0).chat(
+            [{"role": "user", "content": "hi"}], 4, 0
+        )
     assert clean_label('The feature responds to "all-caps shouting."\nExtra') == "all-caps shouting"
 
 
 def test_cli_extract_and_label(default_ws, small_sae):
     def cli(*args):
-        proc = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(default_ws.root), "--json", *args],
-                              capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mistudio_widgets.cli",
+                "--workspace",
+                str(default_ws.root),
+                "--json",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
         return proc.returncode, lines
 
@@ -166,7 +246,8 @@ def test_cli_extract_and_label(default_ws, small_sae):
 
 
 class _Scripted:
-    """A real HTTP server answering chat-completions calls from a script: 'ok', 'busy' (429) or 'bad' (malformed)."""
+    """A real HTTP server answering chat-completions calls from a script: 'ok', 'busy' (429) or 'bad'
+    (malformed)."""
 
     def __init__(self, script):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -179,8 +260,14 @@ class _Scripted:
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 step = outer.script[min(outer.calls, len(outer.script) - 1)]
                 outer.calls += 1
-                code, body = {"ok": (200, {"choices": [{"message": {"role": "assistant", "content": f"label {outer.calls}"}}]}),
-                              "busy": (429, {"error": "slow down"}), "bad": (200, {"nope": True})}[step]
+                code, body = {
+                    "ok": (
+                        200,
+                        {"choices": [{"message": {"role": "assistant", "content": f"label {outer.calls}"}}]},
+                    ),
+                    "busy": (429, {"error": "slow down"}),
+                    "bad": (200, {"nope": True}),
+                }[step]
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(data)))
@@ -199,7 +286,9 @@ class _Scripted:
         self.server.server_close()
 
 
-def test_rate_limits_are_retried_and_a_failure_mid_batch_keeps_earlier_labels(default_ws, small_sae, extraction):
+def test_rate_limits_are_retried_and_a_failure_mid_batch_keeps_earlier_labels(
+    default_ws, small_sae, extraction
+):
     import numpy as np
 
     from mistudio_widgets.features import feature_columns
@@ -207,13 +296,24 @@ def test_rate_limits_are_retried_and_a_failure_mid_batch_keeps_earlier_labels(de
     order = [int(i) for i in np.argsort(-feature_columns(default_ws, extraction)["frequency"])[:2]]
     srv = _Scripted(["busy", "ok", "bad"])
     try:
-        cfg = LabelConfig(backend="openai", base_url=srv.url, model=f"scripted-{time.time()}", score=False, retries=2, timeout=5)
-        with pytest.raises(LabelError, match=r"did not answer in the chat-completions format.*feature 2 of 2.*1 label\(s\)"):
+        cfg = LabelConfig(
+            backend="openai",
+            base_url=srv.url,
+            model=f"scripted-{time.time()}",
+            score=False,
+            retries=2,
+            timeout=5,
+        )
+        with pytest.raises(
+            LabelError, match=r"did not answer in the chat-completions format.*feature 2 of 2.*1 label\(s\)"
+        ):
             label_features(default_ws, small_sae, cfg, features=order)
         kept = [r for r in default_ws.labels(small_sae, history=True) if r["model"] == cfg.model]
-        assert [(r["feature"], r["label"]) for r in kept] == [(order[0], "label 2")]       # 429 first, then answered
+        assert [(r["feature"], r["label"]) for r in kept] == [
+            (order[0], "label 2")
+        ]  # 429 first, then answered
         srv.script = ["ok"]
-        res = label_features(default_ws, small_sae, cfg, features=order)          # continues with the rest only
+        res = label_features(default_ws, small_sae, cfg, features=order)  # continues with the rest only
         assert [r["feature"] for r in res] == [order[1]]
     finally:
         srv.close()
@@ -224,8 +324,14 @@ def test_an_sae_that_does_not_fit_the_model_is_refused(default_ws, tmp_path):
     from mistudio_widgets.sae import SAESpec, make_sae
     from mistudio_widgets.sae.io import save_sae
 
-    sae = make_sae(SAESpec(architecture="topk", d_in=64, d_sae=128, k=4, metadata={"hook_name": "blocks.1.hook_resid_post"}))
-    with default_ws.write_artifact("sae", default_ws.unique_name("sae", "narrow"), meta={"d_sae": 128, "d_in": 64}) as w:
+    sae = make_sae(
+        SAESpec(
+            architecture="topk", d_in=64, d_sae=128, k=4, metadata={"hook_name": "blocks.1.hook_resid_post"}
+        )
+    )
+    with default_ws.write_artifact(
+        "sae", default_ws.unique_name("sae", "narrow"), meta={"d_sae": 128, "d_in": 64}
+    ) as w:
         save_sae(sae, w.path)
     with pytest.raises(FeatureError, match="reads 64-wide activations but .* has d_model 576"):
         fire(default_ws, w.id, "hello")
@@ -236,28 +342,44 @@ def test_a_key_typed_in_the_widget_never_leaves_the_kernel(default_ws, small_sae
     does): the labelling works, and nothing the kernel publishes (outputs, the widget state a saved
     notebook keeps, errors) holds the key; a refused key is not repeated in the error either."""
     import numpy as np
-
     from kernels import kernel
+
     from mistudio_widgets.features import feature_columns
 
     freq = feature_columns(default_ws, extraction)["frequency"]
     feature = next(int(i) for i in np.argsort(-freq) if not default_ws.labels(small_sae, int(i)))
-    settings = {"backend": "openai", "base_url": chat_server, "model": "SmolLM2-135M-Instruct", "api_key_env": "",
-                "examples": 3, "score": False, "max_tokens": 12, "timeout": 120}
+    settings = {
+        "backend": "openai",
+        "base_url": chat_server,
+        "model": "SmolLM2-135M-Instruct",
+        "api_key_env": "",
+        "examples": 3,
+        "score": False,
+        "max_tokens": 12,
+        "timeout": 120,
+    }
     wrong = "sk-wrong-" + "key-typed-by-mistake-77"
     with kernel(default_ws.root) as k:
-        k.run("import mistudio_widgets as ms\nfrom mistudio_widgets.widgets import FeatureBrowser\nfrom IPython.display import display\n"
-              f"ws = ms.open_workspace()\nfb = FeatureBrowser(ws, sae={small_sae!r})\ndisplay(fb)")
+        k.run(
+            "import mistudio_widgets as ms\nfrom mistudio_widgets.widgets import FeatureBrowser\nfrom "
+            "IPython.display import display\n"
+            f"ws = ms.open_workspace()\nfb = FeatureBrowser(ws, sae={small_sae!r})\ndisplay(fb)"
+        )
         for key, expected in ((wrong, "refused the API key"), (SECRET, "Labelled 1 feature(s).")):
-            k.run(f"fb._on_page_msg(fb, {{'action': 'autolabel', 'args': {{'features': [{feature}], "
-                  f"'settings': {settings!r}, 'api_key': {key!r}}}}}, [])\nfb.wait(600)")
-            while k.eval("fb.status") != "idle":                 # the result is applied on the kernel's loop
+            k.run(
+                f"fb._on_page_msg(fb, {{'action': 'autolabel', 'args': {{'features': [{feature}], "
+                f"'settings': {settings!r}, 'api_key': {key!r}}}}}, [])\nfb.wait(600)"
+            )
+            while k.eval("fb.status") != "idle":  # the result is applied on the kernel's loop
                 time.sleep(0.2)
             assert expected in k.run("print(fb.message, fb.error)")
         k.drain()
-    # (execute_input only echoes this test's own cells, which hold the key the page would send in a comm message)
+    # (execute_input only echoes this test's own cells, which hold the key the page would send in a comm
+    # message)
     blob = json.dumps([m for m in k.published if m["msg_type"] != "execute_input"], default=str)
-    assert "refused the API key" in blob and '"label_settings"' in blob, "the kernel's messages were not all captured"
+    assert "refused the API key" in blob and '"label_settings"' in blob, (
+        "the kernel's messages were not all captured"
+    )
     assert SECRET not in blob and wrong not in blob
     assert default_ws.labels(small_sae, feature)[0]["method"] == "auto"
     for path in default_ws.root.rglob("*"):

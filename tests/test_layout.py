@@ -1,5 +1,6 @@
 """The layout by pipeline stage: old flat import paths still work for one release (with a warning), and
 imports between the rooms point one way."""
+
 from __future__ import annotations
 
 import ast
@@ -12,11 +13,17 @@ import mistudio_widgets
 PKG = Path(mistudio_widgets.__file__).parent
 # each room may import only rooms listed before it (the order of the pipeline)
 ORDER = ["core", "data", "sae", "features", "train", "steering", "share", "widgets", "cli"]
-ALLOWED = {"core": set(), "data": {"core"}, "sae": {"core"}, "features": {"core", "data", "sae"},
-           "train": {"core", "data", "sae"}, "steering": {"core", "data", "sae", "features"},
-           "share": {"core", "data", "sae", "features"},
-           "widgets": {"core", "data", "sae", "features", "train", "steering", "share"},
-           "cli": {"core", "data", "sae", "features", "train", "steering", "share"}}
+ALLOWED = {
+    "core": set(),
+    "data": {"core"},
+    "sae": {"core"},
+    "features": {"core", "data", "sae"},
+    "train": {"core", "data", "sae"},
+    "steering": {"core", "data", "sae", "features"},
+    "share": {"core", "data", "sae", "features"},
+    "widgets": {"core", "data", "sae", "features", "train", "steering", "share"},
+    "cli": {"core", "data", "sae", "features", "train", "steering", "share"},
+}
 
 
 def room_imports() -> dict[tuple[str, str], list[str]]:
@@ -42,7 +49,9 @@ def room_imports() -> dict[tuple[str, str], list[str]]:
 def test_rooms_import_one_way():
     back = {k: v for k, v in room_imports().items() if k[1] in ALLOWED and k[1] not in ALLOWED[k[0]]}
     assert not back, f"imports against the pipeline order {ORDER}: {back}"
-    assert ("widgets", "cli") not in room_imports() and not any(a != "cli" and b == "cli" for a, b in room_imports())
+    assert ("widgets", "cli") not in room_imports() and not any(
+        a != "cli" and b == "cli" for a, b in room_imports()
+    )
 
 
 def test_old_import_paths_work_for_one_release_with_a_warning():

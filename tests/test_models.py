@@ -1,4 +1,5 @@
 """Models: the embedded default converted once, architecture and memory before loading, loading options."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,11 +13,19 @@ from mistudio_widgets.data.models import add_model, load_model, model_info
 def test_default_model_converted_once(default_ws):
     art = add_model(default_ws)
     assert art.meta["provenance"]["kind"] == "embedded" and art.meta["licence"] == "Apache-2.0"
-    assert (art.path / "hf" / "model.safetensors").is_file() and (art.path / "hf" / "tokenizer.json").is_file()
+    assert (art.path / "hf" / "model.safetensors").is_file() and (
+        art.path / "hf" / "tokenizer.json"
+    ).is_file()
     assert add_model(default_ws).id == art.id  # idempotent: no second conversion
     info = model_info(default_ws, art)
-    assert (info["family"], info["layers"], info["d_model"], info["heads"], info["kv_heads"], info["vocab"]) == \
-        ("llama", 30, 576, 9, 3, 49152)
+    assert (
+        info["family"],
+        info["layers"],
+        info["d_model"],
+        info["heads"],
+        info["kv_heads"],
+        info["vocab"],
+    ) == ("llama", 30, 576, 9, 3, 49152)
     assert info["parameters"] == 134_515_008
     t = info["memory_table"]
     assert t["float32/4bit"] < t["float32/8bit"] < t["bfloat16/none"] < t["float32/none"]
@@ -26,9 +35,11 @@ def test_default_model_converted_once(default_ws):
 def test_loaded_default_generates_english(lm):
     tok = lm.tokenizer
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
-    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
     out = lm.model.generate(ids, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])
     assert len(lm.hook_names()) == 30 * 6
 
 
@@ -54,7 +65,9 @@ def test_cuda_and_quantization_without_cuda(default_ws):
 
 
 def test_local_folder_model(default_ws, tiny_model_dir):
-    art = default_ws.find("tiny-gpt2-test", "model") or add_model(default_ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test"))
+    art = default_ws.find("tiny-gpt2-test", "model") or add_model(
+        default_ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test")
+    )
     assert art.path is None and art.meta["location"] == str(tiny_model_dir)
     lm = load_model(default_ws, art)
     assert lm.info["family"] == "gpt2" and lm.hook_names()[0] == "blocks.0.hook_resid_pre"

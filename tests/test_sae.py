@@ -1,4 +1,5 @@
 """SAE architectures and the SAELens folder format (no model needed)."""
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,22 @@ def randomised(spec):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("variant", ["sae", "skip", "transcoder"])
 def test_saelens_round_trip(tmp_path, arch, variant):
-    spec = SAESpec(architecture=arch, d_in=24, d_sae=96, k=6, skip=variant == "skip",
-                   d_out=16 if variant == "transcoder" else None,
-                   metadata={"hook_name": "blocks.3.hook_resid_post", "model_name": "m"})
+    spec = SAESpec(
+        architecture=arch,
+        d_in=24,
+        d_sae=96,
+        k=6,
+        skip=variant == "skip",
+        d_out=16 if variant == "transcoder" else None,
+        metadata={"hook_name": "blocks.3.hook_resid_post", "model_name": "m"},
+    )
     sae = randomised(spec)
     x = torch.randn(50, 24) * 2
     save_sae(sae, tmp_path, {"context_size": 128})
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post" and cfg["metadata"]["sae_lens_version"].startswith("6")
+    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post" and cfg["metadata"][
+        "sae_lens_version"
+    ].startswith("6")
     assert cfg["d_in"] == 24 and cfg["d_sae"] == 96
     expected_arch = "jumprelu" if arch in ("jumprelu", "batchtopk") else arch
     if variant == "skip":
@@ -44,7 +53,9 @@ def test_saelens_round_trip(tmp_path, arch, variant):
     assert cfg["architecture"] == expected_arch
     loaded, _ = load_sae(tmp_path)
     with torch.no_grad():
-        if variant == "skip" and arch != "topk":     # saved with b_dec folded into b_enc for SAELens: rounding only
+        if (
+            variant == "skip" and arch != "topk"
+        ):  # saved with b_dec folded into b_enc for SAELens: rounding only
             torch.testing.assert_close(loaded.encode(x), sae.encode(x), rtol=1e-5, atol=1e-5)
         else:
             assert torch.equal(loaded.encode(x), sae.encode(x))
@@ -56,11 +67,22 @@ def test_pre_6_flat_config_loads(tmp_path):
     sae = randomised(SAESpec(architecture="standard", d_in=8, d_sae=32))
     save_sae(sae, tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    flat = {"architecture": "standard", "d_in": 8, "d_sae": 32, "hook_point": "blocks.2.hook_resid_pre",
-            "model_name": "gpt2", "context_size": 64, "dtype": "float32", "sae_lens_version": "3.5.0"}
+    flat = {
+        "architecture": "standard",
+        "d_in": 8,
+        "d_sae": 32,
+        "hook_point": "blocks.2.hook_resid_pre",
+        "model_name": "gpt2",
+        "context_size": 64,
+        "dtype": "float32",
+        "sae_lens_version": "3.5.0",
+    }
     (tmp_path / "cfg.json").write_text(json.dumps(flat))
     loaded, _ = load_sae(tmp_path)
-    assert loaded.spec.metadata["hook_name"] == "blocks.2.hook_resid_pre" and loaded.spec.metadata["context_size"] == 64
+    assert (
+        loaded.spec.metadata["hook_name"] == "blocks.2.hook_resid_pre"
+        and loaded.spec.metadata["context_size"] == 64
+    )
     assert cfg["metadata"]["model_name"] is None
 
 

@@ -1,5 +1,6 @@
 """Security regressions (issue 18): paths from the catalog never lead outside the workspace. Every test
 works only inside its own temporary folder: the 'victim' is a folder beside the test's workspace."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,13 @@ def test_a_symlinked_artifact_folder_leading_outside_is_not_followed(tmp_path):
     os.symlink(victim, ws.root / "datasets" / "linked")
     assert ws.get(art.id).path is None
     env = {**os.environ, "MISTUDIO_HOME": str(ws.root)}
-    proc = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--json", "delete", art.id, "--cascade"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mistudio_widgets.cli", "--json", "delete", art.id, "--cascade"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (victim / "precious.txt").read_text() == "keep me"
     assert json.loads(proc.stdout.splitlines()[-1])
@@ -77,8 +83,11 @@ def test_bundles_are_data_never_code_and_never_write_outside(tmp_path):
         ([_entry(kind="../../../../" + str(tmp_path / "escaped"))], None, "bundles hold"),
         ([_entry(kind="model", meta={"settings": {"trust_remote_code": True}})], None, "bundles hold"),
         ([_entry(id="../../etc")], None, "not an id"),
-        ([_entry(kind="sae", id="sae-0123456789", folder=True)], {"artifacts/sae-0123456789/cfg.json": b"{}"},
-         "lacks its sae_weights.safetensors"),
+        (
+            [_entry(kind="sae", id="sae-0123456789", folder=True)],
+            {"artifacts/sae-0123456789/cfg.json": b"{}"},
+            "lacks its sae_weights.safetensors",
+        ),
         ([_entry(folder=True)], None, "holds no files"),
         ([{**_entry(), "meta": "not a mapping"}], None, "wrong type"),
     ]
@@ -88,11 +97,17 @@ def test_bundles_are_data_never_code_and_never_write_outside(tmp_path):
         assert ws.list() == []
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".tar.gz")) == before
     # settings that would run code are stripped, at any depth, and reported
-    meta = {"model": "mod-0123456789", "config": {"auto_map": {"AutoModel": "evil.Model"}, "trust_remote_code": True}}
+    meta = {
+        "model": "mod-0123456789",
+        "config": {"auto_map": {"AutoModel": "evil.Model"}, "trust_remote_code": True},
+    }
     r = unpack(ws, _bundle(tmp_path / "ok.tar.gz", [_entry(meta=meta)]))
     got = ws.get("dat-0123456789").meta
     assert got == {"model": None, "config": {}}
-    assert sorted(r["stripped"]) == ["dat-0123456789.config.auto_map", "dat-0123456789.config.trust_remote_code"]
+    assert sorted(r["stripped"]) == [
+        "dat-0123456789.config.auto_map",
+        "dat-0123456789.config.trust_remote_code",
+    ]
 
 
 def test_a_truncated_bundle_is_refused_and_adds_nothing(tmp_path):
@@ -117,7 +132,7 @@ def test_export_overwrite_replaces_only_an_earlier_export(tmp_path):
 
     ws = Workspace(tmp_path / "ws")
     (ws.root / "keep.txt").write_text("workspace file")
-    for target in (ws.root, tmp_path):                         # the workspace, or a folder holding it
+    for target in (ws.root, tmp_path):  # the workspace, or a folder holding it
         with pytest.raises(ExportError, match="holds it"):
             with fresh_folder(target, overwrite=True, workspace=ws.root):
                 pass
@@ -129,7 +144,7 @@ def test_export_overwrite_replaces_only_an_earlier_export(tmp_path):
             pass
     assert (unrelated / "cat.jpg").read_bytes() == b"meow" and (ws.root / "keep.txt").is_file()
     out = tmp_path / "export"
-    for n in (1, 2):                                              # an export of ours is replaced when asked
+    for n in (1, 2):  # an export of ours is replaced when asked
         with fresh_folder(out, overwrite=True, workspace=ws.root) as tmp:
             (tmp / "cfg.json").write_text(str(n))
         assert (out / "cfg.json").read_text() == str(n) and (out / EXPORT_MARKER).is_file()
@@ -150,7 +165,9 @@ def test_model_weights_come_from_safetensors_and_must_cover_the_model(tmp_path, 
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_model_dir, pickled)
     (pickled / "model.safetensors").unlink()
-    torch.save(AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict(), pickled / "pytorch_model.bin")
+    torch.save(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict(), pickled / "pytorch_model.bin"
+    )
     assert not list(pickled.glob("*.safetensors")) and list(pickled.glob("*.bin"))
     with pytest.raises(ModelError, match="pickles"):
         add_model(ws, ModelConfig(source=str(pickled), name="pickled"))
@@ -161,7 +178,11 @@ def test_model_weights_come_from_safetensors_and_must_cover_the_model(tmp_path, 
     shutil.copytree(tiny_model_dir, partial)
     weights = load_file(partial / "model.safetensors")
     dropped = sorted(k for k in weights if k.endswith("mlp.c_fc.weight"))[0]
-    save_file({k: v for k, v in weights.items() if k != dropped}, partial / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if k != dropped},
+        partial / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     art = add_model(ws, ModelConfig(source=str(partial), name="partial"))
     with pytest.raises(ModelError, match="missing from its weight files"):
         load_model(ws, art.id)
@@ -170,8 +191,13 @@ def test_model_weights_come_from_safetensors_and_must_cover_the_model(tmp_path, 
 
 def _cli(ws_root, *args):
     env = {**os.environ, "MISTUDIO_HOME": str(ws_root), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mistudio_widgets.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_bounded_inputs_and_clear_errors_instead_of_tracebacks(tmp_path):
@@ -180,8 +206,10 @@ def test_bounded_inputs_and_clear_errors_instead_of_tracebacks(tmp_path):
 
     ws_root = tmp_path / "ws"
     bomb = tmp_path / "bomb.yaml"
-    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-                    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nsteps: *c\n")
+    bomb.write_text(
+        "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nsteps: *c\n"
+    )
     r = _cli(ws_root, "train", "--config", str(bomb))
     assert r.returncode == 2 and "aliases" in r.stderr and len(r.stderr) < 2000, r.stderr[-2000:]
     huge = list(range(10_000))
@@ -213,11 +241,18 @@ def test_sae_weights_must_be_finite_floats_and_k_valid(tmp_path):
     def folder(name, tensors, **cfg):
         d = tmp_path / name
         d.mkdir()
-        (d / "cfg.json").write_text(json.dumps({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2, **cfg}))
+        (d / "cfg.json").write_text(
+            json.dumps({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2, **cfg})
+        )
         save_file(tensors, d / "sae_weights.safetensors")
         return d
 
-    good = {"W_enc": torch.randn(4, 8), "b_enc": torch.zeros(8), "W_dec": torch.randn(8, 4), "b_dec": torch.zeros(4)}
+    good = {
+        "W_enc": torch.randn(4, 8),
+        "b_enc": torch.zeros(8),
+        "W_dec": torch.randn(8, 4),
+        "b_dec": torch.zeros(4),
+    }
     assert load_sae(folder("good", good))[0].spec.k == 2
     with pytest.raises(SAEFormatError, match="NaN or infinite"):
         load_sae(folder("nan", {**good, "W_dec": torch.full((8, 4), float("nan"))}))
@@ -232,7 +267,7 @@ def test_sae_weights_must_be_finite_floats_and_k_valid(tmp_path):
             load_sae(folder(f"k{k}", good, k=k))
 
 
-@pytest.mark.model             # the CLI training it interrupts loads the model
+@pytest.mark.model  # the CLI training it interrupts loads the model
 def test_terminal_escapes_null_answers_sigint_and_stale_checkpoint_temps(tmp_path):
     import signal
     import time
@@ -240,7 +275,10 @@ def test_terminal_escapes_null_answers_sigint_and_stale_checkpoint_temps(tmp_pat
     from mistudio_widgets.cli import printable
     from mistudio_widgets.train.training import _remove_stale_checkpoint_temps
 
-    assert printable("label \x1b[2J\x1b]0;pwned\x07 end\nnext\tline") == "label \\x1b[2J\\x1b]0;pwned\\x07 end\nnext\tline"
+    assert (
+        printable("label \x1b[2J\x1b]0;pwned\x07 end\nnext\tline")
+        == "label \\x1b[2J\\x1b]0;pwned\\x07 end\nnext\tline"
+    )
     # half-written checkpoint folders of a killed process go on the next start
     run = tmp_path / "run"
     (run / ".checkpoint-4.tmp-abc123").mkdir(parents=True)
@@ -249,10 +287,27 @@ def test_terminal_escapes_null_answers_sigint_and_stale_checkpoint_temps(tmp_pat
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint-2"]
     # Ctrl-C during a CLI training: it checkpoints, exits non-zero and names the resume command
     env = {**os.environ, "MISTUDIO_HOME": str(tmp_path / "ws"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mistudio_widgets.cli", "train", "--steps", "400", "--hook",
-                             "blocks.1.hook_resid_post", "--expansion", "1", "--batch-tokens", "256"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    for line in proc.stdout:                       # until the run is registered and training (or the output ends)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mistudio_widgets.cli",
+            "train",
+            "--steps",
+            "400",
+            "--hook",
+            "blocks.1.hook_resid_post",
+            "--expansion",
+            "1",
+            "--batch-tokens",
+            "256",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    for line in proc.stdout:  # until the run is registered and training (or the output ends)
         if line.startswith("run "):
             break
     time.sleep(5)
@@ -298,7 +353,7 @@ def test_a_lost_catalog_is_refused_and_repair_registers_the_folders_again(tmp_pa
         (w.path / "ids.bin").write_bytes(b"\x01\x02")
     ws.rename("plays", "plays-renamed")
     before = {a.id: (a.kind, a.name, a.parent) for a in ws.list()}
-    bare = ws.root / "datasets" / "ds-0000000001"        # a folder without a record: named after itself
+    bare = ws.root / "datasets" / "ds-0000000001"  # a folder without a record: named after itself
     bare.mkdir()
     cat = ws.root / "catalog.sqlite"
     for lose in ("empty", "missing"):
@@ -307,14 +362,19 @@ def test_a_lost_catalog_is_refused_and_repair_registers_the_folders_again(tmp_pa
         if lose == "empty":
             cat.write_bytes(b"")
         r = _cli(ws.root, "list")
-        assert r.returncode == 2 and "3 artifact folder(s)" in r.stderr and "mistudio --workspace" in r.stderr, r.stderr
-        assert (cat.stat().st_size == 0) if lose == "empty" else not cat.exists()   # nothing was changed
+        assert (
+            r.returncode == 2 and "3 artifact folder(s)" in r.stderr and "mistudio --workspace" in r.stderr
+        ), r.stderr
+        assert (cat.stat().st_size == 0) if lose == "empty" else not cat.exists()  # nothing was changed
         r = _cli(ws.root, "--json", "repair")
         assert r.returncode == 0, r.stderr
         got = Workspace(ws.root)
         assert {a.id: (a.kind, a.name, a.parent) for a in got.list() if a.id in before} == before
         assert got.get("ds-0000000001").name == "ds-0000000001"
-        assert got.get("plays-renamed").meta["stats"] == {"documents": 3} and got.get("plays-renamed").meta["repaired"]
+        assert (
+            got.get("plays-renamed").meta["stats"] == {"documents": 3}
+            and got.get("plays-renamed").meta["repaired"]
+        )
         assert (got.get("plays-renamed").path / "data.txt").read_text() == "to be"
         assert _cli(ws.root, "list").returncode == 0
 
@@ -331,7 +391,7 @@ def test_odd_rows_and_names_never_break_list(tmp_path):
     sae = ws.register("sae", "s")
     with sqlite3.connect(ws.root / "catalog.sqlite") as con:
         con.execute("UPDATE artifacts SET meta = '[1, 2]' WHERE id = ?", (a.id,))
-        con.execute("UPDATE artifacts SET meta = '{\"stats\": \"many\"}' WHERE id = ?", (b.id,))
+        con.execute('UPDATE artifacts SET meta = \'{"stats": "many"}\' WHERE id = ?', (b.id,))
         con.execute("UPDATE artifacts SET name = 'fake\nds-0 dataset injected' WHERE id = ?", (c.id,))
         con.execute("UPDATE artifacts SET meta = '{\"metrics\": [3]}' WHERE id = ?", (sae.id,))
     for args in (["list"], ["datasets", "list"], ["saes", "list"], ["--json", "list"]):
@@ -364,8 +424,15 @@ def test_a_config_the_weight_files_cannot_hold_is_refused_before_allocating(tmp_
     from mistudio_widgets.data.models import add_model, load_model
 
     ws = Workspace(tmp_path / "ws")
-    absurd = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 32768, "n_layer": 2000,
-              "n_head": 64, "vocab_size": 500000, "n_positions": 1024}
+    absurd = {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "n_embd": 32768,
+        "n_layer": 2000,
+        "n_head": 64,
+        "vocab_size": 500000,
+        "n_positions": 1024,
+    }
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps(absurd))
@@ -400,25 +467,37 @@ def test_datasets_say_which_records_they_skip_and_keep_a_headerless_csv_first_ro
     headed = tmp_path / "headed.csv"
     headed.write_text("id,text\n1,hello there\n2,again\n")
     art = add_dataset(ws, DatasetConfig(source=str(headed)))
-    assert list(load_documents(ws, art)["text"]) == ["hello there", "again"] and art.meta["provenance"]["header"] == ["id", "text"]
+    assert list(load_documents(ws, art)["text"]) == ["hello there", "again"] and art.meta["provenance"][
+        "header"
+    ] == ["id", "text"]
     mixed = tmp_path / "mixed.jsonl"
-    mixed.write_text('{"text": "first doc"}\n{"text": 5}\n{"text": ["a"]}\n{"text": null}\n{"text": "  "}\n{"text": "last"}\n')
+    mixed.write_text(
+        '{"text": "first doc"}\n{"text": 5}\n{"text": ["a"]}\n{"text": null}\n'
+        '{"text": "  "}\n{"text": "last"}\n'
+    )
     r = _cli(tmp_path / "ws", "datasets", "add", str(mixed))
     assert r.returncode == 0, r.stderr
-    assert "2 documents" in r.stdout and "skipped 1 record(s) holding a value of type int, not text (the first is record 2)" in r.stdout
+    assert (
+        "2 documents" in r.stdout
+        and "skipped 1 record(s) holding a value of type int, not text (the first is record 2)" in r.stdout
+    )
     skipped = Workspace(tmp_path / "ws").get("mixed").meta["stats"]["skipped"]
     assert {k: v["records"] for k, v in skipped.items()} == {
-        "a value of type int, not text": 1, "a value of type list, not text": 1, "no text": 1, "blank text": 1}
+        "a value of type int, not text": 1,
+        "a value of type list, not text": 1,
+        "no text": 1,
+        "blank text": 1,
+    }
 
 
 def test_a_long_single_line_document_is_tokenized_in_bounded_pieces(default_ws):
-    from mistudio_widgets.data import datasets as dsm
     from mistudio_widgets.core.defaults import default_corpus_files
+    from mistudio_widgets.data import datasets as dsm
     from mistudio_widgets.data.models import load_tokenizer
 
     tok = load_tokenizer(default_ws, "SmolLM2-135M-Instruct")
-    text = " ".join(default_corpus_files()[0].read_text().split())        # one line
-    text = " ".join([text] * (3_000_000 // len(text) + 1))                # about 3 MB
+    text = " ".join(default_corpus_files()[0].read_text().split())  # one line
+    text = " ".join([text] * (3_000_000 // len(text) + 1))  # about 3 MB
     seen: list[int] = []
 
     def counting(texts, **kw):
@@ -448,7 +527,7 @@ def test_labelling_has_a_timeout_and_retries_option(tmp_path):
     srv.listen(8)
     accepted: list[socket.socket] = []
 
-    def hang():                              # accepts, reads, never answers
+    def hang():  # accepts, reads, never answers
         while True:
             try:
                 conn, _ = srv.accept()
@@ -457,10 +536,17 @@ def test_labelling_has_a_timeout_and_retries_option(tmp_path):
             accepted.append(conn)
 
     threading.Thread(target=hang, daemon=True).start()
-    cfg = LabelConfig(backend="openai", model="m", base_url=f"http://127.0.0.1:{srv.getsockname()[1]}/v1",
-                      timeout=a.timeout, retries=a.retries)
+    cfg = LabelConfig(
+        backend="openai",
+        model="m",
+        base_url=f"http://127.0.0.1:{srv.getsockname()[1]}/v1",
+        timeout=a.timeout,
+        retries=a.retries,
+    )
     with pytest.raises(LabelError, match=r"after 1 tries \(no answer within the timeout\).*--timeout"):
-        make_chat(Workspace(tmp_path / "ws"), cfg, api_key="k").chat([{"role": "user", "content": "hi"}], 5, 0.0)
+        make_chat(Workspace(tmp_path / "ws"), cfg, api_key="k").chat(
+            [{"role": "user", "content": "hi"}], 5, 0.0
+        )
     assert len(accepted) == 1
     srv.close()
 
@@ -471,9 +557,9 @@ def test_deeply_nested_json_from_a_bundle_or_an_endpoint_is_a_clear_error(tmp_pa
 
     import pytest
 
-    from mistudio_widgets.share.bundles import BundleError, unpack
     from mistudio_widgets.core.configs import LabelConfig
     from mistudio_widgets.features.labeling import LabelError, make_chat
+    from mistudio_widgets.share.bundles import BundleError, unpack
 
     deep = b"[" * 200_000 + b"]" * 200_000
     ws = Workspace(tmp_path / "ws")
@@ -481,7 +567,7 @@ def test_deeply_nested_json_from_a_bundle_or_an_endpoint_is_a_clear_error(tmp_pa
     import io
     import tarfile
 
-    with tarfile.open(path, "w:gz") as tar:                   # the manifest itself is the deep document
+    with tarfile.open(path, "w:gz") as tar:  # the manifest itself is the deep document
         info = tarfile.TarInfo("manifest.json")
         info.size = len(deep)
         tar.addfile(info, io.BytesIO(deep))
@@ -501,7 +587,9 @@ def test_deeply_nested_json_from_a_bundle_or_an_endpoint_is_a_clear_error(tmp_pa
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Deep)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    cfg = LabelConfig(backend="openai", model="m", base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", retries=0)
+    cfg = LabelConfig(
+        backend="openai", model="m", base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", retries=0
+    )
     with pytest.raises(LabelError, match="did not answer in the chat-completions format"):
         make_chat(ws, cfg, api_key="k").chat([{"role": "user", "content": "hi"}], 5, 0.0)
     srv.shutdown()
@@ -518,7 +606,10 @@ def test_widgets_list_around_rows_with_odd_metadata(tmp_path):
     odd = [ws.register(kind, f"odd-{kind}") for kind in ("dataset", "model", "sae")]
     with sqlite3.connect(ws.root / "catalog.sqlite") as con:
         for a in odd:
-            con.execute("UPDATE artifacts SET meta = '{\"stats\": 3, \"info\": [1], \"metrics\": \"x\"}' WHERE id = ?", (a.id,))
+            con.execute(
+                'UPDATE artifacts SET meta = \'{"stats": 3, "info": [1], "metrics": "x"}\' WHERE id = ?',
+                (a.id,),
+            )
     picker, models, library = DatasetPicker(ws), ModelPicker(ws), SAELibrary(ws)
     assert [r["name"] for r in picker.datasets] == [good.name] and "odd-dataset" in picker.message
     assert models.models == [] and "odd-model" in models.message

@@ -1,6 +1,7 @@
 """Sharing: SAELens export (with sparsity and a pretrained_saes.yaml entry) that SAELens loads,
 the Neuronpedia export (SAEDashboard batches and the bulk-import layout), comparing SAEs, workshop
 bundles, the hub upload up to the network call, and the CLI for all of them."""
+
 from __future__ import annotations
 
 import gzip
@@ -16,21 +17,34 @@ import yaml
 from safetensors import safe_open
 
 from mistudio_widgets import Workspace
-from mistudio_widgets.share.bundles import BundleError, pack, unpack
-from mistudio_widgets.features.compare import compare_saes, describe_pair
 from mistudio_widgets.core.errors import HubError
-from mistudio_widgets.share.exporting import ExportError, export_saelens
 from mistudio_widgets.features import feature_columns, feature_detail
+from mistudio_widgets.features.compare import compare_saes, describe_pair
+from mistudio_widgets.sae.io import load_sae
+from mistudio_widgets.share.bundles import BundleError, pack, unpack
+from mistudio_widgets.share.exporting import ExportError, export_saelens
 from mistudio_widgets.share.hub import model_card, parse_hub_ref, upload_folder
 from mistudio_widgets.share.neuronpedia import export_neuronpedia
-from mistudio_widgets.sae.io import load_sae
 
 
 def _cli(ws, *args, env=None):
     import os
 
-    proc = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(ws.root), "--json", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mistudio_widgets.cli",
+            "--workspace",
+            str(ws.root),
+            "--json",
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
     return proc.returncode, [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
 
 
@@ -38,14 +52,22 @@ def test_saelens_export_loads_in_saelens_with_sparsity_and_yaml(default_ws, smal
     import sae_lens
 
     r = export_saelens(default_ws, small_sae, tmp_path / "out", repo_id="alice/smollm2-saes")
-    assert r["files"] == ["cfg.json", "pretrained_saes.yaml", "sae_weights.safetensors", "sparsity.safetensors"]
+    assert r["files"] == [
+        "cfg.json",
+        "pretrained_saes.yaml",
+        "sae_weights.safetensors",
+        "sparsity.safetensors",
+    ]
     cfg = r["cfg"]
     md = cfg["metadata"]
-    assert md["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and md["hook_name"] == default_ws.get(small_sae).meta["hook"]
+    assert (
+        md["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        and md["hook_name"] == default_ws.get(small_sae).meta["hook"]
+    )
     assert md["neuronpedia_id"].startswith("smollm2-135m-instruct/6-mistudio-res-")
     assert md["context_size"] and md["dataset_path"] and md["prepend_bos"] is True
     entry = yaml.safe_load((tmp_path / "out" / "pretrained_saes.yaml").read_text())
-    (release, body), = entry.items()
+    ((release, body),) = entry.items()
     assert body["repo_id"] == "alice/smollm2-saes" and body["saes"][0]["neuronpedia"] == md["neuronpedia_id"]
     theirs = sae_lens.SAE.load_from_disk(tmp_path / "out")
     ours, _ = load_sae(default_ws.get(small_sae).path)
@@ -60,12 +82,20 @@ def test_saelens_export_loads_in_saelens_with_sparsity_and_yaml(default_ws, smal
         export_saelens(default_ws, small_sae, tmp_path / "out")
     assert (tmp_path / "out" / "cfg.json").is_file()
     export_saelens(default_ws, small_sae, tmp_path / "out", overwrite=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]                  # no temporary folders left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folders left behind
 
 
 def test_neuronpedia_export_matches_the_extraction(default_ws, small_sae, extraction, tmp_path):
     index = int(np.argmax(feature_columns(default_ws, small_sae)["frequency"]))
-    default_ws.add_label(small_sae, index, "busy feature", method="auto", model="SmolLM2-135M-Instruct", score=0.75, template="t1")
+    default_ws.add_label(
+        small_sae,
+        index,
+        "busy feature",
+        method="auto",
+        model="SmolLM2-135M-Instruct",
+        score=0.75,
+        template="t1",
+    )
     r = export_neuronpedia(default_ws, small_sae, tmp_path / "np", batch_size=100)
     d_sae = default_ws.get(small_sae).meta["d_sae"]
     assert r["features"] == d_sae and r["batches"] == -(-d_sae // 100) and r["explanations"] >= 1
@@ -73,7 +103,9 @@ def test_neuronpedia_export_matches_the_extraction(default_ws, small_sae, extrac
     b, k = divmod(index, 100)
     batch = json.loads((tmp_path / "np" / "dashboard" / f"batch-{b}.json").read_text())
     feat = batch["features"][k]
-    assert feat["feature_index"] == index and feat["feature_id"] == f"{r['model_id']}@{r['source_id']}:{index}"
+    assert (
+        feat["feature_index"] == index and feat["feature_id"] == f"{r['model_id']}@{r['source_id']}:{index}"
+    )
     assert feat["frac_nonzero"] == pytest.approx(detail["frequency"])
     assert feat["pos_str"] == [x["token"] for x in detail["logits"]["positive"]]
     assert len(feat["freq_hist_data_bar_heights"]) == len(feat["freq_hist_data_bar_values"]) == 50
@@ -82,35 +114,67 @@ def test_neuronpedia_export_matches_the_extraction(default_ws, small_sae, extrac
     assert max(top[0]["values"]) == pytest.approx(detail["examples"][0]["value"], rel=1e-5)
     assert feat["explanations"][-1]["text"] == "busy feature" and feat["explanations"][-1]["score"] == 0.75
     bulk = tmp_path / "np" / r["model_id"] / r["source_id"]
-    assert {p.name for p in bulk.iterdir()} == {"release.jsonl", "model.jsonl", "sourceset.jsonl", "source.jsonl",
-                                                 "features", "activations", "explanations"}
+    assert {p.name for p in bulk.iterdir()} == {
+        "release.jsonl",
+        "model.jsonl",
+        "sourceset.jsonl",
+        "source.jsonl",
+        "features",
+        "activations",
+        "explanations",
+    }
     with gzip.open(bulk / "features" / f"batch-{b}.jsonl.gz", "rt") as f:
         rec = [json.loads(x) for x in f][k]
     assert rec["index"] == str(index) and rec["layer"] == r["source_id"] and rec["modelId"] == r["model_id"]
-    assert rec["vectorDefaultSteerStrength"] == pytest.approx(detail["max"]) == pytest.approx(rec["maxActApprox"])
-    assert len(rec["vector"]) == default_ws.get(small_sae).meta["d_in"] and rec["hookName"] == default_ws.get(small_sae).meta["hook"]
+    assert (
+        rec["vectorDefaultSteerStrength"]
+        == pytest.approx(detail["max"])
+        == pytest.approx(rec["maxActApprox"])
+    )
+    assert (
+        len(rec["vector"]) == default_ws.get(small_sae).meta["d_in"]
+        and rec["hookName"] == default_ws.get(small_sae).meta["hook"]
+    )
     with gzip.open(bulk / "activations" / f"batch-{b}.jsonl.gz", "rt") as f:
         acts = [json.loads(x) for x in f if json.loads(x)["index"] == str(index)]
-    assert {"maxValue", "maxValueTokenIndex", "binMin", "binMax", "binContains", "qualifyingTokenIndex"} <= set(acts[0])
+    assert {
+        "maxValue",
+        "maxValueTokenIndex",
+        "binMin",
+        "binMax",
+        "binContains",
+        "qualifyingTokenIndex",
+    } <= set(acts[0])
     assert acts[0]["values"][acts[0]["maxValueTokenIndex"]] == acts[0]["maxValue"]
     with gzip.open(bulk / "explanations" / f"batch-{b}.jsonl.gz", "rt") as f:
         ex = [json.loads(x) for x in f]
-    assert any(e["description"] == "busy feature" and e["explanationModelName"] == "SmolLM2-135M-Instruct"
-               and e["typeName"] == "auto" and e["scores"] == [0.75] for e in ex)
+    assert any(
+        e["description"] == "busy feature"
+        and e["explanationModelName"] == "SmolLM2-135M-Instruct"
+        and e["typeName"] == "auto"
+        and e["scores"] == [0.75]
+        for e in ex
+    )
 
 
 def test_compare_finds_the_same_features_in_a_permuted_copy(default_ws, small_sae, tmp_path):
     """A copy of our SAE with its features shuffled and a little noise added: every feature is
     matched to its own copy."""
-    from mistudio_widgets.share.importing import import_sae
     from mistudio_widgets.sae.io import save_sae
+    from mistudio_widgets.share.importing import import_sae
 
     ours, _ = load_sae(default_ws.get(small_sae).path)
     perm = torch.randperm(ours.spec.d_sae, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours.W_enc.copy_(ours.W_enc[:, perm])
         ours.b_enc.copy_(ours.b_enc[perm])
-        ours.W_dec.copy_(ours.W_dec[perm] + 0.01 * ours.W_dec.norm(dim=1, keepdim=True).mean() * torch.randn_like(ours.W_dec) / ours.spec.d_in ** 0.5)
+        ours.W_dec.copy_(
+            ours.W_dec[perm]
+            + 0.01
+            * ours.W_dec.norm(dim=1, keepdim=True).mean()
+            * torch.randn_like(ours.W_dec)
+            / ours.spec.d_in**0.5
+        )
     save_sae(ours, tmp_path / "shuffled", metadata={"hook_name": default_ws.get(small_sae).meta["hook"]})
     other = import_sae(default_ws, tmp_path / "shuffled", name="shuffled-copy")
     default_ws.add_label(small_sae, int(perm[0]), "original label")
@@ -136,19 +200,21 @@ def test_bundle_round_trip_into_a_fresh_workspace(default_ws, small_sae, extract
     u = unpack(fresh, tmp_path / "class.tar.gz")
     assert {a["kind"] for a in u["added"]} == {"sae", "extraction"}
     sae = fresh.get(small_sae, "sae")
-    assert sae.meta["model"] == fresh.get("SmolLM2-135M-Instruct", "model").id       # the default, added on demand
+    assert sae.meta["model"] == fresh.get("SmolLM2-135M-Instruct", "model").id  # the default, added on demand
     assert fresh.labels(small_sae, 3)[-1]["label"] == "bundled label"
     # the student browses the same features without training or extracting
     a = feature_detail(default_ws, small_sae, 3)
     b = feature_detail(fresh, small_sae, 3)
     assert a["examples"] == b["examples"] and a["frequency"] == b["frequency"]
-    again = unpack(fresh, tmp_path / "class.tar.gz")                                  # idempotent
+    again = unpack(fresh, tmp_path / "class.tar.gz")  # idempotent
     assert again["added"] == [] and set(again["already_present"]) == {x["id"] for x in u["added"]}
 
 
 def test_hostile_bundles_are_refused(default_ws, tmp_path):
     evil = tmp_path / "evil.tar.gz"
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": "mistudio-bundle", "version": 1, "artifacts": [], "labels": {}}))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"format": "mistudio-bundle", "version": 1, "artifacts": [], "labels": {}})
+    )
     (tmp_path / "payload").write_text("x")
     with tarfile.open(evil, "w:gz") as tar:
         tar.add(tmp_path / "manifest.json", arcname="manifest.json")
@@ -163,13 +229,23 @@ def test_hostile_bundles_are_refused(default_ws, tmp_path):
 
 def test_upload_up_to_the_network_call(default_ws, small_sae, tmp_path, monkeypatch):
     r = export_saelens(default_ws, small_sae, tmp_path / "up", repo_id="alice/smollm2-saes")
-    card = model_card({**default_ws.get(small_sae).meta, "name": "demo", "has_sparsity": True}, r["cfg"], "alice/smollm2-saes",
-                      "blocks.6.hook_resid_post")
-    assert card.startswith("---\nlibrary_name: saelens") and "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    card = model_card(
+        {**default_ws.get(small_sae).meta, "name": "demo", "has_sparsity": True},
+        r["cfg"],
+        "alice/smollm2-saes",
+        "blocks.6.hook_resid_post",
+    )
+    assert (
+        card.startswith("---\nlibrary_name: saelens")
+        and "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    )
     assert 'snapshot_download("alice/smollm2-saes", allow_patterns="blocks.6.hook_resid_post/*")' in card
-    assert "| explained_variance |" in card and "mistudio import hf://alice/smollm2-saes/blocks.6.hook_resid_post" in card
+    assert (
+        "| explained_variance |" in card
+        and "mistudio import hf://alice/smollm2-saes/blocks.6.hook_resid_post" in card
+    )
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))                  # no stored login either
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login either
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
@@ -183,7 +259,10 @@ def test_upload_up_to_the_network_call(default_ws, small_sae, tmp_path, monkeypa
     with pytest.raises(HubError, match="not a repository id"):
         upload_folder(tmp_path / "up", "no-owner")
     assert parse_hub_ref("hf://google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71@main") == (
-        "google/gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71", "main")
+        "google/gemma-scope-2b-pt-res",
+        "layer_20/width_16k/average_l0_71",
+        "main",
+    )
 
 
 def test_cli_export_import_and_bundle(default_ws, small_sae, extraction, tmp_path):
@@ -192,12 +271,26 @@ def test_cli_export_import_and_bundle(default_ws, small_sae, extraction, tmp_pat
     rc, lines = _cli(default_ws, "export", small_sae, "--format", "saelens", "--out", tmp_path / "lens")
     assert rc == 2 and "already exists" in lines[-1]["error"]
     rc, lines = _cli(default_ws, "import", tmp_path / "lens", "--name", "reimported")
-    assert rc == 0 and lines[-1]["format"] == "saelens" and lines[-1]["model"] == default_ws.get("SmolLM2-135M-Instruct", "model").id
+    assert (
+        rc == 0
+        and lines[-1]["format"] == "saelens"
+        and lines[-1]["model"] == default_ws.get("SmolLM2-135M-Instruct", "model").id
+    )
     a, _ = load_sae(default_ws.get(small_sae).path)
     b, _ = load_sae(lines[-1]["path"])
     for k, v in a.state_dict().items():
         torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=0)
-    rc, lines = _cli(default_ws, "export", small_sae, "--format", "neuronpedia", "--out", tmp_path / "np", "--batch-size", "256")
+    rc, lines = _cli(
+        default_ws,
+        "export",
+        small_sae,
+        "--format",
+        "neuronpedia",
+        "--out",
+        tmp_path / "np",
+        "--batch-size",
+        "256",
+    )
     assert rc == 0 and lines[-1]["features"] == default_ws.get(small_sae).meta["d_sae"]
     assert any(x.get("event") == "progress" for x in lines)
     rc, lines = _cli(default_ws, "bundle", "pack", tmp_path / "b.tar.gz", small_sae)
@@ -205,8 +298,12 @@ def test_cli_export_import_and_bundle(default_ws, small_sae, extraction, tmp_pat
     student = Workspace(tmp_path / "student")
     rc, lines = _cli(student, "bundle", "unpack", tmp_path / "b.tar.gz")
     assert rc == 0 and len(lines[-1]["added"]) == 2
-    rc, lines = _cli(default_ws, "import", "hf://google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71",
-                     env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")})
+    rc, lines = _cli(
+        default_ws,
+        "import",
+        "hf://google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71",
+        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")},
+    )
     assert rc == 2 and lines[-1]["type"] == "HubError" and "HF_HUB_OFFLINE" in lines[-1]["error"]
 
 
@@ -223,10 +320,13 @@ def test_library_widget_imports_exports_and_compares(default_ws, small_sae, extr
     r = lib.export(small_sae, "neuronpedia", str(tmp_path / "np"))
     assert r["features"] == default_ws.get(small_sae).meta["d_sae"] and "for Neuronpedia" in lib.message
     c = lib.compare(small_sae, row["id"])
-    assert c["summary"]["mean_matched_cosine"] == pytest.approx(1.0, abs=1e-5) and c["pairs"][0]["a"] == c["pairs"][0]["b"]
+    assert (
+        c["summary"]["mean_matched_cosine"] == pytest.approx(1.0, abs=1e-5)
+        and c["pairs"][0]["a"] == c["pairs"][0]["b"]
+    )
     assert "matches feature" in lib.message
     from mistudio_widgets.sae.io import SAEFormatError
 
-    with pytest.raises(SAEFormatError):                 # the notebook call raises, and the widget shows it
+    with pytest.raises(SAEFormatError):  # the notebook call raises, and the widget shows it
         lib.import_sae(str(tmp_path / "nowhere"))
     assert "does not exist" in lib.error["problem"] and lib.status == "idle"

@@ -1,6 +1,7 @@
 """Steering on the real default model with a small SAE trained here: the edits do what their formulas
 say, an empty intervention changes nothing, a strong feature changes the text measurably, generation is
 seeded, and no hook is left behind after success, errors or an interrupt."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import pytest
 import torch
 
 from mistudio_widgets.core.configs import SteerConfig
-from mistudio_widgets.features import feature_columns, load_library_sae, model_for_sae
 from mistudio_widgets.core.jobs import JobControl
+from mistudio_widgets.features import feature_columns, load_library_sae, model_for_sae
 from mistudio_widgets.steering import SteeringError, load_preset, make_edit, save_preset, steer, sweep
 
 PROMPT = "Tell me about the king."
@@ -39,12 +40,18 @@ def test_edits_follow_their_formulas(setup):
     u = d / d.norm()
     add = make_edit(sae, [(f, 4.0)], SteerConfig(method="add"))
     assert torch.allclose(add(h), h + 4.0 * d, atol=1e-5)
-    assert torch.allclose(make_edit(sae, [(f, 4.0)], SteerConfig(method="add", normalise=True, multiplier=0.5))(h), h + 2.0 * u, atol=1e-5)
+    assert torch.allclose(
+        make_edit(sae, [(f, 4.0)], SteerConfig(method="add", normalise=True, multiplier=0.5))(h),
+        h + 2.0 * u,
+        atol=1e-5,
+    )
     assert torch.allclose(make_edit(sae, [(f, 1.0)], SteerConfig(method="orthogonal"))(h), h, atol=1e-4)
     ortho = make_edit(sae, [(f, 0.0)], SteerConfig(method="orthogonal"))(h)
     assert torch.allclose(ortho @ u, torch.zeros(2, 5), atol=1e-4)
     capped = make_edit(sae, [(f, 0.5)], SteerConfig(method="cap"))(h)
-    assert float((capped @ u).max()) <= 0.5 + 1e-4 and torch.allclose(torch.minimum(h @ u, torch.tensor(0.5)), capped @ u, atol=1e-4)
+    assert float((capped @ u).max()) <= 0.5 + 1e-4 and torch.allclose(
+        torch.minimum(h @ u, torch.tensor(0.5)), capped @ u, atol=1e-4
+    )
     fi = sae.encode(h)[..., f]
     clamp = make_edit(sae, [(f, 7.0)], SteerConfig(method="clamp"))(h)
     assert torch.allclose(clamp - h, (7.0 - fi).unsqueeze(-1) * d, atol=1e-4)
@@ -53,22 +60,30 @@ def test_edits_follow_their_formulas(setup):
     assert make_edit(sae, [], SteerConfig()) is None
 
 
-def test_empty_intervention_changes_nothing_and_strong_steering_changes_the_text(default_ws, small_sae, setup):
+def test_empty_intervention_changes_nothing_and_strong_steering_changes_the_text(
+    default_ws, small_sae, setup
+):
     lm, sae, f, mx = setup
     before = hooks_in(lm.model)
     same = steer(default_ws, small_sae, SteerConfig(features=[], prompt=PROMPT, max_tokens=12))
     assert same["steered"] == same["unsteered"] and same["metrics"]["kl_mean"] == 0.0
     assert all(op["op"] == "equal" for op in same["diff"])
     streamed: list = []
-    r = steer(default_ws, small_sae, SteerConfig(features=[[f, 12 * mx]], prompt=PROMPT, max_tokens=12),
-              on_token=lambda which, t: streamed.append(which))
+    r = steer(
+        default_ws,
+        small_sae,
+        SteerConfig(features=[[f, 12 * mx]], prompt=PROMPT, max_tokens=12),
+        on_token=lambda which, t: streamed.append(which),
+    )
     assert r["unsteered"] == same["unsteered"], "both generations share the prompt, seed and settings"
     assert r["steered"] != r["unsteered"] and r["metrics"]["kl_mean"] > 0.01
     assert len(r["metrics"]["kl_per_position"]) == len(r["unsteered_tokens"])
     act = r["metrics"]["feature_activation"][str(f)]
     assert act["after"] > act["before"] + mx
     assert r["metrics"]["perplexity_steered"] != r["metrics"]["perplexity_unsteered"]
-    assert streamed.count("unsteered") == len(r["unsteered_tokens"]) and streamed.count("steered") == len(r["steered_tokens"])
+    assert streamed.count("unsteered") == len(r["unsteered_tokens"]) and streamed.count("steered") == len(
+        r["steered_tokens"]
+    )
     assert any(op["op"] != "equal" for op in r["diff"])
     assert hooks_in(lm.model) == before
 
@@ -86,20 +101,28 @@ def test_sampling_is_seeded_and_interrupts_leave_no_hooks(default_ws, small_sae,
         if len(seen) == 3:
             control.cancel()
 
-    r = steer(default_ws, small_sae, SteerConfig(features=[[f, mx]], prompt=PROMPT, max_tokens=30), on_token=stop_after_three,
-              control=control)
+    r = steer(
+        default_ws,
+        small_sae,
+        SteerConfig(features=[[f, mx]], prompt=PROMPT, max_tokens=30),
+        on_token=stop_after_three,
+        control=control,
+    )
     assert r["interrupted"] and len(r["unsteered_tokens"]) <= 4
     assert hooks_in(lm.model) == before
 
 
-@pytest.mark.parametrize("features,prompt,max_tokens,match", [
-    ([[10**7, 1.0]], PROMPT, 5, "out of range"),
-    ([[0, float("nan")]], PROMPT, 5, "finite"),
-    ([[0, 1e9]], PROMPT, 5, "absurd"),
-    ([[0, 1.0]], "   ", 5, "prompt is empty"),
-    ([[0, 1.0]], PROMPT, 10**6, "exceeds the model's context"),
-    (["x:y"], PROMPT, 5, "is not a feature"),
-])
+@pytest.mark.parametrize(
+    "features,prompt,max_tokens,match",
+    [
+        ([[10**7, 1.0]], PROMPT, 5, "out of range"),
+        ([[0, float("nan")]], PROMPT, 5, "finite"),
+        ([[0, 1e9]], PROMPT, 5, "absurd"),
+        ([[0, 1.0]], "   ", 5, "prompt is empty"),
+        ([[0, 1.0]], PROMPT, 10**6, "exceeds the model's context"),
+        (["x:y"], PROMPT, 5, "is not a feature"),
+    ],
+)
 def test_bad_steering_input(default_ws, small_sae, setup, features, prompt, max_tokens, match):
     lm = setup[0]
     before = hooks_in(lm.model)
@@ -112,16 +135,38 @@ def test_sweep_presets_and_cli(default_ws, small_sae, setup):
     lm, sae, f, mx = setup
     cfg = SteerConfig(features=[[f, 1.0]], prompt=PROMPT, max_tokens=6)
     rows = sweep(default_ws, small_sae, cfg, [0.0, 15 * mx])
-    assert [r["strength"] for r in rows] == [0.0, 15 * mx] and rows[0]["kl_mean"] == 0.0 and rows[1]["kl_mean"] > 0
+    assert (
+        [r["strength"] for r in rows] == [0.0, 15 * mx]
+        and rows[0]["kl_mean"] == 0.0
+        and rows[1]["kl_mean"] > 0
+    )
     name = default_ws.unique_name("steering_preset", "loud")
     save_preset(default_ws, name, small_sae, cfg)
     sae_id, back = load_preset(default_ws, name)
     assert sae_id == default_ws.get(small_sae).id and back == cfg
     with pytest.raises(SteeringError, match="at least one feature"):
         sweep(default_ws, small_sae, SteerConfig(prompt=PROMPT), [1.0])
-    proc = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(default_ws.root), "--json", "steer",
-                           small_sae, "--feature", f"{f}:{10 * mx:.3f}", "--prompt", PROMPT, "--max-tokens", "6"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mistudio_widgets.cli",
+            "--workspace",
+            str(default_ws.root),
+            "--json",
+            "steer",
+            small_sae,
+            "--feature",
+            f"{f}:{10 * mx:.3f}",
+            "--prompt",
+            PROMPT,
+            "--max-tokens",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"unsteered", "steered", "metrics"} <= set(last) and last["metrics"]["kl_mean"] > 0

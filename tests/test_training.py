@@ -1,4 +1,5 @@
 """Training on the real default model: learning, exact resume, failures that keep what was written."""
+
 from __future__ import annotations
 
 import json
@@ -7,22 +8,46 @@ import subprocess
 
 import pytest
 import torch
-
-from mistudio_widgets.core.configs import TrainConfig
-from mistudio_widgets.core.errors import MistudioError, TokenizerMismatch
-from mistudio_widgets.core.errors import ArtifactWriteError
-from mistudio_widgets.core.jobs import submit
-from mistudio_widgets.sae.io import load_sae
-from mistudio_widgets.train.training import TrainingError, _checkpoints, load_checkpoint, run_status, save_checkpoint, train
 from waiting import wait_for
 
-TINY = dict(batch_tokens=256, chunk_sequences=24, eval_sequences=4, eval_every=0, checkpoint_every=0, log_every=1,
-            expansion_factor=2, k=16, warmup_steps=2)
+from mistudio_widgets.core.configs import TrainConfig
+from mistudio_widgets.core.errors import ArtifactWriteError, MistudioError, TokenizerMismatch
+from mistudio_widgets.core.jobs import submit
+from mistudio_widgets.sae.io import load_sae
+from mistudio_widgets.train.training import (
+    TrainingError,
+    _checkpoints,
+    load_checkpoint,
+    run_status,
+    save_checkpoint,
+    train,
+)
+
+TINY = dict(
+    batch_tokens=256,
+    chunk_sequences=24,
+    eval_sequences=4,
+    eval_every=0,
+    checkpoint_every=0,
+    log_every=1,
+    expansion_factor=2,
+    k=16,
+    warmup_steps=2,
+)
 
 
 def test_short_run_learns_and_lands_in_the_library(default_ws):
-    cfg = TrainConfig(steps=40, batch_tokens=1024, chunk_sequences=128, eval_sequences=8, eval_every=20, log_every=5,
-                      expansion_factor=4, lr=2e-3, name=default_ws.unique_name("run", "ci-topk"))
+    cfg = TrainConfig(
+        steps=40,
+        batch_tokens=1024,
+        chunk_sequences=128,
+        eval_sequences=8,
+        eval_every=20,
+        log_every=5,
+        expansion_factor=4,
+        lr=2e-3,
+        name=default_ws.unique_name("run", "ci-topk"),
+    )
     res = train(default_ws, cfg)
     rows = default_ws.metrics(res.run_id, "train")
     assert [r["step"] for r in rows] == list(range(5, 41, 5))
@@ -30,12 +55,20 @@ def test_short_run_learns_and_lands_in_the_library(default_ws):
     assert res.metrics["explained_variance"] > 0.5 and res.metrics["l0"] == pytest.approx(32, abs=0.01)
     assert 0 < res.metrics["ce_recovered"] <= 1.0
     evals = default_ws.metrics(res.run_id, "eval")
-    assert [r["step"] for r in evals] == [20, 40] and evals[-1]["ce_clean"] < evals[-1]["ce_spliced"] < evals[-1]["ce_zero_ablated"]
+    assert [r["step"] for r in evals] == [20, 40] and evals[-1]["ce_clean"] < evals[-1]["ce_spliced"] < evals[
+        -1
+    ]["ce_zero_ablated"]
     art = default_ws.get(res.sae_id, "sae")
-    assert art.parent == res.run_id and art.meta["metrics"]["explained_variance"] == res.metrics["explained_variance"]
+    assert (
+        art.parent == res.run_id
+        and art.meta["metrics"]["explained_variance"] == res.metrics["explained_variance"]
+    )
     cfg_json = json.loads((art.path / "cfg.json").read_text())
     assert cfg_json["architecture"] == "topk" and cfg_json["k"] == 32 and cfg_json["d_sae"] == 4 * 576
-    assert cfg_json["metadata"]["hook_name"] == "blocks.15.hook_resid_post" and cfg_json["metadata"]["context_size"] == 128
+    assert (
+        cfg_json["metadata"]["hook_name"] == "blocks.15.hook_resid_post"
+        and cfg_json["metadata"]["context_size"] == 128
+    )
     sae, _ = load_sae(art.path)
     assert run_status(default_ws, res.run_id)["status"] == "done"
     # the saved SAE takes raw activations: the normalisation was folded into the weights
@@ -55,29 +88,46 @@ def test_short_run_learns_and_lands_in_the_library(default_ws):
 def test_resume_reaches_the_same_weights(default_ws):
     base = dict(TINY, steps=6, seed=3)
     full = train(default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "resume-full")))
-    part = train(default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "resume-part")), stop_after=3)
+    part = train(
+        default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "resume-part")), stop_after=3
+    )
     assert part.status == "interrupted" and run_status(default_ws, part.run_id)["last_checkpoint"] == 3
     done = train(default_ws, resume=part.run_id)
     a, _ = load_sae(full.path)
     b, _ = load_sae(done.path)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
-    assert [r["loss"] for r in default_ws.metrics(full.run_id, "train")] == [r["loss"] for r in default_ws.metrics(done.run_id, "train")]
+    assert [r["loss"] for r in default_ws.metrics(full.run_id, "train")] == [
+        r["loss"] for r in default_ws.metrics(done.run_id, "train")
+    ]
 
 
 @pytest.mark.parametrize("arch", ["standard", "jumprelu", "batchtopk"])
 def test_other_architectures_train_on_the_model(default_ws, arch):
-    res = train(default_ws, TrainConfig(**dict(TINY, steps=4), architecture=arch, l1_coefficient=1.0,
-                                        name=default_ws.unique_name("run", f"arch-{arch}")))
+    res = train(
+        default_ws,
+        TrainConfig(
+            **dict(TINY, steps=4),
+            architecture=arch,
+            l1_coefficient=1.0,
+            name=default_ws.unique_name("run", f"arch-{arch}"),
+        ),
+    )
     sae, cfg = load_sae(res.path)
     assert cfg["architecture"] == ("jumprelu" if arch != "standard" else "standard")
     assert res.metrics["l0"] > 0 and torch.isfinite(sae.W_enc).all()
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(default_ws):
-    cfg = TrainConfig(**dict(TINY, steps=8, checkpoint_every=1, warmup_steps=0), lr=1e30, grad_clip=0.0,
-                      name=default_ws.unique_name("run", "nan"))
-    with pytest.raises(TrainingError, match=r"loss became .*last good checkpoint.*lower the learning rate") as err:
+    cfg = TrainConfig(
+        **dict(TINY, steps=8, checkpoint_every=1, warmup_steps=0),
+        lr=1e30,
+        grad_clip=0.0,
+        name=default_ws.unique_name("run", "nan"),
+    )
+    with pytest.raises(
+        TrainingError, match=r"loss became .*last good checkpoint.*lower the learning rate"
+    ) as err:
         train(default_ws, cfg)
     run = default_ws.get(cfg.name, "run")
     assert run.meta["status"] == "failed"
@@ -99,8 +149,14 @@ def test_bad_training_input_registers_no_run(default_ws, tiny_model_dir):
         from mistudio_widgets.data.datasets import tokenize_dataset
         from mistudio_widgets.data.models import ModelConfig, add_model
 
-        tiny = default_ws.find("tiny-gpt2-test", "model") or add_model(default_ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test"))
-        tiny_tok = [tokenize_dataset(default_ws, "shakespeare", tiny, TokenizeConfig(context_size=32, max_tokens=2048))]
+        tiny = default_ws.find("tiny-gpt2-test", "model") or add_model(
+            default_ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test")
+        )
+        tiny_tok = [
+            tokenize_dataset(
+                default_ws, "shakespeare", tiny, TokenizeConfig(context_size=32, max_tokens=2048)
+            )
+        ]
     with pytest.raises(TokenizerMismatch):
         train(default_ws, TrainConfig(dataset=tiny_tok[0].id, steps=1))
     assert len(default_ws.list("run")) == before
@@ -109,7 +165,11 @@ def test_bad_training_input_registers_no_run(default_ws, tiny_model_dir):
 def test_resume_of_a_run_whose_files_were_deleted(default_ws):
     import shutil
 
-    part = train(default_ws, TrainConfig(**dict(TINY, steps=4), name=default_ws.unique_name("run", "gone")), stop_after=2)
+    part = train(
+        default_ws,
+        TrainConfig(**dict(TINY, steps=4), name=default_ws.unique_name("run", "gone")),
+        stop_after=2,
+    )
     shutil.rmtree(default_ws.get(part.run_id).path)
     with pytest.raises(TrainingError, match="files of run .* are gone"):
         train(default_ws, resume=part.run_id)
@@ -136,7 +196,12 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
         assert [p.name for p in _checkpoints(mnt)] == ["checkpoint-1"]
         again = make_sae(SAESpec(architecture="topk", d_in=32, d_sae=64, k=4))
         opt2 = torch.optim.Adam(again.parameters())
-        assert load_checkpoint(mnt / "checkpoint-1", again, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0))["step"] == 1
+        assert (
+            load_checkpoint(
+                mnt / "checkpoint-1", again, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0)
+            )["step"]
+            == 1
+        )
         assert torch.equal(again.W_enc, small.W_enc)
         assert not [p for p in mnt.iterdir() if p.name.startswith(".")]
     finally:
@@ -144,14 +209,26 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_background_job_cancel_checkpoints_and_can_resume(default_ws):
-    import time
 
     name = default_ws.unique_name("run", "job-cancel")
     started = []
-    job = submit("train", lambda progress, control: train(default_ws, TrainConfig(**dict(TINY, steps=400), name=name),
-                                                          progress=progress, control=control, on_start=started.append))
-    wait_for(lambda: default_ws.metrics(started[0].id if started else "-", "train"), "the first training metrics",
-             timeout=240, interval=0.5, gone=lambda: job.status in ("failed", "done") and f"the job is {job.status}: {job.error}")
+    job = submit(
+        "train",
+        lambda progress, control: train(
+            default_ws,
+            TrainConfig(**dict(TINY, steps=400), name=name),
+            progress=progress,
+            control=control,
+            on_start=started.append,
+        ),
+    )
+    wait_for(
+        lambda: default_ws.metrics(started[0].id if started else "-", "train"),
+        "the first training metrics",
+        timeout=240,
+        interval=0.5,
+        gone=lambda: job.status in ("failed", "done") and f"the job is {job.status}: {job.error}",
+    )
     job.pause()
     assert job.status == "paused"
     job.resume()
@@ -166,19 +243,31 @@ def test_several_saes_from_one_harvest(default_ws):
     from mistudio_widgets.train.training import train_many
 
     base = dict(TINY, steps=5, seed=7)
-    cfgs = [TrainConfig(**base, hook="blocks.15.hook_resid_post", name=default_ws.unique_name("run", "many-a")),
-            TrainConfig(**dict(base, k=8), hook="blocks.5.hook_resid_post", name=default_ws.unique_name("run", "many-b")),
-            TrainConfig(**base, architecture="standard", hook="blocks.5.hook_mlp_out", l1_coefficient=1.0,
-                        name=default_ws.unique_name("run", "many-c"))]
+    cfgs = [
+        TrainConfig(**base, hook="blocks.15.hook_resid_post", name=default_ws.unique_name("run", "many-a")),
+        TrainConfig(
+            **dict(base, k=8), hook="blocks.5.hook_resid_post", name=default_ws.unique_name("run", "many-b")
+        ),
+        TrainConfig(
+            **base,
+            architecture="standard",
+            hook="blocks.5.hook_mlp_out",
+            l1_coefficient=1.0,
+            name=default_ws.unique_name("run", "many-c"),
+        ),
+    ]
     results = train_many(default_ws, cfgs)
     assert [r.status for r in results] == ["done"] * 3
     hooks = [load_sae(r.path)[1]["metadata"]["hook_name"] for r in results]
     assert hooks == ["blocks.15.hook_resid_post", "blocks.5.hook_resid_post", "blocks.5.hook_mlp_out"]
     harvests = [default_ws.get(r.run_id).meta["harvest"] for r in results]
-    assert harvests[0] == harvests[1] == harvests[2]          # one pass of the model fed all three
+    assert harvests[0] == harvests[1] == harvests[2]  # one pass of the model fed all three
     assert load_sae(results[1].path)[1]["k"] == 8
     # the first SAE matches the same config trained alone (same stream, same seed)
-    alone = train(default_ws, TrainConfig(**base, hook="blocks.15.hook_resid_post", name=default_ws.unique_name("run", "alone")))
+    alone = train(
+        default_ws,
+        TrainConfig(**base, hook="blocks.15.hook_resid_post", name=default_ws.unique_name("run", "alone")),
+    )
     a, _ = load_sae(alone.path)
     b, _ = load_sae(results[0].path)
     assert torch.allclose(a.W_dec, b.W_dec, atol=1e-6)
@@ -190,19 +279,46 @@ def test_cli_trains_several_saes_from_a_config_file(default_ws, tmp_path):
     import sys
 
     conf = tmp_path / "sweep.yaml"
-    conf.write_text("steps: 3\nbatch_tokens: 256\nchunk_sequences: 24\neval_sequences: 4\neval_every: 0\n"
-                    "checkpoint_every: 0\nexpansion_factor: 2\nk: 8\n"
-                    "saes:\n  - {hook: blocks.3.hook_resid_post}\n  - {hook: blocks.3.hook_mlp_out, architecture: batchtopk}\n")
+    conf.write_text(
+        "steps: 3\nbatch_tokens: 256\nchunk_sequences: 24\neval_sequences: 4\neval_every: 0\n"
+        "checkpoint_every: 0\nexpansion_factor: 2\nk: 8\n"
+        "saes:\n  - {hook: blocks.3.hook_resid_post}\n  - "
+        "{hook: blocks.3.hook_mlp_out, architecture: batchtopk}\n"
+    )
     env = {**os.environ, "MISTUDIO_HOME": str(default_ws.root)}
-    r = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "--json", "train", "--config", str(conf), "--seed", "4"],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mistudio_widgets.cli",
+            "--json",
+            "train",
+            "--config",
+            str(conf),
+            "--seed",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [json.loads(x) for x in r.stdout.splitlines() if not x.startswith('{"event"')]
     assert "run_id" in lines[0] and "run_id" in lines[1]
-    assert lines[-1]["summary"] and lines[-1]["sae_id"] and set(lines[-1]["metrics"]) >= {"explained_variance", "l0", "mse", "dead_fraction", "ce_recovered"}
+    assert (
+        lines[-1]["summary"]
+        and lines[-1]["sae_id"]
+        and set(lines[-1]["metrics"]) >= {"explained_variance", "l0", "mse", "dead_fraction", "ce_recovered"}
+    )
     assert default_ws.get(lines[0]["run_id"]).meta["config"]["seed"] == 4
     bad = tmp_path / "bad.yaml"
     bad.write_text("saes: 3\n")
-    r = subprocess.run([sys.executable, "-m", "mistudio_widgets.cli", "train", "--config", str(bad)], capture_output=True,
-                       text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "mistudio_widgets.cli", "train", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 2 and "must be a list" in r.stderr

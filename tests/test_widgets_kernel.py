@@ -1,4 +1,5 @@
 """Widget logic on the kernel side: page messages drive the engine, errors come back as traits."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,9 @@ def page(widget, action, **args):
 
 def test_dataset_picker_add_and_tokenize_from_page_messages(default_ws, tmp_path):
     src = tmp_path / "yell.jsonl"
-    src.write_text("\n".join(json.dumps({"text": t}) for t in ["WHY ARE YOU SHOUTING?", "calm words here"] * 40))
+    src.write_text(
+        "\n".join(json.dumps({"text": t}) for t in ["WHY ARE YOU SHOUTING?", "calm words here"] * 40)
+    )
     w = DatasetPicker(default_ws)
     name = default_ws.unique_name("dataset", "widget-yell")
     page(w, "add", source=str(src), name=name, samples="50")
@@ -79,7 +82,14 @@ def test_system_monitor_samples_only_when_visible(default_ws):
 
 def test_studio_tabs(default_ws):
     s = Studio(default_ws)
-    assert [s.tabs.get_title(i) for i in range(6)] == ["Datasets", "Models", "SAEs", "Training", "Features", "Steering"]
+    assert [s.tabs.get_title(i) for i in range(6)] == [
+        "Datasets",
+        "Models",
+        "SAEs",
+        "Training",
+        "Features",
+        "Steering",
+    ]
     assert s.tabs.children[4].children[0] is s.features and s.tabs.children[5] is s.steering
     assert s.trainer.check["problems"] == [] and s.trainer.monitor is s.monitor
     s.library.action_open(id="x", target="Steering")
@@ -92,17 +102,35 @@ def test_monitor_reattaches_from_the_catalog_and_library_manages_saes(default_ws
     from mistudio_widgets.train.training import train
     from mistudio_widgets.widgets import SAELibrary, TrainingMonitor
 
-    res = train(default_ws, TrainConfig(steps=3, batch_tokens=256, chunk_sequences=24, eval_sequences=4, eval_every=0,
-                                        log_every=1, checkpoint_every=0, expansion_factor=2, k=8,
-                                        name=default_ws.unique_name("run", "widget-run")))
-    mon = TrainingMonitor(default_ws, runs=[res.run_id])        # as after a kernel restart: only the catalog is read
+    res = train(
+        default_ws,
+        TrainConfig(
+            steps=3,
+            batch_tokens=256,
+            chunk_sequences=24,
+            eval_sequences=4,
+            eval_every=0,
+            log_every=1,
+            checkpoint_every=0,
+            expansion_factor=2,
+            k=8,
+            name=default_ws.unique_name("run", "widget-run"),
+        ),
+    )
+    mon = TrainingMonitor(
+        default_ws, runs=[res.run_id]
+    )  # as after a kernel restart: only the catalog is read
     loss = next(tr for tr in mon.figure.data if list(tr.meta) == [res.run_id, "loss", "train"])
     assert list(loss.x) == [1, 2, 3] and all(v > 0 for v in loss.y)
     row = next(r for r in mon.controls.runs if r["id"] == res.run_id)
     assert row["status"] == "done" and row["step"] == 3 and row["sae"] == res.sae_id
     import torch
 
-    assert ("GPU 0" in mon.controls.device) if torch.cuda.is_available() else mon.controls.device.startswith("CPU: ")
+    assert (
+        ("GPU 0" in mon.controls.device)
+        if torch.cuda.is_available()
+        else mon.controls.device.startswith("CPU: ")
+    )
     mon.controls.action_detach(id=res.run_id)
     assert not [tr for tr in mon.figure.data if tr.meta[0] == res.run_id]
     mon.close()
@@ -124,12 +152,25 @@ def test_feature_browser_and_map_from_the_kernel(default_ws):
     from mistudio_widgets.train.training import train
     from mistudio_widgets.widgets import FeatureBrowser, FeatureMap
 
-    res = train(default_ws, TrainConfig(steps=2, batch_tokens=256, chunk_sequences=8, eval_sequences=4, eval_every=0,
-                                        checkpoint_every=0, log_every=1, expansion_factor=1, k=8, hook="blocks.2.hook_resid_post",
-                                        name=default_ws.unique_name("run", "widget-features")))
+    res = train(
+        default_ws,
+        TrainConfig(
+            steps=2,
+            batch_tokens=256,
+            chunk_sequences=8,
+            eval_sequences=4,
+            eval_every=0,
+            checkpoint_every=0,
+            log_every=1,
+            expansion_factor=1,
+            k=8,
+            hook="blocks.2.hook_resid_post",
+            name=default_ws.unique_name("run", "widget-features"),
+        ),
+    )
     fb = FeatureBrowser(default_ws, sae=res.sae_id)
     assert fb.sae == res.sae_id and fb.extraction == {} and fb.columns == b""
-    fb.extract(tokens=512, top_k=3, batch_size=4)                    # blocking, as from a cell
+    fb.extract(tokens=512, top_k=3, batch_size=4)  # blocking, as from a cell
     cols = np.frombuffer(fb.columns, dtype="<f4").reshape(3, -1)
     assert fb.n_features == 576 and cols.shape == (3, 576)
     np.testing.assert_array_equal(cols[0], feature_columns(default_ws, res.sae_id)["frequency"])
@@ -148,11 +189,15 @@ def test_feature_browser_and_map_from_the_kernel(default_ws):
     assert len(fb.coact["correlation"]) == 3
     fm = FeatureMap(fb)
     assert len(fm.figure.data[0].x) == 576
-    fm._clicked(None, type("Points", (), {"point_inds": [7]})(), None)   # what plotly calls on a click
+    fm._clicked(None, type("Points", (), {"point_inds": [7]})(), None)  # what plotly calls on a click
     assert fb.detail["index"] == 7
     fb.show(busiest)
     fb.autolabel(features=[busiest], score=False, max_tokens=8, examples=2)
-    assert fb.error == {} and fb.detail["labels"][-1]["method"] == "auto" and fb.labels[str(busiest)] == fb.detail["label"]
+    assert (
+        fb.error == {}
+        and fb.detail["labels"][-1]["method"] == "auto"
+        and fb.labels[str(busiest)] == fb.detail["label"]
+    )
     assert fb.label_settings["score"] is False and "api_key" not in fb.label_settings
     fb.action_steer(index=7)
     assert fb.steer_request == {"sae": res.sae_id, "index": 7}
@@ -184,7 +229,7 @@ def test_steering_pane_from_the_kernel_and_steer_with_this(default_ws, small_sae
     pane.close()
     s = Studio(default_ws)
     s.features.select(small_sae)
-    s.features.action_steer(index=f)                       # "Steer with this" in the browser
+    s.features.action_steer(index=f)  # "Steer with this" in the browser
     assert s.tabs.selected_index == 5 and s.steering.sae == default_ws.get(small_sae).id
     assert [c["index"] for c in s.steering.chosen] == [f]
     s.close()

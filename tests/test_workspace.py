@@ -1,4 +1,5 @@
 """The workspace catalog: atomic artifact writes, list/rename/delete, restarts, migrations, faults."""
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,10 @@ def test_write_list_reopen(tmp_path):
     assert [a.id for a in again.list("dataset")] == [art.id]
     assert again.get("a").path == art.path
     assert again.schema_version == SCHEMA_VERSION
-    assert sqlite3.connect(tmp_path / "ws" / "catalog.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (
+        sqlite3.connect(tmp_path / "ws" / "catalog.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
+        == "wal"
+    )
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -98,7 +102,9 @@ def test_stale_tmp_is_collected(tmp_path):
     assert not stale.exists() and ws.list() == []
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs and dropping privileges need root")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="mounting a small tmpfs and dropping privileges need root"
+)
 
 
 @pytest.fixture
@@ -125,9 +131,13 @@ def test_disk_full_registers_nothing_and_keeps_the_rest(tiny_disk):
 
 def _as_nobody(code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a child that imports the package, then drops to uid/gid 65534."""
-    prelude = ("import os, sys\nfrom mistudio_widgets.core.workspace import Workspace\n"
-               "from mistudio_widgets.core.errors import MistudioError\nos.setgid(65534); os.setuid(65534)\n")
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True)
+    prelude = (
+        "import os, sys\nfrom mistudio_widgets.core.workspace import Workspace\n"
+        "from mistudio_widgets.core.errors import MistudioError\nos.setgid(65534); os.setuid(65534)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True
+    )
 
 
 @pytest.fixture
@@ -149,7 +159,9 @@ def test_permission_denied_during_a_write_registers_nothing(shared_dir):
     for f in os.listdir(root):
         if f.startswith("catalog"):
             os.chmod(os.path.join(root, f), 0o666)
-    os.makedirs(os.path.join(root, ".tmp"), mode=0o755, exist_ok=True)  # root-owned: the child cannot write here
+    os.makedirs(
+        os.path.join(root, ".tmp"), mode=0o755, exist_ok=True
+    )  # root-owned: the child cannot write here
     r = _as_nobody(f"""
         ws = Workspace({root!r})
         try:
@@ -186,15 +198,21 @@ def test_a_job_in_use_is_not_deleted_until_its_process_is_gone(tmp_path):
 
     ws = Workspace(tmp_path)
     sae = ws.register("sae", "s")
-    live = ws.register("extraction", "mine", parent=sae.id, meta={"status": "running", "owner": owner_stamp()})
+    live = ws.register(
+        "extraction", "mine", parent=sae.id, meta={"status": "running", "owner": owner_stamp()}
+    )
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    gone = ws.register("extraction", "gone", parent=sae.id,
-                       meta={"status": "running", "owner": {**owner_stamp(), "pid": dead.pid, "created": 0.0}})
+    gone = ws.register(
+        "extraction",
+        "gone",
+        parent=sae.id,
+        meta={"status": "running", "owner": {**owner_stamp(), "pid": dead.pid, "created": 0.0}},
+    )
     with pytest.raises(WorkspaceError, match=f"'mine' derived from it is running in process {os.getpid()}"):
         ws.delete(sae.id, cascade=True)
     with pytest.raises(WorkspaceError, match="is in use"):
         ws.delete(live.id)
-    assert ws.delete(gone.id) == [gone.id]                     # its process is gone: shown as interrupted, deletable
+    assert ws.delete(gone.id) == [gone.id]  # its process is gone: shown as interrupted, deletable
     ws.update_meta(live.id, status="done")
     assert set(ws.delete(sae.id, cascade=True)) == {sae.id, live.id}

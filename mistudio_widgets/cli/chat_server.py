@@ -4,6 +4,7 @@ tested against a real server offline. ``mistudio serve-chat [--model default] [-
 
 Endpoints: ``POST /v1/chat/completions`` (and ``/chat/completions``), ``GET /v1/models``. Answers one
 request at a time; with ``require_key`` set, requests must carry ``Authorization: Bearer <key>``."""
+
 from __future__ import annotations
 
 import hmac
@@ -14,12 +15,17 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..features.labeling import LocalChat
 from ..core.workspace import Workspace
+from ..features.labeling import LocalChat
 
 
-def make_server(ws: Workspace, model: str = "default", host: str = "127.0.0.1", port: int = 8000,
-                require_key: str | None = None) -> ThreadingHTTPServer:
+def make_server(
+    ws: Workspace,
+    model: str = "default",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    require_key: str | None = None,
+) -> ThreadingHTTPServer:
     chat = LocalChat(ws, model)
     lock = threading.Lock()
 
@@ -44,7 +50,13 @@ def make_server(ws: Workspace, model: str = "default", host: str = "127.0.0.1", 
         def do_GET(self) -> None:  # noqa: N802
             if self.path.rstrip("/") in ("/v1/models", "/models"):
                 if self._authorised():
-                    self._send(200, {"object": "list", "data": [{"id": chat.name, "object": "model", "owned_by": "mistudio"}]})
+                    self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [{"id": chat.name, "object": "model", "owned_by": "mistudio"}],
+                        },
+                    )
             else:
                 self._send(404, {"error": {"message": "not found"}})
 
@@ -57,22 +69,42 @@ def make_server(ws: Workspace, model: str = "default", host: str = "127.0.0.1", 
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
                 messages = body["messages"]
-                if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
+                if not isinstance(messages, list) or not all(
+                    isinstance(m, dict) and "content" in m for m in messages
+                ):
                     raise ValueError("messages must be a list of {role, content}")
                 max_tokens = min(int(body.get("max_tokens") or 64), 512)
                 temperature = float(body.get("temperature") or 0.0)
             except (ValueError, KeyError, TypeError, RecursionError) as exc:
-                self._send(400, {"error": {"message": f"bad request: {exc}", "type": "invalid_request_error"}})
+                self._send(
+                    400, {"error": {"message": f"bad request: {exc}", "type": "invalid_request_error"}}
+                )
                 return
             with lock:
-                text = chat.chat([{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in messages],
-                                 max_tokens, temperature)
-            self._send(200, {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
-                             "model": chat.name, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                              "finish_reason": "stop"}]})
+                text = chat.chat(
+                    [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in messages],
+                    max_tokens,
+                    temperature,
+                )
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": chat.name,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                },
+            )
 
         def log_message(self, fmt: str, *args) -> None:
-            """One line per request on stderr: client, request line, status (never headers, so never a key)."""
+            """One line per request on stderr: client, request line, status (never headers: never a key)."""
             sys.stderr.write(f"{self.address_string()} [{self.log_date_time_string()}] {fmt % args}\n")
             sys.stderr.flush()
 

@@ -3,6 +3,7 @@ activations at a hook, a trained SAE, its features extracted, a SHOUTING feature
 (shouted sentences against the same sentences in ordinary case), labelled by the in-kernel explainer,
 used to steer a chat answer at an automatically chosen strength, and the SAE exported for SAELens and
 Neuronpedia. Prints one line per step and a summary."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,9 +13,14 @@ from typing import Any
 from ..core.configs import DEFAULT, ExtractConfig, LabelConfig, SteerConfig, TokenizeConfig, TrainConfig
 from ..core.workspace import Workspace
 
-SHOUTS = ["WHY ARE YOU SHOUTING AT ME? STOP YELLING!", "GET OUT OF MY HOUSE RIGHT NOW.",
-          "I TOLD YOU TO LEAVE THE DOG ALONE!", "NOBODY LISTENS TO ME ANYMORE.",
-          "THIS IS THE BEST DAY OF MY LIFE!", "COME BACK HERE AND FINISH YOUR DINNER."]
+SHOUTS = [
+    "WHY ARE YOU SHOUTING AT ME? STOP YELLING!",
+    "GET OUT OF MY HOUSE RIGHT NOW.",
+    "I TOLD YOU TO LEAVE THE DOG ALONE!",
+    "NOBODY LISTENS TO ME ANYMORE.",
+    "THIS IS THE BEST DAY OF MY LIFE!",
+    "COME BACK HERE AND FINISH YOUR DINNER.",
+]
 PROMPT = "Tell me about your day."
 DEMO_HOOK = "blocks.10.hook_resid_post"
 
@@ -27,10 +33,10 @@ def uppercase_share(text: str) -> float:
 
 def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, Any]:
     from ..data.datasets import ensure_tokenization, resolve_dataset
-    from ..share.exporting import export_saelens
+    from ..data.models import model_info, resolve_model
     from ..features import contrast, extract, feature_columns, feature_detail, ordinary_case
     from ..features.labeling import label_features, mark_strong
-    from ..data.models import model_info, resolve_model
+    from ..share.exporting import export_saelens
     from ..share.neuronpedia import export_neuronpedia
     from ..steering import auto_strength, steer
     from ..train.training import train
@@ -40,88 +46,186 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
 
     def step(name: str, obj: dict[str, Any], text: str) -> None:
         times[name] = time.perf_counter() - t0 - sum(times.values())
-        out.line({"step": name, "seconds": round(times[name], 1), **obj}, f"{name:<9}{text}  [{times[name]:.0f}s]")
+        out.line(
+            {"step": name, "seconds": round(times[name], 1), **obj}, f"{name:<9}{text}  [{times[name]:.0f}s]"
+        )
 
     model = resolve_model(ws, DEFAULT, progress=out.progress)
     info = model_info(ws, model)
-    step("model", {"id": model.id, "name": model.name, "info": info},
-         f"{model.name}: {info['family']}, {info['layers']} layers, d_model {info['d_model']}, "
-         f"{info['parameters']:,} parameters")
+    step(
+        "model",
+        {"id": model.id, "name": model.name, "info": info},
+        f"{model.name}: {info['family']}, {info['layers']} layers, d_model {info['d_model']}, "
+        f"{info['parameters']:,} parameters",
+    )
     ds = resolve_dataset(ws, DEFAULT, progress=out.progress)
-    step("dataset", {"id": ds.id, "name": ds.name, "stats": ds.meta["stats"]},
-         f"{ds.name}: {ds.meta['stats']['documents']} documents ({ds.meta.get('licence', '')}, "
-         f"{ds.meta['provenance']['source']})")
-    tok = ensure_tokenization(ws, ds, model, TokenizeConfig(context_size=a.context_size), progress=out.progress)
+    step(
+        "dataset",
+        {"id": ds.id, "name": ds.name, "stats": ds.meta["stats"]},
+        f"{ds.name}: {ds.meta['stats']['documents']} documents ({ds.meta.get('licence', '')}, "
+        f"{ds.meta['provenance']['source']})",
+    )
+    tok = ensure_tokenization(
+        ws, ds, model, TokenizeConfig(context_size=a.context_size), progress=out.progress
+    )
     st = tok.meta["stats"]
-    step("tokenize", {"id": tok.id, "stats": st}, f"{tok.name}: {st['tokens']:,} tokens in {st['sequences']:,} sequences")
+    step(
+        "tokenize",
+        {"id": tok.id, "stats": st},
+        f"{tok.name}: {st['tokens']:,} tokens in {st['sequences']:,} sequences",
+    )
     a.model, a.dataset = model.id, tok.id
     capture(ws, a, out)
     times["capture"] = time.perf_counter() - t0 - sum(times.values())
 
     sae, m = _train(ws, a, tok, info, out, step, train)
-    ext = extract(ws, sae.id, ExtractConfig(dataset=tok.id, tokens=a.extract_tokens, top_k=20, quantile_examples=3,
-                                            coactivation_tokens=4096), progress=out.progress)
+    ext = extract(
+        ws,
+        sae.id,
+        ExtractConfig(
+            dataset=tok.id, tokens=a.extract_tokens, top_k=20, quantile_examples=3, coactivation_tokens=4096
+        ),
+        progress=out.progress,
+    )
     cols = feature_columns(ws, ext)
     live = int((cols["frequency"] > 0).sum())
-    step("extract", {"extraction": ext.id, "tokens": a.extract_tokens, "live_features": live},
-         f"{a.extract_tokens:,} tokens: {live:,} of {len(cols['frequency']):,} features fired")
+    step(
+        "extract",
+        {"extraction": ext.id, "tokens": a.extract_tokens, "live_features": live},
+        f"{a.extract_tokens:,} tokens: {live:,} of {len(cols['frequency']):,} features fired",
+    )
 
     found = contrast(ws, sae.id, SHOUTS, [ordinary_case(x) for x in SHOUTS], top=10)
     feature = found["steer_with"]
     if feature is None:
-        step("find", {"features": []}, "no feature fires more on shouted text than on the same text in ordinary case")
+        step(
+            "find",
+            {"features": []},
+            "no feature fires more on shouted text than on the same text in ordinary case",
+        )
         return {"feature": None}
-    rows = "\n".join(f"           {f['index']:>5}  score {f['score']:.2f}  fires on {f['rate']:.0%} of shouted tokens, "
-                     f"{f['rate_contrast']:.0%} of ordinary ones; aligned {f['alignment']:+.2f}" for f in found["features"][:5])
+    rows = "\n".join(
+        f"           {f['index']:>5}  score {f['score']:.2f}  fires on {f['rate']:.0%} of shouted tokens, "
+        f"{f['rate_contrast']:.0%} of ordinary ones; aligned {f['alignment']:+.2f}"
+        for f in found["features"][:5]
+    )
     detail = feature_detail(ws, ext, feature, max_examples=5)
-    examples = "\n".join(f"             {e['value']:6.2f}  {mark_strong(e['tokens'], e['values'], e['value'], '[', ']')!r}"
-                         for e in detail["examples"][:5])
-    step("find", {"texts": SHOUTS, "feature": feature, "features": found["features"][:5],
-                  "examples": [{"tokens": e["tokens"], "values": e["values"]} for e in detail["examples"][:5]]},
-         f"features that fire on {len(SHOUTS)} shouted sentences and not on the same sentences in ordinary case:\n{rows}\n"
-         f"         feature {feature} is the one to steer with (its decoder row is the best aligned with the shift from "
-         f"ordinary to shouted text); it fires on {detail['frequency']:.2%} of corpus tokens, max {detail['max']:.2f}; "
-         f"its top examples ([strong tokens]):\n{examples}")
+    examples = "\n".join(
+        f"             {e['value']:6.2f}  {mark_strong(e['tokens'], e['values'], e['value'], '[', ']')!r}"
+        for e in detail["examples"][:5]
+    )
+    step(
+        "find",
+        {
+            "texts": SHOUTS,
+            "feature": feature,
+            "features": found["features"][:5],
+            "examples": [{"tokens": e["tokens"], "values": e["values"]} for e in detail["examples"][:5]],
+        },
+        f"features that fire on {len(SHOUTS)} shouted sentences and not on the same sentences in "
+        f"ordinary case:\n{rows}\n"
+        f"         feature {feature} is the one to steer with (its decoder row is the best aligned "
+        "with the shift from "
+        f"ordinary to shouted text); it fires on {detail['frequency']:.2%} of corpus tokens, max "
+        f"{detail['max']:.2f}; "
+        f"its top examples ([strong tokens]):\n{examples}",
+    )
 
-    lab = label_features(ws, sae.id, LabelConfig(score_examples=5), features=[feature], redo=True,
-                         progress=out.progress)[0]
+    lab = label_features(
+        ws, sae.id, LabelConfig(score_examples=5), features=[feature], redo=True, progress=out.progress
+    )[0]
     score, sc = lab.get("score"), lab.get("scoring") or {}
-    step("label", {"feature": feature, "label": lab.get("label"), "score": score, "chance": 0.5, "scoring": sc.get("rule")},
-         f"feature {feature}: {lab.get('label')!r}; " + (f"detection score {score:.2f} by {sc.get('rule')} on held-out "
-                                                          "texts (chance 0.50)" if score is not None
-                                                          else f"not scored ({sc.get('reason', 'no held-out texts')})"))
+    step(
+        "label",
+        {
+            "feature": feature,
+            "label": lab.get("label"),
+            "score": score,
+            "chance": 0.5,
+            "scoring": sc.get("rule"),
+        },
+        f"feature {feature}: {lab.get('label')!r}; "
+        + (
+            f"detection score {score:.2f} by {sc.get('rule')} on held-out texts (chance 0.50)"
+            if score is not None
+            else f"not scored ({sc.get('reason', 'no held-out texts')})"
+        ),
+    )
 
-    auto = auto_strength(ws, sae.id, SteerConfig(features=[[feature, 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens))
-    sweep = "\n".join(f"           {r['strength']:7.2f} ({r['relative']:.0%} of the residual norm): perplexity "
-                      f"{r['perplexity']:6.1f}, repeated {r['repetition']:.0%}, {uppercase_share(r['text']):.0%} uppercase"
-                      f"{'' if r['fluent'] else '  (not fluent)'}" for r in auto["rows"])
+    auto = auto_strength(
+        ws, sae.id, SteerConfig(features=[[feature, 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens)
+    )
+    sweep = "\n".join(
+        f"           {r['strength']:7.2f} ({r['relative']:.0%} of the residual norm): perplexity "
+        f"{r['perplexity']:6.1f}, repeated {r['repetition']:.0%}, {uppercase_share(r['text']):.0%} uppercase"
+        f"{'' if r['fluent'] else '  (not fluent)'}"
+        for r in auto["rows"]
+    )
     strength = auto["strength"]
     b = auto["bound"]
-    chosen = (f"chosen {strength:.2f} ({auto['relative']:.0%} of the residual norm {auto['residual_norm']:.0f})"
-              if strength is not None else auto["note"])
-    step("strength", {"feature": feature, "auto": {k: auto[k] for k in ("strength", "relative", "rows", "bound", "residual_norm")}},
-         f"the largest strength whose text stays fluent (perplexity <= {b['max_perplexity']:g}x the unsteered text's, "
-         f"repeated trigrams <= {b['max_repetition']:.0%}):\n{sweep}\n         {chosen}")
-    r = steer(ws, sae.id, SteerConfig(features=[[feature, strength or 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens))
+    chosen = (
+        f"chosen {strength:.2f} ({auto['relative']:.0%} of the residual norm {auto['residual_norm']:.0f})"
+        if strength is not None
+        else auto["note"]
+    )
+    step(
+        "strength",
+        {
+            "feature": feature,
+            "auto": {k: auto[k] for k in ("strength", "relative", "rows", "bound", "residual_norm")},
+        },
+        f"the largest strength whose text stays fluent (perplexity <= {b['max_perplexity']:g}x the "
+        "unsteered text's, "
+        f"repeated trigrams <= {b['max_repetition']:.0%}):\n{sweep}\n         {chosen}",
+    )
+    r = steer(
+        ws,
+        sae.id,
+        SteerConfig(features=[[feature, strength or 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens),
+    )
     up0, up1 = uppercase_share(r["unsteered"]), uppercase_share(r["steered"])
-    step("steer", {"feature": feature, "strength": strength, "prompt": PROMPT, "unsteered": r["unsteered"],
-                   "steered": r["steered"], "uppercase_unsteered": up0, "uppercase_steered": up1,
-                   "kl_mean": r["metrics"]["kl_mean"]},
-         f"{PROMPT!r} with feature {feature} x {strength or 0:.2f}:\n"
-         f"           unsteered ({up0:.0%} uppercase): {r['unsteered']!r}\n"
-         f"           steered   ({up1:.0%} uppercase): {r['steered']!r}")
+    step(
+        "steer",
+        {
+            "feature": feature,
+            "strength": strength,
+            "prompt": PROMPT,
+            "unsteered": r["unsteered"],
+            "steered": r["steered"],
+            "uppercase_unsteered": up0,
+            "uppercase_steered": up1,
+            "kl_mean": r["metrics"]["kl_mean"],
+        },
+        f"{PROMPT!r} with feature {feature} x {strength or 0:.2f}:\n"
+        f"           unsteered ({up0:.0%} uppercase): {r['unsteered']!r}\n"
+        f"           steered   ({up1:.0%} uppercase): {r['steered']!r}",
+    )
 
     base = ws.root / "exports" / sae.name
     lens = export_saelens(ws, sae.id, f"{base}-saelens", overwrite=True)
     npx = export_neuronpedia(ws, sae.id, f"{base}-neuronpedia", overwrite=True, progress=out.progress)
-    step("export", {"saelens": lens["path"], "neuronpedia": npx["path"], "neuronpedia_features": npx["features"]},
-         f"SAELens {lens['path']}\n           Neuronpedia {npx['path']} ({npx['features']:,} features)")
+    step(
+        "export",
+        {"saelens": lens["path"], "neuronpedia": npx["path"], "neuronpedia_features": npx["features"]},
+        f"SAELens {lens['path']}\n           Neuronpedia {npx['path']} ({npx['features']:,} features)",
+    )
     total = time.perf_counter() - t0
-    summary = {"seconds": round(total, 1), "workspace": str(ws.root), "sae": sae.id, "metrics": m, "feature": feature,
-               "label": lab.get("label"), "score": score, "strength": strength, "steered": r["steered"],
-               "unsteered": r["unsteered"], "uppercase_steered": up1, "uppercase_unsteered": up0,
-               "exports": {"saelens": lens["path"], "neuronpedia": npx["path"]},
-               "step_seconds": {k: round(v, 1) for k, v in times.items()}}
+    summary = {
+        "seconds": round(total, 1),
+        "workspace": str(ws.root),
+        "sae": sae.id,
+        "metrics": m,
+        "feature": feature,
+        "label": lab.get("label"),
+        "score": score,
+        "strength": strength,
+        "steered": r["steered"],
+        "unsteered": r["unsteered"],
+        "uppercase_steered": up1,
+        "uppercase_unsteered": up0,
+        "exports": {"saelens": lens["path"], "neuronpedia": npx["path"]},
+        "step_seconds": {k: round(v, 1) for k, v in times.items()},
+    }
     out.summary(summary, f"done in {total:.0f}s; workspace {ws.root}")
     return summary
 
@@ -130,21 +234,45 @@ def demo_train_config(ws: Workspace, dataset: str, **changes: Any) -> TrainConfi
     """The demo's recipe, measured to learn a shouting feature on a 2-core CPU in about two minutes: a
     top-k SAE (k=32, 8 x d_model latents) at layer 10's output, 100 steps of 4,096 activations over
     204,800 distinct tokens (two epochs), harvested once into the activation cache."""
-    settings = dict(dataset=dataset, hook=DEMO_HOOK, steps=100, batch_tokens=4096, train_tokens=204_800,
-                    expansion_factor=8, k=32, eval_every=0, log_every=10, chunk_sequences=1024, eval_sequences=8,
-                    cache_activations=True, name=ws.unique_name("run", "demo-topk"))
+    settings = dict(
+        dataset=dataset,
+        hook=DEMO_HOOK,
+        steps=100,
+        batch_tokens=4096,
+        train_tokens=204_800,
+        expansion_factor=8,
+        k=32,
+        eval_every=0,
+        log_every=10,
+        chunk_sequences=1024,
+        eval_sequences=8,
+        cache_activations=True,
+        name=ws.unique_name("run", "demo-topk"),
+    )
     return TrainConfig(**{**settings, **changes})
 
 
 def _train(ws: Workspace, a: argparse.Namespace, tok, info: dict[str, Any], out, step, train):
     """The demo's SAE (see :func:`demo_train_config`), with the command line's changes."""
-    cfg = demo_train_config(ws, tok.id, hook=a.hook, steps=a.train_steps, batch_tokens=a.batch_tokens,
-                            train_tokens=a.train_tokens, expansion_factor=a.expansion)
+    cfg = demo_train_config(
+        ws,
+        tok.id,
+        hook=a.hook,
+        steps=a.train_steps,
+        batch_tokens=a.batch_tokens,
+        train_tokens=a.train_tokens,
+        expansion_factor=a.expansion,
+    )
     res = train(ws, cfg, progress=out.progress)
     m = res.metrics
     sae = ws.get(res.sae_id)
-    step("train", {"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "metrics": m},
-         f"{sae.name} ({res.path}): top-k k=32, d_sae {a.expansion * info['d_model']} at {a.hook}, {m['tokens']:,} "
-         f"tokens ({a.train_tokens:,} distinct, harvested once); explained variance {m['explained_variance']:.3f}, L0 {m['l0']:.0f}, dead {m['dead_fraction']:.1%}, "
-         f"CE recovered {m['ce_recovered']:.3f}")
+    step(
+        "train",
+        {"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "metrics": m},
+        f"{sae.name} ({res.path}): top-k k=32, d_sae {a.expansion * info['d_model']} at {a.hook}, "
+        f"{m['tokens']:,} "
+        f"tokens ({a.train_tokens:,} distinct, harvested once); explained variance "
+        f"{m['explained_variance']:.3f}, L0 {m['l0']:.0f}, dead {m['dead_fraction']:.1%}, "
+        f"CE recovered {m['ce_recovered']:.3f}",
+    )
     return sae, m

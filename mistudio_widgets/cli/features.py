@@ -1,5 +1,6 @@
 """``mistudio extract`` and ``mistudio features show|fire|search|label-set``: feature discovery from the
 command line (registered into the parser of :mod:`mistudio_widgets.cli`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,17 +24,29 @@ def cmd_extract(ws: Workspace, a: argparse.Namespace, out) -> None:
     else:
         if not a.sae:
             raise SystemExit("mistudio extract: give an SAE (or --resume EXTRACTION)")
-        cfg = ExtractConfig(dataset=a.dataset, tokens=a.tokens, top_k=a.top_k, model=a.model, name=a.name,
-                            batch_size=a.batch_size, checkpoint_every=a.checkpoint_every)
+        cfg = ExtractConfig(
+            dataset=a.dataset,
+            tokens=a.tokens,
+            top_k=a.top_k,
+            model=a.model,
+            name=a.name,
+            batch_size=a.batch_size,
+            checkpoint_every=a.checkpoint_every,
+        )
         ext = extract(ws, a.sae, cfg, progress=out.progress)
     s = ext.meta.get("summary") or {}
     if ext.meta.get("status") != Status.DONE:
-        out.summary({"extraction_id": ext.id, "status": ext.meta.get("status")},
-                    f"extraction {ext.id} {ext.meta.get('status')}; resume with: mistudio extract --resume {ext.id}")
+        out.summary(
+            {"extraction_id": ext.id, "status": ext.meta.get("status")},
+            f"extraction {ext.id} {ext.meta.get('status')}; resume with: mistudio extract --resume {ext.id}",
+        )
         return
-    out.summary({"extraction_id": ext.id, "sae_id": ext.parent, "path": str(ext.path), "status": Status.DONE, **s},
-                f"extraction {ext.name} ({ext.id}): {s['tokens']:,} tokens; {s['alive']:,} of {s['d_sae']:,} features "
-                f"fired ({s['dead']:,} never); mean L0 {s['mean_l0']:.1f}\n  files: {ext.path}")
+    out.summary(
+        {"extraction_id": ext.id, "sae_id": ext.parent, "path": str(ext.path), "status": Status.DONE, **s},
+        f"extraction {ext.name} ({ext.id}): {s['tokens']:,} tokens; {s['alive']:,} of {s['d_sae']:,} "
+        "features "
+        f"fired ({s['dead']:,} never); mean L0 {s['mean_l0']:.1f}\n  files: {ext.path}",
+    )
 
 
 def cmd_features_show(ws: Workspace, a: argparse.Namespace, out) -> None:
@@ -42,19 +55,31 @@ def cmd_features_show(ws: Workspace, a: argparse.Namespace, out) -> None:
     d = feature_detail(ws, a.sae, a.index, max_examples=a.examples)
     if out.as_json:
         rec = {k: v for k, v in d.items() if k not in ("examples", "quantile_examples")}
-        rec["examples"] = [{"tokens": e["tokens"], "values": e["values"], "value": e["value"]} for e in d["examples"]]
-        rec["quantile_examples"] = [{"range": g["range"], "examples": [{"tokens": e["tokens"], "values": e["values"]}
-                                                                      for e in g["examples"]]} for g in d["quantile_examples"]]
+        rec["examples"] = [
+            {"tokens": e["tokens"], "values": e["values"], "value": e["value"]} for e in d["examples"]
+        ]
+        rec["quantile_examples"] = [
+            {
+                "range": g["range"],
+                "examples": [{"tokens": e["tokens"], "values": e["values"]} for e in g["examples"]],
+            }
+            for g in d["quantile_examples"]
+        ]
         out.summary(rec, "")
         return
-    lines = [f"feature {d['index']}" + (f": {d['label']}" if d["label"] else ""),
-             f"  fires on {d['frequency']:.3%} of tokens; mean {d['mean']:.3g}, max {d['max']:.3g}, "
-             f"median {d['quantiles']['q50']:.3g}, p99 {d['quantiles']['q99']:.3g}",
-             f"  histogram 0..{d['max']:.3g}: {_spark(d['histogram']['counts'], max(d['histogram']['counts']) or 1)}"]
+    lines = [
+        f"feature {d['index']}" + (f": {d['label']}" if d["label"] else ""),
+        f"  fires on {d['frequency']:.3%} of tokens; mean {d['mean']:.3g}, max {d['max']:.3g}, "
+        f"median {d['quantiles']['q50']:.3g}, p99 {d['quantiles']['q99']:.3g}",
+        f"  histogram 0..{d['max']:.3g}: "
+        f"{_spark(d['histogram']['counts'], max(d['histogram']['counts']) or 1)}",
+    ]
     if "logits" in d:
         lines.append("  promotes: " + " ".join(repr(x["token"]) for x in d["logits"]["positive"][:10]))
         lines.append("  suppresses: " + " ".join(repr(x["token"]) for x in d["logits"]["negative"][:10]))
-    lines.append("  neighbours: " + ", ".join(f"{n['index']} ({n['cosine']:.2f})" for n in d["neighbours"][:5]))
+    lines.append(
+        "  neighbours: " + ", ".join(f"{n['index']} ({n['cosine']:.2f})" for n in d["neighbours"][:5])
+    )
     lines.append("  top examples ([[peak]]):")
     for e in d["examples"][: a.examples or 10]:
         text = "".join(f"[[{t}]]" if i == e["peak"] else t for i, t in enumerate(e["tokens"]))
@@ -70,8 +95,10 @@ def _read_texts(path: str) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise FeatureError(f"Could not read the texts file {path!r} ({exc.__class__.__name__}).",
-                           "give a UTF-8 text file with one text per line.") from exc
+        raise FeatureError(
+            f"Could not read the texts file {path!r} ({exc.__class__.__name__}).",
+            "give a UTF-8 text file with one text per line.",
+        ) from exc
     texts = [x for x in lines if x.strip()]
     if not texts:
         raise FeatureError(f"The texts file {path!r} holds no text.", "put one text per line.")
@@ -87,22 +114,43 @@ def cmd_features_fire(ws: Workspace, a: argparse.Namespace, out) -> None:
 
     against = list(a.contrast or []) + [t for f in a.contrast_file or [] for t in _read_texts(f)]
     if against or a.ordinary:
-        return _print_contrast(contrast(ws, a.sae, a.text, against or None, top=a.top, dense_threshold=a.dense), a, out)
+        return _print_contrast(
+            contrast(ws, a.sae, a.text, against or None, top=a.top, dense_threshold=a.dense), a, out
+        )
     if len(a.text) > 1:
-        raise SystemExit("mistudio features fire: several --text need --contrast, --contrast-file or --ordinary")
+        raise SystemExit(
+            "mistudio features fire: several --text need --contrast, --contrast-file or --ordinary"
+        )
     r = fire(ws, a.sae, a.text[0], top=a.top, dense_threshold=a.dense)
     if out.as_json:
-        out.summary({"features": [{k: f[k] for k in ("index", "activation", "relative", "label")} for f in r["features"][: a.top]],
-                     "tokens": r["tokens"], "ranking": r["ranking"], "note": r["note"]}, "")
+        out.summary(
+            {
+                "features": [
+                    {k: f[k] for k in ("index", "activation", "relative", "label")}
+                    for f in r["features"][: a.top]
+                ],
+                "tokens": r["tokens"],
+                "ranking": r["ranking"],
+                "note": r["note"],
+            },
+            "",
+        )
         return
     lines = ["per token (strongest features, activation / its max):"]
     for t, feats in zip(r["tokens"], r["per_token"]):
-        lines.append(f"  {t!r:>16}  " + ", ".join(f"{f['index']}:{f['activation']:.2f}/{f['relative']:.0%}" for f in feats[:5]))
-    lines.append(f"features over the text (ranked by {r['ranking']} peak; {r['left_out_dense']} dense features "
-                 f"firing on > {r['dense_threshold']:.0%} of tokens left out):")
+        lines.append(
+            f"  {t!r:>16}  "
+            + ", ".join(f"{f['index']}:{f['activation']:.2f}/{f['relative']:.0%}" for f in feats[:5])
+        )
+    lines.append(
+        f"features over the text (ranked by {r['ranking']} peak; {r['left_out_dense']} dense features "
+        f"firing on > {r['dense_threshold']:.0%} of tokens left out):"
+    )
     for f in r["features"][: a.top]:
-        lines.append(f"  {f['index']:>6}  peak {f['activation']:.3f} ({f['relative']:.0%} of its max) at "
-                     f"{r['tokens'][f['token']]!r}" + (f"  {f['label']}" if f["label"] else ""))
+        lines.append(
+            f"  {f['index']:>6}  peak {f['activation']:.3f} ({f['relative']:.0%} of its max) at "
+            f"{r['tokens'][f['token']]!r}" + (f"  {f['label']}" if f["label"] else "")
+        )
     if r["note"]:
         lines.append("note: " + r["note"])
     out.summary({}, "\n".join(lines))
@@ -110,24 +158,45 @@ def cmd_features_fire(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 def _print_contrast(r: dict[str, Any], a: argparse.Namespace, out) -> None:
     if out.as_json:
-        out.summary({k: r[k] for k in ("features", "steer_with", "texts", "contrast", "ranking", "dense_threshold",
-                                       "left_out_dense", "note")}, "")
+        out.summary(
+            {
+                k: r[k]
+                for k in (
+                    "features",
+                    "steer_with",
+                    "texts",
+                    "contrast",
+                    "ranking",
+                    "dense_threshold",
+                    "left_out_dense",
+                    "note",
+                )
+            },
+            "",
+        )
         return
-    lines = [f"features that fire on the text(s) and not on the contrast ({r['ranking']} ranking; "
-             f"{r['left_out_dense']} dense features firing on > {r['dense_threshold']:.0%} of tokens left out):",
-             "   index  score  fires on text / contrast  mean act. (of max) text / contrast  aligned"]
+    lines = [
+        f"features that fire on the text(s) and not on the contrast ({r['ranking']} ranking; "
+        f"{r['left_out_dense']} dense features firing on > {r['dense_threshold']:.0%} of tokens left out):",
+        "   index  score  fires on text / contrast  mean act. (of max) text / contrast  aligned",
+    ]
     for f in r["features"]:
-        lines.append(f"  {f['index']:>6}  {f['score']:.2f}   {f['rate']:6.0%} / {f['rate_contrast']:<6.0%}"
-                     f"            {f['relative']:6.0%} / {f['relative_contrast']:<6.0%}         {f['alignment']:5.2f}"
-                     + (f"  {f['label']}" if f["label"] else ""))
+        lines.append(
+            f"  {f['index']:>6}  {f['score']:.2f}   {f['rate']:6.0%} / {f['rate_contrast']:<6.0%}"
+            f"            {f['relative']:6.0%} / {f['relative_contrast']:<6.0%}         {f['alignment']:5.2f}"
+            + (f"  {f['label']}" if f["label"] else "")
+        )
     if r["features"]:
         best = r["features"][0]["index"]
         lines.append(f"feature {best}, tokens where it fires marked [[ ]]:")
         for side in ("texts", "contrast"):
             for row in r[side]:
                 lines.append(f"  {side[:4]:<5} {_marked(row['tokens'], row['values'][best])!r}")
-        lines.append(f"to steer towards the text: feature {r['steer_with']} (of the top features, its decoder direction is "
-                     "the best aligned with the shift of the activations from the contrast to the text)")
+        lines.append(
+            f"to steer towards the text: feature {r['steer_with']} (of the top features, its decoder "
+            "direction is "
+            "the best aligned with the shift of the activations from the contrast to the text)"
+        )
     else:
         lines.append("  no feature fires more on the text than on the contrast")
     if r["note"]:
@@ -139,8 +208,11 @@ def cmd_features_search(ws: Workspace, a: argparse.Namespace, out) -> None:
     from ..features import search
 
     hits = search(ws, a.sae, a.query, limit=a.limit)
-    out.summary({"features": hits}, "\n".join(f"{h['index']:>6}  ({h['match']})  {h['label'] or ''}" for h in hits)
-                or "no feature matches")
+    out.summary(
+        {"features": hits},
+        "\n".join(f"{h['index']:>6}  ({h['match']})  {h['label'] or ''}" for h in hits)
+        or "no feature matches",
+    )
 
 
 def cmd_features_label(ws: Workspace, a: argparse.Namespace, out) -> None:
@@ -158,23 +230,53 @@ def register(sub, cmd) -> None:
     sp.add_argument("--top-k", type=int, default=ExtractConfig.top_k)
     sp.add_argument("--model", default=None)
     sp.add_argument("--batch-size", type=int, default=ExtractConfig.batch_size)
-    sp.add_argument("--checkpoint-every", type=int, default=ExtractConfig.checkpoint_every, help="batches between resumable checkpoints")
+    sp.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=ExtractConfig.checkpoint_every,
+        help="batches between resumable checkpoints",
+    )
     sp.add_argument("--name", default=None)
     sp.add_argument("--resume", default=None, metavar="EXTRACTION", help="resume an interrupted extraction")
-    fs = sub.add_parser("features", help="look at an SAE's features").add_subparsers(dest="sub", required=True)
+    fs = sub.add_parser("features", help="look at an SAE's features").add_subparsers(
+        dest="sub", required=True
+    )
     sp = cmd(fs, "show", cmd_features_show, "a feature's statistics, logits, neighbours and top examples")
     sp.add_argument("sae")
     sp.add_argument("index", type=int)
-    sp.add_argument("--examples", type=int, default=None, help="top examples to show (all kept by default with --json)")
-    sp = cmd(fs, "fire", cmd_features_fire, "which features fire on a text (per token and overall), or on texts and not on others")
+    sp.add_argument(
+        "--examples", type=int, default=None, help="top examples to show (all kept by default with --json)"
+    )
+    sp = cmd(
+        fs,
+        "fire",
+        cmd_features_fire,
+        "which features fire on a text (per token and overall), or on texts and not on others",
+    )
     sp.add_argument("sae")
     sp.add_argument("--text", required=True, action="append", help="the text to test (repeat for several)")
-    sp.add_argument("--contrast", action="append", default=None, metavar="TEXT",
-                    help="rank features that fire on the text(s) and not on this one (repeatable)")
-    sp.add_argument("--contrast-file", action="append", default=None, metavar="FILE", help="contrast texts, one per line")
-    sp.add_argument("--ordinary", action="store_true", help="contrast with the same text(s) in ordinary case (e.g. for SHOUTING)")
-    sp.add_argument("--dense", type=float, default=0.1, metavar="SHARE",
-                    help="leave out features firing on more than this share of extraction tokens (default 0.1)")
+    sp.add_argument(
+        "--contrast",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="rank features that fire on the text(s) and not on this one (repeatable)",
+    )
+    sp.add_argument(
+        "--contrast-file", action="append", default=None, metavar="FILE", help="contrast texts, one per line"
+    )
+    sp.add_argument(
+        "--ordinary",
+        action="store_true",
+        help="contrast with the same text(s) in ordinary case (e.g. for SHOUTING)",
+    )
+    sp.add_argument(
+        "--dense",
+        type=float,
+        default=0.1,
+        metavar="SHARE",
+        help="leave out features firing on more than this share of extraction tokens (default 0.1)",
+    )
     sp.add_argument("--top", type=int, default=10)
     sp = cmd(fs, "search", cmd_features_search, "features whose label or top logit tokens match a word")
     sp.add_argument("sae")
@@ -193,28 +295,53 @@ def cmd_label(ws: Workspace, a: argparse.Namespace, out) -> None:
     from ..core.configs import LabelConfig
     from ..features.labeling import label_features
 
-    cfg = LabelConfig(backend=a.backend, model=a.model or ("default" if a.backend == "local" else "gpt-4o-mini"),
-                      base_url=a.base_url or LabelConfig.base_url, api_key_env=a.api_key_env, score=not a.no_score,
-                      examples=a.examples, scorer=a.scorer, timeout=a.timeout, retries=a.retries)
+    cfg = LabelConfig(
+        backend=a.backend,
+        model=a.model or ("default" if a.backend == "local" else "gpt-4o-mini"),
+        base_url=a.base_url or LabelConfig.base_url,
+        api_key_env=a.api_key_env,
+        score=not a.no_score,
+        examples=a.examples,
+        scorer=a.scorer,
+        timeout=a.timeout,
+        retries=a.retries,
+    )
     try:
         feats = [int(x) for x in a.features.split(",") if x.strip()] if a.features else None
     except ValueError:
         from ..features.labeling import LabelError
 
-        raise LabelError(f"--features {a.features!r} is not a list of feature indices.", "write e.g. --features 12,40,7.") from None
+        raise LabelError(
+            f"--features {a.features!r} is not a list of feature indices.", "write e.g. --features 12,40,7."
+        ) from None
     res = label_features(ws, a.sae, cfg, features=feats, top=a.top, redo=a.redo, progress=out.progress)
     for r in res:
         sc = r.get("scoring") or {}
-        score = (f"  detection score {r['score']:.2f} by {sc.get('rule')} (chance 0.50)" if r.get("score") is not None
-                 else f"  (not scored: {sc['reason']})" if sc.get("reason") else "")
-        out.line({"feature": r["feature"], "label": r.get("label"), "score": r.get("score"), "chance": 0.5,
-                  "scoring": sc.get("rule")}, f"{r['feature']:>6}  {r.get('label') or '(' + r.get('skipped', '') + ')'}{score}")
+        score = (
+            f"  detection score {r['score']:.2f} by {sc.get('rule')} (chance 0.50)"
+            if r.get("score") is not None
+            else f"  (not scored: {sc['reason']})"
+            if sc.get("reason")
+            else ""
+        )
+        out.line(
+            {
+                "feature": r["feature"],
+                "label": r.get("label"),
+                "score": r.get("score"),
+                "chance": 0.5,
+                "scoring": sc.get("rule"),
+            },
+            f"{r['feature']:>6}  {r.get('label') or '(' + r.get('skipped', '') + ')'}{score}",
+        )
     if any((r.get("scoring") or {}).get("rule", "").startswith("P(yes)") for r in res):
         from ..features.store import JUDGE_NOTE
 
         out.line({}, "note: " + JUDGE_NOTE)
-    out.summary({"labelled": sum(1 for r in res if r.get("label")), "results": res},
-                f"labelled {sum(1 for r in res if r.get('label'))} feature(s)")
+    out.summary(
+        {"labelled": sum(1 for r in res if r.get("label")), "results": res},
+        f"labelled {sum(1 for r in res if r.get('label'))} feature(s)",
+    )
 
 
 def cmd_serve_chat(ws: Workspace, a: argparse.Namespace, out) -> None:
@@ -225,8 +352,10 @@ def cmd_serve_chat(ws: Workspace, a: argparse.Namespace, out) -> None:
     key = os.environ.get(a.require_key_env) if a.require_key_env else None
     srv = make_server(ws, a.model, a.host, a.port, require_key=key)
     host, port = srv.server_address[:2]
-    out.line({"serving": f"http://{host}:{port}/v1", "model": a.model},
-             f"serving {a.model} at http://{host}:{port}/v1 (OpenAI chat-completions); Ctrl-C stops")
+    out.line(
+        {"serving": f"http://{host}:{port}/v1", "model": a.model},
+        f"serving {a.model} at http://{host}:{port}/v1 (OpenAI chat-completions); Ctrl-C stops",
+    )
     try:
         srv.serve_forever()
     finally:
@@ -234,7 +363,9 @@ def cmd_serve_chat(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 
 def register_labels(sub, cmd) -> None:
-    sp = cmd(sub, "label", cmd_label, "label features automatically with an explainer model, scored by detection")
+    sp = cmd(
+        sub, "label", cmd_label, "label features automatically with an explainer model, scored by detection"
+    )
     sp.add_argument("sae")
     sp.add_argument("--features", default=None, help="comma-separated feature indices")
     sp.add_argument("--top", type=int, default=None, help="the N most frequent features (default 10)")
@@ -244,14 +375,30 @@ def register_labels(sub, cmd) -> None:
     sp.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     sp.add_argument("--examples", type=int, default=LabelConfig.examples)
     sp.add_argument("--no-score", action="store_true", help="skip detection scoring")
-    sp.add_argument("--scorer", choices=["auto", "simulation", "judge"], default="auto",
-                    help="simulation (in-kernel default) or a judge model (endpoint default)")
-    sp.add_argument("--redo", action="store_true", help="label again features this explainer already labelled")
-    sp.add_argument("--timeout", type=float, default=LabelConfig.timeout,
-                    help="seconds to wait for one answer of an endpoint (a hanging one costs timeout x (retries + 1))")
-    sp.add_argument("--retries", type=int, default=LabelConfig.retries, help="retries of a failed endpoint call")
-    sp = cmd(sub, "serve-chat", cmd_serve_chat, "serve a workspace model as an OpenAI-compatible chat endpoint")
+    sp.add_argument(
+        "--scorer",
+        choices=["auto", "simulation", "judge"],
+        default="auto",
+        help="simulation (in-kernel default) or a judge model (endpoint default)",
+    )
+    sp.add_argument(
+        "--redo", action="store_true", help="label again features this explainer already labelled"
+    )
+    sp.add_argument(
+        "--timeout",
+        type=float,
+        default=LabelConfig.timeout,
+        help="seconds to wait for one answer of an endpoint (a hanging one costs timeout x (retries + 1))",
+    )
+    sp.add_argument(
+        "--retries", type=int, default=LabelConfig.retries, help="retries of a failed endpoint call"
+    )
+    sp = cmd(
+        sub, "serve-chat", cmd_serve_chat, "serve a workspace model as an OpenAI-compatible chat endpoint"
+    )
     sp.add_argument("--model", default="default")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)
-    sp.add_argument("--require-key-env", default=None, help="require the key held in this environment variable")
+    sp.add_argument(
+        "--require-key-env", default=None, help="require the key held in this environment variable"
+    )

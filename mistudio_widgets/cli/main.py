@@ -3,6 +3,7 @@
 With ``--json`` every progress event is printed as one JSON object per line, and the last line is
 a summary object (or ``{"error": ..., "fix": ...}``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ class Output:
         self.line({"summary": True, **obj}, text)
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f]}
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]}
 
 
 def printable(text: str) -> str:
@@ -42,7 +43,7 @@ def printable(text: str) -> str:
     return text.translate(_CONTROL)
 
 
-_CELL = {**_CONTROL, 0x09: "\\t", 0x0a: "\\n", 0x0d: "\\r"}
+_CELL = {**_CONTROL, 0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
 ODD_META = "(metadata not as expected)"
 
 
@@ -54,25 +55,46 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
 
 
 def _artifact_line(a) -> dict[str, Any]:
-    return {"id": a.id, "kind": a.kind, "name": a.name, "path": str(a.path) if a.path else None, "parent": a.parent}
+    return {
+        "id": a.id,
+        "kind": a.kind,
+        "name": a.name,
+        "path": str(a.path) if a.path else None,
+        "parent": a.parent,
+    }
 
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_datasets_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     from ..data.datasets import add_dataset
 
-    cfg = DatasetConfig(source=a.source, name=a.name, split=a.split, samples=a.samples, config_name=a.config_name,
-                        text_field=a.text_field, streaming=not a.no_streaming, token=os.environ.get("HF_TOKEN"))
+    cfg = DatasetConfig(
+        source=a.source,
+        name=a.name,
+        split=a.split,
+        samples=a.samples,
+        config_name=a.config_name,
+        text_field=a.text_field,
+        streaming=not a.no_streaming,
+        token=os.environ.get("HF_TOKEN"),
+    )
     art = add_dataset(ws, cfg, progress=out.progress)
     st, prov = art.meta["stats"], art.meta["provenance"]
-    notes = [f"\n  skipped {v['records']} record(s) holding {why} (the first is record {v['first']})"
-             for why, v in st.get("skipped", {}).items()]
+    notes = [
+        f"\n  skipped {v['records']} record(s) holding {why} (the first is record {v['first']})"
+        for why, v in st.get("skipped", {}).items()
+    ]
     if "header" in prov:
         head = prov["header"]
-        notes.append(f"\n  CSV header row: {', '.join(head) if isinstance(head, list) else head}; "
-                     f"text column {art.meta['text_field']!r}")
-    out.summary({**_artifact_line(art), "stats": st},
-                f"dataset {art.name} ({art.id}): {st['documents']} documents, {st['characters']} characters" + "".join(notes))
+        notes.append(
+            f"\n  CSV header row: {', '.join(head) if isinstance(head, list) else head}; "
+            f"text column {art.meta['text_field']!r}"
+        )
+    out.summary(
+        {**_artifact_line(art), "stats": st},
+        f"dataset {art.name} ({art.id}): {st['documents']} documents, {st['characters']} characters"
+        + "".join(notes),
+    )
 
 
 def cmd_datasets_tokenize(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
@@ -81,25 +103,45 @@ def cmd_datasets_tokenize(ws: Workspace, a: argparse.Namespace, out: Output) -> 
 
     ds = resolve_dataset(ws, a.dataset, progress=out.progress)
     model = resolve_model(ws, a.model, progress=out.progress)
-    cfg = TokenizeConfig(context_size=a.context_size, min_length=a.min_length, prepend_bos=not a.no_bos,
-                         separator=a.separator, special_tokens=a.special_tokens, max_tokens=a.max_tokens)
+    cfg = TokenizeConfig(
+        context_size=a.context_size,
+        min_length=a.min_length,
+        prepend_bos=not a.no_bos,
+        separator=a.separator,
+        special_tokens=a.special_tokens,
+        max_tokens=a.max_tokens,
+    )
     art = tokenize_dataset(ws, ds, model, cfg, name=a.name, progress=out.progress)
     st = art.meta["stats"]
     top = ", ".join(repr(t["token"]) for t in st["top_tokens"][:8])
-    out.summary({**_artifact_line(art), "stats": st},
-                f"tokenization {art.name} ({art.id}): {st['tokens']} tokens in {st['sequences']} sequences of "
-                f"{st['context_size']}; {st['documents_kept']}/{st['documents']} documents kept; top tokens {top}"
-                + (f"\n  {st['documents_tokenized_in_pieces']} document(s) longer than {PIECE_CHARS:,} characters were "
-                   "tokenized in pieces cut at spaces" if st.get("documents_tokenized_in_pieces") else ""))
+    out.summary(
+        {**_artifact_line(art), "stats": st},
+        f"tokenization {art.name} ({art.id}): {st['tokens']} tokens in {st['sequences']} sequences of "
+        f"{st['context_size']}; {st['documents_kept']}/{st['documents']} documents kept; top tokens {top}"
+        + (
+            f"\n  {st['documents_tokenized_in_pieces']} document(s) longer than {PIECE_CHARS:,} "
+            "characters were "
+            "tokenized in pieces cut at spaces"
+            if st.get("documents_tokenized_in_pieces")
+            else ""
+        ),
+    )
 
 
 def _detail(x) -> str:
     st, info = x.meta.get("stats", {}), x.meta.get("info", {})
-    return (f"{st.get('documents', '')} docs" if x.kind == "dataset" else
-            f"{st.get('tokens', '')} tokens, ctx {st.get('context_size', '')}" if x.kind == "tokenization" else
-            f"{info.get('family')} {info.get('layers')} layers d_model {info.get('d_model')}" if x.kind == "model" else
-            f"{x.meta.get('filled_sequences', 0)}/{x.meta.get('sequences')} sequences, "
-            f"{x.meta.get('bytes', 0) / 2**20:.0f} MiB" if x.kind == "activation_cache" else "")
+    return (
+        f"{st.get('documents', '')} docs"
+        if x.kind == "dataset"
+        else f"{st.get('tokens', '')} tokens, ctx {st.get('context_size', '')}"
+        if x.kind == "tokenization"
+        else f"{info.get('family')} {info.get('layers')} layers d_model {info.get('d_model')}"
+        if x.kind == "model"
+        else f"{x.meta.get('filled_sequences', 0)}/{x.meta.get('sequences')} sequences, "
+        f"{x.meta.get('bytes', 0) / 2**20:.0f} MiB"
+        if x.kind == "activation_cache"
+        else ""
+    )
 
 
 def cmd_list(kind: str) -> Callable[[Workspace, argparse.Namespace, Output], None]:
@@ -115,26 +157,39 @@ def cmd_list(kind: str) -> Callable[[Workspace, argparse.Namespace, Output], Non
         for x in arts:
             try:
                 detail = x.meta.get("refused_because") or _detail(x)
-            except (AttributeError, TypeError, ValueError):      # a row changed by hand or by another program
+            except (AttributeError, TypeError, ValueError):  # a row changed by hand or by another program
                 detail = ODD_META
             rows.append([x.id, x.kind, x.name, detail])
-        out.summary({"count": len(arts), "workspace": str(ws.root)},
-                    _table(rows, ["id", "kind", "name", "detail"]) if rows else f"nothing yet in {ws.root}")
+        out.summary(
+            {"count": len(arts), "workspace": str(ws.root)},
+            _table(rows, ["id", "kind", "name", "detail"]) if rows else f"nothing yet in {ws.root}",
+        )
+
     return run
 
 
 def cmd_models_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     from ..data.models import add_model, model_info
 
-    cfg = ModelConfig(source=a.source, name=a.name, dtype=a.dtype, quantization=a.quantization, device=a.device,
-                      revision=a.revision, trust_remote_code=a.trust_remote_code, allow_pickle_weights=a.allow_pickle_weights,
-                      token=os.environ.get("HF_TOKEN"))
+    cfg = ModelConfig(
+        source=a.source,
+        name=a.name,
+        dtype=a.dtype,
+        quantization=a.quantization,
+        device=a.device,
+        revision=a.revision,
+        trust_remote_code=a.trust_remote_code,
+        allow_pickle_weights=a.allow_pickle_weights,
+        token=os.environ.get("HF_TOKEN"),
+    )
     art = add_model(ws, cfg, progress=out.progress)
     info = model_info(ws, art)
-    out.summary({**_artifact_line(art), "info": info},
-                f"model {art.name} ({art.id}): {info['family']}, {info['layers']} layers, d_model {info['d_model']}, "
-                f"{info['heads']} heads, vocab {info['vocab']}, {info['parameters'] or 0:,} parameters, "
-                f"~{info['memory']['total_gib']:.2f} GiB to load")
+    out.summary(
+        {**_artifact_line(art), "info": info},
+        f"model {art.name} ({art.id}): {info['family']}, {info['layers']} layers, d_model {info['d_model']}, "
+        f"{info['heads']} heads, vocab {info['vocab']}, {info['parameters'] or 0:,} parameters, "
+        f"~{info['memory']['total_gib']:.2f} GiB to load",
+    )
 
 
 def cmd_models_hooks(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
@@ -169,16 +224,22 @@ def cmd_capture(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     tok = ws.find(a.dataset, "tokenization")
     if tok is None:
         ds = resolve_dataset(ws, a.dataset, progress=out.progress)
-        tok = ensure_tokenization(ws, ds, model, TokenizeConfig(context_size=a.context_size), progress=out.progress)
+        tok = ensure_tokenization(
+            ws, ds, model, TokenizeConfig(context_size=a.context_size), progress=out.progress
+        )
     cfg = CaptureConfig(hook=a.hook, tokens=a.tokens, batch_size=a.batch_size)
     res = capture_stats(ws, model, tok, cfg, progress=out.progress)
     n = res.norm
-    text = (f"captured {res.tokens_seen} tokens at {res.hook} of {res.model} from {res.tokenization} "
-            f"in {res.seconds:.1f}s ({res.tokens_per_second:.0f} tokens/s)\n"
-            f"  kept {res.tokens_kept} positions; dropped {res.dropped_special} special-token positions and {res.outliers} outliers\n"
-            f"  d_model {res.d_model}; norm mean {n.get('mean', 0):.1f}, median {n.get('median', 0):.1f}, "
-            f"p95 {n.get('p95', 0):.1f}, max {n.get('max', 0):.1f}; norm of the mean vector {res.mean_vector_norm:.1f}\n"
-            f"  widest dimensions: " + ", ".join(f"{d['dim']} (std {d['std']:.1f})" for d in res.top_dims))
+    text = (
+        f"captured {res.tokens_seen} tokens at {res.hook} of {res.model} from {res.tokenization} "
+        f"in {res.seconds:.1f}s ({res.tokens_per_second:.0f} tokens/s)\n"
+        f"  kept {res.tokens_kept} positions; dropped {res.dropped_special} special-token positions "
+        f"and {res.outliers} outliers\n"
+        f"  d_model {res.d_model}; norm mean {n.get('mean', 0):.1f}, median {n.get('median', 0):.1f}, "
+        f"p95 {n.get('p95', 0):.1f}, max {n.get('max', 0):.1f}; norm of the mean vector "
+        f"{res.mean_vector_norm:.1f}\n"
+        f"  widest dimensions: " + ", ".join(f"{d['dim']} (std {d['std']:.1f})" for d in res.top_dims)
+    )
     out.summary(res.to_dict(), text)
 
 
@@ -197,8 +258,12 @@ def _no_alias_loader():
 
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
-                raise yaml.YAMLError(f"aliases (*name) are not allowed in config files (line {self.peek_event().start_mark.line + 1})")
+                raise yaml.YAMLError(
+                    "aliases (*name) are not allowed in config files (line "
+                    f"{self.peek_event().start_mark.line + 1})"
+                )
             return super().compose_node(parent, index)
+
     return Loader
 
 
@@ -215,17 +280,39 @@ def _train_configs(a: argparse.Namespace):
             with open(a.config) as fh:
                 data = yaml.load(fh, Loader=_no_alias_loader()) or {}
         except (OSError, yaml.YAMLError, RecursionError) as exc:
-            raise MistudioError(f"Could not read the config file {a.config}: {exc}", "check the path and the YAML/JSON syntax.") from exc
+            raise MistudioError(
+                f"Could not read the config file {a.config}: {exc}",
+                "check the path and the YAML/JSON syntax.",
+            ) from exc
         if not isinstance(data, dict):
-            raise MistudioError(f"{a.config} must hold a mapping of TrainConfig settings.", "write e.g. `steps: 300`.")
-    flags = {"model": a.model, "dataset": a.dataset, "hook": a.hook, "hook_out": a.hook_out, "architecture": a.arch,
-             "k": a.k, "l1_coefficient": a.l1, "expansion_factor": a.expansion, "d_sae": a.d_sae, "steps": a.steps,
-             "train_tokens": a.train_tokens,
-             "batch_tokens": a.batch_tokens, "lr": a.lr, "seed": a.seed, "name": a.name, "device": a.device}
+            raise MistudioError(
+                f"{a.config} must hold a mapping of TrainConfig settings.", "write e.g. `steps: 300`."
+            )
+    flags = {
+        "model": a.model,
+        "dataset": a.dataset,
+        "hook": a.hook,
+        "hook_out": a.hook_out,
+        "architecture": a.arch,
+        "k": a.k,
+        "l1_coefficient": a.l1,
+        "expansion_factor": a.expansion,
+        "d_sae": a.d_sae,
+        "steps": a.steps,
+        "train_tokens": a.train_tokens,
+        "batch_tokens": a.batch_tokens,
+        "lr": a.lr,
+        "seed": a.seed,
+        "name": a.name,
+        "device": a.device,
+    }
     data.update({k: v for k, v in flags.items() if v is not None})
     variants = data.pop("saes", None) or [{}]
     if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
-        raise MistudioError("`saes` in the config file must be a list of mappings.", "write e.g. `saes: [{hook: blocks.5.hook_resid_post}]`.")
+        raise MistudioError(
+            "`saes` in the config file must be a list of mappings.",
+            "write e.g. `saes: [{hook: blocks.5.hook_resid_post}]`.",
+        )
     out = []
     for v in variants:
         merged = {**data, **v}
@@ -253,28 +340,44 @@ def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     cfgs = None if a.resume else _train_configs(a)
     started = lambda run: out.line({"run_id": run.id, "name": run.name}, f"run {run.name} ({run.id})")  # noqa: E731
     try:
-        results = train_many(ws, cfgs, resume=a.resume, progress=out.progress, control=control, on_start=started)
+        results = train_many(
+            ws, cfgs, resume=a.resume, progress=out.progress, control=control, on_start=started
+        )
     except JobCancelled:
         mine = lambda r: isinstance(r.meta.get("owner"), dict) and r.meta["owner"].get("pid") == os.getpid()  # noqa: E731
         runs = [r.id for r in ws.list("run") if r.meta.get("status") == Status.INTERRUPTED and mine(r)]
-        out.summary({"status": Status.INTERRUPTED, "runs": runs}, "interrupted after a checkpoint; resume with: "
-                    + "; ".join(f"mistudio train --resume {r}" for r in runs or ["RUN"]))
+        out.summary(
+            {"status": Status.INTERRUPTED, "runs": runs},
+            "interrupted after a checkpoint; resume with: "
+            + "; ".join(f"mistudio train --resume {r}" for r in runs or ["RUN"]),
+        )
         raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGINT, previous)
     from ..core import distributed
 
-    if not distributed.is_main():        # under torchrun only the main process reports
+    if not distributed.is_main():  # under torchrun only the main process reports
         return
     for res in results[:-1]:
         m = res.metrics
-        out.line({"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "status": res.status, "metrics": m},
-                 f"SAE {res.sae_id} at {res.path}: EV {m['explained_variance']:.3f}, L0 {m['l0']:.1f}")
+        out.line(
+            {
+                "run_id": res.run_id,
+                "sae_id": res.sae_id,
+                "path": res.path,
+                "status": res.status,
+                "metrics": m,
+            },
+            f"SAE {res.sae_id} at {res.path}: EV {m['explained_variance']:.3f}, L0 {m['l0']:.1f}",
+        )
     res = results[-1]
     m = res.metrics
-    out.summary({"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "status": res.status, "metrics": m},
-                f"SAE {res.sae_id} at {res.path}\n  explained variance {m['explained_variance']:.3f}, L0 {m['l0']:.1f}, "
-                f"MSE {m['mse']:.4g}, dead {m['dead_fraction']:.1%}, CE recovered {m['ce_recovered']:.3f}")
+    out.summary(
+        {"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "status": res.status, "metrics": m},
+        f"SAE {res.sae_id} at {res.path}\n  explained variance {m['explained_variance']:.3f}, L0 "
+        f"{m['l0']:.1f}, "
+        f"MSE {m['mse']:.4g}, dead {m['dead_fraction']:.1%}, CE recovered {m['ce_recovered']:.3f}",
+    )
 
 
 def cmd_saes_list(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
@@ -285,29 +388,57 @@ def cmd_saes_list(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
             out.line({**_artifact_line(x), "meta": x.meta}, "")
         try:
             m = x.meta.get("metrics", {})
-            rows.append([x.id, x.name, x.meta.get("architecture"), x.meta.get("hook"), x.meta.get("d_sae"),
-                         f"{m.get('explained_variance', float('nan')):.3f}", f"{m.get('l0', float('nan')):.1f}"])
+            rows.append(
+                [
+                    x.id,
+                    x.name,
+                    x.meta.get("architecture"),
+                    x.meta.get("hook"),
+                    x.meta.get("d_sae"),
+                    f"{m.get('explained_variance', float('nan')):.3f}",
+                    f"{m.get('l0', float('nan')):.1f}",
+                ]
+            )
         except (AttributeError, TypeError, ValueError):
             rows.append([x.id, x.name, ODD_META, "", "", "", ""])
-    out.summary({"count": len(arts)}, _table(rows, ["id", "name", "arch", "hook", "d_sae", "EV", "L0"]) if rows else "no SAEs yet")
+    out.summary(
+        {"count": len(arts)},
+        _table(rows, ["id", "name", "arch", "hook", "d_sae", "EV", "L0"]) if rows else "no SAEs yet",
+    )
 
 
 def cmd_repair(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     got = ws.repair()
-    lines = [f"registered the {d['kind']} {d['name']} ({d['id']})" + ("" if d["from_record"] else
-             ", named after its folder (it had no record)") for d in got["registered"]]
+    lines = [
+        f"registered the {d['kind']} {d['name']} ({d['id']})"
+        + ("" if d["from_record"] else ", named after its folder (it had no record)")
+        for d in got["registered"]
+    ]
     lines += [f"skipped {s['folder']}: {s['why']}" for s in got["skipped"]]
-    lines.append(f"{len(got['registered'])} artifact(s) registered again in {ws.root}" +
-                 ("; labels and metric history lived only in the lost catalog" if got["registered"] else ""))
+    lines.append(
+        f"{len(got['registered'])} artifact(s) registered again in {ws.root}"
+        + ("; labels and metric history lived only in the lost catalog" if got["registered"] else "")
+    )
     out.summary(got, "\n".join(lines))
 
 
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace folder (default: $MISTUDIO_HOME or ./mistudio-workspace)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON lines and a final summary object")
-    p = argparse.ArgumentParser(prog="mistudio", description="Sparse-autoencoder interpretability from the command line.")
+    common.add_argument(
+        "--workspace",
+        default=argparse.SUPPRESS,
+        help="workspace folder (default: $MISTUDIO_HOME or ./mistudio-workspace)",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print JSON lines and a final summary object",
+    )
+    p = argparse.ArgumentParser(
+        prog="mistudio", description="Sparse-autoencoder interpretability from the command line."
+    )
     p.add_argument("--workspace", default=None)
     p.add_argument("--json", action="store_true", default=False)
     sub = p.add_subparsers(dest="command", required=True)
@@ -317,7 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    ds = sub.add_parser("datasets", help="add, tokenize and list datasets").add_subparsers(dest="sub", required=True)
+    ds = sub.add_parser("datasets", help="add, tokenize and list datasets").add_subparsers(
+        dest="sub", required=True
+    )
     sp = cmd(ds, "add", cmd_datasets_add, "add a dataset from 'default', a hub id or local files")
     sp.add_argument("source")
     sp.add_argument("--split", default="train")
@@ -326,7 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config-name", default=None)
     sp.add_argument("--text-field", default=None)
     sp.add_argument("--no-streaming", action="store_true")
-    sp = cmd(ds, "tokenize", cmd_datasets_tokenize, "tokenize a dataset into packed sequences with a model's tokenizer")
+    sp = cmd(
+        ds,
+        "tokenize",
+        cmd_datasets_tokenize,
+        "tokenize a dataset into packed sequences with a model's tokenizer",
+    )
     sp.add_argument("dataset")
     sp.add_argument("--model", default=DEFAULT)
     sp.add_argument("--context-size", type=int, default=128)
@@ -339,7 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(ds, "list", cmd_list("dataset"), "list datasets and their tokenizations")
 
     ms = sub.add_parser("models", help="add and list models").add_subparsers(dest="sub", required=True)
-    sp = cmd(ms, "add", cmd_models_add, "add a model from 'default', a hub id, a local folder or a .gguf file")
+    sp = cmd(
+        ms, "add", cmd_models_add, "add a model from 'default', a hub id, a local folder or a .gguf file"
+    )
     sp.add_argument("source")
     sp.add_argument("--name", default=None)
     sp.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
@@ -347,34 +487,58 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     sp.add_argument("--revision", default=None)
     sp.add_argument("--trust-remote-code", action="store_true")
-    sp.add_argument("--allow-pickle-weights", action="store_true",
-                    help="also load *.bin (pickle) weights, with torch.load(weights_only=True)")
+    sp.add_argument(
+        "--allow-pickle-weights",
+        action="store_true",
+        help="also load *.bin (pickle) weights, with torch.load(weights_only=True)",
+    )
     cmd(ms, "list", cmd_list("model"), "list models")
     sp = cmd(ms, "hooks", cmd_models_hooks, "list a model's hook points")
     sp.add_argument("model", nargs="?", default=DEFAULT)
 
-    for name, help in (("capture", "capture activations at a hook and print their statistics"),
-                       ("demo", "the main job on the embedded defaults: train an SAE, extract, find, label and steer a feature, export")):
+    for name, help in (
+        ("capture", "capture activations at a hook and print their statistics"),
+        (
+            "demo",
+            "the main job on the embedded defaults: train an SAE, extract, find, label and steer a "
+            "feature, export",
+        ),
+    ):
         sp = cmd(sub, name, cmd_capture if name == "capture" else cmd_demo, help)
         if name == "capture":
             sp.add_argument("--model", default=DEFAULT)
-            sp.add_argument("--dataset", default=DEFAULT, help="a dataset (tokenized on demand) or a tokenization")
-        sp.add_argument("--hook", default="blocks.10.hook_resid_post" if name == "demo" else "blocks.15.hook_resid_post")
+            sp.add_argument(
+                "--dataset", default=DEFAULT, help="a dataset (tokenized on demand) or a tokenization"
+            )
+        sp.add_argument(
+            "--hook", default="blocks.10.hook_resid_post" if name == "demo" else "blocks.15.hook_resid_post"
+        )
         sp.add_argument("--tokens", type=int, default=16384)
         sp.add_argument("--batch-size", type=int, default=16)
         sp.add_argument("--context-size", type=int, default=128)
         if name == "demo":
             sp.add_argument("--train-steps", type=int, default=100, help="steps of the demo SAE")
             sp.add_argument("--batch-tokens", type=int, default=4096, help="activations per training step")
-            sp.add_argument("--train-tokens", type=int, default=204_800,
-                            help="distinct training tokens, harvested once into the activation cache and reused each epoch")
+            sp.add_argument(
+                "--train-tokens",
+                type=int,
+                default=204_800,
+                help="distinct training tokens, harvested once into the activation cache and reused "
+                "each epoch",
+            )
             sp.add_argument("--expansion", type=int, default=8, help="d_sae = expansion x d_model")
-            sp.add_argument("--extract-tokens", type=int, default=32768, help="tokens of the feature extraction")
-            sp.add_argument("--steer-tokens", type=int, default=40, help="tokens generated with and without steering")
+            sp.add_argument(
+                "--extract-tokens", type=int, default=32768, help="tokens of the feature extraction"
+            )
+            sp.add_argument(
+                "--steer-tokens", type=int, default=40, help="tokens generated with and without steering"
+            )
 
     sp = cmd(sub, "train", cmd_train, "train an SAE (settings from --config and flags; TrainConfig fields)")
     sp.add_argument("--config", default=None, help="YAML or JSON file of TrainConfig settings")
-    sp.add_argument("--resume", default=None, metavar="RUN", help="resume an interrupted run from its last checkpoint")
+    sp.add_argument(
+        "--resume", default=None, metavar="RUN", help="resume an interrupted run from its last checkpoint"
+    )
     sp.add_argument("--model", default=None)
     sp.add_argument("--dataset", default=None)
     sp.add_argument("--hook", default=None)
@@ -385,7 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--expansion", type=int, default=None)
     sp.add_argument("--d-sae", type=int, default=None)
     sp.add_argument("--steps", type=int, default=None)
-    sp.add_argument("--train-tokens", type=int, default=None, help="distinct training tokens, reused each epoch")
+    sp.add_argument(
+        "--train-tokens", type=int, default=None, help="distinct training tokens, reused each epoch"
+    )
     sp.add_argument("--batch-tokens", type=int, default=None)
     sp.add_argument("--lr", type=float, default=None)
     sp.add_argument("--seed", type=int, default=None)
@@ -427,7 +593,10 @@ def main(argv: list[str] | None = None) -> int:
         if out.as_json:
             print(json.dumps({"error": exc.problem, "fix": exc.fix, "type": type(exc).__name__}), flush=True)
         else:
-            print(printable(f"error: {exc.problem}" + (f"\n  fix: {exc.fix}" if exc.fix else "")), file=sys.stderr)
+            print(
+                printable(f"error: {exc.problem}" + (f"\n  fix: {exc.fix}" if exc.fix else "")),
+                file=sys.stderr,
+            )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,4 +1,5 @@
 """``mistudio steer``: steered and unsteered continuations side by side, with metrics; sweeps and presets."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,25 +10,48 @@ from ..core.workspace import Workspace
 
 
 def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from ..steering import SteeringError, auto_strength, load_preset, parse_features, save_preset, steer, sweep
+    from ..steering import (
+        SteeringError,
+        load_preset,
+        parse_features,
+        save_preset,
+        steer,
+        sweep,
+    )
 
     if a.preset:
         sae, cfg = load_preset(ws, a.preset)
         if a.sae and ws.get(a.sae, "sae").id != sae:
-            raise SteeringError(f"The preset {a.preset!r} belongs to another SAE.", "leave out the SAE or pick its preset.")
+            raise SteeringError(
+                f"The preset {a.preset!r} belongs to another SAE.", "leave out the SAE or pick its preset."
+            )
     else:
         if not a.sae:
             raise SteeringError("No SAE given.", "mistudio steer SAE --feature I:S --prompt TEXT")
         sae, cfg = a.sae, SteerConfig()
-    changes = {k: v for k, v in {"prompt": a.prompt, "method": a.method, "max_tokens": a.max_tokens, "seed": a.seed,
-                                 "temperature": a.temperature, "multiplier": a.multiplier}.items() if v is not None}
+    changes = {
+        k: v
+        for k, v in {
+            "prompt": a.prompt,
+            "method": a.method,
+            "max_tokens": a.max_tokens,
+            "seed": a.seed,
+            "temperature": a.temperature,
+            "multiplier": a.multiplier,
+        }.items()
+        if v is not None
+    }
     specs = [f.partition(":") for f in a.feature]
     auto = [i for i, _, st in specs if st.strip().lower() == "auto"]
     if len(auto) > 1:
-        raise SteeringError("Only one feature at a time can have an automatic strength.", "give the others numbers.")
-    if a.feature:                         # the auto feature starts at 0 until the sweep finds its strength
-        changes["features"] = [list(x) for x in parse_features([f"{i}:0" if i in auto else f"{i}{sep}{st}"
-                                                                 for i, sep, st in specs])]
+        raise SteeringError(
+            "Only one feature at a time can have an automatic strength.", "give the others numbers."
+        )
+    if a.feature:  # the auto feature starts at 0 until the sweep finds its strength
+        changes["features"] = [
+            list(x)
+            for x in parse_features([f"{i}:0" if i in auto else f"{i}{sep}{st}" for i, sep, st in specs])
+        ]
     if a.normalise:
         changes["normalise"] = True
     if a.no_chat_template:
@@ -41,38 +65,79 @@ def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
         save_preset(ws, a.save_preset, sae, cfg)
     if a.strengths:
         rows = sweep(ws, sae, cfg, [float(x) for x in a.strengths.split(",")])
-        out.summary({"sweep": rows}, "\n".join(f"{r['strength']:>8g}  KL {r['kl_mean']:.3f}  {r['steered']!r}" for r in rows))
+        out.summary(
+            {"sweep": rows},
+            "\n".join(f"{r['strength']:>8g}  KL {r['kl_mean']:.3f}  {r['steered']!r}" for r in rows),
+        )
         return
     r = steer(ws, sae, cfg)
     m = r["metrics"]
-    text = [f"prompt:    {cfg.prompt!r}", f"unsteered: {r['unsteered']!r}", f"steered:   {r['steered']!r}",
-            f"KL(steered || unsteered) mean {m['kl_mean']:.3f} over {len(m['kl_per_position'])} positions"]
+    text = [
+        f"prompt:    {cfg.prompt!r}",
+        f"unsteered: {r['unsteered']!r}",
+        f"steered:   {r['steered']!r}",
+        f"KL(steered || unsteered) mean {m['kl_mean']:.3f} over {len(m['kl_per_position'])} positions",
+    ]
     if "perplexity_steered" in m:
-        text.append(f"perplexity of the {m['reference']}: {m['perplexity_unsteered']:.2f} -> {m['perplexity_steered']:.2f}")
+        text.append(
+            f"perplexity of the {m['reference']}: {m['perplexity_unsteered']:.2f} -> "
+            f"{m['perplexity_steered']:.2f}"
+        )
     for i, v in (m.get("feature_activation") or {}).items():
         text.append(f"feature {i}: mean activation {v['before']:.3f} -> {v['after']:.3f}")
-    out.summary({"unsteered": r["unsteered"], "steered": r["steered"], "metrics": m, "features": r["features"],
-                 "method": r["method"], "diff": r["diff"]}, "\n".join(text))
+    out.summary(
+        {
+            "unsteered": r["unsteered"],
+            "steered": r["steered"],
+            "metrics": m,
+            "features": r["features"],
+            "method": r["method"],
+            "diff": r["diff"],
+        },
+        "\n".join(text),
+    )
 
 
-def _auto(ws: Workspace, sae: str, cfg: SteerConfig, feature: int, a: argparse.Namespace, out) -> SteerConfig | None:
+def _auto(
+    ws: Workspace, sae: str, cfg: SteerConfig, feature: int, a: argparse.Namespace, out
+) -> SteerConfig | None:
     """Find the strength of ``feature`` by the fluency sweep, print the sweep, and return the config to steer
     with (None when no strength stays fluent)."""
     from ..steering import auto_strength
 
-    bound = {k: v for k, v in {"max_perplexity": a.max_perplexity, "max_repetition": a.max_repetition}.items() if v is not None}
-    r = auto_strength(ws, sae, cfg, feature=feature, **bound,
-                      on_row=None if out.as_json else lambda row: out.line(
-                          {}, f"  strength {row['strength']:8.2f} ({row['relative']:.0%} of the residual norm): perplexity "
-                              f"{row['perplexity']:7.1f}, repeated {row['repetition']:.0%}  "
-                              f"{'fluent' if row['fluent'] else 'NOT fluent'}  {row['text'][:70]!r}"))
+    bound = {
+        k: v
+        for k, v in {"max_perplexity": a.max_perplexity, "max_repetition": a.max_repetition}.items()
+        if v is not None
+    }
+    r = auto_strength(
+        ws,
+        sae,
+        cfg,
+        feature=feature,
+        **bound,
+        on_row=None
+        if out.as_json
+        else lambda row: out.line(
+            {},
+            f"  strength {row['strength']:8.2f} ({row['relative']:.0%} of the residual norm): perplexity "
+            f"{row['perplexity']:7.1f}, repeated {row['repetition']:.0%}  "
+            f"{'fluent' if row['fluent'] else 'NOT fluent'}  {row['text'][:70]!r}",
+        ),
+    )
     b = r["bound"]
-    head = (f"automatic strength for feature {feature}: the largest whose text stays fluent (perplexity under the "
-            f"unsteered model <= {b['max_perplexity']:g}x the unsteered text's = {b['perplexity_limit']:.1f}, repeated "
-            f"trigrams <= {b['max_repetition']:.0%}); residual norm {r['residual_norm']:.1f}")
+    head = (
+        f"automatic strength for feature {feature}: the largest whose text stays fluent (perplexity "
+        "under the "
+        f"unsteered model <= {b['max_perplexity']:g}x the unsteered text's = "
+        f"{b['perplexity_limit']:.1f}, repeated "
+        f"trigrams <= {b['max_repetition']:.0%}); residual norm {r['residual_norm']:.1f}"
+    )
     if r["strength"] is None:
-        out.summary({"auto": r, "unsteered": r["unsteered"], "steered": None}, head + "\n" + r["note"]
-                    + f"\nunsteered: {r['unsteered']!r}")
+        out.summary(
+            {"auto": r, "unsteered": r["unsteered"], "steered": None},
+            head + "\n" + r["note"] + f"\nunsteered: {r['unsteered']!r}",
+        )
         return None
     out.line({"auto": r}, head + f": {r['strength']:.2f} ({r['relative']:.0%} of the residual norm)")
     feats = [[i, r["strength"] if i == feature else s] for i, s in cfg.features]
@@ -80,12 +145,30 @@ def _auto(ws: Workspace, sae: str, cfg: SteerConfig, feature: int, a: argparse.N
 
 
 def register(sub, cmd) -> None:
-    sp = cmd(sub, "steer", cmd_steer, "generate with and without steering by SAE features, side by side, with metrics")
+    sp = cmd(
+        sub,
+        "steer",
+        cmd_steer,
+        "generate with and without steering by SAE features, side by side, with metrics",
+    )
     sp.add_argument("sae", nargs="?", default=None)
-    sp.add_argument("--feature", action="append", default=[], metavar="I[:S]",
-                    help="feature index and strength (repeatable); I:auto finds the largest strength that stays fluent")
-    sp.add_argument("--max-perplexity", type=float, default=None, help="auto: fluency bound, the steered text's perplexity as a multiple of the unsteered text's (default 15)")
-    sp.add_argument("--max-repetition", type=float, default=None, help="auto: bound on the share of repeated trigrams")
+    sp.add_argument(
+        "--feature",
+        action="append",
+        default=[],
+        metavar="I[:S]",
+        help="feature index and strength (repeatable); I:auto finds the largest strength that stays fluent",
+    )
+    sp.add_argument(
+        "--max-perplexity",
+        type=float,
+        default=None,
+        help="auto: fluency bound, the steered text's perplexity as a multiple of the unsteered text's "
+        "(default 15)",
+    )
+    sp.add_argument(
+        "--max-repetition", type=float, default=None, help="auto: bound on the share of repeated trigrams"
+    )
     sp.add_argument("--prompt", default=None)
     sp.add_argument("--method", choices=["add", "orthogonal", "cap", "clamp", "ablate"], default=None)
     sp.add_argument("--max-tokens", type=int, default=None)

@@ -3,6 +3,7 @@
 Every field carries a ``help`` text in its metadata; widgets render forms from it and the CLI
 reads the same field names from flags or a YAML/JSON file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,7 @@ def _short(v: Any, limit: int = 80) -> str:
 
 
 def _check_value(owner: str, name: str, v: Any, hint: Any, lo: Any, hi: Any) -> Any:
-    """``v`` checked against its type hint and range (integral floats become ints); returns the value to keep."""
+    """``v`` checked against its type hint and range (integral floats become ints): the value to keep."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     where = f"{owner}.{name}"
     if origin in (typing.Union, types.UnionType):
@@ -40,23 +41,32 @@ def _check_value(owner: str, name: str, v: Any, hint: Any, lo: Any, hi: Any) -> 
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
         if v not in args:
-            raise ConfigError(f"{where} is {_short(v)}; it must be one of {', '.join(map(repr, args))}.", f"set {name} to one of those.")
+            raise ConfigError(
+                f"{where} is {_short(v)}; it must be one of {', '.join(map(repr, args))}.",
+                f"set {name} to one of those.",
+            )
         return v
     if hint is bool:
         if not isinstance(v, bool):
-            raise ConfigError(f"{where} must be true or false (got {_short(v)}).", f"set {name} to true or false.")
+            raise ConfigError(
+                f"{where} must be true or false (got {_short(v)}).", f"set {name} to true or false."
+            )
         return v
     if hint is int:
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{where} must be a whole number (got {_short(v)}).", f"set {name} to an integer.")
+            raise ConfigError(
+                f"{where} must be a whole number (got {_short(v)}).", f"set {name} to an integer."
+            )
     elif hint is float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{where} must be a number (got {_short(v)}).", f"set {name} to a number.")
         v = float(v)
         if not math.isfinite(v):
-            raise ConfigError(f"{where} must be a finite number (got {_short(v)}).", f"set {name} to a finite number.")
+            raise ConfigError(
+                f"{where} must be a finite number (got {_short(v)}).", f"set {name} to a finite number."
+            )
     elif hint is str:
         if not isinstance(v, str):
             raise ConfigError(f"{where} must be text (got {_short(v)}).", f"set {name} to a string.")
@@ -64,7 +74,10 @@ def _check_value(owner: str, name: str, v: Any, hint: Any, lo: Any, hi: Any) -> 
     elif origin in (list, dict, tuple) or hint in (list, dict, tuple):
         ok = (list, tuple) if (origin or hint) in (list, tuple) else dict
         if not isinstance(v, ok):
-            raise ConfigError(f"{where} must be a {(origin or hint).__name__} (got {_short(v)}).", f"set {name} to a {(origin or hint).__name__}.")
+            raise ConfigError(
+                f"{where} must be a {(origin or hint).__name__} (got {_short(v)}).",
+                f"set {name} to a {(origin or hint).__name__}.",
+            )
         return v
     if lo is not None and v < lo:
         raise ConfigError(f"{where} must be at least {lo} (got {v}).", f"set {name} to {lo} or more.")
@@ -78,8 +91,14 @@ def check_fields(cfg: Any) -> None:
     metadata); run whenever a config is made, so widgets, notebooks and the CLI get the same errors."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        v = _check_value(type(cfg).__name__, f.name, getattr(cfg, f.name), hints[f.name], f.metadata.get("minimum"),
-                         f.metadata.get("maximum"))
+        v = _check_value(
+            type(cfg).__name__,
+            f.name,
+            getattr(cfg, f.name),
+            hints[f.name],
+            f.metadata.get("minimum"),
+            f.metadata.get("maximum"),
+        )
         object.__setattr__(cfg, f.name, v)
 
 
@@ -90,7 +109,7 @@ def config(cls: type[T]) -> type[T]:
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a help text (the field's docstring); a list or dict default is copied per instance."""
+    """A dataclass field with a help text; a list or dict default is copied per instance."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -124,13 +143,19 @@ def field_help(cls: type) -> dict[str, str]:
 class DatasetConfig:
     """Where a dataset's documents come from."""
 
-    source: str = opt(DEFAULT, "'default' (the embedded Shakespeare corpus), a Hugging Face hub id, or a local file/folder (txt, jsonl, json, csv, parquet).")
+    source: str = opt(
+        DEFAULT,
+        "'default' (the embedded Shakespeare corpus), a Hugging Face hub id, or a local file/folder "
+        "(txt, jsonl, json, csv, parquet).",
+    )
     name: str | None = opt(None, "Name in the workspace; derived from the source when empty.")
     config_name: str | None = opt(None, "Hub dataset configuration (subset) name.")
     split: str = opt("train", "Split to read.")
     streaming: bool = opt(True, "Stream from the hub instead of downloading whole files (hub sources only).")
     samples: int | None = opt(None, "Keep at most this many documents (all when empty).")
-    text_field: str | None = opt(None, "Column that holds the text; guessed ('text', 'content', ...) when empty.")
+    text_field: str | None = opt(
+        None, "Column that holds the text; guessed ('text', 'content', ...) when empty."
+    )
     revision: str | None = opt(None, "Hub revision (branch, tag or commit).")
     token: str | None = opt(None, "Hub token for gated datasets; never stored.")
 
@@ -143,7 +168,9 @@ class TokenizeConfig:
     prepend_bos: bool = opt(True, "Start every packed sequence with the tokenizer's BOS token.")
     separator: Literal["eos", "bos", "none"] = opt("eos", "Token placed between documents when packing.")
     min_length: int = opt(1, "Drop documents with fewer tokens than this.", minimum=0)
-    special_tokens: bool = opt(False, "Parse special-token text (e.g. '<|im_end|>') inside documents as special tokens.")
+    special_tokens: bool = opt(
+        False, "Parse special-token text (e.g. '<|im_end|>') inside documents as special tokens."
+    )
     max_tokens: int | None = opt(None, "Stop after this many tokens (all when empty).")
 
 
@@ -151,14 +178,27 @@ class TokenizeConfig:
 class ModelConfig:
     """Which model to use and how to load it."""
 
-    source: str = opt(DEFAULT, "'default' (embedded SmolLM2-135M-Instruct), a Hugging Face hub id, a local folder, or a .gguf file.")
+    source: str = opt(
+        DEFAULT,
+        "'default' (embedded SmolLM2-135M-Instruct), a Hugging Face hub id, a local folder, or a .gguf file.",
+    )
     name: str | None = opt(None, "Name in the workspace; derived from the source when empty.")
     revision: str | None = opt(None, "Hub revision (branch, tag or commit).")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = opt("auto", "Weights dtype; 'auto' is float32 on CPU, bfloat16 on CUDA when supported.")
-    quantization: Literal["none", "8bit", "4bit"] = opt("none", "bitsandbytes quantization (8-bit or 4-bit NF4).")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = opt(
+        "auto", "Weights dtype; 'auto' is float32 on CPU, bfloat16 on CUDA when supported."
+    )
+    quantization: Literal["none", "8bit", "4bit"] = opt(
+        "none", "bitsandbytes quantization (8-bit or 4-bit NF4)."
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "Where to run the model.")
-    trust_remote_code: bool = opt(False, "Run the model repository's own Python code. Off unless you trust the repository.")
-    allow_pickle_weights: bool = opt(False, "Also load *.bin (pickle) weight files, through torch.load(weights_only=True); off: safetensors only.")
+    trust_remote_code: bool = opt(
+        False, "Run the model repository's own Python code. Off unless you trust the repository."
+    )
+    allow_pickle_weights: bool = opt(
+        False,
+        "Also load *.bin (pickle) weight files, through torch.load(weights_only=True); off: "
+        "safetensors only.",
+    )
     token: str | None = opt(None, "Hub token for gated models; never stored.")
 
 
@@ -166,11 +206,15 @@ class ModelConfig:
 class CaptureConfig:
     """Which activations to capture and from how many tokens."""
 
-    hook: str = opt("blocks.15.hook_resid_post", "TransformerLens-style hook name, e.g. blocks.15.hook_resid_post.")
+    hook: str = opt(
+        "blocks.15.hook_resid_post", "TransformerLens-style hook name, e.g. blocks.15.hook_resid_post."
+    )
     tokens: int = opt(16384, "Tokens to run through the model.", minimum=1)
     batch_size: int = opt(16, "Sequences per forward pass.", minimum=1)
     drop_special: bool = opt(True, "Drop BOS, separator and other special-token positions (attention sinks).")
-    outlier_factor: float = opt(10.0, "Flag positions whose norm exceeds this multiple of their sequence's median (0 turns it off).")
+    outlier_factor: float = opt(
+        10.0, "Flag positions whose norm exceeds this multiple of their sequence's median (0 turns it off)."
+    )
 
 
 @config
@@ -181,46 +225,93 @@ class TrainConfig:
     model: str = opt(DEFAULT, "Model (name or id in the workspace; 'default' is the embedded model).")
     dataset: str = opt(DEFAULT, "Dataset or tokenization (name or id); tokenized on demand with the model.")
     hook: str = opt("blocks.15.hook_resid_post", "Hook point the SAE reads.")
-    hook_out: str | None = opt(None, "Transcoders: the hook the SAE reconstructs (e.g. blocks.15.hook_mlp_out); empty for an SAE.")
+    hook_out: str | None = opt(
+        None, "Transcoders: the hook the SAE reconstructs (e.g. blocks.15.hook_mlp_out); empty for an SAE."
+    )
     context_size: int = opt(128, "Tokens per sequence when the dataset must be tokenized.", minimum=2)
-    train_tokens: int | None = opt(None, "Distinct training tokens (the first sequences of the data; all when empty). With fewer than steps x batch_tokens the same tokens return each epoch: with cache_activations they are harvested once and reread from the cache.", minimum=1)
+    train_tokens: int | None = opt(
+        None,
+        "Distinct training tokens (the first sequences of the data; all when empty). With fewer than "
+        "steps x batch_tokens the same tokens return each epoch: with cache_activations they are "
+        "harvested once and reread from the cache.",
+        minimum=1,
+    )
     # architecture
     architecture: Literal["topk", "batchtopk", "standard", "jumprelu"] = opt("topk", "SAE architecture.")
-    expansion_factor: int = opt(8, "d_sae = expansion_factor x d_model (ignored when d_sae is set).", minimum=1)
+    expansion_factor: int = opt(
+        8, "d_sae = expansion_factor x d_model (ignored when d_sae is set).", minimum=1
+    )
     d_sae: int | None = opt(None, "Number of latents; overrides expansion_factor.")
     k: int = opt(32, "Active latents per token (topk, batchtopk).", minimum=1)
-    l1_coefficient: float = opt(5.0, "Sparsity penalty (standard: L1 x decoder norm; jumprelu: L0).", minimum=0.0)
+    l1_coefficient: float = opt(
+        5.0, "Sparsity penalty (standard: L1 x decoder norm; jumprelu: L0).", minimum=0.0
+    )
     skip: bool = opt(False, "Add a linear skip connection W_skip x to the reconstruction.")
     # optimisation
     lr: float = opt(1e-3, "Peak learning rate.", minimum=0.0)
-    lr_schedule: Literal["constant", "cosine"] = opt("cosine", "After warm-up: constant, or cosine decay to 10% of lr.")
+    lr_schedule: Literal["constant", "cosine"] = opt(
+        "cosine", "After warm-up: constant, or cosine decay to 10% of lr."
+    )
     warmup_steps: int = opt(50, "Linear learning-rate warm-up steps.", minimum=0)
-    l1_warmup_steps: int = opt(100, "Linear warm-up of the sparsity coefficient (standard, jumprelu).", minimum=0)
+    l1_warmup_steps: int = opt(
+        100, "Linear warm-up of the sparsity coefficient (standard, jumprelu).", minimum=0
+    )
     batch_tokens: int = opt(4096, "Activations per optimiser step.", minimum=1)
-    grad_accumulation: int = opt(1, "Split each step into this many micro-batches (less memory, same result).", minimum=1)
+    grad_accumulation: int = opt(
+        1, "Split each step into this many micro-batches (less memory, same result).", minimum=1
+    )
     steps: int = opt(300, "Optimiser steps; tokens trained = steps x batch_tokens.", minimum=1)
     adam_betas: tuple[float, float] = opt((0.9, 0.999), "Adam betas.")
     weight_decay: float = opt(0.0, "AdamW weight decay.", minimum=0.0)
     grad_clip: float = opt(1.0, "Clip the gradient norm to this value (0 turns it off).", minimum=0.0)
-    normalize: bool = opt(True, "Scale inputs to an average norm of sqrt(d_model) while training; folded into the weights at save.")
-    b_dec_init: Literal["mean", "geometric_median", "zeros"] = opt("geometric_median", "Initial decoder bias.")
-    aux_k: int | None = opt(None, "AuxK latents for dead-latent revival (topk/batchtopk; default d_model / 2).")
+    normalize: bool = opt(
+        True,
+        "Scale inputs to an average norm of sqrt(d_model) while training; folded into the weights at save.",
+    )
+    b_dec_init: Literal["mean", "geometric_median", "zeros"] = opt(
+        "geometric_median", "Initial decoder bias."
+    )
+    aux_k: int | None = opt(
+        None, "AuxK latents for dead-latent revival (topk/batchtopk; default d_model / 2)."
+    )
     aux_coefficient: float = opt(1 / 32, "Weight of the AuxK loss.", minimum=0.0)
     dead_tokens: int = opt(200_000, "A latent is dead when it has not fired for this many tokens.", minimum=1)
-    resample_dead: bool = opt(True, "standard: re-initialise dead latents towards badly reconstructed inputs.")
-    select_precision: Literal["auto", "float32", "bfloat16"] = opt("auto", "topk/batchtopk: dtype of the dense pass that only chooses the active latents (their values are always exact float32); auto is bfloat16, about 2x faster on CPUs.")
+    resample_dead: bool = opt(
+        True, "standard: re-initialise dead latents towards badly reconstructed inputs."
+    )
+    select_precision: Literal["auto", "float32", "bfloat16"] = opt(
+        "auto",
+        "topk/batchtopk: dtype of the dense pass that only chooses the active latents (their values "
+        "are always exact float32); auto is bfloat16, about 2x faster on CPUs.",
+    )
     # bookkeeping
     seed: int = opt(0, "Random seed (data order and initialisation); CPU runs are deterministic.", minimum=0)
-    chunk_sequences: int = opt(1024, "Sequences harvested and shuffled together (mixing across sequences); a chunk's remainder smaller than a batch is skipped.", minimum=1)
+    chunk_sequences: int = opt(
+        1024,
+        "Sequences harvested and shuffled together (mixing across sequences); a chunk's remainder "
+        "smaller than a batch is skipped.",
+        minimum=1,
+    )
     harvest_batch_size: int = opt(16, "Sequences per model forward pass while harvesting.", minimum=1)
     log_every: int = opt(10, "Record training metrics every N steps.", minimum=1)
-    eval_every: int = opt(100, "Evaluate on held-out tokens (incl. CE loss with the SAE spliced in) every N steps (0: only at the end).", minimum=0)
+    eval_every: int = opt(
+        100,
+        "Evaluate on held-out tokens (incl. CE loss with the SAE spliced in) every N steps (0: only at "
+        "the end).",
+        minimum=0,
+    )
     eval_sequences: int = opt(16, "Held-out sequences per evaluation.", minimum=1)
     checkpoint_every: int = opt(100, "Checkpoint every N steps (0: only at the end).", minimum=0)
-    early_stop_patience: int = opt(0, "Stop when the eval loss has not improved for this many evaluations (0: never).", minimum=0)
-    cache_activations: bool = opt(False, "Keep harvested activations in an fp16 on-disk cache reused by later runs.")
+    early_stop_patience: int = opt(
+        0, "Stop when the eval loss has not improved for this many evaluations (0: never).", minimum=0
+    )
+    cache_activations: bool = opt(
+        False, "Keep harvested activations in an fp16 on-disk cache reused by later runs."
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "Where to train.")
-    autocast: Literal["auto", "none", "bf16", "fp16"] = opt("auto", "Mixed precision on CUDA (auto: bf16 where supported).")
+    autocast: Literal["auto", "none", "bf16", "fp16"] = opt(
+        "auto", "Mixed precision on CUDA (auto: bf16 where supported)."
+    )
     name: str | None = opt(None, "Name of the run and its SAE (derived when empty).")
 
 
@@ -229,19 +320,27 @@ class ExtractConfig:
     """Feature extraction: run N tokens through the model and an SAE and keep, per feature, statistics,
     top and quantile-sampled examples, logit lens and neighbours (memory stays bounded whatever N is)."""
 
-    dataset: str = opt(DEFAULT, "Dataset or tokenization (name or id); tokenized on demand with the SAE's model.")
-    model: str | None = opt(None, "Model to run (name or id); empty: the model the SAE was trained on, else the default.")
+    dataset: str = opt(
+        DEFAULT, "Dataset or tokenization (name or id); tokenized on demand with the SAE's model."
+    )
+    model: str | None = opt(
+        None, "Model to run (name or id); empty: the model the SAE was trained on, else the default."
+    )
     tokens: int = opt(65536, "Tokens to run through the model and SAE.", minimum=1)
     context_size: int = opt(128, "Tokens per sequence when the dataset must be tokenized.", minimum=2)
     top_k: int = opt(100, "Top activating examples kept per feature (one per sequence).", minimum=1)
-    quantile_groups: int = opt(5, "Activation intervals (equal-width slices of [0, max]) for quantile-sampled examples.", minimum=1)
+    quantile_groups: int = opt(
+        5, "Activation intervals (equal-width slices of [0, max]) for quantile-sampled examples.", minimum=1
+    )
     quantile_examples: int = opt(5, "Examples sampled per interval.", minimum=1)
     window_left: int = opt(16, "Context tokens kept before an example's peak token.", minimum=0)
     window_right: int = opt(8, "Context tokens kept after an example's peak token.", minimum=0)
     threshold: float = opt(0.0, "A feature fires on a token when its activation exceeds this.", minimum=0.0)
     logits: int = opt(20, "Top positive and negative logit-lens tokens kept per feature.", minimum=1)
     neighbours: int = opt(10, "Nearest features by decoder cosine kept per feature.", minimum=1)
-    coactivation_tokens: int = opt(16384, "Tokens whose sparse feature activations are kept for co-activation correlations.", minimum=0)
+    coactivation_tokens: int = opt(
+        16384, "Tokens whose sparse feature activations are kept for co-activation correlations.", minimum=0
+    )
     batch_size: int = opt(16, "Sequences per forward pass.", minimum=1)
     checkpoint_every: int = opt(32, "Save resumable state every N batches (0: never).", minimum=0)
     seed: int = opt(0, "Seed for the quantile sampling.", minimum=0)
@@ -250,10 +349,12 @@ class ExtractConfig:
 
 EXPLAIN_TEMPLATE = (
     "Excerpts where a feature of a language model is active, with the active tokens marked <<like this>>:\n"
-    "{examples}\nMarked tokens: {tokens}\n{facts}In a few words, what does the feature respond to?")
+    "{examples}\nMarked tokens: {tokens}\n{facts}In a few words, what does the feature respond to?"
+)
 DETECT_TEMPLATE = (
-    "A feature of a language model is described as: \"{label}\".\n\nText: {text}\n\n"
-    "Is this feature active anywhere in the text? Answer yes or no.")
+    'A feature of a language model is described as: "{label}".\n\nText: {text}\n\n'
+    "Is this feature active anywhere in the text? Answer yes or no."
+)
 
 
 @config
@@ -261,16 +362,41 @@ class LabelConfig:
     """Automatic labelling: an explainer model reads a feature's top examples and names it; a scorer
     model then judges held-out texts with the label (detection), giving a balanced accuracy."""
 
-    backend: Literal["local", "openai"] = opt("local", "'local': the in-kernel model (offline); 'openai': any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM, llama.cpp server).")
-    model: str = opt(DEFAULT, "Explainer model: a workspace model for 'local' ('default' is the embedded SmolLM2-Instruct), the served model name for 'openai'.")
-    base_url: str = opt("http://127.0.0.1:11434/v1", "Endpoint base URL for 'openai' (ends before /chat/completions).")
-    api_key_env: str = opt("OPENAI_API_KEY", "Environment variable holding the API key (the key itself is never stored).")
-    template: str = opt(EXPLAIN_TEMPLATE, "Explanation prompt; {examples} (short windows around each peak), {tokens} (the marked tokens), {facts} (shares of capitals, punctuation, digits... among them) and {logits} (logit-lens tokens) are filled in.")
-    few_shot: bool = opt(True, "Precede the question with three worked examples in the same template (small explainers need them).")
+    backend: Literal["local", "openai"] = opt(
+        "local",
+        "'local': the in-kernel model (offline); 'openai': any OpenAI-compatible chat-completions "
+        "endpoint (OpenAI, Ollama, vLLM, llama.cpp server).",
+    )
+    model: str = opt(
+        DEFAULT,
+        "Explainer model: a workspace model for 'local' ('default' is the embedded SmolLM2-Instruct), "
+        "the served model name for 'openai'.",
+    )
+    base_url: str = opt(
+        "http://127.0.0.1:11434/v1", "Endpoint base URL for 'openai' (ends before /chat/completions)."
+    )
+    api_key_env: str = opt(
+        "OPENAI_API_KEY", "Environment variable holding the API key (the key itself is never stored)."
+    )
+    template: str = opt(
+        EXPLAIN_TEMPLATE,
+        "Explanation prompt; {examples} (short windows around each peak), {tokens} (the marked "
+        "tokens), {facts} (shares of capitals, punctuation, digits... among them) and {logits} "
+        "(logit-lens tokens) are filled in.",
+    )
+    few_shot: bool = opt(
+        True,
+        "Precede the question with three worked examples in the same template (small explainers need them).",
+    )
     detect_template: str = opt(DETECT_TEMPLATE, "Detection-scoring prompt; {label} and {text} are filled in.")
     examples: int = opt(6, "Top examples shown to the explainer.", minimum=1)
     score: bool = opt(True, "Score each label by detection on held-out examples.")
-    scorer: Literal["auto", "simulation", "judge"] = opt("auto", "How to score: 'simulation' reads the label for tokens and traits (capitals, punctuation, digits) a program can check in each held-out text; 'judge' asks the model whether the label fits. 'auto': simulation for the in-kernel model (measured unable to judge), judge for an endpoint.")
+    scorer: Literal["auto", "simulation", "judge"] = opt(
+        "auto",
+        "How to score: 'simulation' reads the label for tokens and traits (capitals, punctuation, "
+        "digits) a program can check in each held-out text; 'judge' asks the model whether the label "
+        "fits. 'auto': simulation for the in-kernel model (measured unable to judge), judge for an endpoint.",
+    )
     score_examples: int = opt(5, "Held-out activating and as many non-activating texts per score.", minimum=1)
     max_tokens: int = opt(40, "Longest answer accepted from the explainer.", minimum=1)
     temperature: float = opt(0.0, "Sampling temperature of the explainer (0: greedy).", minimum=0.0)
@@ -285,13 +411,21 @@ class SteerConfig:
     settings both generations share."""
 
     features: list = opt([], "Features and strengths: [[index, strength], ...] (or {index: strength}).")
-    method: Literal["add", "orthogonal", "cap", "clamp", "ablate"] = opt("add", "add: h + s·d; orthogonal: (I−P)h + s·Ph; cap: projection on d capped at s; clamp: the feature set to s through the SAE; ablate: the feature set to 0.")
+    method: Literal["add", "orthogonal", "cap", "clamp", "ablate"] = opt(
+        "add",
+        "add: h + s·d; orthogonal: (I−P)h + s·Ph; cap: projection on d capped at s; clamp: the feature "
+        "set to s through the SAE; ablate: the feature set to 0.",
+    )
     multiplier: float = opt(1.0, "Scales every strength (Neuronpedia's steering multiplier).")
-    normalise: bool = opt(False, "Use unit-length decoder directions (strengths are then in activation-norm units).")
+    normalise: bool = opt(
+        False, "Use unit-length decoder directions (strengths are then in activation-norm units)."
+    )
     prompt: str = opt("", "The text to continue.")
     chat_template: bool = opt(True, "Wrap the prompt in the model's chat template (instruct models).")
     max_tokens: int = opt(40, "Tokens to generate.", minimum=1)
     temperature: float = opt(0.0, "Sampling temperature (0: greedy).", minimum=0.0)
     top_p: float = opt(1.0, "Nucleus sampling mass.", minimum=0.0)
-    frequency_penalty: float = opt(0.0, "Subtract this times a token's count so far from its logit (as OpenAI's frequency_penalty).")
+    frequency_penalty: float = opt(
+        0.0, "Subtract this times a token's count so far from its logit (as OpenAI's frequency_penalty)."
+    )
     seed: int = opt(0, "Seed shared by both generations.", minimum=0)

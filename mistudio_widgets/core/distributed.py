@@ -2,6 +2,7 @@
 environment torchrun provides (gloo on CPU, nccl on CUDA) and the few collectives training needs.
 
 Every helper is a no-op in a single process, so the trainer calls them unconditionally."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,16 +30,20 @@ def init_from_env(device: str = "auto") -> bool:
     if env_world_size() <= 1:
         return False
     if not dist.is_available():
-        raise DistributedError("This torch build has no torch.distributed.", "install a torch build with distributed support.")
+        raise DistributedError(
+            "This torch build has no torch.distributed.", "install a torch build with distributed support."
+        )
     cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     try:
         dist.init_process_group("nccl" if cuda else "gloo")
     except (RuntimeError, ValueError) as exc:
-        raise DistributedError(f"Could not join the torchrun process group: {exc}",
-                               "start with `torchrun --nproc_per_node N -m mistudio_widgets.cli train ...`, "
-                               "or unset WORLD_SIZE for a single process.") from exc
+        raise DistributedError(
+            f"Could not join the torchrun process group: {exc}",
+            "start with `torchrun --nproc_per_node N -m mistudio_widgets.cli train ...`, "
+            "or unset WORLD_SIZE for a single process.",
+        ) from exc
     return True
 
 
@@ -105,10 +110,10 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     dist.all_gather(sizes, n)
     most = int(max(s.item() for s in sizes))
     pad = torch.zeros((most, *t.shape[1:]), dtype=t.dtype)
-    pad[:t.shape[0]] = t
+    pad[: t.shape[0]] = t
     parts = [torch.empty_like(pad) for _ in range(world())]
     dist.all_gather(parts, pad)
-    return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
 
 def shard(n: int) -> slice:

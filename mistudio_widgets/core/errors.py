@@ -1,4 +1,5 @@
 """Errors a user can cause. Each message names the problem and the fix."""
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ reports progress events and can be paused, resumed and cancelled. Exclusive jobs
 the accelerator: one holds it at a time, the others wait their turn in submission order. In the
 catalog, :func:`lifecycle` records a job's artifacts as running under this process and, when the work
 stops early, as interrupted (resumable) or failed. Both speak :class:`Status`."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,14 +28,14 @@ class Status(str, Enum):
     RUNNING = "running"
     PAUSED = "paused"
     DONE = "done"
-    INTERRUPTED = "interrupted"      # stopped early with its checkpoint kept: can be resumed
+    INTERRUPTED = "interrupted"  # stopped early with its checkpoint kept: can be resumed
     CANCELLED = "cancelled"
     FAILED = "failed"
 
     def __str__(self) -> str:
         return self.value
 
-    def __repr__(self) -> str:            # shown (and read back, e.g. from a kernel) as the plain string
+    def __repr__(self) -> str:  # shown (and read back, e.g. from a kernel) as the plain string
         return repr(self.value)
 
 
@@ -77,7 +78,7 @@ class JobControl:
             raise JobCancelled()
 
 
-_accelerator = threading.Lock()   # one job at a time holds the compute
+_accelerator = threading.Lock()  # one job at a time holds the compute
 _queue_lock = threading.Condition()
 _queue: list["Job"] = []
 
@@ -88,7 +89,7 @@ class Job:
     work: Callable[[ProgressCallback, JobControl], Any]
     control: JobControl = field(default_factory=JobControl)
     status: Status = Status.QUEUED
-    exclusive: bool = True             # holds the accelerator while it runs (training); False: runs at once
+    exclusive: bool = True  # holds the accelerator while it runs (training); False: runs at once
     result: Any = None
     error: dict[str, str] | None = None
     last_event: ProgressEvent | None = None
@@ -96,7 +97,7 @@ class Job:
     finished: float | None = None
     listeners: list[Callable[["Job", ProgressEvent | None], None]] = field(default_factory=list)
     thread: threading.Thread | None = None
-    exception: BaseException | None = None     # the error that failed the job
+    exception: BaseException | None = None  # the error that failed the job
 
     def _notify(self, ev: ProgressEvent | None) -> None:
         for fn in list(self.listeners):
@@ -131,8 +132,11 @@ class Job:
                     self.error = {"problem": exc.problem, "fix": exc.fix or ""}
                 except Exception as exc:  # noqa: BLE001 - reported to the user
                     self.status, self.exception = Status.FAILED, exc
-                    self.error = {"problem": f"{type(exc).__name__}: {exc}", "fix": "see the traceback in the kernel log.",
-                                  "trace": traceback.format_exc()}
+                    self.error = {
+                        "problem": f"{type(exc).__name__}: {exc}",
+                        "fix": "see the traceback in the kernel log.",
+                        "trace": traceback.format_exc(),
+                    }
         finally:
             self.finished = time.time()
             if self.exclusive:
@@ -170,8 +174,13 @@ class Job:
         return self.status in ENDED
 
 
-def submit(name: str, work: Callable[[ProgressCallback, JobControl], Any],
-           listener: Callable[[Job, ProgressEvent | None], None] | None = None, *, exclusive: bool = True) -> Job:
+def submit(
+    name: str,
+    work: Callable[[ProgressCallback, JobControl], Any],
+    listener: Callable[[Job, ProgressEvent | None], None] | None = None,
+    *,
+    exclusive: bool = True,
+) -> Job:
     """Start ``work(progress, control)`` in a background thread: an exclusive job queues behind the
     running exclusive jobs; another starts at once."""
     job = Job(name, work, exclusive=exclusive)
@@ -214,7 +223,10 @@ def owner_alive(meta: dict[str, Any]) -> bool | None:
         return None
     try:
         proc = psutil.Process(int(owner["pid"]))
-        return abs(proc.create_time() - float(owner.get("created", 0))) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+        return (
+            abs(proc.create_time() - float(owner.get("created", 0))) < 1.0
+            and proc.status() != psutil.STATUS_ZOMBIE
+        )
     except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, ValueError):
         return False
 
@@ -254,7 +266,9 @@ def lifecycle(ws, arts: Sequence[Any], *, record: bool = True, **running: Any) -
         if record:
             status, error = stop_status(exc)
             for a in arts:
-                ws.update_meta(a.id, status=status, stopped=time.time(), **({"error": error} if error else {}))
+                ws.update_meta(
+                    a.id, status=status, stopped=time.time(), **({"error": error} if error else {})
+                )
         raise
 
 
@@ -263,6 +277,8 @@ def claim(ws, art, what: str) -> None:
     alive = owner_alive(art.meta)
     if art.meta.get("status") == Status.RUNNING and (alive or (alive is None and art.meta.get("owner"))):
         owner = art.meta.get("owner") or {}
-        raise MistudioError(f"The {what} {art.name!r} is running in another process (pid {owner.get('pid', '?')}"
-                            f" on {owner.get('host', 'another machine')}).",
-                            "wait for it to finish or stop it there; resume it once it shows as interrupted.")
+        raise MistudioError(
+            f"The {what} {art.name!r} is running in another process (pid {owner.get('pid', '?')}"
+            f" on {owner.get('host', 'another machine')}).",
+            "wait for it to finish or stop it there; resume it once it shows as interrupted.",
+        )

@@ -1,4 +1,5 @@
 """One progress event type for all long work, consumed by tqdm (headless) and widgets alike."""
+
 from __future__ import annotations
 
 import threading
@@ -9,7 +10,7 @@ from typing import Any, Callable
 
 @dataclass
 class ProgressEvent:
-    stage: str                 # e.g. "read", "tokenize", "convert", "capture"
+    stage: str  # e.g. "read", "tokenize", "convert", "capture"
     done: float
     total: float | None = None
     unit: str = "it"
@@ -23,8 +24,16 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
-def emit(cb: ProgressCallback | None, stage: str, done: float, total: float | None = None, *,
-         unit: str = "it", message: str = "", finished: bool = False) -> None:
+def emit(
+    cb: ProgressCallback | None,
+    stage: str,
+    done: float,
+    total: float | None = None,
+    *,
+    unit: str = "it",
+    message: str = "",
+    finished: bool = False,
+) -> None:
     if cb is not None:
         cb(ProgressEvent(stage, done, total, unit, message, finished))
 
@@ -41,8 +50,14 @@ class TqdmProgress:
 
         bar = self.bars.get(ev.stage)
         if bar is None:
-            bar = self.bars[ev.stage] = tqdm(total=ev.total, desc=ev.stage, unit=ev.unit, disable=self.disable,
-                                             leave=True, dynamic_ncols=True)
+            bar = self.bars[ev.stage] = tqdm(
+                total=ev.total,
+                desc=ev.stage,
+                unit=ev.unit,
+                disable=self.disable,
+                leave=True,
+                dynamic_ncols=True,
+            )
         if ev.total is not None and bar.total != ev.total:
             bar.total = ev.total
         bar.n = ev.done
@@ -55,7 +70,7 @@ class TqdmProgress:
 
 
 class Throttled:
-    """Pass at most ``rate`` events per second to ``cb``; first, stage changes and finished ones always pass."""
+    """Pass at most ``rate`` events per second to ``cb``; the first, stage changes and finished ones pass."""
 
     def __init__(self, cb: ProgressCallback, rate: float = 10.0):
         self.cb, self.interval, self.last, self.stage = cb, 1.0 / rate, 0.0, None

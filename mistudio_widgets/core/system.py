@@ -1,5 +1,6 @@
 """System monitor: CPU per core, RAM and disk always; GPU utilisation, memory, temperature and power
 through NVML (nvidia-ml-py) when an NVIDIA GPU is present, with a clear no-GPU state otherwise."""
+
 from __future__ import annotations
 
 import threading
@@ -42,8 +43,13 @@ def gpu_snapshot() -> tuple[str, str, list[dict[str, Any]]]:
             name = nv.nvmlDeviceGetName(h)
             mem = nv.nvmlDeviceGetMemoryInfo(h)
             util = nv.nvmlDeviceGetUtilizationRates(h)
-            gpu: dict[str, Any] = {"index": i, "name": name.decode() if isinstance(name, bytes) else name,
-                                   "util": float(util.gpu), "mem_used": int(mem.used), "mem_total": int(mem.total)}
+            gpu: dict[str, Any] = {
+                "index": i,
+                "name": name.decode() if isinstance(name, bytes) else name,
+                "util": float(util.gpu),
+                "mem_used": int(mem.used),
+                "mem_total": int(mem.total),
+            }
             try:
                 gpu["temperature"] = float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))
             except Exception:
@@ -75,5 +81,7 @@ def snapshot(disk_path: str | Path = ".") -> dict[str, Any]:
         "ram": {"used": vm.total - vm.available, "total": vm.total},
         "process_rss": proc.memory_info().rss,
         "disk": disk,
-        "gpu_state": state, "gpu_message": message, "gpus": gpus,
+        "gpu_state": state,
+        "gpu_message": message,
+        "gpus": gpus,
     }

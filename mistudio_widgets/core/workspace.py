@@ -4,6 +4,7 @@ Artifacts (datasets, tokenizations, models, SAEs, runs, ...) are written under a
 name, renamed into place when complete, and only then registered in the catalog, so a crash or a
 full disk never leaves a half-written artifact visible as complete.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,10 +26,19 @@ SCHEMA_VERSION = 3
 ENV_HOME = "MISTUDIO_HOME"
 DEFAULT_DIRNAME = "mistudio-workspace"
 STALE_TMP_SECONDS = 24 * 3600
-RECORD = ".mistudio-artifact.json"     # each artifact folder's own copy of its catalog row, for `mistudio repair`
-KIND_PREFIX = {"dataset": "ds", "tokenization": "tk", "model": "md", "sae": "sae", "run": "run",
-               "activation_cache": "ac", "extraction": "fx",
-               "steering_preset": "sp"}
+RECORD = (
+    ".mistudio-artifact.json"  # each artifact folder's own copy of its catalog row, for `mistudio repair`
+)
+KIND_PREFIX = {
+    "dataset": "ds",
+    "tokenization": "tk",
+    "model": "md",
+    "sae": "sae",
+    "run": "run",
+    "activation_cache": "ac",
+    "extraction": "fx",
+    "steering_preset": "sp",
+}
 
 # Migration n brings a catalog from version n-1 to n. Append, never edit.
 MIGRATIONS: dict[int, str] = {
@@ -74,9 +84,13 @@ MIGRATIONS: dict[int, str] = {
     """,
 }
 
-_DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                errno.EACCES: "permission was denied", errno.EPERM: "the operation is not permitted",
-                errno.EROFS: "the file system is read-only"}
+_DISK_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EACCES: "permission was denied",
+    errno.EPERM: "the operation is not permitted",
+    errno.EROFS: "the file system is read-only",
+}
 
 
 @dataclass
@@ -93,9 +107,16 @@ class Artifact:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "name": self.name,
-                "path": str(self.path) if self.path else None, "parent": self.parent,
-                "created": self.created, "updated": self.updated, "meta": self.meta}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "name": self.name,
+            "path": str(self.path) if self.path else None,
+            "parent": self.parent,
+            "created": self.created,
+            "updated": self.updated,
+            "meta": self.meta,
+        }
 
 
 def _now() -> float:
@@ -104,7 +125,11 @@ def _now() -> float:
 
 def _valid_name(name: Any) -> bool:
     """A name that prints on one line: a non-empty string without control characters."""
-    return isinstance(name, str) and bool(name.strip()) and not any(ord(c) < 0x20 or ord(c) == 0x7f for c in name)
+    return (
+        isinstance(name, str)
+        and bool(name.strip())
+        and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
+    )
 
 
 def _read_record(folder: Path) -> dict[str, Any]:
@@ -121,11 +146,21 @@ def default_root() -> Path:
 
 
 _AFTER = {  # what is true after a failed write, and where to go next, by what was being written
-    "artifact": ("Nothing was registered.", "point MISTUDIO_HOME at a larger disk", "choose another workspace folder"),
-    "checkpoint": ("The earlier checkpoints are kept; resume from the newest.", "point MISTUDIO_HOME at a larger disk",
-                   "make the run's folder writable again"),
-    "export": ("Nothing was left there, and what was there before is unchanged.", "choose an output folder on another disk",
-               "choose a folder you may write to"),
+    "artifact": (
+        "Nothing was registered.",
+        "point MISTUDIO_HOME at a larger disk",
+        "choose another workspace folder",
+    ),
+    "checkpoint": (
+        "The earlier checkpoints are kept; resume from the newest.",
+        "point MISTUDIO_HOME at a larger disk",
+        "make the run's folder writable again",
+    ),
+    "export": (
+        "Nothing was left there, and what was there before is unchanged.",
+        "choose an output folder on another disk",
+        "choose a folder you may write to",
+    ),
 }
 
 
@@ -134,8 +169,11 @@ def disk_error(exc: OSError, what: str, *, writing: str = "artifact") -> Artifac
     "artifact" (the workspace), "checkpoint" or "export" (a folder or file outside the workspace)."""
     cause = _DISK_ERRNOS.get(exc.errno or 0, exc.strerror or str(exc))
     after, full_fix, perm_fix = _AFTER[writing]
-    fix = (f"free some disk space or {full_fix}, then try again." if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-           else f"check the folder's permissions or {perm_fix}, then try again.")
+    fix = (
+        f"free some disk space or {full_fix}, then try again."
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        else f"check the folder's permissions or {perm_fix}, then try again."
+    )
     return ArtifactWriteError(f"Could not write {what}: {cause} ({exc.filename or exc}). {after}", fix)
 
 
@@ -162,20 +200,26 @@ class Workspace:
     """A workspace folder. Cheap to construct; every call opens its own short sqlite connection,
     so one Workspace may be used from several threads and several kernels at once."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, create: bool = True, repair: bool = False):
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, *, create: bool = True, repair: bool = False
+    ):
         self.root = Path(root).expanduser().resolve() if root else default_root().resolve()
         if not self.root.exists():
             if not create:
-                raise WorkspaceError(f"No workspace at {self.root}.", "pass an existing folder or create=True.")
+                raise WorkspaceError(
+                    f"No workspace at {self.root}.", "pass an existing folder or create=True."
+                )
             try:
                 self.root.mkdir(parents=True)
             except OSError as exc:
-                raise WorkspaceError(f"Cannot create the workspace folder {self.root}: {exc.strerror}.",
-                                     "choose a folder you can write to (argument, --workspace or MISTUDIO_HOME).") from exc
+                raise WorkspaceError(
+                    f"Cannot create the workspace folder {self.root}: {exc.strerror}.",
+                    "choose a folder you can write to (argument, --workspace or MISTUDIO_HOME).",
+                ) from exc
         elif not self.root.is_dir():
             raise WorkspaceError(f"{self.root} is a file, not a workspace folder.", "choose a folder.")
         self.catalog_path = self.root / "catalog.sqlite"
-        self.read_only: str | None = None     # why the catalog is open for reading only, when it is
+        self.read_only: str | None = None  # why the catalog is open for reading only, when it is
         if not repair:
             self._refuse_lost_catalog()
         try:
@@ -194,23 +238,31 @@ class Workspace:
     def _db(self) -> Iterator[sqlite3.Connection]:
         try:
             if self.read_only:
-                con = sqlite3.connect(f"{self.catalog_path.as_uri()}?{self._ro_mode}", uri=True, timeout=30,
-                                      isolation_level=None)
+                con = sqlite3.connect(
+                    f"{self.catalog_path.as_uri()}?{self._ro_mode}",
+                    uri=True,
+                    timeout=30,
+                    isolation_level=None,
+                )
             else:
                 con = sqlite3.connect(self.catalog_path, timeout=30, isolation_level=None)
         except sqlite3.Error as exc:
-            raise WorkspaceError(f"Cannot open the catalog {self.catalog_path}: {exc}.",
-                                 "check the folder's permissions.") from exc
+            raise WorkspaceError(
+                f"Cannot open the catalog {self.catalog_path}: {exc}.", "check the folder's permissions."
+            ) from exc
         try:
             con.execute("PRAGMA busy_timeout = 30000")
             yield con
         except sqlite3.OperationalError as exc:
             if not self.read_only:
                 raise
-            raise WorkspaceError(f"The workspace {self.root} is open for browsing only ({self.read_only}); "
-                                 "nothing was changed.", "free some disk space, then try again." if "full" in self.read_only
-                                 else "make the folder writable, or copy the workspace somewhere writable, then try again."
-                                 ) from exc
+            raise WorkspaceError(
+                f"The workspace {self.root} is open for browsing only ({self.read_only}); "
+                "nothing was changed.",
+                "free some disk space, then try again."
+                if "full" in self.read_only
+                else "make the folder writable, or copy the workspace somewhere writable, then try again.",
+            ) from exc
         finally:
             con.close()
 
@@ -219,10 +271,18 @@ class Workspace:
         for reading only when it is readable and up to date, so the workspace can still be browsed."""
         cause = str(exc.__cause__ or "")
         if not self.catalog_path.is_file() or not any(
-                w in cause for w in ("readonly", "read-only", "unable to open", "disk is full", "disk I/O")):
+            w in cause for w in ("readonly", "read-only", "unable to open", "disk is full", "disk I/O")
+        ):
             return False
-        self.read_only = "the disk is full" if "full" in cause or self._disk_full() else "the workspace folder is read-only"
-        for mode in ("mode=ro", "immutable=1"):      # immutable: WAL catalogs in folders where -shm cannot be made
+        self.read_only = (
+            "the disk is full"
+            if "full" in cause or self._disk_full()
+            else "the workspace folder is read-only"
+        )
+        for mode in (
+            "mode=ro",
+            "immutable=1",
+        ):  # immutable: WAL catalogs in folders where -shm cannot be made
             self._ro_mode = mode
             try:
                 with self._db() as con:
@@ -246,29 +306,40 @@ class Workspace:
                     version = int(row[0]) if row else 0
                     if version > SCHEMA_VERSION:
                         raise WorkspaceError(
-                            f"The workspace {self.root} was written by a newer mistudio-widgets (schema {version}, this one knows {SCHEMA_VERSION}).",
-                            "upgrade mistudio-widgets (pip install -U mistudio-widgets) or use another workspace.")
+                            f"The workspace {self.root} was written by a newer mistudio-widgets "
+                            f"(schema {version}, this one knows {SCHEMA_VERSION}).",
+                            "upgrade mistudio-widgets (pip install -U mistudio-widgets) or use another "
+                            "workspace.",
+                        )
                     for v in range(version + 1, SCHEMA_VERSION + 1):
                         for stmt in MIGRATIONS[v].split(";"):
                             if stmt.strip():
                                 con.execute(stmt)
                     if version != SCHEMA_VERSION:
-                        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                        con.execute(
+                            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                        )
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
         except sqlite3.OperationalError as exc:
             if "full" in str(exc) or self._disk_full():
-                raise WorkspaceError(f"Cannot use the catalog {self.catalog_path}: the disk is full ({exc}).",
-                                     "free some disk space or point MISTUDIO_HOME at a larger disk.") from exc
-            raise WorkspaceError(f"Cannot use the catalog {self.catalog_path}: {exc}.",
-                                 "the workspace folder and catalog.sqlite must be writable by you; fix their permissions "
-                                 "or choose another workspace.") from exc
+                raise WorkspaceError(
+                    f"Cannot use the catalog {self.catalog_path}: the disk is full ({exc}).",
+                    "free some disk space or point MISTUDIO_HOME at a larger disk.",
+                ) from exc
+            raise WorkspaceError(
+                f"Cannot use the catalog {self.catalog_path}: {exc}.",
+                "the workspace folder and catalog.sqlite must be writable by you; fix their permissions "
+                "or choose another workspace.",
+            ) from exc
         except sqlite3.DatabaseError as exc:
-            raise WorkspaceError(f"The catalog {self.catalog_path} is not a readable SQLite database ({exc}).",
-                                 "move the damaged catalog.sqlite aside, then run `mistudio repair` to register the "
-                                 "artifact folders again (they are kept).") from exc
+            raise WorkspaceError(
+                f"The catalog {self.catalog_path} is not a readable SQLite database ({exc}).",
+                "move the damaged catalog.sqlite aside, then run `mistudio repair` to register the "
+                "artifact folders again (they are kept).",
+            ) from exc
 
     def _disk_full(self) -> bool:
         with contextlib.suppress(OSError):
@@ -277,8 +348,13 @@ class Workspace:
 
     def _artifact_folders(self) -> list[Path]:
         """The artifact folders on disk (``<kind>s/<id>``), whether or not the catalog knows them."""
-        return sorted(q for kind in KIND_PREFIX if (self.root / f"{kind}s").is_dir()
-                      for q in (self.root / f"{kind}s").iterdir() if q.is_dir() and not q.name.startswith("."))
+        return sorted(
+            q
+            for kind in KIND_PREFIX
+            if (self.root / f"{kind}s").is_dir()
+            for q in (self.root / f"{kind}s").iterdir()
+            if q.is_dir() and not q.name.startswith(".")
+        )
 
     def _refuse_lost_catalog(self) -> None:
         """A missing or empty catalog beside artifact folders is a lost catalog, not a new workspace:
@@ -291,9 +367,13 @@ class Workspace:
             state = "is empty (0 bytes)" if cat.is_file() else "is missing"
             raise WorkspaceError(
                 f"The catalog {cat} {state}, but {len(folders)} artifact folder(s) are beside it "
-                f"({', '.join(f.name for f in folders[:3])}{', ...' if len(folders) > 3 else ''}). Nothing was changed.",
-                f"run `mistudio --workspace {self.root} repair` to register them again from their own metadata "
-                "(labels and metric history lived only in the catalog), or restore catalog.sqlite from a backup.")
+                f"({', '.join(f.name for f in folders[:3])}{', ...' if len(folders) > 3 else ''}). "
+                "Nothing was changed.",
+                f"run `mistudio --workspace {self.root} repair` to register them again from their own "
+                "metadata "
+                "(labels and metric history lived only in the catalog), or restore catalog.sqlite from "
+                "a backup.",
+            )
 
     def repair(self) -> dict[str, Any]:
         """Register every artifact folder the catalog does not know, from the folder's own record
@@ -311,12 +391,17 @@ class Workspace:
                 continue
             name = rec.get("name") if _valid_name(rec.get("name")) else folder.name
             meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
-            art = self.register(kind, self.unique_name(kind, name), meta={**meta, "repaired": True},
-                                id=folder.name, relpath=f"{kind}s/{folder.name}",
-                                parent=rec.get("parent") if isinstance(rec.get("parent"), str) else None)
+            art = self.register(
+                kind,
+                self.unique_name(kind, name),
+                meta={**meta, "repaired": True},
+                id=folder.name,
+                relpath=f"{kind}s/{folder.name}",
+                parent=rec.get("parent") if isinstance(rec.get("parent"), str) else None,
+            )
             done.append({"id": art.id, "kind": kind, "name": art.name, "from_record": bool(rec)})
         ids = {a.id for a in self.list()}
-        with self._db() as con:            # parents that were not recovered: the row stands alone
+        with self._db() as con:  # parents that were not recovered: the row stands alone
             for d in done:
                 art = self.get(d["id"])
                 if art.parent and art.parent not in ids:
@@ -333,16 +418,21 @@ class Workspace:
         try:
             data = json.loads(meta or "{}")
         except (json.JSONDecodeError, TypeError, RecursionError) as exc:
-            raise WorkspaceError(f"The catalog row of the {kind} {name!r} ({id_}) has unreadable metadata ({exc}).",
-                                 f"restore catalog.sqlite from a backup, or remove the row: sqlite3 {self.root / 'catalog.sqlite'} "
-                                 f"\"DELETE FROM artifacts WHERE id = '{id_}'\".") from exc
-        if not isinstance(data, dict):          # a catalog changed by hand: keep the row usable
+            raise WorkspaceError(
+                f"The catalog row of the {kind} {name!r} ({id_}) has unreadable metadata ({exc}).",
+                "restore catalog.sqlite from a backup, or remove the row: sqlite3 "
+                f"{self.root / 'catalog.sqlite'} "
+                f"\"DELETE FROM artifacts WHERE id = '{id_}'\".",
+            ) from exc
+        if not isinstance(data, dict):  # a catalog changed by hand: keep the row usable
             data = {"refused_meta": data, "refused_because": "its metadata is not a JSON object"}
         folder = None
         if path:
             try:
                 folder = self.contained(path, f"folder of the {kind} {name!r}")
-            except WorkspaceError as exc:     # a tampered catalog: the row stays listable and deletable, its folder unused
+            except (
+                WorkspaceError
+            ) as exc:  # a tampered catalog: the row stays listable and deletable, its folder unused
                 data = {**data, "refused_path": str(path), "refused_because": exc.problem}
         return Artifact(id_, kind, name, folder, parent, created, updated, data)
 
@@ -352,10 +442,12 @@ class Workspace:
         p = self.root / path
         real = p.resolve()
         if real == self.root or not real.is_relative_to(self.root):
-            raise WorkspaceError(f"The {what} ({path}) leads to {real}, outside the workspace {self.root}; nothing "
-                                 "there is read, written or deleted.",
-                                 "the catalog or bundle was changed by hand or by another program: remove that entry "
-                                 "(mistudio delete ID removes only the catalog row).")
+            raise WorkspaceError(
+                f"The {what} ({path}) leads to {real}, outside the workspace {self.root}; nothing "
+                "there is read, written or deleted.",
+                "the catalog or bundle was changed by hand or by another program: remove that entry "
+                "(mistudio delete ID removes only the catalog row).",
+            )
         return p
 
     _COLS = "id, kind, name, path, parent, created, updated, meta"
@@ -383,8 +475,10 @@ class Workspace:
                     args.append(kind)
                 rows = con.execute(sql, args).fetchall()
                 if len(rows) > 1:
-                    raise WorkspaceError(f"The name {ref!r} is used by several artifacts ({', '.join(r[1] for r in rows)}).",
-                                         "refer to it by id instead.")
+                    raise WorkspaceError(
+                        f"The name {ref!r} is used by several artifacts ({', '.join(r[1] for r in rows)}).",
+                        "refer to it by id instead.",
+                    )
                 row = rows[0] if rows else None
         art = self._row(row) if row else None
         if art and kind and art.kind != kind:
@@ -401,7 +495,8 @@ class Workspace:
             what = kind or "artifact"
             raise ArtifactNotFound(
                 f"No {what} called {ref!r} in the workspace {self.root}.",
-                f"use one of: {', '.join(names)}." if names else f"add a {what} first.")
+                f"use one of: {', '.join(names)}." if names else f"add a {what} first.",
+            )
         return art
 
     def new_id(self, kind: str) -> str:
@@ -420,14 +515,26 @@ class Workspace:
         if not name or not name.strip():
             raise WorkspaceError(f"An empty name was given for a {kind}.", "give a non-empty name.")
         if not _valid_name(name):
-            raise WorkspaceError(f"The name {name[:80]!r} for a {kind} holds line breaks or other control characters.",
-                                 "give a name of printable characters.")
+            raise WorkspaceError(
+                f"The name {name[:80]!r} for a {kind} holds line breaks or other control characters.",
+                "give a name of printable characters.",
+            )
         if con.execute("SELECT 1 FROM artifacts WHERE kind = ? AND name = ?", (kind, name)).fetchone():
-            raise WorkspaceError(f"A {kind} called {name!r} already exists.",
-                                 "choose another name, or delete or rename the existing one.")
+            raise WorkspaceError(
+                f"A {kind} called {name!r} already exists.",
+                "choose another name, or delete or rename the existing one.",
+            )
 
-    def register(self, kind: str, name: str, *, meta: dict[str, Any] | None = None,
-                 parent: str | None = None, id: str | None = None, relpath: str | None = None) -> Artifact:
+    def register(
+        self,
+        kind: str,
+        name: str,
+        *,
+        meta: dict[str, Any] | None = None,
+        parent: str | None = None,
+        id: str | None = None,
+        relpath: str | None = None,
+    ) -> Artifact:
         """Register an artifact that needs no folder (e.g. a hub model reference)."""
         now = time.time()
         id = id or self.new_id(kind)
@@ -435,8 +542,10 @@ class Workspace:
             con.execute("BEGIN IMMEDIATE")
             try:
                 self._check_name_free(kind, name, con)
-                con.execute(f"INSERT INTO artifacts ({self._COLS}) VALUES (?,?,?,?,?,?,?,?)",
-                            (id, kind, name, relpath, parent, now, now, json.dumps(meta or {})))
+                con.execute(
+                    f"INSERT INTO artifacts ({self._COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                    (id, kind, name, relpath, parent, now, now, json.dumps(meta or {})),
+                )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -449,15 +558,18 @@ class Workspace:
         if art.path is not None and art.path.is_dir():
             tmp = art.path / f".{RECORD}.{uuid.uuid4().hex[:6]}"
             try:
-                tmp.write_text(json.dumps({k: v for k, v in art.to_dict().items() if k != "path"}, default=str))
+                tmp.write_text(
+                    json.dumps({k: v for k, v in art.to_dict().items() if k != "path"}, default=str)
+                )
                 os.replace(tmp, art.path / RECORD)
             except OSError:
                 tmp.unlink(missing_ok=True)
         return art
 
     @contextlib.contextmanager
-    def write_artifact(self, kind: str, name: str, *, meta: dict[str, Any] | None = None,
-                       parent: str | None = None) -> Iterator[ArtifactWriter]:
+    def write_artifact(
+        self, kind: str, name: str, *, meta: dict[str, Any] | None = None, parent: str | None = None
+    ) -> Iterator[ArtifactWriter]:
         """Write a new artifact folder atomically.
 
         Files go into ``writer.path`` (a temporary folder). When the block ends without error the
@@ -493,8 +605,9 @@ class Workspace:
             shutil.rmtree(final, ignore_errors=True)
             raise
 
-    def create_folder(self, kind: str, name: str, *, meta: dict[str, Any] | None = None,
-                      parent: str | None = None) -> Artifact:
+    def create_folder(
+        self, kind: str, name: str, *, meta: dict[str, Any] | None = None, parent: str | None = None
+    ) -> Artifact:
         """Register an artifact whose folder fills over time (a training run): it is visible at once,
         and its ``meta['status']`` says whether it is complete. Files inside are written atomically
         by their writers (see :func:`atomic_folder`)."""
@@ -519,7 +632,10 @@ class Workspace:
 
     def metrics(self, run: str, split: str | None = None, since_step: int = -1) -> list[dict[str, Any]]:
         """Metric rows of a run as ``{step, split, <name>: value, ...}``, by step."""
-        sql, args = "SELECT step, split, name, value FROM metrics WHERE run = ? AND step > ?", [run, since_step]
+        sql, args = (
+            "SELECT step, split, name, value FROM metrics WHERE run = ? AND step > ?",
+            [run, since_step],
+        )
         if split:
             sql += " AND split = ?"
             args.append(split)
@@ -530,14 +646,36 @@ class Workspace:
         return sorted(out.values(), key=lambda r: (r["step"], r["split"]))
 
     # -- feature labels (every label is kept: the newest one of a feature is its label) -----------
-    def add_label(self, sae: str, feature: int, label: str, *, method: str = "manual", model: str | None = None,
-                  template: str | None = None, score: float | None = None, meta: dict[str, Any] | None = None,
-                  time: float | None = None) -> int:
+    def add_label(
+        self,
+        sae: str,
+        feature: int,
+        label: str,
+        *,
+        method: str = "manual",
+        model: str | None = None,
+        template: str | None = None,
+        score: float | None = None,
+        meta: dict[str, Any] | None = None,
+        time: float | None = None,
+    ) -> int:
         sae_id = self.get(sae, "sae").id
         with self._db() as con:
-            cur = con.execute("INSERT INTO labels (sae, feature, label, method, model, template, score, time, meta) "
-                              "VALUES (?,?,?,?,?,?,?,?,?)", (sae_id, int(feature), str(label), method, model, template,
-                                                             score, time or _now(), json.dumps(meta or {})))
+            cur = con.execute(
+                "INSERT INTO labels (sae, feature, label, method, model, template, score, time, meta) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    sae_id,
+                    int(feature),
+                    str(label),
+                    method,
+                    model,
+                    template,
+                    score,
+                    time or _now(),
+                    json.dumps(meta or {}),
+                ),
+            )
             return int(cur.lastrowid)
 
     def labels(self, sae: str, feature: int | None = None, *, history: bool = False) -> list[dict[str, Any]]:
@@ -562,8 +700,10 @@ class Workspace:
             try:
                 row = con.execute("SELECT meta FROM artifacts WHERE id = ?", (self.get(ref).id,)).fetchone()
                 meta = {**json.loads(row[0]), **changes}
-                con.execute("UPDATE artifacts SET meta = ?, updated = ? WHERE id = ?",
-                            (json.dumps(meta), time.time(), self.get(ref).id))
+                con.execute(
+                    "UPDATE artifacts SET meta = ?, updated = ? WHERE id = ?",
+                    (json.dumps(meta), time.time(), self.get(ref).id),
+                )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -577,7 +717,9 @@ class Workspace:
             try:
                 if new_name != art.name:
                     self._check_name_free(art.kind, new_name, con)
-                con.execute("UPDATE artifacts SET name = ?, updated = ? WHERE id = ?", (new_name, time.time(), art.id))
+                con.execute(
+                    "UPDATE artifacts SET name = ?, updated = ? WHERE id = ?", (new_name, time.time(), art.id)
+                )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -594,8 +736,10 @@ class Workspace:
         self._refuse_in_use(art, kids if cascade else [])
         if kids and not cascade:
             raise WorkspaceError(
-                f"The {art.kind} {art.name!r} has {len(kids)} derived artifact(s): {', '.join(k.name for k in kids)}.",
-                "delete those first, or pass cascade=True (--cascade) to delete them too.")
+                f"The {art.kind} {art.name!r} has {len(kids)} derived artifact(s): "
+                f"{', '.join(k.name for k in kids)}.",
+                "delete those first, or pass cascade=True (--cascade) to delete them too.",
+            )
         removed: list[str] = []
         for kid in kids:
             removed += self.delete(kid.id, cascade=True)
@@ -603,7 +747,11 @@ class Workspace:
             con.execute("DELETE FROM artifacts WHERE id = ?", (art.id,))
             con.execute("DELETE FROM metrics WHERE run = ?", (art.id,))
             con.execute("DELETE FROM labels WHERE sae = ?", (art.id,))
-        if art.path and art.path.exists() and self.contained(art.path, f"folder of the {art.kind} {art.name!r}"):
+        if (
+            art.path
+            and art.path.exists()
+            and self.contained(art.path, f"folder of the {art.kind} {art.name!r}")
+        ):
             trash = self.root / ".trash" / f"{art.id}.{uuid.uuid4().hex[:6]}"
             trash.parent.mkdir(exist_ok=True)
             os.replace(art.path, trash)
@@ -622,9 +770,11 @@ class Workspace:
             if a.meta.get("status") == Status.RUNNING and owner and owner_alive(a.meta) is not False:
                 what = "it" if a.id == art.id else f"the {a.kind} {a.name!r} derived from it"
                 raise WorkspaceError(
-                    f"The {art.kind} {art.name!r} is in use: {what} is running in process {owner.get('pid', '?')} "
+                    f"The {art.kind} {art.name!r} is in use: {what} is running in process "
+                    f"{owner.get('pid', '?')} "
                     f"on {owner.get('host', 'another machine')}. Nothing was deleted.",
-                    "stop that job (or wait for it to finish), then delete again.")
+                    "stop that job (or wait for it to finish), then delete again.",
+                )
             if a.id != art.id:
                 todo += self.children(a.id)
 
@@ -662,7 +812,7 @@ def atomic_folder(final: Path, *, writing: str = "artifact") -> Iterator[Path]:
             try:
                 os.replace(tmp, final)
             except OSError:
-                os.replace(old, final)            # put the previous folder back before reporting
+                os.replace(old, final)  # put the previous folder back before reporting
                 raise
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -670,7 +820,9 @@ def atomic_folder(final: Path, *, writing: str = "artifact") -> Iterator[Path]:
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if (os_exc := os_error_in(exc)) is not None:
-            raise disk_error(os_exc, str(final if writing == "export" else final.name), writing=writing) from exc
+            raise disk_error(
+                os_exc, str(final if writing == "export" else final.name), writing=writing
+            ) from exc
         raise
 
 

@@ -1,5 +1,6 @@
 """Datasets: documents from the embedded corpus, local files or the Hugging Face hub, stored as Arrow
 in the workspace; tokenized into packed sequences with a model's tokenizer, with statistics."""
+
 from __future__ import annotations
 
 import collections
@@ -17,12 +18,19 @@ from ..core.errors import DatasetError, HubError, TokenizerMismatch
 from ..core.progress import ProgressCallback, emit
 from ..core.workspace import Artifact, Workspace
 
-LOCAL_FORMATS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json",
-                 ".csv": "csv", ".parquet": "parquet"}
+LOCAL_FORMATS = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
 TEXT_FIELDS = ("text", "content", "document", "body", "sentence", "story", "article")
 HIST_BINS = 30
-PIECE_CHARS = 100_000      # longer documents are tokenized in pieces cut at whitespace (bounded memory)
-BATCH_CHARS = 2_000_000    # characters handed to the tokenizer at once
+PIECE_CHARS = 100_000  # longer documents are tokenized in pieces cut at whitespace (bounded memory)
+BATCH_CHARS = 2_000_000  # characters handed to the tokenizer at once
 TOP_TOKENS = 25
 
 
@@ -43,7 +51,7 @@ def _quiet_saving() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 # Reading documents
 def _default_documents() -> Iterator[dict[str, str]]:
-    """The modernised Shakespeare plays, one document per scene (the cast list and title kept with scene 1)."""
+    """The modernised Shakespeare plays, one document per scene (cast list and title with scene 1)."""
     for path in defaults.default_corpus_files():
         text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
         title = path.name.removesuffix("_gut.txt").replace("_", " ").title()
@@ -56,16 +64,30 @@ def _default_documents() -> Iterator[dict[str, str]]:
 
 def _local_files(path: Path) -> tuple[str, list[str]]:
     if not path.exists():
-        raise DatasetError(f"No file or folder at {path}.", "check the path (relative paths start at the kernel's working folder).")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_FORMATS)
+        raise DatasetError(
+            f"No file or folder at {path}.",
+            "check the path (relative paths start at the kernel's working folder).",
+        )
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_FORMATS)
+    )
     if not files:
-        raise DatasetError(f"{path} holds no readable files.", f"use files ending in {', '.join(sorted(LOCAL_FORMATS))}.")
+        raise DatasetError(
+            f"{path} holds no readable files.", f"use files ending in {', '.join(sorted(LOCAL_FORMATS))}."
+        )
     kinds = {LOCAL_FORMATS.get(p.suffix.lower()) for p in files}
     if None in kinds:
-        raise DatasetError(f"{files[0].name} is not a supported format.", f"use files ending in {', '.join(sorted(LOCAL_FORMATS))}.")
+        raise DatasetError(
+            f"{files[0].name} is not a supported format.",
+            f"use files ending in {', '.join(sorted(LOCAL_FORMATS))}.",
+        )
     if len(kinds) > 1:
-        raise DatasetError(f"{path} mixes file formats ({', '.join(sorted(k for k in kinds if k))}).",
-                           "put files of one format in the folder, or add each format as its own dataset.")
+        raise DatasetError(
+            f"{path} mixes file formats ({', '.join(sorted(k for k in kinds if k))}).",
+            "put files of one format in the folder, or add each format as its own dataset.",
+        )
     return kinds.pop(), [str(p) for p in files]
 
 
@@ -73,7 +95,9 @@ def _pick_text_field(columns: Iterable[str], wanted: str | None, first: dict[str
     columns = list(columns)
     if wanted:
         if wanted not in columns:
-            raise DatasetError(f"The dataset has no column {wanted!r}.", f"choose one of: {', '.join(columns)}.")
+            raise DatasetError(
+                f"The dataset has no column {wanted!r}.", f"choose one of: {', '.join(columns)}."
+            )
         return wanted
     for name in TEXT_FIELDS:
         if name in columns:
@@ -82,27 +106,42 @@ def _pick_text_field(columns: Iterable[str], wanted: str | None, first: dict[str
         for name in columns:
             if isinstance(first.get(name), str):
                 return name
-    raise DatasetError(f"No text column found among {', '.join(columns) or 'no columns'}.",
-                       "set text_field (--text-field) to the column holding the text.")
+    raise DatasetError(
+        f"No text column found among {', '.join(columns) or 'no columns'}.",
+        "set text_field (--text-field) to the column holding the text.",
+    )
 
 
 def _hub_dataset(cfg: DatasetConfig):
     import datasets as hfd
 
     try:
-        return hfd.load_dataset(cfg.source, cfg.config_name, split=cfg.split, streaming=cfg.streaming,
-                                revision=cfg.revision, token=cfg.token)
+        return hfd.load_dataset(
+            cfg.source,
+            cfg.config_name,
+            split=cfg.split,
+            streaming=cfg.streaming,
+            revision=cfg.revision,
+            token=cfg.token,
+        )
     except FileNotFoundError as exc:  # includes DatasetNotFoundError
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
         raise HubError(
-            f"Dataset {cfg.source!r} was not found on the Hugging Face hub" + (" (the hub is offline here)" if offline else "") + f": {exc}",
-            "check the id and split, connect to the internet, or add the data from local files.") from exc
+            f"Dataset {cfg.source!r} was not found on the Hugging Face hub"
+            + (" (the hub is offline here)" if offline else "")
+            + f": {exc}",
+            "check the id and split, connect to the internet, or add the data from local files.",
+        ) from exc
     except (ConnectionError, OSError) as exc:
-        raise HubError(f"Could not reach the Hugging Face hub for dataset {cfg.source!r}: {exc}",
-                       "connect to the internet, or download the data elsewhere and add it as local files.") from exc
+        raise HubError(
+            f"Could not reach the Hugging Face hub for dataset {cfg.source!r}: {exc}",
+            "connect to the internet, or download the data elsewhere and add it as local files.",
+        ) from exc
     except ValueError as exc:  # unknown split or config
-        raise DatasetError(f"The hub dataset {cfg.source!r} could not be read as asked: {exc}",
-                           "check the config name and split.") from exc
+        raise DatasetError(
+            f"The hub dataset {cfg.source!r} could not be read as asked: {exc}",
+            "check the config name and split.",
+        ) from exc
 
 
 def _iter_records(cfg: DatasetConfig) -> tuple[Iterator[dict[str, Any]], str, dict[str, Any]]:
@@ -110,7 +149,9 @@ def _iter_records(cfg: DatasetConfig) -> tuple[Iterator[dict[str, Any]], str, di
     if cfg.source == DEFAULT:
         return _default_documents(), "text", {"kind": "embedded", **defaults.DEFAULT_DATASET_INFO}
     path = Path(cfg.source).expanduser()
-    looks_local = path.exists() or cfg.source.startswith((".", "/", "~")) or path.suffix.lower() in LOCAL_FORMATS
+    looks_local = (
+        path.exists() or cfg.source.startswith((".", "/", "~")) or path.suffix.lower() in LOCAL_FORMATS
+    )
     if looks_local:
         import datasets as hfd
 
@@ -121,8 +162,15 @@ def _iter_records(cfg: DatasetConfig) -> tuple[Iterator[dict[str, Any]], str, di
         try:
             ds = hfd.load_dataset(builder, data_files=files, split="train", **kwargs)
         except Exception as exc:
-            raise DatasetError(f"Could not read {path} as {builder}: {exc}", "check that the files are valid and UTF-8 text.") from exc
-        prov: dict[str, Any] = {"kind": "local", "path": str(path.resolve()), "files": len(files), "format": builder}
+            raise DatasetError(
+                f"Could not read {path} as {builder}: {exc}", "check that the files are valid and UTF-8 text."
+            ) from exc
+        prov: dict[str, Any] = {
+            "kind": "local",
+            "path": str(path.resolve()),
+            "files": len(files),
+            "format": builder,
+        }
         if builder == "csv":
             ds, prov["header"] = _csv_header(ds, cfg, files)
         first = ds[0] if len(ds) else None
@@ -153,25 +201,43 @@ def _hub_records(cfg: DatasetConfig) -> tuple[Iterator[dict[str, Any]], str, dic
     try:
         first = next(it)
     except StopIteration:
-        raise DatasetError(f"The hub dataset {cfg.source!r} split {cfg.split!r} is empty.", "choose another split.") from None
+        raise DatasetError(
+            f"The hub dataset {cfg.source!r} split {cfg.split!r} is empty.", "choose another split."
+        ) from None
     field = _pick_text_field(first.keys(), cfg.text_field, first)
 
     def chained() -> Iterator[dict[str, Any]]:
         yield first
         yield from it
 
-    return chained(), field, {"kind": "hub", "hub_id": cfg.source, "config_name": cfg.config_name,
-                              "split": cfg.split, "revision": cfg.revision, "streaming": cfg.streaming}
+    return (
+        chained(),
+        field,
+        {
+            "kind": "hub",
+            "hub_id": cfg.source,
+            "config_name": cfg.config_name,
+            "split": cfg.split,
+            "revision": cfg.revision,
+            "streaming": cfg.streaming,
+        },
+    )
 
 
 def _default_name(cfg: DatasetConfig) -> str:
     if cfg.source == DEFAULT:
         return defaults.DEFAULT_DATASET_NAME
-    base = Path(cfg.source.rstrip("/")).name if Path(cfg.source).expanduser().exists() else cfg.source.split("/")[-1]
+    base = (
+        Path(cfg.source.rstrip("/")).name
+        if Path(cfg.source).expanduser().exists()
+        else cfg.source.split("/")[-1]
+    )
     return re.sub(r"\.[A-Za-z0-9]+$", "", base) or "dataset"
 
 
-def add_dataset(ws: Workspace, cfg: DatasetConfig | None = None, *, progress: ProgressCallback | None = None) -> Artifact:
+def add_dataset(
+    ws: Workspace, cfg: DatasetConfig | None = None, *, progress: ProgressCallback | None = None
+) -> Artifact:
     """Read documents from ``cfg.source`` and store them as an Arrow dataset in the workspace.
 
     Adding the embedded default twice returns the existing dataset.
@@ -180,7 +246,10 @@ def add_dataset(ws: Workspace, cfg: DatasetConfig | None = None, *, progress: Pr
 
     cfg = cfg or DatasetConfig()
     if cfg.samples is not None and cfg.samples < 1:
-        raise DatasetError(f"samples must be at least 1 (got {cfg.samples}).", "give a positive sample count, or none for all.")
+        raise DatasetError(
+            f"samples must be at least 1 (got {cfg.samples}).",
+            "give a positive sample count, or none for all.",
+        )
     if cfg.source == DEFAULT and not cfg.name:
         existing = ws.find(defaults.DEFAULT_DATASET_NAME, "dataset")
         if existing and existing.meta.get("provenance", {}).get("kind") == "embedded":
@@ -194,8 +263,13 @@ def add_dataset(ws: Workspace, cfg: DatasetConfig | None = None, *, progress: Pr
     for i, rec in enumerate(records):
         text = rec.get(field)
         if not isinstance(text, str) or not text.strip():
-            why = ("no text" if text is None else "blank text" if isinstance(text, str)
-                   else f"a value of type {type(text).__name__}, not text")
+            why = (
+                "no text"
+                if text is None
+                else "blank text"
+                if isinstance(text, str)
+                else f"a value of type {type(text).__name__}, not text"
+            )
             skipped.setdefault(why, {"records": 0, "first": i + 1})["records"] += 1
             continue
         texts.append(text)
@@ -208,12 +282,23 @@ def add_dataset(ws: Workspace, cfg: DatasetConfig | None = None, *, progress: Pr
             break
     emit(progress, "read", len(texts), limit or len(texts), unit="docs", finished=True)
     if not texts:
-        raise DatasetError(f"The source {cfg.source!r} yielded no documents with text.",
-                           "check the file contents, the split, or the text column (text_field).")
+        raise DatasetError(
+            f"The source {cfg.source!r} yielded no documents with text.",
+            "check the file contents, the split, or the text column (text_field).",
+        )
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
-    meta = {"config": to_dict(cfg), "provenance": provenance, "text_field": field,
-            "stats": {"documents": len(texts), "characters": int(lengths.sum()),
-                      "mean_chars": float(lengths.mean()), "max_chars": int(lengths.max()), "skipped": skipped}}
+    meta = {
+        "config": to_dict(cfg),
+        "provenance": provenance,
+        "text_field": field,
+        "stats": {
+            "documents": len(texts),
+            "characters": int(lengths.sum()),
+            "mean_chars": float(lengths.mean()),
+            "max_chars": int(lengths.max()),
+            "skipped": skipped,
+        },
+    }
     if provenance.get("licence"):
         meta["licence"] = provenance["licence"]
     with ws.write_artifact("dataset", name, meta=meta) as w:
@@ -244,7 +329,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256()
     for tok, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
         h.update(f"{idx}\x00{tok}\x01".encode("utf-8", "surrogatepass"))
-    h.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id, sorted(tokenizer.all_special_ids))).encode())
+    h.update(
+        repr((tokenizer.bos_token_id, tokenizer.eos_token_id, sorted(tokenizer.all_special_ids))).encode()
+    )
     return h.hexdigest()[:16]
 
 
@@ -298,8 +385,15 @@ def _encode(tokenizer, texts: list[str], **kw) -> Iterator[np.ndarray]:
     return (np.concatenate(parts) if parts else np.zeros(0, np.int32) for parts in ids)
 
 
-def tokenize_dataset(ws: Workspace, dataset: str | Artifact, model: str | Artifact, cfg: TokenizeConfig | None = None,
-                     *, name: str | None = None, progress: ProgressCallback | None = None) -> Artifact:
+def tokenize_dataset(
+    ws: Workspace,
+    dataset: str | Artifact,
+    model: str | Artifact,
+    cfg: TokenizeConfig | None = None,
+    *,
+    name: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> Artifact:
     """Tokenize a stored dataset with ``model``'s tokenizer into packed sequences of ``context_size`` tokens.
 
     Documents shorter than ``min_length`` tokens are dropped; the rest are joined with the separator
@@ -315,9 +409,13 @@ def tokenize_dataset(ws: Workspace, dataset: str | Artifact, model: str | Artifa
     if cfg.context_size < 2:
         raise DatasetError(f"context_size must be at least 2 (got {cfg.context_size}).", "use e.g. 128.")
     if cfg.min_length < 0:
-        raise DatasetError(f"min_length must not be negative (got {cfg.min_length}).", "use 0 to keep every document.")
+        raise DatasetError(
+            f"min_length must not be negative (got {cfg.min_length}).", "use 0 to keep every document."
+        )
     if cfg.separator not in ("eos", "bos", "none"):
-        raise DatasetError(f"separator must be 'eos', 'bos' or 'none' (got {cfg.separator!r}).", "choose one of those.")
+        raise DatasetError(
+            f"separator must be 'eos', 'bos' or 'none' (got {cfg.separator!r}).", "choose one of those."
+        )
     ds_art = ws.get(dataset, "dataset")
     model_art = ws.get(model, "model")
     tokenizer = load_tokenizer(ws, model_art)
@@ -336,7 +434,7 @@ def tokenize_dataset(ws: Workspace, dataset: str | Artifact, model: str | Artifa
     total = 0
     batch = 256
     for start in range(0, n_docs, batch):
-        chunk = list(texts[start:start + batch])
+        chunk = list(texts[start : start + batch])
         split_docs += sum(len(t) > PIECE_CHARS for t in chunk)
         for ids in _encode(tokenizer, chunk, split_special_tokens=not cfg.special_tokens):
             if len(ids) < max(cfg.min_length, 1):
@@ -358,8 +456,11 @@ def tokenize_dataset(ws: Workspace, dataset: str | Artifact, model: str | Artifa
         n_seq = min(n_seq, cfg.max_tokens // cfg.context_size)
     if n_seq == 0:
         raise DatasetError(
-            f"{ds_art.name!r} gives {flat.size} tokens after filtering ({dropped_short} of {n_docs} documents shorter than min_length={cfg.min_length}), less than one sequence of {cfg.context_size}.",
-            "lower min_length or context_size, or add more documents.")
+            f"{ds_art.name!r} gives {flat.size} tokens after filtering ({dropped_short} of {n_docs} "
+            f"documents shorter than min_length={cfg.min_length}), less than one sequence of "
+            f"{cfg.context_size}.",
+            "lower min_length or context_size, or add more documents.",
+        )
     seqs = flat[: n_seq * body].reshape(n_seq, body)
     if bos is not None:
         seqs = np.concatenate([np.full((n_seq, 1), bos, dtype=np.int32), seqs], axis=1)
@@ -367,20 +468,39 @@ def tokenize_dataset(ws: Workspace, dataset: str | Artifact, model: str | Artifa
     special = np.asarray(sorted(set(tokenizer.all_special_ids)), dtype=np.int32)
     ids, counts = np.unique(seqs, return_counts=True)
     order = np.argsort(-counts)
-    top = [{"id": int(ids[i]), "token": tokenizer.decode([int(ids[i])]), "count": int(counts[i]),
-            "special": bool(np.isin(ids[i], special))} for i in order[:TOP_TOKENS]]
+    top = [
+        {
+            "id": int(ids[i]),
+            "token": tokenizer.decode([int(ids[i])]),
+            "count": int(counts[i]),
+            "special": bool(np.isin(ids[i], special)),
+        }
+        for i in order[:TOP_TOKENS]
+    ]
     lengths = np.asarray(doc_lengths, dtype=np.int64)
     stats = {
-        "documents": n_docs, "documents_kept": len(doc_lengths), "documents_dropped_short": dropped_short,
+        "documents": n_docs,
+        "documents_kept": len(doc_lengths),
+        "documents_dropped_short": dropped_short,
         "documents_tokenized_in_pieces": split_docs,
-        "tokens": int(seqs.size), "sequences": int(n_seq), "context_size": cfg.context_size,
-        "unique_tokens": int(ids.size), "special_positions": int(np.isin(seqs, special).sum()),
+        "tokens": int(seqs.size),
+        "sequences": int(n_seq),
+        "context_size": cfg.context_size,
+        "unique_tokens": int(ids.size),
+        "special_positions": int(np.isin(seqs, special).sum()),
         "mean_doc_tokens": float(lengths.mean()) if lengths.size else 0.0,
         "max_doc_tokens": int(lengths.max()) if lengths.size else 0,
-        "length_histogram": _histogram(lengths), "top_tokens": top,
+        "length_histogram": _histogram(lengths),
+        "top_tokens": top,
     }
-    meta = {"dataset": ds_art.id, "model": model_art.id, "model_name": model_art.name,
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "config": to_dict(cfg), "stats": stats}
+    meta = {
+        "dataset": ds_art.id,
+        "model": model_art.id,
+        "model_name": model_art.name,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "config": to_dict(cfg),
+        "stats": stats,
+    }
     name = name or ws.unique_name("tokenization", f"{ds_art.name}@{model_art.name}/ctx{cfg.context_size}")
     with ws.write_artifact("tokenization", name, meta=meta, parent=ds_art.id) as w:
         col = pa.FixedSizeListArray.from_arrays(pa.array(seqs.reshape(-1), type=pa.int32()), cfg.context_size)
@@ -404,9 +524,12 @@ def check_tokenization_fits(ws: Workspace, tokenization: Artifact, model: Artifa
     """Raise :class:`TokenizerMismatch` when a tokenization was made with a different tokenizer."""
     if tokenization.meta.get("tokenizer_fingerprint") != tokenizer_fingerprint(tokenizer):
         raise TokenizerMismatch(
-            f"The tokenized dataset {tokenization.name!r} was made with the tokenizer of {tokenization.meta.get('model_name')!r}, "
+            f"The tokenized dataset {tokenization.name!r} was made with the tokenizer of "
+            f"{tokenization.meta.get('model_name')!r}, "
             f"which differs from the tokenizer of {model.name!r}.",
-            f"tokenize the dataset again with {model.name!r} (mistudio datasets tokenize ... --model {model.name}).")
+            f"tokenize the dataset again with {model.name!r} (mistudio datasets tokenize ... --model "
+            f"{model.name}).",
+        )
 
 
 def preview_tokens(ws: Workspace, ref: str | Artifact, n: int = 3) -> list[dict[str, Any]]:
@@ -419,15 +542,23 @@ def preview_tokens(ws: Workspace, ref: str | Artifact, n: int = 3) -> list[dict[
     return [{"text": tok.decode(s.tolist()), "tokens": tok.convert_ids_to_tokens(s.tolist())} for s in seqs]
 
 
-def find_tokenization(ws: Workspace, dataset: str | Artifact, model: str | Artifact, context_size: int | None = None) -> Artifact | None:
+def find_tokenization(
+    ws: Workspace, dataset: str | Artifact, model: str | Artifact, context_size: int | None = None
+) -> Artifact | None:
     """The newest tokenization of ``dataset`` made for ``model`` (and context size, when given)."""
     ds_art, model_art = ws.get(dataset, "dataset"), ws.get(model, "model")
-    hits = [a for a in ws.list("tokenization", parent=ds_art.id) if a.meta.get("model") == model_art.id
-            and (context_size is None or a.meta["config"]["context_size"] == context_size)]
+    hits = [
+        a
+        for a in ws.list("tokenization", parent=ds_art.id)
+        if a.meta.get("model") == model_art.id
+        and (context_size is None or a.meta["config"]["context_size"] == context_size)
+    ]
     return hits[-1] if hits else None
 
 
-def resolve_dataset(ws: Workspace, ref: str | Artifact = DEFAULT, *, progress: ProgressCallback | None = None) -> Artifact:
+def resolve_dataset(
+    ws: Workspace, ref: str | Artifact = DEFAULT, *, progress: ProgressCallback | None = None
+) -> Artifact:
     """A dataset artifact; ``'default'`` adds the embedded corpus on first use."""
     if isinstance(ref, Artifact):
         return ref
@@ -436,8 +567,14 @@ def resolve_dataset(ws: Workspace, ref: str | Artifact = DEFAULT, *, progress: P
     return ws.get(ref, "dataset")
 
 
-def ensure_tokenization(ws: Workspace, dataset: str | Artifact, model: str | Artifact, cfg: TokenizeConfig | None = None,
-                        *, progress: ProgressCallback | None = None) -> Artifact:
+def ensure_tokenization(
+    ws: Workspace,
+    dataset: str | Artifact,
+    model: str | Artifact,
+    cfg: TokenizeConfig | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> Artifact:
     """The newest tokenization of ``dataset`` for ``model`` at ``cfg.context_size``, made if missing."""
     cfg = cfg or TokenizeConfig()
     found = find_tokenization(ws, dataset, model, cfg.context_size)

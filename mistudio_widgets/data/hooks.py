@@ -9,6 +9,7 @@ Hook names (L is a layer index):
   blocks.L.hook_attn_out        what attention adds to the residual stream
   blocks.L.hook_mlp_out         what the MLP adds to the residual stream
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +22,14 @@ from torch import nn
 
 from ..core.errors import HookError
 
-HOOK_KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "ln2.hook_normalized", "hook_attn_out", "hook_mlp_out")
+HOOK_KINDS = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "ln2.hook_normalized",
+    "hook_attn_out",
+    "hook_mlp_out",
+)
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in HOOK_KINDS) + r")$")
 
 
@@ -29,19 +37,28 @@ _HOOK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in HOOK
 class FamilySpec:
     """Where each hook lives inside one decoder layer of a family (attribute paths)."""
 
-    layers: tuple[str, ...]   # candidate paths of the layer list, from the CausalLM
-    attn_out: str             # module whose output is added to the residual after attention
-    mlp_out: str              # module whose output is added to the residual after the MLP
-    ln2: str                  # the MLP's input norm: its input is resid_mid, its output ln2.hook_normalized
+    layers: tuple[str, ...]  # candidate paths of the layer list, from the CausalLM
+    attn_out: str  # module whose output is added to the residual after attention
+    mlp_out: str  # module whose output is added to the residual after the MLP
+    ln2: str  # the MLP's input norm: its input is resid_mid, its output ln2.hook_normalized
 
 
 _LLAMA = FamilySpec(("model.layers",), "self_attn.o_proj", "mlp", "post_attention_layernorm")
-_GEMMA2 = FamilySpec(("model.layers", "model.language_model.layers"), "post_attention_layernorm",
-                     "post_feedforward_layernorm", "pre_feedforward_layernorm")
+_GEMMA2 = FamilySpec(
+    ("model.layers", "model.language_model.layers"),
+    "post_attention_layernorm",
+    "post_feedforward_layernorm",
+    "pre_feedforward_layernorm",
+)
 FAMILIES: dict[str, FamilySpec] = {
-    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "phi3": _LLAMA,
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "phi3": _LLAMA,
     "gemma": FamilySpec(("model.layers",), "self_attn.o_proj", "mlp", "post_attention_layernorm"),
-    "gemma2": _GEMMA2, "gemma3": _GEMMA2, "gemma3_text": _GEMMA2,
+    "gemma2": _GEMMA2,
+    "gemma3": _GEMMA2,
+    "gemma3_text": _GEMMA2,
     "gpt2": FamilySpec(("transformer.h",), "attn.c_proj", "mlp", "ln_2"),
     "gpt_neox": FamilySpec(("gpt_neox.layers",), "attention.dense", "mlp", "post_attention_layernorm"),
 }
@@ -62,8 +79,10 @@ def family_of(model: nn.Module) -> tuple[str, FamilySpec]:
     family = getattr(model.config, "model_type", None)
     spec = FAMILIES.get(family)
     if spec is None:
-        raise HookError(f"Hook points are not mapped for the model family {family!r}.",
-                        f"use a model of a supported family: {', '.join(sorted(FAMILIES))}.")
+        raise HookError(
+            f"Hook points are not mapped for the model family {family!r}.",
+            f"use a model of a supported family: {', '.join(sorted(FAMILIES))}.",
+        )
     return family, spec
 
 
@@ -72,18 +91,35 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     for path in spec.layers:
         with contextlib.suppress(AttributeError):
             return _get(model, path)
-    raise HookError(f"Could not find the decoder layers of {type(model).__name__}.", "report this model class as unsupported.")
+    raise HookError(
+        f"Could not find the decoder layers of {type(model).__name__}.",
+        "report this model class as unsupported.",
+    )
 
 
 def is_parallel(model: nn.Module) -> bool:
     """True when attention and MLP read the same input (GPT-NeoX/Pythia's parallel residual)."""
-    return getattr(model.config, "model_type", None) == "gpt_neox" and bool(getattr(model.config, "use_parallel_residual", True))
+    return getattr(model.config, "model_type", None) == "gpt_neox" and bool(
+        getattr(model.config, "use_parallel_residual", True)
+    )
 
 
 def hook_names_for(layers: int, parallel: bool = False) -> list[str]:
     """Every hook name of a model with ``layers`` decoder layers, in forward order."""
-    order = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "ln2.hook_normalized", "hook_mlp_out", "hook_resid_post"]
-    return [f"blocks.{layer}.{k}" for layer in range(layers) for k in order if not (parallel and k == "hook_resid_mid")]
+    order = [
+        "hook_resid_pre",
+        "hook_attn_out",
+        "hook_resid_mid",
+        "ln2.hook_normalized",
+        "hook_mlp_out",
+        "hook_resid_post",
+    ]
+    return [
+        f"blocks.{layer}.{k}"
+        for layer in range(layers)
+        for k in order
+        if not (parallel and k == "hook_resid_mid")
+    ]
 
 
 def hook_names(model: nn.Module) -> list[str]:
@@ -103,16 +139,23 @@ def parse_hook(model: nn.Module, name: str) -> HookPoint:
     n = len(decoder_layers(model))
     m = _HOOK_RE.match(name or "")
     if not m:
-        raise HookError(f"{name!r} is not a hook name.",
-                        f"use blocks.L.<point> with L in 0..{n - 1} and <point> one of: {', '.join(HOOK_KINDS)} "
-                        f"(e.g. blocks.{n // 2}.hook_resid_post).")
+        raise HookError(
+            f"{name!r} is not a hook name.",
+            f"use blocks.L.<point> with L in 0..{n - 1} and <point> one of: {', '.join(HOOK_KINDS)} "
+            f"(e.g. blocks.{n // 2}.hook_resid_post).",
+        )
     layer, kind = int(m.group(1)), m.group(2)
     if layer >= n:
-        raise HookError(f"Layer {layer} of {name!r} is out of range: the model has {n} layers.",
-                        f"use a layer from 0 to {n - 1}.")
+        raise HookError(
+            f"Layer {layer} of {name!r} is out of range: the model has {n} layers.",
+            f"use a layer from 0 to {n - 1}.",
+        )
     if kind == "hook_resid_mid" and is_parallel(model):
-        raise HookError(f"{name!r} does not exist: this model's blocks run attention and MLP in parallel, so there is no resid_mid.",
-                        f"use blocks.{layer}.hook_resid_pre, hook_attn_out, hook_mlp_out or hook_resid_post.")
+        raise HookError(
+            f"{name!r} does not exist: this model's blocks run attention and MLP in parallel, so there "
+            "is no resid_mid.",
+            f"use blocks.{layer}.hook_resid_pre, hook_attn_out, hook_mlp_out or hook_resid_post.",
+        )
     return HookPoint(name, layer, kind)
 
 
@@ -153,7 +196,9 @@ def _module_and_mode(model: nn.Module, point: HookPoint) -> tuple[nn.Module, str
 
 
 @contextlib.contextmanager
-def capture(model: nn.Module, hooks: str | list[str], *, stop: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+def capture(
+    model: nn.Module, hooks: str | list[str], *, stop: bool = True
+) -> Iterator[dict[str, torch.Tensor]]:
     """Record the values at ``hooks`` during forward passes run inside the block.
 
     With ``stop`` (the default) the forward pass ends as soon as every hook has fired, so the layers
@@ -179,10 +224,15 @@ def capture(model: nn.Module, hooks: str | list[str], *, stop: bool = True) -> I
     for p in points:
         module, mode = _module_and_mode(model, p)
         if mode == "pre":
-            handles.append(module.register_forward_pre_hook(
-                lambda m, a, k, n=p.name: record(n, _input_of(a, k)), with_kwargs=True))
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda m, a, k, n=p.name: record(n, _input_of(a, k)), with_kwargs=True
+                )
+            )
         else:
-            handles.append(module.register_forward_hook(lambda m, a, o, n=p.name: record(n, _first_tensor(o))))
+            handles.append(
+                module.register_forward_hook(lambda m, a, o, n=p.name: record(n, _first_tensor(o)))
+            )
     try:
         yield store
     except StopForward:
@@ -225,19 +275,29 @@ def intervene(model: nn.Module, edits: dict[str, Edit]) -> Iterator[None]:
                 continue
             module, mode = _module_and_mode(model, p)
             if mode == "pre":
-                handles.append(module.register_forward_pre_hook(
-                    lambda m, a, k, edit=edit: _with_input(a, k, edit(_input_of(a, k))), with_kwargs=True))
+                handles.append(
+                    module.register_forward_pre_hook(
+                        lambda m, a, k, edit=edit: _with_input(a, k, edit(_input_of(a, k))), with_kwargs=True
+                    )
+                )
             else:
-                handles.append(module.register_forward_hook(
-                    lambda m, a, o, edit=edit: _replace_first(o, edit(_first_tensor(o)))))
+                handles.append(
+                    module.register_forward_hook(
+                        lambda m, a, o, edit=edit: _replace_first(o, edit(_first_tensor(o)))
+                    )
+                )
         yield
     finally:
         for h in handles:
             h.remove()
 
 
-def run_with_capture(model: nn.Module, input_ids: torch.Tensor, hooks: str | list[str],
-                     attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def run_with_capture(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    hooks: str | list[str],
+    attention_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """One forward pass (no grad), stopped after the last hook; returns the captured values."""
     with torch.inference_mode(), capture(model, hooks) as acts:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)

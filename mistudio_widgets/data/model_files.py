@@ -1,6 +1,7 @@
 """What a model folder's weight files hold, read from their headers without loading a tensor: a
 config that promises far more parameters than the files carry (or an empty or damaged file) is
 refused before anything tries to allocate the model."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from typing import Any
 
 from ..core.errors import ModelError
 
-MAX_HEADER_BYTES = 100 * 2**20      # a safetensors header holds names and shapes: far below this
+MAX_HEADER_BYTES = 100 * 2**20  # a safetensors header holds names and shapes: far below this
 
 
 def safetensors_elements(path: Path) -> int:
@@ -31,11 +32,15 @@ def safetensors_elements(path: Path) -> int:
             total += math.prod(int(d) for d in t["shape"])
             end = max(end, int(t["data_offsets"][1]))
     except (struct.error, ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise ModelError(f"The weight file {path} ({size} bytes) is empty, truncated or not a safetensors file ({exc}).",
-                         "restore the complete weight files of the model, then add or load it again.") from exc
+        raise ModelError(
+            f"The weight file {path} ({size} bytes) is empty, truncated or not a safetensors file ({exc}).",
+            "restore the complete weight files of the model, then add or load it again.",
+        ) from exc
     if 8 + n + end > size:
-        raise ModelError(f"The weight file {path} is truncated: its header describes {8 + n + end} bytes, it has {size}.",
-                         "restore the complete weight files of the model, then add or load it again.")
+        raise ModelError(
+            f"The weight file {path} is truncated: its header describes {8 + n + end} bytes, it has {size}.",
+            "restore the complete weight files of the model, then add or load it again.",
+        )
     return total
 
 
@@ -43,8 +48,15 @@ def minimum_parameters(config: Any) -> int:
     """A lower bound on a transformer's parameters from its config: the token embedding plus, per layer,
     at least two d_model x d_model attention matrices (the query and output projections)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    get = lambda *names: next((int(getattr(text, n)) for n in names if isinstance(getattr(text, n, None), int)), 0)  # noqa: E731
-    d_model, layers, vocab = get("hidden_size", "n_embd", "d_model"), get("num_hidden_layers", "n_layer"), get("vocab_size")
+
+    def get(*names: str) -> int:
+        return next((int(getattr(text, n)) for n in names if isinstance(getattr(text, n, None), int)), 0)
+
+    d_model, layers, vocab = (
+        get("hidden_size", "n_embd", "d_model"),
+        get("num_hidden_layers", "n_layer"),
+        get("vocab_size"),
+    )
     return vocab * d_model + layers * 2 * d_model * d_model
 
 
@@ -55,7 +67,9 @@ def check_weight_files(folder: Path, config: Any, name: str) -> None:
     folder = Path(folder)
     for p in folder.glob("*.bin"):
         if p.stat().st_size == 0:
-            raise ModelError(f"The weight file {p} of {name!r} is empty.", "restore the model's complete weight files.")
+            raise ModelError(
+                f"The weight file {p} of {name!r} is empty.", "restore the model's complete weight files."
+            )
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return
@@ -63,6 +77,9 @@ def check_weight_files(folder: Path, config: Any, name: str) -> None:
     need = minimum_parameters(config)
     if need > held:
         raise ModelError(
-            f"The config of {name!r} describes a model of at least {need:,} parameters, but its weight files hold only "
-            f"{held:,} values; it was not loaded (the rest would be random, and allocating it could exhaust memory).",
-            "restore the matching config.json and complete weight files, then add the model again.")
+            f"The config of {name!r} describes a model of at least {need:,} parameters, but its weight "
+            "files hold only "
+            f"{held:,} values; it was not loaded (the rest would be random, and allocating it could "
+            "exhaust memory).",
+            "restore the matching config.json and complete weight files, then add the model again.",
+        )

@@ -1,5 +1,6 @@
 """Models: add from the embedded default, a GGUF file, a local folder or the Hugging Face hub;
 describe the architecture and memory needs before loading; load with dtype, quantization and device."""
+
 from __future__ import annotations
 
 import os
@@ -12,9 +13,9 @@ from typing import Any
 from ..core import defaults
 from ..core.configs import DEFAULT, ModelConfig, to_dict
 from ..core.errors import HubError, ModelError
-from .model_files import check_weight_files
 from ..core.progress import ProgressCallback, emit
 from ..core.workspace import Artifact, Workspace
+from .model_files import check_weight_files
 
 BYTES_PER_PARAM = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
 QUANT_BYTES = {"8bit": 1.0, "4bit": 0.5}
@@ -33,31 +34,42 @@ def model_location(art: Artifact) -> tuple[str, dict[str, Any]]:
     loc = art.meta.get("location")
     if loc and art.meta.get("provenance", {}).get("kind") == "local":
         if not Path(loc).is_dir():
-            raise ModelError(f"The model folder {loc} of {art.name!r} no longer exists.",
-                             "restore the folder, or delete the model from the workspace and add it again.")
+            raise ModelError(
+                f"The model folder {loc} of {art.name!r} no longer exists.",
+                "restore the folder, or delete the model from the workspace and add it again.",
+            )
         return loc, {}
     return art.meta["provenance"]["hub_id"], {"revision": art.meta["provenance"].get("revision")}
 
 
 def _check_loading(name: str, model, loading: dict[str, Any]) -> None:
-    """Refuse a model whose weight files did not cover its parameters (they would be random) or did not fit."""
+    """Refuse a model whose weight files did not cover its parameters (left random) or did not fit."""
     tied = set()
     if getattr(model.config, "tie_word_embeddings", False):
         tied = {n for n, _ in model.named_parameters() if n.endswith(("lm_head.weight", "embed_out.weight"))}
     missing = [k for k in loading.get("missing_keys", []) if k not in tied]
     bad = [str(x) for x in loading.get("mismatched_keys", [])]
     if missing or bad:
-        what = (f"{len(missing)} parameter(s) are missing from its weight files (e.g. {', '.join(missing[:3])})" if missing
-                else f"{len(bad)} weight(s) have the wrong shape (e.g. {', '.join(bad[:2])})")
-        raise ModelError(f"The model {name!r} cannot be used: {what}; they would be filled with random values.",
-                         "restore the complete weight files (or a matching config.json), then load again.")
+        what = (
+            f"{len(missing)} parameter(s) are missing from its weight files (e.g. {', '.join(missing[:3])})"
+            if missing
+            else f"{len(bad)} weight(s) have the wrong shape (e.g. {', '.join(bad[:2])})"
+        )
+        raise ModelError(
+            f"The model {name!r} cannot be used: {what}; they would be filled with random values.",
+            "restore the complete weight files (or a matching config.json), then load again.",
+        )
 
 
 def _hub_error(source: str, exc: Exception) -> HubError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     return HubError(
-        f"Model {source!r} could not be fetched from the Hugging Face hub" + (" (the hub is offline here)" if offline else "") + f": {exc}",
-        "check the id (and token for gated models), connect to the internet, or add a local folder or .gguf file instead.")
+        f"Model {source!r} could not be fetched from the Hugging Face hub"
+        + (" (the hub is offline here)" if offline else "")
+        + f": {exc}",
+        "check the id (and token for gated models), connect to the internet, or add a local folder or "
+        ".gguf file instead.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,17 +93,26 @@ def describe_config(config) -> dict[str, Any]:
     d_model = get("hidden_size", "n_embd", "d_model")
     heads = get("num_attention_heads", "n_head")
     return {
-        "family": config.model_type, "architecture": (config.architectures or [type(config).__name__])[0],
-        "layers": get("num_hidden_layers", "n_layer"), "d_model": d_model,
+        "family": config.model_type,
+        "architecture": (config.architectures or [type(config).__name__])[0],
+        "layers": get("num_hidden_layers", "n_layer"),
+        "d_model": d_model,
         "d_mlp": get("intermediate_size", "n_inner") or (4 * d_model if d_model else None),
-        "heads": heads, "kv_heads": get("num_key_value_heads") or heads, "vocab": get("vocab_size"),
-        "context_length": get("max_position_embeddings", "n_positions"), "parameters": params,
-        "tied_embeddings": tied, "supported": config.model_type in FAMILIES,
-        "parallel_blocks": config.model_type == "gpt_neox" and bool(getattr(text, "use_parallel_residual", True)),
+        "heads": heads,
+        "kv_heads": get("num_key_value_heads") or heads,
+        "vocab": get("vocab_size"),
+        "context_length": get("max_position_embeddings", "n_positions"),
+        "parameters": params,
+        "tied_embeddings": tied,
+        "supported": config.model_type in FAMILIES,
+        "parallel_blocks": config.model_type == "gpt_neox"
+        and bool(getattr(text, "use_parallel_residual", True)),
     }
 
 
-def memory_estimate(info: dict[str, Any], dtype: str = "float32", quantization: str = "none") -> dict[str, float]:
+def memory_estimate(
+    info: dict[str, Any], dtype: str = "float32", quantization: str = "none"
+) -> dict[str, float]:
     """Bytes the weights take once loaded (embeddings stay unquantized), plus a working margin."""
     params = info.get("parameters") or 0
     per = QUANT_BYTES.get(quantization, BYTES_PER_PARAM.get(dtype, 4.0))
@@ -120,8 +141,10 @@ def _convert_gguf(gguf: Path, out: Path, progress: ProgressCallback | None) -> A
         emit(progress, "convert", 1, 3, unit="steps", message="de-quantizing weights")
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
     except Exception as exc:
-        raise ModelError(f"Could not read the GGUF file {gguf}: {exc}",
-                         "check that it is a complete GGUF file of a supported architecture (pip install gguf).") from exc
+        raise ModelError(
+            f"Could not read the GGUF file {gguf}: {exc}",
+            "check that it is a complete GGUF file of a supported architecture (pip install gguf).",
+        ) from exc
     _clear_gguf_quantizer(model)
     emit(progress, "convert", 2, 3, unit="steps", message="writing safetensors")
     model.save_pretrained(out, safe_serialization=True)
@@ -135,15 +158,20 @@ def _name_for(source: str) -> str:
     return re.sub(r"\.gguf$", "", base) or "model"
 
 
-def add_model(ws: Workspace, cfg: ModelConfig | None = None, *, progress: ProgressCallback | None = None) -> Artifact:
+def add_model(
+    ws: Workspace, cfg: ModelConfig | None = None, *, progress: ProgressCallback | None = None
+) -> Artifact:
     """Register a model in the workspace. GGUF files (the embedded default among them) are converted
     once into a safetensors folder in the workspace; local folders and hub ids are referenced.
     Adding the embedded default twice returns the existing model."""
     from transformers import AutoConfig
 
     cfg = cfg or ModelConfig()
-    settings = {k: v for k, v in to_dict(cfg).items()
-                if k in ("dtype", "quantization", "device", "trust_remote_code", "allow_pickle_weights")}
+    settings = {
+        k: v
+        for k, v in to_dict(cfg).items()
+        if k in ("dtype", "quantization", "device", "trust_remote_code", "allow_pickle_weights")
+    }
     if cfg.source == DEFAULT:
         existing = ws.find(cfg.name or defaults.DEFAULT_MODEL_NAME, "model")
         if existing and existing.meta.get("provenance", {}).get("kind") == "embedded":
@@ -169,32 +197,47 @@ def add_model(ws: Workspace, cfg: ModelConfig | None = None, *, progress: Progre
     path = Path(cfg.source).expanduser()
     if path.exists() or cfg.source.startswith((".", "/", "~")):
         if not (path / "config.json").is_file():
-            raise ModelError(f"{path} is not a model folder (no config.json).",
-                             "point at a folder saved with save_pretrained, a .gguf file, or a hub id.")
+            raise ModelError(
+                f"{path} is not a model folder (no config.json).",
+                "point at a folder saved with save_pretrained, a .gguf file, or a hub id.",
+            )
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         except ValueError as exc:
-            raise ModelError(f"Could not read the model config in {path}: {exc}",
-                             "if the model needs its own code and you trust it, set trust_remote_code=True.") from exc
-        if not any(next(path.glob(pat), None) for pat in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")):
-            raise ModelError(f"{path} has a config.json but no weights (*.safetensors or *.bin).",
-                             "save the model with save_pretrained, or copy its weight files into the folder.")
+            raise ModelError(
+                f"Could not read the model config in {path}: {exc}",
+                "if the model needs its own code and you trust it, set trust_remote_code=True.",
+            ) from exc
+        if not any(
+            next(path.glob(pat), None)
+            for pat in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+        ):
+            raise ModelError(
+                f"{path} has a config.json but no weights (*.safetensors or *.bin).",
+                "save the model with save_pretrained, or copy its weight files into the folder.",
+            )
         if not next(path.glob("*.safetensors"), None) and not cfg.allow_pickle_weights:
-            raise ModelError(f"{path} holds its weights only as *.bin files, which are Python pickles; they are not "
-                             "loaded by default.", "convert them to safetensors, or if you trust the folder add it with "
-                             "allow_pickle_weights=True (CLI: --allow-pickle-weights); they are then read with "
-                             "torch.load(weights_only=True).")
+            raise ModelError(
+                f"{path} holds its weights only as *.bin files, which are Python pickles; they are not "
+                "loaded by default.",
+                "convert them to safetensors, or if you trust the folder add it with "
+                "allow_pickle_weights=True (CLI: --allow-pickle-weights); they are then read with "
+                "torch.load(weights_only=True).",
+            )
         check_weight_files(path, config, name)
         provenance = {"kind": "local", "path": str(path.resolve())}
         meta = {"provenance": provenance, "location": str(path.resolve()), "settings": settings}
     else:
         try:
-            config = AutoConfig.from_pretrained(cfg.source, revision=cfg.revision, token=cfg.token,
-                                                trust_remote_code=cfg.trust_remote_code)
+            config = AutoConfig.from_pretrained(
+                cfg.source, revision=cfg.revision, token=cfg.token, trust_remote_code=cfg.trust_remote_code
+            )
         except ValueError as exc:
             if "trust_remote_code" in str(exc):
-                raise ModelError(f"{cfg.source!r} needs its own Python code to load.",
-                                 "set trust_remote_code=True only if you trust that repository.") from exc
+                raise ModelError(
+                    f"{cfg.source!r} needs its own Python code to load.",
+                    "set trust_remote_code=True only if you trust that repository.",
+                ) from exc
             raise _hub_error(cfg.source, exc) from exc
         except OSError as exc:
             raise _hub_error(cfg.source, exc) from exc
@@ -204,7 +247,9 @@ def add_model(ws: Workspace, cfg: ModelConfig | None = None, *, progress: Progre
     return ws.register("model", name, meta=meta)
 
 
-def model_info(ws: Workspace, ref: str | Artifact, dtype: str | None = None, quantization: str | None = None) -> dict[str, Any]:
+def model_info(
+    ws: Workspace, ref: str | Artifact, dtype: str | None = None, quantization: str | None = None
+) -> dict[str, Any]:
     """Architecture and memory estimate of a registered model, without loading it."""
     art = ws.get(ref, "model")
     settings = art.meta.get("settings", {})
@@ -213,8 +258,11 @@ def model_info(ws: Workspace, ref: str | Artifact, dtype: str | None = None, qua
     eff = "float32" if dtype == "auto" else dtype
     info = dict(art.meta["info"])
     info["memory"] = memory_estimate(info, eff, quantization)
-    info["memory_table"] = {f"{d}/{q}": round(memory_estimate(info, d, q)["total_gib"], 3)
-                            for d in BYTES_PER_PARAM for q in ("none", *QUANT_BYTES)}
+    info["memory_table"] = {
+        f"{d}/{q}": round(memory_estimate(info, d, q)["total_gib"], 3)
+        for d in BYTES_PER_PARAM
+        for q in ("none", *QUANT_BYTES)
+    }
     info["dtype"], info["quantization"] = dtype, quantization
     return info
 
@@ -251,10 +299,15 @@ def resolve_device(device: str) -> str:
             return "mps"
         return "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("CUDA was asked for, but no CUDA GPU is available to this kernel.",
-                         "use device='cpu' (or 'auto'), or run on a machine with an NVIDIA GPU and a CUDA build of torch.")
+        raise ModelError(
+            "CUDA was asked for, but no CUDA GPU is available to this kernel.",
+            "use device='cpu' (or 'auto'), or run on a machine with an NVIDIA GPU and a CUDA build of torch.",
+        )
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelError("MPS was asked for, but Apple's Metal backend is not available here.", "use device='cpu' or 'auto'.")
+        raise ModelError(
+            "MPS was asked for, but Apple's Metal backend is not available here.",
+            "use device='cpu' or 'auto'.",
+        )
     if device not in ("cpu", "cuda", "mps"):
         raise ModelError(f"Unknown device {device!r}.", "use auto, cpu, cuda or mps.")
     return device
@@ -278,18 +331,25 @@ def _quantization_config(quantization: str, device: str, dtype: str):
     if quantization not in QUANT_BYTES:
         raise ModelError(f"Unknown quantization {quantization!r}.", "use none, 8bit or 4bit.")
     if device == "mps":
-        raise ModelError("bitsandbytes quantization does not run on Apple MPS.", "use device='cpu' or a CUDA GPU, or quantization='none'.")
+        raise ModelError(
+            "bitsandbytes quantization does not run on Apple MPS.",
+            "use device='cpu' or a CUDA GPU, or quantization='none'.",
+        )
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:
-        raise ModelError(f"{quantization} quantization needs bitsandbytes, which could not be imported ({exc}).",
-                         "pip install 'mistudio-widgets[quantization]' (bitsandbytes), or use quantization='none'.") from exc
+        raise ModelError(
+            f"{quantization} quantization needs bitsandbytes, which could not be imported ({exc}).",
+            "pip install 'mistudio-widgets[quantization]' (bitsandbytes), or use quantization='none'.",
+        ) from exc
     import torch
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(torch, dtype))
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(torch, dtype)
+    )
 
 
 def load_tokenizer(ws: Workspace, ref: str | Artifact):
@@ -303,17 +363,26 @@ def load_tokenizer(ws: Workspace, ref: str | Artifact):
             loc, kw = model_location(art)
             try:
                 _tokenizers[key] = AutoTokenizer.from_pretrained(
-                    loc, trust_remote_code=art.meta.get("settings", {}).get("trust_remote_code", False), **kw)
+                    loc, trust_remote_code=art.meta.get("settings", {}).get("trust_remote_code", False), **kw
+                )
             except OSError as exc:
                 if art.meta["provenance"]["kind"] == "hub":
                     raise _hub_error(loc, exc) from exc
-                raise ModelError(f"Could not load the tokenizer of {art.name!r}: {exc}", "check the model folder.") from exc
+                raise ModelError(
+                    f"Could not load the tokenizer of {art.name!r}: {exc}", "check the model folder."
+                ) from exc
         return _tokenizers[key]
 
 
-def load_model(ws: Workspace, ref: str | Artifact = defaults.DEFAULT_MODEL_NAME, *, dtype: str | None = None,
-               quantization: str | None = None, device: str | None = None,
-               progress: ProgressCallback | None = None) -> LoadedModel:
+def load_model(
+    ws: Workspace,
+    ref: str | Artifact = defaults.DEFAULT_MODEL_NAME,
+    *,
+    dtype: str | None = None,
+    quantization: str | None = None,
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> LoadedModel:
     """Load a registered model (cached per process for the same settings) in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -330,37 +399,51 @@ def load_model(ws: Workspace, ref: str | Artifact = defaults.DEFAULT_MODEL_NAME,
             return _models[key]
         loc, kw = model_location(art)
         emit(progress, "load", 0, 1, unit="model", message=art.name)
-        kwargs: dict[str, Any] = dict(dtype=getattr(torch, dt), trust_remote_code=settings.get("trust_remote_code", False),
-                                      output_loading_info=True, **kw)
+        kwargs: dict[str, Any] = dict(
+            dtype=getattr(torch, dt),
+            trust_remote_code=settings.get("trust_remote_code", False),
+            output_loading_info=True,
+            **kw,
+        )
         if not settings.get("allow_pickle_weights"):
             kwargs["use_safetensors"] = True
         if qcfg is not None:
             kwargs["quantization_config"] = qcfg
             kwargs["device_map"] = {"": dev if dev != "cuda" else 0}
-        if Path(loc).is_dir():       # a local folder: its files may have changed since it was added
+        if Path(loc).is_dir():  # a local folder: its files may have changed since it was added
             from transformers import AutoConfig
 
-            check_weight_files(Path(loc), AutoConfig.from_pretrained(loc, trust_remote_code=kwargs["trust_remote_code"]),
-                               art.name)
+            check_weight_files(
+                Path(loc),
+                AutoConfig.from_pretrained(loc, trust_remote_code=kwargs["trust_remote_code"]),
+                art.name,
+            )
         try:
             model, loading = AutoModelForCausalLM.from_pretrained(loc, **kwargs)
         except torch.OutOfMemoryError as exc:
-            raise ModelError(f"Out of memory loading {art.name!r} in {dt}.", "use a smaller dtype or 8bit/4bit quantization.") from exc
+            raise ModelError(
+                f"Out of memory loading {art.name!r} in {dt}.",
+                "use a smaller dtype or 8bit/4bit quantization.",
+            ) from exc
         except OSError as exc:
             if art.meta["provenance"]["kind"] == "hub":
                 raise _hub_error(loc, exc) from exc
             raise ModelError(f"Could not load {art.name!r}: {exc}", "check the model folder.") from exc
         except Exception as exc:
             if qcfg is not None:
-                raise ModelError(f"bitsandbytes could not load {art.name!r} in {quant} on {dev}: {exc}",
-                                 "use a CUDA GPU for quantization, or quantization='none'.") from exc
+                raise ModelError(
+                    f"bitsandbytes could not load {art.name!r} in {quant} on {dev}: {exc}",
+                    "use a CUDA GPU for quantization, or quantization='none'.",
+                ) from exc
             raise
         _check_loading(art.name, model, loading)
         if qcfg is None:
             model.to(dev)
         model.eval()
         model.requires_grad_(False)
-        loaded = LoadedModel(art, model, load_tokenizer(ws, art), dev, dt, quant, model_info(ws, art, dt, quant))
+        loaded = LoadedModel(
+            art, model, load_tokenizer(ws, art), dev, dt, quant, model_info(ws, art, dt, quant)
+        )
         _models[key] = loaded
         emit(progress, "load", 1, 1, unit="model", message=art.name, finished=True)
         return loaded
@@ -380,7 +463,9 @@ def unload_models() -> None:
     gc.collect()
 
 
-def resolve_model(ws: Workspace, ref: str | Artifact = DEFAULT, *, progress: ProgressCallback | None = None) -> Artifact:
+def resolve_model(
+    ws: Workspace, ref: str | Artifact = DEFAULT, *, progress: ProgressCallback | None = None
+) -> Artifact:
     """A model artifact; ``'default'`` adds the embedded model on first use."""
     if isinstance(ref, Artifact):
         return ref

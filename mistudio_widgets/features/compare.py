@@ -1,6 +1,7 @@
 """Compare two SAEs on the same model and hook by the cosine similarity of their decoder directions:
 each feature's nearest neighbour in the other SAE, and a one-to-one matching (optimal assignment for
 up to 4096 x 4096 features, mutual-best greedy matching beyond)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -9,8 +10,8 @@ import numpy as np
 import torch
 
 from ..core.errors import MistudioError
-from ..sae.io import load_sae
 from ..core.workspace import Workspace
+from ..sae.io import load_sae
 
 EXACT_LIMIT = 4096 * 4096
 CHUNK = 2048
@@ -29,9 +30,9 @@ def nearest(A: torch.Tensor, B: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """For each row of A (unit rows), the index and cosine of its nearest row of B (chunked)."""
     idx, val = np.empty(A.shape[0], dtype=np.int64), np.empty(A.shape[0], dtype=np.float32)
     for s in range(0, A.shape[0], CHUNK):
-        c = A[s:s + CHUNK] @ B.T
+        c = A[s : s + CHUNK] @ B.T
         v, i = c.max(dim=1)
-        idx[s:s + CHUNK], val[s:s + CHUNK] = i.numpy(), v.numpy()
+        idx[s : s + CHUNK], val[s : s + CHUNK] = i.numpy(), v.numpy()
     return idx, val
 
 
@@ -69,33 +70,63 @@ def compare_saes(ws: Workspace, a: str, b: str, *, top: int = 20) -> dict[str, A
     sae_a, _ = load_sae(art_a.path)
     sae_b, _ = load_sae(art_b.path)
     if sae_a.spec.d_in != sae_b.spec.d_in or sae_a.W_dec.shape[1] != sae_b.W_dec.shape[1]:
-        raise CompareError(f"{art_a.name!r} and {art_b.name!r} live in different spaces "
-                           f"({sae_a.W_dec.shape[1]} vs {sae_b.W_dec.shape[1]} dimensions).",
-                           "compare SAEs trained on the same model and hook.")
+        raise CompareError(
+            f"{art_a.name!r} and {art_b.name!r} live in different spaces "
+            f"({sae_a.W_dec.shape[1]} vs {sae_b.W_dec.shape[1]} dimensions).",
+            "compare SAEs trained on the same model and hook.",
+        )
     warnings = []
     if art_a.meta.get("hook") != art_b.meta.get("hook"):
-        warnings.append(f"the SAEs read different hooks ({art_a.meta.get('hook')} vs {art_b.meta.get('hook')}); "
-                        "similar directions may still mean different things")
+        warnings.append(
+            f"the SAEs read different hooks ({art_a.meta.get('hook')} vs {art_b.meta.get('hook')}); "
+            "similar directions may still mean different things"
+        )
     A, B = _unit_rows(sae_a.W_dec), _unit_rows(sae_b.W_dec)
     nn_ab, cos_ab = nearest(A, B)
     nn_ba, cos_ba = nearest(B, A)
     ra, rb, method = one_to_one(A, B)
-    pair_cos = (A[torch.from_numpy(ra)] * B[torch.from_numpy(rb)]).sum(1).numpy() if len(ra) else np.zeros(0, np.float32)
+    pair_cos = (
+        (A[torch.from_numpy(ra)] * B[torch.from_numpy(rb)]).sum(1).numpy()
+        if len(ra)
+        else np.zeros(0, np.float32)
+    )
     order = np.argsort(-pair_cos)
     la = {int(r["feature"]): r["label"] for r in ws.labels(art_a.id)}
     lb = {int(r["feature"]): r["label"] for r in ws.labels(art_b.id)}
-    pairs = [{"a": int(ra[k]), "b": int(rb[k]), "cosine": float(pair_cos[k]), "label_a": la.get(int(ra[k])),
-              "label_b": lb.get(int(rb[k]))} for k in order[:top]]
-    summary = {"a": art_a.id, "b": art_b.id, "name_a": art_a.name, "name_b": art_b.name,
-               "d_sae_a": sae_a.spec.d_sae, "d_sae_b": sae_b.spec.d_sae, "method": method, "matched": int(len(ra)),
-               "mean_matched_cosine": float(pair_cos.mean()) if len(ra) else 0.0,
-               "mean_nearest_cosine_a": float(cos_ab.mean()), "mean_nearest_cosine_b": float(cos_ba.mean()),
-               "matched_above_0.9": int((pair_cos > 0.9).sum()), "matched_above_0.7": int((pair_cos > 0.7).sum()),
-               "warnings": warnings}
-    return {"summary": summary, "pairs": pairs,
-            "histogram": np.histogram(pair_cos, bins=20, range=(-1, 1))[0].tolist(),
-            "nearest_a": {"index": nn_ab, "cosine": cos_ab}, "nearest_b": {"index": nn_ba, "cosine": cos_ba},
-            "assignment": {"a": ra, "b": rb, "cosine": pair_cos}}
+    pairs = [
+        {
+            "a": int(ra[k]),
+            "b": int(rb[k]),
+            "cosine": float(pair_cos[k]),
+            "label_a": la.get(int(ra[k])),
+            "label_b": lb.get(int(rb[k])),
+        }
+        for k in order[:top]
+    ]
+    summary = {
+        "a": art_a.id,
+        "b": art_b.id,
+        "name_a": art_a.name,
+        "name_b": art_b.name,
+        "d_sae_a": sae_a.spec.d_sae,
+        "d_sae_b": sae_b.spec.d_sae,
+        "method": method,
+        "matched": int(len(ra)),
+        "mean_matched_cosine": float(pair_cos.mean()) if len(ra) else 0.0,
+        "mean_nearest_cosine_a": float(cos_ab.mean()),
+        "mean_nearest_cosine_b": float(cos_ba.mean()),
+        "matched_above_0.9": int((pair_cos > 0.9).sum()),
+        "matched_above_0.7": int((pair_cos > 0.7).sum()),
+        "warnings": warnings,
+    }
+    return {
+        "summary": summary,
+        "pairs": pairs,
+        "histogram": np.histogram(pair_cos, bins=20, range=(-1, 1))[0].tolist(),
+        "nearest_a": {"index": nn_ab, "cosine": cos_ab},
+        "nearest_b": {"index": nn_ba, "cosine": cos_ba},
+        "assignment": {"a": ra, "b": rb, "cosine": pair_cos},
+    }
 
 
 def describe_pair(result: dict[str, Any], k: int = 0) -> str:
@@ -103,4 +134,7 @@ def describe_pair(result: dict[str, Any], k: int = 0) -> str:
     s = result["summary"]
     la = f" ({p['label_a']})" if p["label_a"] else ""
     lb = f" ({p['label_b']})" if p["label_b"] else ""
-    return f"feature {p['a']}{la} of {s['name_a']} matches feature {p['b']}{lb} of {s['name_b']} at {p['cosine']:.2f}"
+    return (
+        f"feature {p['a']}{la} of {s['name_a']} matches feature {p['b']}{lb} of {s['name_b']} "
+        f"at {p['cosine']:.2f}"
+    )

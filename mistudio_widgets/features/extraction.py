@@ -9,6 +9,7 @@ columnar files (Parquet, schema in ``store``) per SAE and extraction, plus SAELe
 An extraction is a workspace artifact (kind ``extraction``, child of the SAE) that checkpoints its state
 every few batches and resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,17 +21,26 @@ import numpy as np
 import torch
 
 from ..core.configs import ExtractConfig, TokenizeConfig, to_dict
-from ..data.datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
 from ..core.jobs import JobControl, Status, claim, lifecycle, owner_stamp
-from ..data.models import LoadedModel
 from ..core.progress import ProgressCallback, emit
-from ..sae import SAE
 from ..core.workspace import Artifact, Workspace, disk_error
+from ..data.datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
+from ..data.models import LoadedModel
+from ..sae import SAE
 from .library import FeatureError, _special, feature_acts, load_library_sae, model_for_sae, sae_hook
-from .store import (COACT_FILE, EXAMPLES_FILE, FEATURES_FILE, HIST_BINS, KIND, LOGIT_HIST_BINS, SPARSITY_FILE,
-                    STATE_FILE, vocab_strings)
+from .store import (
+    COACT_FILE,
+    EXAMPLES_FILE,
+    FEATURES_FILE,
+    HIST_BINS,
+    KIND,
+    LOGIT_HIST_BINS,
+    SPARSITY_FILE,
+    STATE_FILE,
+    vocab_strings,
+)
 
-LOG_LO, LOG_HI, LOG_BINS = -3.0, 3.0, 1536    # counting bins: 10^-3 .. 10^3, 0.9% wide each
+LOG_LO, LOG_HI, LOG_BINS = -3.0, 3.0, 1536  # counting bins: 10^-3 .. 10^3, 0.9% wide each
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,22 +55,39 @@ class Accumulator:
         self.R = cfg.quantile_groups * cfg.quantile_examples * 4
         K, R, W, F = cfg.top_k, self.R, self.W, d_sae
         self.s: dict[str, torch.Tensor] = {
-            "tokens": torch.zeros((), dtype=torch.long), "positions": torch.zeros((), dtype=torch.long),
+            "tokens": torch.zeros((), dtype=torch.long),
+            "positions": torch.zeros((), dtype=torch.long),
             "batches": torch.zeros((), dtype=torch.long),
-            "count": torch.zeros(F, dtype=torch.long), "sum": torch.zeros(F, dtype=torch.float64),
-            "max": torch.zeros(F), "hist": torch.zeros(F, LOG_BINS, dtype=torch.int32),
-            "top_val": torch.full((K, F), -1.0), "top_seq": torch.zeros((K, F), dtype=torch.int32),
-            "top_start": torch.zeros((K, F), dtype=torch.int16), "top_pos": torch.zeros((K, F), dtype=torch.int16),
+            "count": torch.zeros(F, dtype=torch.long),
+            "sum": torch.zeros(F, dtype=torch.float64),
+            "max": torch.zeros(F),
+            "hist": torch.zeros(F, LOG_BINS, dtype=torch.int32),
+            "top_val": torch.full((K, F), -1.0),
+            "top_seq": torch.zeros((K, F), dtype=torch.int32),
+            "top_start": torch.zeros((K, F), dtype=torch.int16),
+            "top_pos": torch.zeros((K, F), dtype=torch.int16),
             "top_win": torch.zeros((K, F, W), dtype=torch.float16),
-            "res_key": torch.full((R, F), -1.0), "res_val": torch.zeros((R, F)), "res_seq": torch.zeros((R, F), dtype=torch.int32),
-            "res_start": torch.zeros((R, F), dtype=torch.int16), "res_pos": torch.zeros((R, F), dtype=torch.int16),
+            "res_key": torch.full((R, F), -1.0),
+            "res_val": torch.zeros((R, F)),
+            "res_seq": torch.zeros((R, F), dtype=torch.int32),
+            "res_start": torch.zeros((R, F), dtype=torch.int16),
+            "res_pos": torch.zeros((R, F), dtype=torch.int16),
             "res_win": torch.zeros((R, F, W), dtype=torch.float16),
-            "co_row": torch.zeros(0, dtype=torch.int32), "co_col": torch.zeros(0, dtype=torch.int32),
+            "co_row": torch.zeros(0, dtype=torch.int32),
+            "co_col": torch.zeros(0, dtype=torch.int32),
             "co_val": torch.zeros(0, dtype=torch.float16),
         }
 
-    def _admit(self, prefix: str, key_new: torch.Tensor, cols: torch.Tensor, A: torch.Tensor, smax: torch.Tensor,
-               spos: torch.Tensor, seq0: int) -> None:
+    def _admit(
+        self,
+        prefix: str,
+        key_new: torch.Tensor,
+        cols: torch.Tensor,
+        A: torch.Tensor,
+        smax: torch.Tensor,
+        spos: torch.Tensor,
+        seq0: int,
+    ) -> None:
         """Keep the best (by key) of the stored entries and the batch's candidates for features ``cols``:
         the candidates that make it overwrite the entries that drop out (the stores are unordered), and
         only they get their window of values cut out of A."""
@@ -71,8 +98,12 @@ class Accumulator:
         sel = torch.cat([store[:, cols], key_new]).topk(n, dim=0, sorted=False).indices
         chosen = torch.zeros(n + B, C, dtype=torch.bool).scatter_(0, sel, True)
         m = min(n, B)
-        free = torch.argsort(chosen[:n].to(torch.int8), dim=0, stable=True)[:m]        # slots that drop out come first
-        src = torch.argsort((~chosen[n:]).to(torch.int8), dim=0, stable=True)[:m]     # admitted candidates come first
+        free = torch.argsort(chosen[:n].to(torch.int8), dim=0, stable=True)[
+            :m
+        ]  # slots that drop out come first
+        src = torch.argsort((~chosen[n:]).to(torch.int8), dim=0, stable=True)[
+            :m
+        ]  # admitted candidates come first
         valid = torch.arange(m).view(-1, 1) < chosen[n:].sum(0).view(1, -1)
         if not valid.any():
             return
@@ -87,7 +118,9 @@ class Accumulator:
         s[f"{prefix}_seq"][slot, f] = (seq0 + b).int()
         s[f"{prefix}_pos"][slot, f] = pos.to(torch.int16)
         s[f"{prefix}_start"][slot, f] = start.to(torch.int16)
-        s[f"{prefix}_win"][slot, f] = A[b.view(-1, 1), start.view(-1, 1) + torch.arange(self.W), f.view(-1, 1)].half()
+        s[f"{prefix}_win"][slot, f] = A[
+            b.view(-1, 1), start.view(-1, 1) + torch.arange(self.W), f.view(-1, 1)
+        ].half()
 
     def sorted_top(self) -> dict[str, torch.Tensor]:
         """The top-k stores ordered by value, high to low, per feature."""
@@ -107,17 +140,23 @@ class Accumulator:
         v = flat[r, c]
         s["count"] += torch.bincount(c, minlength=F)
         s["sum"].index_add_(0, c, v.double())
-        b = ((v.clamp_min(1e-30).log10() - LOG_LO) * (LOG_BINS / (LOG_HI - LOG_LO))).long().clamp_(0, LOG_BINS - 1)
-        s["hist"].view(-1).index_put_((c * LOG_BINS + b,), torch.ones(len(b), dtype=torch.int32), accumulate=True)
+        b = (
+            ((v.clamp_min(1e-30).log10() - LOG_LO) * (LOG_BINS / (LOG_HI - LOG_LO)))
+            .long()
+            .clamp_(0, LOG_BINS - 1)
+        )
+        s["hist"].view(-1).index_put_(
+            (c * LOG_BINS + b,), torch.ones(len(b), dtype=torch.int32), accumulate=True
+        )
         room = cfg.coactivation_tokens - int(s["positions"])
-        if room > 0:                                  # the first positions' sparse activations, for correlations
+        if room > 0:  # the first positions' sparse activations, for correlations
             take = r < room
             s["co_row"] = torch.cat([s["co_row"], (r[take] + int(s["positions"])).int()])
             s["co_col"] = torch.cat([s["co_col"], c[take].int()])
             s["co_val"] = torch.cat([s["co_val"], v[take].half()])
-        # per sequence: the peak of each feature; only (sequence, feature) pairs that can enter the top-k or the
-        # reservoir get their window of values cut out and merged
-        smax, spos = A.max(1)                                          # [B, F]
+        # per sequence: the peak of each feature; only (sequence, feature) pairs that can enter the top-k or
+        # the reservoir get their window of values cut out and merged
+        smax, spos = A.max(1)  # [B, F]
         s["max"] = torch.maximum(s["max"], smax.max(0).values)
         fired = smax > cfg.threshold
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int(s["batches"]))
@@ -146,9 +185,16 @@ def _checkpoint(folder: Path, acc: Accumulator) -> None:
         raise disk_error(exc, "the extraction checkpoint", writing="checkpoint") from exc
 
 
-def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None, *, resume: str | None = None,
-            progress: ProgressCallback | None = None, control: JobControl | None = None,
-            stop_after: int | None = None) -> Artifact:
+def extract(
+    ws: Workspace,
+    sae: str | Artifact,
+    cfg: ExtractConfig | None = None,
+    *,
+    resume: str | None = None,
+    progress: ProgressCallback | None = None,
+    control: JobControl | None = None,
+    stop_after: int | None = None,
+) -> Artifact:
     """Extract feature statistics and examples for an SAE of the library (or resume extraction
     ``resume``). ``stop_after`` ends the session after that many batches with a checkpoint, as an
     interruption would. Returns the extraction artifact."""
@@ -157,20 +203,33 @@ def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None
         ext = ws.get(resume, KIND)
         claim(ws, ext, "extraction")
         if not (ext.path / STATE_FILE).is_file() and ext.meta.get("status") != Status.DONE:
-            raise FeatureError(f"Extraction {ext.name!r} has no checkpoint to resume from.", "start a new extraction.")
+            raise FeatureError(
+                f"Extraction {ext.name!r} has no checkpoint to resume from.", "start a new extraction."
+            )
         if ext.meta.get("status") == Status.DONE:
             return ext
         cfg = ExtractConfig(**ext.meta["config"])
         sae = ext.parent
     cfg = cfg or ExtractConfig()
     if not isinstance(cfg.tokens, int) or cfg.tokens < 1:
-        raise FeatureError(f"tokens must be a positive number (got {cfg.tokens!r}).", "ask for e.g. 65536 tokens.")
+        raise FeatureError(
+            f"tokens must be a positive number (got {cfg.tokens!r}).", "ask for e.g. 65536 tokens."
+        )
     sae_art, model_sae, _ = load_library_sae(ws, sae)
     lm = model_for_sae(ws, sae_art, model_sae, cfg.model, progress)
     hook = sae_hook(sae_art, model_sae)
-    ds = resolve_dataset(ws, cfg.dataset, progress=progress) if ws.find(cfg.dataset, "tokenization") is None else None
-    tok = (ensure_tokenization(ws, ds, lm.artifact, TokenizeConfig(context_size=cfg.context_size), progress=progress)
-           if ds is not None else ws.get(cfg.dataset, "tokenization"))
+    ds = (
+        resolve_dataset(ws, cfg.dataset, progress=progress)
+        if ws.find(cfg.dataset, "tokenization") is None
+        else None
+    )
+    tok = (
+        ensure_tokenization(
+            ws, ds, lm.artifact, TokenizeConfig(context_size=cfg.context_size), progress=progress
+        )
+        if ds is not None
+        else ws.get(cfg.dataset, "tokenization")
+    )
     check_tokenization_fits(ws, tok, lm.artifact, lm.tokenizer)
     tokens = load_tokens(ws, tok)
     ctx = tokens.shape[1]
@@ -179,10 +238,23 @@ def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None
         raise FeatureError("The dataset has no token sequences.", "use a dataset with text in it.")
     if not resume:
         name = cfg.name or ws.unique_name(KIND, f"{sae_art.name}@{tok.name}")
-        ext = ws.create_folder(KIND, name, parent=sae_art.id, meta={
-            "config": to_dict(cfg), "status": Status.RUNNING, "owner": owner_stamp(), "sae": sae_art.id,
-            "model": lm.artifact.id, "hook": hook, "tokenization": tok.id, "sequences": n_seq, "context_size": ctx,
-            "started": time.time()})
+        ext = ws.create_folder(
+            KIND,
+            name,
+            parent=sae_art.id,
+            meta={
+                "config": to_dict(cfg),
+                "status": Status.RUNNING,
+                "owner": owner_stamp(),
+                "sae": sae_art.id,
+                "model": lm.artifact.id,
+                "hook": hook,
+                "tokenization": tok.id,
+                "sequences": n_seq,
+                "context_size": ctx,
+                "started": time.time(),
+            },
+        )
     acc = Accumulator(model_sae.spec.d_sae, ctx, cfg)
     if resume and (ext.path / STATE_FILE).is_file():
         acc.s = torch.load(ext.path / STATE_FILE, weights_only=True)
@@ -191,17 +263,19 @@ def extract(ws: Workspace, sae: str | Artifact, cfg: ExtractConfig | None = None
     with lifecycle(ws, [ext], **({"resumed": time.time()} if resume else {})):
         for start in range(int(acc.s["batches"]) * cfg.batch_size, n_seq, cfg.batch_size):
             control.check()
-            ids = torch.tensor(tokens[start:min(start + cfg.batch_size, n_seq)], dtype=torch.long)
+            ids = torch.tensor(tokens[start : min(start + cfg.batch_size, n_seq)], dtype=torch.long)
             A = feature_acts(lm, model_sae, hook, ids).cpu()
             acc.update(A, start, int((~torch.isin(ids, special)).sum()))
             done_here += 1
             emit(progress, "extract", min(start + cfg.batch_size, n_seq) * ctx, n_seq * ctx, unit="tok")
             last = start + cfg.batch_size >= n_seq
             stop = (stop_after is not None and done_here >= stop_after) or control.cancelled
-            if not last and ((cfg.checkpoint_every and int(acc.s["batches"]) % cfg.checkpoint_every == 0) or stop):
+            if not last and (
+                (cfg.checkpoint_every and int(acc.s["batches"]) % cfg.checkpoint_every == 0) or stop
+            ):
                 _checkpoint(ext.path, acc)
                 if stop:
-                    control.check()                           # cancelled: interrupted by the lifecycle
+                    control.check()  # cancelled: interrupted by the lifecycle
                     return ws.update_meta(ext.id, status=Status.INTERRUPTED, batches=int(acc.s["batches"]))
         emit(progress, "extract", n_seq * ctx, n_seq * ctx, unit="tok", finished=True)
         summary = finalise(ext.path, acc, model_sae, lm, tokens, cfg, progress)
@@ -258,8 +332,15 @@ def _atomic_parquet(table, path: Path, **kw) -> None:
         raise disk_error(exc, f"the extraction file {path.name}") from exc
 
 
-def finalise(folder: Path, acc: Accumulator, sae: SAE, lm: LoadedModel, tokens: np.ndarray, cfg: ExtractConfig,
-             progress: ProgressCallback | None = None) -> dict[str, Any]:
+def finalise(
+    folder: Path,
+    acc: Accumulator,
+    sae: SAE,
+    lm: LoadedModel,
+    tokens: np.ndarray,
+    cfg: ExtractConfig,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
     import pyarrow as pa
 
     from ..sae.io import write_safetensors
@@ -280,10 +361,10 @@ def finalise(folder: Path, acc: Accumulator, sae: SAE, lm: LoadedModel, tokens: 
         W_Uc = W_U.cpu()
         W_Ub = W_Uc.T.contiguous().to(torch.bfloat16)
         for a in range(0, F, 512):
-            Dc = D[a:a + 512]
+            Dc = D[a : a + 512]
             # the full [features, vocab] product in bfloat16 (about 2x faster on CPUs) picks the tokens;
             # their values are then recomputed exactly in float32
-            L = Dc.to(torch.bfloat16) @ W_Ub                           # [c, vocab], bfloat16
+            L = Dc.to(torch.bfloat16) @ W_Ub  # [c, vocab], bfloat16
             k2 = min(cfg.logits + 8, L.shape[1])
             ti = L.topk(k2, dim=1).indices
             bi = L.topk(k2, dim=1, largest=False).indices
@@ -292,24 +373,33 @@ def finalise(folder: Path, acc: Accumulator, sae: SAE, lm: LoadedModel, tokens: 
             t = exact_t.topk(cfg.logits, dim=1)
             b = exact_b.topk(cfg.logits, dim=1, largest=False)
             lo, hi = L.min(1).values.float(), L.max(1).values.float()
-            L.sub_(lo[:, None].to(L.dtype)).mul_((LOGIT_HIST_BINS / (hi - lo).clamp_min(1e-12))[:, None].to(L.dtype))
+            L.sub_(lo[:, None].to(L.dtype)).mul_(
+                (LOGIT_HIST_BINS / (hi - lo).clamp_min(1e-12))[:, None].to(L.dtype)
+            )
             idx = L.clamp_(0, LOGIT_HIST_BINS - 1).to(torch.int64)
-            lh.append(torch.zeros(L.shape[0], LOGIT_HIST_BINS, dtype=torch.long)
-                      .scatter_add_(1, idx, torch.ones((), dtype=torch.long).expand_as(idx)))
+            lh.append(
+                torch.zeros(L.shape[0], LOGIT_HIST_BINS, dtype=torch.long).scatter_add_(
+                    1, idx, torch.ones((), dtype=torch.long).expand_as(idx)
+                )
+            )
             top_i.append(ti.gather(1, t.indices)), top_v.append(t.values)
             bot_i.append(bi.gather(1, b.indices)), bot_v.append(b.values)
             lmin.append(lo), lmax.append(hi)
             emit(progress, "logit lens", min(a + 512, F), F, unit="feature")
-        logit = {k: torch.cat(v) for k, v in zip(("ti", "tv", "bi", "bv", "lh", "lmin", "lmax"),
-                                                 (top_i, top_v, bot_i, bot_v, lh, lmin, lmax))}
+        logit = {
+            k: torch.cat(v)
+            for k, v in zip(
+                ("ti", "tv", "bi", "bv", "lh", "lmin", "lmax"), (top_i, top_v, bot_i, bot_v, lh, lmin, lmax)
+            )
+        }
     else:
-        logit = None                                          # a transcoder writing elsewhere than the residual
+        logit = None  # a transcoder writing elsewhere than the residual
     emit(progress, "logit lens", F, F, unit="feature", finished=True)
     Wn = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
     nb_i, nb_v = [], []
     k_nb = min(cfg.neighbours, F - 1) if F > 1 else 0
     for a in range(0, F, 1024):
-        sim = Wn[a:a + 1024] @ Wn.T
+        sim = Wn[a : a + 1024] @ Wn.T
         sim[torch.arange(sim.shape[0]), torch.arange(a, a + sim.shape[0])] = -2.0
         t = sim.topk(k_nb, dim=1)
         nb_i.append(t.indices), nb_v.append(t.values)
@@ -320,33 +410,59 @@ def finalise(folder: Path, acc: Accumulator, sae: SAE, lm: LoadedModel, tokens: 
         return pa.array(t.tolist(), type=pa.list_(typ))
 
     cols: dict[str, Any] = {
-        "index": pa.array(np.arange(F, dtype=np.int32)), "frequency": pa.array(freq.float().numpy()),
-        "count": pa.array(count.numpy()), "mean": pa.array(mean.numpy()), "max": pa.array(maxv.numpy()),
-        "q50": pa.array(quant[:, 0].numpy()), "q90": pa.array(quant[:, 1].numpy()), "q99": pa.array(quant[:, 2].numpy()),
-        "hist": lists(hist.int(), pa.int32()), "neighbours": lists(nb_i.int(), pa.int32()),
+        "index": pa.array(np.arange(F, dtype=np.int32)),
+        "frequency": pa.array(freq.float().numpy()),
+        "count": pa.array(count.numpy()),
+        "mean": pa.array(mean.numpy()),
+        "max": pa.array(maxv.numpy()),
+        "q50": pa.array(quant[:, 0].numpy()),
+        "q90": pa.array(quant[:, 1].numpy()),
+        "q99": pa.array(quant[:, 2].numpy()),
+        "hist": lists(hist.int(), pa.int32()),
+        "neighbours": lists(nb_i.int(), pa.int32()),
         "neighbour_cos": lists(nb_v, pa.float32()),
     }
     if logit is not None:
-        cols.update({"top_logit_ids": lists(logit["ti"].int(), pa.int32()), "top_logit_values": lists(logit["tv"], pa.float32()),
-                     "top_logit_tokens": pa.array([[vocab[i] for i in row] for row in logit["ti"].tolist()]),
-                     "bottom_logit_ids": lists(logit["bi"].int(), pa.int32()),
-                     "bottom_logit_values": lists(logit["bv"], pa.float32()),
-                     "bottom_logit_tokens": pa.array([[vocab[i] for i in row] for row in logit["bi"].tolist()]),
-                     "logit_hist": lists(logit["lh"].int(), pa.int32()), "logit_min": pa.array(logit["lmin"].numpy()),
-                     "logit_max": pa.array(logit["lmax"].numpy())})
+        cols.update(
+            {
+                "top_logit_ids": lists(logit["ti"].int(), pa.int32()),
+                "top_logit_values": lists(logit["tv"], pa.float32()),
+                "top_logit_tokens": pa.array([[vocab[i] for i in row] for row in logit["ti"].tolist()]),
+                "bottom_logit_ids": lists(logit["bi"].int(), pa.int32()),
+                "bottom_logit_values": lists(logit["bv"], pa.float32()),
+                "bottom_logit_tokens": pa.array([[vocab[i] for i in row] for row in logit["bi"].tolist()]),
+                "logit_hist": lists(logit["lh"].int(), pa.int32()),
+                "logit_min": pa.array(logit["lmin"].numpy()),
+                "logit_max": pa.array(logit["lmax"].numpy()),
+            }
+        )
     _atomic_parquet(pa.table(cols), folder / FEATURES_FILE)
     _write_examples(folder, acc, tokens, cfg, maxv)
-    np.savez_compressed(folder / (COACT_FILE + ".tmp.npz"), row=s["co_row"].numpy(), col=s["co_col"].numpy(),
-                        val=s["co_val"].numpy(), tokens=min(cfg.coactivation_tokens, int(s["positions"])), d_sae=F)
+    np.savez_compressed(
+        folder / (COACT_FILE + ".tmp.npz"),
+        row=s["co_row"].numpy(),
+        col=s["co_col"].numpy(),
+        val=s["co_val"].numpy(),
+        tokens=min(cfg.coactivation_tokens, int(s["positions"])),
+        d_sae=F,
+    )
     os.replace(folder / (COACT_FILE + ".tmp.npz"), folder / COACT_FILE)
     # SAELens reads log10 feature density from sparsity.safetensors
     write_safetensors({"sparsity": torch.log10(freq.float() + 1e-10)}, folder / SPARSITY_FILE)
     alive = int((count > 0).sum())
-    return {"tokens": int(s["tokens"]), "alive": alive, "dead": F - alive, "d_sae": F,
-            "mean_l0": float(count.sum()) / n_tok, "median_frequency": float(freq[count > 0].median()) if alive else 0.0}
+    return {
+        "tokens": int(s["tokens"]),
+        "alive": alive,
+        "dead": F - alive,
+        "d_sae": F,
+        "mean_l0": float(count.sum()) / n_tok,
+        "median_frequency": float(freq[count > 0].median()) if alive else 0.0,
+    }
 
 
-def _write_examples(folder: Path, acc: Accumulator, tokens: np.ndarray, cfg: ExtractConfig, maxv: torch.Tensor) -> None:
+def _write_examples(
+    folder: Path, acc: Accumulator, tokens: np.ndarray, cfg: ExtractConfig, maxv: torch.Tensor
+) -> None:
     import pyarrow as pa
 
     s, W = acc.s, acc.W
@@ -354,28 +470,46 @@ def _write_examples(folder: Path, acc: Accumulator, tokens: np.ndarray, cfg: Ext
     parts: list[dict[str, np.ndarray]] = []
 
     def block(feature, kind, group, rank, val, seq, start, pos, win):
-        return {"feature": feature.astype(np.int32), "kind": np.full(len(feature), kind, dtype=object),
-                "group": group.astype(np.int16), "rank": rank.astype(np.int16), "value": val.astype(np.float32),
-                "sequence": seq.astype(np.int32), "start": start.astype(np.int16), "peak": (pos - start).astype(np.int16),
-                "values": win.astype(np.float32)}
+        return {
+            "feature": feature.astype(np.int32),
+            "kind": np.full(len(feature), kind, dtype=object),
+            "group": group.astype(np.int16),
+            "rank": rank.astype(np.int16),
+            "value": val.astype(np.float32),
+            "sequence": seq.astype(np.int32),
+            "start": start.astype(np.int16),
+            "peak": (pos - start).astype(np.int16),
+            "values": win.astype(np.float32),
+        }
 
     top = acc.sorted_top()
-    top_val = top["val"].T.numpy()                               # [F, K], sorted high to low
+    top_val = top["val"].T.numpy()  # [F, K], sorted high to low
     valid = top_val > cfg.threshold
     f_idx, k_idx = np.nonzero(valid)
-    parts.append(block(f_idx, "top", np.zeros_like(f_idx), k_idx, top_val[f_idx, k_idx],
-                       top["seq"].T.numpy()[f_idx, k_idx], top["start"].T.numpy()[f_idx, k_idx],
-                       top["pos"].T.numpy()[f_idx, k_idx], top["win"].permute(1, 0, 2).numpy()[f_idx, k_idx]))
-    # quantile-sampled: equal-width activation intervals of [0, max], filled from the reservoir and the top examples
+    parts.append(
+        block(
+            f_idx,
+            "top",
+            np.zeros_like(f_idx),
+            k_idx,
+            top_val[f_idx, k_idx],
+            top["seq"].T.numpy()[f_idx, k_idx],
+            top["start"].T.numpy()[f_idx, k_idx],
+            top["pos"].T.numpy()[f_idx, k_idx],
+            top["win"].permute(1, 0, 2).numpy()[f_idx, k_idx],
+        )
+    )
+    # quantile-sampled: equal-width activation intervals of [0, max], filled from the reservoir and the top
+    # examples
     G, n = cfg.quantile_groups, cfg.quantile_examples
-    pool_val = np.concatenate([s["res_val"].T.numpy(), top_val], 1)                 # [F, R + K]
+    pool_val = np.concatenate([s["res_val"].T.numpy(), top_val], 1)  # [F, R + K]
     pool_ok = np.concatenate([s["res_key"].T.numpy() >= 0, valid], 1)
     pool_seq = np.concatenate([s["res_seq"].T.numpy(), top["seq"].T.numpy()], 1)
     mx = maxv.numpy()
     rows: dict[str, list] = {k: [] for k in ("f", "g", "r", "j")}
     for f in np.nonzero(mx > cfg.threshold)[0]:
         ok = pool_ok[f]
-        _, first = np.unique(np.where(ok, pool_seq[f], -1), return_index=True)   # one example per sequence
+        _, first = np.unique(np.where(ok, pool_seq[f], -1), return_index=True)  # one example per sequence
         cand = np.array([j for j in first if ok[j]], dtype=np.int64)
         if not len(cand):
             continue
@@ -397,17 +531,35 @@ def _write_examples(folder: Path, acc: Accumulator, tokens: np.ndarray, cfg: Ext
             both = np.concatenate([a, b], 1)
             return both[f_q, j_q]
 
-        parts.append(block(f_q, "quantile", np.array(rows["g"]), np.array(rows["r"]), pool_val[f_q, j_q],
-                           pick(s["res_seq"], top["seq"]), pick(s["res_start"], top["start"]),
-                           pick(s["res_pos"], top["pos"]), pick(s["res_win"], top["win"])))
+        parts.append(
+            block(
+                f_q,
+                "quantile",
+                np.array(rows["g"]),
+                np.array(rows["r"]),
+                pool_val[f_q, j_q],
+                pick(s["res_seq"], top["seq"]),
+                pick(s["res_start"], top["start"]),
+                pick(s["res_pos"], top["pos"]),
+                pick(s["res_win"], top["win"]),
+            )
+        )
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.lexsort((cols["rank"], cols["group"], cols["kind"] == "quantile", cols["feature"]))
     cols = {k: v[order] for k, v in cols.items()}
     tok = tokens[cols["sequence"][:, None], cols["start"][:, None].astype(np.int64) + np.arange(W)[None, :]]
-    table = pa.table({
-        "feature": cols["feature"], "kind": pa.array(cols["kind"].astype(str)), "group": cols["group"],
-        "rank": cols["rank"], "value": cols["value"], "sequence": cols["sequence"], "start": cols["start"],
-        "peak": cols["peak"],
-        "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tok.reshape(-1).astype(np.int32)), W),
-        "values": pa.FixedSizeListArray.from_arrays(pa.array(cols["values"].reshape(-1)), W)})
+    table = pa.table(
+        {
+            "feature": cols["feature"],
+            "kind": pa.array(cols["kind"].astype(str)),
+            "group": cols["group"],
+            "rank": cols["rank"],
+            "value": cols["value"],
+            "sequence": cols["sequence"],
+            "start": cols["start"],
+            "peak": cols["peak"],
+            "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tok.reshape(-1).astype(np.int32)), W),
+            "values": pa.FixedSizeListArray.from_arrays(pa.array(cols["values"].reshape(-1)), W),
+        }
+    )
     _atomic_parquet(table, folder / EXAMPLES_FILE, row_group_size=8192)

@@ -1,5 +1,6 @@
 """An SAE of the library with the model it reads: loading both, checking they fit, and the SAE's
 feature activations on token ids."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,11 +9,11 @@ import torch
 
 from ..core.configs import DEFAULT
 from ..core.errors import MistudioError
+from ..core.progress import ProgressCallback
+from ..core.workspace import Artifact, Workspace
 from ..data.hooks import capture, parse_hook
 from ..data.models import LoadedModel, load_model, resolve_model
-from ..core.progress import ProgressCallback
 from ..sae import SAE
-from ..core.workspace import Artifact, Workspace
 
 
 class FeatureError(MistudioError):
@@ -21,7 +22,9 @@ class FeatureError(MistudioError):
 
 # ---------------------------------------------------------------------------------------------
 # What to run
-def load_library_sae(ws: Workspace, ref: str | Artifact, device: str = "cpu") -> tuple[Artifact, SAE, dict[str, Any]]:
+def load_library_sae(
+    ws: Workspace, ref: str | Artifact, device: str = "cpu"
+) -> tuple[Artifact, SAE, dict[str, Any]]:
     from ..sae.io import load_sae
 
     art = ws.get(ref, "sae")
@@ -30,8 +33,13 @@ def load_library_sae(ws: Workspace, ref: str | Artifact, device: str = "cpu") ->
     return art, sae, cfg
 
 
-def model_for_sae(ws: Workspace, sae_art: Artifact, sae: SAE, model: str | None = None,
-                  progress: ProgressCallback | None = None) -> LoadedModel:
+def model_for_sae(
+    ws: Workspace,
+    sae_art: Artifact,
+    sae: SAE,
+    model: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> LoadedModel:
     """The model an SAE reads: ``model`` when given, else the one it was trained on, else the default;
     checked against the SAE's hook and width."""
     ref = model or sae_art.meta.get("model") or DEFAULT
@@ -40,12 +48,18 @@ def model_for_sae(ws: Workspace, sae_art: Artifact, sae: SAE, model: str | None 
     lm = load_model(ws, resolve_model(ws, ref, progress=progress))
     hook = sae.spec.metadata.get("hook_name") or sae_art.meta.get("hook")
     if not hook:
-        raise FeatureError(f"The SAE {sae_art.name!r} does not say which hook it reads.", "add metadata.hook_name to its cfg.json.")
+        raise FeatureError(
+            f"The SAE {sae_art.name!r} does not say which hook it reads.",
+            "add metadata.hook_name to its cfg.json.",
+        )
     parse_hook(lm.model, hook)
     d_model = int(lm.info["d_model"])
     if sae.spec.d_in != d_model:
-        raise FeatureError(f"The SAE {sae_art.name!r} reads {sae.spec.d_in}-wide activations but {lm.name!r} has d_model {d_model}.",
-                           "pick the model the SAE was trained on (model=...).")
+        raise FeatureError(
+            f"The SAE {sae_art.name!r} reads {sae.spec.d_in}-wide activations but {lm.name!r} has "
+            f"d_model {d_model}.",
+            "pick the model the SAE was trained on (model=...).",
+        )
     return lm
 
 

@@ -4,6 +4,7 @@ Raw activations are not comparable across features (one feature's typical peak i
 so both rankings divide each feature's activation by its own maximum over the SAE's latest extraction.
 Without an extraction they fall back to raw values and say so in ``note``.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,11 +17,13 @@ from ..core.workspace import Artifact, Workspace
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .store import _token_text, latest_extraction, vocab_strings
 
-DENSE_THRESHOLD = 0.1      # features firing on more than this share of extraction tokens are left out
-STEER_CANDIDATES = 10      # contrast: the best-aligned of this many top features is proposed for steering
-NO_EXTRACTION_NOTE = ("This SAE has no finished extraction, so features are ranked by raw activation (not "
-                      "relative to each feature's own maximum) and dense features cannot be told apart; run "
-                      "an extraction for relative ranking.")
+DENSE_THRESHOLD = 0.1  # features firing on more than this share of extraction tokens are left out
+STEER_CANDIDATES = 10  # contrast: the best-aligned of this many top features is proposed for steering
+NO_EXTRACTION_NOTE = (
+    "This SAE has no finished extraction, so features are ranked by raw activation (not "
+    "relative to each feature's own maximum) and dense features cannot be told apart; run "
+    "an extraction for relative ranking."
+)
 
 
 def ordinary_case(text: str) -> str:
@@ -33,8 +36,10 @@ def ordinary_case(text: str) -> str:
 def _as_texts(value: str | list[str] | tuple[str, ...] | None, side: str) -> list[str]:
     texts = [value] if isinstance(value, str) else list(value or [])
     if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-        raise FeatureError(f"The {side} is empty." if len(texts) <= 1 else f"One of the {side}s is empty.",
-                           f"type some text for the {side}.")
+        raise FeatureError(
+            f"The {side} is empty." if len(texts) <= 1 else f"One of the {side}s is empty.",
+            f"type some text for the {side}.",
+        )
     return texts
 
 
@@ -48,7 +53,11 @@ def _reference(ws: Workspace, sae_art: Artifact) -> tuple[np.ndarray | None, np.
     if ext is None:
         return None, None, None
     t = pq.read_table(ext.path / FEATURES_FILE, columns=["max", "frequency"])
-    return t.column("max").to_numpy().astype(np.float32), t.column("frequency").to_numpy().astype(np.float32), ext.id
+    return (
+        t.column("max").to_numpy().astype(np.float32),
+        t.column("frequency").to_numpy().astype(np.float32),
+        ext.id,
+    )
 
 
 class _Tester:
@@ -65,14 +74,19 @@ class _Tester:
 
     def encode(self, text: str) -> list[int]:
         limit = getattr(self.lm.model.config, "max_position_embeddings", None) or 4096
-        if len(text) > 64 * limit:       # surely longer than the context: refused before tokenizing it
-            raise FeatureError(f"The text is {len(text):,} characters; the model reads at most {limit} tokens.",
-                               "shorten the text or split it into several.")
+        if len(text) > 64 * limit:  # surely longer than the context: refused before tokenizing it
+            raise FeatureError(
+                f"The text is {len(text):,} characters; the model reads at most {limit} tokens.",
+                "shorten the text or split it into several.",
+            )
         ids = ([self.bos] if self.bos is not None else []) + list(
-            self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+            self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        )
         if len(ids) > limit:
-            raise FeatureError(f"The text is {len(ids)} tokens long; the model reads at most {limit}.",
-                               "shorten the text or split it into several.")
+            raise FeatureError(
+                f"The text is {len(ids)} tokens long; the model reads at most {limit}.",
+                "shorten the text or split it into several.",
+            )
         return ids
 
     def acts(self, text: str, with_input: bool = False):
@@ -97,8 +111,15 @@ class _Tester:
         return torch.from_numpy(self.freq) > threshold
 
 
-def fire(ws: Workspace, sae: str | Artifact, text: str, *, top: int = 10, model: str | None = None,
-         dense_threshold: float = DENSE_THRESHOLD) -> dict[str, Any]:
+def fire(
+    ws: Workspace,
+    sae: str | Artifact,
+    text: str,
+    *,
+    top: int = 10,
+    model: str | None = None,
+    dense_threshold: float = DENSE_THRESHOLD,
+) -> dict[str, Any]:
     """Which features fire on ``text``: per token the ``top`` strongest, and over the whole text the
     features ranked by their peak activation relative to their own maximum (dense features, firing on
     more than ``dense_threshold`` of extraction tokens, are left out and counted)."""
@@ -112,22 +133,54 @@ def fire(ws: Workspace, sae: str | Artifact, text: str, *, top: int = 10, model:
     per_token = []
     for i in range(len(ids)):
         v, j = R[i].topk(k)
-        per_token.append([{"index": int(a), "activation": float(A[i, a]), "relative": float(b)}
-                          for a, b in zip(j, v) if b > 0])
-    peak, where = R.max(0) if len(ids) else (torch.zeros(A.shape[1]), torch.zeros(A.shape[1], dtype=torch.long))
+        per_token.append(
+            [
+                {"index": int(a), "activation": float(A[i, a]), "relative": float(b)}
+                for a, b in zip(j, v)
+                if b > 0
+            ]
+        )
+    peak, where = (
+        R.max(0) if len(ids) else (torch.zeros(A.shape[1]), torch.zeros(A.shape[1], dtype=torch.long))
+    )
     peak = torch.where(dense, torch.zeros_like(peak), peak)
     order = torch.argsort(peak, descending=True)
-    feats = [{"index": int(f), "activation": float(A[where[f], f]), "relative": float(peak[f]), "token": int(where[f]),
-              "label": t.labels.get(int(f))} for f in order[:max(top, 1) * 3] if peak[f] > 0]
-    return {"sae": t.art.id, "tokens": _token_text(t.vocab, ids), "token_ids": ids, "per_token": per_token,
-            "features": feats, "values": {f["index"]: A[:, f["index"]].tolist() for f in feats[:top]},
-            "ranking": "relative" if t.maxv is not None else "raw", "extraction": t.extraction,
-            "dense_threshold": dense_threshold, "left_out_dense": int((dense & (A.max(0).values > 0)).sum()) if len(ids) else 0,
-            "note": None if t.maxv is not None else NO_EXTRACTION_NOTE}
+    feats = [
+        {
+            "index": int(f),
+            "activation": float(A[where[f], f]),
+            "relative": float(peak[f]),
+            "token": int(where[f]),
+            "label": t.labels.get(int(f)),
+        }
+        for f in order[: max(top, 1) * 3]
+        if peak[f] > 0
+    ]
+    return {
+        "sae": t.art.id,
+        "tokens": _token_text(t.vocab, ids),
+        "token_ids": ids,
+        "per_token": per_token,
+        "features": feats,
+        "values": {f["index"]: A[:, f["index"]].tolist() for f in feats[:top]},
+        "ranking": "relative" if t.maxv is not None else "raw",
+        "extraction": t.extraction,
+        "dense_threshold": dense_threshold,
+        "left_out_dense": int((dense & (A.max(0).values > 0)).sum()) if len(ids) else 0,
+        "note": None if t.maxv is not None else NO_EXTRACTION_NOTE,
+    }
 
 
-def contrast(ws: Workspace, sae: str | Artifact, texts: str | list[str], against: str | list[str] | None = None, *,
-             top: int = 10, model: str | None = None, dense_threshold: float = DENSE_THRESHOLD) -> dict[str, Any]:
+def contrast(
+    ws: Workspace,
+    sae: str | Artifact,
+    texts: str | list[str],
+    against: str | list[str] | None = None,
+    *,
+    top: int = 10,
+    model: str | None = None,
+    dense_threshold: float = DENSE_THRESHOLD,
+) -> dict[str, Any]:
     """Which features fire on ``texts`` and not on ``against`` (by default the same texts in their
     ordinary case, see :func:`ordinary_case`). Per feature, over each side's tokens: the firing rate and
     the mean activation relative to the feature's own maximum; the score is the mean of the two
@@ -139,9 +192,17 @@ def contrast(ws: Workspace, sae: str | Artifact, texts: str | list[str], against
     texts = _as_texts(texts, "text")
     against = [ordinary_case(x) for x in texts] if against is None else _as_texts(against, "contrast text")
     if sorted(x.strip() for x in texts) == sorted(x.strip() for x in against):
-        hint = ("the text is already in its ordinary case: give a contrast text (e.g. the same text written "
-                "another way)") if len(texts) == 1 else "give contrast texts that differ from the texts."
-        raise FeatureError("The contrast texts are the same as the texts, so no feature can separate them.", hint)
+        hint = (
+            (
+                "the text is already in its ordinary case: give a contrast text (e.g. the same text written "
+                "another way)"
+            )
+            if len(texts) == 1
+            else "give contrast texts that differ from the texts."
+        )
+        raise FeatureError(
+            "The contrast texts are the same as the texts, so no feature can separate them.", hint
+        )
     t = _Tester(ws, sae, model)
     sides = {"text": [t.acts(x, True) for x in texts], "contrast": [t.acts(x, True) for x in against]}
     stats = {}
@@ -150,15 +211,19 @@ def contrast(ws: Workspace, sae: str | Artifact, texts: str | list[str], against
         if not len(A):
             raise FeatureError(f"The {side} has no tokens.", f"type some text for the {side}.")
         R = t.relative(A)
-        stats[side] = {"rate": (A > 0).float().mean(0), "act": R.mean(0), "peak": A.max(0).values,
-                       "mean_input": torch.cat([x for _, _, x in runs]).mean(0)}
+        stats[side] = {
+            "rate": (A > 0).float().mean(0),
+            "act": R.mean(0),
+            "peak": A.max(0).values,
+            "mean_input": torch.cat([x for _, _, x in runs]).mean(0),
+        }
     # the direction from the contrast to the text in the hook's space; a feature whose decoder row points
     # along it is the one to steer with (detecting a difference and writing it are not always one feature)
     shift = stats["text"]["mean_input"] - stats["contrast"]["mean_input"]
     W = t.sae.W_dec.detach().float().cpu()
     alignment = (W @ shift) / (W.norm(dim=1) * shift.norm()).clamp_min(1e-12)
     a, b = stats["text"], stats["contrast"]
-    if t.maxv is None:           # raw values: scale the activation term by the larger side's peak
+    if t.maxv is None:  # raw values: scale the activation term by the larger side's peak
         scale = torch.maximum(a["peak"], b["peak"]).clamp_min(1e-6)
         a["act"], b["act"] = a["act"] / scale, b["act"] / scale
     score = 0.5 * (a["rate"] - b["rate"]) + 0.5 * (a["act"] - b["act"])
@@ -170,18 +235,43 @@ def contrast(ws: Workspace, sae: str | Artifact, texts: str | list[str], against
     for f in order.tolist():
         if score[f] <= 0:
             break
-        feats.append({"index": f, "score": float(score[f]), "rate": float(a["rate"][f]), "rate_contrast": float(b["rate"][f]),
-                      "relative": float(a["act"][f]), "relative_contrast": float(b["act"][f]), "peak": float(a["peak"][f]),
-                      "peak_contrast": float(b["peak"][f]), "label": t.labels.get(f), "alignment": float(alignment[f]),
-                      "max": float(t.maxv[f]) if t.maxv is not None else None})
+        feats.append(
+            {
+                "index": f,
+                "score": float(score[f]),
+                "rate": float(a["rate"][f]),
+                "rate_contrast": float(b["rate"][f]),
+                "relative": float(a["act"][f]),
+                "relative_contrast": float(b["act"][f]),
+                "peak": float(a["peak"][f]),
+                "peak_contrast": float(b["peak"][f]),
+                "label": t.labels.get(f),
+                "alignment": float(alignment[f]),
+                "max": float(t.maxv[f]) if t.maxv is not None else None,
+            }
+        )
 
     def side_rows(runs):
-        return [{"tokens": _token_text(t.vocab, ids), "token_ids": ids,
-                 "values": {f["index"]: A[:, f["index"]].tolist() for f in feats}} for ids, A, _ in runs]
+        return [
+            {
+                "tokens": _token_text(t.vocab, ids),
+                "token_ids": ids,
+                "values": {f["index"]: A[:, f["index"]].tolist() for f in feats},
+            }
+            for ids, A, _ in runs
+        ]
 
     steer = max(feats[:STEER_CANDIDATES], key=lambda f: f["alignment"])["index"] if feats else None
-    return {"sae": t.art.id, "features": feats, "steer_with": steer, "shift_norm": float(shift.norm()),
-            "texts": side_rows(sides["text"]), "contrast": side_rows(sides["contrast"]),
-            "ranking": "relative" if t.maxv is not None else "raw", "extraction": t.extraction,
-            "dense_threshold": dense_threshold, "left_out_dense": int((dense & fired).sum()),
-            "note": None if t.maxv is not None else NO_EXTRACTION_NOTE}
+    return {
+        "sae": t.art.id,
+        "features": feats,
+        "steer_with": steer,
+        "shift_norm": float(shift.norm()),
+        "texts": side_rows(sides["text"]),
+        "contrast": side_rows(sides["contrast"]),
+        "ranking": "relative" if t.maxv is not None else "raw",
+        "extraction": t.extraction,
+        "dense_threshold": dense_threshold,
+        "left_out_dense": int((dense & fired).sum()),
+        "note": None if t.maxv is not None else NO_EXTRACTION_NOTE,
+    }

@@ -1,5 +1,6 @@
 """What an extraction leaves on disk (the Parquet schema and file names) and every reader of it:
 feature columns for browsing, one feature's detail, co-activation, labels, search and the feature map."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -13,13 +14,20 @@ from ..core.workspace import Artifact, Workspace
 from .library import FeatureError, load_library_sae
 
 KIND = "extraction"
-JUDGE_NOTE = ("Scores 'by P(yes)' come from the in-kernel model judging its own labels, which cannot tell a feature's "
-              "label from another feature's (benchmarks/bench_insight.py: it prefers the right label in 51% of 50 "
-              "features, 95% interval 44-58%, chance 50%); "
-              "read them as noise, or score by simulation or with a bigger model through an endpoint.")
+JUDGE_NOTE = (
+    "Scores 'by P(yes)' come from the in-kernel model judging its own labels, which cannot tell a feature's "
+    "label from another feature's (benchmarks/bench_insight.py: it prefers the right label in 51% of 50 "
+    "features, 95% interval 44-58%, chance 50%); "
+    "read them as noise, or score by simulation or with a bigger model through an endpoint."
+)
 HIST_BINS, LOGIT_HIST_BINS = 50, 30
 FEATURES_FILE, EXAMPLES_FILE, COACT_FILE, SPARSITY_FILE, STATE_FILE = (
-    "features.parquet", "examples.parquet", "coactivation.npz", "sparsity.safetensors", "state.pt")
+    "features.parquet",
+    "examples.parquet",
+    "coactivation.npz",
+    "sparsity.safetensors",
+    "state.pt",
+)
 
 
 @lru_cache(maxsize=4)
@@ -29,6 +37,7 @@ def _vocab_strings(tokenizer) -> tuple[str, ...]:
 
 def vocab_strings(tokenizer) -> tuple[str, ...]:
     return _vocab_strings(tokenizer)
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading
@@ -40,22 +49,32 @@ def check_feature_index(ws: Workspace, sae: str | Artifact, index: int) -> int:
         import json
 
         d_sae = json.loads((art.path / "cfg.json").read_text())["d_sae"]
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= int(index) < int(d_sae):
-        raise FeatureError(f"Feature {index!r} is out of range: {art.name!r} has features 0..{int(d_sae) - 1}.",
-                           f"pick an index from 0 to {int(d_sae) - 1}.")
+    if (
+        isinstance(index, bool)
+        or not isinstance(index, (int, np.integer))
+        or not 0 <= int(index) < int(d_sae)
+    ):
+        raise FeatureError(
+            f"Feature {index!r} is out of range: {art.name!r} has features 0..{int(d_sae) - 1}.",
+            f"pick an index from 0 to {int(d_sae) - 1}.",
+        )
     return int(index)
 
 
 MAX_LABEL_CHARS = 2000
 
 
-def set_label(ws: Workspace, sae: str | Artifact, index: int, label: str, *, method: str = "manual", **kw: Any) -> int:
+def set_label(
+    ws: Workspace, sae: str | Artifact, index: int, label: str, *, method: str = "manual", **kw: Any
+) -> int:
     """Add a label to a feature (kept with its history). The label is stored as given (markup is data)."""
     label = str(label).strip()
     if not label:
         raise FeatureError("The label is empty.", "type a few words that describe the feature.")
     if len(label) > MAX_LABEL_CHARS:
-        raise FeatureError(f"The label is {len(label):,} characters long.", f"keep it under {MAX_LABEL_CHARS:,} characters.")
+        raise FeatureError(
+            f"The label is {len(label):,} characters long.", f"keep it under {MAX_LABEL_CHARS:,} characters."
+        )
     index = check_feature_index(ws, sae, index)
     return ws.add_label(ws.get(sae, "sae").id, index, label, method=method, **kw)
 
@@ -73,13 +92,20 @@ def require_extraction(ws: Workspace, ref: str | Artifact) -> Artifact:
     if art.kind == "sae":
         ext = latest_extraction(ws, art)
         if ext is None:
-            raise FeatureError(f"The SAE {art.name!r} has no finished feature extraction yet.",
-                               f"run one first (mistudio extract {art.name}, or extract(ws, ...) in a notebook).")
+            raise FeatureError(
+                f"The SAE {art.name!r} has no finished feature extraction yet.",
+                f"run one first (mistudio extract {art.name}, or extract(ws, ...) in a notebook).",
+            )
         return ext
     if art.kind != KIND:
-        raise FeatureError(f"{art.name!r} is a {art.kind}, not an SAE or an extraction.", "pass an SAE from the library.")
+        raise FeatureError(
+            f"{art.name!r} is a {art.kind}, not an SAE or an extraction.", "pass an SAE from the library."
+        )
     if art.meta.get("status") != Status.DONE:
-        raise FeatureError(f"The extraction {art.name!r} is {art.meta.get('status')}.", f"resume it (mistudio extract --resume {art.id}).")
+        raise FeatureError(
+            f"The extraction {art.name!r} is {art.meta.get('status')}.",
+            f"resume it (mistudio extract --resume {art.id}).",
+        )
     return art
 
 
@@ -96,7 +122,9 @@ def _token_text(vocab: tuple[str, ...], ids) -> list[str]:
     return [vocab[i] if 0 <= i < len(vocab) else "" for i in ids]
 
 
-def feature_detail(ws: Workspace, ext: str | Artifact, index: int, *, max_examples: int | None = None) -> dict[str, Any]:
+def feature_detail(
+    ws: Workspace, ext: str | Artifact, index: int, *, max_examples: int | None = None
+) -> dict[str, Any]:
     """Everything about one feature: statistics, histogram, logit lens, neighbours, examples (tokens with
     per-token values) and labels."""
     import pyarrow.parquet as pq
@@ -113,30 +141,67 @@ def feature_detail(ws: Workspace, ext: str | Artifact, index: int, *, max_exampl
     for r in ex.to_pylist():
         if max_examples is not None and r["kind"] == "top" and r["rank"] >= max_examples:
             continue
-        examples[r["kind"]].append({"value": r["value"], "group": r["group"], "sequence": r["sequence"], "peak": r["peak"],
-                                    "tokens": _token_text(vocab, r["tokens"]), "token_ids": r["tokens"], "values": r["values"]})
+        examples[r["kind"]].append(
+            {
+                "value": r["value"],
+                "group": r["group"],
+                "sequence": r["sequence"],
+                "peak": r["peak"],
+                "tokens": _token_text(vocab, r["tokens"]),
+                "token_ids": r["tokens"],
+                "values": r["values"],
+            }
+        )
     mx = float(row["max"])
     labels = ws.labels(ext.parent, index, history=True)
-    out = {"index": index, "sae": ext.parent, "extraction": ext.id, "frequency": float(row["frequency"]),
-           "count": int(row["count"]), "mean": float(row["mean"]), "max": mx,
-           "quantiles": {"q50": float(row["q50"]), "q90": float(row["q90"]), "q99": float(row["q99"])},
-           "histogram": {"edges": np.linspace(0, mx, HIST_BINS + 1).tolist(), "counts": row["hist"]},
-           "neighbours": [{"index": int(i), "cosine": float(c)} for i, c in zip(row["neighbours"], row["neighbour_cos"])],
-           "examples": examples["top"],
-           "quantile_examples": [{"group": g, "range": [g * mx / ext.meta["config"]["quantile_groups"],
-                                                        (g + 1) * mx / ext.meta["config"]["quantile_groups"]],
-                                  "examples": [e for e in examples["quantile"] if e["group"] == g]}
-                                 for g in range(ext.meta["config"]["quantile_groups"])],
-           "label": labels[-1]["label"] if labels else None, "labels": labels,
-           "scorer_note": JUDGE_NOTE if any((r["meta"].get("scoring") or {}).get("rule", "").startswith("P(yes)")
-                                            for r in labels) else None}
+    out = {
+        "index": index,
+        "sae": ext.parent,
+        "extraction": ext.id,
+        "frequency": float(row["frequency"]),
+        "count": int(row["count"]),
+        "mean": float(row["mean"]),
+        "max": mx,
+        "quantiles": {"q50": float(row["q50"]), "q90": float(row["q90"]), "q99": float(row["q99"])},
+        "histogram": {"edges": np.linspace(0, mx, HIST_BINS + 1).tolist(), "counts": row["hist"]},
+        "neighbours": [
+            {"index": int(i), "cosine": float(c)} for i, c in zip(row["neighbours"], row["neighbour_cos"])
+        ],
+        "examples": examples["top"],
+        "quantile_examples": [
+            {
+                "group": g,
+                "range": [
+                    g * mx / ext.meta["config"]["quantile_groups"],
+                    (g + 1) * mx / ext.meta["config"]["quantile_groups"],
+                ],
+                "examples": [e for e in examples["quantile"] if e["group"] == g],
+            }
+            for g in range(ext.meta["config"]["quantile_groups"])
+        ],
+        "label": labels[-1]["label"] if labels else None,
+        "labels": labels,
+        "scorer_note": JUDGE_NOTE
+        if any((r["meta"].get("scoring") or {}).get("rule", "").startswith("P(yes)") for r in labels)
+        else None,
+    }
     if "top_logit_ids" in row:
-        out["logits"] = {"positive": [{"token": t, "id": int(i), "value": float(v)} for t, i, v in
-                                      zip(row["top_logit_tokens"], row["top_logit_ids"], row["top_logit_values"])],
-                         "negative": [{"token": t, "id": int(i), "value": float(v)} for t, i, v in
-                                      zip(row["bottom_logit_tokens"], row["bottom_logit_ids"], row["bottom_logit_values"])],
-                         "histogram": {"edges": np.linspace(row["logit_min"], row["logit_max"], LOGIT_HIST_BINS + 1).tolist(),
-                                       "counts": row["logit_hist"]}}
+        out["logits"] = {
+            "positive": [
+                {"token": t, "id": int(i), "value": float(v)}
+                for t, i, v in zip(row["top_logit_tokens"], row["top_logit_ids"], row["top_logit_values"])
+            ],
+            "negative": [
+                {"token": t, "id": int(i), "value": float(v)}
+                for t, i, v in zip(
+                    row["bottom_logit_tokens"], row["bottom_logit_ids"], row["bottom_logit_values"]
+                )
+            ],
+            "histogram": {
+                "edges": np.linspace(row["logit_min"], row["logit_max"], LOGIT_HIST_BINS + 1).tolist(),
+                "counts": row["logit_hist"],
+            },
+        }
     return out
 
 
@@ -148,11 +213,16 @@ def coactivation(ws: Workspace, ext: str | Artifact, features: list[int]) -> dic
     feats = [int(f) for f in features]
     bad = [f for f in feats if not 0 <= f < F]
     if bad or not feats:
-        raise FeatureError(f"Feature(s) {bad or features} out of range 0..{F - 1}.", "choose at least one valid feature index.")
+        raise FeatureError(
+            f"Feature(s) {bad or features} out of range 0..{F - 1}.",
+            "choose at least one valid feature index.",
+        )
     z = np.load(ext.path / COACT_FILE)
     n = int(z["tokens"])
     if n < 2:
-        raise FeatureError("The extraction kept no activation sample.", "extract again with coactivation_tokens > 0.")
+        raise FeatureError(
+            "The extraction kept no activation sample.", "extract again with coactivation_tokens > 0."
+        )
     pos = {f: i for i, f in enumerate(feats)}
     M = np.zeros((n, len(feats)), dtype=np.float32)
     sel = np.isin(z["col"], feats) & (z["row"] < n)
@@ -162,7 +232,12 @@ def coactivation(ws: Workspace, ext: str | Artifact, features: list[int]) -> dic
     C = np.where(np.outer(std, std) > 0, C, 0.0)
     fired = (M > 0).astype(np.float32)
     both = fired.T @ fired
-    return {"features": feats, "correlation": np.nan_to_num(C).tolist(), "together": both.astype(int).tolist(), "tokens": n}
+    return {
+        "features": feats,
+        "correlation": np.nan_to_num(C).tolist(),
+        "together": both.astype(int).tolist(),
+        "tokens": n,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +265,9 @@ def search(ws: Workspace, sae: str | Artifact, query: str, *, limit: int = 50) -
             if any(q == tk.strip().lower() for tk in toks[:10]):
                 hits.setdefault(i, {"index": i, "match": "logits"})
     labels = {r["feature"]: r["label"] for r in ws.labels(sae_art.id)}
-    out = sorted(hits.values(), key=lambda h: ({"index": 0, "label": 1, "logits": 2}[h["match"]], h["index"]))[:limit]
+    out = sorted(
+        hits.values(), key=lambda h: ({"index": 0, "label": 1, "logits": 2}[h["match"]], h["index"])
+    )[:limit]
     for h in out:
         h["label"] = labels.get(h["index"])
     return out

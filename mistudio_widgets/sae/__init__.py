@@ -1,11 +1,17 @@
 """Sparse autoencoders: architectures and the SAELens folder format."""
+
 from .base import ARCHITECTURES, SAE, SAEConfigError, SAESpec, StepOut
 from .batchtopk import BatchTopKSAE
 from .jumprelu import JumpReLUSAE
 from .standard import StandardSAE
 from .topk import TopKSAE
 
-CLASSES: dict[str, type[SAE]] = {"standard": StandardSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE, "jumprelu": JumpReLUSAE}
+CLASSES: dict[str, type[SAE]] = {
+    "standard": StandardSAE,
+    "topk": TopKSAE,
+    "batchtopk": BatchTopKSAE,
+    "jumprelu": JumpReLUSAE,
+}
 
 
 def make_sae(spec: SAESpec) -> SAE:
@@ -14,5 +20,16 @@ def make_sae(spec: SAESpec) -> SAE:
     return CLASSES[spec.architecture](spec)
 
 
-__all__ = ["ARCHITECTURES", "CLASSES", "SAE", "SAEConfigError", "SAESpec", "StepOut", "make_sae",
-           "StandardSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE"]
+__all__ = [
+    "ARCHITECTURES",
+    "CLASSES",
+    "SAE",
+    "SAEConfigError",
+    "SAESpec",
+    "StepOut",
+    "make_sae",
+    "StandardSAE",
+    "TopKSAE",
+    "BatchTopKSAE",
+    "JumpReLUSAE",
+]

@@ -3,6 +3,7 @@ and weights laid out as SAELens expects (W_enc [d_in, d_sae], b_enc [d_sae], W_d
 b_dec [d_out]; ``threshold`` [d_sae] for JumpReLU; ``W_skip`` [d_out, d_in] for skip connections).
 
 A transcoder reads one hook and reconstructs another (``d_out`` may differ from ``d_in``)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -27,11 +28,11 @@ class SAESpec:
     architecture: str = "topk"
     d_in: int = 576
     d_sae: int = 4608
-    k: int | None = 32                  # topk / batchtopk
-    d_out: int | None = None            # transcoders: width of the reconstructed hook (None: same as d_in)
-    skip: bool = False                  # add W_skip x to the reconstruction
-    apply_b_dec_to_input: bool = True   # subtract b_dec before encoding (needs d_out == d_in)
-    jumprelu_bandwidth: float = 0.05    # straight-through estimator bandwidth (jumprelu training)
+    k: int | None = 32  # topk / batchtopk
+    d_out: int | None = None  # transcoders: width of the reconstructed hook (None: same as d_in)
+    skip: bool = False  # add W_skip x to the reconstruction
+    apply_b_dec_to_input: bool = True  # subtract b_dec before encoding (needs d_out == d_in)
+    jumprelu_bandwidth: float = 0.05  # straight-through estimator bandwidth (jumprelu training)
     jumprelu_init_threshold: float = 0.001
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -41,23 +42,36 @@ class SAESpec:
 
     @property
     def is_transcoder(self) -> bool:
-        return self.d_out is not None and (self.d_out != self.d_in or bool(self.metadata.get("hook_name_out")))
+        return self.d_out is not None and (
+            self.d_out != self.d_in or bool(self.metadata.get("hook_name_out"))
+        )
 
     def validate(self) -> "SAESpec":
         if self.architecture not in ARCHITECTURES:
-            raise SAEConfigError(f"Unknown SAE architecture {self.architecture!r}.", f"use one of: {', '.join(ARCHITECTURES)}.")
+            raise SAEConfigError(
+                f"Unknown SAE architecture {self.architecture!r}.", f"use one of: {', '.join(ARCHITECTURES)}."
+            )
         for name in ("d_in", "d_sae"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
-                raise SAEConfigError(f"{name} must be a positive integer (got {v!r}).", "e.g. d_sae = 8 x d_in.")
+                raise SAEConfigError(
+                    f"{name} must be a positive integer (got {v!r}).", "e.g. d_sae = 8 x d_in."
+                )
         if self.d_sae > 2**24 or self.d_sae * self.d_in > 2**33:
-            raise SAEConfigError(f"d_sae={self.d_sae} x d_in={self.d_in} is too large to allocate here.",
-                                 "use a smaller expansion factor.")
+            raise SAEConfigError(
+                f"d_sae={self.d_sae} x d_in={self.d_in} is too large to allocate here.",
+                "use a smaller expansion factor.",
+            )
         if self.architecture in ("topk", "batchtopk"):
             if not isinstance(self.k, int) or self.k <= 0:
-                raise SAEConfigError(f"{self.architecture} needs a positive k (got {self.k!r}).", "set k, e.g. 32.")
+                raise SAEConfigError(
+                    f"{self.architecture} needs a positive k (got {self.k!r}).", "set k, e.g. 32."
+                )
             if self.k > self.d_sae:
-                raise SAEConfigError(f"k={self.k} is larger than d_sae={self.d_sae}.", "use k <= d_sae (typically k is 16-128).")
+                raise SAEConfigError(
+                    f"k={self.k} is larger than d_sae={self.d_sae}.",
+                    "use k <= d_sae (typically k is 16-128).",
+                )
         if self.out_dim != self.d_in and self.apply_b_dec_to_input:
             self.apply_b_dec_to_input = False  # b_dec lives in the output space of a transcoder
         return self
@@ -77,9 +91,11 @@ class SAE(nn.Module):
         d_in, d_sae, d_out = spec.d_in, spec.d_sae, spec.out_dim
         w = torch.empty(d_sae, d_out)
         nn.init.kaiming_uniform_(w)
-        w = w / w.norm(dim=1, keepdim=True) * 0.1   # small unit-direction decoder rows
+        w = w / w.norm(dim=1, keepdim=True) * 0.1  # small unit-direction decoder rows
         self.W_dec = nn.Parameter(w)
-        self.W_enc = nn.Parameter(w.T.clone().contiguous() if d_out == d_in else torch.randn(d_in, d_sae) * (0.1 / d_in**0.5))
+        self.W_enc = nn.Parameter(
+            w.T.clone().contiguous() if d_out == d_in else torch.randn(d_in, d_sae) * (0.1 / d_in**0.5)
+        )
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_out))
         if spec.skip:
@@ -120,7 +136,7 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
-        """Unit-norm decoder rows (and drop the gradient component along them, see ``remove_parallel_grad``)."""
+        """Unit-norm decoder rows (the gradient along them is dropped: ``remove_parallel_grad``)."""
         self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
     @torch.no_grad()
@@ -147,10 +163,10 @@ class SAE(nn.Module):
 @dataclass
 class StepOut:
     recon: torch.Tensor
-    acts: torch.Tensor | None     # dense [B, d_sae] (None for sparse architectures)
+    acts: torch.Tensor | None  # dense [B, d_sae] (None for sparse architectures)
     pre: torch.Tensor | None
-    idx: torch.Tensor | None      # sparse: [B, k] active latent indices
-    vals: torch.Tensor | None     # sparse: [B, k] their values
+    idx: torch.Tensor | None  # sparse: [B, k] active latent indices
+    vals: torch.Tensor | None  # sparse: [B, k] their values
     d_sae: int | None = None
 
     def active(self) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """batchtopk: keep the k x B largest activations over a batch of B tokens (so L0 varies per token and
 averages k). At inference it is a JumpReLU with one global threshold, estimated during training as a
 running average of the smallest kept activation; it is saved as ``jumprelu``."""
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,9 @@ class BatchTopKSAE(SAE):
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
         x_c = x - self.b_dec if self.spec.apply_b_dec_to_input else x
-        width = min(4 * self.spec.k, self.spec.d_sae)   # each token keeps at most 4k latents above the batch threshold
+        width = min(
+            4 * self.spec.k, self.spec.d_sae
+        )  # each token keeps at most 4k latents above the batch threshold
         idx, values = choose(self, x_c, width)
         with torch.no_grad():
             pos = torch.relu(values)

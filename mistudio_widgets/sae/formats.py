@@ -5,6 +5,7 @@ SAELens folders are our native format (see ``io``). ``detect`` says which one a 
 Each reader returns the SAE and the metadata it could establish (``hook_name``, ``hook_name_out``,
 ``model_name``); whatever it cannot tell (sparsify folders name no model, a bare ``params.npz`` no
 hook) is left for the caller to supply."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,12 @@ def detect(path: str | Path) -> str:
     if (p / NPZ).is_file():
         return "gemmascope"
     subs = sorted(q.name for q in p.iterdir() if q.is_dir() and ((q / CFG).is_file() or (q / NPZ).is_file()))
-    hint = f"it holds several SAEs: pick one of {', '.join(subs[:8])}." if subs else \
-        f"expected {CFG} + {WEIGHTS} (SAELens), {CFG} + {SPARSIFY_WEIGHTS} (sparsify) or {NPZ} (GemmaScope)."
+    hint = (
+        f"it holds several SAEs: pick one of {', '.join(subs[:8])}."
+        if subs
+        else f"expected {CFG} + {WEIGHTS} (SAELens), {CFG} + {SPARSIFY_WEIGHTS} (sparsify) or {NPZ} "
+        "(GemmaScope)."
+    )
     raise SAEFormatError(f"{p} is not an SAE folder.", hint)
 
 
@@ -57,8 +62,11 @@ def gemmascope_metadata(where: str) -> dict[str, Any]:
         size, variant, site = repo.groups()
         meta["model_name"] = f"google/gemma-2-{size}" + ("-it" if variant == "it" else "")
         if site == "att":
-            raise SAEFormatError("GemmaScope attention SAEs read the per-head attention output (hook_z), which "
-                                 "mistudio does not hook.", "use a residual-stream (-res) or MLP (-mlp) GemmaScope SAE.")
+            raise SAEFormatError(
+                "GemmaScope attention SAEs read the per-head attention output (hook_z), which "
+                "mistudio does not hook.",
+                "use a residual-stream (-res) or MLP (-mlp) GemmaScope SAE.",
+            )
         if layer and site in _GS_SITE:
             meta["hook_name"] = f"blocks.{layer.group(1)}.{_GS_SITE[site]}"
     l0 = re.search(r"average_l0_(\d+)", where)
@@ -76,18 +84,37 @@ def read_gemmascope(path: str | Path) -> tuple[SAE, dict[str, Any]]:
         with np.load(p, allow_pickle=False) as z:
             state = {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32)) for k in z.files}
     except Exception as exc:
-        raise SAEFormatError(f"Could not read {p}: {exc}", "the file is truncated or not a GemmaScope params.npz.") from exc
+        raise SAEFormatError(
+            f"Could not read {p}: {exc}", "the file is truncated or not a GemmaScope params.npz."
+        ) from exc
     need = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
     missing = [k for k in need if k not in state]
     if missing:
-        raise SAEFormatError(f"{p.name} lacks {', '.join(missing)} (has {', '.join(sorted(state))}).",
-                             "GemmaScope params hold W_enc, W_dec, b_enc, b_dec and threshold.")
+        raise SAEFormatError(
+            f"{p.name} lacks {', '.join(missing)} (has {', '.join(sorted(state))}).",
+            "GemmaScope params hold W_enc, W_dec, b_enc, b_dec and threshold.",
+        )
     d_in, d_sae = state["W_enc"].shape
-    spec = SAESpec(architecture="jumprelu", d_in=int(d_in), d_sae=int(d_sae), k=None, apply_b_dec_to_input=False,
-                   metadata=gemmascope_metadata(str(p)))
+    spec = SAESpec(
+        architecture="jumprelu",
+        d_in=int(d_in),
+        d_sae=int(d_sae),
+        k=None,
+        apply_b_dec_to_input=False,
+        metadata=gemmascope_metadata(str(p)),
+    )
     sae = CLASSES["jumprelu"](spec)
-    _check_shapes(p, state, {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
-                             "threshold": (d_sae,)})
+    _check_shapes(
+        p,
+        state,
+        {
+            "W_enc": (d_in, d_sae),
+            "W_dec": (d_sae, d_in),
+            "b_enc": (d_sae,),
+            "b_dec": (d_in,),
+            "threshold": (d_sae,),
+        },
+    )
     with torch.no_grad():
         for k in ("W_enc", "W_dec", "b_enc", "b_dec"):
             getattr(sae, k).copy_(state[k])
@@ -99,7 +126,10 @@ def read_gemmascope(path: str | Path) -> tuple[SAE, dict[str, Any]]:
 def sparsify_hooks(hookpoint: str, transcode: bool) -> dict[str, Any]:
     """Our hook names for a sparsify hookpoint (module path under the model's base, e.g. ``layers.6``,
     ``layers.6.mlp``, ``h.6`` for GPT-2)."""
-    m = re.fullmatch(r"(?:model\.|transformer\.|gpt_neox\.)?(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn|attention))?", hookpoint)
+    m = re.fullmatch(
+        r"(?:model\.|transformer\.|gpt_neox\.)?(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn|attention))?",
+        hookpoint,
+    )
     if not m:
         return {}
     layer, sub = m.groups()
@@ -107,7 +137,10 @@ def sparsify_hooks(hookpoint: str, transcode: bool) -> dict[str, Any]:
         return {"hook_name": f"blocks.{layer}.hook_resid_post"} if not transcode else {}
     if sub == "mlp":
         if transcode:
-            return {"hook_name": f"blocks.{layer}.ln2.hook_normalized", "hook_name_out": f"blocks.{layer}.hook_mlp_out"}
+            return {
+                "hook_name": f"blocks.{layer}.ln2.hook_normalized",
+                "hook_name_out": f"blocks.{layer}.hook_mlp_out",
+            }
         return {"hook_name": f"blocks.{layer}.hook_mlp_out"}
     return {"hook_name": f"blocks.{layer}.hook_attn_out"} if not transcode else {}
 
@@ -119,15 +152,22 @@ def read_sparsify(folder: str | Path) -> tuple[SAE, dict[str, Any]]:
     try:
         cfg = json.loads((folder / CFG).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise SAEFormatError(f"{folder / CFG} is not readable JSON ({exc.__class__.__name__}).", "re-save the sparsify SAE.") from exc
+        raise SAEFormatError(
+            f"{folder / CFG} is not readable JSON ({exc.__class__.__name__}).", "re-save the sparsify SAE."
+        ) from exc
     activation = cfg.get("activation", "topk")
     if activation != "topk":
-        raise SAEFormatError(f"This sparsify SAE uses the {activation!r} activation.", "only top-k sparsify SAEs can be imported.")
+        raise SAEFormatError(
+            f"This sparsify SAE uses the {activation!r} activation.",
+            "only top-k sparsify SAEs can be imported.",
+        )
     try:
         with safe_open(str(folder / SPARSIFY_WEIGHTS), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
     except Exception as exc:
-        raise SAEFormatError(f"Could not read {folder / SPARSIFY_WEIGHTS}: {exc}", "re-save the sparsify SAE.") from exc
+        raise SAEFormatError(
+            f"Could not read {folder / SPARSIFY_WEIGHTS}: {exc}", "re-save the sparsify SAE."
+        ) from exc
     if "W_dec" not in state:
         raise SAEFormatError("This sparsify SAE was saved without a decoder.", "save it with decoder=True.")
     d_sae, d_in = state["encoder.weight"].shape if "encoder.weight" in state else (None, None)
@@ -137,12 +177,24 @@ def read_sparsify(folder: str | Path) -> tuple[SAE, dict[str, Any]]:
     meta = sparsify_hooks(folder.name, transcode)
     if transcode and "hook_name_out" not in meta:
         meta.pop("hook_name", None)
-    spec = SAESpec(architecture="topk", d_in=int(d_in), d_sae=int(d_sae), k=int(cfg.get("k", 32)),
-                   d_out=int(d_in) if (transcode or skip) else None, skip=skip, apply_b_dec_to_input=not transcode,
-                   metadata={**meta, "hookpoint": folder.name})
+    spec = SAESpec(
+        architecture="topk",
+        d_in=int(d_in),
+        d_sae=int(d_sae),
+        k=int(cfg.get("k", 32)),
+        d_out=int(d_in) if (transcode or skip) else None,
+        skip=skip,
+        apply_b_dec_to_input=not transcode,
+        metadata={**meta, "hookpoint": folder.name},
+    )
     spec.validate()
     sae = CLASSES["topk"](spec)
-    expected = {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    expected = {
+        "encoder.weight": (d_sae, d_in),
+        "encoder.bias": (d_sae,),
+        "W_dec": (d_sae, d_in),
+        "b_dec": (d_in,),
+    }
     if skip:
         expected["W_skip"] = (d_in, d_in)
     _check_shapes(folder / SPARSIFY_WEIGHTS, state, expected)
@@ -159,14 +211,19 @@ def read_sparsify(folder: str | Path) -> tuple[SAE, dict[str, Any]]:
 def _check_shapes(path: Path, state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
     for name, shape in expected.items():
         if name not in state:
-            raise SAEFormatError(f"{path.name} lacks the tensor {name}.", "the file is incomplete; download or save it again.")
+            raise SAEFormatError(
+                f"{path.name} lacks the tensor {name}.", "the file is incomplete; download or save it again."
+            )
         if tuple(state[name].shape) != tuple(shape):
-            raise SAEFormatError(f"{name} in {path.name} has shape {tuple(state[name].shape)}, expected {tuple(shape)}.",
-                                 "the file's tensors do not belong together; download or save it again.")
+            raise SAEFormatError(
+                f"{name} in {path.name} has shape {tuple(state[name].shape)}, expected {tuple(shape)}.",
+                "the file's tensors do not belong together; download or save it again.",
+            )
 
 
 def read_any(path: str | Path) -> tuple[SAE, dict[str, Any], str]:
-    """(sae, metadata, format) for a SAELens folder, a GemmaScope params.npz (or its folder) or a sparsify folder."""
+    """(sae, metadata, format) of a SAELens folder, a GemmaScope params.npz (or folder) or a sparsify
+    folder."""
     from .io import load_sae
 
     fmt = detect(path)

@@ -1,5 +1,6 @@
 """jumprelu: f = pre * [pre > threshold], one learned threshold per latent, trained with a
 straight-through estimator (rectangle kernel of width ``bandwidth``) and an L0 penalty."""
+
 from __future__ import annotations
 
 import torch
@@ -55,10 +56,12 @@ class JumpReLUSAE(SAE):
 
     @property
     def threshold(self) -> torch.Tensor:
-        return self.loaded_threshold if self.loaded_threshold is not None else self.jump_threshold.clamp_min(0.0)
+        return (
+            self.loaded_threshold if self.loaded_threshold is not None else self.jump_threshold.clamp_min(0.0)
+        )
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
-        return pre.clamp_min(0) * (pre > self.threshold)      # as SAELens: ReLU(pre) where pre > threshold
+        return pre.clamp_min(0) * (pre > self.threshold)  # as SAELens: ReLU(pre) where pre > threshold
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
         pre = self.pre_acts(x)

@@ -1,4 +1,5 @@
 """standard: ReLU latents trained with an L1 penalty (weighted by decoder norms)."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Training runs the dense encoder once without building a graph, keeps the k large
 and differentiates through the selected entries only: the encoder's backward pass is two sparse x
 dense products (B x k non-zeros) instead of two dense [B, d_sae] x [d_sae, d_in] products, and the
 decoder is an ``embedding_bag`` over the k selected rows."""
+
 from __future__ import annotations
 
 import warnings
@@ -14,7 +15,9 @@ import torch.nn.functional as F
 from .base import SAE, StepOut
 
 
-def sparse_decode(W_dec: torch.Tensor, b_dec: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+def sparse_decode(
+    W_dec: torch.Tensor, b_dec: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor
+) -> torch.Tensor:
     """sum_j vals[:, j] * W_dec[idx[:, j]] + b_dec, without materialising [B, d_sae]."""
     return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum") + b_dec
 
@@ -38,15 +41,26 @@ class _SelectedPre(torch.autograd.Function):
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta": the product used here is stable
-                S = torch.sparse_csr_tensor(torch.arange(0, B * k + 1, k, device=idx.device), flat_idx, flat_g, (B, d_sae),
-                                            check_invariants=False)
-            grad_x = S @ W_enc.T                                              # [B, d_in]
+                warnings.simplefilter(
+                    "ignore", UserWarning
+                )  # "CSR support is in beta": the product used here is stable
+                S = torch.sparse_csr_tensor(
+                    torch.arange(0, B * k + 1, k, device=idx.device),
+                    flat_idx,
+                    flat_g,
+                    (B, d_sae),
+                    check_invariants=False,
+                )
+            grad_x = S @ W_enc.T  # [B, d_in]
         if ctx.needs_input_grad[1]:
-            St = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_g, (d_sae, B), check_invariants=False)
-            grad_W = torch.sparse.mm(St, x_c).T                               # [d_in, d_sae]
+            St = torch.sparse_coo_tensor(
+                torch.stack([flat_idx, rows]), flat_g, (d_sae, B), check_invariants=False
+            )
+            grad_W = torch.sparse.mm(St, x_c).T  # [d_in, d_sae]
         if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(d_sae, dtype=flat_g.dtype, device=flat_g.device).index_add_(0, flat_idx, flat_g)
+            grad_b = torch.zeros(d_sae, dtype=flat_g.dtype, device=flat_g.device).index_add_(
+                0, flat_idx, flat_g
+            )
         return grad_x, grad_W, grad_b, None, None
 
 
@@ -57,9 +71,13 @@ def exact_pre_at(sae: SAE, x_c: torch.Tensor, idx: torch.Tensor) -> tuple[torch.
     idx = idx.sort(dim=1).values
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(torch.arange(0, B * k + 1, k, device=idx.device), idx.reshape(-1),
-                                          torch.zeros(B * k, dtype=x_c.dtype, device=x_c.device), (B, sae.W_enc.shape[1]),
-                                          check_invariants=False)
+        pattern = torch.sparse_csr_tensor(
+            torch.arange(0, B * k + 1, k, device=idx.device),
+            idx.reshape(-1),
+            torch.zeros(B * k, dtype=x_c.dtype, device=x_c.device),
+            (B, sae.W_enc.shape[1]),
+            check_invariants=False,
+        )
         vals = torch.sparse.sampled_addmm(pattern, x_c, sae.W_enc).values().reshape(B, k)
     return idx, vals + sae.b_enc.detach()[idx]
 

@@ -6,6 +6,7 @@ models they refer to are not packed (they are large and usually the embedded def
 each to the target workspace's model of the same name or upstream id, adding the embedded default
 when that is the one needed. Unpacking is all or nothing per artifact, never overwrites, and refuses
 archive members outside the bundle's own folders."""
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import MistudioError
-from ..features import latest_extraction
-from .importing import match_model
 from ..core.progress import ProgressCallback, emit
 from ..core.workspace import Artifact, Workspace, disk_error
+from ..features import latest_extraction
+from .importing import match_model
 
 FORMAT, VERSION, MANIFEST = "mistudio-bundle", 1, "manifest.json"
 PACKABLE = ("dataset", "tokenization", "sae", "extraction", "steering_preset")
 SAFE_ID = re.compile(r"^[a-z]{2,8}-[0-9a-f]{6,32}$")
-CODE_KEYS = ("trust_remote_code", "auto_map")          # settings that would run code: never unpacked
+CODE_KEYS = ("trust_remote_code", "auto_map")  # settings that would run code: never unpacked
 REQUIRED_FILES = {"sae": ("cfg.json", "sae_weights.safetensors")}
 
 
@@ -43,12 +44,16 @@ def _closure(ws: Workspace, refs: list[str]) -> list[Artifact]:
         if art.id in chosen:
             return
         if art.kind not in PACKABLE:
-            raise BundleError(f"{art.name!r} is a {art.kind}; bundles hold {', '.join(PACKABLE)}.",
-                              "pack the SAE, extraction or dataset made from it instead.")
+            raise BundleError(
+                f"{art.name!r} is a {art.kind}; bundles hold {', '.join(PACKABLE)}.",
+                "pack the SAE, extraction or dataset made from it instead.",
+            )
         if art.meta.get("refused_because") or (art.path is not None and not art.path.is_dir()):
             why = art.meta.get("refused_because") or f"its folder {art.path} is gone"
-            raise BundleError(f"The {art.kind} {art.name!r} ({art.id}) cannot be packed: {why}. Nothing was written.",
-                              f"make it again, or remove its catalog row with `mistudio delete {art.id}`.")
+            raise BundleError(
+                f"The {art.kind} {art.name!r} ({art.id}) cannot be packed: {why}. Nothing was written.",
+                f"make it again, or remove its catalog row with `mistudio delete {art.id}`.",
+            )
         if art.kind == "tokenization" and art.parent:
             add(ws.get(art.parent))
         if art.kind == "extraction":
@@ -65,7 +70,9 @@ def _closure(ws: Workspace, refs: list[str]) -> list[Artifact]:
     return list(chosen.values())
 
 
-def pack(ws: Workspace, refs: list[str], out: str | Path, *, progress: ProgressCallback | None = None) -> dict[str, Any]:
+def pack(
+    ws: Workspace, refs: list[str], out: str | Path, *, progress: ProgressCallback | None = None
+) -> dict[str, Any]:
     """Write the bundle file ``out`` (a .tar.gz) holding ``refs`` and what they need."""
     if not refs:
         raise BundleError("Nothing to pack.", "name at least one SAE, extraction or dataset.")
@@ -79,12 +86,30 @@ def pack(ws: Workspace, refs: list[str], out: str | Path, *, progress: ProgressC
         m = ws.find(mid, "model") if isinstance(mid, str) else None
         if m is not None:
             prov = m.meta.get("provenance") or {}
-            models[m.id] = {"name": m.name, "upstream": prov.get("upstream") or prov.get("hub_id"), "kind": prov.get("kind")}
-    manifest = {"format": FORMAT, "version": VERSION, "created": time.time(), "source_workspace": str(ws.root),
-                "artifacts": [{"id": a.id, "kind": a.kind, "name": a.name, "parent": a.parent, "meta": a.meta,
-                               "folder": bool(a.path and a.path.is_dir())} for a in arts],
-                "labels": {a.id: ws.labels(a.id, history=True) for a in arts if a.kind == "sae"},
-                "models": models}
+            models[m.id] = {
+                "name": m.name,
+                "upstream": prov.get("upstream") or prov.get("hub_id"),
+                "kind": prov.get("kind"),
+            }
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": time.time(),
+        "source_workspace": str(ws.root),
+        "artifacts": [
+            {
+                "id": a.id,
+                "kind": a.kind,
+                "name": a.name,
+                "parent": a.parent,
+                "meta": a.meta,
+                "folder": bool(a.path and a.path.is_dir()),
+            }
+            for a in arts
+        ],
+        "labels": {a.id: ws.labels(a.id, history=True) for a in arts if a.kind == "sae"},
+        "models": models,
+    }
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,9 +131,12 @@ def pack(ws: Workspace, refs: list[str], out: str | Path, *, progress: ProgressC
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return {"path": str(out), "bytes": out.stat().st_size,
-            "artifacts": [{"id": a.id, "kind": a.kind, "name": a.name} for a in arts],
-            "labels": sum(len(v) for v in manifest["labels"].values())}
+    return {
+        "path": str(out),
+        "bytes": out.stat().st_size,
+        "artifacts": [{"id": a.id, "kind": a.kind, "name": a.name} for a in arts],
+        "labels": sum(len(v) for v in manifest["labels"].values()),
+    }
 
 
 def _read_manifest(tar: tarfile.TarFile, path: Path) -> dict[str, Any]:
@@ -116,12 +144,17 @@ def _read_manifest(tar: tarfile.TarFile, path: Path) -> dict[str, Any]:
         f = tar.extractfile(MANIFEST)
         manifest = json.loads(f.read()) if f else None
     except (KeyError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise BundleError(f"{path} is not a mistudio bundle (no readable {MANIFEST}).", "pack it with `mistudio bundle pack`.") from exc
+        raise BundleError(
+            f"{path} is not a mistudio bundle (no readable {MANIFEST}).",
+            "pack it with `mistudio bundle pack`.",
+        ) from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path} is not a mistudio bundle.", "pack it with `mistudio bundle pack`.")
     if int(manifest.get("version", 0)) > VERSION:
-        raise BundleError(f"{path} was packed by a newer mistudio (bundle version {manifest['version']}).",
-                          "upgrade mistudio-widgets.")
+        raise BundleError(
+            f"{path} was packed by a newer mistudio (bundle version {manifest['version']}).",
+            "upgrade mistudio-widgets.",
+        )
     return manifest
 
 
@@ -150,21 +183,37 @@ def _check_entries(manifest: dict[str, Any], members: list[tarfile.TarInfo], pat
     for a in entries:
         if not isinstance(a, dict) or a.get("kind") not in PACKABLE:
             kind = a.get("kind") if isinstance(a, dict) else a
-            raise BundleError(f"{path} holds an artifact of kind {str(kind)[:60]!r}; bundles hold {', '.join(PACKABLE)}.",
-                              "only unpack bundles made by `mistudio bundle pack`; this one was refused and nothing was added.")
+            raise BundleError(
+                f"{path} holds an artifact of kind {str(kind)[:60]!r}; bundles hold {', '.join(PACKABLE)}.",
+                "only unpack bundles made by `mistudio bundle pack`; this one was refused and nothing "
+                "was added.",
+            )
         if not isinstance(a.get("id"), str) or not SAFE_ID.match(a["id"]):
-            raise BundleError(f"{path} holds an artifact with the id {str(a.get('id'))[:60]!r}, which is not an id.",
-                              "this bundle was refused and nothing was added.")
-        if not isinstance(a.get("name"), str) or not isinstance(a.get("meta"), dict) or \
-                not (a.get("parent") is None or isinstance(a["parent"], str)) or not isinstance(a.get("folder"), bool):
-            raise BundleError(f"{path}: the entry of {a['id']} has fields of the wrong type.", "this bundle was refused.")
+            raise BundleError(
+                f"{path} holds an artifact with the id {str(a.get('id'))[:60]!r}, which is not an id.",
+                "this bundle was refused and nothing was added.",
+            )
+        if (
+            not isinstance(a.get("name"), str)
+            or not isinstance(a.get("meta"), dict)
+            or not (a.get("parent") is None or isinstance(a["parent"], str))
+            or not isinstance(a.get("folder"), bool)
+        ):
+            raise BundleError(
+                f"{path}: the entry of {a['id']} has fields of the wrong type.", "this bundle was refused."
+            )
         prefix = f"artifacts/{a['id']}"
         if a["folder"] and prefix not in names and not any(n.startswith(prefix + "/") for n in names):
-            raise BundleError(f"{path} lists the {a['kind']} {a['name']!r} with a folder, but holds no files for it.",
-                              "pack it again; this bundle was refused.")
+            raise BundleError(
+                f"{path} lists the {a['kind']} {a['name']!r} with a folder, but holds no files for it.",
+                "pack it again; this bundle was refused.",
+            )
         for f in REQUIRED_FILES.get(a["kind"], ()) if a["folder"] else ():
             if f"{prefix}/{f}" not in names:
-                raise BundleError(f"{path}: the {a['kind']} {a['name']!r} lacks its {f}.", "pack it again; this bundle was refused.")
+                raise BundleError(
+                    f"{path}: the {a['kind']} {a['name']!r} lacks its {f}.",
+                    "pack it again; this bundle was refused.",
+                )
 
 
 def _map_model(ws: Workspace, info: dict[str, Any], progress: ProgressCallback | None) -> str | None:
@@ -181,28 +230,43 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
     as they are; names taken by other artifacts get a suffix."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise BundleError(f"{path} does not exist.", "give the path of a .tar.gz made by `mistudio bundle pack`.")
+        raise BundleError(
+            f"{path} does not exist.", "give the path of a .tar.gz made by `mistudio bundle pack`."
+        )
     try:
         tar = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"{path} is not a readable bundle ({exc}).", "copy the file again; it may be truncated.") from exc
+        raise BundleError(
+            f"{path} is not a readable bundle ({exc}).", "copy the file again; it may be truncated."
+        ) from exc
     added, kept, stripped = [], [], []
     with tar:
         try:
             manifest = _read_manifest(tar, path)
-            members = tar.getmembers()           # reads the whole archive: a truncated one fails here, before any write
+            members = (
+                tar.getmembers()
+            )  # reads the whole archive: a truncated one fails here, before any write
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-            raise BundleError(f"{path} is truncated or corrupted ({exc.__class__.__name__}: {exc}); nothing was added.",
-                              "copy the bundle again.") from exc
+            raise BundleError(
+                f"{path} is truncated or corrupted ({exc.__class__.__name__}: {exc}); nothing was added.",
+                "copy the bundle again.",
+            ) from exc
         _check_entries(manifest, members, path)
         ids = {a["id"] for a in manifest["artifacts"]}
         for m in members:
             parts = Path(m.name).parts
-            if m.name != MANIFEST and not (len(parts) >= 2 and parts[0] == "artifacts" and parts[1] in ids and ".." not in parts):
-                raise BundleError(f"{path} holds an unexpected member {m.name!r}.", "only unpack bundles you trust; this one was refused.")
+            if m.name != MANIFEST and not (
+                len(parts) >= 2 and parts[0] == "artifacts" and parts[1] in ids and ".." not in parts
+            ):
+                raise BundleError(
+                    f"{path} holds an unexpected member {m.name!r}.",
+                    "only unpack bundles you trust; this one was refused.",
+                )
             if m.issym() or m.islnk() or m.isdev():
                 raise BundleError(f"{path} holds a link or device {m.name!r}.", "this bundle was refused.")
-        model_map = {mid: _map_model(ws, info, progress) for mid, info in (manifest.get("models") or {}).items()}
+        model_map = {
+            mid: _map_model(ws, info, progress) for mid, info in (manifest.get("models") or {}).items()
+        }
         for i, a in enumerate(manifest["artifacts"]):
             if ws.find(a["id"]) is not None:
                 kept.append(a["id"])
@@ -211,7 +275,7 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
             if meta.get("model") in model_map:
                 meta["model"] = model_map[meta["model"]]
             elif meta.get("model") is not None and ws.find(str(meta["model"]), "model") is None:
-                meta["model"] = None                 # an unknown model reference is dropped, never followed
+                meta["model"] = None  # an unknown model reference is dropped, never followed
             parent = a["parent"] if a["parent"] and ws.find(a["parent"]) is not None else None
             name = ws.unique_name(a["kind"], a["name"])
             rel = f"{a['kind']}s/{a['id']}" if a["folder"] else None
@@ -228,8 +292,10 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
                         tar.extractall(tmp, members=mine, filter="data")
                     except (tarfile.TarError, EOFError, zlib.error) as exc:
                         shutil.rmtree(tmp, ignore_errors=True)
-                        raise BundleError(f"{path} is corrupted inside the {a['kind']} {a['name']!r} ({exc}).",
-                                          "copy the bundle again.") from exc
+                        raise BundleError(
+                            f"{path} is corrupted inside the {a['kind']} {a['name']!r} ({exc}).",
+                            "copy the bundle again.",
+                        ) from exc
                     (ws.root / f"{a['kind']}s").mkdir(exist_ok=True)
                     os.replace(tmp / prefix, ws.root / rel)
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -249,8 +315,23 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
             if sae_id in kept:
                 continue
             for r in rows:
-                ws.add_label(sae_id, r["feature"], r["label"], method=r["method"], model=r["model"], template=r["template"],
-                             score=r["score"], meta=r.get("meta"), time=r.get("time"))
+                ws.add_label(
+                    sae_id,
+                    r["feature"],
+                    r["label"],
+                    method=r["method"],
+                    model=r["model"],
+                    template=r["template"],
+                    score=r["score"],
+                    meta=r.get("meta"),
+                    time=r.get("time"),
+                )
                 n_labels += 1
-    return {"path": str(path), "added": added, "already_present": kept, "labels": n_labels,
-            "models": {k: v for k, v in model_map.items()}, "stripped": stripped}
+    return {
+        "path": str(path),
+        "added": added,
+        "already_present": kept,
+        "labels": n_labels,
+        "models": {k: v for k, v in model_map.items()},
+        "stripped": stripped,
+    }

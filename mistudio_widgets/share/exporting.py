@@ -5,11 +5,12 @@
 Exports are written to a temporary folder beside the target and renamed into place when complete,
 so an interrupted export leaves no half-written folder; an existing non-empty folder is refused
 rather than overwritten."""
+
 from __future__ import annotations
 
 import json
-import time
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,42 +18,51 @@ from typing import Any, Iterator
 import yaml
 
 from ..core.errors import MistudioError
+from ..core.workspace import Artifact, Workspace, atomic_folder
 from ..features import latest_extraction
 from ..sae.io import CFG, SAELENS_TRANSCODERS, SPARSITY, WEIGHTS, load_sae, save_sae
-from ..core.workspace import Artifact, Workspace, atomic_folder
 
 
 class ExportError(MistudioError):
     """An export cannot be written as asked."""
 
 
-EXPORT_MARKER = ".mistudio-export.json"     # marks a folder as an export of ours: only such a folder is replaced
+EXPORT_MARKER = ".mistudio-export.json"  # marks a folder as an export of ours: only such a folder is replaced
 
 
 @contextmanager
-def fresh_folder(out: str | Path, *, overwrite: bool = False, workspace: Path | None = None,
-                 what: str = "export") -> Iterator[Path]:
+def fresh_folder(
+    out: str | Path, *, overwrite: bool = False, workspace: Path | None = None, what: str = "export"
+) -> Iterator[Path]:
     """Yield a temporary folder that becomes ``out`` when the block succeeds (see ``atomic_folder``).
     A non-empty ``out`` is refused unless ``overwrite``, and even then unless it holds an earlier export
     of ours (its marker file); the workspace, or any folder holding it, is never replaced."""
     out = Path(out).expanduser().resolve()
     if workspace is not None and Path(workspace).resolve().is_relative_to(out):
-        raise ExportError(f"{out} is the workspace or holds it; an export never replaces it.",
-                          "export into a new folder, e.g. under the workspace's exports/.")
+        raise ExportError(
+            f"{out} is the workspace or holds it; an export never replaces it.",
+            "export into a new folder, e.g. under the workspace's exports/.",
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
-            raise ExportError(f"{out} already exists and is not empty.",
-                              "choose a new folder, or pass overwrite=True (CLI: --overwrite) to replace an earlier export.")
+            raise ExportError(
+                f"{out} already exists and is not empty.",
+                "choose a new folder, or pass overwrite=True (CLI: --overwrite) to replace an earlier "
+                "export.",
+            )
         if not (out / EXPORT_MARKER).is_file():
-            raise ExportError(f"{out} is not an earlier export of mistudio (it has no {EXPORT_MARKER}), so it is not "
-                              "replaced; nothing was changed.", "choose a new or empty folder.")
+            raise ExportError(
+                f"{out} is not an earlier export of mistudio (it has no {EXPORT_MARKER}), so it is not "
+                "replaced; nothing was changed.",
+                "choose a new or empty folder.",
+            )
     with atomic_folder(out, writing="export") as tmp:
         yield tmp
         (tmp / EXPORT_MARKER).write_text(json.dumps({"format": what, "written": time.time()}) + "\n")
 
 
 def model_hub_id(ws: Workspace, sae: Artifact) -> str | None:
-    """The hub id of the model an SAE reads (``HuggingFaceTB/SmolLM2-135M-Instruct`` for the embedded default)."""
+    """The hub id of the model an SAE reads (``HuggingFaceTB/SmolLM2-135M-Instruct`` for the default)."""
     ref = sae.meta.get("model")
     art = ws.find(ref, "model") if ref else None
     if art is None:
@@ -62,37 +72,68 @@ def model_hub_id(ws: Workspace, sae: Artifact) -> str | None:
 
 
 def default_neuronpedia_ids(ws: Workspace, sae: Artifact) -> tuple[str, str]:
-    """(model id, source id) in Neuronpedia's style: ``smollm2-135m-instruct`` and ``15-mistudio-res-4608``."""
+    """(model id, source id) in Neuronpedia's style: ``smollm2-135m-instruct``, ``15-mistudio-res-4608``."""
     model = (model_hub_id(ws, sae) or "model").split("/")[-1].lower()
     hook = sae.meta.get("hook") or ""
     layer = hook.split(".")[1] if hook.startswith("blocks.") else "0"
-    site = {"hook_resid_post": "res", "hook_resid_pre": "res-pre", "hook_resid_mid": "res-mid", "hook_mlp_out": "mlp",
-            "hook_attn_out": "att", "ln2.hook_normalized": "mlp-in"}.get(hook.split(".", 2)[-1], "res")
+    site = {
+        "hook_resid_post": "res",
+        "hook_resid_pre": "res-pre",
+        "hook_resid_mid": "res-mid",
+        "hook_mlp_out": "mlp",
+        "hook_attn_out": "att",
+        "ln2.hook_normalized": "mlp-in",
+    }.get(hook.split(".", 2)[-1], "res")
     if sae.meta.get("hook_out"):
         site = "tc"
     return model, f"{layer}-mistudio-{site}-{sae.meta.get('d_sae')}"
 
 
-def export_saelens(ws: Workspace, sae: str, out: str | Path, *, repo_id: str | None = None,
-                   path_in_repo: str | None = None, release: str | None = None, neuronpedia_id: str | None = None,
-                   overwrite: bool = False) -> dict[str, Any]:
+def export_saelens(
+    ws: Workspace,
+    sae: str,
+    out: str | Path,
+    *,
+    repo_id: str | None = None,
+    path_in_repo: str | None = None,
+    release: str | None = None,
+    neuronpedia_id: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Write ``sae`` as a SAELens folder at ``out`` (plus ``pretrained_saes.yaml`` beside the weights).
     Returns the paths written and the yaml entry."""
     art = ws.get(sae, "sae")
     model, cfg = load_sae(art.path)
     ext = latest_extraction(ws, art)
     np_model, np_source = default_neuronpedia_ids(ws, art)
-    meta = {"model_name": model_hub_id(ws, art) or cfg.get("metadata", {}).get("model_name"),
-            "hook_name": art.meta.get("hook"), "neuronpedia_id": neuronpedia_id or f"{np_model}/{np_source}"}
+    meta = {
+        "model_name": model_hub_id(ws, art) or cfg.get("metadata", {}).get("model_name"),
+        "hook_name": art.meta.get("hook"),
+        "neuronpedia_id": neuronpedia_id or f"{np_model}/{np_source}",
+    }
     if art.meta.get("hook_out"):
         meta["hook_name_out"] = art.meta["hook_out"]
     sae_path = path_in_repo or art.meta.get("hook") or art.name
     release = release or f"{art.name}-mistudio"
-    entry = {release: {"repo_id": repo_id or f"YOUR-HF-USER/{art.name}", "model": meta["model_name"], "conversion_func": None,
-                       "saes": [{"id": art.meta.get("hook") or art.name, "path": sae_path,
-                                 "neuronpedia": meta["neuronpedia_id"],
-                                 **({"l0": round(float(art.meta["metrics"]["l0"]), 2)}
-                                    if (art.meta.get("metrics") or {}).get("l0") is not None else {})}]}}
+    entry = {
+        release: {
+            "repo_id": repo_id or f"YOUR-HF-USER/{art.name}",
+            "model": meta["model_name"],
+            "conversion_func": None,
+            "saes": [
+                {
+                    "id": art.meta.get("hook") or art.name,
+                    "path": sae_path,
+                    "neuronpedia": meta["neuronpedia_id"],
+                    **(
+                        {"l0": round(float(art.meta["metrics"]["l0"]), 2)}
+                        if (art.meta.get("metrics") or {}).get("l0") is not None
+                        else {}
+                    ),
+                }
+            ],
+        }
+    }
     with fresh_folder(out, overwrite=overwrite, workspace=ws.root, what="saelens") as tmp:
         save_sae(model, tmp, metadata=meta, extra={**(cfg.get("mistudio") or {}), "exported_from": art.id})
         if ext is not None and (ext.path / SPARSITY).is_file():
@@ -100,16 +141,35 @@ def export_saelens(ws: Workspace, sae: str, out: str | Path, *, repo_id: str | N
         elif (art.path / SPARSITY).is_file():
             shutil.copy2(art.path / SPARSITY, tmp / SPARSITY)
         (tmp / "pretrained_saes.yaml").write_text(
-            "# Add this release to SAELens's pretrained_saes.yaml (or your own) once the folder is on the hub.\n"
-            + yaml.safe_dump(entry, sort_keys=False))
+            "# Add this release to SAELens's pretrained_saes.yaml (or your own) once the folder is on "
+            "the hub.\n" + yaml.safe_dump(entry, sort_keys=False)
+        )
     out = Path(out).expanduser().resolve()
-    files = sorted(p.name for p in out.iterdir() if p.name != EXPORT_MARKER)   # not our marker
+    files = sorted(p.name for p in out.iterdir() if p.name != EXPORT_MARKER)  # not our marker
     cfg_out = json.loads((out / CFG).read_text())
     warnings = []
     if "transcoder" in cfg_out["architecture"] and cfg_out["architecture"] not in SAELENS_TRANSCODERS:
-        warnings.append(f"SAELens 6 has no {cfg_out['architecture']} architecture: mistudio loads this folder, SAELens does not.")
-    return {"sae": art.id, "format": "saelens", "path": str(out), "files": files, "pretrained_saes": entry,
-            "sparsity": SPARSITY in files, "cfg": cfg_out, "warnings": warnings}
+        warnings.append(
+            f"SAELens 6 has no {cfg_out['architecture']} architecture: mistudio loads this folder, "
+            "SAELens does not."
+        )
+    return {
+        "sae": art.id,
+        "format": "saelens",
+        "path": str(out),
+        "files": files,
+        "pretrained_saes": entry,
+        "sparsity": SPARSITY in files,
+        "cfg": cfg_out,
+        "warnings": warnings,
+    }
 
 
-__all__ = ["ExportError", "export_saelens", "fresh_folder", "model_hub_id", "default_neuronpedia_ids", "WEIGHTS"]
+__all__ = [
+    "ExportError",
+    "export_saelens",
+    "fresh_folder",
+    "model_hub_id",
+    "default_neuronpedia_ids",
+    "WEIGHTS",
+]

@@ -2,6 +2,7 @@
 config), a GemmaScope ``params.npz``, an EleutherAI sparsify folder, or any of these on the Hugging
 Face hub (``hf://OWNER/REPO/PATH``). The SAE is stored in our SAELens folder format and is then used
 like a trained one: the browser, extraction, labelling and steering take it unchanged."""
+
 from __future__ import annotations
 
 import re
@@ -9,12 +10,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import hub
 from ..core.errors import MistudioError
-from ..data.hooks import HOOK_KINDS, _HOOK_RE
+from ..core.workspace import Artifact, Workspace
+from ..data.hooks import _HOOK_RE, HOOK_KINDS
 from ..sae.formats import read_any
 from ..sae.io import SPARSITY, save_sae
-from ..core.workspace import Artifact, Workspace
+from . import hub
 
 
 class SAEImportError(MistudioError):
@@ -31,7 +32,9 @@ def match_model(ws: Workspace, model_name: str | None) -> Artifact | None:
         prov = art.meta.get("provenance") or {}
         names = {art.name, art.id, prov.get("upstream"), prov.get("hub_id")}
         names |= {n.split("/")[-1] for n in list(names) if n and "/" in n}
-        if want in {str(n).lower() for n in names if n} or want.split("/")[-1] in {str(n).lower() for n in names if n}:
+        if want in {str(n).lower() for n in names if n} or want.split("/")[-1] in {
+            str(n).lower() for n in names if n
+        }:
             return art
     return None
 
@@ -42,8 +45,16 @@ def _default_name(source: str) -> str:
     return re.sub(r"[^\w.-]+", "-", base).strip("-")[:80] or "imported"
 
 
-def import_sae(ws: Workspace, source: str | Path, *, name: str | None = None, model: str | None = None,
-               hook: str | None = None, hook_out: str | None = None, token: str | None = None) -> Artifact:
+def import_sae(
+    ws: Workspace,
+    source: str | Path,
+    *,
+    name: str | None = None,
+    model: str | None = None,
+    hook: str | None = None,
+    hook_out: str | None = None,
+    token: str | None = None,
+) -> Artifact:
     """Import the SAE at ``source`` (a local folder / params.npz, or ``hf://OWNER/REPO/PATH[@REV]``).
     ``model`` (a workspace model) and ``hook`` override what the files say; they are needed where the
     files say nothing (sparsify folders name no model; a bare params.npz no hook)."""
@@ -65,12 +76,16 @@ def import_sae(ws: Workspace, source: str | Path, *, name: str | None = None, mo
     hook = hook or meta.get("hook_name")
     hook_out = hook_out or meta.get("hook_name_out")
     if not hook:
-        raise SAEImportError(f"The {fmt} SAE at {where} does not say which hook it reads.",
-                           "pass hook=... (CLI: --hook), e.g. blocks.6.hook_resid_post.")
+        raise SAEImportError(
+            f"The {fmt} SAE at {where} does not say which hook it reads.",
+            "pass hook=... (CLI: --hook), e.g. blocks.6.hook_resid_post.",
+        )
     for h in filter(None, (hook, hook_out)):
         if not _HOOK_RE.match(h):
-            raise SAEImportError(f"{h!r} is not a hook name mistudio can attach to.",
-                               f"pass hook=... as blocks.L.<point> with <point> one of: {', '.join(HOOK_KINDS)}.")
+            raise SAEImportError(
+                f"{h!r} is not a hook name mistudio can attach to.",
+                f"pass hook=... as blocks.L.<point> with <point> one of: {', '.join(HOOK_KINDS)}.",
+            )
     model_art = ws.get(model, "model") if model else match_model(ws, meta.get("model_name"))
     model_name = meta.get("model_name") or (model_art.name if model_art else None)
     spec = sae.spec
@@ -78,9 +93,19 @@ def import_sae(ws: Workspace, source: str | Path, *, name: str | None = None, mo
     if hook_out:
         spec.metadata["hook_name_out"] = hook_out
     name = ws.unique_name("sae", name or _default_name(where))
-    entry = {"model": model_art.id if model_art else None, "model_name": model_name, "hook": hook, "hook_out": hook_out,
-             "architecture": spec.architecture, "d_in": spec.d_in, "d_sae": spec.d_sae, "k": spec.k,
-             "source": "imported", "format": fmt, "origin": origin}
+    entry = {
+        "model": model_art.id if model_art else None,
+        "model_name": model_name,
+        "hook": hook,
+        "hook_out": hook_out,
+        "architecture": spec.architecture,
+        "d_in": spec.d_in,
+        "d_sae": spec.d_sae,
+        "k": spec.k,
+        "source": "imported",
+        "format": fmt,
+        "origin": origin,
+    }
     with ws.write_artifact("sae", name, meta=entry) as w:
         save_sae(sae, w.path, extra={"imported_from": fmt, "origin": origin})
         if fmt == "saelens" and (local / SPARSITY).is_file():

@@ -1,5 +1,6 @@
 """SAE training on a model's activations: one run = one ``run`` artifact (config, status, checkpoints,
 metric history in the catalog) that produces one ``sae`` artifact (a SAELens folder)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,19 +16,19 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..data.activation_cache import ActivationCache
 from ..core import distributed as dist
-from ..data.activations import ActivationStream, harvest_shared
 from ..core.configs import TrainConfig, from_dict, to_dict
-from ..data.datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
 from ..core.errors import MistudioError
-from ..data.hooks import intervene, parse_hook
 from ..core.jobs import JobCancelled, JobControl, Status, claim, effective_status, lifecycle, owner_stamp
-from ..data.models import LoadedModel, load_model, resolve_model
 from ..core.progress import ProgressCallback, emit
+from ..core.workspace import Artifact, Workspace, atomic_folder
+from ..data.activation_cache import ActivationCache
+from ..data.activations import ActivationStream, harvest_shared
+from ..data.datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
+from ..data.hooks import intervene, parse_hook
+from ..data.models import LoadedModel, load_model, resolve_model
 from ..sae import SAE, SAESpec, make_sae
 from ..sae.io import save_sae, write_safetensors
-from ..core.workspace import Artifact, Workspace, atomic_folder
 
 CKPT_PREFIX = "checkpoint-"
 KEEP_CHECKPOINTS = 2
@@ -41,19 +42,29 @@ class TrainingError(MistudioError):
 # Set-up
 def sae_spec(cfg: TrainConfig, d_in: int, d_out: int, metadata: dict[str, Any]) -> SAESpec:
     d_sae = cfg.d_sae if cfg.d_sae is not None else cfg.expansion_factor * d_in
-    spec = SAESpec(architecture=cfg.architecture, d_in=d_in, d_sae=d_sae,
-                   k=cfg.k if cfg.architecture in ("topk", "batchtopk") else None,
-                   d_out=d_out if (cfg.hook_out or d_out != d_in) else None, skip=cfg.skip, metadata=metadata)
+    spec = SAESpec(
+        architecture=cfg.architecture,
+        d_in=d_in,
+        d_sae=d_sae,
+        k=cfg.k if cfg.architecture in ("topk", "batchtopk") else None,
+        d_out=d_out if (cfg.hook_out or d_out != d_in) else None,
+        skip=cfg.skip,
+        metadata=metadata,
+    )
     return spec.validate()
 
 
-def _resolve_tokens(ws: Workspace, cfg: TrainConfig, lm: LoadedModel, progress: ProgressCallback | None) -> Artifact:
+def _resolve_tokens(
+    ws: Workspace, cfg: TrainConfig, lm: LoadedModel, progress: ProgressCallback | None
+) -> Artifact:
     tok = ws.find(cfg.dataset, "tokenization")
     if tok is None:
         ds = resolve_dataset(ws, cfg.dataset, progress=progress)
         from ..core.configs import TokenizeConfig
 
-        tok = ensure_tokenization(ws, ds, lm.artifact, TokenizeConfig(context_size=cfg.context_size), progress=progress)
+        tok = ensure_tokenization(
+            ws, ds, lm.artifact, TokenizeConfig(context_size=cfg.context_size), progress=progress
+        )
     check_tokenization_fits(ws, tok, lm.artifact, lm.tokenizer)
     return tok
 
@@ -78,6 +89,7 @@ def lr_lambda(cfg: TrainConfig):
             return 1.0
         t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
     return f
 
 
@@ -91,8 +103,15 @@ class Losses:
     aux: torch.Tensor
 
 
-def compute_losses(sae: SAE, cfg: TrainConfig, x: torch.Tensor, target: torch.Tensor, dead: torch.Tensor,
-                   sparsity_coef: float, aux_k: int):
+def compute_losses(
+    sae: SAE,
+    cfg: TrainConfig,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    dead: torch.Tensor,
+    sparsity_coef: float,
+    aux_k: int,
+):
     out = sae.train_step(x, target)
     err = out.recon - target
     mse = err.pow(2).sum(-1).mean()
@@ -103,12 +122,12 @@ def compute_losses(sae: SAE, cfg: TrainConfig, x: torch.Tensor, target: torch.Te
         sparsity = sparsity_coef * (out.acts * sae.W_dec.norm(dim=1)).sum(-1).mean()
     elif arch == "jumprelu":
         sparsity = sparsity_coef * sae.l0_penalty(out.pre)
-    elif dead.any() and cfg.aux_coefficient > 0:   # AuxK: dead latents learn to explain the residual
+    elif dead.any() and cfg.aux_coefficient > 0:  # AuxK: dead latents learn to explain the residual
         e = -err.detach()
         dead_idx = dead.nonzero().squeeze(1)
         k = min(aux_k, dead_idx.numel())
         x_c = x - sae.b_dec if sae.spec.apply_b_dec_to_input else x
-        pre_dead = x_c @ sae.W_enc[:, dead_idx] + sae.b_enc[dead_idx]          # [B, n_dead], dense over the dead only
+        pre_dead = x_c @ sae.W_enc[:, dead_idx] + sae.b_enc[dead_idx]  # [B, n_dead], dense over the dead only
         top = pre_dead.topk(k, dim=-1, sorted=False)
         acts = torch.zeros_like(pre_dead).scatter(-1, top.indices, torch.relu(top.values))
         e_hat = acts @ sae.W_dec[dead_idx]
@@ -118,7 +137,9 @@ def compute_losses(sae: SAE, cfg: TrainConfig, x: torch.Tensor, target: torch.Te
 
 
 @torch.no_grad()
-def resample_dead(sae: SAE, opt: torch.optim.Optimizer, dead: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> int:
+def resample_dead(
+    sae: SAE, opt: torch.optim.Optimizer, dead: torch.Tensor, x: torch.Tensor, target: torch.Tensor
+) -> int:
     """standard SAEs: point dead latents at badly reconstructed inputs and reset their Adam state."""
     idx = dead.nonzero().squeeze(1)
     if idx.numel() == 0:
@@ -152,8 +173,19 @@ class LossModule(torch.nn.Module):
         return compute_losses(self.sae, self.cfg, x, target, dead, coef, aux_k)
 
 
-def optimizer_step(sae: SAE, opt: torch.optim.Optimizer, sched, cfg: TrainConfig, x: torch.Tensor, target: torch.Tensor,
-                   dead: torch.Tensor, coef: float, aux_k: int, device: str = "cpu", ddp=None):
+def optimizer_step(
+    sae: SAE,
+    opt: torch.optim.Optimizer,
+    sched,
+    cfg: TrainConfig,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    dead: torch.Tensor,
+    coef: float,
+    aux_k: int,
+    device: str = "cpu",
+    ddp=None,
+):
     """One optimiser step over a batch (split into ``cfg.grad_accumulation`` micro-batches).
     Returns (loss parts, active [B, d_sae] bool on CPU, reconstruction, fired [d_sae]). The weights are
     not updated when the loss is not finite (the caller decides what to do). ``ddp``: the
@@ -172,7 +204,12 @@ def optimizer_step(sae: SAE, opt: torch.optim.Optimizer, sched, cfg: TrainConfig
             with _autocast(cfg, device):
                 losses, out = (ddp or compute_losses)(*(() if ddp else (sae, cfg)), xm, tm, dead, coef, aux_k)
             (losses.total / cfg.grad_accumulation).backward()
-        for key, v in (("loss", losses.total), ("mse_loss", losses.mse), ("sparsity_loss", losses.sparsity), ("aux_loss", losses.aux)):
+        for key, v in (
+            ("loss", losses.total),
+            ("mse_loss", losses.mse),
+            ("sparsity_loss", losses.sparsity),
+            ("aux_loss", losses.aux),
+        ):
             parts[key] += float(v.detach()) / cfg.grad_accumulation
         with torch.no_grad():
             actives.append(out.active().cpu())
@@ -214,7 +251,7 @@ class Evaluator:
         self.lm, self.cfg, self.acts = lm, cfg, acts
         self.ids = torch.tensor(tokens, dtype=torch.long)
         special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)))
-        self.keep = ~torch.isin(self.ids, special)           # splice only where the SAE was trained
+        self.keep = ~torch.isin(self.ids, special)  # splice only where the SAE was trained
         self.hook_in, self.hook_out = cfg.hook, cfg.hook_out or cfg.hook
         self.ce_clean = self._ce(None)
         self.ce_zero = self._ce(lambda x_in, y: torch.zeros_like(y))
@@ -229,9 +266,11 @@ class Evaluator:
             return float(model(input_ids=ids, labels=ids, use_cache=False).loss)
         keep = self.keep.to(self.lm.device).unsqueeze(-1)
         with capture(model, self.hook_in, stop=False) as got:
+
             def edit(y):
                 new = replace(got[self.hook_in], y).to(y.dtype)
                 return torch.where(keep, new, y)
+
             with intervene(model, {self.hook_out: edit}):
                 return float(model(input_ids=ids, labels=ids, use_cache=False).loss)
 
@@ -241,12 +280,20 @@ class Evaluator:
         target = self.acts[self.hook_out].to(sae.W_enc.device)
         recon = sae(x * scale_in) / scale_out
         f = sae.encode(x * scale_in)
-        ce = self._ce(lambda x_in, y: (sae(x_in.float().to(sae.W_enc.device) * scale_in) / scale_out).to(y.device))
+        ce = self._ce(
+            lambda x_in, y: (sae(x_in.float().to(sae.W_enc.device) * scale_in) / scale_out).to(y.device)
+        )
         denom = self.ce_zero - self.ce_clean
-        return {"mse": float((recon - target).pow(2).mean()), "explained_variance": explained_variance(recon, target),
-                "l0": float((f > 0).float().sum(-1).mean()), "ce_clean": self.ce_clean, "ce_zero_ablated": self.ce_zero,
-                "ce_spliced": ce, "delta_loss": ce - self.ce_clean,
-                "ce_recovered": (self.ce_zero - ce) / denom if abs(denom) > 1e-9 else float("nan")}
+        return {
+            "mse": float((recon - target).pow(2).mean()),
+            "explained_variance": explained_variance(recon, target),
+            "l0": float((f > 0).float().sum(-1).mean()),
+            "ce_clean": self.ce_clean,
+            "ce_zero_ablated": self.ce_zero,
+            "ce_spliced": ce,
+            "delta_loss": ce - self.ce_clean,
+            "ce_recovered": (self.ce_zero - ce) / denom if abs(denom) > 1e-9 else float("nan"),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,12 +308,16 @@ def _remove_stale_checkpoint_temps(run_dir: Path) -> list[str]:
 
 def _checkpoints(run_dir: Path) -> list[Path]:
     found = [p for p in run_dir.glob(f"{CKPT_PREFIX}*") if p.is_dir() and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
 
 
-def save_checkpoint(run_dir: Path, sae: SAE, opt: torch.optim.Optimizer, sched, state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    run_dir: Path, sae: SAE, opt: torch.optim.Optimizer, sched, state: dict[str, Any]
+) -> Path:
     """Write checkpoint-<step> atomically; older checkpoints beyond the newest few are removed only after."""
-    tensors = {f"sae.{k}": v.detach().cpu().contiguous() for k, v in sae.state_dict().items() if v is not None}
+    tensors = {
+        f"sae.{k}": v.detach().cpu().contiguous() for k, v in sae.state_dict().items() if v is not None
+    }
     names = {id(p): n for n, p in sae.named_parameters()}
     for p, st in opt.state.items():
         for key, v in st.items():
@@ -291,7 +342,9 @@ def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, sched) -> 
         if st:
             opt.state[p] = st
     sched.load_state_dict(state.pop("scheduler"))
-    for group, lr in zip(opt.param_groups, sched.get_last_lr()):  # the optimiser only learns it at the next sched.step()
+    for group, lr in zip(
+        opt.param_groups, sched.get_last_lr()
+    ):  # the optimiser only learns it at the next sched.step()
         group["lr"] = lr
     torch.set_rng_state(tensors["rng.torch"])
     return state
@@ -320,24 +373,50 @@ def _autocast(cfg: TrainConfig, device: str):
 
 
 # Settings that every SAE trained from one harvest must share (they define the activation stream).
-SHARED = ("model", "dataset", "context_size", "train_tokens", "batch_tokens", "steps", "seed", "chunk_sequences",
-          "harvest_batch_size", "eval_sequences", "device")
+SHARED = (
+    "model",
+    "dataset",
+    "context_size",
+    "train_tokens",
+    "batch_tokens",
+    "steps",
+    "seed",
+    "chunk_sequences",
+    "harvest_batch_size",
+    "eval_sequences",
+    "device",
+)
 
 
-def train(ws: Workspace, cfg: TrainConfig | None = None, *, resume: str | None = None,
-          progress: ProgressCallback | None = None, control: JobControl | None = None,
-          stop_after: int | None = None, on_start: Callable[[Artifact], None] | None = None) -> TrainResult:
+def train(
+    ws: Workspace,
+    cfg: TrainConfig | None = None,
+    *,
+    resume: str | None = None,
+    progress: ProgressCallback | None = None,
+    control: JobControl | None = None,
+    stop_after: int | None = None,
+    on_start: Callable[[Artifact], None] | None = None,
+) -> TrainResult:
     """Train an SAE (or resume run ``resume``). ``stop_after`` ends the session after that many steps
     with a checkpoint, as an interruption would (the run is then resumable). ``on_start(run)`` is
     called once the run is registered."""
     cfgs = None if resume else [cfg or TrainConfig()]
-    return train_many(ws, cfgs, resume=resume, progress=progress, control=control, stop_after=stop_after,
-                      on_start=on_start)[0]
+    return train_many(
+        ws, cfgs, resume=resume, progress=progress, control=control, stop_after=stop_after, on_start=on_start
+    )[0]
 
 
-def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | None = None,
-               progress: ProgressCallback | None = None, control: JobControl | None = None,
-               stop_after: int | None = None, on_start: Callable[[Artifact], None] | None = None) -> list[TrainResult]:
+def train_many(
+    ws: Workspace,
+    cfgs: list[TrainConfig] | None,
+    *,
+    resume: str | None = None,
+    progress: ProgressCallback | None = None,
+    control: JobControl | None = None,
+    stop_after: int | None = None,
+    on_start: Callable[[Artifact], None] | None = None,
+) -> list[TrainResult]:
     """Train several SAEs (other layers, widths, architectures or hyper-parameters) from one pass of
     the model: every batch is harvested once, at the union of their hooks, and feeds them all. Each SAE
     gets its own run (config, metrics, checkpoints) and lands in the library on its own. The SAEs must
@@ -349,11 +428,20 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
         run = ws.get(resume, "run")
         claim(ws, run, "run")
         if run.path is None or not run.path.is_dir():
-            raise TrainingError(f"The files of run {run.name!r} are gone.", "start a new run; this one cannot resume.")
+            raise TrainingError(
+                f"The files of run {run.name!r} are gone.", "start a new run; this one cannot resume."
+            )
         _remove_stale_checkpoint_temps(run.path)
         if not _checkpoints(run.path):
-            raise TrainingError(f"Run {run.name!r} has no checkpoint to resume from.", "start a new run with the same settings.")
-        cfgs = [from_dict(TrainConfig, {**run.meta["config"], "adam_betas": tuple(run.meta["config"]["adam_betas"])})]
+            raise TrainingError(
+                f"Run {run.name!r} has no checkpoint to resume from.",
+                "start a new run with the same settings.",
+            )
+        cfgs = [
+            from_dict(
+                TrainConfig, {**run.meta["config"], "adam_betas": tuple(run.meta["config"]["adam_betas"])}
+            )
+        ]
         stream_hooks = run.meta.get("stream_hooks")
         runs = [run]
     if not cfgs:
@@ -364,13 +452,21 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
         progress = None
     mismatched = sorted({k for c in cfgs[1:] for k in SHARED if getattr(c, k) != getattr(first, k)})
     if mismatched:
-        raise TrainingError(f"SAEs trained from one harvest must share {', '.join(mismatched)}.",
-                            "give them equal values, or train them separately.")
+        raise TrainingError(
+            f"SAEs trained from one harvest must share {', '.join(mismatched)}.",
+            "give them equal values, or train them separately.",
+        )
     if first.batch_tokens % dist.world():
-        raise TrainingError(f"batch_tokens={first.batch_tokens} does not split evenly over {dist.world()} processes.",
-                            f"choose a multiple of {dist.world()}.")
-    with dist.main_first():       # the main process converts the model and tokenizes; the others find the results
-        lm = load_model(ws, resolve_model(ws, first.model, progress=progress), device=None if first.device == "auto" else first.device)
+        raise TrainingError(
+            f"batch_tokens={first.batch_tokens} does not split evenly over {dist.world()} processes.",
+            f"choose a multiple of {dist.world()}.",
+        )
+    with dist.main_first():  # the main process converts the model and tokenizes; the others find the results
+        lm = load_model(
+            ws,
+            resolve_model(ws, first.model, progress=progress),
+            device=None if first.device == "auto" else first.device,
+        )
         tok = _resolve_tokens(ws, first, lm, progress)
     d_model = int(lm.info["d_model"])
     specs = []
@@ -379,12 +475,19 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
         if c.hook_out:
             parse_hook(lm.model, c.hook_out)
         if c.batch_tokens % c.grad_accumulation:
-            raise TrainingError(f"batch_tokens={c.batch_tokens} is not divisible by grad_accumulation={c.grad_accumulation}.",
-                                "choose values where batch_tokens / grad_accumulation is a whole number.")
-        meta_sae = {"model_name": lm.name, "hook_name": c.hook, "context_size": tok.meta["config"]["context_size"],
-                    "prepend_bos": tok.meta["config"]["prepend_bos"],
-                    "dataset_path": ws.get(tok.parent).name if tok.parent else None,
-                    "exclude_special_tokens": True, "hook_head_index": None}
+            raise TrainingError(
+                f"batch_tokens={c.batch_tokens} is not divisible by grad_accumulation={c.grad_accumulation}.",
+                "choose values where batch_tokens / grad_accumulation is a whole number.",
+            )
+        meta_sae = {
+            "model_name": lm.name,
+            "hook_name": c.hook,
+            "context_size": tok.meta["config"]["context_size"],
+            "prepend_bos": tok.meta["config"]["prepend_bos"],
+            "dataset_path": ws.get(tok.parent).name if tok.parent else None,
+            "exclude_special_tokens": True,
+            "hook_head_index": None,
+        }
         if c.hook_out:
             meta_sae["hook_name_out"] = c.hook_out
         specs.append(sae_spec(c, d_model, d_model, meta_sae))
@@ -394,20 +497,37 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
     n_eval = min(first.eval_sequences, max(len(tokens) // 10, 1))
     train_tokens, eval_tokens = tokens[:-n_eval], tokens[-n_eval:]
     if first.train_tokens:
-        train_tokens = train_tokens[:max(math.ceil(first.train_tokens / tokens.shape[1]), 1)]
+        train_tokens = train_tokens[: max(math.ceil(first.train_tokens / tokens.shape[1]), 1)]
     if not resume:
         ids = None
         if dist.is_main():
             for c, spec in zip(cfgs, specs):
                 name = c.name or ws.unique_name("run", f"{c.architecture}-{c.hook}")
-                runs.append(ws.create_folder("run", name, meta={
-                    "config": to_dict(c), "status": Status.RUNNING, "model": lm.artifact.id, "tokenization": tok.id,
-                    "spec": spec.to_dict(), "started": time.time(), "stream_hooks": stream_hooks,
-                    "group": [r.id for r in runs], "processes": dist.world(), "owner": owner_stamp()}))
+                runs.append(
+                    ws.create_folder(
+                        "run",
+                        name,
+                        meta={
+                            "config": to_dict(c),
+                            "status": Status.RUNNING,
+                            "model": lm.artifact.id,
+                            "tokenization": tok.id,
+                            "spec": spec.to_dict(),
+                            "started": time.time(),
+                            "stream_hooks": stream_hooks,
+                            "group": [r.id for r in runs],
+                            "processes": dist.world(),
+                            "owner": owner_stamp(),
+                        },
+                    )
+                )
             ids = [r.id for r in runs]
         runs = [ws.get(i) for i in dist.broadcast(ids)]
-    resumed = ({"resumed": time.time(), "resumed_at_step": runs[0].meta.get("step") or 0, "processes": dist.world()}
-               if resume else {})
+    resumed = (
+        {"resumed": time.time(), "resumed_at_step": runs[0].meta.get("step") or 0, "processes": dist.world()}
+        if resume
+        else {}
+    )
     if on_start and dist.is_main():
         for r in runs:
             on_start(r)
@@ -421,46 +541,95 @@ def train_many(ws: Workspace, cfgs: list[TrainConfig] | None, *, resume: str | N
                     cache = ActivationCache.open(ws, key, tokens, d_model, first.harvest_batch_size)
                 for r in runs if dist.is_main() else []:
                     ws.update_meta(r.id, activation_cache=cache.art.id)
-            return _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, stream_hooks, device, resume is not None,
-                          progress, control, stop_after, cache)
+            return _drive(
+                ws,
+                runs,
+                cfgs,
+                specs,
+                lm,
+                train_tokens,
+                eval_tokens,
+                stream_hooks,
+                device,
+                resume is not None,
+                progress,
+                control,
+                stop_after,
+                cache,
+            )
     except torch.OutOfMemoryError as exc:
-        raise TrainingError(f"Out of memory with batch_tokens={first.batch_tokens} and d_sae={max(sp.d_sae for sp in specs)}.",
-                            "lower batch_tokens, raise grad_accumulation, or use a smaller expansion factor; then resume the run.") from exc
+        raise TrainingError(
+            f"Out of memory with batch_tokens={first.batch_tokens} and "
+            f"d_sae={max(sp.d_sae for sp in specs)}.",
+            "lower batch_tokens, raise grad_accumulation, or use a smaller expansion factor; then "
+            "resume the run.",
+        ) from exc
 
 
 class _Member:
     """One SAE of a (possibly one-member) training group: its weights, optimiser, schedule, dead-latent
     counts, evaluator, run artifact and checkpoints."""
 
-    def __init__(self, ws: Workspace, run: Artifact, cfg: TrainConfig, spec: SAESpec, lm: LoadedModel,
-                 eval_tokens, eval_acts: dict[str, torch.Tensor], device: str, resuming: bool):
+    def __init__(
+        self,
+        ws: Workspace,
+        run: Artifact,
+        cfg: TrainConfig,
+        spec: SAESpec,
+        lm: LoadedModel,
+        eval_tokens,
+        eval_acts: dict[str, torch.Tensor],
+        device: str,
+        resuming: bool,
+    ):
         self.ws, self.run, self.cfg, self.spec, self.device = ws, run, cfg, spec, device
         torch.manual_seed(cfg.seed)
         self.sae = sae = make_sae(spec).to(device)
         sae.select_dtype = None if cfg.select_precision == "float32" else torch.bfloat16
         x_eval = eval_acts[cfg.hook]
         if x_eval.shape[0] < 2:
-            raise TrainingError("The held-out sequences give too few activations to evaluate.", "use a larger dataset.")
+            raise TrainingError(
+                "The held-out sequences give too few activations to evaluate.", "use a larger dataset."
+            )
         norm = lambda a: float(math.sqrt(a.shape[1]) / a.norm(dim=1).mean()) if cfg.normalize else 1.0  # noqa: E731
         self.scale_in = norm(x_eval)
         self.scale_out = norm(eval_acts[cfg.hook_out]) if cfg.hook_out else self.scale_in
         with torch.no_grad():
             tgt = eval_acts[cfg.hook_out or cfg.hook] * self.scale_out
             if cfg.b_dec_init != "zeros":
-                sae.b_dec.copy_(geometric_median(tgt) if cfg.b_dec_init == "geometric_median" else tgt.mean(0))
-        self.opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+                sae.b_dec.copy_(
+                    geometric_median(tgt) if cfg.b_dec_init == "geometric_median" else tgt.mean(0)
+                )
+        self.opt = torch.optim.AdamW(
+            sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+        )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
-        self.state: dict[str, Any] = {"step": 0, "position": [0, 0, 0], "scale_in": self.scale_in, "scale_out": self.scale_out,
-                                      "tokens_since_fired": None, "best_eval": None, "bad_evals": 0, "tokens": 0}
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "position": [0, 0, 0],
+            "scale_in": self.scale_in,
+            "scale_out": self.scale_out,
+            "tokens_since_fired": None,
+            "best_eval": None,
+            "bad_evals": 0,
+            "tokens": 0,
+        }
         if resuming:
             self.state = load_checkpoint(_checkpoints(run.path)[-1], sae, self.opt, self.sched)
             self.scale_in, self.scale_out = self.state["scale_in"], self.state["scale_out"]
         tsf = self.state["tokens_since_fired"]
-        self.since_fired = torch.tensor(tsf, dtype=torch.long) if tsf is not None else torch.zeros(spec.d_sae, dtype=torch.long)
+        self.since_fired = (
+            torch.tensor(tsf, dtype=torch.long)
+            if tsf is not None
+            else torch.zeros(spec.d_sae, dtype=torch.long)
+        )
         self.evaluator = Evaluator(lm, eval_tokens, cfg, eval_acts) if dist.is_main() else None
         # data parallel: DDP makes every process start from the main one's weights and averages the gradients
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(LossModule(sae, cfg), forward_sync_buffers=False)
-                    if dist.active() else None)
+        self.ddp = (
+            torch.nn.parallel.DistributedDataParallel(LossModule(sae, cfg), forward_sync_buffers=False)
+            if dist.active()
+            else None
+        )
         self.aux_k = cfg.aux_k or max(spec.d_in // 2, 1)
         self.fire_counts = torch.zeros(spec.d_sae)
         self.window_tokens, self.t_log, self.last = 0, time.perf_counter(), {}
@@ -475,31 +644,59 @@ class _Member:
         step = state["step"]
         x = batch[cfg.hook].to(self.device) * self.scale_in
         t = batch[cfg.hook_out].to(self.device) * self.scale_out if cfg.hook_out else x
-        coef = cfg.l1_coefficient * min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else cfg.l1_coefficient
+        coef = (
+            cfg.l1_coefficient * min(1.0, (step + 1) / cfg.l1_warmup_steps)
+            if cfg.l1_warmup_steps
+            else cfg.l1_coefficient
+        )
         dead = self.since_fired >= cfg.dead_tokens
-        parts, active, recon, fired = optimizer_step(sae, self.opt, self.sched, cfg, x, t, dead.to(self.device), coef,
-                                                     self.aux_k, self.device, self.ddp)
+        parts, active, recon, fired = optimizer_step(
+            sae,
+            self.opt,
+            self.sched,
+            cfg,
+            x,
+            t,
+            dead.to(self.device),
+            coef,
+            self.aux_k,
+            self.device,
+            self.ddp,
+        )
         counts = active.sum(0).float()
         n = x.shape[0]
-        if dist.active():       # every process's share of the batch counts: firing, L0 and losses over the whole batch
+        if (
+            dist.active()
+        ):  # every process's share of the batch counts: firing, L0 and losses over the whole batch
             counts = dist.all_sum(counts)
             fired = counts > 0
             n = cfg.batch_tokens
-            summed = dist.all_sum(torch.tensor([parts[k] for k in sorted(parts)], dtype=torch.float64)) / dist.world()
+            summed = (
+                dist.all_sum(torch.tensor([parts[k] for k in sorted(parts)], dtype=torch.float64))
+                / dist.world()
+            )
             parts = dict(zip(sorted(parts), (float(v) for v in summed)))
         if not math.isfinite(parts["loss"]):
-            raise TrainingError(f"The loss became {parts['loss']} at step {step}; training stopped and the last good "
-                                f"checkpoint (step {self.ws.get(self.run.id).meta.get('last_checkpoint', 'none')}) was kept.",
-                                "lower the learning rate (lr) or enable gradient clipping, then resume or start again.")
+            raise TrainingError(
+                f"The loss became {parts['loss']} at step {step}; training stopped and the last good "
+                f"checkpoint (step {self.ws.get(self.run.id).meta.get('last_checkpoint', 'none')}) was kept.",
+                "lower the learning rate (lr) or enable gradient clipping, then resume or start again.",
+            )
         self.fire_counts += counts
         l0 = float(counts.sum()) / n
         self.since_fired += n
         self.since_fired[fired] = 0
         self.window_tokens += n
         state["step"], state["tokens"] = step + 1, state["tokens"] + n
-        if sae.spec.architecture == "standard" and cfg.resample_dead and (step + 1) % max(cfg.dead_tokens // cfg.batch_tokens, 1) == 0:
+        if (
+            sae.spec.architecture == "standard"
+            and cfg.resample_dead
+            and (step + 1) % max(cfg.dead_tokens // cfg.batch_tokens, 1) == 0
+        ):
             resample_dead(sae, self.opt, (self.since_fired >= cfg.dead_tokens).to(self.device), x, t)
-            dist.broadcast_tensors(sae.parameters())     # the same dead latents everywhere; the main one's new directions
+            dist.broadcast_tensors(
+                sae.parameters()
+            )  # the same dead latents everywhere; the main one's new directions
         s = state["step"]
         if not dist.is_main():
             if cfg.eval_every and s % cfg.eval_every == 0 and s < cfg.steps and cfg.early_stop_patience:
@@ -507,17 +704,27 @@ class _Member:
             return {"loss": parts["loss"], "l0": l0, "ev": float("nan")}
         if s % cfg.log_every == 0 or s == cfg.steps:
             now = time.perf_counter()
-            self.last = {**parts, "mse": float((recon - t).pow(2).mean() / self.scale_out**2),
-                         "explained_variance": explained_variance(recon, t), "l0": l0,
-                         "dead_fraction": float((self.since_fired >= cfg.dead_tokens).float().mean()),
-                         "dense_fraction": float((self.fire_counts / max(self.window_tokens, 1) > 0.1).float().mean()),
-                         "lr": self.sched.get_last_lr()[0], "sparsity_coefficient": coef,
-                         "tokens_per_second": self.window_tokens / max(now - self.t_log, 1e-9), "memory_mib": _memory(),
-                         "tokens": state["tokens"]}
+            self.last = {
+                **parts,
+                "mse": float((recon - t).pow(2).mean() / self.scale_out**2),
+                "explained_variance": explained_variance(recon, t),
+                "l0": l0,
+                "dead_fraction": float((self.since_fired >= cfg.dead_tokens).float().mean()),
+                "dense_fraction": float((self.fire_counts / max(self.window_tokens, 1) > 0.1).float().mean()),
+                "lr": self.sched.get_last_lr()[0],
+                "sparsity_coefficient": coef,
+                "tokens_per_second": self.window_tokens / max(now - self.t_log, 1e-9),
+                "memory_mib": _memory(),
+                "tokens": state["tokens"],
+            }
             self.ws.add_metrics(self.run.id, s, "train", self.last)
             per_token = active.sum(1).float().numpy()
-            counts, edges = np.histogram(per_token, bins=min(30, max(int(per_token.max()) - int(per_token.min()) + 1, 1)))
-            self.ws.update_meta(self.run.id, step=s, l0_histogram={"edges": edges.tolist(), "counts": counts.tolist()})
+            counts, edges = np.histogram(
+                per_token, bins=min(30, max(int(per_token.max()) - int(per_token.min()) + 1, 1))
+            )
+            self.ws.update_meta(
+                self.run.id, step=s, l0_histogram={"edges": edges.tolist(), "counts": counts.tolist()}
+            )
             self.fire_counts.zero_()
             self.window_tokens, self.t_log = 0, now
         if cfg.eval_every and s % cfg.eval_every == 0 and s < cfg.steps:
@@ -550,37 +757,99 @@ class _Member:
         final_eval = self.evaluator.run(self.sae, self.scale_in, self.scale_out)
         ws.add_metrics(run.id, self.state["step"], "eval", final_eval)
         self.checkpoint(position)
-        metrics = {"explained_variance": final_eval["explained_variance"], "l0": final_eval["l0"], "mse": final_eval["mse"],
-                   "dead_fraction": self.last.get("dead_fraction", float("nan")), "ce_recovered": final_eval["ce_recovered"],
-                   "delta_loss": final_eval["delta_loss"], "steps": self.state["step"], "tokens": self.state["tokens"]}
+        metrics = {
+            "explained_variance": final_eval["explained_variance"],
+            "l0": final_eval["l0"],
+            "mse": final_eval["mse"],
+            "dead_fraction": self.last.get("dead_fraction", float("nan")),
+            "ce_recovered": final_eval["ce_recovered"],
+            "delta_loss": final_eval["delta_loss"],
+            "steps": self.state["step"],
+            "tokens": self.state["tokens"],
+        }
         out = make_sae(dataclasses.replace(spec)).to("cpu")
         out.load_state_dict({k: v.detach().cpu() for k, v in self.sae.state_dict().items()}, strict=False)
         out.fold_scale(self.scale_in, self.scale_out)
         lm_name = spec.metadata.get("model_name")
-        with ws.write_artifact("sae", ws.unique_name("sae", run.name), parent=run.id,
-                               meta={"run": run.id, "model": run.meta.get("model"), "model_name": lm_name, "hook": cfg.hook,
-                                     "hook_out": cfg.hook_out, "architecture": spec.architecture, "d_in": spec.d_in,
-                                     "d_sae": spec.d_sae, "k": spec.k, "metrics": metrics, "source": "trained"}) as w:
-            save_sae(out, w.path, extra={"run": run.id, "scale_in": self.scale_in, "scale_out": self.scale_out})
-        ws.update_meta(run.id, status=Status.DONE, sae=w.id, finished=time.time(), metrics=metrics, harvest=harvest_counts)
+        with ws.write_artifact(
+            "sae",
+            ws.unique_name("sae", run.name),
+            parent=run.id,
+            meta={
+                "run": run.id,
+                "model": run.meta.get("model"),
+                "model_name": lm_name,
+                "hook": cfg.hook,
+                "hook_out": cfg.hook_out,
+                "architecture": spec.architecture,
+                "d_in": spec.d_in,
+                "d_sae": spec.d_sae,
+                "k": spec.k,
+                "metrics": metrics,
+                "source": "trained",
+            },
+        ) as w:
+            save_sae(
+                out, w.path, extra={"run": run.id, "scale_in": self.scale_in, "scale_out": self.scale_out}
+            )
+        ws.update_meta(
+            run.id,
+            status=Status.DONE,
+            sae=w.id,
+            finished=time.time(),
+            metrics=metrics,
+            harvest=harvest_counts,
+        )
         return TrainResult(run.id, w.id, str(ws.get(w.id).path), metrics, Status.DONE)
 
 
-def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, resuming, progress, control, stop_after,
-           cache=None):
+def _drive(
+    ws,
+    runs,
+    cfgs,
+    specs,
+    lm,
+    train_tokens,
+    eval_tokens,
+    hooks,
+    device,
+    resuming,
+    progress,
+    control,
+    stop_after,
+    cache=None,
+):
     first = cfgs[0]
     if cache is not None:
-        n_all = len(cache.tokens)                      # the held-out sequences are the data's last ones
+        n_all = len(cache.tokens)  # the held-out sequences are the data's last ones
         eval_acts, _ = cache.gather(np.arange(n_all - len(eval_tokens), n_all), lm, progress)
     else:
-        eval_acts, _ = harvest_shared(lm, eval_tokens, hooks, batch_size=first.harvest_batch_size, progress=progress,
-                                      stage="harvest eval")
-    members = [_Member(ws, r, c, sp, lm, eval_tokens, eval_acts, device, resuming) for r, c, sp in zip(runs, cfgs, specs)]
-    # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config, so resumes agree
+        eval_acts, _ = harvest_shared(
+            lm,
+            eval_tokens,
+            hooks,
+            batch_size=first.harvest_batch_size,
+            progress=progress,
+            stage="harvest eval",
+        )
+    members = [
+        _Member(ws, r, c, sp, lm, eval_tokens, eval_acts, device, resuming)
+        for r, c, sp in zip(runs, cfgs, specs)
+    ]
+    # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config, so
+    # resumes agree
     needed = math.ceil(first.steps * first.batch_tokens * 1.05 / max(train_tokens.shape[1] - 1, 1)) + 1
-    stream = ActivationStream(lm, train_tokens, hooks, batch_tokens=first.batch_tokens,
-                              chunk_sequences=min(first.chunk_sequences, needed), seed=first.seed,
-                              harvest_batch_size=first.harvest_batch_size, progress=progress, cache=cache)
+    stream = ActivationStream(
+        lm,
+        train_tokens,
+        hooks,
+        batch_tokens=first.batch_tokens,
+        chunk_sequences=min(first.chunk_sequences, needed),
+        seed=first.seed,
+        harvest_batch_size=first.harvest_batch_size,
+        progress=progress,
+        cache=cache,
+    )
     it = stream.batches(tuple(members[0].state["position"]))
     steps_here = 0
     while not all(m.done for m in members):
@@ -592,8 +861,15 @@ def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, 
                 info = m.step(batch, stream.position)
         steps_here += 1
         s = max(m.state["step"] for m in members)
-        emit(progress, "train", s, first.steps, unit="step",
-             message=f"loss {info.get('loss', float('nan')):.3g} L0 {info.get('l0', float('nan')):.1f} EV {info.get('ev', float('nan')):.3f}")
+        emit(
+            progress,
+            "train",
+            s,
+            first.steps,
+            unit="step",
+            message=f"loss {info.get('loss', float('nan')):.3g} L0 {info.get('l0', float('nan')):.1f} "
+            f"EV {info.get('ev', float('nan')):.3f}",
+        )
         unfinished = [m for m in members if not m.done]
         if stop_after is not None and steps_here >= stop_after and unfinished:
             for m in unfinished:
@@ -606,7 +882,7 @@ def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, 
                 m.checkpoint(stream.position)
             raise JobCancelled()
     results = [m.finish(stream.position, stream.counts) for m in members]
-    dist.barrier()                    # the others end once the main process has saved the SAEs
+    dist.barrier()  # the others end once the main process has saved the SAEs
     emit(progress, "train", first.steps, first.steps, unit="step", finished=True)
     return results
 
@@ -614,9 +890,15 @@ def _drive(ws, runs, cfgs, specs, lm, train_tokens, eval_tokens, hooks, device, 
 def run_status(ws: Workspace, run: str) -> dict[str, Any]:
     art = ws.get(run, "run")
     ckpts = _checkpoints(art.path) if art.path and art.path.is_dir() else []
-    return {"id": art.id, "name": art.name, "status": effective_status(art.meta), "sae": art.meta.get("sae"),
-            "last_checkpoint": int(ckpts[-1].name[len(CKPT_PREFIX):]) if ckpts else None,
-            "steps": art.meta["config"]["steps"], "metrics": art.meta.get("metrics")}
+    return {
+        "id": art.id,
+        "name": art.name,
+        "status": effective_status(art.meta),
+        "sae": art.meta.get("sae"),
+        "last_checkpoint": int(ckpts[-1].name[len(CKPT_PREFIX) :]) if ckpts else None,
+        "steps": art.meta["config"]["steps"],
+        "metrics": art.meta.get("metrics"),
+    }
 
 
 def load_trained(ws: Workspace, ref: str, device: str = "cpu"):
@@ -636,7 +918,9 @@ def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
     from ..data.hooks import hook_names_for
 
     problems: list[str] = []
-    model = ws.find(cfg.model, "model") if cfg.model != "default" else ws.find("SmolLM2-135M-Instruct", "model")
+    model = (
+        ws.find(cfg.model, "model") if cfg.model != "default" else ws.find("SmolLM2-135M-Instruct", "model")
+    )
     info = model.meta.get("info", {}) if model else {}
     d_in = int(info.get("d_model") or 0)
     if model is None and cfg.model != "default":
@@ -646,7 +930,9 @@ def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
         for h in filter(None, (cfg.hook, cfg.hook_out)):
             if h not in names:
                 problems.append(f"{h!r} is not a hook of {model.name} (layers 0..{info['layers'] - 1}).")
-    if cfg.dataset != "default" and not (ws.find(cfg.dataset, "tokenization") or ws.find(cfg.dataset, "dataset")):
+    if cfg.dataset != "default" and not (
+        ws.find(cfg.dataset, "tokenization") or ws.find(cfg.dataset, "dataset")
+    ):
         problems.append(f"No dataset or tokenization called {cfg.dataset!r}.")
     d_sae = cfg.d_sae if cfg.d_sae is not None else cfg.expansion_factor * (d_in or 576)
     try:
@@ -658,8 +944,17 @@ def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
     d = d_in or 576
     params = 2 * d * d_sae + d_sae + d
     micro = cfg.batch_tokens // max(cfg.grad_accumulation, 1)
-    memory = (params * 4 * 4 + micro * d_sae * 4 * 2 + cfg.chunk_sequences * cfg.context_size * d * 4 * 2) / 2**20
+    memory = (
+        params * 4 * 4 + micro * d_sae * 4 * 2 + cfg.chunk_sequences * cfg.context_size * d * 4 * 2
+    ) / 2**20
     tokens = cfg.steps * cfg.batch_tokens
-    rate = 900.0 if info.get("parameters", 0) < 2e8 else 200.0   # harvest-bound tokens/s on a 2-core CPU
-    return {"problems": problems, "d_in": d_in, "d_sae": d_sae, "parameters": params, "memory_mib": memory,
-            "tokens": tokens, "seconds": tokens / rate}
+    rate = 900.0 if info.get("parameters", 0) < 2e8 else 200.0  # harvest-bound tokens/s on a 2-core CPU
+    return {
+        "problems": problems,
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "parameters": params,
+        "memory_mib": memory,
+        "tokens": tokens,
+        "seconds": tokens / rate,
+    }

@@ -1,4 +1,5 @@
 """The widgets: thin views over the engine (anywidget front ends in js/)."""
+
 from .dataset_picker import DatasetPicker
 from .feature_browser import FeatureBrowser, FeatureMap
 from .model_picker import ModelPicker
@@ -9,4 +10,15 @@ from .system_monitor import SystemMonitor
 from .training_configurator import TrainingConfigurator
 from .training_monitor import TrainingMonitor
 
-__all__ = ["DatasetPicker", "FeatureBrowser", "FeatureMap", "ModelPicker", "SAELibrary", "SteeringPane", "Studio", "SystemMonitor", "TrainingConfigurator", "TrainingMonitor"]
+__all__ = [
+    "DatasetPicker",
+    "FeatureBrowser",
+    "FeatureMap",
+    "ModelPicker",
+    "SAELibrary",
+    "SteeringPane",
+    "Studio",
+    "SystemMonitor",
+    "TrainingConfigurator",
+    "TrainingMonitor",
+]

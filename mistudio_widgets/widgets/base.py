@@ -1,5 +1,6 @@
 """Shared machinery of the widgets: ESM loading from ``js/``, actions from the page run as background
 jobs (``core.jobs``: status, pause and cancel), and every update handed back to the kernel's event loop."""
+
 from __future__ import annotations
 
 import inspect
@@ -27,7 +28,11 @@ def rows_of(arts: list, row: Callable[[Any], dict[str, Any]]) -> tuple[list[dict
             rows.append(row(a))
         except (KeyError, TypeError, AttributeError, ValueError):
             odd.append(a.name)
-    note = (f"Not shown, their metadata is not as expected: {', '.join(odd)} (see `mistudio list`)." if odd else "")
+    note = (
+        f"Not shown, their metadata is not as expected: {', '.join(odd)} (see `mistudio list`)."
+        if odd
+        else ""
+    )
     return rows, note
 
 
@@ -37,13 +42,17 @@ def js_dir() -> Path:
     for cand in (here / "js", here.parent / "js"):
         if (cand / "_common.js").is_file():
             return cand
-    raise FileNotFoundError("The widget front ends (js/*.js) are missing from this installation; reinstall mistudio-widgets.")
+    raise FileNotFoundError(
+        "The widget front ends (js/*.js) are missing from this installation; reinstall mistudio-widgets."
+    )
 
 
 def esm(name: str) -> str:
     """A widget's ESM: the shared helpers followed by the widget's own module (one self-contained file)."""
     d = js_dir()
-    return (d / "_common.js").read_text(encoding="utf-8") + "\n" + (d / f"{name}.js").read_text(encoding="utf-8")
+    return (
+        (d / "_common.js").read_text(encoding="utf-8") + "\n" + (d / f"{name}.js").read_text(encoding="utf-8")
+    )
 
 
 def css() -> str:
@@ -87,16 +96,16 @@ class EngineWidget(anywidget.AnyWidget):
     thread, report progress, and apply their results on the kernel's loop."""
 
     _css = css()
-    status = t.Unicode("idle").tag(sync=True)          # idle | busy
-    task = t.Unicode("").tag(sync=True)                # what is running
-    progress = t.Dict().tag(sync=True)                 # the last ProgressEvent
-    error = t.Dict().tag(sync=True)                    # {problem, fix} of the last failure
-    message = t.Unicode("").tag(sync=True)             # the last success note
+    status = t.Unicode("idle").tag(sync=True)  # idle | busy
+    task = t.Unicode("").tag(sync=True)  # what is running
+    progress = t.Dict().tag(sync=True)  # the last ProgressEvent
+    error = t.Dict().tag(sync=True)  # {problem, fix} of the last failure
+    message = t.Unicode("").tag(sync=True)  # the last success note
 
     def __init__(self, workspace: Workspace | str | None = None, **kwargs: Any):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         super().__init__(**kwargs)
-        self.job: jobs.Job | None = None             # the background action running (or last run) here
+        self.job: jobs.Job | None = None  # the background action running (or last run) here
         self.on_msg(self._on_page_msg)
         _live.add(self)
         self.refresh()
@@ -113,10 +122,17 @@ class EngineWidget(anywidget.AnyWidget):
             return
         self.do(action, handler, **(content.get("args") or {}))
 
-    stopped_message = "Stopped."                      # shown when a background action is cancelled
+    stopped_message = "Stopped."  # shown when a background action is cancelled
 
-    def do(self, _action: str, _handler: Callable[..., Any], *, blocking: bool = False, exclusive: bool = False,
-           **args: Any) -> jobs.Job | None:
+    def do(
+        self,
+        _action: str,
+        _handler: Callable[..., Any],
+        *,
+        blocking: bool = False,
+        exclusive: bool = False,
+        **args: Any,
+    ) -> jobs.Job | None:
         """Run an action. Page clicks run background actions as a job (:mod:`core.jobs`) in a worker
         thread, returned and kept in ``self.job`` (pause, resume, cancel); ``exclusive`` jobs queue for
         the accelerator (training). The notebook API passes ``blocking=True`` to run an action in the
@@ -160,8 +176,12 @@ class EngineWidget(anywidget.AnyWidget):
             self.status, self.task, self.message = "idle", "", self.stopped_message
             workspace_changed(self.workspace)
         else:
-            self._fail(job.exception or MistudioError((job.error or {}).get("problem", "The action failed."),
-                                                      (job.error or {}).get("fix")))
+            self._fail(
+                job.exception
+                or MistudioError(
+                    (job.error or {}).get("problem", "The action failed."), (job.error or {}).get("fix")
+                )
+            )
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the running background action ends (for notebooks and tests)."""
@@ -187,8 +207,11 @@ class EngineWidget(anywidget.AnyWidget):
         if isinstance(exc, MistudioError):
             self.error = {"problem": exc.problem, "fix": exc.fix or ""}
         else:
-            self.error = {"problem": f"{type(exc).__name__}: {exc}", "fix": "see the kernel log for details.",
-                          "trace": traceback.format_exception_only(type(exc), exc)[-1]}
+            self.error = {
+                "problem": f"{type(exc).__name__}: {exc}",
+                "fix": "see the kernel log for details.",
+                "trace": traceback.format_exception_only(type(exc), exc)[-1],
+            }
 
 
 def background(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -4,6 +4,7 @@ prompt tester. FeatureMap: the decoder directions in 2-D, click a point to open 
 
 The per-feature columns reach the page as one binary buffer of float32 arrays, not one message per
 feature; details are read from the extraction's Parquet files when a feature is opened."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,22 +17,22 @@ from .. import features as fx
 from ..core.configs import ExtractConfig, LabelConfig, from_dict, to_dict
 from .base import EngineWidget, background, esm
 
-COLUMNS = ("frequency", "mean", "max")     # packed in this order into ``columns``
+COLUMNS = ("frequency", "mean", "max")  # packed in this order into ``columns``
 
 
 class FeatureBrowser(EngineWidget):
     _esm = esm("feature_browser")
-    saes = t.List().tag(sync=True)                 # [{id, name, d_sae, extraction}]
-    sae = t.Unicode("").tag(sync=True)             # the SAE shown
-    extraction = t.Dict().tag(sync=True)           # its newest finished extraction (id, summary) or {}
+    saes = t.List().tag(sync=True)  # [{id, name, d_sae, extraction}]
+    sae = t.Unicode("").tag(sync=True)  # the SAE shown
+    extraction = t.Dict().tag(sync=True)  # its newest finished extraction (id, summary) or {}
     n_features = t.Int(0).tag(sync=True)
-    columns = t.Bytes(b"").tag(sync=True)          # float32 [len(COLUMNS), n_features], little-endian
-    labels = t.Dict().tag(sync=True)               # {"index": label} for labelled features
-    detail = t.Dict().tag(sync=True)               # the open feature
-    prompt = t.Dict().tag(sync=True)               # the prompt tester's last answer
-    coact = t.Dict().tag(sync=True)                # co-activation of a chosen set
-    steer_request = t.Dict().tag(sync=True)        # {sae, index}: "steer with this" (the Studio follows it)
-    label_settings = t.Dict().tag(sync=True)       # LabelConfig fields (never an API key)
+    columns = t.Bytes(b"").tag(sync=True)  # float32 [len(COLUMNS), n_features], little-endian
+    labels = t.Dict().tag(sync=True)  # {"index": label} for labelled features
+    detail = t.Dict().tag(sync=True)  # the open feature
+    prompt = t.Dict().tag(sync=True)  # the prompt tester's last answer
+    coact = t.Dict().tag(sync=True)  # co-activation of a chosen set
+    steer_request = t.Dict().tag(sync=True)  # {sae, index}: "steer with this" (the Studio follows it)
+    label_settings = t.Dict().tag(sync=True)  # LabelConfig fields (never an API key)
 
     def __init__(self, workspace=None, sae: str | None = None, **kw: Any):
         self._initial = sae
@@ -49,12 +50,26 @@ class FeatureBrowser(EngineWidget):
         self.do("open", self.action_open, index=index)
         return self.detail
 
-    def test_prompt(self, text: str, contrast: str | None = None, *, ordinary: bool = False,
-                    dense: float = fx.DENSE_THRESHOLD) -> dict[str, Any]:
+    def test_prompt(
+        self,
+        text: str,
+        contrast: str | None = None,
+        *,
+        ordinary: bool = False,
+        dense: float = fx.DENSE_THRESHOLD,
+    ) -> dict[str, Any]:
         """The prompt tester, from a cell (blocks until the answer is shown). With ``contrast`` (or
         ``ordinary``: the same text in its ordinary case) it ranks the features that fire on ``text`` and
         not on the contrast."""
-        self.do("fire", self.action_fire, blocking=True, text=text, contrast=contrast or "", ordinary=ordinary, dense=dense)
+        self.do(
+            "fire",
+            self.action_fire,
+            blocking=True,
+            text=text,
+            contrast=contrast or "",
+            ordinary=ordinary,
+            dense=dense,
+        )
         return self.prompt
 
     def extract(self, tokens: int = ExtractConfig.tokens, **settings: Any) -> None:
@@ -64,27 +79,43 @@ class FeatureBrowser(EngineWidget):
     def label(self, index: int, text: str) -> None:
         self.do("label", self.action_label, index=index, label=text)
 
-    def autolabel(self, features: list[int] | None = None, top: int | None = None, api_key: str | None = None,
-                  **settings: Any) -> None:
+    def autolabel(
+        self,
+        features: list[int] | None = None,
+        top: int | None = None,
+        api_key: str | None = None,
+        **settings: Any,
+    ) -> None:
         """Label features automatically (blocks; progress shows in the widget). ``settings`` are
         LabelConfig fields; the API key, if any, is used for this call only."""
         self.label_settings = {**self.label_settings, **settings}
-        self.do("autolabel", self.action_autolabel, blocking=True, features=features, top=top, api_key=api_key)
+        self.do(
+            "autolabel", self.action_autolabel, blocking=True, features=features, top=top, api_key=api_key
+        )
 
     # -- state from the workspace ---------------------------------------------------------------
     def refresh(self) -> None:
         rows = []
         for a in self.workspace.list("sae"):
             ext = fx.latest_extraction(self.workspace, a)
-            rows.append({"id": a.id, "name": a.name, "d_sae": a.meta.get("d_sae"), "hook": a.meta.get("hook"),
-                         "extraction": ext.id if ext else None})
+            rows.append(
+                {
+                    "id": a.id,
+                    "name": a.name,
+                    "d_sae": a.meta.get("d_sae"),
+                    "hook": a.meta.get("hook"),
+                    "extraction": ext.id if ext else None,
+                }
+            )
         self.saes = rows
         if self.sae and self.workspace.find(self.sae, "sae") is None:
             self.sae, self.extraction, self.columns, self.n_features, self.detail = "", {}, b"", 0, {}
         elif not self.sae and rows and not self._initial:
             done = [r for r in rows if r["extraction"]]
             self._load((done or rows)[-1]["id"])
-        elif self.sae and self.extraction.get("id") != next((r["extraction"] for r in rows if r["id"] == self.sae), None):
+        elif self.sae and self.extraction.get("id") != next(
+            (r["extraction"] for r in rows if r["id"] == self.sae), None
+        ):
             self._load(self.sae)
 
     def _load(self, sae_id: str) -> None:
@@ -99,8 +130,12 @@ class FeatureBrowser(EngineWidget):
         cols = fx.feature_columns(self.workspace, ext)
         self.n_features = int(len(cols["frequency"]))
         self.columns = np.stack([cols[c].astype("<f4") for c in COLUMNS]).tobytes()
-        self.extraction = {"id": ext.id, "name": ext.name, **(ext.meta.get("summary") or {}),
-                           "config": ext.meta.get("config", {})}
+        self.extraction = {
+            "id": ext.id,
+            "name": ext.name,
+            **(ext.meta.get("summary") or {}),
+            "config": ext.meta.get("config", {}),
+        }
 
     # -- actions from the page ------------------------------------------------------------------
     def action_select(self, id: str) -> None:
@@ -127,8 +162,14 @@ class FeatureBrowser(EngineWidget):
         self.steer_request = {"sae": self.sae, "index": int(index)}
 
     @background
-    def action_fire(self, text: str, contrast: str = "", ordinary: bool = False, dense: float = fx.DENSE_THRESHOLD,
-                    progress=None):
+    def action_fire(
+        self,
+        text: str,
+        contrast: str = "",
+        ordinary: bool = False,
+        dense: float = fx.DENSE_THRESHOLD,
+        progress=None,
+    ):
         ws, sae = self.workspace, self.sae
         if not sae:
             raise fx.FeatureError("No SAE is selected.", "choose an SAE first.")
@@ -137,50 +178,89 @@ class FeatureBrowser(EngineWidget):
             texts = [x for x in text.split("\n") if x.strip()] or [text]
             against = [x for x in contrast.split("\n") if x.strip()] or None
             res = fx.contrast(ws, sae, texts, against, dense_threshold=dense)
-            res = {**res, "mode": "contrast", "text": text,
-                   **{side: [{**row, "values": {str(k): v for k, v in row["values"].items()}} for row in res[side]]
-                      for side in ("texts", "contrast")}}
+            res = {
+                **res,
+                "mode": "contrast",
+                "text": text,
+                **{
+                    side: [
+                        {**row, "values": {str(k): v for k, v in row["values"].items()}} for row in res[side]
+                    ]
+                    for side in ("texts", "contrast")
+                },
+            }
         else:
             res = fx.fire(ws, sae, text, dense_threshold=dense)
-            res = {**res, "mode": "fire", "text": text, "values": {str(k): v for k, v in res["values"].items()}}
+            res = {
+                **res,
+                "mode": "fire",
+                "text": text,
+                "values": {str(k): v for k, v in res["values"].items()},
+            }
 
         def apply() -> None:
             self.prompt = res
+
         return apply
 
     @background
-    def action_autolabel(self, features: list[int] | None = None, top: int | None = None, api_key: str | None = None,
-                         settings: dict[str, Any] | None = None, progress=None):
+    def action_autolabel(
+        self,
+        features: list[int] | None = None,
+        top: int | None = None,
+        api_key: str | None = None,
+        settings: dict[str, Any] | None = None,
+        progress=None,
+    ):
         from ..features.labeling import label_features
 
         if settings:
-            self.label_settings = {**self.label_settings, **{k: v for k, v in settings.items() if k in self.label_settings}}
+            self.label_settings = {
+                **self.label_settings,
+                **{k: v for k, v in settings.items() if k in self.label_settings},
+            }
         cfg = from_dict(LabelConfig, self.label_settings)
         ws, sae = self.workspace, self.sae
         if not self.extraction:
             raise fx.FeatureError("This SAE has no feature extraction yet.", "press Extract first.")
-        res = label_features(ws, sae, cfg, features=[int(f) for f in features] if features else None,
-                             top=int(top) if top else None, api_key=api_key or None, progress=progress)
+        res = label_features(
+            ws,
+            sae,
+            cfg,
+            features=[int(f) for f in features] if features else None,
+            top=int(top) if top else None,
+            api_key=api_key or None,
+            progress=progress,
+        )
 
         def apply() -> None:
             self.labels = {str(r["feature"]): r["label"] for r in ws.labels(sae)}
             if self.detail:
                 self.detail = fx.feature_detail(ws, self.extraction["id"], self.detail["index"])
             done = [r for r in res if r.get("label")]
-            self.message = (f"Labelled {len(done)} feature(s)." if res else
-                            "Nothing to do: these features already have labels from this explainer and template.")
+            self.message = (
+                f"Labelled {len(done)} feature(s)."
+                if res
+                else "Nothing to do: these features already have labels from this explainer and template."
+            )
+
         return apply
 
     @background
-    def action_extract(self, tokens: int = ExtractConfig.tokens, progress=None, control=None, **settings: Any):
+    def action_extract(
+        self, tokens: int = ExtractConfig.tokens, progress=None, control=None, **settings: Any
+    ):
         ws, sae = self.workspace, self.sae
         if not sae:
             raise fx.FeatureError("No SAE is selected.", "choose an SAE first.")
-        ext = fx.extract(ws, sae, ExtractConfig(tokens=int(tokens), **settings), progress=progress, control=control)
+        ext = fx.extract(
+            ws, sae, ExtractConfig(tokens=int(tokens), **settings), progress=progress, control=control
+        )
 
         def apply() -> None:
             self._load(sae)
             self.message = f"Extracted {ext.meta['summary']['tokens']:,} tokens."
+
         return apply
 
 
@@ -192,9 +272,18 @@ class FeatureMap(ipw.VBox):
         import plotly.graph_objects as go
 
         self.browser, self.colour = browser, colour
-        self.figure = go.FigureWidget(layout=dict(height=360, margin=dict(l=30, r=10, t=30, b=30), template="plotly_white",
-                                                  title="feature map (decoder directions, PCA)", dragmode="pan"))
-        self.colour_picker = ipw.ToggleButtons(options=[("frequency", "frequency"), ("labelled", "label")], value=colour)
+        self.figure = go.FigureWidget(
+            layout=dict(
+                height=360,
+                margin=dict(l=30, r=10, t=30, b=30),
+                template="plotly_white",
+                title="feature map (decoder directions, PCA)",
+                dragmode="pan",
+            )
+        )
+        self.colour_picker = ipw.ToggleButtons(
+            options=[("frequency", "frequency"), ("labelled", "label")], value=colour
+        )
         self.colour_picker.observe(lambda ch: self.draw(), "value")
         super().__init__(children=[self.colour_picker, self.figure], **kw)
         self.add_class("mistudio-feature-map")
@@ -219,10 +308,21 @@ class FeatureMap(ipw.VBox):
             by_label = self.colour_picker.value == "label"
             colour = [1 if str(i) in b.labels else 0 for i in range(n)] if by_label else c_freq.tolist()
             text = [f"{i}: {b.labels.get(str(i), '')}" for i in range(n)]
-            kind = go.Scattergl if n > 5000 else go.Scatter     # WebGL for large SAEs
-            trace = kind(x=xy["x"], y=xy["y"], mode="markers", text=text, hoverinfo="text",
-                                 marker=dict(size=4, color=colour, colorscale="Viridis", showscale=not by_label,
-                                             colorbar=dict(title="log10 freq") if not by_label else None))
+            kind = go.Scattergl if n > 5000 else go.Scatter  # WebGL for large SAEs
+            trace = kind(
+                x=xy["x"],
+                y=xy["y"],
+                mode="markers",
+                text=text,
+                hoverinfo="text",
+                marker=dict(
+                    size=4,
+                    color=colour,
+                    colorscale="Viridis",
+                    showscale=not by_label,
+                    colorbar=dict(title="log10 freq") if not by_label else None,
+                ),
+            )
             self.figure.add_trace(trace)
         self.figure.data[0].on_click(self._clicked)
 

@@ -1,24 +1,25 @@
 """ModelPicker: add a model, see its architecture and memory estimate, load it, choose a hook point."""
+
 from __future__ import annotations
 
 from typing import Any
 
 import traitlets as t
 
-from ..data import models as mdl
 from ..core.configs import ModelConfig, field_help, from_dict
+from ..data import models as mdl
 from ..data.hooks import hook_names_for
 from .base import EngineWidget, background, esm, rows_of
 
 
 class ModelPicker(EngineWidget):
     _esm = esm("model_picker")
-    models = t.List().tag(sync=True)       # [{id, name, family, layers, ..., loaded: [...]}]
+    models = t.List().tag(sync=True)  # [{id, name, family, layers, ..., loaded: [...]}]
     selected = t.Unicode("").tag(sync=True)
-    info = t.Dict().tag(sync=True)         # architecture + memory table of the selected model
-    hooks = t.List().tag(sync=True)        # valid hook names of the selected model
+    info = t.Dict().tag(sync=True)  # architecture + memory table of the selected model
+    hooks = t.List().tag(sync=True)  # valid hook names of the selected model
     hook = t.Unicode("blocks.15.hook_resid_post").tag(sync=True)
-    loaded = t.Dict().tag(sync=True)       # {model id, device, dtype, quantization} of the last load
+    loaded = t.Dict().tag(sync=True)  # {model id, device, dtype, quantization} of the last load
     help = t.Dict().tag(sync=True)
 
     def __init__(self, workspace=None, **kwargs: Any):
@@ -26,13 +27,24 @@ class ModelPicker(EngineWidget):
         self.help = field_help(ModelConfig)
 
     def refresh(self) -> None:
-        loaded = {lm.artifact.id: f"{lm.device}/{lm.dtype}/{lm.quantization}" for lm in mdl.loaded_models()
-                  if lm.artifact.path is None or self.workspace.root in lm.artifact.path.parents}
+        loaded = {
+            lm.artifact.id: f"{lm.device}/{lm.dtype}/{lm.quantization}"
+            for lm in mdl.loaded_models()
+            if lm.artifact.path is None or self.workspace.root in lm.artifact.path.parents
+        }
+
         def row(a) -> dict[str, Any]:
             info = a.meta.get("info", {})
-            return {"id": a.id, "name": a.name, "family": info.get("family"), "layers": info.get("layers"),
-                    "d_model": info.get("d_model"), "parameters": info.get("parameters"),
-                    "source": a.meta.get("provenance", {}).get("kind"), "loaded": loaded.get(a.id, "")}
+            return {
+                "id": a.id,
+                "name": a.name,
+                "family": info.get("family"),
+                "layers": info.get("layers"),
+                "d_model": info.get("d_model"),
+                "parameters": info.get("parameters"),
+                "source": a.meta.get("provenance", {}).get("kind"),
+                "loaded": loaded.get(a.id, ""),
+            }
 
         rows, note = rows_of(self.workspace.list("model"), row)
         self.models = rows
@@ -55,7 +67,7 @@ class ModelPicker(EngineWidget):
     # -- actions ---------------------------------------------------------------------------
     def action_select(self, id: str) -> None:
         if id != self.selected:
-            self.hook = ""            # another model: start from its middle residual stream
+            self.hook = ""  # another model: start from its middle residual stream
         self.selected = id
         self._show(id)
 
@@ -68,18 +80,42 @@ class ModelPicker(EngineWidget):
             self.selected = art.id
             self.refresh()
             self.message = f"Added {art.name}."
+
         return done
 
     @background
-    def action_load(self, id: str = "", dtype: str = "auto", quantization: str = "none", device: str = "auto", progress=None):
-        lm = mdl.load_model(self.workspace, id or self.selected, dtype=dtype, quantization=quantization, device=device,
-                            progress=progress)
+    def action_load(
+        self,
+        id: str = "",
+        dtype: str = "auto",
+        quantization: str = "none",
+        device: str = "auto",
+        progress=None,
+    ):
+        lm = mdl.load_model(
+            self.workspace,
+            id or self.selected,
+            dtype=dtype,
+            quantization=quantization,
+            device=device,
+            progress=progress,
+        )
 
         def done() -> None:
-            self.loaded = {"id": lm.artifact.id, "name": lm.name, "device": lm.device, "dtype": lm.dtype,
-                           "quantization": lm.quantization}
+            self.loaded = {
+                "id": lm.artifact.id,
+                "name": lm.name,
+                "device": lm.device,
+                "dtype": lm.dtype,
+                "quantization": lm.quantization,
+            }
             self.refresh()
-            self.message = f"Loaded {lm.name} on {lm.device} in {lm.dtype}" + (f" ({lm.quantization})" if lm.quantization != "none" else "") + "."
+            self.message = (
+                f"Loaded {lm.name} on {lm.device} in {lm.dtype}"
+                + (f" ({lm.quantization})" if lm.quantization != "none" else "")
+                + "."
+            )
+
         return done
 
     def action_delete(self, id: str) -> None:
@@ -102,5 +138,10 @@ class ModelPicker(EngineWidget):
         """The model loaded last from this picker (None before Load)."""
         if not self.loaded:
             return None
-        return mdl.load_model(self.workspace, self.loaded["id"], dtype=self.loaded["dtype"],
-                              quantization=self.loaded["quantization"], device=self.loaded["device"])
+        return mdl.load_model(
+            self.workspace,
+            self.loaded["id"],
+            dtype=self.loaded["dtype"],
+            quantization=self.loaded["quantization"],
+            device=self.loaded["device"],
+        )

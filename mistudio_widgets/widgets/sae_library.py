@@ -1,6 +1,7 @@
 """SAELibrary: trained and imported SAEs with their final metrics; rename, delete, open in a tab;
 import (SAELens / GemmaScope / sparsify folders or hf://REPO/PATH), export (SAELens or Neuronpedia)
 and compare two SAEs feature by feature."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,20 +14,34 @@ from .base import EngineWidget, background, esm, rows_of, workspace_changed
 class SAELibrary(EngineWidget):
     _esm = esm("sae_library")
     saes = t.List().tag(sync=True)
-    opened = t.Dict().tag(sync=True)     # {id, target}: the Studio switches to that tab
-    exported = t.Dict().tag(sync=True)   # the last export's summary
+    opened = t.Dict().tag(sync=True)  # {id, target}: the Studio switches to that tab
+    exported = t.Dict().tag(sync=True)  # the last export's summary
     comparison = t.Dict().tag(sync=True)  # the last comparison: summary, pairs, histogram
 
     def refresh(self) -> None:
         def row(a) -> dict[str, Any]:
             m = a.meta.get("metrics", {})
             run = self.workspace.find(a.parent, "run") if a.parent else None
-            return {"id": a.id, "name": a.name, "architecture": a.meta.get("architecture"), "hook": a.meta.get("hook"),
-                    "model": a.meta.get("model_name"), "d_sae": a.meta.get("d_sae"), "k": a.meta.get("k"),
-                    "source": a.meta.get("source", ""), "format": a.meta.get("format", ""), "run": run.name if run else "",
-                    "path": str(a.path), "explained_variance": m.get("explained_variance"), "l0": m.get("l0"),
-                    "mse": m.get("mse"), "dead_fraction": m.get("dead_fraction"), "ce_recovered": m.get("ce_recovered"),
-                    "tokens": m.get("tokens"), "created": a.created}
+            return {
+                "id": a.id,
+                "name": a.name,
+                "architecture": a.meta.get("architecture"),
+                "hook": a.meta.get("hook"),
+                "model": a.meta.get("model_name"),
+                "d_sae": a.meta.get("d_sae"),
+                "k": a.meta.get("k"),
+                "source": a.meta.get("source", ""),
+                "format": a.meta.get("format", ""),
+                "run": run.name if run else "",
+                "path": str(a.path),
+                "explained_variance": m.get("explained_variance"),
+                "l0": m.get("l0"),
+                "mse": m.get("mse"),
+                "dead_fraction": m.get("dead_fraction"),
+                "ce_recovered": m.get("ce_recovered"),
+                "tokens": m.get("tokens"),
+                "created": a.created,
+            }
 
         self.saes, note = rows_of(self.workspace.list("sae"), row)
         if note:
@@ -61,18 +76,33 @@ class SAELibrary(EngineWidget):
         self.opened = {"id": id, "target": target}
 
     @background
-    def action_import(self, source: str, name: str | None = None, hook: str | None = None, model: str | None = None,
-                      progress=None):
+    def action_import(
+        self,
+        source: str,
+        name: str | None = None,
+        hook: str | None = None,
+        model: str | None = None,
+        progress=None,
+    ):
         from ..share.importing import import_sae
 
-        art = import_sae(self.workspace, str(source).strip(), name=(name or "").strip() or None,
-                         hook=(hook or "").strip() or None, model=(model or "").strip() or None)
+        art = import_sae(
+            self.workspace,
+            str(source).strip(),
+            name=(name or "").strip() or None,
+            hook=(hook or "").strip() or None,
+            model=(model or "").strip() or None,
+        )
 
         def apply() -> None:
             m = art.meta
-            self.message = (f"Imported {art.name}: {m['format']} {m['architecture']} SAE at {m['hook']}"
-                            + ("" if m.get("model") else f" (its model {m.get('model_name') or '?'} is not in this workspace)"))
+            self.message = f"Imported {art.name}: {m['format']} {m['architecture']} SAE at {m['hook']}" + (
+                ""
+                if m.get("model")
+                else f" (its model {m.get('model_name') or '?'} is not in this workspace)"
+            )
             workspace_changed(self.workspace)
+
         return apply
 
     @background
@@ -88,8 +118,10 @@ class SAELibrary(EngineWidget):
             from ..share.neuronpedia import export_neuronpedia
 
             r = export_neuronpedia(self.workspace, art.id, target, progress=progress)
-            text = (f"Exported {r['features']:,} features of {art.name} for Neuronpedia to {r['path']} "
-                    f"({r['batches']} batches; ids {r['model_id']}@{r['source_id']}:INDEX).")
+            text = (
+                f"Exported {r['features']:,} features of {art.name} for Neuronpedia to {r['path']} "
+                f"({r['batches']} batches; ids {r['model_id']}@{r['source_id']}:INDEX)."
+            )
         else:
             raise ValueError(f"unknown export format {format!r}")
         r = {k: v for k, v in r.items() if k != "cfg"}
@@ -97,6 +129,7 @@ class SAELibrary(EngineWidget):
         def apply() -> None:
             self.exported = r
             self.message = text
+
         return apply
 
     @background
@@ -104,10 +137,15 @@ class SAELibrary(EngineWidget):
         from ..features.compare import compare_saes, describe_pair
 
         r = compare_saes(self.workspace, a, b, top=50)
-        view = {"summary": r["summary"], "pairs": r["pairs"], "histogram": r["histogram"],
-                "sentence": describe_pair(r) if r["pairs"] else ""}
+        view = {
+            "summary": r["summary"],
+            "pairs": r["pairs"],
+            "histogram": r["histogram"],
+            "sentence": describe_pair(r) if r["pairs"] else "",
+        }
 
         def apply() -> None:
             self.comparison = view
             self.message = view["sentence"] and f"Best match: {view['sentence']}."
+
         return apply

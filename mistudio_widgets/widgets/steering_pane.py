@@ -2,6 +2,7 @@
 set a strength per feature, and read the unsteered and the steered continuation side by side as they
 stream in, with the changed tokens highlighted and the KL, perplexity and activation changes measured;
 sweeps over strengths and saved presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,23 +15,32 @@ from .. import steering as st
 from ..core.configs import SteerConfig, from_dict, to_dict
 from .base import EngineWidget, background, esm, on_kernel
 
-SETTINGS = ("method", "multiplier", "normalise", "chat_template", "max_tokens", "temperature", "top_p",
-            "frequency_penalty", "seed")
+SETTINGS = (
+    "method",
+    "multiplier",
+    "normalise",
+    "chat_template",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "frequency_penalty",
+    "seed",
+)
 
 
 class SteeringPane(EngineWidget):
     _esm = esm("steering_pane")
     saes = t.List().tag(sync=True)
     sae = t.Unicode("").tag(sync=True)
-    chosen = t.List().tag(sync=True)          # [{index, strength, label, max}]
-    settings = t.Dict().tag(sync=True)        # the SteerConfig fields of SETTINGS
+    chosen = t.List().tag(sync=True)  # [{index, strength, label, max}]
+    settings = t.Dict().tag(sync=True)  # the SteerConfig fields of SETTINGS
     prompt = t.Unicode("").tag(sync=True)
-    found = t.List().tag(sync=True)           # search results [{index, label, match}]
-    unsteered = t.List().tag(sync=True)       # token strings, streamed
+    found = t.List().tag(sync=True)  # search results [{index, label, match}]
+    unsteered = t.List().tag(sync=True)  # token strings, streamed
     steered = t.List().tag(sync=True)
-    result = t.Dict().tag(sync=True)          # diff and metrics of the last generation
+    result = t.Dict().tag(sync=True)  # diff and metrics of the last generation
     sweep_rows = t.List().tag(sync=True)
-    auto = t.Dict().tag(sync=True)            # the last automatic-strength sweep: rows, bound, chosen
+    auto = t.Dict().tag(sync=True)  # the last automatic-strength sweep: rows, bound, chosen
     presets = t.List().tag(sync=True)
 
     def __init__(self, workspace=None, sae: str | None = None, **kw: Any):
@@ -55,7 +65,7 @@ class SteeringPane(EngineWidget):
         return self.result
 
     def find(self, text: str, contrast: str | None = None) -> list[dict[str, Any]]:
-        """Features that fire on ``text`` and not on ``contrast`` (default: the same text in ordinary case)."""
+        """Features that fire on ``text`` and not on ``contrast`` (default: ``text`` in ordinary case)."""
         self.do("contrast", self.action_contrast, blocking=True, text=text, contrast=contrast or "")
         return self.found
 
@@ -65,13 +75,21 @@ class SteeringPane(EngineWidget):
         return self.auto
 
     def config(self) -> SteerConfig:
-        return from_dict(SteerConfig, {**self.settings, "prompt": self.prompt,
-                                       "features": [[c["index"], c["strength"]] for c in self.chosen]})
+        return from_dict(
+            SteerConfig,
+            {
+                **self.settings,
+                "prompt": self.prompt,
+                "features": [[c["index"], c["strength"]] for c in self.chosen],
+            },
+        )
 
     # -- state ---------------------------------------------------------------------------------
     def refresh(self) -> None:
-        self.saes = [{"id": a.id, "name": a.name, "d_sae": a.meta.get("d_sae"), "hook": a.meta.get("hook")}
-                     for a in self.workspace.list("sae")]
+        self.saes = [
+            {"id": a.id, "name": a.name, "d_sae": a.meta.get("d_sae"), "hook": a.meta.get("hook")}
+            for a in self.workspace.list("sae")
+        ]
         self.presets = [{"name": p.name, "sae": p.meta.get("sae")} for p in self.workspace.list(st.PRESET)]
         if not self.sae and self.saes:
             self.sae = self.saes[-1]["id"]
@@ -82,7 +100,7 @@ class SteeringPane(EngineWidget):
         mx = float(fx.feature_columns(self.workspace, ext)["max"][index]) if ext else None
         label = next((r["label"] for r in self.workspace.labels(self.sae, index)), None)
         if strength is None:
-            strength = round(4 * mx, 3) if mx else 10.0      # a visible push: a few times the feature's peak
+            strength = round(4 * mx, 3) if mx else 10.0  # a visible push: a few times the feature's peak
         return {"index": int(index), "strength": float(strength), "label": label, "max": mx, "relative": None}
 
     # -- actions -------------------------------------------------------------------------------
@@ -90,7 +108,14 @@ class SteeringPane(EngineWidget):
         art = self.workspace.get(id, "sae")
         if art.id != self.sae:
             self.sae, self.chosen, self.found, self.result, self.unsteered, self.steered, self.sweep_rows = (
-                art.id, [], [], {}, [], [], [])
+                art.id,
+                [],
+                [],
+                {},
+                [],
+                [],
+                [],
+            )
 
     def action_add(self, index: int, strength: float | None = None) -> None:
         index = int(index)
@@ -102,11 +127,13 @@ class SteeringPane(EngineWidget):
         self.chosen = [c for c in self.chosen if c["index"] != int(index)]
 
     def action_strength(self, index: int, strength: float) -> None:
-        self.chosen = [{**c, "strength": float(strength), "relative": None} if c["index"] == int(index) else c
-                       for c in self.chosen]
+        self.chosen = [
+            {**c, "strength": float(strength), "relative": None} if c["index"] == int(index) else c
+            for c in self.chosen
+        ]
 
     def action_settings(self, **values: Any) -> None:
-        cfg = from_dict(SteerConfig, {**self.settings, **values})          # validates the names
+        cfg = from_dict(SteerConfig, {**self.settings, **values})  # validates the names
         self.settings = {k: v for k, v in to_dict(cfg).items() if k in SETTINGS}
 
     def action_search(self, query: str) -> None:
@@ -123,17 +150,38 @@ class SteeringPane(EngineWidget):
         res = fx.contrast(self.workspace, self.sae, texts, against)
 
         def apply() -> None:
-            self.found = [{"index": f["index"], "label": f["label"], "match": "contrast", "score": f["score"],
-                           "rate": f["rate"], "rate_contrast": f["rate_contrast"], "alignment": f["alignment"],
-                           "suggested": f["index"] == res["steer_with"]} for f in res["features"]]
-            self.message = (f"{len(self.found)} feature(s) fire more on the text than on the contrast; "
-                            f"the suggested one (★) writes the difference best." if self.found else
-                            "No feature fires more on the text than on the contrast.")
+            self.found = [
+                {
+                    "index": f["index"],
+                    "label": f["label"],
+                    "match": "contrast",
+                    "score": f["score"],
+                    "rate": f["rate"],
+                    "rate_contrast": f["rate_contrast"],
+                    "alignment": f["alignment"],
+                    "suggested": f["index"] == res["steer_with"],
+                }
+                for f in res["features"]
+            ]
+            self.message = (
+                f"{len(self.found)} feature(s) fire more on the text than on the contrast; "
+                f"the suggested one (★) writes the difference best."
+                if self.found
+                else "No feature fires more on the text than on the contrast."
+            )
+
         return apply
 
     @background
-    def action_auto(self, index: int, prompt: str | None = None, max_perplexity: float = st.AUTO_MAX_PERPLEXITY,
-                    max_repetition: float = st.AUTO_MAX_REPETITION, progress=None, control=None):
+    def action_auto(
+        self,
+        index: int,
+        prompt: str | None = None,
+        max_perplexity: float = st.AUTO_MAX_PERPLEXITY,
+        max_repetition: float = st.AUTO_MAX_REPETITION,
+        progress=None,
+        control=None,
+    ):
         if prompt is not None:
             on_kernel(lambda: self.set_trait("prompt", prompt))
         cfg = dataclasses.replace(self.config(), prompt=self.prompt if prompt is None else prompt)
@@ -147,19 +195,42 @@ class SteeringPane(EngineWidget):
             snapshot = {"index": index, "rows": list(rows), "running": True}
             on_kernel(lambda: self.set_trait("auto", snapshot))
 
-        res = st.auto_strength(self.workspace, self.sae, cfg, feature=index, max_perplexity=float(max_perplexity),
-                               max_repetition=float(max_repetition), on_row=on_row, control=control)
+        res = st.auto_strength(
+            self.workspace,
+            self.sae,
+            cfg,
+            feature=index,
+            max_perplexity=float(max_perplexity),
+            max_repetition=float(max_repetition),
+            on_row=on_row,
+            control=control,
+        )
 
         def apply() -> None:
-            self.auto = {"index": index, "rows": res["rows"], "strength": res["strength"], "relative": res["relative"],
-                         "bound": res["bound"], "residual_norm": res["residual_norm"], "note": res["note"], "running": False}
+            self.auto = {
+                "index": index,
+                "rows": res["rows"],
+                "strength": res["strength"],
+                "relative": res["relative"],
+                "bound": res["bound"],
+                "residual_norm": res["residual_norm"],
+                "note": res["note"],
+                "running": False,
+            }
             if res["strength"] is not None:
-                self.chosen = [{**c, "strength": round(res["strength"], 3), "relative": res["relative"]}
-                               if c["index"] == index else c for c in self.chosen]
-                self.message = (f"Feature {index}: strength {res['strength']:.2f} ({res['relative']:.0%} of the residual "
-                                "norm), the largest that stays fluent.")
+                self.chosen = [
+                    {**c, "strength": round(res["strength"], 3), "relative": res["relative"]}
+                    if c["index"] == index
+                    else c
+                    for c in self.chosen
+                ]
+                self.message = (
+                    f"Feature {index}: strength {res['strength']:.2f} ({res['relative']:.0%} of the residual "
+                    "norm), the largest that stays fluent."
+                )
             else:
                 self.message = res["note"]
+
         return apply
 
     def action_stop(self) -> None:
@@ -190,7 +261,11 @@ class SteeringPane(EngineWidget):
         from ..data.models import load_model, resolve_model
 
         art = ws.get(sae, "sae")
-        model_ref = art.meta.get("model") if art.meta.get("model") and ws.find(art.meta["model"], "model") else "default"
+        model_ref = (
+            art.meta.get("model")
+            if art.meta.get("model") and ws.find(art.meta["model"], "model")
+            else "default"
+        )
         tokenizer = load_model(ws, resolve_model(ws, model_ref)).tokenizer
 
         def stream(which: str, token: int) -> None:
@@ -203,19 +278,32 @@ class SteeringPane(EngineWidget):
 
         def apply() -> None:
             self.unsteered, self.steered = res["unsteered_tokens"], res["steered_tokens"]
-            self.result = {"diff": res["diff"], "metrics": res["metrics"], "interrupted": res["interrupted"],
-                           "features": res["features"], "method": res["method"]}
+            self.result = {
+                "diff": res["diff"],
+                "metrics": res["metrics"],
+                "interrupted": res["interrupted"],
+                "features": res["features"],
+                "method": res["method"],
+            }
             rel = res["metrics"].get("relative_strength", {})
-            self.chosen = [{**c, "relative": rel.get(str(c["index"]), c.get("relative"))} for c in self.chosen]
+            self.chosen = [
+                {**c, "relative": rel.get(str(c["index"]), c.get("relative"))} for c in self.chosen
+            ]
             self.message = "Stopped." if res["interrupted"] else "Done."
+
         return apply
 
     @background
     def action_sweep(self, strengths: list[float], progress=None):
         cfg = self.config()
-        rows = st.sweep(self.workspace, self.sae, dataclasses.replace(cfg, features=cfg.features[:1]),
-                        [float(s) for s in strengths])
+        rows = st.sweep(
+            self.workspace,
+            self.sae,
+            dataclasses.replace(cfg, features=cfg.features[:1]),
+            [float(s) for s in strengths],
+        )
 
         def apply() -> None:
             self.sweep_rows = rows
+
         return apply

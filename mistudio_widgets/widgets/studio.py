@@ -1,4 +1,5 @@
 """Studio: the tabbed app (Datasets, Models, SAEs, Training, Features, Steering) with a system bar."""
+
 from __future__ import annotations
 
 import html
@@ -35,8 +36,16 @@ class Studio(ipw.VBox):
         self.features = FeatureBrowser(ws)
         self.feature_map = FeatureMap(self.features)
         self.steering = SteeringPane(ws)
-        self.tabs = ipw.Tab(children=[self.datasets, self.models, self.library, training,
-                                      ipw.VBox([self.features, self.feature_map]), self.steering])
+        self.tabs = ipw.Tab(
+            children=[
+                self.datasets,
+                self.models,
+                self.library,
+                training,
+                ipw.VBox([self.features, self.feature_map]),
+                self.steering,
+            ]
+        )
         self.library.observe(self._open, "opened")
         self.features.observe(self._steer_with, "steer_request")
         for i, title in enumerate(TABS):
@@ -55,7 +64,7 @@ class Studio(ipw.VBox):
             self.tabs.selected_index = TABS.index(target)
 
     def _steer_with(self, change: dict) -> None:
-        """"Steer with this" in the feature browser: that SAE and feature in the Steering tab."""
+        """ "Steer with this" in the feature browser: that SAE and feature in the Steering tab."""
         req = change["new"] or {}
         if req.get("sae"):
             self.steering.select(req["sae"])
@@ -63,6 +72,15 @@ class Studio(ipw.VBox):
             self.tabs.selected_index = TABS.index("Steering")
 
     def close(self) -> None:
-        for w in (self.system, self.datasets, self.models, self.library, self.trainer, self.monitor, self.features, self.steering):
+        for w in (
+            self.system,
+            self.datasets,
+            self.models,
+            self.library,
+            self.trainer,
+            self.monitor,
+            self.features,
+            self.steering,
+        ):
             w.close()
         super().close()

@@ -1,4 +1,5 @@
 """SystemMonitor: CPU per core, RAM, disk and (through NVML) GPUs, about once a second while visible."""
+
 from __future__ import annotations
 
 import threading
@@ -13,7 +14,7 @@ from .base import EngineWidget, esm, on_kernel
 class SystemMonitor(EngineWidget):
     _esm = esm("system_monitor")
     snapshot = t.Dict().tag(sync=True)
-    visible = t.Bool(False).tag(sync=True)     # set by the page (IntersectionObserver + tab visibility)
+    visible = t.Bool(False).tag(sync=True)  # set by the page (IntersectionObserver + tab visibility)
     interval = t.Float(1.0).tag(sync=True)
 
     def __init__(self, workspace=None, **kwargs: Any):

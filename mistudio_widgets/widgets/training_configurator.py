@@ -1,5 +1,6 @@
 """TrainingConfigurator: a form built from the TrainConfig dataclass, with inline validation, a memory
 and time estimate, and a Start button that runs training as a background job."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,18 @@ from ..core.configs import TrainConfig, from_dict, to_dict
 from ..train.training import check_config, train
 from .base import EngineWidget, background, esm, on_kernel
 
-BASIC = ("model", "dataset", "hook", "architecture", "expansion_factor", "k", "l1_coefficient", "lr", "batch_tokens", "steps")
+BASIC = (
+    "model",
+    "dataset",
+    "hook",
+    "architecture",
+    "expansion_factor",
+    "k",
+    "l1_coefficient",
+    "lr",
+    "batch_tokens",
+    "steps",
+)
 HIDDEN = ("adam_betas", "name")
 
 
@@ -34,8 +46,17 @@ def form_fields() -> list[dict[str, Any]]:
         if f.name in HIDDEN:
             continue
         kind, choices = _field_kind(f)
-        out.append({"name": f.name, "kind": kind, "choices": choices, "default": f.default, "help": f.metadata.get("help", ""),
-                    "minimum": f.metadata.get("minimum"), "basic": f.name in BASIC})
+        out.append(
+            {
+                "name": f.name,
+                "kind": kind,
+                "choices": choices,
+                "default": f.default,
+                "help": f.metadata.get("help", ""),
+                "minimum": f.metadata.get("minimum"),
+                "basic": f.name in BASIC,
+            }
+        )
     out.sort(key=lambda x: (not x["basic"], BASIC.index(x["name"]) if x["basic"] else 0))
     return out
 
@@ -44,9 +65,9 @@ class TrainingConfigurator(EngineWidget):
     _esm = esm("training_configurator")
     fields = t.List().tag(sync=True)
     values = t.Dict().tag(sync=True)
-    choices = t.Dict().tag(sync=True)       # {model: [...], dataset: [...], hook: [...]}
-    check = t.Dict().tag(sync=True)         # problems + estimate
-    run = t.Unicode("").tag(sync=True)      # id of the run started last
+    choices = t.Dict().tag(sync=True)  # {model: [...], dataset: [...], hook: [...]}
+    check = t.Dict().tag(sync=True)  # problems + estimate
+    run = t.Unicode("").tag(sync=True)  # id of the run started last
 
     def __init__(self, workspace=None, monitor=None, **kwargs: Any):
         self.monitor = monitor
@@ -60,13 +81,23 @@ class TrainingConfigurator(EngineWidget):
         models = [m.name for m in ws.list("model")] or ["default"]
         datasets = [d.name for d in ws.list("dataset")] + [k.name for k in ws.list("tokenization")]
         hooks: list[str] = []
-        model = ws.find(self.values.get("model", "default"), "model") if self.values.get("model") != "default" else (ws.list("model") or [None])[0]
+        model = (
+            ws.find(self.values.get("model", "default"), "model")
+            if self.values.get("model") != "default"
+            else (ws.list("model") or [None])[0]
+        )
         if model is not None:
             from ..data.hooks import hook_names_for
 
-            hooks = hook_names_for(model.meta["info"]["layers"], model.meta["info"].get("parallel_blocks", False))
-        self.choices = {"model": ["default", *models], "dataset": ["default", *datasets], "hook": hooks,
-                        "hook_out": ["", *hooks]}
+            hooks = hook_names_for(
+                model.meta["info"]["layers"], model.meta["info"].get("parallel_blocks", False)
+            )
+        self.choices = {
+            "model": ["default", *models],
+            "dataset": ["default", *datasets],
+            "hook": hooks,
+            "hook_out": ["", *hooks],
+        }
 
     @t.observe("values")
     def _on_values(self, change: dict) -> None:
@@ -75,7 +106,9 @@ class TrainingConfigurator(EngineWidget):
         self._validate()
 
     def config(self) -> TrainConfig:
-        vals = {k: v for k, v in self.values.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+        vals = {
+            k: v for k, v in self.values.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}
+        }
         for f in self.fields:
             v = vals.get(f["name"])
             if v in ("", None) and f["kind"].startswith("optional"):
@@ -110,9 +143,14 @@ class TrainingConfigurator(EngineWidget):
         if overrides:
             self.values = {**self.values, **overrides}
         if self.check.get("problems"):
-            raise MistudioError("The settings have problems: " + " ".join(self.check["problems"]), "fix the fields marked in the form.")
+            raise MistudioError(
+                "The settings have problems: " + " ".join(self.check["problems"]),
+                "fix the fields marked in the form.",
+            )
         if self.job is not None and not self.job.done:
-            raise MistudioError("A training started here is still running.", "stop it, or wait for it to finish.")
+            raise MistudioError(
+                "A training started here is still running.", "stop it, or wait for it to finish."
+            )
         return self.do("train", self.action_train, exclusive=True, cfg=self.config())
 
     stopped_message = "Stopped; the run can be resumed from its last checkpoint."
@@ -126,9 +164,11 @@ class TrainingConfigurator(EngineWidget):
 
         def apply() -> None:
             if res.sae_id:
-                self.message = f"Trained {res.sae_id}: EV {res.metrics['explained_variance']:.3f}, L0 {res.metrics['l0']:.1f}."
+                m = res.metrics
+                self.message = f"Trained {res.sae_id}: EV {m['explained_variance']:.3f}, L0 {m['l0']:.1f}."
             else:
                 self.message = self.stopped_message
+
         return apply
 
     def _started(self, run_id: str) -> None:

@@ -1,6 +1,7 @@
 """TrainingMonitor: live charts of a run's metrics (read from the catalog, so it re-attaches after a
 kernel restart and follows runs started elsewhere), progress with ETA, pause/resume/stop, several runs
 overlaid."""
+
 from __future__ import annotations
 
 import time
@@ -14,9 +15,15 @@ from ..core.jobs import Status
 from ..train.training import run_status, train
 from .base import EngineWidget, esm
 
-CHARTS = [("loss", "train", "loss"), ("mse", "train", "MSE"), ("l0", "train", "L0"), ("dead_fraction", "train", "dead fraction"),
-          ("explained_variance", "train", "explained variance"), ("ce_recovered", "eval", "CE recovered"),
-          ("lr", "train", "learning rate")]
+CHARTS = [
+    ("loss", "train", "loss"),
+    ("mse", "train", "MSE"),
+    ("l0", "train", "L0"),
+    ("dead_fraction", "train", "dead fraction"),
+    ("explained_variance", "train", "explained variance"),
+    ("ce_recovered", "eval", "CE recovered"),
+    ("lr", "train", "learning rate"),
+]
 
 
 def device_line() -> str:
@@ -27,11 +34,15 @@ def device_line() -> str:
 
     state, message, gpus = gpu_snapshot()
     if gpus:
-        return "  ·  ".join(f"GPU {g['index']} {g['name']}: {g['util']:.0f}% busy, {g['mem_used'] / 2**30:.1f} / "
-                            f"{g['mem_total'] / 2**30:.1f} GiB" for g in gpus)
+        return "  ·  ".join(
+            f"GPU {g['index']} {g['name']}: {g['util']:.0f}% busy, {g['mem_used'] / 2**30:.1f} / "
+            f"{g['mem_total'] / 2**30:.1f} GiB"
+            for g in gpus
+        )
     import torch
 
-    cpu = f"CPU: {psutil.cpu_count()} cores at {psutil.cpu_percent():.0f}%, {torch.get_num_threads()} torch threads"
+    threads = torch.get_num_threads()
+    cpu = f"CPU: {psutil.cpu_count()} cores at {psutil.cpu_percent():.0f}%, {threads} torch threads"
     return f"{cpu}  ·  {'no GPU' if state == 'none' else 'GPU monitor unavailable'} ({message})"
 
 
@@ -39,8 +50,10 @@ class TrainingControls(EngineWidget):
     """The monitor's status table and buttons (the charts are a plotly FigureWidget beside it)."""
 
     _esm = esm("training_controls")
-    runs = t.List().tag(sync=True)     # [{id, name, status, step, steps, tokens_per_second, eta, live, ...}]
-    device = t.Unicode("").tag(sync=True)   # what the training is using: GPU utilisation and memory, or the CPU
+    runs = t.List().tag(sync=True)  # [{id, name, status, step, steps, tokens_per_second, eta, live, ...}]
+    device = t.Unicode("").tag(
+        sync=True
+    )  # what the training is using: GPU utilisation and memory, or the CPU
 
     def __init__(self, workspace=None, owner: "TrainingMonitor | None" = None, **kw: Any):
         self.owner = owner
@@ -71,7 +84,9 @@ class TrainingControls(EngineWidget):
 class TrainingMonitor(ipw.VBox):
     """``TrainingMonitor(ws)`` shows the newest run; ``attach(run_id)`` overlays more."""
 
-    def __init__(self, workspace=None, runs: list[str] | None = None, *, interval: float = 1.0, **kwargs: Any):
+    def __init__(
+        self, workspace=None, runs: list[str] | None = None, *, interval: float = 1.0, **kwargs: Any
+    ):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
@@ -81,9 +96,16 @@ class TrainingMonitor(ipw.VBox):
         self.jobs: dict[str, jobs.Job] = {}
         self._seen: dict[str, dict[str, int]] = {}
         titles = [c[2] for c in CHARTS] + ["active features per token"]
-        fig = make_subplots(rows=2, cols=4, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.16)
-        fig.update_layout(height=440, margin=dict(l=40, r=10, t=40, b=30), showlegend=True,
-                          legend=dict(orientation="h", y=-0.12), template="plotly_white")
+        fig = make_subplots(
+            rows=2, cols=4, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.16
+        )
+        fig.update_layout(
+            height=440,
+            margin=dict(l=40, r=10, t=40, b=30),
+            showlegend=True,
+            legend=dict(orientation="h", y=-0.12),
+            template="plotly_white",
+        )
         self.figure = go.FigureWidget(fig)
         super().__init__(children=[self.controls, self.figure], **kwargs)
         self.add_class("mistudio-training-monitor")
@@ -104,15 +126,38 @@ class TrainingMonitor(ipw.VBox):
             self._seen[run.id] = {}
             import plotly.graph_objects as go
 
-            colour = ["#1976d2", "#d32f2f", "#388e3c", "#f57c00", "#7b1fa2", "#00838f"][(len(self.run_ids) - 1) % 6]
+            colour = ["#1976d2", "#d32f2f", "#388e3c", "#f57c00", "#7b1fa2", "#00838f"][
+                (len(self.run_ids) - 1) % 6
+            ]
             with self.figure.batch_update():
                 for i, (metric, split, _) in enumerate(CHARTS):
-                    self.figure.add_trace(go.Scatter(x=[], y=[], mode="lines+markers" if split == "eval" else "lines",
-                                                     name=run.name, legendgroup=run.id, showlegend=i == 0,
-                                                     line=dict(color=colour), meta=[run.id, metric, split]),
-                                          row=i // 4 + 1, col=i % 4 + 1)
-                self.figure.add_trace(go.Bar(x=[], y=[], name=run.name, legendgroup=run.id, showlegend=False,
-                                             marker=dict(color=colour), meta=[run.id, "l0_histogram", "meta"]), row=2, col=4)
+                    self.figure.add_trace(
+                        go.Scatter(
+                            x=[],
+                            y=[],
+                            mode="lines+markers" if split == "eval" else "lines",
+                            name=run.name,
+                            legendgroup=run.id,
+                            showlegend=i == 0,
+                            line=dict(color=colour),
+                            meta=[run.id, metric, split],
+                        ),
+                        row=i // 4 + 1,
+                        col=i % 4 + 1,
+                    )
+                self.figure.add_trace(
+                    go.Bar(
+                        x=[],
+                        y=[],
+                        name=run.name,
+                        legendgroup=run.id,
+                        showlegend=False,
+                        marker=dict(color=colour),
+                        meta=[run.id, "l0_histogram", "meta"],
+                    ),
+                    row=2,
+                    col=4,
+                )
         self.poll()
 
     def detach(self, run_id: str) -> None:
@@ -126,13 +171,18 @@ class TrainingMonitor(ipw.VBox):
 
         job = self.jobs.get(run_id)
         if job is None or job.done:
-            raise MistudioError("This run is not running in this kernel.", "runs started elsewhere can be watched, not controlled.")
+            raise MistudioError(
+                "This run is not running in this kernel.",
+                "runs started elsewhere can be watched, not controlled.",
+            )
         return job
 
     def resume_run(self, run_id: str) -> jobs.Job:
         """Resume an interrupted run from its last checkpoint, as a background job."""
         ws = self.workspace
-        job = jobs.submit("train", lambda progress, control: train(ws, resume=run_id, progress=progress, control=control))
+        job = jobs.submit(
+            "train", lambda progress, control: train(ws, resume=run_id, progress=progress, control=control)
+        )
         self.jobs[run_id] = job
         return job
 
@@ -164,7 +214,10 @@ class TrainingMonitor(ipw.VBox):
                 self.run_ids.remove(rid)
                 continue
             seen = self._seen[rid]
-            new = {split: self.workspace.metrics(rid, split, since_step=seen.get(split, 0)) for split in ("train", "eval")}
+            new = {
+                split: self.workspace.metrics(rid, split, since_step=seen.get(split, 0))
+                for split in ("train", "eval")
+            }
             with self.figure.batch_update():
                 for tr in self.figure.data:
                     run_id, metric, split = tr.meta
@@ -192,12 +245,31 @@ class TrainingMonitor(ipw.VBox):
             since = art.meta.get("resumed") or art.meta.get("started")
             done_tokens = (step - (art.meta.get("resumed_at_step") or 0)) * art.meta["config"]["batch_tokens"]
             overall = done_tokens / max(time.time() - since, 1e-9) if since and done_tokens > 0 else None
-            remaining = (st["steps"] - step) * art.meta["config"]["batch_tokens"] / overall if overall and status == Status.RUNNING else None
-            rows_out.append({"id": rid, "name": art.name, "status": status, "step": step, "steps": st["steps"],
-                             "tokens_per_second": tps, "eta_seconds": remaining, "live": job is not None and not job.done,
-                             "last_checkpoint": st["last_checkpoint"], "sae": st["sae"], "error": art.meta.get("error", "")})
-        others = [{"id": a.id, "name": a.name, "status": jobs.effective_status(a.meta)} for a in self.workspace.list("run")
-                  if a.id not in self.run_ids]
+            remaining = (
+                (st["steps"] - step) * art.meta["config"]["batch_tokens"] / overall
+                if overall and status == Status.RUNNING
+                else None
+            )
+            rows_out.append(
+                {
+                    "id": rid,
+                    "name": art.name,
+                    "status": status,
+                    "step": step,
+                    "steps": st["steps"],
+                    "tokens_per_second": tps,
+                    "eta_seconds": remaining,
+                    "live": job is not None and not job.done,
+                    "last_checkpoint": st["last_checkpoint"],
+                    "sae": st["sae"],
+                    "error": art.meta.get("error", ""),
+                }
+            )
+        others = [
+            {"id": a.id, "name": a.name, "status": jobs.effective_status(a.meta)}
+            for a in self.workspace.list("run")
+            if a.id not in self.run_ids
+        ]
         self.controls.runs = rows_out + [{**o, "attached": False} for o in others[-10:]]
         self.controls.device = device_line()
 
