@@ -7,6 +7,7 @@ import inspect
 import threading
 import traceback
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -106,6 +107,7 @@ class EngineWidget(anywidget.AnyWidget):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         super().__init__(**kwargs)
         self.job: jobs.Job | None = None  # the background action running (or last run) here
+        self._apply: Callable[[], None] | None = None  # what that action hands back to apply to the widget
         self.on_msg(self._on_page_msg)
         _live.add(self)
         self.refresh()
@@ -152,15 +154,17 @@ class EngineWidget(anywidget.AnyWidget):
         takes_control = "control" in inspect.signature(_handler).parameters
 
         def work(_progress: Any, control: jobs.JobControl) -> Any:
-            return _handler(progress=report, **({"control": control} if takes_control else {}), **args)
+            out = _handler(progress=report, **({"control": control} if takes_control else {}), **args)
+            self._apply = out.apply if isinstance(out, Outcome) else out
+            return out.value if isinstance(out, Outcome) else None  # the job's result
 
         if blocking:
             try:
-                finish = work(None, jobs.JobControl())
+                work(None, jobs.JobControl())
             except Exception as exc:
                 self._fail(exc)
                 raise
-            self._finish(finish)
+            self._finish(self._apply)
             return None
         self.job = jobs.submit(_action, work, listener=self._on_job, exclusive=exclusive)
         return self.job
@@ -171,7 +175,7 @@ class EngineWidget(anywidget.AnyWidget):
 
     def _ended(self, job: jobs.Job) -> None:
         if job.status == jobs.Status.DONE:
-            self._finish(job.result)
+            self._finish(self._apply)
         elif job.status == jobs.Status.CANCELLED:
             self.status, self.task, self.message = "idle", "", self.stopped_message
             workspace_changed(self.workspace)
@@ -212,6 +216,15 @@ class EngineWidget(anywidget.AnyWidget):
                 "fix": "see the kernel log for details.",
                 "trace": traceback.format_exception_only(type(exc), exc)[-1],
             }
+
+
+@dataclass
+class Outcome:
+    """What a background action may return instead of a bare ``apply``: ``apply`` runs on the kernel to
+    update the widget, ``value`` becomes the job's result (``job.wait()`` returns it)."""
+
+    apply: Callable[[], None] | None
+    value: Any = None
 
 
 def background(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,7 +12,7 @@ import traitlets as t
 from ..core import jobs
 from ..core.configs import TrainConfig, from_dict, to_dict
 from ..train.training import check_config, train
-from .base import EngineWidget, background, esm, on_kernel
+from .base import EngineWidget, Outcome, background, esm, on_kernel
 
 BASIC = (
     "model",
@@ -169,7 +169,7 @@ class TrainingConfigurator(EngineWidget):
             else:
                 self.message = self.stopped_message
 
-        return apply
+        return Outcome(apply, res)
 
     def _started(self, run_id: str) -> None:
         self.run = run_id
