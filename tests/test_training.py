@@ -16,6 +16,7 @@ from mistudio_widgets.core.jobs import submit
 from mistudio_widgets.sae.io import load_sae
 from mistudio_widgets.train.training import (
     TrainingError,
+    TrainState,
     _checkpoints,
     load_checkpoint,
     run_status,
@@ -187,19 +188,19 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
         small = make_sae(SAESpec(architecture="topk", d_in=32, d_sae=64, k=4))
         opt = torch.optim.Adam(small.parameters())
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        save_checkpoint(mnt, small, opt, sched, {"step": 1})
+        save_checkpoint(mnt, small, opt, sched, TrainState(step=1))
         big = make_sae(SAESpec(architecture="topk", d_in=256, d_sae=4096, k=4))  # ~8 MiB of weights
         opt_b = torch.optim.Adam(big.parameters())
         sched_b = torch.optim.lr_scheduler.LambdaLR(opt_b, lambda s: 1.0)
         with pytest.raises(ArtifactWriteError, match="disk is full"):
-            save_checkpoint(mnt, big, opt_b, sched_b, {"step": 2})
+            save_checkpoint(mnt, big, opt_b, sched_b, TrainState(step=2))
         assert [p.name for p in _checkpoints(mnt)] == ["checkpoint-1"]
         again = make_sae(SAESpec(architecture="topk", d_in=32, d_sae=64, k=4))
         opt2 = torch.optim.Adam(again.parameters())
         assert (
             load_checkpoint(
                 mnt / "checkpoint-1", again, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0)
-            )["step"]
+            ).step
             == 1
         )
         assert torch.equal(again.W_enc, small.W_enc)

@@ -316,8 +316,6 @@ def _train_configs(a: argparse.Namespace):
     out = []
     for v in variants:
         merged = {**data, **v}
-        if isinstance(merged.get("adam_betas"), list):
-            merged["adam_betas"] = tuple(merged["adam_betas"])
         out.append(from_dict(TrainConfig, merged))
     return out
 

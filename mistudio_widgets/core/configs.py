@@ -31,7 +31,8 @@ def _short(v: Any, limit: int = 80) -> str:
 
 
 def _check_value(owner: str, name: str, v: Any, hint: Any, lo: Any, hi: Any) -> Any:
-    """``v`` checked against its type hint and range (integral floats become ints): the value to keep."""
+    """``v`` checked against its type hint and range (integral floats become ints, lists for tuple
+    fields tuples): the value to keep."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     where = f"{owner}.{name}"
     if origin in (typing.Union, types.UnionType):
@@ -78,7 +79,7 @@ def _check_value(owner: str, name: str, v: Any, hint: Any, lo: Any, hi: Any) -> 
                 f"{where} must be a {(origin or hint).__name__} (got {_short(v)}).",
                 f"set {name} to a {(origin or hint).__name__}.",
             )
-        return v
+        return tuple(v) if (origin or hint) is tuple else v  # JSON and YAML give lists: one place fixes it
     if lo is not None and v < lo:
         raise ConfigError(f"{where} must be at least {lo} (got {v}).", f"set {name} to {lo} or more.")
     if hi is not None and v > hi:

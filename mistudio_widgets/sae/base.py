@@ -134,6 +134,18 @@ class SAE(nn.Module):
             recon = recon + x @ self.W_skip.T
         return StepOut(recon=recon, acts=f, pre=pre, idx=None, vals=None)
 
+    def sparsity_loss(self, out: "StepOut", coefficient: float) -> torch.Tensor:
+        """The sparsity penalty of one training batch: none here (top-k SAEs are sparse by construction);
+        architectures trained with a penalty override it."""
+        return out.recon.new_zeros(())
+
+    def aux_loss(
+        self, x: torch.Tensor, err: torch.Tensor, dead: torch.Tensor, k: int, coefficient: float
+    ) -> torch.Tensor:
+        """An auxiliary loss that gives ``dead`` latents a gradient (``err`` = reconstruction - target):
+        none here; top-k architectures use AuxK."""
+        return err.new_zeros(())
+
     @torch.no_grad()
     def normalise_decoder(self) -> None:
         """Unit-norm decoder rows (the gradient along them is dropped: ``remove_parallel_grad``)."""

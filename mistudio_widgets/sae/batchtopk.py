@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .base import SAE, SAESpec, StepOut
-from .topk import choose, selected_pre_acts, sparse_decode
+from .topk import auxk_loss, choose, selected_pre_acts, sparse_decode
 
 
 class BatchTopKSAE(SAE):
@@ -20,6 +20,9 @@ class BatchTopKSAE(SAE):
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         return pre * (pre > self.threshold)
+
+    def aux_loss(self, x, err, dead, k, coefficient):
+        return auxk_loss(self, x, err, dead, k, coefficient)
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
         x_c = x - self.b_dec if self.spec.apply_b_dec_to_input else x

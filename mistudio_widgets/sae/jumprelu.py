@@ -73,3 +73,7 @@ class JumpReLUSAE(SAE):
 
     def l0_penalty(self, pre: torch.Tensor) -> torch.Tensor:
         return _Step.apply(pre, self.threshold, self.spec.jumprelu_bandwidth).sum(-1).mean()
+
+    def sparsity_loss(self, out: StepOut, coefficient: float) -> torch.Tensor:
+        """L0 through the straight-through estimator of the thresholds."""
+        return coefficient * self.l0_penalty(out.pre)

@@ -101,12 +101,31 @@ def selected_pre_acts(sae: SAE, x_c: torch.Tensor, idx: torch.Tensor, values: to
     return _SelectedPre.apply(x_c, sae.W_enc, sae.b_enc, values, idx)
 
 
+def auxk_loss(
+    sae: SAE, x: torch.Tensor, err: torch.Tensor, dead: torch.Tensor, k: int, coefficient: float
+) -> torch.Tensor:
+    """AuxK (Gao et al.): the ``k`` strongest dead latents learn to explain the reconstruction's
+    residual, normalised by the residual's variance."""
+    e = -err.detach()
+    dead_idx = dead.nonzero().squeeze(1)
+    x_c = x - sae.b_dec if sae.spec.apply_b_dec_to_input else x
+    pre_dead = x_c @ sae.W_enc[:, dead_idx] + sae.b_enc[dead_idx]  # [B, n_dead], dense over the dead only
+    top = pre_dead.topk(min(k, dead_idx.numel()), dim=-1, sorted=False)
+    acts = torch.zeros_like(pre_dead).scatter(-1, top.indices, torch.relu(top.values))
+    e_hat = acts @ sae.W_dec[dead_idx]
+    denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+    return coefficient * (e_hat - e).pow(2).sum(-1).mean() / denom
+
+
 class TopKSAE(SAE):
     architecture = "topk"
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         vals, idx = pre.topk(self.spec.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
+
+    def aux_loss(self, x, err, dead, k, coefficient):
+        return auxk_loss(self, x, err, dead, k, coefficient)
 
     def _centred(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.b_dec if self.spec.apply_b_dec_to_input else x

@@ -8,7 +8,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ..core import defaults
 from ..core import distributed as dist
-from ..core.configs import TrainConfig, from_dict, to_dict
+from ..core.configs import DEFAULT, TrainConfig, from_dict, to_dict
 from ..core.errors import MistudioError
 from ..core.jobs import JobCancelled, JobControl, Status, claim, effective_status, lifecycle, owner_stamp
 from ..core.progress import ProgressCallback, emit
@@ -112,27 +113,17 @@ def compute_losses(
     sparsity_coef: float,
     aux_k: int,
 ):
+    """Reconstruction MSE plus the SAE's own sparsity penalty and, while latents are dead, its own
+    auxiliary loss (each architecture defines both: :meth:`SAE.sparsity_loss`, :meth:`SAE.aux_loss`)."""
     out = sae.train_step(x, target)
     err = out.recon - target
     mse = err.pow(2).sum(-1).mean()
-    zero = mse.new_zeros(())
-    sparsity, aux = zero, zero
-    arch = sae.spec.architecture
-    if arch == "standard":
-        sparsity = sparsity_coef * (out.acts * sae.W_dec.norm(dim=1)).sum(-1).mean()
-    elif arch == "jumprelu":
-        sparsity = sparsity_coef * sae.l0_penalty(out.pre)
-    elif dead.any() and cfg.aux_coefficient > 0:  # AuxK: dead latents learn to explain the residual
-        e = -err.detach()
-        dead_idx = dead.nonzero().squeeze(1)
-        k = min(aux_k, dead_idx.numel())
-        x_c = x - sae.b_dec if sae.spec.apply_b_dec_to_input else x
-        pre_dead = x_c @ sae.W_enc[:, dead_idx] + sae.b_enc[dead_idx]  # [B, n_dead], dense over the dead only
-        top = pre_dead.topk(k, dim=-1, sorted=False)
-        acts = torch.zeros_like(pre_dead).scatter(-1, top.indices, torch.relu(top.values))
-        e_hat = acts @ sae.W_dec[dead_idx]
-        denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
-        aux = cfg.aux_coefficient * (e_hat - e).pow(2).sum(-1).mean() / denom
+    sparsity = sae.sparsity_loss(out, sparsity_coef)
+    aux = (
+        sae.aux_loss(x, err, dead, aux_k, cfg.aux_coefficient)
+        if dead.any() and cfg.aux_coefficient > 0
+        else mse.new_zeros(())
+    )
     return Losses(mse + sparsity + aux, mse, sparsity, aux), out
 
 
@@ -298,6 +289,26 @@ class Evaluator:
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
+@dataclass
+class TrainState:
+    """Where one SAE's training stands, besides its weights, optimiser and schedule: what a checkpoint
+    restores (``state.json``) so that a resumed run continues exactly where it stopped."""
+
+    step: int = 0
+    position: list[int] = field(default_factory=lambda: [0, 0, 0])  # where the activation stream stands
+    scale_in: float = 1.0  # input normalisation (folded into the weights when the SAE is saved)
+    scale_out: float = 1.0
+    tokens_since_fired: list[int] | None = None  # per latent, for dead-latent tracking
+    best_eval: float | None = None  # early stopping: the best held-out MSE so far
+    bad_evals: int = 0  # and the evaluations since it
+    tokens: int = 0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainState":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 def _remove_stale_checkpoint_temps(run_dir: Path) -> list[str]:
     """Remove half-written checkpoint folders a killed process left (``.checkpoint-N.tmp-*``)."""
     stale = [p for p in run_dir.glob(f".{CKPT_PREFIX}*.tmp-*") if p.is_dir()]
@@ -311,9 +322,7 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
 
 
-def save_checkpoint(
-    run_dir: Path, sae: SAE, opt: torch.optim.Optimizer, sched, state: dict[str, Any]
-) -> Path:
+def save_checkpoint(run_dir: Path, sae: SAE, opt: torch.optim.Optimizer, sched, state: TrainState) -> Path:
     """Write checkpoint-<step> atomically; older checkpoints beyond the newest few are removed only after."""
     tensors = {
         f"sae.{k}": v.detach().cpu().contiguous() for k, v in sae.state_dict().items() if v is not None
@@ -324,16 +333,16 @@ def save_checkpoint(
             if torch.is_tensor(v):
                 tensors[f"opt.{names[id(p)]}.{key}"] = v.detach().cpu().contiguous().reshape(v.shape)
     tensors["rng.torch"] = torch.get_rng_state()
-    final = run_dir / f"{CKPT_PREFIX}{state['step']}"
+    final = run_dir / f"{CKPT_PREFIX}{state.step}"
     with atomic_folder(final, writing="checkpoint") as tmp:
         write_safetensors(tensors, tmp / "state.safetensors")
-        (tmp / "state.json").write_text(json.dumps({**state, "scheduler": sched.state_dict()}))
+        (tmp / "state.json").write_text(json.dumps({**asdict(state), "scheduler": sched.state_dict()}))
     for old in _checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, sched) -> dict[str, Any]:
+def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, sched) -> TrainState:
     tensors = load_file(str(path / "state.safetensors"))
     state = json.loads((path / "state.json").read_text())
     sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, strict=False)
@@ -347,7 +356,7 @@ def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, sched) -> 
     ):  # the optimiser only learns it at the next sched.step()
         group["lr"] = lr
     torch.set_rng_state(tensors["rng.torch"])
-    return state
+    return TrainState.from_json(state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,11 +446,7 @@ def train_many(
                 f"Run {run.name!r} has no checkpoint to resume from.",
                 "start a new run with the same settings.",
             )
-        cfgs = [
-            from_dict(
-                TrainConfig, {**run.meta["config"], "adam_betas": tuple(run.meta["config"]["adam_betas"])}
-            )
-        ]
+        cfgs = [from_dict(TrainConfig, run.meta["config"])]
         stream_hooks = run.meta.get("stream_hooks")
         runs = [run]
     if not cfgs:
@@ -541,22 +546,18 @@ def train_many(
                     cache = ActivationCache.open(ws, key, tokens, d_model, first.harvest_batch_size)
                 for r in runs if dist.is_main() else []:
                     ws.update_meta(r.id, activation_cache=cache.art.id)
-            return _drive(
+            harvest = Harvest(lm, train_tokens, eval_tokens, stream_hooks, device, cache)
+            trainer = Trainer(
                 ws,
                 runs,
                 cfgs,
                 specs,
-                lm,
-                train_tokens,
-                eval_tokens,
-                stream_hooks,
-                device,
-                resume is not None,
-                progress,
-                control,
-                stop_after,
-                cache,
+                harvest,
+                resuming=resume is not None,
+                progress=progress,
+                control=control,
             )
+            return trainer.run(stop_after)
     except torch.OutOfMemoryError as exc:
         raise TrainingError(
             f"Out of memory with batch_tokens={first.batch_tokens} and "
@@ -601,23 +602,14 @@ class _Member:
                     geometric_median(tgt) if cfg.b_dec_init == "geometric_median" else tgt.mean(0)
                 )
         self.opt = torch.optim.AdamW(
-            sae.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+            sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
         )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
-        self.state: dict[str, Any] = {
-            "step": 0,
-            "position": [0, 0, 0],
-            "scale_in": self.scale_in,
-            "scale_out": self.scale_out,
-            "tokens_since_fired": None,
-            "best_eval": None,
-            "bad_evals": 0,
-            "tokens": 0,
-        }
+        self.state = TrainState(scale_in=self.scale_in, scale_out=self.scale_out)
         if resuming:
             self.state = load_checkpoint(_checkpoints(run.path)[-1], sae, self.opt, self.sched)
-            self.scale_in, self.scale_out = self.state["scale_in"], self.state["scale_out"]
-        tsf = self.state["tokens_since_fired"]
+            self.scale_in, self.scale_out = self.state.scale_in, self.state.scale_out
+        tsf = self.state.tokens_since_fired
         self.since_fired = (
             torch.tensor(tsf, dtype=torch.long)
             if tsf is not None
@@ -637,11 +629,11 @@ class _Member:
 
     @property
     def done(self) -> bool:
-        return self.stopped or self.state["step"] >= self.cfg.steps
+        return self.stopped or self.state.step >= self.cfg.steps
 
     def step(self, batch: dict[str, torch.Tensor], position: tuple[int, int, int]) -> dict[str, Any]:
         cfg, sae, state = self.cfg, self.sae, self.state
-        step = state["step"]
+        step = state.step
         x = batch[cfg.hook].to(self.device) * self.scale_in
         t = batch[cfg.hook_out].to(self.device) * self.scale_out if cfg.hook_out else x
         coef = (
@@ -687,7 +679,7 @@ class _Member:
         self.since_fired += n
         self.since_fired[fired] = 0
         self.window_tokens += n
-        state["step"], state["tokens"] = step + 1, state["tokens"] + n
+        state.step, state.tokens = step + 1, state.tokens + n
         if (
             sae.spec.architecture == "standard"
             and cfg.resample_dead
@@ -697,7 +689,7 @@ class _Member:
             dist.broadcast_tensors(
                 sae.parameters()
             )  # the same dead latents everywhere; the main one's new directions
-        s = state["step"]
+        s = state.step
         if not dist.is_main():
             if cfg.eval_every and s % cfg.eval_every == 0 and s < cfg.steps and cfg.early_stop_patience:
                 self.stopped = dist.broadcast(None)
@@ -715,7 +707,7 @@ class _Member:
                 "sparsity_coefficient": coef,
                 "tokens_per_second": self.window_tokens / max(now - self.t_log, 1e-9),
                 "memory_mib": _memory(),
-                "tokens": state["tokens"],
+                "tokens": state.tokens,
             }
             self.ws.add_metrics(self.run.id, s, "train", self.last)
             per_token = active.sum(1).float().numpy()
@@ -731,11 +723,11 @@ class _Member:
             ev = self.evaluator.run(sae, self.scale_in, self.scale_out)
             self.ws.add_metrics(self.run.id, s, "eval", ev)
             if cfg.early_stop_patience:
-                if state["best_eval"] is None or ev["mse"] < state["best_eval"]:
-                    state["best_eval"], state["bad_evals"] = ev["mse"], 0
+                if state.best_eval is None or ev["mse"] < state.best_eval:
+                    state.best_eval, state.bad_evals = ev["mse"], 0
                 else:
-                    state["bad_evals"] += 1
-                    if state["bad_evals"] >= cfg.early_stop_patience:
+                    state.bad_evals += 1
+                    if state.bad_evals >= cfg.early_stop_patience:
                         self.ws.update_meta(self.run.id, early_stopped=s)
                         self.stopped = True
                 dist.broadcast(self.stopped)
@@ -746,16 +738,16 @@ class _Member:
     def checkpoint(self, position: tuple[int, int, int]) -> None:
         if not dist.is_main():
             return
-        self.state.update(tokens_since_fired=self.since_fired.tolist(), position=list(position))
+        self.state.tokens_since_fired, self.state.position = self.since_fired.tolist(), list(position)
         save_checkpoint(self.run.path, self.sae, self.opt, self.sched, self.state)
-        self.ws.update_meta(self.run.id, last_checkpoint=self.state["step"])
+        self.ws.update_meta(self.run.id, last_checkpoint=self.state.step)
 
     def finish(self, position: tuple[int, int, int], harvest_counts: dict[str, int]) -> TrainResult:
         ws, cfg, spec, run = self.ws, self.cfg, self.spec, self.run
         if not dist.is_main():
             return TrainResult(run.id, None, None, {}, Status.DONE)
         final_eval = self.evaluator.run(self.sae, self.scale_in, self.scale_out)
-        ws.add_metrics(run.id, self.state["step"], "eval", final_eval)
+        ws.add_metrics(run.id, self.state.step, "eval", final_eval)
         self.checkpoint(position)
         metrics = {
             "explained_variance": final_eval["explained_variance"],
@@ -764,8 +756,8 @@ class _Member:
             "dead_fraction": self.last.get("dead_fraction", float("nan")),
             "ce_recovered": final_eval["ce_recovered"],
             "delta_loss": final_eval["delta_loss"],
-            "steps": self.state["step"],
-            "tokens": self.state["tokens"],
+            "steps": self.state.step,
+            "tokens": self.state.tokens,
         }
         out = make_sae(dataclasses.replace(spec)).to("cpu")
         out.load_state_dict({k: v.detach().cpu() for k, v in self.sae.state_dict().items()}, strict=False)
@@ -803,88 +795,117 @@ class _Member:
         return TrainResult(run.id, w.id, str(ws.get(w.id).path), metrics, Status.DONE)
 
 
-def _drive(
-    ws,
-    runs,
-    cfgs,
-    specs,
-    lm,
-    train_tokens,
-    eval_tokens,
-    hooks,
-    device,
-    resuming,
-    progress,
-    control,
-    stop_after,
-    cache=None,
-):
-    first = cfgs[0]
-    if cache is not None:
-        n_all = len(cache.tokens)  # the held-out sequences are the data's last ones
-        eval_acts, _ = cache.gather(np.arange(n_all - len(eval_tokens), n_all), lm, progress)
-    else:
-        eval_acts, _ = harvest_shared(
-            lm,
-            eval_tokens,
-            hooks,
-            batch_size=first.harvest_batch_size,
+@dataclass
+class Harvest:
+    """What the SAEs of one training group share: the model, the token sequences (for training and
+    held out), the hooks read in one pass, the device, and the activation cache when there is one."""
+
+    lm: LoadedModel
+    train_tokens: np.ndarray
+    eval_tokens: np.ndarray
+    hooks: list[str]
+    device: str
+    cache: ActivationCache | None = None
+
+
+class Trainer:
+    """Trains a group of SAEs from one activation stream: each batch is harvested once, at the union
+    of their hooks, and feeds every SAE of the group that has not finished. The settings of the stream
+    (batch, chunks, seed) are the group's first config's; ``SHARED`` keeps the others equal."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        runs: list[Artifact],
+        cfgs: list[TrainConfig],
+        specs: list[SAESpec],
+        harvest: Harvest,
+        *,
+        resuming: bool,
+        progress: ProgressCallback | None = None,
+        control: JobControl | None = None,
+    ):
+        self.ws, self.cfg, self.harvest = ws, cfgs[0], harvest
+        self.progress, self.control = progress, control or JobControl()
+        eval_acts = self._held_out_activations()
+        self.members = [
+            _Member(ws, r, c, sp, harvest.lm, harvest.eval_tokens, eval_acts, harvest.device, resuming)
+            for r, c, sp in zip(runs, cfgs, specs)
+        ]
+        # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config,
+        # so resumes agree
+        width = max(harvest.train_tokens.shape[1] - 1, 1)
+        needed = math.ceil(self.cfg.steps * self.cfg.batch_tokens * 1.05 / width) + 1
+        self.stream = ActivationStream(
+            harvest.lm,
+            harvest.train_tokens,
+            harvest.hooks,
+            batch_tokens=self.cfg.batch_tokens,
+            chunk_sequences=min(self.cfg.chunk_sequences, needed),
+            seed=self.cfg.seed,
+            harvest_batch_size=self.cfg.harvest_batch_size,
             progress=progress,
+            cache=harvest.cache,
+        )
+
+    def _held_out_activations(self) -> dict[str, torch.Tensor]:
+        h = self.harvest
+        if h.cache is not None:
+            n_all = len(h.cache.tokens)  # the held-out sequences are the data's last ones
+            acts, _ = h.cache.gather(np.arange(n_all - len(h.eval_tokens), n_all), h.lm, self.progress)
+            return acts
+        acts, _ = harvest_shared(
+            h.lm,
+            h.eval_tokens,
+            h.hooks,
+            batch_size=self.cfg.harvest_batch_size,
+            progress=self.progress,
             stage="harvest eval",
         )
-    members = [
-        _Member(ws, r, c, sp, lm, eval_tokens, eval_acts, device, resuming)
-        for r, c, sp in zip(runs, cfgs, specs)
-    ]
-    # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config, so
-    # resumes agree
-    needed = math.ceil(first.steps * first.batch_tokens * 1.05 / max(train_tokens.shape[1] - 1, 1)) + 1
-    stream = ActivationStream(
-        lm,
-        train_tokens,
-        hooks,
-        batch_tokens=first.batch_tokens,
-        chunk_sequences=min(first.chunk_sequences, needed),
-        seed=first.seed,
-        harvest_batch_size=first.harvest_batch_size,
-        progress=progress,
-        cache=cache,
-    )
-    it = stream.batches(tuple(members[0].state["position"]))
-    steps_here = 0
-    while not all(m.done for m in members):
-        control.check()
-        batch = next(it)
-        info = {}
-        for m in members:
-            if not m.done:
-                info = m.step(batch, stream.position)
-        steps_here += 1
-        s = max(m.state["step"] for m in members)
+        return acts
+
+    def run(self, stop_after: int | None = None) -> list[TrainResult]:
+        """Train until every SAE has finished; with ``stop_after``, checkpoint and stop (interrupted)
+        after that many steps. Cancelling the job checkpoints, then raises :class:`JobCancelled`."""
+        members, cfg, stream = self.members, self.cfg, self.stream
+        it = stream.batches(tuple(members[0].state.position))
+        steps_here = 0
+        while not all(m.done for m in members):
+            self.control.check()
+            batch = next(it)
+            info = {}
+            for m in members:
+                if not m.done:
+                    info = m.step(batch, stream.position)
+            steps_here += 1
+            self._report(max(m.state.step for m in members), info)
+            unfinished = [m for m in members if not m.done]
+            if stop_after is not None and steps_here >= stop_after and unfinished:
+                for m in unfinished:
+                    m.checkpoint(stream.position)
+                    if dist.is_main():
+                        self.ws.update_meta(m.run.id, status=Status.INTERRUPTED, stopped=time.time())
+                return [TrainResult(m.run.id, None, None, m.last, Status.INTERRUPTED) for m in members]
+            if self.control.cancelled and unfinished:
+                for m in unfinished:
+                    m.checkpoint(stream.position)
+                raise JobCancelled()
+        results = [m.finish(stream.position, stream.counts) for m in members]
+        dist.barrier()  # the others end once the main process has saved the SAEs
+        emit(self.progress, "train", cfg.steps, cfg.steps, unit="step", finished=True)
+        return results
+
+    def _report(self, step: int, info: dict[str, Any]) -> None:
+        nan = float("nan")
         emit(
-            progress,
+            self.progress,
             "train",
-            s,
-            first.steps,
+            step,
+            self.cfg.steps,
             unit="step",
-            message=f"loss {info.get('loss', float('nan')):.3g} L0 {info.get('l0', float('nan')):.1f} "
-            f"EV {info.get('ev', float('nan')):.3f}",
+            message=f"loss {info.get('loss', nan):.3g} L0 {info.get('l0', nan):.1f} "
+            f"EV {info.get('ev', nan):.3f}",
         )
-        unfinished = [m for m in members if not m.done]
-        if stop_after is not None and steps_here >= stop_after and unfinished:
-            for m in unfinished:
-                m.checkpoint(stream.position)
-                if dist.is_main():
-                    ws.update_meta(m.run.id, status=Status.INTERRUPTED, stopped=time.time())
-            return [TrainResult(m.run.id, None, None, m.last, Status.INTERRUPTED) for m in members]
-        if control.cancelled and unfinished:
-            for m in unfinished:
-                m.checkpoint(stream.position)
-            raise JobCancelled()
-    results = [m.finish(stream.position, stream.counts) for m in members]
-    dist.barrier()  # the others end once the main process has saved the SAEs
-    emit(progress, "train", first.steps, first.steps, unit="step", finished=True)
-    return results
 
 
 def run_status(ws: Workspace, run: str) -> dict[str, Any]:
@@ -918,30 +939,28 @@ def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
     from ..data.hooks import hook_names_for
 
     problems: list[str] = []
-    model = (
-        ws.find(cfg.model, "model") if cfg.model != "default" else ws.find("SmolLM2-135M-Instruct", "model")
-    )
+    model = ws.find(defaults.DEFAULT_MODEL_NAME if cfg.model == DEFAULT else cfg.model, "model")
     info = model.meta.get("info", {}) if model else {}
     d_in = int(info.get("d_model") or 0)
-    if model is None and cfg.model != "default":
+    if model is None and cfg.model != DEFAULT:
         problems.append(f"No model called {cfg.model!r}.")
     if info:
         names = hook_names_for(info["layers"], info.get("parallel_blocks", False))
         for h in filter(None, (cfg.hook, cfg.hook_out)):
             if h not in names:
                 problems.append(f"{h!r} is not a hook of {model.name} (layers 0..{info['layers'] - 1}).")
-    if cfg.dataset != "default" and not (
+    if cfg.dataset != DEFAULT and not (
         ws.find(cfg.dataset, "tokenization") or ws.find(cfg.dataset, "dataset")
     ):
         problems.append(f"No dataset or tokenization called {cfg.dataset!r}.")
-    d_sae = cfg.d_sae if cfg.d_sae is not None else cfg.expansion_factor * (d_in or 576)
+    d = d_in or defaults.DEFAULT_MODEL_D_MODEL  # before the default model is added
+    d_sae = cfg.d_sae if cfg.d_sae is not None else cfg.expansion_factor * d
     try:
-        sae_spec(cfg, d_in or 576, d_in or 576, {})
+        sae_spec(cfg, d, d, {})
     except MistudioError as exc:
         problems.append(str(exc))
     if cfg.batch_tokens % cfg.grad_accumulation:
         problems.append("batch_tokens must be divisible by grad_accumulation.")
-    d = d_in or 576
     params = 2 * d * d_sae + d_sae + d
     micro = cfg.batch_tokens // max(cfg.grad_accumulation, 1)
     memory = (

@@ -117,7 +117,7 @@ class TrainingConfigurator(EngineWidget):
                 vals[f["name"]] = int(v)
             elif f["kind"].endswith("float") and v not in (None, ""):
                 vals[f["name"]] = float(v)
-        vals["adam_betas"] = tuple(vals.get("adam_betas") or (0.9, 0.999))
+        vals["adam_betas"] = vals.get("adam_betas") or TrainConfig.adam_betas
         return from_dict(TrainConfig, vals)
 
     def _validate(self) -> None:
