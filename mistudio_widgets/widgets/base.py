@@ -107,7 +107,9 @@ class EngineWidget(anywidget.AnyWidget):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         super().__init__(**kwargs)
         self.job: jobs.Job | None = None  # the background action running (or last run) here
-        self._apply: Callable[[], None] | None = None  # what that action hands back to apply to the widget
+        self._action_apply: Callable[[], None] | None = (
+            None  # what that action hands back to apply to the widget
+        )
         self.on_msg(self._on_page_msg)
         _live.add(self)
         self.refresh()
@@ -155,7 +157,7 @@ class EngineWidget(anywidget.AnyWidget):
 
         def work(_progress: Any, control: jobs.JobControl) -> Any:
             out = _handler(progress=report, **({"control": control} if takes_control else {}), **args)
-            self._apply = out.apply if isinstance(out, Outcome) else out
+            self._action_apply = out.apply if isinstance(out, Outcome) else out
             return out.value if isinstance(out, Outcome) else None  # the job's result
 
         if blocking:
@@ -164,7 +166,7 @@ class EngineWidget(anywidget.AnyWidget):
             except Exception as exc:
                 self._fail(exc)
                 raise
-            self._finish(self._apply)
+            self._finish(self._action_apply)
             return None
         self.job = jobs.submit(_action, work, listener=self._on_job, exclusive=exclusive)
         return self.job
@@ -175,7 +177,7 @@ class EngineWidget(anywidget.AnyWidget):
 
     def _ended(self, job: jobs.Job) -> None:
         if job.status == jobs.Status.DONE:
-            self._finish(self._apply)
+            self._finish(self._action_apply)
         elif job.status == jobs.Status.CANCELLED:
             self.status, self.task, self.message = "idle", "", self.stopped_message
             workspace_changed(self.workspace)
