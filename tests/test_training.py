@@ -240,24 +240,48 @@ def test_background_job_cancel_checkpoints_and_can_resume(default_ws):
     assert st["status"] == "interrupted" and st["last_checkpoint"] >= 1
 
 
+def test_the_sae_settings_of_one_harvest_nest_in_the_training_config():
+    from dataclasses import fields
+
+    from mistudio_widgets.core.configs import PER_SAE, SHARED, ConfigError
+
+    cfg = TrainConfig(
+        k=32, saes=[{"hook": "blocks.5.hook_resid_post", "k": 16}, {"architecture": "standard"}]
+    )
+    a, b = cfg.members()
+    assert (a.k, a.hook, b.k, b.architecture) == (16, "blocks.5.hook_resid_post", 32, "standard")
+    assert all(m.steps == cfg.steps and m.seed == cfg.seed and m.saes == [] for m in (a, b))
+    assert TrainConfig(k=12).members() == [TrainConfig(k=12)]
+    for entry, problem in (
+        ({"steps": 5}, r"saes\[0\] sets steps, which every SAE of one harvest shares"),
+        ({"kk": 1}, r"saes\[0\] has no setting kk"),
+        ({"k": 0}, "k must be at least 1"),
+        (3, r"saes\[0\] is 3; each entry is a mapping"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            TrainConfig(saes=[entry])
+    assert set(PER_SAE).isdisjoint(SHARED)
+    assert set(PER_SAE) | set(SHARED) | {"saes"} == {f.name for f in fields(TrainConfig)}
+
+
 def test_several_saes_from_one_harvest(default_ws):
     from mistudio_widgets.train.training import train_many
 
     base = dict(TINY, steps=5, seed=7)
-    cfgs = [
-        TrainConfig(**base, hook="blocks.15.hook_resid_post", name=default_ws.unique_name("run", "many-a")),
-        TrainConfig(
-            **dict(base, k=8), hook="blocks.5.hook_resid_post", name=default_ws.unique_name("run", "many-b")
-        ),
-        TrainConfig(
-            **base,
-            architecture="standard",
-            hook="blocks.5.hook_mlp_out",
-            l1_coefficient=1.0,
-            name=default_ws.unique_name("run", "many-c"),
-        ),
-    ]
-    results = train_many(default_ws, cfgs)
+    group = TrainConfig(
+        **base,
+        saes=[
+            {"hook": "blocks.15.hook_resid_post", "name": default_ws.unique_name("run", "many-a")},
+            {"k": 8, "hook": "blocks.5.hook_resid_post", "name": default_ws.unique_name("run", "many-b")},
+            {
+                "architecture": "standard",
+                "hook": "blocks.5.hook_mlp_out",
+                "l1_coefficient": 1.0,
+                "name": default_ws.unique_name("run", "many-c"),
+            },
+        ],
+    )
+    results = train_many(default_ws, group.members())
     assert [r.status for r in results] == ["done"] * 3
     hooks = [load_sae(r.path)[1]["metadata"]["hook_name"] for r in results]
     assert hooks == ["blocks.15.hook_resid_post", "blocks.5.hook_resid_post", "blocks.5.hook_mlp_out"]

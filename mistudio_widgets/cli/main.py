@@ -307,17 +307,7 @@ def _train_configs(a: argparse.Namespace):
         "device": a.device,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
-    variants = data.pop("saes", None) or [{}]
-    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
-        raise MistudioError(
-            "`saes` in the config file must be a list of mappings.",
-            "write e.g. `saes: [{hook: blocks.5.hook_resid_post}]`.",
-        )
-    out = []
-    for v in variants:
-        merged = {**data, **v}
-        out.append(from_dict(TrainConfig, merged))
-    return out
+    return from_dict(TrainConfig, data).members()
 
 
 def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:

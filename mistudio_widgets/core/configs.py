@@ -103,9 +103,15 @@ def check_fields(cfg: Any) -> None:
         object.__setattr__(cfg, f.name, v)
 
 
+def _post_init(cfg: Any) -> None:
+    check_fields(cfg)
+    if hasattr(cfg, "check_more"):  # checks across fields, after each field's own
+        cfg.check_more()
+
+
 def config(cls: type[T]) -> type[T]:
     """``@dataclass`` whose instances check their fields when made (and when ``dataclasses.replace``d)."""
-    cls.__post_init__ = check_fields  # type: ignore[attr-defined]
+    cls.__post_init__ = _post_init  # type: ignore[attr-defined]
     return dataclass(cls)
 
 
@@ -314,6 +320,58 @@ class TrainConfig:
         "auto", "Mixed precision on CUDA (auto: bf16 where supported)."
     )
     name: str | None = opt(None, "Name of the run and its SAE (derived when empty).")
+    saes: list = opt(
+        [],
+        "Several SAEs from one harvest: a list with one mapping per SAE of the settings it sets for itself "
+        "(hook, architecture, k, lr, name, ...: PER_SAE) over the ones above; the activation stream's "
+        "settings (SHARED: model, data, batch, steps, seed, device) are the same for all. Empty: one SAE.",
+    )
+
+    def members(self) -> list["TrainConfig"]:
+        """One complete config per SAE to train: each entry of ``saes`` over this config, or this
+        config alone when ``saes`` is empty."""
+        return [dataclasses.replace(self, saes=[], **e) for e in self.saes] or [self]
+
+    def check_more(self) -> None:
+        for i, entry in enumerate(self.saes):
+            where = f"TrainConfig.saes[{i}]"
+            if not isinstance(entry, dict):
+                raise ConfigError(
+                    f"{where} is {_short(entry)}; each entry is a mapping of per-SAE settings.",
+                    "write e.g. saes: [{hook: blocks.5.hook_resid_post, k: 16}].",
+                )
+            shared = sorted(set(entry) & set(SHARED))
+            if shared:
+                raise ConfigError(
+                    f"{where} sets {', '.join(shared)}, which every SAE of one harvest shares.",
+                    "set it once at the top level, or train that SAE separately.",
+                )
+            unknown = sorted(str(k) for k in set(entry) - set(PER_SAE))
+            if unknown:
+                raise ConfigError(
+                    f"{where} has no setting {', '.join(unknown)}.",
+                    f"use some of: {', '.join(PER_SAE)}.",
+                )
+            dataclasses.replace(self, saes=[], **entry)  # each override checked now, naming the field
+
+
+# What every SAE trained from one harvest shares (they define the activation stream), and what each
+# may set for itself in TrainConfig.saes.
+SHARED = (
+    "model",
+    "dataset",
+    "context_size",
+    "train_tokens",
+    "batch_tokens",
+    "steps",
+    "seed",
+    "chunk_sequences",
+    "harvest_batch_size",
+    "eval_sequences",
+    "device",
+    "cache_activations",
+)
+PER_SAE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in (*SHARED, "saes"))
 
 
 @config

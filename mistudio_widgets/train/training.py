@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from ..core import defaults
 from ..core import distributed as dist
-from ..core.configs import DEFAULT, TrainConfig, from_dict, to_dict
+from ..core.configs import DEFAULT, SHARED, TrainConfig, from_dict, to_dict
 from ..core.errors import MistudioError
 from ..core.jobs import JobCancelled, JobControl, Status, claim, effective_status, lifecycle, owner_stamp
 from ..core.progress import ProgressCallback, emit
@@ -381,22 +381,6 @@ def _autocast(cfg: TrainConfig, device: str):
     return torch.autocast("cuda", dtype=dtype)
 
 
-# Settings that every SAE trained from one harvest must share (they define the activation stream).
-SHARED = (
-    "model",
-    "dataset",
-    "context_size",
-    "train_tokens",
-    "batch_tokens",
-    "steps",
-    "seed",
-    "chunk_sequences",
-    "harvest_batch_size",
-    "eval_sequences",
-    "device",
-)
-
-
 def train(
     ws: Workspace,
     cfg: TrainConfig | None = None,
@@ -407,10 +391,11 @@ def train(
     stop_after: int | None = None,
     on_start: Callable[[Artifact], None] | None = None,
 ) -> TrainResult:
-    """Train an SAE (or resume run ``resume``). ``stop_after`` ends the session after that many steps
-    with a checkpoint, as an interruption would (the run is then resumable). ``on_start(run)`` is
-    called once the run is registered."""
-    cfgs = None if resume else [cfg or TrainConfig()]
+    """Train an SAE (or resume run ``resume``); with ``cfg.saes``, the SAEs it lists, from one harvest,
+    returning the first one's result (``train_many`` returns all). ``stop_after`` ends
+    the session after that many steps with a checkpoint, as an interruption would (the run is then
+    resumable). ``on_start(run)`` is called once each run is registered."""
+    cfgs = None if resume else (cfg or TrainConfig()).members()
     return train_many(
         ws, cfgs, resume=resume, progress=progress, control=control, stop_after=stop_after, on_start=on_start
     )[0]

@@ -26,7 +26,7 @@ BASIC = (
     "batch_tokens",
     "steps",
 )
-HIDDEN = ("adam_betas", "name")
+HIDDEN = ("adam_betas", "name", "saes")
 
 
 def _field_kind(f: dataclasses.Field) -> tuple[str, list[str] | None]:
