@@ -10,25 +10,14 @@ import sys
 import time
 
 import yaml
+from test_crash_safety import TINY as CRASH_TINY
 from test_hostile_input import consistent, state
 from waiting import wait_for
 
 from mistudio_widgets import Workspace
 from mistudio_widgets.core.errors import ArtifactNotFound
 
-TINY = dict(
-    batch_tokens=256,
-    chunk_sequences=24,
-    eval_sequences=4,
-    eval_every=0,
-    log_every=1,
-    expansion_factor=2,
-    k=16,
-    warmup_steps=2,
-    hook="blocks.6.hook_resid_post",
-    steps=6,
-    checkpoint_every=2,
-)
+TINY = dict(CRASH_TINY, steps=6, checkpoint_every=2)
 
 
 def _spawn(ws: Workspace, *args: str) -> subprocess.Popen:

@@ -355,6 +355,9 @@ def test_a_lost_catalog_is_refused_and_repair_registers_the_folders_again(tmp_pa
     before = {a.id: (a.kind, a.name, a.parent) for a in ws.list()}
     bare = ws.root / "datasets" / "ds-0000000001"  # a folder without a record: named after itself
     bare.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (ws.root / "datasets" / "ds-00000000ff").symlink_to(victim)  # a link is never an artifact folder
     cat = ws.root / "catalog.sqlite"
     for lose in ("empty", "missing"):
         for p in ws.root.glob("catalog.sqlite*"):
@@ -371,6 +374,7 @@ def test_a_lost_catalog_is_refused_and_repair_registers_the_folders_again(tmp_pa
         got = Workspace(ws.root)
         assert {a.id: (a.kind, a.name, a.parent) for a in got.list() if a.id in before} == before
         assert got.get("ds-0000000001").name == "ds-0000000001"
+        assert got.find("ds-00000000ff") is None and list(victim.iterdir()) == []
         assert (
             got.get("plays-renamed").meta["stats"] == {"documents": 3}
             and got.get("plays-renamed").meta["repaired"]

@@ -347,13 +347,14 @@ class Workspace:
         return False
 
     def _artifact_folders(self) -> list[Path]:
-        """The artifact folders on disk (``<kind>s/<id>``), whether or not the catalog knows them."""
+        """The artifact folders on disk (``<kind>s/<id>``), whether or not the catalog knows them; a
+        symbolic link is never one (it could lead outside the workspace)."""
         return sorted(
             q
             for kind in KIND_PREFIX
             if (self.root / f"{kind}s").is_dir()
             for q in (self.root / f"{kind}s").iterdir()
-            if q.is_dir() and not q.name.startswith(".")
+            if q.is_dir() and not q.is_symlink() and not q.name.startswith(".")
         )
 
     def _refuse_lost_catalog(self) -> None:
