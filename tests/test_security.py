@@ -618,3 +618,9 @@ def test_widgets_list_around_rows_with_odd_metadata(tmp_path):
     assert [r["name"] for r in picker.datasets] == [good.name] and "odd-dataset" in picker.message
     assert models.models == [] and "odd-model" in models.message
     assert library.saes == [] and "odd-sae" in library.message
+
+
+def test_an_unrelated_folder_beside_a_new_workspace_is_not_a_lost_catalog(tmp_path):
+    (tmp_path / "project" / "datasets" / "my-csvs").mkdir(parents=True)  # a project's own data folder
+    assert Workspace(tmp_path / "project").list() == []
+    assert (tmp_path / "project" / "datasets" / "my-csvs").is_dir()

@@ -347,14 +347,17 @@ class Workspace:
         return False
 
     def _artifact_folders(self) -> list[Path]:
-        """The artifact folders on disk (``<kind>s/<id>``), whether or not the catalog knows them; a
-        symbolic link is never one (it could lead outside the workspace)."""
+        """The artifact folders on disk (``<kind>s/<id>``), whether or not the catalog knows them: named
+        like an id of their kind, or holding a record. A symbolic link is never one (it could lead outside
+        the workspace), nor is an unrelated folder (a project's own ``datasets/`` beside a new workspace)."""
         return sorted(
             q
-            for kind in KIND_PREFIX
+            for kind, prefix in KIND_PREFIX.items()
             if (self.root / f"{kind}s").is_dir()
             for q in (self.root / f"{kind}s").iterdir()
-            if q.is_dir() and not q.is_symlink() and not q.name.startswith(".")
+            if q.is_dir()
+            and not q.is_symlink()
+            and (re.fullmatch(rf"{prefix}-[0-9a-f]{{10}}", q.name) or (q / RECORD).is_file())
         )
 
     def _refuse_lost_catalog(self) -> None:
