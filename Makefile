@@ -33,6 +33,9 @@ demo: setup
 
 ## make test: ruff (lint and format), unit, integration on the real model, nbval on every notebook, real-browser tests
 test: setup browser-deps
+	@# SAEDashboard's classes check our Neuronpedia batches. Its pins (transformers<4.57, ...) would
+	@# downgrade the stack, and the classes we use need only numpy, so it comes without its dependencies.
+	$(PIP) install -q --no-deps sae-dashboard==0.8.0
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	MISTUDIO_HOME=$(CURDIR)/test-artifacts/workspace $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)

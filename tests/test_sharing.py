@@ -103,16 +103,24 @@ def test_neuronpedia_export_matches_the_extraction(default_ws, small_sae, extrac
     b, k = divmod(index, 100)
     batch = json.loads((tmp_path / "np" / "dashboard" / f"batch-{b}.json").read_text())
     feat = batch["features"][k]
-    assert (
-        feat["feature_index"] == index and feat["feature_id"] == f"{r['model_id']}@{r['source_id']}:{index}"
-    )
+    assert feat["feature_index"] == index and set(batch) == {
+        "model_id",
+        "layer",
+        "sae_set",
+        "sae_id_suffix",
+        "features",
+    }
     assert feat["frac_nonzero"] == pytest.approx(detail["frequency"])
     assert feat["pos_str"] == [x["token"] for x in detail["logits"]["positive"]]
     assert len(feat["freq_hist_data_bar_heights"]) == len(feat["freq_hist_data_bar_values"]) == 50
     top = [a for a in feat["activations"] if a["bin_min"] == -1]
     assert len(top) == len(detail["examples"]) and top[0]["tokens"] == detail["examples"][0]["tokens"]
     assert max(top[0]["values"]) == pytest.approx(detail["examples"][0]["value"], rel=1e-5)
-    assert feat["explanations"][-1]["text"] == "busy feature" and feat["explanations"][-1]["score"] == 0.75
+    assert all(a["bin_max"] == pytest.approx(detail["max"]) for a in top)  # SAEDashboard's top-group mark
+    with gzip.open(tmp_path / "np" / "extras" / f"batch-{b}.jsonl.gz", "rt") as f:
+        side = [json.loads(x) for x in f][k]
+    assert side["feature_id"] == f"{r['model_id']}@{r['source_id']}:{index}"
+    assert side["explanations"][-1]["label"] == "busy feature" and side["explanations"][-1]["score"] == 0.75
     bulk = tmp_path / "np" / r["model_id"] / r["source_id"]
     assert {p.name for p in bulk.iterdir()} == {
         "release.jsonl",
@@ -148,13 +156,15 @@ def test_neuronpedia_export_matches_the_extraction(default_ws, small_sae, extrac
     assert acts[0]["values"][acts[0]["maxValueTokenIndex"]] == acts[0]["maxValue"]
     with gzip.open(bulk / "explanations" / f"batch-{b}.jsonl.gz", "rt") as f:
         ex = [json.loads(x) for x in f]
-    assert any(
-        e["description"] == "busy feature"
-        and e["explanationModelName"] == "SmolLM2-135M-Instruct"
-        and e["typeName"] == "auto"
-        and e["scores"] == [0.75]
-        for e in ex
-    )
+    (e,) = [e for e in ex if e["description"] == "busy feature"]
+    assert e["typeName"] is None and e["explanationModelName"] is None  # not Neuronpedia's types
+    assert json.loads(e["notes"]) == {
+        "by": "mistudio-widgets",
+        "method": "auto",
+        "model": "SmolLM2-135M-Instruct",
+        "score": 0.75,
+        "template": "t1",
+    }
 
 
 def test_compare_finds_the_same_features_in_a_permuted_copy(default_ws, small_sae, tmp_path):

