@@ -251,3 +251,130 @@ def test_an_sae_without_extraction_says_the_files_need_one(default_ws, small_sae
     with pytest.raises(FeatureError, match="no finished feature extraction.*mistudio extract"):
         export_neuronpedia(default_ws, art.id, tmp_path / "np")
     assert not (tmp_path / "np").exists()
+
+
+LOAD_IN_SAELENS = r"""
+import json, sys
+from pathlib import Path
+import torch
+import sae_lens.loading.pretrained_saes_directory as directory
+from sae_lens import SAE
+
+share, release, sae_id, repo, path = sys.argv[1:6]
+# SAELens reads its list from its package; its own parser reads our entry instead
+directory.files = lambda package: Path(share)
+directory.get_pretrained_saes_directory.cache_clear()
+x = torch.load(Path(share) / "x.pt")
+by_release = SAE.from_pretrained(release, sae_id)
+by_repo = SAE.from_pretrained(repo, path)
+print(json.dumps({
+    "release": by_release(x).tolist(),
+    "repo": by_repo(x).tolist(),
+    "neuronpedia_id": by_release.cfg.metadata.neuronpedia_id,
+    "hook": by_release.cfg.metadata.hook_name,
+}))
+"""
+
+
+def test_share_writes_the_hub_layout_saelens_loads_from_a_hub_cache(
+    default_ws, small_sae, extraction, tmp_path, monkeypatch
+):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+    import yaml
+
+    from mistudio_widgets.sae.io import load_sae
+    from mistudio_widgets.share.sharing import describe, share_sae
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = share_sae(default_ws, small_sae, "alice/smollm2-saes", tmp_path / "share")
+    hook = default_ws.get(small_sae).meta["hook"]
+    assert r["path"] == r["sae_id"] == hook and not r["uploaded"]
+    assert r["not_uploaded_because"] == "HF_HUB_OFFLINE is set"
+    assert [f["path"] for f in r["upload_files"]] == [
+        "README.md",
+        f"{hook}/cfg.json",
+        f"{hook}/sae_weights.safetensors",
+        f"{hook}/sparsity.safetensors",
+    ]
+    text = describe(r)
+    assert "would upload to https://huggingface.co/alice/smollm2-saes/tree/main/" + hook in text
+    assert f"{hook}/sae_weights.safetensors" in text
+    share = Path(r["folder"])
+    entry = yaml.safe_load((share / "pretrained_saes.yaml").read_text())
+    ((release, body),) = entry.items()
+    assert body["repo_id"] == "alice/smollm2-saes" and body["saes"][0]["path"] == hook
+    assert body["saes"][0]["neuronpedia"] == r["neuronpedia_id"]
+    np_source = next((share / "neuronpedia").glob("*/*/source.jsonl"))
+    source = json.loads(np_source.read_text())
+    assert (source["hfRepoId"], source["hfFolderId"]) == ("alice/smollm2-saes", hook)
+    assert (source["saelensRelease"], source["saelensSaeId"]) == (release, hook)
+    assert r["neuronpedia_id"] == f"{source['modelId']}/{source['id']}"
+    # a local hub cache holding the repository as uploaded, read by huggingface_hub offline
+    repo_dir = tmp_path / "cache" / "models--alice--smollm2-saes"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(share / "hub", repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    ours, _ = load_sae(default_ws.get(small_sae).path)
+    x = torch.randn(8, ours.spec.d_in) * 4
+    torch.save(x, share / "x.pt")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_SAELENS, str(share), release, hook, "alice/smollm2-saes", hook],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    want = ours(x)
+    torch.testing.assert_close(torch.tensor(got["release"]), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(got["repo"]), want, rtol=1e-4, atol=1e-4)
+    assert got["neuronpedia_id"] == r["neuronpedia_id"] and got["hook"] == hook
+
+
+def test_share_from_the_cli_and_its_bad_input(default_ws, small_sae, extraction, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def cli(*args):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mistudio_widgets.cli",
+                "--workspace",
+                str(default_ws.root),
+                *map(str, args),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        return proc.returncode, proc.stdout + proc.stderr
+
+    rc, text = cli("share", small_sae, "--repo", "smollm2-saes", "--out", tmp_path / "a")
+    assert rc != 0 and "has no owner" in text and "alice/smollm2-saes" in text
+    rc, text = cli("share", small_sae, "--repo", "a/b", "--np-model", "My Model", "--out", tmp_path / "a")
+    assert rc != 0 and "'my-model'" in text
+    assert not (tmp_path / "a").exists()
+    from mistudio_widgets.sae.io import load_sae, save_sae
+    from mistudio_widgets.share.importing import import_sae
+
+    model, _ = load_sae(default_ws.get(small_sae).path)
+    save_sae(model, tmp_path / "copy", metadata={"hook_name": default_ws.get(small_sae).meta["hook"]})
+    bare = import_sae(default_ws, tmp_path / "copy", name="bare-copy")
+    rc, text = cli("share", bare.id, "--repo", "alice/saes", "--out", tmp_path / "a")
+    assert rc != 0 and "need a feature extraction" in text and "--extract" in text
+    rc, text = cli("share", small_sae, "--repo", "alice/saes", "--out", tmp_path / "ok")
+    assert rc == 0, text
+    assert "not uploaded (HF_HUB_OFFLINE is set)" in text and "sae_weights.safetensors" in text
+    assert (tmp_path / "ok" / "share.json").is_file() and (tmp_path / "ok" / "neuronpedia").is_dir()

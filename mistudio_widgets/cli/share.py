@@ -7,6 +7,7 @@ import os
 import tempfile
 
 from ..core.workspace import Workspace
+from ..share.neuronpedia_records import DEFAULT_CREATOR_ID
 
 
 def cmd_export(ws: Workspace, a: argparse.Namespace, out) -> None:
@@ -31,6 +32,7 @@ def cmd_export(ws: Workspace, a: argparse.Namespace, out) -> None:
             model_id=a.np_model,
             source_id=a.np_source,
             batch_size=a.batch_size,
+            creator_id=a.creator_id,
             overwrite=a.overwrite,
             progress=out.progress,
         )
@@ -83,25 +85,57 @@ def cmd_import(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 
 def cmd_upload(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from ..share.exporting import export_saelens
-    from ..share.hub import model_card, resolve_token, upload_folder
+    from ..share.exporting import default_sae_path, export_saelens
+    from ..share.hub import check_repo_id, model_card, resolve_token, upload_folder
 
     art = ws.get(a.sae, "sae")
+    check_repo_id(a.repo)
     resolve_token(None)  # fail before any work when there is no token
+    path = (a.path or default_sae_path(art)).strip("/")
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "sae")
-        r = export_saelens(ws, art.id, folder, repo_id=a.repo, path_in_repo=a.path or None)
+        r = export_saelens(ws, art.id, folder, repo_id=a.repo, path_in_repo=path)
         with open(os.path.join(folder, "README.md"), "w") as f:
             f.write(
                 model_card(
-                    {**art.meta, "name": art.name, "has_sparsity": r["sparsity"]},
-                    r["cfg"],
-                    a.repo,
-                    a.path or "",
+                    {**art.meta, "name": art.name, "has_sparsity": r["sparsity"]}, r["cfg"], a.repo, path
                 )
             )
-        url = upload_folder(folder, a.repo, private=a.private, path_in_repo=a.path or "")
-    out.summary({"repo": a.repo, "path": a.path, "url": url}, f"uploaded {art.name} to {url}")
+        url = upload_folder(folder, a.repo, private=a.private, path_in_repo=path)
+    out.summary({"repo": a.repo, "path": path, "url": url}, f"uploaded {art.name} to {url}")
+
+
+def cmd_share(ws: Workspace, a: argparse.Namespace, out) -> None:
+    from ..features import FeatureError, extract, latest_extraction
+    from ..share.sharing import describe, share_sae
+
+    art = ws.get(a.sae, "sae")
+    if latest_extraction(ws, art) is None:
+        if not a.extract:
+            raise FeatureError(
+                f"The Neuronpedia files need a feature extraction of {art.name!r}, and it has none yet.",
+                f"add --extract to run one first (mistudio share {a.sae} --repo {a.repo} --extract), or run "
+                f"mistudio extract {a.sae}.",
+            )
+        extract(ws, art.id, progress=out.progress)
+    r = share_sae(
+        ws,
+        art.id,
+        a.repo,
+        a.out,
+        path=a.path,
+        release=a.release,
+        model_id=a.np_model,
+        source_id=a.np_source,
+        creator_id=a.creator_id,
+        upload=not a.no_upload,
+        private=a.private,
+        overwrite=a.overwrite,
+        progress=out.progress,
+    )
+    out.summary(r, describe(r))
+    if r.get("upload_error"):
+        raise SystemExit(1)
 
 
 def cmd_compare(ws: Workspace, a: argparse.Namespace, out) -> None:
@@ -156,6 +190,11 @@ def register(sub, cmd) -> None:
     sp.add_argument("--np-model", default=None, help="neuronpedia: model id (default from the model)")
     sp.add_argument("--np-source", default=None, help="neuronpedia: source id such as 15-mistudio-res-4608")
     sp.add_argument("--batch-size", type=int, default=128, help="neuronpedia: features per batch file")
+    sp.add_argument(
+        "--creator-id",
+        default=DEFAULT_CREATOR_ID,
+        help="neuronpedia: the user the rows belong to (default: Neuronpedia's seeded bot user)",
+    )
     sp = cmd(
         sub,
         "import",
@@ -172,8 +211,35 @@ def register(sub, cmd) -> None:
     )
     sp.add_argument("sae")
     sp.add_argument("--repo", required=True, help="OWNER/NAME")
-    sp.add_argument("--path", default="", help="folder inside the repository (default: its root)")
+    sp.add_argument(
+        "--path",
+        default="",
+        help="folder inside the repository (default: the hook it reads, as SAELens's id)",
+    )
     sp.add_argument("--private", action="store_true")
+    sp = cmd(
+        sub,
+        "share",
+        cmd_share,
+        "make an SAE share-ready (SAELens folder in the hub layout, pretrained_saes.yaml entry, Neuronpedia "
+        "files) and upload it when a token and the network are there",
+    )
+    sp.add_argument("sae")
+    sp.add_argument("--repo", required=True, help="OWNER/NAME of the hub repository")
+    sp.add_argument("--out", default=None, help="the folder to write (default: exports/<name>-share)")
+    sp.add_argument("--path", default=None, help="folder inside the repository (default: the hook it reads)")
+    sp.add_argument("--release", default=None, help="SAELens release and Neuronpedia release name")
+    sp.add_argument("--np-model", default=None, help="Neuronpedia model id (default from the model)")
+    sp.add_argument("--np-source", default=None, help="Neuronpedia source id such as 15-mistudio-res-4608")
+    sp.add_argument(
+        "--creator-id", default=DEFAULT_CREATOR_ID, help="the Neuronpedia user the rows belong to"
+    )
+    sp.add_argument(
+        "--extract", action="store_true", help="run a feature extraction first when there is none"
+    )
+    sp.add_argument("--no-upload", action="store_true", help="write the folder only")
+    sp.add_argument("--private", action="store_true")
+    sp.add_argument("--overwrite", action="store_true", help="replace an earlier share folder")
     sp = cmd(sub, "compare", cmd_compare, "match the features of two SAEs by decoder cosine similarity")
     sp.add_argument("sae_a")
     sp.add_argument("sae_b")

@@ -89,6 +89,11 @@ def default_neuronpedia_ids(ws: Workspace, sae: Artifact) -> tuple[str, str]:
     return model, f"{layer}-mistudio-{site}-{sae.meta.get('d_sae')}"
 
 
+def default_sae_path(sae: Artifact) -> str:
+    """The folder of an SAE inside a hub repository, and its SAELens ``sae_id``: the hook it reads."""
+    return sae.meta.get("hook") or sae.name
+
+
 def export_saelens(
     ws: Workspace,
     sae: str,
@@ -113,7 +118,7 @@ def export_saelens(
     }
     if art.meta.get("hook_out"):
         meta["hook_name_out"] = art.meta["hook_out"]
-    sae_path = path_in_repo or art.meta.get("hook") or art.name
+    sae_path = path_in_repo or default_sae_path(art)
     release = release or f"{art.name}-mistudio"
     entry = {
         release: {
@@ -122,7 +127,7 @@ def export_saelens(
             "conversion_func": None,
             "saes": [
                 {
-                    "id": art.meta.get("hook") or art.name,
+                    "id": default_sae_path(art),
                     "path": sae_path,
                     "neuronpedia": meta["neuronpedia_id"],
                     **(
@@ -171,5 +176,6 @@ __all__ = [
     "fresh_folder",
     "model_hub_id",
     "default_neuronpedia_ids",
+    "default_sae_path",
     "WEIGHTS",
 ]

@@ -96,10 +96,30 @@ def download_sae(
     return folder
 
 
-def resolve_token(token: str | None = None) -> str:
+def check_repo_id(repo_id: str) -> str:
+    """``OWNER/NAME`` as the hub spells repository ids."""
+    if not isinstance(repo_id, str) or "/" not in repo_id:
+        raise HubError(
+            f"The repository id {repo_id!r} has no owner.",
+            f"write OWNER/NAME, e.g. alice/{repo_id if isinstance(repo_id, str) and repo_id else 'my-saes'}.",
+        )
+    if not _REPO.match(repo_id):
+        raise HubError(
+            f"{repo_id!r} is not a repository id.",
+            "write OWNER/NAME with letters, digits, '-', '_' and '.', e.g. alice/smollm2-saes.",
+        )
+    return repo_id
+
+
+def available_token(token: str | None = None) -> str | None:
+    """A Hugging Face token when one is set or saved, else None."""
     from huggingface_hub import get_token
 
-    tok = token or os.environ.get("HF_TOKEN") or get_token()
+    return token or os.environ.get("HF_TOKEN") or get_token() or None
+
+
+def resolve_token(token: str | None = None) -> str:
+    tok = available_token(token)
     if not tok:
         raise HubError(
             "Uploading needs a Hugging Face token.",
@@ -170,8 +190,7 @@ def upload_folder(
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    if not _REPO.match(repo_id):
-        raise HubError(f"{repo_id!r} is not a repository id.", "write OWNER/NAME, e.g. alice/smollm2-saes.")
+    check_repo_id(repo_id)
     tok = resolve_token(token)
     if offline():
         raise HubError(
