@@ -17,18 +17,29 @@ function render({ model, el }) {
   const exBtn = h("button", { text: "Export", "data-testid": "lib-export", on: { click: () => exSae.value &&
     send(model, "export", { id: exSae.value, format: exFmt.value, out: exOut.value }) } });
   const exDone = h("div", { class: "muted", "data-testid": "lib-exported" });
+  // share
+  const shSae = h("select", { "data-testid": "lib-share-sae" });
+  const shRepo = h("input", { type: "text", placeholder: "OWNER/NAME on the Hugging Face hub", "data-testid": "lib-share-repo" });
+  const shUpload = h("input", { type: "checkbox", checked: true, "data-testid": "lib-share-upload" });
+  const shExtract = h("input", { type: "checkbox", "data-testid": "lib-share-extract" });
+  const shBtn = h("button", { text: "Share", "data-testid": "lib-share", on: { click: () => shSae.value && shRepo.value.trim() &&
+    send(model, "share", { id: shSae.value, repo: shRepo.value.trim(), upload: shUpload.checked, extract: shExtract.checked }) } });
+  const shDone = h("pre", { class: "muted", "data-testid": "lib-shared", style: { whiteSpace: "pre-wrap" } });
   // compare
   const cmpA = h("select", { "data-testid": "lib-compare-a" }), cmpB = h("select", { "data-testid": "lib-compare-b" });
   const cmpBtn = h("button", { text: "Compare", "data-testid": "lib-compare", on: { click: () => cmpA.value && cmpB.value &&
     send(model, "compare", { a: cmpA.value, b: cmpB.value }) } });
   const cmpOut = h("div", { "data-testid": "lib-comparison" });
-  busyDisables(model, importBtn, exBtn, cmpBtn);
+  busyDisables(model, importBtn, exBtn, shBtn, cmpBtn);
   root.append(
     h("section", {}, h("h4", { text: "SAE library" }),
       h("div", { class: "table-scroll" }, h("table", {}, h("thead", {}, h("tr", {}, ["Name", "Architecture", "Hook", "Latents", "EV", "L0", "Dead",
         "CE recovered", "Tokens", "Source", ""].map((t) => h("th", { text: t })))), body))),
     h("section", {}, h("h4", { text: "Import an SAE" }), h("div", { class: "row wrap" }, src, hook, iname, importBtn)),
     h("section", {}, h("h4", { text: "Export" }), h("div", { class: "row wrap" }, exSae, exFmt, exOut, exBtn), exDone),
+    h("section", {}, h("h4", { text: "Share (hub, SAELens list, Neuronpedia)" }),
+      h("div", { class: "row wrap" }, shSae, shRepo, h("label", { class: "check" }, shUpload, "upload when a token and the network are there"),
+        h("label", { class: "check" }, shExtract, "extract first if needed"), shBtn), shDone),
     h("section", {}, h("h4", { text: "Compare two SAEs" }), h("div", { class: "row wrap" }, cmpA, h("span", { text: "vs" }), cmpB, cmpBtn), cmpOut),
     statusBar(model));
   el.append(root);
@@ -58,6 +69,7 @@ function render({ model, el }) {
     }
     if (!saes.length) body.append(h("tr", {}, h("td", { colspan: 11, class: "muted", text: "No SAEs yet: train one in the Training tab, or import one below." })));
     fillSelect(exSae, saes, saes.length - 1);
+    fillSelect(shSae, saes, saes.length - 1);
     fillSelect(cmpA, saes, saes.length - 1);
     fillSelect(cmpB, saes, saes.length - 2);
   };
@@ -65,6 +77,7 @@ function render({ model, el }) {
     const r = model.get("exported") || {};
     exDone.textContent = r.path ? `Last export: ${r.format} → ${r.path}` : "";
   };
+  const drawShared = () => { shDone.textContent = (model.get("shared") || {}).text || ""; };
   const drawComparison = () => {
     const c = model.get("comparison") || {}, s = c.summary;
     cmpOut.replaceChildren();
@@ -82,7 +95,8 @@ function render({ model, el }) {
   model.on("change:saes", draw);
   model.on("change:exported", drawExported);
   model.on("change:comparison", drawComparison);
-  draw(); drawExported(); drawComparison();
+  model.on("change:shared", drawShared);
+  draw(); drawExported(); drawShared(); drawComparison();
 }
 
 export default { render };

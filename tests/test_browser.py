@@ -440,6 +440,13 @@ def test_sae_library_imports_exports_and_compares_in_lab(page, lab, default_ws, 
         json.loads((out / "manifest.json").read_text())["features"]
         == default_ws.get(extracted_sae).meta["d_sae"]
     )
+    # share it: the hub layout, the yaml entry and the Neuronpedia files, here without uploading
+    lib.get_by_test_id("lib-share-sae").select_option(extracted_sae)
+    lib.get_by_test_id("lib-share-repo").fill("alice/lab-share")
+    lib.get_by_test_id("lib-share-upload").uncheck()
+    lib.get_by_test_id("lib-share").click()
+    expect(lib.get_by_test_id("lib-shared")).to_contain_text("not uploaded (not asked to upload)")
+    expect(lib.get_by_test_id("lib-shared")).to_contain_text("sae_weights.safetensors")
     # compare the SAE with its imported copy: every feature matches itself
     lib.get_by_test_id("lib-compare-a").select_option(extracted_sae)
     lib.get_by_test_id("lib-compare-b").select_option(imported)

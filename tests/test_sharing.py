@@ -266,8 +266,10 @@ def test_upload_up_to_the_network_call(default_ws, small_sae, tmp_path, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):
         upload_folder(tmp_path / "up", "alice/smollm2-saes")
-    with pytest.raises(HubError, match="not a repository id"):
+    with pytest.raises(HubError, match="'no-owner' has no owner.*alice/no-owner"):
         upload_folder(tmp_path / "up", "no-owner")
+    with pytest.raises(HubError, match="not a repository id"):
+        upload_folder(tmp_path / "up", "alice/bad name")
     assert parse_hub_ref("hf://google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71@main") == (
         "google/gemma-scope-2b-pt-res",
         "layer_20/width_16k/average_l0_71",
@@ -317,8 +319,14 @@ def test_cli_export_import_and_bundle(default_ws, small_sae, extraction, tmp_pat
     assert rc == 2 and lines[-1]["type"] == "HubError" and "HF_HUB_OFFLINE" in lines[-1]["error"]
 
 
-def test_library_widget_imports_exports_and_compares(default_ws, small_sae, extraction, tmp_path):
+def test_library_widget_imports_exports_shares_and_compares(
+    default_ws, small_sae, extraction, tmp_path, monkeypatch
+):
+    from pathlib import Path
+
     from mistudio_widgets.widgets import SAELibrary
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     lib = SAELibrary(default_ws)
     export_saelens(default_ws, small_sae, tmp_path / "folder")
@@ -340,3 +348,11 @@ def test_library_widget_imports_exports_and_compares(default_ws, small_sae, extr
     with pytest.raises(SAEFormatError):  # the notebook call raises, and the widget shows it
         lib.import_sae(str(tmp_path / "nowhere"))
     assert "does not exist" in lib.error["problem"] and lib.status == "idle"
+    shared = lib.share(small_sae, "alice/lib-share")
+    folder = Path(shared["folder"])
+    assert not shared["uploaded"] and folder.is_relative_to(default_ws.root / "exports")
+    assert "not uploaded (HF_HUB_OFFLINE is set)" in shared["text"] and "share-ready" in lib.message
+    assert (folder / "hub" / shared["path"] / "cfg.json").is_file() and (folder / "neuronpedia").is_dir()
+    assert lib.share(small_sae, "alice/lib-share")["folder"] == str(folder)  # sharing again replaces it
+    with pytest.raises(HubError, match="has no owner"):
+        lib.share(small_sae, "lib-share")

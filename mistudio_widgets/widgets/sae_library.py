@@ -1,6 +1,7 @@
 """SAELibrary: trained and imported SAEs with their final metrics; rename, delete, open in a tab;
-import (SAELens / GemmaScope / sparsify folders or hf://REPO/PATH), export (SAELens or Neuronpedia)
-and compare two SAEs feature by feature."""
+import (SAELens / GemmaScope / sparsify folders or hf://REPO/PATH), export (SAELens or Neuronpedia),
+share (the hub layout, SAELens's yaml entry and the Neuronpedia files, uploaded when it can be) and
+compare two SAEs feature by feature."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class SAELibrary(EngineWidget):
     opened = t.Dict().tag(sync=True)  # {id, target}: the Studio switches to that tab
     exported = t.Dict().tag(sync=True)  # the last export's summary
     comparison = t.Dict().tag(sync=True)  # the last comparison: summary, pairs, histogram
+    shared = t.Dict().tag(sync=True)  # the last share: folder, repo, what was (or would be) uploaded
 
     def refresh(self) -> None:
         def row(a) -> dict[str, Any]:
@@ -55,6 +57,10 @@ class SAELibrary(EngineWidget):
     def export(self, sae: str, fmt: str = "saelens", out: str | None = None) -> dict[str, Any]:
         self.do("export", self.action_export, id=sae, format=fmt, out=out, blocking=True)
         return self.exported
+
+    def share(self, sae: str, repo: str, upload: bool = True, extract: bool = False) -> dict[str, Any]:
+        self.do("share", self.action_share, id=sae, repo=repo, upload=upload, extract=extract, blocking=True)
+        return self.shared
 
     def compare(self, a: str, b: str) -> dict[str, Any]:
         self.do("compare", self.action_compare, a=a, b=b, blocking=True)
@@ -129,6 +135,36 @@ class SAELibrary(EngineWidget):
         def apply() -> None:
             self.exported = r
             self.message = text
+
+        return apply
+
+    @background
+    def action_share(self, id: str, repo: str, upload: bool = True, extract: bool = False, progress=None):
+        from ..features import FeatureError, latest_extraction
+        from ..features import extract as run_extraction
+        from ..share.sharing import describe, share_sae
+
+        art = self.workspace.get(id, "sae")
+        if latest_extraction(self.workspace, art) is None:
+            if not extract:
+                raise FeatureError(
+                    f"The Neuronpedia files need a feature extraction of {art.name!r}, and it has none yet.",
+                    "tick 'extract first' and share again, or run the extraction in the Features tab.",
+                )
+            run_extraction(self.workspace, art.id, progress=progress)
+        r = share_sae(
+            self.workspace, art.id, str(repo).strip(), upload=upload, overwrite=True, progress=progress
+        )
+        view = {k: v for k, v in r.items() if k != "pretrained_saes"} | {"text": describe(r)}
+
+        def apply() -> None:
+            self.shared = view
+            self.message = (
+                f"Shared {art.name} to {r['url']}."
+                if r["uploaded"]
+                else f"{art.name} is share-ready in {r['folder']} "
+                f"(not uploaded: {r['not_uploaded_because']})."
+            )
 
         return apply
 
