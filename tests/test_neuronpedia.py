@@ -337,6 +337,22 @@ def test_share_writes_the_hub_layout_saelens_loads_from_a_hub_cache(
     torch.testing.assert_close(torch.tensor(got["release"]), want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(torch.tensor(got["repo"]), want, rtol=1e-4, atol=1e-4)
     assert got["neuronpedia_id"] == r["neuronpedia_id"] and got["hook"] == hook
+    # mistudio reads the same layout back from the hub cache, and knows where its weights live
+    from mistudio_widgets.share.neuronpedia import hub_location
+
+    name = default_ws.unique_name("sae", "from-hub")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(default_ws.root), "import"]
+        + [f"hf://alice/smollm2-saes/{hook}", "--name", name],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    back = default_ws.get(name, "sae")
+    assert hub_location(back) == ("alice/smollm2-saes", hook)
+    assert hub_location(default_ws.get(small_sae)) == (None, None)
 
 
 def test_share_from_the_cli_and_its_bad_input(default_ws, small_sae, extraction, tmp_path):

@@ -78,6 +78,18 @@ def dataset_source(ws: Workspace, tokenization: str | None) -> str | None:
     return ds.name
 
 
+def hub_location(sae: Artifact) -> tuple[str | None, str | None]:
+    """Where the SAE's weights are on the hub, when we know: the repository it was imported from, or
+    the one ``share`` uploaded it to."""
+    uploaded = sae.meta.get("uploaded") or {}
+    if uploaded.get("repo_id"):
+        return uploaded["repo_id"], uploaded.get("path") or None
+    origin = sae.meta.get("origin") or {}
+    if origin.get("kind") == "hub":
+        return origin.get("repo_id"), origin.get("path") or None
+    return None, None
+
+
 def _model_info(ws: Workspace, sae: Artifact) -> dict[str, Any]:
     model = ws.find(sae.meta.get("model"), "model") if sae.meta.get("model") else None
     return dict((model.meta.get("info") if model else None) or {})
@@ -110,6 +122,8 @@ def export_neuronpedia(
     source_id = rec.check_source_id(source_id or np_source)
     release = rec.check_id(release or rec.slug(f"mistudio-{art.name}"), "Release name")
     rec.check_creator_id(creator_id)
+    if hf_repo_id is None:
+        hf_repo_id, hf_folder_id = hub_location(art)
     ext = require_extraction(ws, art)
     model, _ = load_sae(art.path)
     W_dec = model.W_dec.detach().float().numpy()

@@ -141,6 +141,7 @@ def share_sae(
             result["upload_error"] = exc.fix
         else:
             result["uploaded"] = True
+            ws.update_meta(art.id, uploaded={"repo_id": repo, "path": path, "commit": result["commit"]})
         (out / MANIFEST).write_text(json.dumps({k: v for k, v in result.items() if k != "folder"}, indent=2))
     return result
 
