@@ -390,6 +390,11 @@ def test_share_from_the_cli_and_its_bad_input(default_ws, small_sae, extraction,
     bare = import_sae(default_ws, tmp_path / "copy", name="bare-copy")
     rc, text = cli("share", bare.id, "--repo", "alice/saes", "--out", tmp_path / "a")
     assert rc != 0 and "need a feature extraction" in text and "--extract" in text
+    rc, text = cli(
+        "share", bare.id, "--repo", "alice/saes", "--out", tmp_path / "x", "--extract", "--no-upload"
+    )
+    assert rc == 0 and "not uploaded (not asked to upload)" in text, text
+    assert (tmp_path / "x" / "neuronpedia" / "manifest.json").is_file()
     rc, text = cli("share", small_sae, "--repo", "alice/saes", "--out", tmp_path / "ok")
     assert rc == 0, text
     assert "not uploaded (HF_HUB_OFFLINE is set)" in text and "sae_weights.safetensors" in text
