@@ -106,21 +106,11 @@ def cmd_upload(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 
 def cmd_share(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from ..features import FeatureError, extract, latest_extraction
     from ..share.sharing import describe, share_sae
 
-    art = ws.get(a.sae, "sae")
-    if latest_extraction(ws, art) is None:
-        if not a.extract:
-            raise FeatureError(
-                f"The Neuronpedia files need a feature extraction of {art.name!r}, and it has none yet.",
-                f"add --extract to run one first (mistudio share {a.sae} --repo {a.repo} --extract), or run "
-                f"mistudio extract {a.sae}.",
-            )
-        extract(ws, art.id, progress=out.progress)
     r = share_sae(
         ws,
-        art.id,
+        a.sae,
         a.repo,
         a.out,
         path=a.path,
@@ -131,6 +121,7 @@ def cmd_share(ws: Workspace, a: argparse.Namespace, out) -> None:
         upload=not a.no_upload,
         private=a.private,
         overwrite=a.overwrite,
+        extract_first=a.extract,
         progress=out.progress,
     )
     out.summary(r, describe(r))

@@ -22,7 +22,7 @@ from typing import Any
 from ..core.errors import HubError
 from ..core.progress import ProgressCallback
 from ..core.workspace import Workspace
-from ..features import require_extraction
+from ..features import FeatureError, extract, latest_extraction
 from . import neuronpedia_records as rec
 from .exporting import EXPORT_MARKER, default_neuronpedia_ids, default_sae_path, export_saelens, fresh_folder
 from .hub import available_token, check_repo_id, model_card, offline, upload_folder
@@ -64,10 +64,12 @@ def share_sae(
     token: str | None = None,
     private: bool = False,
     overwrite: bool = False,
+    extract_first: bool = False,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Write ``sae`` share-ready for ``repo`` (``OWNER/NAME``) under ``out`` (default
-    ``<workspace>/exports/<name>-share``) and upload ``hub/`` when a token and the network are there."""
+    ``<workspace>/exports/<name>-share``) and upload ``hub/`` when a token and the network are there.
+    The Neuronpedia files need a feature extraction: ``extract_first`` runs one when there is none."""
     check_repo_id(repo)
     art = ws.get(sae, "sae")
     np_model, np_source = default_neuronpedia_ids(ws, art)
@@ -75,12 +77,19 @@ def share_sae(
     source_id = rec.check_source_id(source_id or np_source)
     release = rec.check_id(release or rec.slug(f"{art.name}-mistudio"), "Release name")
     rec.check_creator_id(creator_id)
-    require_extraction(ws, art)  # the Neuronpedia files need one: say so before writing anything
     path = (path or default_sae_path(art)).strip("/")
     if not path or ".." in path.split("/"):
         raise HubError(
             f"{path!r} is not a folder inside a repository.", "give a path such as blocks.6.hook_resid_post."
         )
+    if latest_extraction(ws, art) is None:  # said before anything is written
+        if not extract_first:
+            raise FeatureError(
+                f"The Neuronpedia files need a feature extraction of {art.name!r}, and it has none yet.",
+                "share with extract_first=True (CLI: --extract; the library: 'extract first') to run one "
+                f"first, or run `mistudio extract {art.name}`.",
+            )
+        extract(ws, art.id, progress=progress)
     out = Path(out).expanduser() if out else ws.root / "exports" / f"{rec.slug(art.name) or art.id}-share"
     with fresh_folder(out, overwrite=overwrite, workspace=ws.root, what="share") as tmp:
         lens = export_saelens(
@@ -138,7 +147,7 @@ def share_sae(
             result["commit"] = upload_folder(out / "hub", repo, token=tok, private=private)
         except HubError as exc:  # the folder is written and stays; say why the upload did not happen
             result["not_uploaded_because"] = f"the upload failed: {exc.problem}"
-            result["upload_error"] = exc.fix
+            result["upload_error"] = str(exc)
         else:
             result["uploaded"] = True
             ws.update_meta(art.id, uploaded={"repo_id": repo, "path": path, "commit": result["commit"]})

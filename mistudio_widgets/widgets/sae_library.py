@@ -140,20 +140,17 @@ class SAELibrary(EngineWidget):
 
     @background
     def action_share(self, id: str, repo: str, upload: bool = True, extract: bool = False, progress=None):
-        from ..features import FeatureError, latest_extraction
-        from ..features import extract as run_extraction
         from ..share.sharing import describe, share_sae
 
         art = self.workspace.get(id, "sae")
-        if latest_extraction(self.workspace, art) is None:
-            if not extract:
-                raise FeatureError(
-                    f"The Neuronpedia files need a feature extraction of {art.name!r}, and it has none yet.",
-                    "tick 'extract first' and share again, or run the extraction in the Features tab.",
-                )
-            run_extraction(self.workspace, art.id, progress=progress)
         r = share_sae(
-            self.workspace, art.id, str(repo).strip(), upload=upload, overwrite=True, progress=progress
+            self.workspace,
+            art.id,
+            str(repo).strip(),
+            upload=upload,
+            overwrite=True,
+            extract_first=extract,
+            progress=progress,
         )
         view = {k: v for k, v in r.items() if k != "pretrained_saes"} | {"text": describe(r)}
 
