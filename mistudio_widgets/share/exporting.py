@@ -21,6 +21,7 @@ from ..core.errors import MistudioError
 from ..core.workspace import Artifact, Workspace, atomic_folder
 from ..features import latest_extraction
 from ..sae.io import CFG, SAELENS_TRANSCODERS, SPARSITY, WEIGHTS, load_sae, save_sae
+from .neuronpedia_records import slug
 
 
 class ExportError(MistudioError):
@@ -89,6 +90,11 @@ def default_neuronpedia_ids(ws: Workspace, sae: Artifact) -> tuple[str, str]:
     return model, f"{layer}-mistudio-{site}-{sae.meta.get('d_sae')}"
 
 
+def default_release(sae: Artifact) -> str:
+    """The release name of an SAE in SAELens's list and on Neuronpedia: ``<name>-mistudio`` as an id."""
+    return slug(f"{sae.name}-mistudio")
+
+
 def default_sae_path(sae: Artifact) -> str:
     """The folder of an SAE inside a hub repository, and its SAELens ``sae_id``: the hook it reads."""
     return sae.meta.get("hook") or sae.name
@@ -119,7 +125,7 @@ def export_saelens(
     if art.meta.get("hook_out"):
         meta["hook_name_out"] = art.meta["hook_out"]
     sae_path = path_in_repo or default_sae_path(art)
-    release = release or f"{art.name}-mistudio"
+    release = release or default_release(art)
     entry = {
         release: {
             "repo_id": repo_id or f"YOUR-HF-USER/{art.name}",
@@ -176,6 +182,7 @@ __all__ = [
     "fresh_folder",
     "model_hub_id",
     "default_neuronpedia_ids",
+    "default_release",
     "default_sae_path",
     "WEIGHTS",
 ]

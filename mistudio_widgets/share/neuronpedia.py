@@ -29,7 +29,7 @@ from ..features import (
 )
 from ..sae.io import load_sae
 from . import neuronpedia_records as rec
-from .exporting import default_neuronpedia_ids, fresh_folder, model_hub_id
+from .exporting import default_neuronpedia_ids, default_release, fresh_folder, model_hub_id
 
 DEFAULT_CREATOR_ID = rec.DEFAULT_CREATOR_ID
 
@@ -120,7 +120,7 @@ def export_neuronpedia(
     np_model, np_source = default_neuronpedia_ids(ws, art)
     model_id = rec.check_id(model_id or np_model, "Model id")
     source_id = rec.check_source_id(source_id or np_source)
-    release = rec.check_id(release or rec.slug(f"mistudio-{art.name}"), "Release name")
+    release = rec.check_id(release or default_release(art), "Release name")
     rec.check_creator_id(creator_id)
     if hf_repo_id is None:
         hf_repo_id, hf_folder_id = hub_location(art)
@@ -150,7 +150,7 @@ def export_neuronpedia(
         (tmp / "dashboard").mkdir()
         info = rec.metadata_records(
             release=release,
-            title=f"{art.name}: a {art.meta.get('architecture', '')} SAE trained with mistudio-widgets",
+            title=f"{art.name}: a {art.meta.get('architecture', '')} SAE exported with mistudio-widgets",
             model_id=model_id,
             model_display=model_hub_id(ws, art) or model_id,
             model_info=_model_info(ws, art),

@@ -24,7 +24,14 @@ from ..core.progress import ProgressCallback
 from ..core.workspace import Workspace
 from ..features import FeatureError, extract, latest_extraction
 from . import neuronpedia_records as rec
-from .exporting import EXPORT_MARKER, default_neuronpedia_ids, default_sae_path, export_saelens, fresh_folder
+from .exporting import (
+    EXPORT_MARKER,
+    default_neuronpedia_ids,
+    default_release,
+    default_sae_path,
+    export_saelens,
+    fresh_folder,
+)
 from .hub import available_token, check_repo_id, model_card, offline, upload_folder
 from .neuronpedia import export_neuronpedia
 
@@ -75,7 +82,7 @@ def share_sae(
     np_model, np_source = default_neuronpedia_ids(ws, art)
     model_id = rec.check_id(model_id or np_model, "Model id")
     source_id = rec.check_source_id(source_id or np_source)
-    release = rec.check_id(release or rec.slug(f"{art.name}-mistudio"), "Release name")
+    release = rec.check_id(release or default_release(art), "Release name")
     rec.check_creator_id(creator_id)
     path = (path or default_sae_path(art)).strip("/")
     if not path or ".." in path.split("/"):
