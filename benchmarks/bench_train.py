@@ -1,190 +1,352 @@
-"""SAE training speed and quality at d_in 576, d_sae 4608, batch 4096 on the same pre-harvested
-activations of the default model (blocks.15.hook_resid_post), side by side in one run:
+"""SAE training side by side: this project, sparsify and SAELens on the same activations, the same batch
+sequence and the same held-out set, in one run.
 
-  ours topk (k=32), ours standard (L1), a plain dense PyTorch top-k loop (the baseline), and SAELens /
-  sparsify when they are installed (optional, benchmark-only; never imported by the package).
+The activations are the default model's at blocks.15.hook_resid_post over the default dataset (special
+positions dropped), scaled once to an average norm of sqrt(d_model) for everyone; they are cached under
+the workspace (``bench/``), so a second run starts at once. Every trainer sees the same ``--steps``
+batches of ``--batch`` activations, drawn in the same order (epochs of one seeded permutation), with
+d_sae 4608 and k 32 where the architecture has a k. Each library runs at its own defaults, plus one
+row with shared settings (Adam, lr 1e-3 constant, no warm-up, decoder bias at the data mean, no
+auxiliary loss). Reported: training tokens/s (the training loop only), held-out MSE and explained
+variance, held-out L0, and the dead fraction (latents that fire on none of the training activations
+after training); ratios are to the fastest peer row.
+
+Targets: ours >= 2x the fastest peer's tokens/s, with explained variance >= sparsify's at equal L0 and
+no more dead latents. A peer library that is missing, or of a version whose internals this file does
+not drive, is skipped with a line saying so.
 
 Then the end-to-end path (text to trained SAE, harvesting included) against the bare forward truncated
-at the hook over the same tokens. Targets: ours >= 2x the fastest peer's tokens/s at equal or better
-MSE/EV and equal L0; end-to-end >= 0.85x the truncated forward.
+at the hook over the same tokens (target >= 0.85).
 
-    python benchmarks/bench_train.py [--tokens 131072] [--steps 40] [--e2e-steps 16]
+    python benchmarks/bench_train.py [--train-tokens 262144] [--steps 200] [--e2e-steps 16]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib.metadata
+import math
 import time
+from typing import Callable
 
 import torch
 from baseline import truncated_forward_seconds
-from torch import nn
+from safetensors.torch import load_file, save_file
 
 from mistudio_widgets import TokenizeConfig, Workspace
 from mistudio_widgets.core.configs import TrainConfig
 from mistudio_widgets.data.activations import harvest
 from mistudio_widgets.data.datasets import ensure_tokenization, load_tokens, resolve_dataset
 from mistudio_widgets.data.models import load_model, resolve_model
-from mistudio_widgets.sae import SAESpec, make_sae
+from mistudio_widgets.train.optim import averaged, make_optimizer
 from mistudio_widgets.train.training import (
     explained_variance,
-    geometric_median,
-    lr_lambda,
+    new_sae,
     optimizer_step,
+    sae_spec,
+    sparsity_coefficient,
     train,
 )
 
-HOOK, LAYER, D_SAE, BATCH, K = "blocks.15.hook_resid_post", 15, 4608, 4096, 32
+HOOK, LAYER, D_SAE, K, CTX = "blocks.15.hook_resid_post", 15, 4608, 32, 128
+PEERS = {"eai-sparsify": "1.3.", "sae-lens": "6."}  # the versions whose internals are driven below
+SHARED = dict(lr=1e-3, b_dec="mean", aux=False)  # the shared-settings rows (with Adam, constant lr)
 
 
-def evaluate(forward, x: torch.Tensor, encode) -> dict[str, float]:
+class Batches:
+    """The batch sequence every trainer sees: ``steps`` batches of ``size`` rows of ``x``, epochs of
+    one seeded permutation."""
+
+    def __init__(self, x: torch.Tensor, steps: int, size: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        epochs = math.ceil(steps * size / x.shape[0]) + 1
+        self.x, self.steps, self.size = x, steps, size
+        self.order = torch.cat([torch.randperm(x.shape[0], generator=g) for _ in range(epochs)])
+
+    def __iter__(self):
+        for s in range(self.steps):
+            yield self.x[self.order[s * self.size : (s + 1) * self.size]]
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.size
+
+
+def measure(forward: Callable, encode: Callable, train_x, test_x, seconds: float, tokens: int) -> dict:
+    """Held-out MSE / explained variance / L0, and the dead fraction over all training activations."""
     with torch.no_grad():
-        recon, f = forward(x), encode(x)
+        recon, f = forward(test_x), encode(test_x)
+        fired = torch.zeros(f.shape[1], dtype=torch.bool)
+        for i in range(0, train_x.shape[0], 8192):
+            fired |= (encode(train_x[i : i + 8192]) > 0).any(0)
     return {
-        "mse": float((recon - x).pow(2).mean()),
-        "ev": explained_variance(recon, x),
+        "tokens_per_s": tokens / seconds,
+        "mse": float((recon - test_x).pow(2).mean()),
+        "ev": explained_variance(recon, test_x),
         "l0": float((f > 0).float().sum(-1).mean()),
-        "dead": float(((f > 0).sum(0) == 0).float().mean()),
+        "dead": float((~fired).float().mean()),
     }
 
 
-def bench_ours(arch: str, train_x, test_x, steps: int, select: str = "auto") -> dict[str, float]:
-    torch.manual_seed(0)
-    cfg = TrainConfig(
-        architecture=arch,
-        k=K,
-        d_sae=D_SAE,
-        batch_tokens=BATCH,
-        steps=steps,
-        lr=2e-3,
-        warmup_steps=0,
-        lr_schedule="constant",
-        l1_coefficient=5.0,
-        l1_warmup_steps=10,
-        select_precision=select,
-    )
-    sae = make_sae(
-        SAESpec(architecture=arch, d_in=train_x.shape[1], d_sae=D_SAE, k=K if arch == "topk" else None)
-    )
-    sae.select_dtype = None if select == "float32" else torch.bfloat16
-    with torch.no_grad():
-        sae.b_dec.copy_(geometric_median(train_x[:8192]))
-    opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    since = torch.zeros(D_SAE, dtype=torch.long)
+# ---------------------------------------------------------------------------------------------
+# This project: the trainer's own set-up and step (new_sae, make_optimizer, optimizer_step, dead tracking)
+def bench_ours(batches: Batches, train_x, test_x, **overrides) -> dict:
+    cfg = TrainConfig(d_sae=D_SAE, k=K, batch_tokens=batches.size, steps=batches.steps, **overrides)
+    spec = sae_spec(cfg, train_x.shape[1], train_x.shape[1], {})
+    sae = new_sae(cfg, spec, test_x)  # as the trainer: the decoder bias from held-out activations
+    opt, sched = make_optimizer(sae.parameters(), cfg, spec.d_sae)
+    since = torch.zeros(spec.d_sae, dtype=torch.long)
+    aux_k = cfg.aux_k or train_x.shape[1] // 2
     t0 = time.perf_counter()
-    for s in range(steps):
-        i = (s * BATCH) % (train_x.shape[0] - BATCH)
-        x = train_x[i : i + BATCH]
-        coef = cfg.l1_coefficient * min(1.0, (s + 1) / cfg.l1_warmup_steps)
-        _, _, _, fired = optimizer_step(
-            sae, opt, sched, cfg, x, x, since >= cfg.dead_tokens, coef, train_x.shape[1] // 2
+    for s, x in enumerate(batches):
+        coef = sparsity_coefficient(cfg, s)
+        _, counts, _, _ = optimizer_step(
+            sae, opt, sched, cfg, x, x, since >= cfg.aux_dead_tokens, coef, aux_k
         )
-        since += BATCH
+        fired = counts > 0
+        since += x.shape[0]
         since[fired] = 0
     secs = time.perf_counter() - t0
-    return {"tokens_per_s": steps * BATCH / secs, **evaluate(sae, test_x, sae.encode)}
+    with averaged(opt):
+        return measure(sae, sae.encode, train_x, test_x, secs, batches.tokens)
 
 
-class DenseTopK(nn.Module):
-    """The plain PyTorch baseline: dense encoder, top-k, dense decoder, MSE, Adam."""
+# ---------------------------------------------------------------------------------------------
+# sparsify: its SparseCoder, optimiser choice, learning-rate rule and step, as its Trainer runs them
+def bench_sparsify(batches: Batches, train_x, test_x, optimizer: str, shared: bool = False) -> dict:
+    from sparsify import SparseCoder, SparseCoderConfig
+    from sparsify.sign_sgd import SignSGD
+    from transformers import get_linear_schedule_with_warmup
 
-    def __init__(self, d_in: int):
-        super().__init__()
-        w = torch.randn(D_SAE, d_in)
-        w = w / w.norm(dim=1, keepdim=True) * 0.1
-        self.W_dec, self.W_enc = nn.Parameter(w), nn.Parameter(w.T.clone())
-        self.b_enc, self.b_dec = nn.Parameter(torch.zeros(D_SAE)), nn.Parameter(torch.zeros(d_in))
-
-    def encode(self, x):
-        pre = (x - self.b_dec) @ self.W_enc + self.b_enc
-        v, i = pre.topk(K, dim=-1)
-        return torch.zeros_like(pre).scatter_(-1, i, torch.relu(v))
-
-    def forward(self, x):
-        return self.encode(x) @ self.W_dec + self.b_dec
-
-
-def bench_dense(train_x, test_x, steps: int) -> dict[str, float]:
     torch.manual_seed(0)
-    m = DenseTopK(train_x.shape[1])
-    with torch.no_grad():
-        m.b_dec.copy_(geometric_median(train_x[:8192]))
-    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    sae = SparseCoder(train_x.shape[1], SparseCoderConfig(num_latents=D_SAE, k=K), dtype=torch.float32)
+    wrapper, sched = None, None
+    if optimizer == "signum":  # sparsify's default: ScheduleFreeWrapper(SignSGD), lr 5e-3 / sqrt(n / 2^14)
+        from schedulefree import ScheduleFreeWrapper
+
+        lr = 5e-3 / (D_SAE / 2**14) ** 0.5
+        opt = wrapper = ScheduleFreeWrapper(SignSGD(sae.parameters(), lr=lr), momentum=0.95)
+        wrapper.train()
+    else:  # its Adam: lr 2e-4 / sqrt(n / 2^14), 1000 warm-up steps, linear decay over the run
+        lr = SHARED["lr"] if shared else 2e-4 / (D_SAE / 2**14) ** 0.5
+        opt = torch.optim.Adam(sae.parameters(), lr=lr)
+        if not shared:
+            sched = get_linear_schedule_with_warmup(opt, 1000, batches.steps)
+    since = torch.zeros(D_SAE, dtype=torch.long)
     t0 = time.perf_counter()
-    for s in range(steps):
-        i = (s * BATCH) % (train_x.shape[0] - BATCH)
-        x = train_x[i : i + BATCH]
-        loss = (m(x) - x).pow(2).sum(-1).mean()
-        opt.zero_grad()
-        loss.backward()
+    for s, x in enumerate(batches):
+        if s == 0:
+            sae.b_dec.data = x.mean(0)  # its Trainer's first-step initialisation
+        sae.set_decoder_norm_to_unit_norm()
+        out = sae(x, dead_mask=None, total_variance=(x - x.mean(0)).pow(2).sum())  # auxk_alpha is 0
+        out.fvu.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
-        with torch.no_grad():
-            m.W_dec /= m.W_dec.norm(dim=1, keepdim=True)
+        opt.zero_grad()
+        if sched is not None:
+            sched.step()
+        fired = torch.zeros(D_SAE, dtype=torch.bool)
+        fired[out.latent_indices.flatten()] = True
+        since += x.shape[0]
+        since[fired] = 0
     secs = time.perf_counter() - t0
-    return {"tokens_per_s": steps * BATCH / secs, **evaluate(m, test_x, m.encode)}
+    if wrapper is not None:
+        wrapper.eval()  # the averaged weights, as its Trainer saves them
+
+    def encode(x):
+        e = sae.encode(x)
+        return torch.zeros(x.shape[0], D_SAE).scatter_(1, e.top_indices, e.top_acts)
+
+    return measure(lambda x: sae(x).sae_out, encode, train_x, test_x, secs, batches.tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# SAELens: its training SAE classes and its own SAETrainer, fed our batches as its data provider
+def bench_saelens(batches: Batches, train_x, test_x, arch: str, shared: bool = False) -> dict:
+    import contextlib
+    import io
+
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(0)
+    d_in = train_x.shape[1]
+    if arch == "topk":
+        extra = {"aux_loss_coefficient": 0.0} if shared else {}
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=D_SAE, k=K, **extra))
+    else:
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=D_SAE))
+    if shared:
+        with torch.no_grad():
+            sae.b_dec.copy_(test_x.mean(0))
+    cfg = SAETrainerConfig(
+        total_training_samples=batches.tokens,
+        train_batch_size_samples=batches.size,
+        **({"lr": SHARED["lr"]} if shared else {}),
+    )
+    trainer = SAETrainer(cfg, sae, iter(batches))
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
+        trainer.fit()
+    secs = time.perf_counter() - t0
+    return measure(sae, sae.encode, train_x, test_x, secs, batches.tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+def peer_missing(dist: str) -> str | None:
+    """Why a peer library is skipped (None when it can run)."""
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return f"({dist} is not installed: skipped; `make bench` installs it)"
+    if not version.startswith(PEERS[dist]):
+        return f"({dist} {version} is installed; this benchmark drives {PEERS[dist]}x: skipped)"
+    return None
+
+
+def activations(ws: Workspace, n_train: int, n_test: int):
+    """(train, test) activations of the default model at HOOK, cached under ``ws.root / 'bench'``;
+    the held-out ones are the data's last sequences, as the trainer holds them out."""
+    path = ws.root / "bench" / f"acts-{HOOK}-{n_train}-{n_test}.safetensors"
+    if path.is_file():
+        d = load_file(str(path))
+        return d["train"], d["test"], None
+    model = resolve_model(ws)
+    tok = ensure_tokenization(ws, resolve_dataset(ws), model, TokenizeConfig(context_size=CTX))
+    tokens = load_tokens(ws, tok)
+    lm = load_model(ws, model)
+    t0 = time.perf_counter()
+    test, _ = harvest(lm, tokens[-math.ceil(n_test / CTX) :], [HOOK])
+    train_, _ = harvest(lm, tokens[: math.ceil(n_train / CTX)], [HOOK])
+    print(
+        f"harvested {train_[HOOK].shape[0]} + {test[HOOK].shape[0]} activations in "
+        f"{time.perf_counter() - t0:.0f}s (cached at {path})"
+    )
+    path.parent.mkdir(exist_ok=True)
+    save_file({"train": train_[HOOK].contiguous(), "test": test[HOOK].contiguous()}, str(path))
+    return train_[HOOK], test[HOOK], (lm, tokens)
+
+
+def table(rows: dict[str, dict], skipped: list[str]) -> None:
+    peers = [r["tokens_per_s"] for n, r in rows.items() if not n.startswith("mistudio")]
+    fastest = max(peers) if peers else None
+    print(f"\n{'trainer':44s} {'tokens/s':>9s} {'x peer':>7s} {'MSE':>8s} {'EV':>6s} {'L0':>6s} {'dead':>6s}")
+    for name, r in rows.items():
+        ratio = f"{r['tokens_per_s'] / fastest:7.2f}" if fastest else f"{'-':>7s}"
+        print(
+            f"{name:44s} {r['tokens_per_s']:9.0f} {ratio} {r['mse']:8.4f} {r['ev']:6.3f} "
+            f"{r['l0']:6.1f} {r['dead']:6.1%}"
+        )
+    for line in skipped:
+        print(line)
+    if fastest:
+        print(f"(x peer: tokens/s over the fastest peer row, {fastest:.0f} tokens/s)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--tokens", type=int, default=131072, help="activations harvested for the speed/quality table"
-    )
-    ap.add_argument("--steps", type=int, default=40, help="optimiser steps per method")
+    ap.add_argument("--train-tokens", type=int, default=262144, help="distinct training activations")
+    ap.add_argument("--test-tokens", type=int, default=16384, help="held-out activations")
+    ap.add_argument("--steps", type=int, default=200, help="optimiser steps per trainer")
+    ap.add_argument("--batch", type=int, default=4096, help="activations per step")
+    ap.add_argument("--only", default="", help="comma-separated substrings: run only matching rows")
     ap.add_argument("--e2e-steps", type=int, default=16, help="steps of the end-to-end run (0 skips it)")
     ap.add_argument("--workspace", default=None)
     a = ap.parse_args()
     ws = Workspace(a.workspace)
-    model = resolve_model(ws)
-    tok = ensure_tokenization(ws, resolve_dataset(ws), model, TokenizeConfig(context_size=128))
-    tokens = load_tokens(ws, tok)
-    lm = load_model(ws, model)
-    print(f"threads={torch.get_num_threads()}  d_in=576 d_sae={D_SAE} batch={BATCH} k={K} steps={a.steps}")
-    t0 = time.perf_counter()
-    acts, _ = harvest(lm, tokens[: a.tokens // 128 + 64], [HOOK])
-    x = acts[HOOK]
-    x = x * (576**0.5 / x.norm(dim=1).mean())  # the same normalisation for everyone
-    test_x, train_x = x[:8192], x[8192:]
-    print(f"harvested {x.shape[0]} activations in {time.perf_counter() - t0:.0f}s")
-    rows = {
-        "dense PyTorch top-k (baseline)": bench_dense(train_x, test_x, a.steps),
-        "mistudio topk": bench_ours("topk", train_x, test_x, a.steps),
-        "mistudio topk (fp32 selection)": bench_ours("topk", train_x, test_x, a.steps, "float32"),
-        "mistudio standard (L1)": bench_ours("standard", train_x, test_x, a.steps),
+    train_x, test_x, loaded = activations(ws, a.train_tokens, a.test_tokens)
+    scale = train_x.shape[1] ** 0.5 / train_x.norm(dim=1).mean()  # the same normalisation for everyone
+    train_x, test_x = train_x * scale, test_x * scale
+    batches = Batches(train_x, a.steps, a.batch)
+    print(
+        f"threads={torch.get_num_threads()}  d_in={train_x.shape[1]} d_sae={D_SAE} k={K} "
+        f"batch={a.batch} steps={a.steps} ({batches.tokens} tokens, {train_x.shape[0]} distinct; "
+        f"{test_x.shape[0]} held out)"
+    )
+    adam_shared = dict(
+        optimizer="adam",
+        lr=SHARED["lr"],
+        lr_schedule="constant",
+        warmup_steps=0,
+        b_dec_init="mean",
+        aux_coefficient=0.0,
+    )
+    plan: dict[str, Callable[[], dict]] = {
+        "mistudio topk (defaults)": lambda: bench_ours(batches, train_x, test_x),
+        "mistudio batchtopk (defaults)": lambda: bench_ours(
+            batches, train_x, test_x, architecture="batchtopk"
+        ),
+        "mistudio standard L1 (defaults)": lambda: bench_ours(
+            batches, train_x, test_x, architecture="standard"
+        ),
+        "mistudio topk, adam (previous defaults)": lambda: bench_ours(
+            batches, train_x, test_x, optimizer="adam"
+        ),
+        "mistudio topk (shared settings)": lambda: bench_ours(batches, train_x, test_x, **adam_shared),
     }
-    for peer in ("sae_lens", "sparsify"):
-        if importlib.util.find_spec(peer) is None:
-            print(f"({peer} is not installed: not compared)")
-    base = rows["dense PyTorch top-k (baseline)"]["tokens_per_s"]
-    print(f"\n{'method':34s} {'tokens/s':>9s} {'x base':>7s} {'MSE':>8s} {'EV':>6s} {'L0':>6s} {'dead':>6s}")
-    for name, r in rows.items():
-        print(
-            f"{name:34s} {r['tokens_per_s']:9.0f} {r['tokens_per_s'] / base:7.2f} {r['mse']:8.4f} "
-            f"{r['ev']:6.3f} {r['l0']:6.1f} {r['dead']:6.1%}"
+    skipped = []
+    why = peer_missing("eai-sparsify")
+    if why:
+        skipped.append(why)
+    else:
+        plan["sparsify topk (defaults: signum)"] = lambda: bench_sparsify(batches, train_x, test_x, "signum")
+        plan["sparsify topk (its adam)"] = lambda: bench_sparsify(batches, train_x, test_x, "adam")
+        plan["sparsify topk (shared settings)"] = lambda: bench_sparsify(
+            batches, train_x, test_x, "adam", shared=True
         )
+    why = peer_missing("sae-lens")
+    if why:
+        skipped.append(why)
+    else:
+        plan["SAELens topk (defaults)"] = lambda: bench_saelens(batches, train_x, test_x, "topk")
+        plan["SAELens standard L1 (defaults)"] = lambda: bench_saelens(batches, train_x, test_x, "standard")
+        plan["SAELens topk (shared settings)"] = lambda: bench_saelens(
+            batches, train_x, test_x, "topk", shared=True
+        )
+    only = [s for s in a.only.split(",") if s]
+    rows = {}
+    for name, run in plan.items():
+        if only and not any(s in name for s in only):
+            continue
+        rows[name] = run()
+        r = rows[name]
+        print(
+            f"  {name}: {r['tokens_per_s']:.0f} tokens/s, EV {r['ev']:.3f}, L0 {r['l0']:.1f}, "
+            f"dead {r['dead']:.1%}"
+        )
+    table(rows, skipped)
     if a.e2e_steps:
-        cfg = TrainConfig(
-            steps=a.e2e_steps,
-            batch_tokens=BATCH,
-            chunk_sequences=1024,
-            eval_every=0,
-            checkpoint_every=0,
-            eval_sequences=4,
-            log_every=a.e2e_steps,
-            name=ws.unique_name("run", "bench-e2e"),
-        )
-        t0 = time.perf_counter()
-        res = train(ws, cfg)
-        e2e = time.perf_counter() - t0
-        harvested = ws.get(res.run_id).meta["harvest"]["seen"] + cfg.eval_sequences * tokens.shape[1]
-        bare = truncated_forward_seconds(lm, tokens[: harvested // tokens.shape[1]], LAYER)
-        print(
-            f"\nend to end: {harvested} tokens harvested (eval included), {res.metrics['tokens']} "
-            "trained, to a saved SAE in "
-            f"{e2e:.1f}s; bare truncated forward over the same sequences {bare:.1f}s; ratio "
-            f"{bare / e2e:.3f} (target >= 0.85)"
-        )
+        end_to_end(ws, a.e2e_steps, a.batch, loaded)
+
+
+def end_to_end(ws: Workspace, steps: int, batch: int, loaded) -> None:
+    lm, tokens = loaded or (None, None)
+    if lm is None:
+        model = resolve_model(ws)
+        tok = ensure_tokenization(ws, resolve_dataset(ws), model, TokenizeConfig(context_size=CTX))
+        tokens, lm = load_tokens(ws, tok), load_model(ws, model)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_tokens=batch,
+        chunk_sequences=1024,
+        eval_every=0,
+        checkpoint_every=0,
+        eval_sequences=4,
+        log_every=steps,
+        name=ws.unique_name("run", "bench-e2e"),
+    )
+    t0 = time.perf_counter()
+    res = train(ws, cfg)
+    e2e = time.perf_counter() - t0
+    harvested = ws.get(res.run_id).meta["harvest"]["seen"] + cfg.eval_sequences * tokens.shape[1]
+    bare = truncated_forward_seconds(lm, tokens[: harvested // tokens.shape[1]], LAYER)
+    print(
+        f"\nend to end: {harvested} tokens harvested (eval included), {res.metrics['tokens']} trained, "
+        f"to a saved SAE in {e2e:.1f}s; bare truncated forward over the same sequences {bare:.1f}s; "
+        f"ratio {bare / e2e:.3f} (target >= 0.85)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ function render({ model, el }) {
     else if (f.kind.endsWith("int") || f.kind.endsWith("float"))
       inp = h("input", { type: "number", value: v ?? "", placeholder: v === null ? "auto" : "", step: f.kind.endsWith("float") ? "any" : "1",
                          min: f.minimum ?? undefined });
+    else if (f.kind === "grid")
+      inp = h("input", { type: "text", value: Object.entries(v || {}).map(([k, vs]) => `${k}: ${[].concat(vs).join(", ")}`).join("; "),
+                         placeholder: "k: 16, 32, 64; architecture: topk, batchtopk" });
     else inp = h("input", { type: "text", value: v ?? "" });
     inp.setAttribute("data-field", f.name);
     inp.addEventListener("change", commit);
@@ -56,6 +59,7 @@ function render({ model, el }) {
     const c = model.get("check") || {};
     problems.textContent = (c.problems || []).join("\n");
     estimate.replaceChildren();
+    if (c.saes > 1) estimate.append(kv("SAEs (sweep)", fmtInt(c.saes)));
     if (c.d_sae) estimate.append(kv("Latents (d_sae)", fmtInt(c.d_sae)), kv("SAE parameters", fmtInt(c.parameters)),
       kv("Memory (approx.)", `${fmtNum(c.memory_mib, 0)} MiB`), kv("Tokens", fmtInt(c.tokens)),
       kv("Time (CPU estimate)", c.seconds < 120 ? `${fmtNum(c.seconds, 0)} s` : `${fmtNum(c.seconds / 60, 1)} min`));

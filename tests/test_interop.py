@@ -28,7 +28,7 @@ def _random(spec: SAESpec, seed: int = 0):
     with torch.no_grad():
         for p in sae.parameters():
             p.copy_(torch.randn_like(p) * 0.2)
-        if spec.architecture in ("jumprelu", "batchtopk"):
+        if spec.architecture in ("jumprelu", "batchtopk", "matryoshka_batchtopk"):
             sae.loaded_threshold = torch.rand(spec.d_sae) * 0.3
     return sae.eval()
 
@@ -41,6 +41,9 @@ CASES = {
     "standard": SAESpec("standard", D_IN, D_SAE, k=None),
     "topk": SAESpec("topk", D_IN, D_SAE, k=8),
     "batchtopk": SAESpec("batchtopk", D_IN, D_SAE, k=8),
+    "matryoshka_batchtopk": SAESpec(
+        "matryoshka_batchtopk", D_IN, D_SAE, k=8, matryoshka_widths=[32, 64, 256]
+    ),
     "jumprelu": SAESpec("jumprelu", D_IN, D_SAE, k=None),
     "transcoder": SAESpec(
         "standard", D_IN, D_SAE, k=None, d_out=48, metadata={"hook_name_out": "blocks.1.hook_mlp_out"}
@@ -80,7 +83,7 @@ def test_saved_here_loads_in_saelens_unchanged(tmp_path, case):
     ours = _random(spec)
     save_sae(ours, tmp_path / case)
     theirs = sae_lens.SAE.load_from_disk(tmp_path / case)
-    expected = {"batchtopk": "jumprelu"}.get(case, case)
+    expected = {"batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu"}.get(case, case)
     assert theirs.cfg.architecture() == expected
     assert theirs.cfg.metadata.hook_name == spec.metadata["hook_name"]
     x = _x()

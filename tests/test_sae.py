@@ -11,7 +11,8 @@ from mistudio_widgets.sae import SAEConfigError, SAESpec, make_sae
 from mistudio_widgets.sae.io import SAEFormatError, load_sae, save_sae
 from mistudio_widgets.train.training import TrainConfig, compute_losses
 
-ARCHS = ["standard", "topk", "batchtopk", "jumprelu"]
+ARCHS = ["standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"]
+THRESHOLDED = ("batchtopk", "matryoshka_batchtopk")
 
 
 def randomised(spec):
@@ -20,7 +21,7 @@ def randomised(spec):
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.05 * torch.randn_like(p))
-        if spec.architecture == "batchtopk":
+        if spec.architecture in THRESHOLDED:
             sae.threshold.fill_(0.02)
     return sae
 
@@ -45,7 +46,7 @@ def test_saelens_round_trip(tmp_path, arch, variant):
         "sae_lens_version"
     ].startswith("6")
     assert cfg["d_in"] == 24 and cfg["d_sae"] == 96
-    expected_arch = "jumprelu" if arch in ("jumprelu", "batchtopk") else arch
+    expected_arch = "jumprelu" if arch in ("jumprelu", *THRESHOLDED) else arch
     if variant == "skip":
         expected_arch = "skip_transcoder" if arch == "standard" else f"{expected_arch}_skip_transcoder"
     elif variant == "transcoder":
@@ -151,3 +152,42 @@ def test_each_architecture_learns_a_sparse_dictionary(arch):
     assert float(losses.mse.detach()) < 0.3 * first
     assert ev > 0.8, f"{arch}: explained variance {ev:.3f}"
     assert 1 <= l0 <= 20, f"{arch}: L0 {l0:.1f}"
+
+
+def test_schedule_free_sign_descent_learns_and_swaps_to_its_average_exactly():
+    """The default optimiser: sign descent with schedule-free averaging. On synthetic data it learns the
+    dictionary; the averaged weights it evaluates and saves are swapped in and out without drift."""
+    from mistudio_widgets.train.optim import ScheduleFreeSignSGD, averaged, default_lr, make_optimizer
+
+    torch.manual_seed(0)
+    d, n_true = 32, 64
+    dirs = torch.nn.functional.normalize(torch.randn(n_true, d), dim=1)
+
+    def batch(n=512):
+        idx = torch.rand(n, n_true).topk(3, dim=1).indices
+        return torch.zeros(n, n_true).scatter_(1, idx, torch.rand(n, 3) * 3 + 1) @ dirs
+
+    cfg = TrainConfig(k=4, d_sae=128)
+    assert cfg.optimizer == "signsgd" and default_lr(cfg, 128) == pytest.approx(5e-3 * (16384 / 128) ** 0.5)
+    sae = make_sae(SAESpec(architecture="topk", d_in=d, d_sae=128, k=4))
+    opt, sched = make_optimizer(sae.parameters(), TrainConfig(k=4, d_sae=128, lr=0.01), 128)
+    assert isinstance(opt, ScheduleFreeSignSGD)
+    dead = torch.zeros(128, dtype=torch.bool)
+    for _ in range(300):
+        x = batch()
+        losses, _ = compute_losses(sae, cfg, x, x, dead, 0.0, 16)
+        opt.zero_grad()
+        losses.total.backward()
+        sae.remove_parallel_grad()
+        opt.step()
+        sched.step()
+        sae.normalise_decoder()
+    before = {k: v.clone() for k, v in sae.state_dict().items()}
+    x = batch(2048)
+    with torch.no_grad(), averaged(opt):
+        moved = any(not torch.equal(before[k], v) for k, v in sae.state_dict().items())
+        ev = 1 - (sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert moved  # the average differs from the point where gradients are taken
+    for k, v in sae.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=1e-6)
+    assert ev > 0.8, f"explained variance {ev:.3f}"

@@ -261,7 +261,7 @@ def test_the_sae_settings_of_one_harvest_nest_in_the_training_config():
         with pytest.raises(ConfigError, match=problem):
             TrainConfig(saes=[entry])
     assert set(PER_SAE).isdisjoint(SHARED)
-    assert set(PER_SAE) | set(SHARED) | {"saes"} == {f.name for f in fields(TrainConfig)}
+    assert set(PER_SAE) | set(SHARED) | {"saes", "sweep"} == {f.name for f in fields(TrainConfig)}
 
 
 def test_several_saes_from_one_harvest(default_ws):
@@ -347,3 +347,91 @@ def test_cli_trains_several_saes_from_a_config_file(default_ws, tmp_path):
         timeout=120,
     )
     assert r.returncode == 2 and "must be a list" in r.stderr
+
+
+def test_a_sweep_grid_expands_refuses_repeats_and_what_would_not_fit():
+    from mistudio_widgets.core.configs import ConfigError
+    from mistudio_widgets.sae import SAESpec
+    from mistudio_widgets.train.training import check_group_memory, run_names
+
+    grid = TrainConfig(name="sw", sweep={"k": [16, 32], "architecture": ["topk", "matryoshka_batchtopk"]})
+    members = grid.members()
+    assert [(m.k, m.architecture, m.name) for m in members] == [
+        (16, "topk", "sw-k16-topk"),
+        (16, "matryoshka_batchtopk", "sw-k16-matryoshka_batchtopk"),
+        (32, "topk", "sw-k32-topk"),
+        (32, "matryoshka_batchtopk", "sw-k32-matryoshka_batchtopk"),
+    ]
+    assert all(m.sweep == {} and m.steps == grid.steps for m in members)
+    # saes entries times the grid; derived run names say what differs
+    both = TrainConfig(saes=[{"hook": "blocks.5.hook_resid_post"}, {}], sweep={"expansion_factor": [4, 8]})
+    assert len(both.members()) == 4
+    assert run_names(TrainConfig(sweep={"k": [16, 32]}).members()) == [
+        "topk-blocks.15.hook_resid_post-k16",
+        "topk-blocks.15.hook_resid_post-k32",
+    ]
+    for bad, problem in (
+        ({"k": [16, 16]}, "lists 16 more than once"),
+        ({"steps": [1, 2]}, "sets steps, which every SAE of one harvest shares"),
+        ({"k": []}, "non-empty list"),
+        ({"k": [0, 4]}, "k must be at least 1"),
+        ({"k": list(range(1, 66))}, "at most 64 train together"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            TrainConfig(sweep=bad)
+    with pytest.raises(ConfigError, match="would be the same SAE"):
+        TrainConfig(saes=[{"k": 8}, {"k": 8}]).members()
+    # 64 SAEs of 2^22 latents would need terabytes: refused before anything is allocated, with the sizes
+    huge = TrainConfig(d_sae=2**22, sweep={"k": list(range(1, 65))}).members()
+    specs = [SAESpec("topk", 576, 2**22, k=m.k) for m in huge]
+    with pytest.raises(TrainingError, match=r"64 SAE\(s\) together needs about [\d.]+ GiB.*GiB is free"):
+        check_group_memory(huge, specs, "cpu")
+
+
+def test_a_sweep_from_the_cli_trains_its_grid_and_the_monitor_draws_the_pareto_front(default_ws):
+    """`mistudio train --sweep` makes one SAE per grid point from one harvest (a Matryoshka one among
+    them, which SAELens loads); the monitor shows L0 against explained variance, one point per run,
+    and a click opens that SAE."""
+    import sys
+
+    import sae_lens
+
+    from mistudio_widgets.widgets import TrainingMonitor
+
+    env = {**os.environ, "MISTUDIO_HOME": str(default_ws.root)}
+    name = default_ws.unique_name("run", "grid")
+    r = subprocess.run(
+        [sys.executable, "-m", "mistudio_widgets.cli", "--json", "train", "--steps", "4", "--batch-tokens",
+         "256", "--chunk-sequences", "24", "--eval-sequences", "4", "--eval-every", "0", "--checkpoint-every",
+         "0", "--expansion", "2", "--name", name, "--no-normalize", "--optimizer", "adam",
+         "--sweep", "k: 4, 16; architecture: topk, matryoshka_batchtopk"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = [
+        default_ws.get(f"{name}-k{k}-{a}", "run") for k in (4, 16) for a in ("topk", "matryoshka_batchtopk")
+    ]
+    cfgs = [run.meta["config"] for run in runs]
+    assert [(c["k"], c["architecture"], c["optimizer"], c["normalize"]) for c in cfgs] == [
+        (4, "topk", "adam", False),
+        (4, "matryoshka_batchtopk", "adam", False),
+        (16, "topk", "adam", False),
+        (16, "matryoshka_batchtopk", "adam", False),
+    ]
+    assert len({json.dumps(run.meta["harvest"]) for run in runs}) == 1  # one pass of the model fed all
+    matryoshka = default_ws.get(runs[1].meta["sae"])
+    theirs = sae_lens.SAE.load_from_disk(matryoshka.path)
+    assert theirs.cfg.architecture() == "jumprelu" and float(theirs.threshold.detach().max()) > 0
+    monitor = TrainingMonitor(default_ws, runs=[run.id for run in runs])
+    try:
+        pts = {p["name"]: p for p in monitor.pareto_points()}
+        assert set(pts) == {run.name for run in runs} and all(p["done"] for p in pts.values())
+        assert pts[runs[2].name]["l0"] > pts[runs[0].name]["l0"]  # k 16 fires more than k 4
+        assert monitor.pareto_box.layout.display != "none"
+        ev = monitor.pareto.data[0]
+        assert sorted(ev.customdata) == sorted(run.id for run in runs) and len(ev.x) == len(ev.y) == 4
+        opened = []
+        monitor.on_open = opened.append
+        assert monitor.open_run(runs[3].id) == runs[3].meta["sae"] and opened == [runs[3].meta["sae"]]
+    finally:
+        monitor.close()

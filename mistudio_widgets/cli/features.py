@@ -9,6 +9,9 @@ from typing import Any
 from ..core.configs import ExtractConfig, LabelConfig
 from ..core.jobs import Status
 from ..core.workspace import Workspace
+from .config_flags import add_config_flags, config_from_args
+
+OPENAI_DEFAULT_MODEL = "gpt-4o-mini"  # the explainer asked of an endpoint when --model is not given
 
 
 def _spark(values: list[float], peak: float) -> str:
@@ -24,15 +27,7 @@ def cmd_extract(ws: Workspace, a: argparse.Namespace, out) -> None:
     else:
         if not a.sae:
             raise SystemExit("mistudio extract: give an SAE (or --resume EXTRACTION)")
-        cfg = ExtractConfig(
-            dataset=a.dataset,
-            tokens=a.tokens,
-            top_k=a.top_k,
-            model=a.model,
-            name=a.name,
-            batch_size=a.batch_size,
-            checkpoint_every=a.checkpoint_every,
-        )
+        cfg = config_from_args(ExtractConfig, a)
         ext = extract(ws, a.sae, cfg, progress=out.progress)
     s = ext.meta.get("summary") or {}
     if ext.meta.get("status") != Status.DONE:
@@ -225,18 +220,7 @@ def cmd_features_label(ws: Workspace, a: argparse.Namespace, out) -> None:
 def register(sub, cmd) -> None:
     sp = cmd(sub, "extract", cmd_extract, "extract feature statistics, examples and logit lens for an SAE")
     sp.add_argument("sae", nargs="?", default=None)
-    sp.add_argument("--dataset", default="default", help="a dataset (tokenized on demand) or a tokenization")
-    sp.add_argument("--tokens", type=int, default=ExtractConfig.tokens)
-    sp.add_argument("--top-k", type=int, default=ExtractConfig.top_k)
-    sp.add_argument("--model", default=None)
-    sp.add_argument("--batch-size", type=int, default=ExtractConfig.batch_size)
-    sp.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=ExtractConfig.checkpoint_every,
-        help="batches between resumable checkpoints",
-    )
-    sp.add_argument("--name", default=None)
+    add_config_flags(sp, ExtractConfig)
     sp.add_argument("--resume", default=None, metavar="EXTRACTION", help="resume an interrupted extraction")
     fs = sub.add_parser("features", help="look at an SAE's features").add_subparsers(
         dest="sub", required=True
@@ -292,20 +276,10 @@ __all__: list[Any] = ["register"]
 
 
 def cmd_label(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from ..core.configs import LabelConfig
     from ..features.labeling import label_features
 
-    cfg = LabelConfig(
-        backend=a.backend,
-        model=a.model or ("default" if a.backend == "local" else "gpt-4o-mini"),
-        base_url=a.base_url or LabelConfig.base_url,
-        api_key_env=a.api_key_env,
-        score=not a.no_score,
-        examples=a.examples,
-        scorer=a.scorer,
-        timeout=a.timeout,
-        retries=a.retries,
-    )
+    endpoint = getattr(a, "backend", "local") == "openai"
+    cfg = config_from_args(LabelConfig, a, {"model": OPENAI_DEFAULT_MODEL} if endpoint else {})
     try:
         feats = [int(x) for x in a.features.split(",") if x.strip()] if a.features else None
     except ValueError:
@@ -369,29 +343,9 @@ def register_labels(sub, cmd) -> None:
     sp.add_argument("sae")
     sp.add_argument("--features", default=None, help="comma-separated feature indices")
     sp.add_argument("--top", type=int, default=None, help="the N most frequent features (default 10)")
-    sp.add_argument("--backend", choices=["local", "openai"], default="local")
-    sp.add_argument("--base-url", default=None)
-    sp.add_argument("--model", default=None, help="workspace model (local) or served model name (openai)")
-    sp.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
-    sp.add_argument("--examples", type=int, default=LabelConfig.examples)
-    sp.add_argument("--no-score", action="store_true", help="skip detection scoring")
-    sp.add_argument(
-        "--scorer",
-        choices=["auto", "simulation", "judge"],
-        default="auto",
-        help="simulation (in-kernel default) or a judge model (endpoint default)",
-    )
+    add_config_flags(sp, LabelConfig, defaults={"model": f"default (local), {OPENAI_DEFAULT_MODEL} (openai)"})
     sp.add_argument(
         "--redo", action="store_true", help="label again features this explainer already labelled"
-    )
-    sp.add_argument(
-        "--timeout",
-        type=float,
-        default=LabelConfig.timeout,
-        help="seconds to wait for one answer of an endpoint (a hanging one costs timeout x (retries + 1))",
-    )
-    sp.add_argument(
-        "--retries", type=int, default=LabelConfig.retries, help="retries of a failed endpoint call"
     )
     sp = cmd(
         sub, "serve-chat", cmd_serve_chat, "serve a workspace model as an OpenAI-compatible chat endpoint"

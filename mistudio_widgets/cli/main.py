@@ -12,11 +12,20 @@ import os
 import sys
 from typing import Any, Callable
 
-from ..core.configs import DEFAULT, CaptureConfig, DatasetConfig, ModelConfig, TokenizeConfig
+from ..core.configs import (
+    DEFAULT,
+    CaptureConfig,
+    DatasetConfig,
+    ModelConfig,
+    TokenizeConfig,
+    TrainConfig,
+    field_help,
+)
 from ..core.errors import MistudioError
 from ..core.jobs import Status
 from ..core.progress import ProgressEvent, TqdmProgress
 from ..core.workspace import Workspace
+from .config_flags import add_config_flags, config_from_args, given
 
 
 class Output:
@@ -68,16 +77,7 @@ def _artifact_line(a) -> dict[str, Any]:
 def cmd_datasets_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     from ..data.datasets import add_dataset
 
-    cfg = DatasetConfig(
-        source=a.source,
-        name=a.name,
-        split=a.split,
-        samples=a.samples,
-        config_name=a.config_name,
-        text_field=a.text_field,
-        streaming=not a.no_streaming,
-        token=os.environ.get("HF_TOKEN"),
-    )
+    cfg = config_from_args(DatasetConfig, a, source=a.source, token=os.environ.get("HF_TOKEN"))
     art = add_dataset(ws, cfg, progress=out.progress)
     st, prov = art.meta["stats"], art.meta["provenance"]
     notes = [
@@ -103,14 +103,7 @@ def cmd_datasets_tokenize(ws: Workspace, a: argparse.Namespace, out: Output) -> 
 
     ds = resolve_dataset(ws, a.dataset, progress=out.progress)
     model = resolve_model(ws, a.model, progress=out.progress)
-    cfg = TokenizeConfig(
-        context_size=a.context_size,
-        min_length=a.min_length,
-        prepend_bos=not a.no_bos,
-        separator=a.separator,
-        special_tokens=a.special_tokens,
-        max_tokens=a.max_tokens,
-    )
+    cfg = config_from_args(TokenizeConfig, a)
     art = tokenize_dataset(ws, ds, model, cfg, name=a.name, progress=out.progress)
     st = art.meta["stats"]
     top = ", ".join(repr(t["token"]) for t in st["top_tokens"][:8])
@@ -171,17 +164,7 @@ def cmd_list(kind: str) -> Callable[[Workspace, argparse.Namespace, Output], Non
 def cmd_models_add(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     from ..data.models import add_model, model_info
 
-    cfg = ModelConfig(
-        source=a.source,
-        name=a.name,
-        dtype=a.dtype,
-        quantization=a.quantization,
-        device=a.device,
-        revision=a.revision,
-        trust_remote_code=a.trust_remote_code,
-        allow_pickle_weights=a.allow_pickle_weights,
-        token=os.environ.get("HF_TOKEN"),
-    )
+    cfg = config_from_args(ModelConfig, a, source=a.source, token=os.environ.get("HF_TOKEN"))
     art = add_model(ws, cfg, progress=out.progress)
     info = model_info(ws, art)
     out.summary(
@@ -227,7 +210,7 @@ def cmd_capture(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
         tok = ensure_tokenization(
             ws, ds, model, TokenizeConfig(context_size=a.context_size), progress=out.progress
         )
-    cfg = CaptureConfig(hook=a.hook, tokens=a.tokens, batch_size=a.batch_size)
+    cfg = config_from_args(CaptureConfig, a)
     res = capture_stats(ws, model, tok, cfg, progress=out.progress)
     n = res.norm
     text = (
@@ -288,25 +271,7 @@ def _train_configs(a: argparse.Namespace):
             raise MistudioError(
                 f"{a.config} must hold a mapping of TrainConfig settings.", "write e.g. `steps: 300`."
             )
-    flags = {
-        "model": a.model,
-        "dataset": a.dataset,
-        "hook": a.hook,
-        "hook_out": a.hook_out,
-        "architecture": a.arch,
-        "k": a.k,
-        "l1_coefficient": a.l1,
-        "expansion_factor": a.expansion,
-        "d_sae": a.d_sae,
-        "steps": a.steps,
-        "train_tokens": a.train_tokens,
-        "batch_tokens": a.batch_tokens,
-        "lr": a.lr,
-        "seed": a.seed,
-        "name": a.name,
-        "device": a.device,
-    }
-    data.update({k: v for k, v in flags.items() if v is not None})
+    data.update(given(TrainConfig, a))
     return from_dict(TrainConfig, data).members()
 
 
@@ -411,6 +376,9 @@ def cmd_repair(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
 
 
 # -- parser -----------------------------------------------------------------------------------
+TRAIN_ALIASES = {"architecture": ["arch"], "l1_coefficient": ["l1"], "expansion_factor": ["expansion"]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -440,13 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="sub", required=True
     )
     sp = cmd(ds, "add", cmd_datasets_add, "add a dataset from 'default', a hub id or local files")
-    sp.add_argument("source")
-    sp.add_argument("--split", default="train")
-    sp.add_argument("--samples", type=int, default=None)
-    sp.add_argument("--name", default=None)
-    sp.add_argument("--config-name", default=None)
-    sp.add_argument("--text-field", default=None)
-    sp.add_argument("--no-streaming", action="store_true")
+    sp.add_argument("source", help=field_help(DatasetConfig)["source"])
+    add_config_flags(sp, DatasetConfig, skip=("source", "token"))
     sp = cmd(
         ds,
         "tokenize",
@@ -454,97 +417,55 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenize a dataset into packed sequences with a model's tokenizer",
     )
     sp.add_argument("dataset")
-    sp.add_argument("--model", default=DEFAULT)
-    sp.add_argument("--context-size", type=int, default=128)
-    sp.add_argument("--min-length", type=int, default=1)
-    sp.add_argument("--separator", choices=["eos", "bos", "none"], default="eos")
-    sp.add_argument("--no-bos", action="store_true", help="do not start sequences with BOS")
-    sp.add_argument("--special-tokens", action="store_true", help="parse special-token text inside documents")
-    sp.add_argument("--max-tokens", type=int, default=None)
-    sp.add_argument("--name", default=None)
+    sp.add_argument("--model", default=DEFAULT, help="the model whose tokenizer to use (default: default)")
+    sp.add_argument("--name", default=None, help="name of the tokenization (derived when empty)")
+    add_config_flags(sp, TokenizeConfig, aliases={"prepend_bos": ["bos"]})
     cmd(ds, "list", cmd_list("dataset"), "list datasets and their tokenizations")
 
     ms = sub.add_parser("models", help="add and list models").add_subparsers(dest="sub", required=True)
     sp = cmd(
         ms, "add", cmd_models_add, "add a model from 'default', a hub id, a local folder or a .gguf file"
     )
-    sp.add_argument("source")
-    sp.add_argument("--name", default=None)
-    sp.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
-    sp.add_argument("--quantization", choices=["none", "8bit", "4bit"], default="none")
-    sp.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    sp.add_argument("--revision", default=None)
-    sp.add_argument("--trust-remote-code", action="store_true")
-    sp.add_argument(
-        "--allow-pickle-weights",
-        action="store_true",
-        help="also load *.bin (pickle) weights, with torch.load(weights_only=True)",
-    )
+    sp.add_argument("source", help=field_help(ModelConfig)["source"])
+    add_config_flags(sp, ModelConfig, skip=("source", "token"))
     cmd(ms, "list", cmd_list("model"), "list models")
     sp = cmd(ms, "hooks", cmd_models_hooks, "list a model's hook points")
     sp.add_argument("model", nargs="?", default=DEFAULT)
 
-    for name, help in (
-        ("capture", "capture activations at a hook and print their statistics"),
-        (
-            "demo",
-            "the main job on the embedded defaults: train an SAE, extract, find, label and steer a "
-            "feature, export",
-        ),
-    ):
-        sp = cmd(sub, name, cmd_capture if name == "capture" else cmd_demo, help)
-        if name == "capture":
-            sp.add_argument("--model", default=DEFAULT)
-            sp.add_argument(
-                "--dataset", default=DEFAULT, help="a dataset (tokenized on demand) or a tokenization"
-            )
-        sp.add_argument(
-            "--hook", default="blocks.10.hook_resid_post" if name == "demo" else "blocks.15.hook_resid_post"
-        )
-        sp.add_argument("--tokens", type=int, default=16384)
-        sp.add_argument("--batch-size", type=int, default=16)
-        sp.add_argument("--context-size", type=int, default=128)
-        if name == "demo":
-            sp.add_argument("--train-steps", type=int, default=100, help="steps of the demo SAE")
-            sp.add_argument("--batch-tokens", type=int, default=4096, help="activations per training step")
-            sp.add_argument(
-                "--train-tokens",
-                type=int,
-                default=204_800,
-                help="distinct training tokens, harvested once into the activation cache and reused "
-                "each epoch",
-            )
-            sp.add_argument("--expansion", type=int, default=8, help="d_sae = expansion x d_model")
-            sp.add_argument(
-                "--extract-tokens", type=int, default=32768, help="tokens of the feature extraction"
-            )
-            sp.add_argument(
-                "--steer-tokens", type=int, default=40, help="tokens generated with and without steering"
-            )
+    sp = cmd(sub, "capture", cmd_capture, "capture activations at a hook and print their statistics")
+    sp.add_argument("--model", default=DEFAULT, help="the model (default: default)")
+    sp.add_argument("--dataset", default=DEFAULT, help="a dataset (tokenized on demand) or a tokenization")
+    sp.add_argument("--context-size", type=int, default=128, help="tokens per sequence if tokenized")
+    add_config_flags(sp, CaptureConfig)
+    sp = cmd(
+        sub,
+        "demo",
+        cmd_demo,
+        "the main job on the embedded defaults: train an SAE, extract, find, label and steer a feature, "
+        "export",
+    )
+    sp.add_argument("--hook", default="blocks.10.hook_resid_post", help="where the demo SAE reads")
+    sp.add_argument("--tokens", type=int, default=16384, help="tokens of the demo's capture statistics")
+    sp.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    sp.add_argument("--context-size", type=int, default=128, help="tokens per sequence")
+    sp.add_argument("--train-steps", type=int, default=100, help="steps of the demo SAE")
+    sp.add_argument("--batch-tokens", type=int, default=4096, help="activations per training step")
+    sp.add_argument(
+        "--train-tokens",
+        type=int,
+        default=204_800,
+        help="distinct training tokens, harvested once into the activation cache and reused each epoch",
+    )
+    sp.add_argument("--expansion", type=int, default=8, help="d_sae = expansion x d_model")
+    sp.add_argument("--extract-tokens", type=int, default=32768, help="tokens of the feature extraction")
+    sp.add_argument("--steer-tokens", type=int, default=40, help="tokens generated with and without steering")
 
     sp = cmd(sub, "train", cmd_train, "train an SAE (settings from --config and flags; TrainConfig fields)")
     sp.add_argument("--config", default=None, help="YAML or JSON file of TrainConfig settings")
     sp.add_argument(
         "--resume", default=None, metavar="RUN", help="resume an interrupted run from its last checkpoint"
     )
-    sp.add_argument("--model", default=None)
-    sp.add_argument("--dataset", default=None)
-    sp.add_argument("--hook", default=None)
-    sp.add_argument("--hook-out", default=None, help="transcoder: the hook to reconstruct")
-    sp.add_argument("--arch", default=None, choices=["topk", "batchtopk", "standard", "jumprelu"])
-    sp.add_argument("--k", type=int, default=None)
-    sp.add_argument("--l1", type=float, default=None)
-    sp.add_argument("--expansion", type=int, default=None)
-    sp.add_argument("--d-sae", type=int, default=None)
-    sp.add_argument("--steps", type=int, default=None)
-    sp.add_argument(
-        "--train-tokens", type=int, default=None, help="distinct training tokens, reused each epoch"
-    )
-    sp.add_argument("--batch-tokens", type=int, default=None)
-    sp.add_argument("--lr", type=float, default=None)
-    sp.add_argument("--seed", type=int, default=None)
-    sp.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
-    sp.add_argument("--name", default=None)
+    add_config_flags(sp, TrainConfig, aliases=TRAIN_ALIASES)
     from .features import register, register_labels
 
     register(sub, cmd)

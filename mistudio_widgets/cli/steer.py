@@ -7,6 +7,7 @@ import dataclasses
 
 from ..core.configs import SteerConfig
 from ..core.workspace import Workspace
+from .config_flags import add_config_flags, given
 
 
 def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
@@ -29,18 +30,7 @@ def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
         if not a.sae:
             raise SteeringError("No SAE given.", "mistudio steer SAE --feature I:S --prompt TEXT")
         sae, cfg = a.sae, SteerConfig()
-    changes = {
-        k: v
-        for k, v in {
-            "prompt": a.prompt,
-            "method": a.method,
-            "max_tokens": a.max_tokens,
-            "seed": a.seed,
-            "temperature": a.temperature,
-            "multiplier": a.multiplier,
-        }.items()
-        if v is not None
-    }
+    changes = given(SteerConfig, a)  # the settings given as flags, over the preset's or the defaults
     specs = [f.partition(":") for f in a.feature]
     auto = [i for i, _, st in specs if st.strip().lower() == "auto"]
     if len(auto) > 1:
@@ -52,10 +42,6 @@ def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
             list(x)
             for x in parse_features([f"{i}:0" if i in auto else f"{i}{sep}{st}" for i, sep, st in specs])
         ]
-    if a.normalise:
-        changes["normalise"] = True
-    if a.no_chat_template:
-        changes["chat_template"] = False
     cfg = dataclasses.replace(cfg, **changes)
     if auto:
         cfg = _auto(ws, sae, cfg, int(auto[0]), a, out)
@@ -169,14 +155,7 @@ def register(sub, cmd) -> None:
     sp.add_argument(
         "--max-repetition", type=float, default=None, help="auto: bound on the share of repeated trigrams"
     )
-    sp.add_argument("--prompt", default=None)
-    sp.add_argument("--method", choices=["add", "orthogonal", "cap", "clamp", "ablate"], default=None)
-    sp.add_argument("--max-tokens", type=int, default=None)
-    sp.add_argument("--seed", type=int, default=None)
-    sp.add_argument("--temperature", type=float, default=None)
-    sp.add_argument("--multiplier", type=float, default=None)
-    sp.add_argument("--normalise", action="store_true", help="unit-length decoder directions")
-    sp.add_argument("--no-chat-template", action="store_true")
+    add_config_flags(sp, SteerConfig, skip=("features",))
     sp.add_argument("--strengths", default=None, help="comma-separated strengths: a sweep table instead")
     sp.add_argument("--preset", default=None, help="start from a saved preset")
     sp.add_argument("--save-preset", default=None, metavar="NAME", help="save these settings as a preset")

@@ -7,6 +7,7 @@ reads the same field names from flags or a YAML/JSON file.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import types
 import typing
@@ -244,22 +245,47 @@ class TrainConfig:
         minimum=1,
     )
     # architecture
-    architecture: Literal["topk", "batchtopk", "standard", "jumprelu"] = opt("topk", "SAE architecture.")
+    architecture: Literal["topk", "batchtopk", "matryoshka_batchtopk", "standard", "jumprelu"] = opt(
+        "topk",
+        "SAE architecture. topk: k latents per token; batchtopk: k per token on average over the batch; "
+        "matryoshka_batchtopk: batchtopk whose nested prefixes each reconstruct (broad features first); "
+        "standard: ReLU + L1 penalty; jumprelu: learned thresholds + L0 penalty.",
+    )
     expansion_factor: int = opt(
         8, "d_sae = expansion_factor x d_model (ignored when d_sae is set).", minimum=1
     )
     d_sae: int | None = opt(None, "Number of latents; overrides expansion_factor.")
-    k: int = opt(32, "Active latents per token (topk, batchtopk).", minimum=1)
+    k: int = opt(32, "Active latents per token (topk, batchtopk, matryoshka_batchtopk).", minimum=1)
+    matryoshka_widths: list = opt(
+        [],
+        "matryoshka_batchtopk: the nested prefix widths, increasing and ending at d_sae; empty: widths "
+        "doubling up to d_sae (d_sae/16, /8, /4, /2, d_sae).",
+    )
     l1_coefficient: float = opt(
         5.0, "Sparsity penalty (standard: L1 x decoder norm; jumprelu: L0).", minimum=0.0
     )
     skip: bool = opt(False, "Add a linear skip connection W_skip x to the reconstruction.")
     # optimisation
-    lr: float = opt(1e-3, "Peak learning rate.", minimum=0.0)
-    lr_schedule: Literal["constant", "cosine"] = opt(
-        "cosine", "After warm-up: constant, or cosine decay to 10% of lr."
+    optimizer: Literal["signsgd", "adam"] = opt(
+        "signsgd",
+        "signsgd: schedule-free sign descent (every weight moves by lr x the sign of its gradient; the "
+        "saved SAE is the running average; no schedule needed); adam: AdamW with warm-up and lr_schedule.",
     )
-    warmup_steps: int = opt(50, "Linear learning-rate warm-up steps.", minimum=0)
+    lr: float | None = opt(
+        None,
+        "Peak learning rate; empty: the optimiser's default (signsgd 5e-3 x sqrt(16384 / d_sae), adam 1e-3).",
+        minimum=0.0,
+    )
+    lr_schedule: Literal["constant", "cosine"] = opt(
+        "cosine", "adam, after warm-up: constant, or cosine decay to 10% of lr."
+    )
+    warmup_steps: int = opt(50, "adam: linear learning-rate warm-up steps.", minimum=0)
+    schedule_free_beta: float = opt(
+        0.95,
+        "signsgd: where gradients are taken, between the iterate (0) and its average (1).",
+        minimum=0.01,
+        maximum=0.99,
+    )
     l1_warmup_steps: int = opt(
         100, "Linear warm-up of the sparsity coefficient (standard, jumprelu).", minimum=0
     )
@@ -270,7 +296,7 @@ class TrainConfig:
     steps: int = opt(300, "Optimiser steps; tokens trained = steps x batch_tokens.", minimum=1)
     adam_betas: tuple[float, float] = opt((0.9, 0.999), "Adam betas.")
     weight_decay: float = opt(0.0, "AdamW weight decay.", minimum=0.0)
-    grad_clip: float = opt(1.0, "Clip the gradient norm to this value (0 turns it off).", minimum=0.0)
+    grad_clip: float = opt(1.0, "adam: clip the gradient norm to this value (0 turns it off).", minimum=0.0)
     normalize: bool = opt(
         True,
         "Scale inputs to an average norm of sqrt(d_model) while training; folded into the weights at save.",
@@ -282,7 +308,18 @@ class TrainConfig:
         None, "AuxK latents for dead-latent revival (topk/batchtopk; default d_model / 2)."
     )
     aux_coefficient: float = opt(1 / 32, "Weight of the AuxK loss.", minimum=0.0)
-    dead_tokens: int = opt(200_000, "A latent is dead when it has not fired for this many tokens.", minimum=1)
+    dead_tokens: int = opt(
+        200_000,
+        "A latent counts as dead (in the metrics; standard: resampled) when it has not fired for this many "
+        "tokens.",
+        minimum=1,
+    )
+    aux_dead_tokens: int = opt(
+        50_000,
+        "topk/batchtopk: latents that have not fired for this many tokens get the AuxK loss (sooner than "
+        "dead_tokens, so few ever die).",
+        minimum=1,
+    )
     resample_dead: bool = opt(
         True, "standard: re-initialise dead latents towards badly reconstructed inputs."
     )
@@ -327,32 +364,127 @@ class TrainConfig:
         "settings (SHARED: model, data, batch, steps, seed, device) are the same for all. Empty: one SAE.",
     )
 
+    sweep: dict = opt(
+        {},
+        "A grid of SAEs from one harvest: {setting: [values, ...]} over per-SAE settings (k, "
+        "expansion_factor, d_sae, l1_coefficient, architecture, lr, ...); every combination is one SAE "
+        "(with saes: every entry times the grid). Empty: no grid.",
+    )
+
     def members(self) -> list["TrainConfig"]:
-        """One complete config per SAE to train: each entry of ``saes`` over this config, or this
-        config alone when ``saes`` is empty."""
-        return [dataclasses.replace(self, saes=[], **e) for e in self.saes] or [self]
+        """One complete config per SAE to train: each entry of ``saes`` (or this config alone) times
+        each point of the ``sweep`` grid. Two members that would be the same SAE are refused."""
+        bases = [dataclasses.replace(self, saes=[], sweep={}, **e) for e in self.saes] or [
+            dataclasses.replace(self, saes=[], sweep={})
+        ]
+        out = []
+        keys = list(self.sweep)
+        for base in bases:
+            for combo in itertools.product(*(self.sweep[k] for k in keys)):
+                point = dict(zip(keys, combo))
+                name = f"{base.name}-{point_label(point)}" if base.name and point else base.name
+                out.append(dataclasses.replace(base, **point, name=name))
+        seen: dict[str, int] = {}
+        for i, m in enumerate(out):
+            key = repr(sorted(to_dict(m).items()))
+            if key in seen:
+                raise ConfigError(
+                    f"SAEs {seen[key] + 1} and {i + 1} of this training would be the same SAE "
+                    f"({_short(point_label(_differences(m, self)) or 'the base settings')}).",
+                    "remove the repeated grid value or saes entry.",
+                )
+            seen[key] = i
+        return out
 
     def check_more(self) -> None:
         for i, entry in enumerate(self.saes):
-            where = f"TrainConfig.saes[{i}]"
-            if not isinstance(entry, dict):
+            self._check_per_sae(
+                f"TrainConfig.saes[{i}]", entry, "saes: [{hook: blocks.5.hook_resid_post, k: 16}]"
+            )
+        if not isinstance(self.sweep, dict):
+            raise ConfigError("TrainConfig.sweep must be a mapping.", "write e.g. sweep: {k: [16, 32, 64]}.")
+        for key, values in self.sweep.items():
+            where = f"TrainConfig.sweep[{key!r}]"
+            if not isinstance(values, (list, tuple)) or not values:
                 raise ConfigError(
-                    f"{where} is {_short(entry)}; each entry is a mapping of per-SAE settings.",
-                    "write e.g. saes: [{hook: blocks.5.hook_resid_post, k: 16}].",
+                    f"{where} is {_short(values)}; each grid axis is a non-empty list of values.",
+                    f"write e.g. sweep: {{{key}: [a, b]}}.",
                 )
-            shared = sorted(set(entry) & set(SHARED))
-            if shared:
+            repeated = sorted({repr(v) for v in values if list(values).count(v) > 1})
+            if repeated:
                 raise ConfigError(
-                    f"{where} sets {', '.join(shared)}, which every SAE of one harvest shares.",
-                    "set it once at the top level, or train that SAE separately.",
+                    f"{where} lists {', '.join(repeated)} more than once: the grid would train the same SAE "
+                    "twice.",
+                    "list each value once.",
                 )
-            unknown = sorted(str(k) for k in set(entry) - set(PER_SAE))
-            if unknown:
-                raise ConfigError(
-                    f"{where} has no setting {', '.join(unknown)}.",
-                    f"use some of: {', '.join(PER_SAE)}.",
-                )
-            dataclasses.replace(self, saes=[], **entry)  # each override checked now, naming the field
+            for v in values:
+                self._check_per_sae(where, {key: v}, "sweep: {k: [16, 32, 64]}")
+        n = max(len(self.saes), 1) * math.prod(len(v) for v in self.sweep.values())
+        if n > MAX_GROUP:
+            raise ConfigError(
+                f"This training would make {n} SAEs from one harvest; at most {MAX_GROUP} train together.",
+                "use fewer grid values, or split the sweep into several trainings.",
+            )
+
+    def _check_per_sae(self, where: str, entry: Any, example: str) -> None:
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f"{where} is {_short(entry)}; each entry is a mapping of per-SAE settings.",
+                f"write e.g. {example}.",
+            )
+        shared = sorted(set(entry) & set(SHARED))
+        if shared:
+            raise ConfigError(
+                f"{where} sets {', '.join(shared)}, which every SAE of one harvest shares.",
+                "set it once at the top level, or train that SAE separately.",
+            )
+        unknown = sorted(str(k) for k in set(entry) - set(PER_SAE))
+        if unknown:
+            raise ConfigError(
+                f"{where} has no setting {', '.join(unknown)}.", f"use some of: {', '.join(PER_SAE)}."
+            )
+        dataclasses.replace(self, saes=[], sweep={}, **entry)  # each value checked now, naming the field
+
+
+MAX_GROUP = 64  # SAEs trained from one harvest at most
+_LABEL = {"architecture": "", "hook": "", "expansion_factor": "x", "l1_coefficient": "l1", "d_sae": "d"}
+
+
+def parse_grid(text: str) -> dict[str, list[Any]]:
+    """A sweep grid typed as text, 'k: 16, 32, 64; architecture: topk, batchtopk' (or with '='), as a
+    mapping of lists; numbers become numbers."""
+    grid: dict[str, list[Any]] = {}
+    for part in filter(str.strip, text.split(";")):
+        key, sep, values = part.replace("=", ":", 1).partition(":")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"The sweep part {part.strip()!r} is not 'setting: value, value'.",
+                "write e.g. k: 16, 32, 64; architecture: topk, batchtopk.",
+            )
+        grid[key.strip()] = [_scalar(v.strip()) for v in values.split(",") if v.strip()]
+    return grid
+
+
+def _scalar(text: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """A short name for a grid point: {k: 16, expansion_factor: 8} -> 'k16-x8'."""
+    return "-".join(f"{_LABEL.get(k, k)}{v}" for k, v in point.items() if k != "name")
+
+
+def _differences(cfg: Any, base: Any) -> dict[str, Any]:
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if f.name not in ("saes", "sweep", "name") and getattr(cfg, f.name) != getattr(base, f.name)
+    }
 
 
 # What every SAE trained from one harvest shares (they define the activation stream), and what each
@@ -371,7 +503,7 @@ SHARED = (
     "device",
     "cache_activations",
 )
-PER_SAE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in (*SHARED, "saes"))
+PER_SAE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in (*SHARED, "saes", "sweep"))
 
 
 @config

@@ -1,8 +1,9 @@
 """Sparse autoencoders: architectures and the SAELens folder format."""
 
-from .base import ARCHITECTURES, SAE, SAEConfigError, SAESpec, StepOut
+from .base import ARCHITECTURES, K_ARCHITECTURES, SAE, SAEConfigError, SAESpec, StepOut
 from .batchtopk import BatchTopKSAE
 from .jumprelu import JumpReLUSAE
+from .matryoshka import MatryoshkaSAE
 from .standard import StandardSAE
 from .topk import TopKSAE
 
@@ -10,6 +11,7 @@ CLASSES: dict[str, type[SAE]] = {
     "standard": StandardSAE,
     "topk": TopKSAE,
     "batchtopk": BatchTopKSAE,
+    "matryoshka_batchtopk": MatryoshkaSAE,
     "jumprelu": JumpReLUSAE,
 }
 
@@ -22,6 +24,7 @@ def make_sae(spec: SAESpec) -> SAE:
 
 __all__ = [
     "ARCHITECTURES",
+    "K_ARCHITECTURES",
     "CLASSES",
     "SAE",
     "SAEConfigError",
@@ -31,5 +34,6 @@ __all__ = [
     "StandardSAE",
     "TopKSAE",
     "BatchTopKSAE",
+    "MatryoshkaSAE",
     "JumpReLUSAE",
 ]

@@ -14,7 +14,8 @@ from torch import nn
 
 from ..core.errors import MistudioError
 
-ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
+ARCHITECTURES = ("standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu")
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk")  # the ones with a k
 
 
 class SAEConfigError(MistudioError):
@@ -28,12 +29,13 @@ class SAESpec:
     architecture: str = "topk"
     d_in: int = 576
     d_sae: int = 4608
-    k: int | None = 32  # topk / batchtopk
+    k: int | None = 32  # topk / batchtopk / matryoshka_batchtopk
     d_out: int | None = None  # transcoders: width of the reconstructed hook (None: same as d_in)
     skip: bool = False  # add W_skip x to the reconstruction
     apply_b_dec_to_input: bool = True  # subtract b_dec before encoding (needs d_out == d_in)
     jumprelu_bandwidth: float = 0.05  # straight-through estimator bandwidth (jumprelu training)
     jumprelu_init_threshold: float = 0.001
+    matryoshka_widths: list[int] | None = None  # matryoshka_batchtopk: nested prefix widths, the last d_sae
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -62,7 +64,7 @@ class SAESpec:
                 f"d_sae={self.d_sae} x d_in={self.d_in} is too large to allocate here.",
                 "use a smaller expansion factor.",
             )
-        if self.architecture in ("topk", "batchtopk"):
+        if self.architecture in K_ARCHITECTURES:
             if not isinstance(self.k, int) or self.k <= 0:
                 raise SAEConfigError(
                     f"{self.architecture} needs a positive k (got {self.k!r}).", "set k, e.g. 32."
@@ -71,6 +73,15 @@ class SAESpec:
                 raise SAEConfigError(
                     f"k={self.k} is larger than d_sae={self.d_sae}.",
                     "use k <= d_sae (typically k is 16-128).",
+                )
+        if self.architecture == "matryoshka_batchtopk" and self.matryoshka_widths:
+            w = list(self.matryoshka_widths)
+            if any(not isinstance(v, int) or v < 1 for v in w) or w != sorted(set(w)) or w[-1] != self.d_sae:
+                raise SAEConfigError(
+                    f"matryoshka_widths {w} must be strictly increasing whole numbers ending at "
+                    f"d_sae={self.d_sae}.",
+                    f"e.g. {[self.d_sae // 8, self.d_sae // 4, self.d_sae // 2, self.d_sae]}, or leave it "
+                    "empty for widths doubling up to d_sae.",
                 )
         if self.out_dim != self.d_in and self.apply_b_dec_to_input:
             self.apply_b_dec_to_input = False  # b_dec lives in the output space of a transcoder
@@ -132,15 +143,25 @@ class SAE(nn.Module):
         recon = self.decode(f)
         if self.spec.skip:
             recon = recon + x @ self.W_skip.T
-        return StepOut(recon=recon, acts=f, pre=pre, idx=None, vals=None)
+        return StepOut(recon=recon, acts=f, pre=pre)
 
     def sparsity_loss(self, out: "StepOut", coefficient: float) -> torch.Tensor:
         """The sparsity penalty of one training batch: none here (top-k SAEs are sparse by construction);
         architectures trained with a penalty override it."""
         return out.recon.new_zeros(())
 
+    def inner_loss(self, out: "StepOut", target: torch.Tensor) -> torch.Tensor:
+        """Reconstruction losses besides the main one (Matryoshka's nested prefixes): none here."""
+        return out.recon.new_zeros(())
+
     def aux_loss(
-        self, x: torch.Tensor, err: torch.Tensor, dead: torch.Tensor, k: int, coefficient: float
+        self,
+        x: torch.Tensor,
+        out: "StepOut",
+        err: torch.Tensor,
+        dead: torch.Tensor,
+        k: int,
+        coefficient: float,
     ) -> torch.Tensor:
         """An auxiliary loss that gives ``dead`` latents a gradient (``err`` = reconstruction - target):
         none here; top-k architectures use AuxK."""
@@ -176,15 +197,20 @@ class SAE(nn.Module):
 class StepOut:
     recon: torch.Tensor
     acts: torch.Tensor | None  # dense [B, d_sae] (None for sparse architectures)
-    pre: torch.Tensor | None
-    idx: torch.Tensor | None  # sparse: [B, k] active latent indices
-    vals: torch.Tensor | None  # sparse: [B, k] their values
+    pre: torch.Tensor | None  # dense [B, d_sae] pre-activations (sparse architectures: the no-grad pass)
+    picked: Any = None  # sparse architectures: the selected latents per token (topk.Picked)
+    vals: torch.Tensor | None = None  # sparse: [N] their values, one per picked entry
     d_sae: int | None = None
 
-    def active(self) -> torch.Tensor:
-        """Bool [B, d_sae] of which latents fired (for L0 and dead-latent tracking)."""
-        if self.acts is not None:
-            return self.acts > 0
-        out = torch.zeros(self.idx.shape[0], self.d_sae, dtype=torch.bool, device=self.idx.device)
-        out.scatter_(1, self.idx, self.vals > 0)
-        return out
+    def firing(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens each latent fired on [d_sae], latents each token fired [B]) on the CPU, for L0 and
+        dead-latent tracking; sparse architectures count from their indices without a dense mask."""
+        with torch.no_grad():
+            if self.acts is not None:
+                on = self.acts > 0
+                return on.sum(0).cpu(), on.sum(1).cpu()
+            on = self.vals > 0
+            idx, rows = self.picked.idx[on], self.picked.rows[on]
+            counts = torch.bincount(idx, minlength=self.d_sae)
+            per_token = torch.bincount(rows, minlength=self.picked.tokens)
+            return counts.cpu(), per_token.cpu()

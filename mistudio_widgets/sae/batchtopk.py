@@ -7,7 +7,9 @@ from __future__ import annotations
 import torch
 
 from .base import SAE, SAESpec, StepOut
-from .topk import auxk_loss, choose, selected_pre_acts, sparse_decode
+from .topk import Picked, auxk_loss, choose, selected_pre_acts, sparse_decode
+
+THRESHOLD_HORIZON = 50
 
 
 class BatchTopKSAE(SAE):
@@ -21,27 +23,33 @@ class BatchTopKSAE(SAE):
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         return pre * (pre > self.threshold)
 
-    def aux_loss(self, x, err, dead, k, coefficient):
-        return auxk_loss(self, x, err, dead, k, coefficient)
+    def aux_loss(self, x, out, err, dead, k, coefficient):
+        return auxk_loss(self, x, out, err, dead, k, coefficient)
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
         x_c = x - self.b_dec if self.spec.apply_b_dec_to_input else x
-        width = min(
-            4 * self.spec.k, self.spec.d_sae
-        )  # each token keeps at most 4k latents above the batch threshold
-        idx, values = choose(self, x_c, width)
+        # each token keeps at most 4k latents above the batch threshold
+        idx, values, pre = choose(self, x_c, min(4 * self.spec.k, self.spec.d_sae))
         with torch.no_grad():
             pos = torch.relu(values)
             n_keep = min(self.spec.k * x.shape[0], pos.numel())
             kth = pos.reshape(-1).topk(n_keep, sorted=False).values.min()
             keep = (pos >= kth) & (pos > 0)
             if keep.any():
-                t = float(pos[keep].min())
-                n = int(self.threshold_steps)
-                self.threshold.fill_((float(self.threshold[0]) * n + t) / (n + 1) if n else t)
-                self.threshold_steps += 1
-        vals = torch.relu(selected_pre_acts(self, x_c, idx, values)) * keep
-        recon = sparse_decode(self.W_dec, self.b_dec, idx, vals)
+                self._update_threshold(float(pos[keep].min()))
+        picked = Picked.kept(idx, keep)  # only the kept entries are decoded and differentiated
+        vals = torch.relu(selected_pre_acts(self, x_c, picked, values[keep]))
+        recon = sparse_decode(self.W_dec, self.b_dec, picked, vals)
         if self.spec.skip:
             recon = recon + x @ self.W_skip.T
-        return StepOut(recon=recon, acts=None, pre=None, idx=idx, vals=vals, d_sae=self.spec.d_sae)
+        return StepOut(recon=recon, acts=None, pre=pre, picked=picked, vals=vals, d_sae=self.spec.d_sae)
+
+    @torch.no_grad()
+    def _update_threshold(self, smallest_kept: float) -> None:
+        """The inference threshold: the mean of each step's smallest kept activation, turning into an
+        exponential average over the last ~THRESHOLD_HORIZON steps (early steps, from an untrained
+        encoder, fade out)."""
+        n = int(self.threshold_steps)
+        rate = max(1.0 / (n + 1), 1.0 / THRESHOLD_HORIZON)
+        self.threshold.fill_(float(self.threshold[0]) * (1 - rate) + smallest_kept * rate)
+        self.threshold_steps += 1

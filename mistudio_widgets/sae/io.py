@@ -19,6 +19,7 @@ from . import CLASSES, SAE, SAESpec
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 SAE_LENS_VERSION = "6.0.0"
 # the transcoder architectures SAELens 6 can load (it has no top-k transcoders)
+THRESHOLD_ARCHITECTURES = ("jumprelu", "batchtopk", "matryoshka_batchtopk")  # saved as jumprelu
 SAELENS_TRANSCODERS = ("transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder")
 METADATA_KEYS = (
     "model_name",
@@ -63,7 +64,7 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> Non
 
 def saved_architecture(sae: SAE) -> str:
     spec = sae.spec
-    base = "jumprelu" if spec.architecture in ("jumprelu", "batchtopk") else spec.architecture
+    base = "jumprelu" if spec.architecture in THRESHOLD_ARCHITECTURES else spec.architecture
     if spec.skip:
         return "skip_transcoder" if base == "standard" else f"{base}_skip_transcoder"
     if spec.is_transcoder:
@@ -73,7 +74,7 @@ def saved_architecture(sae: SAE) -> str:
 
 def state_for_saving(sae: SAE) -> dict[str, torch.Tensor]:
     state = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
-    if sae.spec.architecture in ("jumprelu", "batchtopk"):
+    if sae.spec.architecture in THRESHOLD_ARCHITECTURES:
         state["threshold"] = sae.threshold
     if sae.spec.skip:
         state["W_skip"] = sae.W_skip
@@ -142,7 +143,7 @@ def _spec_from_cfg(cfg: dict[str, Any]) -> SAESpec:
             f"SAE architecture {arch!r} is not supported.",
             "use standard, topk, jumprelu or batchtopk SAEs (or their transcoders).",
         )
-    if base == "batchtopk":  # never saved so by us, but accept: inference is JumpReLU with its threshold
+    if base in THRESHOLD_ARCHITECTURES:  # never saved so by us, but accept: inference is JumpReLU
         base = "jumprelu"
     k = cfg["k"] if "k" in cfg else (cfg.get("activation_fn_kwargs") or {}).get("k")
     if base == "topk" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):

@@ -69,7 +69,7 @@ class JumpReLUSAE(SAE):
         recon = self.decode(f)
         if self.spec.skip:
             recon = recon + x @ self.W_skip.T
-        return StepOut(recon=recon, acts=f, pre=pre, idx=None, vals=None)
+        return StepOut(recon=recon, acts=f, pre=pre)
 
     def l0_penalty(self, pre: torch.Tensor) -> torch.Tensor:
         return _Step.apply(pre, self.threshold, self.spec.jumprelu_bandwidth).sum(-1).mean()

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from ..core import defaults
 from ..core import distributed as dist
-from ..core.configs import DEFAULT, SHARED, TrainConfig, from_dict, to_dict
+from ..core.configs import DEFAULT, PER_SAE, SHARED, TrainConfig, from_dict, point_label, to_dict
 from ..core.errors import MistudioError
 from ..core.jobs import JobCancelled, JobControl, Status, claim, effective_status, lifecycle, owner_stamp
 from ..core.progress import ProgressCallback, emit
@@ -28,11 +28,13 @@ from ..data.activations import ActivationStream, harvest_shared
 from ..data.datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
 from ..data.hooks import intervene, parse_hook
 from ..data.models import LoadedModel, load_model, resolve_model
-from ..sae import SAE, SAESpec, make_sae
+from ..sae import K_ARCHITECTURES, SAE, SAESpec, make_sae
 from ..sae.io import save_sae, write_safetensors
+from .optim import averaged, make_optimizer
 
 CKPT_PREFIX = "checkpoint-"
 KEEP_CHECKPOINTS = 2
+GROUP_STATE = ("weight_sum",)  # optimiser scalars kept per parameter group (schedule-free averaging)
 
 
 class TrainingError(MistudioError):
@@ -47,9 +49,10 @@ def sae_spec(cfg: TrainConfig, d_in: int, d_out: int, metadata: dict[str, Any]) 
         architecture=cfg.architecture,
         d_in=d_in,
         d_sae=d_sae,
-        k=cfg.k if cfg.architecture in ("topk", "batchtopk") else None,
+        k=cfg.k if cfg.architecture in K_ARCHITECTURES else None,
         d_out=d_out if (cfg.hook_out or d_out != d_in) else None,
         skip=cfg.skip,
+        matryoshka_widths=list(cfg.matryoshka_widths) or None,
         metadata=metadata,
     )
     return spec.validate()
@@ -82,16 +85,24 @@ def geometric_median(x: torch.Tensor, iters: int = 30) -> torch.Tensor:
     return y
 
 
-def lr_lambda(cfg: TrainConfig):
-    def f(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+def new_sae(cfg: TrainConfig, spec: SAESpec, sample_target: torch.Tensor, device: str = "cpu") -> SAE:
+    """A freshly initialised SAE for ``cfg`` (seeded), its decoder bias set from ``sample_target``
+    (normalised target activations) as ``cfg.b_dec_init`` says."""
+    torch.manual_seed(cfg.seed)
+    sae = make_sae(spec).to(device)
+    sae.select_dtype = None if cfg.select_precision == "float32" else torch.bfloat16
+    with torch.no_grad():
+        if cfg.b_dec_init != "zeros":
+            tgt = sample_target.to(device)
+            sae.b_dec.copy_(geometric_median(tgt) if cfg.b_dec_init == "geometric_median" else tgt.mean(0))
+    return sae
 
-    return f
+
+def sparsity_coefficient(cfg: TrainConfig, step: int) -> float:
+    """The sparsity penalty's weight at ``step``: linear warm-up over ``l1_warmup_steps``."""
+    if not cfg.l1_warmup_steps:
+        return cfg.l1_coefficient
+    return cfg.l1_coefficient * min(1.0, (step + 1) / cfg.l1_warmup_steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +113,7 @@ class Losses:
     mse: torch.Tensor
     sparsity: torch.Tensor
     aux: torch.Tensor
+    inner: torch.Tensor  # Matryoshka: the nested prefixes' reconstruction losses
 
 
 def compute_losses(
@@ -118,13 +130,14 @@ def compute_losses(
     out = sae.train_step(x, target)
     err = out.recon - target
     mse = err.pow(2).sum(-1).mean()
+    inner = sae.inner_loss(out, target)
     sparsity = sae.sparsity_loss(out, sparsity_coef)
     aux = (
-        sae.aux_loss(x, err, dead, aux_k, cfg.aux_coefficient)
+        sae.aux_loss(x, out, err, dead, aux_k, cfg.aux_coefficient)
         if dead.any() and cfg.aux_coefficient > 0
         else mse.new_zeros(())
     )
-    return Losses(mse + sparsity + aux, mse, sparsity, aux), out
+    return Losses(mse + inner + sparsity + aux, mse, sparsity, aux, inner), out
 
 
 @torch.no_grad()
@@ -150,6 +163,8 @@ def resample_dead(
         for key in ("exp_avg", "exp_avg_sq"):
             if key in st:
                 st[key][sl] = 0.0
+        if "z" in st:  # schedule-free: the iterate and its average restart at the new weights
+            st["z"][sl] = p[sl]
     return int(idx.numel())
 
 
@@ -178,16 +193,17 @@ def optimizer_step(
     ddp=None,
 ):
     """One optimiser step over a batch (split into ``cfg.grad_accumulation`` micro-batches).
-    Returns (loss parts, active [B, d_sae] bool on CPU, reconstruction, fired [d_sae]). The weights are
+    Returns (loss parts, firing counts per latent [d_sae], active latents per token [B], reconstruction),
+    the counts on the CPU. The weights are
     not updated when the loss is not finite (the caller decides what to do). ``ddp``: the
     DistributedDataParallel-wrapped :class:`LossModule` under data parallelism (gradients are averaged
     over the processes on the last micro-batch)."""
     import contextlib
 
-    unit_norm = sae.spec.architecture in ("topk", "batchtopk", "jumprelu")
+    unit_norm = sae.spec.architecture != "standard"
     opt.zero_grad(set_to_none=True)
-    parts = {"loss": 0.0, "mse_loss": 0.0, "sparsity_loss": 0.0, "aux_loss": 0.0}
-    actives, recons = [], []
+    parts = {"loss": 0.0, "mse_loss": 0.0, "sparsity_loss": 0.0, "aux_loss": 0.0, "inner_loss": 0.0}
+    counts, per_token, recons = [], [], []
     micro = list(zip(x.chunk(cfg.grad_accumulation), target.chunk(cfg.grad_accumulation)))
     for i, (xm, tm) in enumerate(micro):
         sync = contextlib.nullcontext() if ddp is None or i == len(micro) - 1 else ddp.no_sync()
@@ -200,23 +216,25 @@ def optimizer_step(
             ("mse_loss", losses.mse),
             ("sparsity_loss", losses.sparsity),
             ("aux_loss", losses.aux),
+            ("inner_loss", losses.inner),
         ):
             parts[key] += float(v.detach()) / cfg.grad_accumulation
         with torch.no_grad():
-            actives.append(out.active().cpu())
+            c, t = out.firing()
+            counts.append(c)
+            per_token.append(t)
             recons.append(out.recon.detach().float())
-    active = torch.cat(actives)
     finite = dist.all_sum(torch.tensor([0.0 if math.isfinite(parts["loss"]) else 1.0]))[0] == 0
     if finite:
         if unit_norm:
             sae.remove_parallel_grad()
-        if cfg.grad_clip:
+        if cfg.grad_clip and cfg.optimizer != "signsgd":  # sign descent ignores the gradient's scale
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
         if unit_norm:
             sae.normalise_decoder()
-    return parts, active, torch.cat(recons), active.any(0)
+    return parts, torch.stack(counts).sum(0), torch.cat(per_token), torch.cat(recons)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +354,10 @@ def save_checkpoint(run_dir: Path, sae: SAE, opt: torch.optim.Optimizer, sched, 
     final = run_dir / f"{CKPT_PREFIX}{state.step}"
     with atomic_folder(final, writing="checkpoint") as tmp:
         write_safetensors(tensors, tmp / "state.safetensors")
-        (tmp / "state.json").write_text(json.dumps({**asdict(state), "scheduler": sched.state_dict()}))
+        groups = [{k: g[k] for k in GROUP_STATE if k in g} for g in opt.param_groups]
+        (tmp / "state.json").write_text(
+            json.dumps({**asdict(state), "scheduler": sched.state_dict(), "optimizer_groups": groups})
+        )
     for old in _checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -351,6 +372,8 @@ def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, sched) -> 
         if st:
             opt.state[p] = st
     sched.load_state_dict(state.pop("scheduler"))
+    for group, saved in zip(opt.param_groups, state.pop("optimizer_groups", [])):
+        group.update(saved)
     for group, lr in zip(
         opt.param_groups, sched.get_last_lr()
     ):  # the optimiser only learns it at the next sched.step()
@@ -481,6 +504,8 @@ def train_many(
         if c.hook_out:
             meta_sae["hook_name_out"] = c.hook_out
         specs.append(sae_spec(c, d_model, d_model, meta_sae))
+    if not resume:
+        check_group_memory(cfgs, specs, lm.device)
     if stream_hooks is None:
         stream_hooks = list(dict.fromkeys(h for c in cfgs for h in (c.hook, c.hook_out) if h))
     tokens = load_tokens(ws, tok)
@@ -491,8 +516,8 @@ def train_many(
     if not resume:
         ids = None
         if dist.is_main():
-            for c, spec in zip(cfgs, specs):
-                name = c.name or ws.unique_name("run", f"{c.architecture}-{c.hook}")
+            for c, spec, base in zip(cfgs, specs, run_names(cfgs)):
+                name = c.name or ws.unique_name("run", base)
                 runs.append(
                     ws.create_folder(
                         "run",
@@ -569,9 +594,6 @@ class _Member:
         resuming: bool,
     ):
         self.ws, self.run, self.cfg, self.spec, self.device = ws, run, cfg, spec, device
-        torch.manual_seed(cfg.seed)
-        self.sae = sae = make_sae(spec).to(device)
-        sae.select_dtype = None if cfg.select_precision == "float32" else torch.bfloat16
         x_eval = eval_acts[cfg.hook]
         if x_eval.shape[0] < 2:
             raise TrainingError(
@@ -580,16 +602,8 @@ class _Member:
         norm = lambda a: float(math.sqrt(a.shape[1]) / a.norm(dim=1).mean()) if cfg.normalize else 1.0  # noqa: E731
         self.scale_in = norm(x_eval)
         self.scale_out = norm(eval_acts[cfg.hook_out]) if cfg.hook_out else self.scale_in
-        with torch.no_grad():
-            tgt = eval_acts[cfg.hook_out or cfg.hook] * self.scale_out
-            if cfg.b_dec_init != "zeros":
-                sae.b_dec.copy_(
-                    geometric_median(tgt) if cfg.b_dec_init == "geometric_median" else tgt.mean(0)
-                )
-        self.opt = torch.optim.AdamW(
-            sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
-        )
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.sae = sae = new_sae(cfg, spec, eval_acts[cfg.hook_out or cfg.hook] * self.scale_out, device)
+        self.opt, self.sched = make_optimizer(sae.parameters(), cfg, spec.d_sae)
         self.state = TrainState(scale_in=self.scale_in, scale_out=self.scale_out)
         if resuming:
             self.state = load_checkpoint(_checkpoints(run.path)[-1], sae, self.opt, self.sched)
@@ -621,13 +635,9 @@ class _Member:
         step = state.step
         x = batch[cfg.hook].to(self.device) * self.scale_in
         t = batch[cfg.hook_out].to(self.device) * self.scale_out if cfg.hook_out else x
-        coef = (
-            cfg.l1_coefficient * min(1.0, (step + 1) / cfg.l1_warmup_steps)
-            if cfg.l1_warmup_steps
-            else cfg.l1_coefficient
-        )
-        dead = self.since_fired >= cfg.dead_tokens
-        parts, active, recon, fired = optimizer_step(
+        coef = sparsity_coefficient(cfg, step)
+        dead = self.since_fired >= cfg.aux_dead_tokens  # the latents AuxK trains
+        parts, counts, per_token, recon = optimizer_step(
             sae,
             self.opt,
             self.sched,
@@ -640,7 +650,8 @@ class _Member:
             self.device,
             self.ddp,
         )
-        counts = active.sum(0).float()
+        counts = counts.float()
+        fired = counts > 0
         n = x.shape[0]
         if (
             dist.active()
@@ -695,7 +706,7 @@ class _Member:
                 "tokens": state.tokens,
             }
             self.ws.add_metrics(self.run.id, s, "train", self.last)
-            per_token = active.sum(1).float().numpy()
+            per_token = per_token.float().numpy()
             counts, edges = np.histogram(
                 per_token, bins=min(30, max(int(per_token.max()) - int(per_token.min()) + 1, 1))
             )
@@ -705,7 +716,8 @@ class _Member:
             self.fire_counts.zero_()
             self.window_tokens, self.t_log = 0, now
         if cfg.eval_every and s % cfg.eval_every == 0 and s < cfg.steps:
-            ev = self.evaluator.run(sae, self.scale_in, self.scale_out)
+            with averaged(self.opt):
+                ev = self.evaluator.run(sae, self.scale_in, self.scale_out)
             self.ws.add_metrics(self.run.id, s, "eval", ev)
             if cfg.early_stop_patience:
                 if state.best_eval is None or ev["mse"] < state.best_eval:
@@ -731,9 +743,11 @@ class _Member:
         ws, cfg, spec, run = self.ws, self.cfg, self.spec, self.run
         if not dist.is_main():
             return TrainResult(run.id, None, None, {}, Status.DONE)
-        final_eval = self.evaluator.run(self.sae, self.scale_in, self.scale_out)
-        ws.add_metrics(run.id, self.state.step, "eval", final_eval)
         self.checkpoint(position)
+        with averaged(self.opt):
+            final_eval = self.evaluator.run(self.sae, self.scale_in, self.scale_out)
+            weights = {k: v.detach().cpu().clone() for k, v in self.sae.state_dict().items()}
+        ws.add_metrics(run.id, self.state.step, "eval", final_eval)
         metrics = {
             "explained_variance": final_eval["explained_variance"],
             "l0": final_eval["l0"],
@@ -745,7 +759,7 @@ class _Member:
             "tokens": self.state.tokens,
         }
         out = make_sae(dataclasses.replace(spec)).to("cpu")
-        out.load_state_dict({k: v.detach().cpu() for k, v in self.sae.state_dict().items()}, strict=False)
+        out.load_state_dict(weights, strict=False)
         out.fold_scale(self.scale_in, self.scale_out)
         lm_name = spec.metadata.get("model_name")
         with ws.write_artifact(
@@ -918,6 +932,58 @@ def load_trained(ws: Workspace, ref: str, device: str = "cpu"):
 __all__ = ["train", "train_many", "TrainResult", "TrainingError", "run_status", "load_trained"]
 
 
+def run_names(cfgs: list[TrainConfig]) -> list[str]:
+    """Names for the runs of one group: architecture and hook, plus the settings that differ between
+    the group's SAEs ('topk-blocks.15.hook_resid_post-k16')."""
+    varying = [
+        f
+        for f in PER_SAE
+        if f not in ("name", "architecture", "hook") and len({repr(getattr(c, f)) for c in cfgs}) > 1
+    ]
+    return [
+        "-".join(
+            filter(None, [f"{c.architecture}-{c.hook}", point_label({f: getattr(c, f) for f in varying})])
+        )
+        for c in cfgs
+    ]
+
+
+def sae_memory_mib(cfg: TrainConfig, d_in: int, d_sae: int) -> float:
+    """What one SAE of a group holds while training: weights, gradients and two optimiser tensors per
+    weight, and one batch's dense pre-activations and their selection."""
+    params = 2 * d_in * d_sae + d_sae + d_in
+    micro = cfg.batch_tokens // max(cfg.grad_accumulation, 1)
+    return (params * 4 * 4 + micro * d_sae * 4 * 2) / 2**20
+
+
+def stream_memory_mib(cfg: TrainConfig, d_in: int, hooks: int = 1) -> float:
+    """The shared activation stream: one chunk of sequences at each hook, and its shuffled copy."""
+    return cfg.chunk_sequences * cfg.context_size * d_in * 4 * 2 * hooks / 2**20
+
+
+def free_memory_mib(device: str) -> float:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0] / 2**20
+    import psutil
+
+    return psutil.virtual_memory().available / 2**20
+
+
+def check_group_memory(cfgs: list[TrainConfig], specs: list[SAESpec], device: str) -> None:
+    """Refuse, before anything starts, a group (a sweep) whose SAEs would not fit in free memory."""
+    hooks = len({h for c in cfgs for h in (c.hook, c.hook_out) if h})
+    need = sum(sae_memory_mib(c, sp.d_in, sp.d_sae) for c, sp in zip(cfgs, specs))
+    need += stream_memory_mib(cfgs[0], specs[0].d_in, hooks)
+    free = free_memory_mib(device)
+    if need > 0.9 * free:
+        raise TrainingError(
+            f"Training these {len(cfgs)} SAE(s) together needs about {need / 1024:.1f} GiB "
+            f"(weights, optimiser state and one batch each); {free / 1024:.1f} GiB is free on {device}.",
+            "use fewer grid points, smaller widths or a smaller batch_tokens (or raise "
+            "grad_accumulation), or split the sweep into several trainings.",
+        )
+
+
 def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
     """Validate a config against the workspace without loading weights; returns
     ``{"problems": [...], "d_sae": ..., "memory_mib": ..., "seconds": ...}`` for forms and the CLI."""
@@ -941,20 +1007,28 @@ def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
     d = d_in or defaults.DEFAULT_MODEL_D_MODEL  # before the default model is added
     d_sae = cfg.d_sae if cfg.d_sae is not None else cfg.expansion_factor * d
     try:
-        sae_spec(cfg, d, d, {})
+        members = cfg.members()
+        for m in members:
+            sae_spec(m, d, d, {})
     except MistudioError as exc:
         problems.append(str(exc))
+        members = [cfg]
     if cfg.batch_tokens % cfg.grad_accumulation:
         problems.append("batch_tokens must be divisible by grad_accumulation.")
     params = 2 * d * d_sae + d_sae + d
-    micro = cfg.batch_tokens // max(cfg.grad_accumulation, 1)
-    memory = (
-        params * 4 * 4 + micro * d_sae * 4 * 2 + cfg.chunk_sequences * cfg.context_size * d * 4 * 2
-    ) / 2**20
+    widths = [m.d_sae if m.d_sae is not None else m.expansion_factor * d for m in members]
+    memory = sum(sae_memory_mib(m, d, w) for m, w in zip(members, widths)) + stream_memory_mib(cfg, d)
+    free = free_memory_mib("cuda" if cfg.device in ("auto", "cuda") else "cpu")
+    if memory > 0.9 * free:
+        problems.append(
+            f"The {len(members)} SAE(s) need about {memory / 1024:.1f} GiB; {free / 1024:.1f} GiB is free. "
+            "Use fewer grid points, smaller widths or a smaller batch."
+        )
     tokens = cfg.steps * cfg.batch_tokens
     rate = 900.0 if info.get("parameters", 0) < 2e8 else 200.0  # harvest-bound tokens/s on a 2-core CPU
     return {
         "problems": problems,
+        "saes": len(members),
         "d_in": d_in,
         "d_sae": d_sae,
         "parameters": params,

@@ -47,6 +47,8 @@ class Studio(ipw.VBox):
             ]
         )
         self.library.observe(self._open, "opened")
+        # a point of the sweep's Pareto view opens that SAE's features
+        self.monitor.on_open = lambda sae: self._open({"new": {"target": "Features", "id": sae}})
         self.features.observe(self._steer_with, "steer_request")
         for i, title in enumerate(TABS):
             self.tabs.set_title(i, title)

@@ -10,7 +10,7 @@ from typing import Any
 import traitlets as t
 
 from ..core import jobs
-from ..core.configs import TrainConfig, from_dict, to_dict
+from ..core.configs import TrainConfig, from_dict, parse_grid, to_dict
 from ..train.training import check_config, train
 from .base import EngineWidget, Outcome, background, esm, on_kernel
 
@@ -22,9 +22,11 @@ BASIC = (
     "expansion_factor",
     "k",
     "l1_coefficient",
+    "optimizer",
     "lr",
     "batch_tokens",
     "steps",
+    "sweep",
 )
 HIDDEN = ("adam_betas", "name", "saes")
 
@@ -34,9 +36,20 @@ def _field_kind(f: dataclasses.Field) -> tuple[str, list[str] | None]:
     args = typing.get_args(hint)
     if typing.get_origin(hint) is typing.Literal:
         return "choice", list(args)
+    if hint is list or typing.get_origin(hint) is list:
+        return "list", None  # typed as comma-separated whole numbers
+    if hint is dict or typing.get_origin(hint) is dict:
+        return "grid", None  # a sweep grid typed as 'k: 16, 32; architecture: topk, batchtopk'
     base = next((a for a in args if a is not type(None)), hint) if args else hint
     kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(base, "str")
     return (f"optional-{kind}" if type(None) in args else kind), None
+
+
+def _whole_numbers(name: str, text: str) -> list[int]:
+    try:
+        return [int(p) for p in text.replace(";", ",").split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(f"{name} takes whole numbers separated by commas, e.g. 288, 576, 1152") from None
 
 
 def form_fields() -> list[dict[str, Any]]:
@@ -51,7 +64,7 @@ def form_fields() -> list[dict[str, Any]]:
                 "name": f.name,
                 "kind": kind,
                 "choices": choices,
-                "default": f.default,
+                "default": f.default if f.default is not dataclasses.MISSING else f.default_factory(),
                 "help": f.metadata.get("help", ""),
                 "minimum": f.metadata.get("minimum"),
                 "basic": f.name in BASIC,
@@ -113,6 +126,10 @@ class TrainingConfigurator(EngineWidget):
             v = vals.get(f["name"])
             if v in ("", None) and f["kind"].startswith("optional"):
                 vals[f["name"]] = None
+            elif f["kind"] == "list" and isinstance(v, str):
+                vals[f["name"]] = _whole_numbers(f["name"], v)
+            elif f["kind"] == "grid" and isinstance(v, str):
+                vals[f["name"]] = parse_grid(v)
             elif f["kind"].endswith("int") and v not in (None, ""):
                 vals[f["name"]] = int(v)
             elif f["kind"].endswith("float") and v not in (None, ""):

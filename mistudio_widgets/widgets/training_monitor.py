@@ -5,7 +5,7 @@ overlaid."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ipywidgets as ipw
 import traitlets as t
@@ -24,6 +24,36 @@ CHARTS = [
     ("ce_recovered", "eval", "CE recovered"),
     ("lr", "train", "learning rate"),
 ]
+
+
+def pareto_figure():
+    """L0 against explained variance and against CE recovered, one point per run (a sweep's trade-off);
+    hollow points are still training; clicking a point opens its SAE."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=["explained variance vs L0", "CE recovered vs L0"],
+        horizontal_spacing=0.1,
+    )
+    for col in (1, 2):
+        fig.add_trace(
+            go.Scatter(
+                x=[],
+                y=[],
+                mode="markers",
+                marker=dict(size=11, color="#1976d2"),
+                hovertemplate="%{text}<br>L0 %{x:.1f}<br>%{y:.3f}<extra></extra>",
+                showlegend=False,
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="L0 (active latents per token)", row=1, col=col)
+    fig.update_layout(height=300, margin=dict(l=50, r=10, t=40, b=40), template="plotly_white")
+    return go.FigureWidget(fig)
 
 
 def device_line() -> str:
@@ -107,13 +137,18 @@ class TrainingMonitor(ipw.VBox):
             template="plotly_white",
         )
         self.figure = go.FigureWidget(fig)
-        super().__init__(children=[self.controls, self.figure], **kwargs)
+        self.pareto = pareto_figure()
+        self.pareto.data[0].on_click(self._open_point)
+        self.pareto.data[1].on_click(self._open_point)
+        self.pareto_box = ipw.Box([self.pareto], layout=ipw.Layout(display="none"))  # shown for 2+ runs
+        self._timer = None
+        super().__init__(children=[self.controls, self.figure, self.pareto_box], **kwargs)
+        self.on_open: Callable[[str], None] | None = None  # called with an SAE id when a point is clicked
         self.add_class("mistudio-training-monitor")
         if runs is None:  # default: the newest run; [] attaches none
             runs = [self.workspace.list("run")[-1].id] if self.workspace.list("run") else []
         for r in runs:
             self.attach(r)
-        self._timer = None
         self._start_timer(interval)
 
     # -- runs --------------------------------------------------------------------------------
@@ -271,7 +306,69 @@ class TrainingMonitor(ipw.VBox):
             if a.id not in self.run_ids
         ]
         self.controls.runs = rows_out + [{**o, "attached": False} for o in others[-10:]]
+        self._draw_pareto()
         self.controls.device = device_line()
+
+    # -- the Pareto view of a sweep --------------------------------------------------------
+    def pareto_points(self) -> list[dict[str, Any]]:
+        """One point per attached run: its latest L0, explained variance and CE recovered (held-out
+        evaluation when there is one, else the latest training metrics)."""
+        pts = []
+        for rid in self.run_ids:
+            art = self.workspace.find(rid, "run")
+            if art is None:
+                continue
+            final = art.meta.get("metrics") or {}
+            ev_rows = self.workspace.metrics(rid, "eval")
+            tr_rows = self.workspace.metrics(rid, "train")
+            last = final or (ev_rows[-1] if ev_rows else {}) or (tr_rows[-1] if tr_rows else {})
+            if last.get("l0") is None or last.get("explained_variance") is None:
+                continue
+            ce = final.get("ce_recovered", ev_rows[-1].get("ce_recovered") if ev_rows else None)
+            pts.append(
+                {
+                    "run": rid,
+                    "name": art.name,
+                    "sae": art.meta.get("sae"),
+                    "l0": last["l0"],
+                    "explained_variance": last["explained_variance"],
+                    "ce_recovered": ce,
+                    "step": art.meta.get("step") or 0,
+                    "done": bool(art.meta.get("sae")),
+                }
+            )
+        return pts
+
+    def _draw_pareto(self) -> None:
+        pts = self.pareto_points()
+        self.pareto_box.layout.display = "" if len(self.run_ids) > 1 else "none"
+        if len(self.run_ids) < 2:
+            return
+        text = [f"{p['name']}<br>step {p['step']}{'' if p['done'] else ' (training)'}" for p in pts]
+        with self.pareto.batch_update():
+            for tr, key in zip(self.pareto.data, ("explained_variance", "ce_recovered")):
+                keep = [i for i, p in enumerate(pts) if p[key] is not None]
+                tr.x = [pts[i]["l0"] for i in keep]
+                tr.y = [pts[i][key] for i in keep]
+                tr.text = [text[i] for i in keep]
+                tr.customdata = [pts[i]["run"] for i in keep]
+                tr.marker.symbol = ["circle" if pts[i]["done"] else "circle-open" for i in keep]
+
+    def _open_point(self, trace, points, _state) -> None:
+        if not points.point_inds:
+            return
+        run = self.workspace.get(trace.customdata[points.point_inds[0]], "run")
+        self.open_run(run.id)
+
+    def open_run(self, run_id: str) -> str | None:
+        """Open a run's SAE (the Studio shows it in Features); returns the SAE id, None while training."""
+        sae = self.workspace.get(run_id, "run").meta.get("sae")
+        if sae and self.on_open is not None:
+            self.on_open(sae)
+        self.controls.message = (
+            f"Opened the SAE of {self.workspace.get(run_id).name}." if sae else "That run is still training."
+        )
+        return sae
 
     def close(self) -> None:
         if self._timer is not None:
