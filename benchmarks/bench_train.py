@@ -51,6 +51,8 @@ from mistudio_widgets.train.training import (
 HOOK, LAYER, D_SAE, K, CTX = "blocks.15.hook_resid_post", 15, 4608, 32, 128
 PEERS = {"eai-sparsify": "1.3.", "sae-lens": "6."}  # the versions whose internals are driven below
 SHARED = dict(lr=1e-3, b_dec="mean", aux=False)  # the shared-settings rows (with Adam, constant lr)
+# this project's defaults before this benchmark chose the current ones
+PREVIOUS = dict(optimizer="adam", lr=1e-3, aux_dead_tokens=200_000, aux_tokens=0)
 
 
 class Batches:
@@ -181,10 +183,12 @@ def bench_saelens(batches: Batches, train_x, test_x, arch: str, shared: bool = F
     if shared:
         with torch.no_grad():
             sae.b_dec.copy_(test_x.mean(0))
+    lr = SHARED["lr"] if shared else SAETrainerConfig.lr  # its default, 3e-4
     cfg = SAETrainerConfig(
         total_training_samples=batches.tokens,
         train_batch_size_samples=batches.size,
-        **({"lr": SHARED["lr"]} if shared else {}),
+        lr=lr,
+        lr_end=lr / 10,  # what its runner config sets (unused by the constant schedule)
     )
     trainer = SAETrainer(cfg, sae, iter(batches))
     t0 = time.perf_counter()
@@ -278,12 +282,13 @@ def main() -> None:
         "mistudio batchtopk (defaults)": lambda: bench_ours(
             batches, train_x, test_x, architecture="batchtopk"
         ),
+        "mistudio matryoshka_batchtopk (defaults)": lambda: bench_ours(
+            batches, train_x, test_x, architecture="matryoshka_batchtopk"
+        ),
         "mistudio standard L1 (defaults)": lambda: bench_ours(
             batches, train_x, test_x, architecture="standard"
         ),
-        "mistudio topk, adam (previous defaults)": lambda: bench_ours(
-            batches, train_x, test_x, optimizer="adam"
-        ),
+        "mistudio topk (previous defaults: adam)": lambda: bench_ours(batches, train_x, test_x, **PREVIOUS),
         "mistudio topk (shared settings)": lambda: bench_ours(batches, train_x, test_x, **adam_shared),
     }
     skipped = []

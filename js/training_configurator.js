@@ -30,7 +30,8 @@ function render({ model, el }) {
       inp = h("input", { type: "number", value: v ?? "", placeholder: v === null ? "auto" : "", step: f.kind.endsWith("float") ? "any" : "1",
                          min: f.minimum ?? undefined });
     else if (f.kind === "grid")
-      inp = h("input", { type: "text", value: Object.entries(v || {}).map(([k, vs]) => `${k}: ${[].concat(vs).join(", ")}`).join("; "),
+      inp = h("input", { type: "text", value: typeof v === "string" ? v
+                         : Object.entries(v || {}).map(([k, vs]) => `${k}: ${[].concat(vs).join(", ")}`).join("; "),
                          placeholder: "k: 16, 32, 64; architecture: topk, batchtopk" });
     else inp = h("input", { type: "text", value: v ?? "" });
     inp.setAttribute("data-field", f.name);

@@ -241,6 +241,54 @@ def test_training_from_the_configurator_updates_the_charts_and_stops(page, lab):
     expect(row.get_by_test_id("run-resume")).to_be_visible()
 
 
+def test_a_sweep_typed_in_the_configurator_trains_its_grid_and_the_pareto_view_opens_an_sae(page, lab):
+    """The sweep field takes a grid as text; Start trains one SAE per point from one harvest; the monitor
+    draws one point per run in its L0 / explained-variance view, and clicking a point opens that SAE."""
+    settings = dict(
+        steps=6,
+        batch_tokens=256,
+        chunk_sequences=24,
+        eval_every=0,
+        eval_sequences=4,
+        log_every=1,
+        expansion_factor=2,
+        checkpoint_every=0,
+        name=None,
+    )
+    open_and_run(
+        page,
+        lab,
+        "sweep.ipynb",
+        [
+            SETUP,
+            "from mistudio_widgets.widgets import TrainingConfigurator, TrainingMonitor\n"
+            "mon = TrainingMonitor(ws, runs=[])\ncfg = TrainingConfigurator(ws, monitor=mon)\n"
+            "opened = []\nmon.on_open = opened.append\n"
+            f"cfg.values = {{**cfg.values, **{settings!r}}}\ndisplay(cfg, mon)",
+        ],
+    )
+    conf = page.get_by_test_id("training-configurator")
+    grid = conf.locator('[data-field="sweep"]')
+    set_field(grid, "k: 4, 4")  # a repeated point is refused before anything starts
+    expect(conf.get_by_test_id("train-problems")).to_contain_text("more than once")
+    expect(conf.get_by_test_id("train-start")).to_be_disabled()
+    set_field(grid, "k: 4, 16; architecture: topk, matryoshka_batchtopk")
+    expect(conf.get_by_test_id("train-estimate")).to_contain_text(re.compile(r"SAEs \(sweep\)\s*4"))
+    conf.get_by_test_id("train-start").click()
+    monitor = page.get_by_test_id("training-monitor")
+    expect(monitor.locator("tr[data-run] [data-testid=run-status]", has_text="done")).to_have_count(4)
+    # the Pareto view: four points in the explained-variance panel, all filled (finished)
+    pareto = page.locator(".js-plotly-plot", has_text="explained variance vs L0")
+    points = pareto.locator(".subplot.xy .scatterlayer .trace").first.locator("path.point")
+    expect(points).to_have_count(4)
+    box = points.first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(monitor.get_by_test_id("message")).to_contain_text("Opened the SAE of")
+    if os.environ.get("MISTUDIO_SCREENSHOTS"):
+        page.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/sweep.png", full_page=True)
+
+
 @pytest.fixture(scope="module")
 def extracted_sae(default_ws):
     from mistudio_widgets.core.configs import ExtractConfig, TrainConfig

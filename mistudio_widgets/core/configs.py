@@ -308,6 +308,11 @@ class TrainConfig:
         None, "AuxK latents for dead-latent revival (topk/batchtopk; default d_model / 2)."
     )
     aux_coefficient: float = opt(1 / 32, "Weight of the AuxK loss.", minimum=0.0)
+    aux_tokens: int = opt(
+        1024,
+        "AuxK reads this many tokens of each batch (a random sample; its cost grows with them; 0: all).",
+        minimum=0,
+    )
     dead_tokens: int = opt(
         200_000,
         "A latent counts as dead (in the metrics; standard: resampled) when it has not fired for this many "

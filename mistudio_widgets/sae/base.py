@@ -162,6 +162,7 @@ class SAE(nn.Module):
         dead: torch.Tensor,
         k: int,
         coefficient: float,
+        tokens: int = 0,
     ) -> torch.Tensor:
         """An auxiliary loss that gives ``dead`` latents a gradient (``err`` = reconstruction - target):
         none here; top-k architectures use AuxK."""

@@ -23,8 +23,8 @@ class BatchTopKSAE(SAE):
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         return pre * (pre > self.threshold)
 
-    def aux_loss(self, x, out, err, dead, k, coefficient):
-        return auxk_loss(self, x, out, err, dead, k, coefficient)
+    def aux_loss(self, x, out, err, dead, k, coefficient, tokens=0):
+        return auxk_loss(self, x, out, err, dead, k, coefficient, tokens)
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
         x_c = x - self.b_dec if self.spec.apply_b_dec_to_input else x

@@ -112,10 +112,10 @@ def choose(sae: SAE, x_c: torch.Tensor, width: int) -> tuple[torch.Tensor, torch
     with torch.no_grad():
         dt = getattr(sae, "select_dtype", None)
         if dt is not None and dt != x_c.dtype:
-            pre = x_c.to(dt) @ sae.W_enc.to(dt) + sae.b_enc.to(dt)
+            pre = torch.addmm(sae.b_enc.to(dt), x_c.to(dt), sae.W_enc.to(dt))
             idx, vals = exact_pre_at(sae, x_c, pre.topk(width, dim=-1, sorted=False).indices)
             return idx, vals, pre
-        pre = x_c @ sae.W_enc + sae.b_enc
+        pre = torch.addmm(sae.b_enc, x_c, sae.W_enc)
         top = pre.topk(width, dim=-1, sorted=False)
         return top.indices, top.values, pre
 
@@ -127,14 +127,24 @@ def selected_pre_acts(sae: SAE, x_c: torch.Tensor, picked: Picked, values: torch
 
 
 def auxk_loss(
-    sae: SAE, x: torch.Tensor, out: StepOut, err: torch.Tensor, dead: torch.Tensor, k: int, coefficient: float
+    sae: SAE,
+    x: torch.Tensor,
+    out: StepOut,
+    err: torch.Tensor,
+    dead: torch.Tensor,
+    k: int,
+    coefficient: float,
+    tokens: int = 0,
 ) -> torch.Tensor:
     """AuxK (Gao et al.): the ``k`` strongest dead latents of each token learn to explain the
-    reconstruction's residual, normalised by the residual's variance. Dense over the dead latents only
-    (few once training settles; a sparse path over B x k entries measured far slower on CPUs)."""
+    reconstruction's residual, normalised by the residual's variance; over the first ``tokens`` of the
+    batch (0: all). Dense over the dead latents only (few once training settles; a sparse path over
+    B x k entries measured far slower on CPUs)."""
     dead_idx = dead.nonzero().squeeze(1)
     if dead_idx.numel() == 0:
         return err.new_zeros(())
+    if tokens and tokens < x.shape[0]:  # the batch is shuffled: its first tokens are a random sample
+        x, err = x[:tokens], err[:tokens]
     e = -err.detach()
     x_c = x - sae.b_dec if sae.spec.apply_b_dec_to_input else x
     pre_dead = x_c @ sae.W_enc[:, dead_idx] + sae.b_enc[dead_idx]  # [B, n_dead]
@@ -152,8 +162,8 @@ class TopKSAE(SAE):
         vals, idx = pre.topk(self.spec.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
 
-    def aux_loss(self, x, out, err, dead, k, coefficient):
-        return auxk_loss(self, x, out, err, dead, k, coefficient)
+    def aux_loss(self, x, out, err, dead, k, coefficient, tokens=0):
+        return auxk_loss(self, x, out, err, dead, k, coefficient, tokens)
 
     def _centred(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.b_dec if self.spec.apply_b_dec_to_input else x

@@ -133,7 +133,7 @@ def compute_losses(
     inner = sae.inner_loss(out, target)
     sparsity = sae.sparsity_loss(out, sparsity_coef)
     aux = (
-        sae.aux_loss(x, out, err, dead, aux_k, cfg.aux_coefficient)
+        sae.aux_loss(x, out, err, dead, aux_k, cfg.aux_coefficient, cfg.aux_tokens)
         if dead.any() and cfg.aux_coefficient > 0
         else mse.new_zeros(())
     )
