@@ -281,8 +281,8 @@ def test_a_sweep_typed_in_the_configurator_trains_its_grid_and_the_pareto_view_o
     pareto = page.locator(".js-plotly-plot", has_text="explained variance vs L0")
     points = pareto.locator(".subplot.xy .scatterlayer .trace").first.locator("path.point")
     expect(points).to_have_count(4)
+    points.first.scroll_into_view_if_needed()
     box = points.first.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     expect(monitor.get_by_test_id("message")).to_contain_text("Opened the SAE of")
     if os.environ.get("MISTUDIO_SCREENSHOTS"):
