@@ -233,9 +233,17 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
 def demo_train_config(ws: Workspace, dataset: str, **changes: Any) -> TrainConfig:
     """The demo's recipe, measured to learn a shouting feature on a 2-core CPU in about two minutes: a
     top-k SAE (k=32, 8 x d_model latents) at layer 10's output, 100 steps of 4,096 activations over
-    204,800 distinct tokens (two epochs), harvested once into the activation cache."""
+    204,800 distinct tokens (two epochs), harvested once into the activation cache.
+
+    It keeps AdamW (lr 1e-3, cosine) with AuxK only after 200k silent tokens. Measured: the schedule-free
+    sign-descent default reconstructs better at equal tokens, but on this 100-step budget the contrast's
+    best feature was a name fragment (H[EL][ENA]) that steered to 4% uppercase at every fluent strength;
+    with this recipe the demo's feature goes from 5% to 100% uppercase."""
     settings = dict(
         dataset=dataset,
+        optimizer="adam",
+        aux_dead_tokens=200_000,
+        aux_tokens=0,
         hook=DEMO_HOOK,
         steps=100,
         batch_tokens=4096,
