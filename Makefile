@@ -60,7 +60,7 @@ lab: $(LAB)
 
 ## make dashboard: the Studio as a Voila dashboard (settings in jupyter-config/)
 dashboard: $(LAB)
-	JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter-config $(VENV)/bin/voila dashboards/studio.ipynb
+	JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter-config JUPYTER_PATH=$(CURDIR)/share/jupyter $(VENV)/bin/voila dashboards/studio.ipynb
 
 ## make bench: the benchmarks (ratios against a baseline measured in the same run)
 bench: $(TESTS) browser-deps

@@ -37,7 +37,18 @@ function fmtBytes(b) {
 // A labelled figure for the key-value grids (.kv).
 function kv(label, value) { return h("div", {}, h("span", { class: "muted", text: label }), h("b", { text: value })); }
 
-function send(model, action, args = {}) { model.send({ action, args }); }
+// Send an action to the kernel. The status line (progress, message, error) moves next to the control
+// that sent it (after the row or section holding the focused element), so an answer appears where the
+// user is looking.
+function send(model, action, args = {}) {
+  const status = model.__statusEl, focus = document.activeElement;
+  if (status && status.isConnected && focus && focus !== document.body) {
+    const root = status.closest(".mistudio");
+    const host = root && root.contains(focus) ? focus.closest(".row, section") : null;
+    if (host && host.nextSibling !== status && !host.contains(status)) host.after(status);
+  }
+  model.send({ action, args });
+}
 
 function field(labelText, input, help) {
   const l = h("label", { title: help || "" }, labelText, input);
@@ -54,22 +65,39 @@ function select(options, value, attrs = {}) {
   return s;
 }
 
-// A histogram as SVG bars; each bar has a tooltip with its range and count.
-function histogram(counts, edges, { width = 420, height = 120, xlabel = "", digits = 0 } = {}) {
-  const svg = h("svg", { width, height: height + 28, viewBox: `0 0 ${width} ${height + 28}`, role: "img",
+// A histogram as SVG bars with labelled axes (ticks on both), a tooltip per bar (its range and count),
+// and an optional log-scaled count axis (for heavy-tailed activation densities).
+function histogram(counts, edges, { width = 420, height = 120, xlabel = "", ylabel = "count", digits = 0, log = false } = {}) {
+  const left = 46, bottom = 34, top = 8, right = 8;
+  const svg = h("svg", { width, height: height + bottom + top, viewBox: `0 0 ${width} ${height + bottom + top}`, role: "img",
                          "aria-label": xlabel ? `histogram of ${xlabel}` : "histogram", class: "histogram" });
   if (!counts || !counts.length) return svg;
-  const max = Math.max(...counts, 1), n = counts.length, bw = (width - 40) / n;
+  const n = counts.length, plotW = width - left - right, bw = plotW / n;
+  const max = Math.max(...counts, 1);
+  const scale = log ? (c) => (c > 0 ? Math.log10(c + 1) / Math.log10(max + 1) : 0) : (c) => c / max;
+  svg.append(h("line", { x1: left, y1: top + height, x2: width - right, y2: top + height, class: "axis" }));
+  svg.append(h("line", { x1: left, y1: top, x2: left, y2: top + height, class: "axis" }));
   counts.forEach((c, i) => {
-    const bh = (c / max) * height;
-    const r = h("rect", { x: 36 + i * bw, y: height - bh, width: Math.max(bw - 1, 1), height: bh, class: "binbar" });
+    const bh = scale(c) * height;
+    const r = h("rect", { x: left + i * bw, y: top + height - bh, width: Math.max(bw - 1, 1), height: bh, class: "binbar" });
     r.append(h("title", { text: `${fmtNum(edges[i], digits)}–${fmtNum(edges[i + 1], digits)}: ${fmtInt(c)}` }));
     svg.append(r);
   });
-  svg.append(h("text", { x: 0, y: 10, text: fmtInt(max) }));
-  svg.append(h("text", { x: 36, y: height + 14, text: fmtNum(edges[0], digits) }));
-  svg.append(h("text", { x: width - 40, y: height + 14, text: fmtNum(edges[edges.length - 1], digits) }));
-  if (xlabel) svg.append(h("text", { x: width / 2 - 40, y: height + 26, text: xlabel }));
+  const yticks = log ? [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7].filter((v) => v <= max) : [0, max / 2, max];
+  for (const v of yticks) {
+    const y = top + height - scale(v) * height;
+    svg.append(h("line", { x1: left - 3, y1: y, x2: left, y2: y, class: "axis" }));
+    svg.append(h("text", { x: left - 5, y: y + 3, "text-anchor": "end", text: v >= 1e4 ? v.toExponential(0) : fmtInt(Math.round(v)) }));
+  }
+  const lo = edges[0], hi = edges[edges.length - 1];
+  for (let k = 0; k <= 4; k++) {
+    const x = left + (k / 4) * plotW;
+    svg.append(h("line", { x1: x, y1: top + height, x2: x, y2: top + height + 3, class: "axis" }));
+    svg.append(h("text", { x, y: top + height + 14, "text-anchor": k === 0 ? "start" : k === 4 ? "end" : "middle", text: fmtNum(lo + (k / 4) * (hi - lo), digits) }));
+  }
+  if (xlabel) svg.append(h("text", { x: left + plotW / 2, y: top + height + 28, "text-anchor": "middle", text: xlabel }));
+  if (ylabel) svg.append(h("text", { x: 10, y: top + height / 2, "text-anchor": "middle", transform: `rotate(-90 10 ${top + height / 2})`,
+                                     text: `${ylabel}${log ? " (log)" : ""}` }));
   return svg;
 }
 
@@ -78,7 +106,8 @@ function statusBar(model) {
   const bar = h("div"), barBox = h("div", { class: "bar" }, bar);
   const label = h("span", { class: "muted" }), msg = h("span", { class: "ok", "data-testid": "message" });
   const err = h("div", { class: "error", "data-testid": "error" });
-  const el = h("div", {}, h("div", { class: "status", "data-testid": "status" }, barBox, label, msg), err);
+  const el = h("div", { class: "status-line" }, h("div", { class: "status", "data-testid": "status" }, barBox, label, msg), err);
+  model.__statusEl = el;
   const update = () => {
     const busy = model.get("status") === "busy", p = model.get("progress") || {};
     barBox.style.display = busy ? "" : "none";
@@ -97,4 +126,37 @@ function statusBar(model) {
 function busyDisables(model, ...buttons) {
   const upd = () => { for (const b of buttons) b.disabled = model.get("status") === "busy"; };
   model.on("change:status", upd); upd();
+}
+
+// The colours of the theme this widget sits in, reported to the kernel (``theme``), which colours its
+// plotly charts to match; sent again when JupyterLab switches theme.
+function reportTheme(model, el) {
+  const opaque = (c) => c && c !== "transparent" && !/rgba\(.*,\s*0\)$/.test(c);
+  const backgroundOf = (node) => {
+    for (let n = node; n && n.nodeType === 1; n = n.parentElement) {
+      const c = getComputedStyle(n).backgroundColor;
+      if (opaque(c)) return c;
+    }
+    return "rgb(255, 255, 255)";
+  };
+  const luminance = (c) => {
+    const m = (c.match(/[\d.]+/g) || [255, 255, 255]).map(Number);
+    return (0.2126 * m[0] + 0.7152 * m[1] + 0.0722 * m[2]) / 255;
+  };
+  const send_ = () => {
+    if (!el.isConnected) return;
+    const css = getComputedStyle(el), background = backgroundOf(el.parentElement || el);
+    const light = document.body.dataset.jpThemeLight;
+    const theme = { dark: light === undefined ? luminance(background) < 0.5 : light === "false", background,
+                    foreground: css.getPropertyValue("--jp-ui-font-color1").trim() || css.color,
+                    grid: css.getPropertyValue("--jp-border-color2").trim() || "#e0e0e0",
+                    name: document.body.dataset.jpThemeName || "" };
+    const old = model.get("theme") || {};
+    if (JSON.stringify(old) !== JSON.stringify(theme)) { model.set("theme", theme); model.save_changes(); }
+  };
+  // once attached and styled; again whenever the theme changes
+  requestAnimationFrame(() => setTimeout(send_, 50));
+  const obs = new MutationObserver(() => setTimeout(send_, 200));
+  obs.observe(document.body, { attributes: true, attributeFilter: ["data-jp-theme-name", "data-jp-theme-light", "class"] });
+  return () => obs.disconnect();
 }

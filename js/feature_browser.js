@@ -24,21 +24,34 @@ function tokenLine(tokens, values, peak, { mark = -1, onClick = null } = {}) {
   return line;
 }
 
+// Correlation heatmap of a set of features: column labels slanted so they never run together, a colour
+// scale from -1 (blue) to +1 (red), and a tooltip per cell; clicking a cell opens that feature.
 function heatmap(co, onOpen) {
-  const n = co.features.length, cell = 26, pad = 44;
-  const svg = h("svg", { width: pad + n * cell, height: pad + n * cell, class: "heatmap", "data-testid": "coact-heatmap" });
+  const n = co.features.length, cell = 26, pad = 52, legend = 70;
+  const colourOf = (c) => c >= 0 ? `rgba(211, 47, 47, ${Math.min(Math.abs(c), 1).toFixed(3)})` : `rgba(25, 118, 210, ${Math.min(Math.abs(c), 1).toFixed(3)})`;
+  const width = pad + n * cell + 24 + legend, height = pad + n * cell + 8;
+  const svg = h("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "heatmap", "data-testid": "coact-heatmap" });
   co.features.forEach((f, i) => {
-    svg.append(h("text", { x: pad + i * cell + 4, y: pad - 6, text: String(f), class: "small" }));
-    svg.append(h("text", { x: 0, y: pad + i * cell + 17, text: String(f), class: "small" }));
+    const x = pad + i * cell + cell / 2;
+    svg.append(h("text", { x, y: pad - 6, text: String(f), class: "small", transform: `rotate(-45 ${x} ${pad - 6})`, "data-testid": "coact-col" }));
+    svg.append(h("text", { x: pad - 6, y: pad + i * cell + 17, text: String(f), class: "small", "text-anchor": "end" }));
     co.features.forEach((g, j) => {
       const c = co.correlation[i][j];
-      const colour = c >= 0 ? `rgba(211, 47, 47, ${Math.min(Math.abs(c), 1).toFixed(3)})` : `rgba(25, 118, 210, ${Math.min(Math.abs(c), 1).toFixed(3)})`;
-      const r = h("rect", { x: pad + j * cell, y: pad + i * cell, width: cell - 2, height: cell - 2, fill: colour, class: "cell" });
+      const r = h("rect", { x: pad + j * cell, y: pad + i * cell, width: cell - 2, height: cell - 2, fill: colourOf(c), class: "cell" });
       r.append(h("title", { text: `${f} × ${g}: correlation ${c.toFixed(3)}, fired together on ${co.together[i][j]} tokens` }));
       r.addEventListener("click", () => onOpen(g));
       svg.append(r);
     });
   });
+  // the colour scale
+  const lx = pad + n * cell + 24, steps = 20, sh = (n * cell) / steps;
+  for (let k = 0; k < steps; k++) {
+    const c = 1 - (2 * (k + 0.5)) / steps;
+    svg.append(h("rect", { x: lx, y: pad + k * sh, width: 14, height: sh + 0.5, fill: colourOf(c), class: "scale" }));
+  }
+  for (const [v, y] of [[1, pad + 4], [0, pad + (n * cell) / 2 + 3], [-1, pad + n * cell]])
+    svg.append(h("text", { x: lx + 18, y, text: v > 0 ? "+1" : String(v), class: "small" }));
+  svg.append(h("text", { x: lx - 2, y: pad - 8, text: "correlation", class: "small" }));
   return svg;
 }
 
@@ -54,7 +67,11 @@ function render({ model, el }) {
   const count = h("span", { class: "muted", "data-testid": "fb-count" });
   const viewport = h("div", { class: "vlist", "data-testid": "fb-list" });
   const spacer = h("div", { class: "vspacer" });
-  viewport.append(spacer);
+  const empty = h("div", { class: "muted empty", "data-testid": "fb-empty" });
+  viewport.append(spacer, empty);
+  const listHead = h("div", { class: "vhead" }, h("span", { text: "#" }), h("span", { text: "label" }),
+    h("span", { class: "num", text: "fires on", title: "share of the extraction's tokens where the feature is active" }),
+    h("span", { text: "max act.", title: "largest activation, as a share of the largest of any feature" }));
   const detail = h("div", { class: "detail", "data-testid": "fb-detail" });
   const promptIn = h("textarea", { rows: 2, placeholder: "Type text to see which features fire, e.g. WHY ARE YOU SHOUTING", "data-testid": "fb-prompt" });
   const contrastIn = h("textarea", { rows: 2, placeholder: "compared with… (optional; one text per line): features that fire on the text and not on these", "data-testid": "fb-contrast" });
@@ -76,12 +93,13 @@ function render({ model, el }) {
   lbTemplate.value = ls().template || "";
   const lbScore = h("input", { type: "checkbox", checked: ls().score !== false, "data-testid": "lb-score" });
   const lbTop = h("input", { type: "number", value: 5, min: 1, "data-testid": "lb-top" });
+  const lbRedo = h("input", { type: "checkbox", "data-testid": "lb-redo" });
   const settings = () => ({ backend: backendSel.value, model: lbModel.value.trim() || "default", base_url: lbUrl.value.trim(),
                             template: lbTemplate.value, score: lbScore.checked });
   const lbOpen = h("button", { class: "secondary", text: "Label the open feature", "data-testid": "lb-open", on: { click: () => {
-    const d = model.get("detail") || {}; if (d.index !== undefined) send(model, "autolabel", { features: [d.index], settings: settings(), api_key: lbKey.value }); } } });
+    const d = model.get("detail") || {}; if (d.index !== undefined) send(model, "autolabel", { features: [d.index], settings: settings(), api_key: lbKey.value, redo: lbRedo.checked }); } } });
   const lbTopBtn = h("button", { text: "Label the most frequent", "data-testid": "lb-go", on: { click: () =>
-    send(model, "autolabel", { top: Number(lbTop.value), settings: settings(), api_key: lbKey.value }) } });
+    send(model, "autolabel", { top: Number(lbTop.value), settings: settings(), api_key: lbKey.value, redo: lbRedo.checked }) } });
   const urlField = field("Base URL", lbUrl);
   const showUrl = () => { urlField.style.display = backendSel.value === "openai" ? "" : "none"; };
   backendSel.addEventListener("change", () => {
@@ -95,25 +113,29 @@ function render({ model, el }) {
     h("div", { class: "row" }, field("Explainer", backendSel), field("Model", lbModel), urlField, field("Key", lbKey),
       h("label", { class: "check" }, lbScore, "score by detection")),
     h("details", {}, h("summary", { text: "Prompt template ({examples}, {logits})" }), lbTemplate),
-    h("div", { class: "row" }, lbOpen, h("span", { class: "muted", text: "or the" }), lbTop, lbTopBtn));
+    h("div", { class: "row" }, lbOpen, h("span", { class: "muted", text: "or the" }), lbTop, lbTopBtn,
+      h("label", { class: "check", title: "features this explainer and template labelled before are skipped unless this is ticked" }, lbRedo, "label again if already labelled")));
   busyDisables(model, extractBtn, promptBtn, lbOpen, lbTopBtn);
   saeSel.addEventListener("change", () => send(model, "select", { id: saeSel.value }));
   root.append(
     h("div", { class: "row" }, h("b", { text: "SAE" }), saeSel, info, h("span", { class: "muted", text: "tokens:" }), tokensIn, extractBtn),
     h("div", { class: "fb-grid" },
-      h("div", { class: "fb-left" }, h("div", { class: "row" }, filter, sortSel), count, viewport),
+      h("div", { class: "fb-left" }, h("div", { class: "row" }, filter, sortSel), count, listHead, viewport),
       detail),
     h("section", {}, h("h4", { text: "Prompt tester" }), h("div", { class: "row" }, promptIn, contrastIn),
       h("div", { class: "row" }, h("label", { class: "check" }, ordinaryBox, "compare with the same text in ordinary case"),
         field("leave out features firing on more than (share of tokens) ", denseIn), promptBtn), promptOut),
     labelPanel, statusBar(model));
   el.append(root);
+  reportTheme(model, root);
 
-  let cols = null, order = [];
+  let cols = null, order = [], globalMax = 0, histLog = false;
   const open = (i) => send(model, "open", { index: i });
 
   const rebuild = () => {
     cols = columnsOf(model);
+    globalMax = 0;
+    if (cols) for (const v of cols.max) if (v > globalMax) globalMax = v;
     const n = model.get("n_features"), labels = model.get("labels") || {};
     const q = filter.value.trim().toLowerCase();
     let idx = Array.from({ length: cols ? n : 0 }, (_, i) => i);
@@ -124,6 +146,9 @@ function render({ model, el }) {
     order = idx;
     count.textContent = cols ? `${fmtInt(order.length)} of ${fmtInt(n)} features` : "";
     spacer.style.height = `${order.length * ROW}px`;
+    empty.textContent = cols && q && !order.length
+      ? `No feature matches “${filter.value.trim()}”: the filter looks in labels and feature numbers. Try a shorter word, or clear it.` : "";
+    empty.style.display = empty.textContent ? "" : "none";
     drawRows();
   };
 
@@ -133,8 +158,7 @@ function render({ model, el }) {
     const labels = model.get("labels") || {}, current = (model.get("detail") || {}).index;
     const first = Math.max(0, Math.floor(viewport.scrollTop / ROW) - 5);
     const last = Math.min(order.length, first + Math.ceil((viewport.clientHeight || 420) / ROW) + 10);
-    let peak = 0;
-    for (let k = first; k < last; k++) peak = Math.max(peak, cols.max[order[k]]);
+    const peak = globalMax;  // one scale for the whole list: a bar keeps its length whatever is filtered
     for (let k = first; k < last; k++) {
       const i = order[k], f = cols.frequency[i];
       const row = h("div", { class: "vrow" + (i === current ? " selected" : ""), "data-testid": "feature-row", "data-index": i,
@@ -142,7 +166,7 @@ function render({ model, el }) {
         h("span", { class: "idx", text: String(i) }),
         h("span", { class: "lbl" + (labels[i] ? "" : " muted"), text: labels[i] || (f > 0 ? "—" : "dead") }),
         h("span", { class: "num", text: f > 0 ? `${(100 * f).toFixed(f < 0.001 ? 3 : 2)}%` : "0" }),
-        h("span", { class: "minibar" }, h("span", { style: { width: `${peak ? (100 * cols.max[i] / peak).toFixed(0) : 0}%` } })));
+        h("span", { class: "minibar", title: `max activation ${fmtNum(cols.max[i], 2)}` }, h("span", { style: { width: `${peak ? (100 * cols.max[i] / peak).toFixed(0) : 0}%` } })));
       viewport.append(row);
     }
   };
@@ -159,21 +183,31 @@ function render({ model, el }) {
     const steer = h("button", { class: "secondary", text: "Steer with this", "data-testid": "fb-steer", on: { click: () => send(model, "steer", { index: d.index }) } });
     const coBtn = h("button", { class: "secondary", text: "Co-activation with neighbours", "data-testid": "fb-coact",
       on: { click: () => send(model, "coact", { features: [d.index, ...d.neighbours.slice(0, 9).map((n) => n.index)] }) } });
+    // a label whose detection score is no better than chance is not the feature's name: it is shown
+    // struck out of the title, marked, with its score
+    const latest = d.labels && d.labels.length ? d.labels[d.labels.length - 1] : null;
+    const weak = latest && latest.score !== null && latest.score !== undefined && latest.score <= 0.5;
+    const logBox = h("input", { type: "checkbox", checked: histLog, "data-testid": "fb-hist-log",
+                                on: { change: () => { histLog = logBox.checked; drawDetail(); } } });
     detail.append(
-      h("h4", { "data-testid": "fb-title" }, `Feature ${d.index}`, d.label ? h("span", { class: "muted", text: ` — ${d.label}` }) : null,
-        d.labels && d.labels.length && d.labels[d.labels.length - 1].score !== null && d.labels[d.labels.length - 1].score <= 0.5
-          ? h("span", { class: "warn", "data-testid": "fb-below-chance", text: " (its detection score is no better than chance)" }) : null),
+      h("h4", { "data-testid": "fb-title" }, `Feature ${d.index}`,
+        d.label && !weak ? h("span", { class: "muted", text: ` — ${d.label}` }) : null),
+      weak ? h("div", { class: "warn", "data-testid": "fb-below-chance",
+        text: `Unreliable label “${d.label}”: detection score ${latest.score.toFixed(2)}, no better than chance (0.50). It does not predict where this feature fires; relabel it or write your own.` }) : null,
       h("div", { class: "row" }, labelIn, save, steer),
       h("div", { class: "kv" }, kv("fires on", `${(100 * d.frequency).toFixed(3)}% of tokens`), kv("max", fmtNum(d.max, 3)),
         kv("mean", fmtNum(d.mean, 3)), kv("median", fmtNum(d.quantiles.q50, 3)), kv("p99", fmtNum(d.quantiles.q99, 3))),
-      histogram(d.histogram.counts, d.histogram.edges, { width: 360, height: 70, xlabel: "activation", digits: 2 }));
+      h("div", { class: "density", "data-testid": "fb-density" },
+        h("div", { class: "row" }, h("span", { class: "muted", text: "activation density (tokens where the feature fires)" }),
+          h("label", { class: "check" }, logBox, "log scale")),
+        histogram(d.histogram.counts, d.histogram.edges, { width: 520, height: 110, xlabel: "activation", ylabel: "tokens", digits: 2, log: histLog })));
     if (d.logits) {
       const list = (xs, cls) => h("table", { class: "logits " + cls }, h("tbody", {}, xs.slice(0, 10).map((x) =>
         h("tr", {}, h("td", { class: "tokcell", text: JSON.stringify(x.token) }), h("td", { class: "num", text: x.value.toFixed(2) })))));
       detail.append(h("div", { class: "row top", "data-testid": "fb-logits" },
         h("div", {}, h("div", { class: "muted", text: "promotes" }), list(d.logits.positive, "pos")),
         h("div", {}, h("div", { class: "muted", text: "suppresses" }), list(d.logits.negative, "neg")),
-        histogram(d.logits.histogram.counts, d.logits.histogram.edges, { width: 220, height: 60, xlabel: "logit", digits: 1 })));
+        histogram(d.logits.histogram.counts, d.logits.histogram.edges, { width: 300, height: 90, xlabel: "logit of the decoder direction", ylabel: "tokens", digits: 1 })));
     }
     detail.append(h("div", { class: "row", "data-testid": "fb-neighbours" }, h("span", { class: "muted", text: "neighbours:" }),
       d.neighbours.map((n) => h("button", { class: "link", text: `${n.index} (${n.cosine.toFixed(2)})`, "data-index": n.index, on: { click: () => open(n.index) } }))), coBtn);
@@ -183,7 +217,7 @@ function render({ model, el }) {
     for (const e of d.examples) ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), tokenLine(e.tokens, e.values, d.max, { mark: e.peak })));
     for (const g of d.quantile_examples) {
       if (!g.examples.length) continue;
-      ex.append(h("div", { class: "muted", text: `interval ${g.range[0].toFixed(2)}–${g.range[1].toFixed(2)}` }));
+      ex.append(h("div", { class: "muted", text: `activations ${g.range[0].toFixed(2)}–${g.range[1].toFixed(2)}${g.share ? ` (${(100 * g.share).toFixed(0)}% of firings)` : ""}` }));
       for (const e of g.examples) ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), tokenLine(e.tokens, e.values, d.max, { mark: e.peak })));
     }
     detail.append(ex);
@@ -200,6 +234,8 @@ function render({ model, el }) {
     }
   };
 
+  // the prompt tester's answers show each feature's current label (a relabel shows at once)
+  const labelOf = (f) => { const l = (model.get("labels") || {})[f.index]; return l !== undefined ? l : f.label || ""; };
   const drawPrompt = () => {
     const p = model.get("prompt") || {};
     promptOut.replaceChildren();
@@ -214,7 +250,7 @@ function render({ model, el }) {
       tokenLine(p.tokens, best, 1, { onClick: (i) => {
         perTok.textContent = `${JSON.stringify(p.tokens[i])}: ` + p.per_token[i].slice(0, 8).map((f) => `${f.index} (${f.activation.toFixed(2)}, ${(100 * f.relative).toFixed(0)}% of max)`).join(", ");
       } }), perTok, h("div", { class: "row wrap", "data-testid": "fb-prompt-features" },
-      top.map((f) => h("button", { class: "link", "data-index": f.index, text: `${f.index}${f.label ? ` ${f.label}` : ""} · ${f.activation.toFixed(2)} (${(100 * f.relative).toFixed(0)}% of max) @ ${JSON.stringify(p.tokens[f.token])}`,
+      top.map((f) => h("button", { class: "link", "data-index": f.index, text: `${f.index}${labelOf(f) ? ` ${labelOf(f)}` : ""} · ${f.activation.toFixed(2)} (${(100 * f.relative).toFixed(0)}% of max) @ ${JSON.stringify(p.tokens[f.token])}`,
         on: { click: () => open(f.index) } }))));
   };
 
@@ -236,7 +272,7 @@ function render({ model, el }) {
     const rows = p.features.map((f) => h("tr", { "data-index": f.index, on: { click: () => { chosen = f.index; drawSides(); } } },
       h("td", {}, h("button", { class: "link", text: String(f.index), on: { click: (e) => { e.stopPropagation(); open(f.index); } } })),
       h("td", { class: "num", text: f.score.toFixed(2) }), h("td", { class: "num", text: `${pct(f.rate)} / ${pct(f.rate_contrast)}` }),
-      h("td", { class: "num", text: `${pct(f.relative)} / ${pct(f.relative_contrast)}` }), h("td", { text: f.label || "" })));
+      h("td", { class: "num", text: `${pct(f.relative)} / ${pct(f.relative_contrast)}` }), h("td", { text: labelOf(f) })));
     promptOut.append(h("table", { class: "table", "data-testid": "fb-contrast-table" },
       h("tr", {}, ["feature", "score", "fires on text / contrast", "mean activation (of max)", "label"].map((x) => h("th", { text: x }))), rows), sides);
     drawSides();
@@ -256,7 +292,7 @@ function render({ model, el }) {
   filter.addEventListener("input", rebuild);
   sortSel.addEventListener("change", rebuild);
   model.on("change:columns", rebuild);
-  model.on("change:labels", () => { rebuild(); });
+  model.on("change:labels", () => { rebuild(); drawPrompt(); });
   model.on("change:detail", () => { drawDetail(); drawRows(); });
   model.on("change:coact", drawDetail);
   model.on("change:prompt", drawPrompt);

@@ -35,7 +35,7 @@ function render({ model, el }) {
   const hookName = h("code", { "data-testid": "hook-name" });
   const hookSec = h("section", {}, h("h4", { text: "Hook point" }),
     h("div", { class: "row" }, field("Layer", h("span", { class: "row" }, layer, layerOut)), field("Point", point), h("span", {}, "→ ", hookName)),
-    h("div", { class: "muted", text: "Where activations are read (and, later, where an SAE reads and steers)." }));
+    h("div", { class: "muted", text: "Where activations are read: the hook an SAE is trained on, reads from and steers at." }));
 
   root.append(addSec, listSec, archSec, hookSec, statusBar(model));
   el.append(root);

@@ -33,8 +33,12 @@ function render({ model, el }) {
   busyDisables(model, importBtn, exBtn, shBtn, cmpBtn);
   root.append(
     h("section", {}, h("h4", { text: "SAE library" }),
-      h("div", { class: "table-scroll" }, h("table", {}, h("thead", {}, h("tr", {}, ["Name", "Architecture", "Hook", "Latents", "EV", "L0", "Dead",
-        "CE recovered", "Tokens", "Source", ""].map((t) => h("th", { text: t })))), body))),
+      // a fixed layout: the table is never wider than the widget (long names are cut with an ellipsis
+      // and shown whole on hover; the actions wrap onto a second line)
+      h("div", { class: "table-scroll", "data-testid": "lib-table-box" }, h("table", { class: "lib" },
+        h("colgroup", {}, ["name", "arch", "hook", "num", "num", "num", "num", "num", "num", "source", "actions"].map((c) => h("col", { class: `c-${c}` }))),
+        h("thead", {}, h("tr", {}, ["Name", "Architecture", "Hook", "Latents", "EV", "L0", "Dead",
+        "CE rec.", "Tokens", "Source", ""].map((t) => h("th", { text: t, title: t === "CE rec." ? "CE loss recovered" : t })))), body))),
     h("section", {}, h("h4", { text: "Import an SAE" }), h("div", { class: "row wrap" }, src, hook, iname, importBtn)),
     h("section", {}, h("h4", { text: "Export" }), h("div", { class: "row wrap" }, exSae, exFmt, exOut, exBtn), exDone),
     h("section", {}, h("h4", { text: "Share (hub, SAELens list, Neuronpedia)" }),
@@ -61,11 +65,12 @@ function render({ model, el }) {
       const exp = h("button", { class: "secondary", text: "Export…", "data-testid": "lib-row-export", on: { click: () => {
         exSae.value = s.id; exOut.value = ""; exOut.focus(); } } });
       body.append(h("tr", { "data-name": s.name, title: s.path },
-        h("td", { text: s.name }), h("td", { text: `${s.architecture}${s.k ? ` k=${s.k}` : ""}` }), h("td", { text: s.hook }),
+        h("td", { class: "cut", text: s.name, title: s.name }), h("td", { class: "cut", text: `${s.architecture}${s.k ? ` k=${s.k}` : ""}` }),
+        h("td", { class: "cut", text: s.hook, title: s.hook }),
         h("td", { text: fmtInt(s.d_sae) }), h("td", { text: fmtNum(s.explained_variance, 3) }), h("td", { text: fmtNum(s.l0, 1) }),
         h("td", { text: pct(s.dead_fraction) }), h("td", { text: fmtNum(s.ce_recovered, 3) }), h("td", { text: fmtInt(s.tokens) }),
-        h("td", { text: s.source === "imported" ? `imported (${s.format})` : s.source }),
-        h("td", { class: "actions" }, h("span", { class: "row" }, feats, steer, exp, rename, del))));
+        h("td", { class: "cut", text: s.source === "imported" ? `imported (${s.format})` : s.source }),
+        h("td", { class: "actions" }, h("span", { class: "row wrap" }, feats, steer, exp, rename, del))));
     }
     if (!saes.length) body.append(h("tr", {}, h("td", { colspan: 11, class: "muted", text: "No SAEs yet: train one in the Training tab, or import one below." })));
     fillSelect(exSae, saes, saes.length - 1);

@@ -5,9 +5,12 @@ function render({ model, el }) {
   const root = h("div", { class: "mistudio mistudio-steering", "data-testid": "steering-pane" });
   const saeSel = h("select", { "data-testid": "st-sae" });
   saeSel.addEventListener("change", () => send(model, "select", { id: saeSel.value }));
-  const search = h("input", { type: "search", placeholder: "find a feature: label text or index, then Enter", "data-testid": "st-search",
-                              title: "matches labels, top logit-lens tokens, or a feature index" });
-  search.addEventListener("keydown", (e) => { if (e.key === "Enter") send(model, "search", { query: search.value }); });
+  const search = h("input", { type: "search", placeholder: "find a feature: a label word, a token it promotes, or its number", "data-testid": "st-search",
+                              title: "matches labels, the tokens a feature promotes (logit lens), or a feature index" });
+  // searched as you type (after a short pause), and on Enter
+  let searchTimer = null;
+  search.addEventListener("input", () => { clearTimeout(searchTimer); searchTimer = setTimeout(() => send(model, "search", { query: search.value }), 300); });
+  search.addEventListener("keydown", (e) => { if (e.key === "Enter") { clearTimeout(searchTimer); send(model, "search", { query: search.value }); } });
   const searchBtn = h("button", { class: "secondary", text: "Search", "data-testid": "st-search-go", on: { click: () => send(model, "search", { query: search.value }) } });
   const cText = h("textarea", { rows: 2, placeholder: "text with the trait, one per line, e.g. WHY ARE YOU SHOUTING", "data-testid": "st-contrast-text" });
   const cOther = h("textarea", { rows: 2, placeholder: "compared with, one per line (empty: the same texts in ordinary case)", "data-testid": "st-contrast-other" });
@@ -19,6 +22,8 @@ function render({ model, el }) {
                               title: "share of the steered text's token trigrams that repeat an earlier one" });
   const autoOut = h("div", { "data-testid": "st-auto" });
   const found = h("div", { class: "row wrap", "data-testid": "st-found" });
+  const searchHint = h("div", { class: "muted", "data-testid": "st-search-hint",
+    text: "Search as you type: a label word (“capital”), a token a feature promotes (“ the”), or a feature number; or find features by contrast below." });
   const chosen = h("div", { class: "st-chosen", "data-testid": "st-chosen" });
   const wide = h("input", { type: "checkbox", "data-testid": "st-wide" });
   const prompt = h("textarea", { rows: 2, placeholder: "Prompt, e.g. Tell me about your day.", "data-testid": "st-prompt" });
@@ -46,6 +51,7 @@ function render({ model, el }) {
   busyDisables(model, gen, sweepBtn, cBtn);
   root.append(
     h("div", { class: "row" }, h("b", { text: "SAE" }), saeSel, search, searchBtn, h("label", { class: "check" }, wide, "Neuronpedia range (−300…300)")),
+    searchHint,
     h("div", { class: "row" }, cText, cOther, cBtn),
     found, chosen,
     h("div", { class: "row muted" }, "Auto strength: the largest whose text stays fluent — perplexity ≤", maxPpl, "× the unsteered text's, repeated trigrams ≤", maxRep),
@@ -70,10 +76,12 @@ function render({ model, el }) {
     presetSel.replaceChildren(h("option", { value: "", text: presets.length ? "(presets)" : "(no presets)" }), ...presets.map((p) => h("option", { value: p.name, text: p.name })));
   };
   const why = (f) => f.match === "contrast" ? ` · fires on ${(100 * f.rate).toFixed(0)}% vs ${(100 * f.rate_contrast).toFixed(0)}% of tokens`
-    : f.match === "logits" ? " · promotes that token" : f.match === "label" ? " · label matches" : "";
+    : f.match === "logits" ? " · promotes that token" : f.match === "label" ? " · its label matches" : f.match === "index" ? " · that number" : "";
   const drawFound = () => {
     const rows = model.get("found") || [];
-    found.replaceChildren(...(rows.length ? [h("span", { class: "muted", text: "add:" })] : []), ...rows.map((f) => h("button", { class: "link", "data-index": f.index,
+    const q = search.value.trim();
+    found.replaceChildren(...(rows.length ? [h("span", { class: "muted", text: "click to add:" })]
+      : q && model.get("status") !== "busy" ? [h("span", { class: "muted", text: `No feature matches “${q}” by label, promoted token or number.` })] : []), ...rows.map((f) => h("button", { class: "link", "data-index": f.index,
       title: f.match === "contrast" ? `contrast score ${f.score.toFixed(2)}, decoder alignment ${f.alignment.toFixed(2)}` : `matched by ${f.match}`,
       text: `+ ${f.suggested ? "★ " : ""}${f.index}${f.label ? ` ${f.label}` : ""}${why(f)}`, on: { click: () => send(model, "add", { index: f.index }) } })));
   };
@@ -112,8 +120,12 @@ function render({ model, el }) {
   };
   const drawOut = () => {
     const r = model.get("result") || {}, diff = r.diff || null;
+    // the prompt, then the continuation; tokens that differ from the other side are tinted (never
+    // struck through), so both texts stay readable
+    const promptText = (model.get("result") || {}).prompt || model.get("prompt") || "";
     const paint = (box, tokens, side) => {
       box.replaceChildren();
+      if (promptText && (tokens.length || diff)) box.append(h("span", { class: "st-prompt-echo", text: promptText + " " }));
       if (diff) {
         for (const op of diff) for (const t of op[side]) box.append(h("span", { class: "stok" + (op.op === "equal" ? "" : side === "steered" ? " added" : " removed"), text: t }));
       } else for (const t of tokens) box.append(h("span", { class: "stok", text: t }));
@@ -140,6 +152,7 @@ function render({ model, el }) {
   model.on("change:found", drawFound);
   model.on("change:chosen", drawChosen);
   for (const k of ["unsteered", "steered", "result"]) model.on(`change:${k}`, drawOut);
+  model.on("change:status", drawFound);
   model.on("change:sweep_rows", drawSweep);
   model.on("change:auto", drawAuto);
   drawHeader(); drawFound(); drawChosen(); drawOut(); drawSweep(); drawAuto();

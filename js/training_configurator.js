@@ -37,10 +37,27 @@ function render({ model, el }) {
     inp.setAttribute("data-field", f.name);
     inp.addEventListener("change", commit);
     inputs[f.name] = inp;
-    return f.kind === "bool" ? h("label", { class: "check", title: f.help }, inp, f.name.replace(/_/g, " "))
-                             : field(f.name.replace(/_/g, " "), inp, f.help);
+    const label = f.kind === "bool" ? h("label", { class: "check", title: f.help }, inp, f.label)
+                                    : field(f.label, inp, f.help);
+    label.setAttribute("data-label-for", f.name);
+    wrappers[f.name] = label;
+    return label;
   };
+  const wrappers = {};
   for (const f of model.get("fields")) (f.basic ? basic : advanced).append(makeInput(f));
+
+  // a setting that only matters for some architectures or optimisers is shown only then (or when the
+  // sweep grid tries one of those values)
+  const drawVisibility = () => {
+    const vals = model.get("values") || {};
+    const gridText = typeof vals.sweep === "string" ? vals.sweep : JSON.stringify(vals.sweep || {});
+    for (const f of model.get("fields")) {
+      const when = f.when || {};
+      const shown = Object.entries(when).every(([other, allowed]) =>
+        allowed.includes(vals[other]) || (gridText.includes(other) && allowed.some((v) => gridText.includes(v))));
+      wrappers[f.name].style.display = shown ? "" : "none";
+    }
+  };
 
   const drawChoices = () => {
     const ch = model.get("choices") || {}, vals = model.get("values");
@@ -54,11 +71,13 @@ function render({ model, el }) {
   };
 
   const problems = h("div", { class: "error", "data-testid": "train-problems" });
+  const warnings = h("div", { class: "warn", "data-testid": "train-warnings" });
   const estimate = h("div", { class: "kv", "data-testid": "train-estimate" });
   const start = h("button", { text: "Start training", "data-testid": "train-start", on: { click: () => send(model, "start") } });
   const drawCheck = () => {
     const c = model.get("check") || {};
     problems.textContent = (c.problems || []).join("\n");
+    warnings.textContent = (c.warnings || []).join("\n");
     estimate.replaceChildren();
     if (c.saes > 1) estimate.append(kv("SAEs (sweep)", fmtInt(c.saes)));
     if (c.d_sae) estimate.append(kv("Latents (d_sae)", fmtInt(c.d_sae)), kv("SAE parameters", fmtInt(c.parameters)),
@@ -69,13 +88,14 @@ function render({ model, el }) {
 
   root.append(h("section", {}, h("h4", { text: "Train an SAE" }), basic,
     h("details", {}, h("summary", { text: "Advanced settings" }), advanced),
-    h("div", { style: { marginTop: "8px" } }, estimate), problems, h("div", { class: "row", style: { marginTop: "8px" } }, start)),
+    h("div", { style: { marginTop: "8px" } }, estimate), problems, warnings, h("div", { class: "row", style: { marginTop: "8px" } }, start)),
     statusBar(model));
   el.append(root);
   model.on("change:choices", drawChoices);
+  model.on("change:values", drawVisibility);
   model.on("change:check", drawCheck);
   model.on("change:status", drawCheck);
-  drawChoices(); drawCheck();
+  drawChoices(); drawCheck(); drawVisibility();
 }
 
 export default { render };

@@ -9,7 +9,16 @@ function render({ model, el }) {
   root.append(h("table", {}, h("thead", {}, h("tr", {}, ["Run", "Status", "Progress", "Tokens/s", "ETA", ""].map((t) => h("th", { text: t })))), body),
     h("div", { class: "row" }, h("span", { class: "muted", text: "Watch another run:" }), other, attach), device, statusBar(model));
   el.append(root);
-  const fmtEta = (s) => (s === null || s === undefined ? "–" : s < 90 ? `${Math.round(s)} s` : `${(s / 60).toFixed(1)} min`);
+  reportTheme(model, root);
+  const fmtEta = (s, est) => (s === null || s === undefined ? "–"
+    : `${est ? "≈ " : ""}${s < 90 ? `${Math.round(s)} s` : `${(s / 60).toFixed(1)} min`}${est ? " (estimate)" : ""}`);
+  // what the run is doing now: harvesting activations (model forward passes) or training steps
+  const stageText = (r) => {
+    if (r.stage === "harvest") return `harvesting activations ${fmtInt(r.stage_done)}${r.stage_total ? ` / ${fmtInt(r.stage_total)}` : ""} tokens`;
+    if (r.stage === "starting") return "loading the model and data";
+    if (r.stage === "saving") return "saving the SAE";
+    return "";
+  };
   const draw = () => {
     body.replaceChildren();
     const runs = model.get("runs") || [];
@@ -24,8 +33,10 @@ function render({ model, el }) {
       body.append(h("tr", { "data-run": r.name },
         h("td", { text: r.name }), h("td", { "data-testid": "run-status", text: r.status + (r.error ? ` (${r.error.slice(0, 80)})` : ""), title: r.error || "" }),
         h("td", {}, h("div", { class: "row" }, h("div", { class: "bar" }, h("div", { style: { width: `${(frac * 100).toFixed(1)}%` } })),
-          h("span", { "data-testid": "run-step", text: `${fmtInt(r.step)} / ${fmtInt(r.steps)}` }))),
-        h("td", { text: r.tokens_per_second ? fmtInt(Math.round(r.tokens_per_second)) : "–" }), h("td", { text: fmtEta(r.eta_seconds) }), h("td", {}, btns)));
+          h("span", { "data-testid": "run-step", text: `${fmtInt(r.step)} / ${fmtInt(r.steps)}` })),
+          h("div", { class: "muted", "data-testid": "run-stage", text: stageText(r) })),
+        h("td", { text: r.tokens_per_second ? fmtInt(Math.round(r.tokens_per_second)) : "–" }),
+        h("td", { "data-testid": "run-eta", text: fmtEta(r.eta_seconds, r.eta_estimated) }), h("td", {}, btns)));
     }
     if (!body.children.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted", text: "No run attached: start one above, or overlay an earlier run." })));
     const rest = runs.filter((x) => x.attached === false);

@@ -134,6 +134,7 @@ def test_studio_in_voila(page, default_ws, tmp_path, extracted_sae):
     env = {
         **jupyter_env(tmp_path / ".jupyter", default_ws.root),
         "JUPYTER_CONFIG_PATH": str(repo / "jupyter-config"),
+        "JUPYTER_PATH": str(repo / "share" / "jupyter"),  # the dashboard's page template
     }
     with server(
         voila_command(repo / "dashboards" / "studio.ipynb", port),

@@ -367,8 +367,8 @@ def test_a_sweep_grid_expands_refuses_repeats_and_what_would_not_fit():
     both = TrainConfig(saes=[{"hook": "blocks.5.hook_resid_post"}, {}], sweep={"expansion_factor": [4, 8]})
     assert len(both.members()) == 4
     assert run_names(TrainConfig(sweep={"k": [16, 32]}).members()) == [
-        "topk-blocks.15.hook_resid_post-k16",
-        "topk-blocks.15.hook_resid_post-k32",
+        "topk-L15-resid_post-k16",
+        "topk-L15-resid_post-k32",
     ]
     for bad, problem in (
         ({"k": [16, 16]}, "lists 16 more than once"),

@@ -122,6 +122,18 @@ def test_monitor_reattaches_from_the_catalog_and_library_manages_saes(default_ws
     )  # as after a kernel restart: only the catalog is read
     loss = next(tr for tr in mon.figure.data if list(tr.meta) == [res.run_id, "loss", "train"])
     assert list(loss.x) == [1, 2, 3] and all(v > 0 for v in loss.y)
+    # a top-k SAE's L0 is k at every step: no L0 panel, no one-bar histogram
+    assert {tr.meta[1] for tr in mon.figure.data} == {p.metric for p in mon.panels}
+    assert not {"l0", "l0_histogram"} & {p.metric for p in mon.panels}
+    # a page that connects only now (Voila) gets every trace with its points, not the empty start
+    from mistudio_widgets.widgets.plots import drawable
+
+    assert drawable(mon.figure) and len(mon.figure._widget_data) == len(mon.figure.data)
+    assert [len(w["x"]) for w in mon.figure._widget_data][:2] == [3, 3]
+    # the page's theme reaches the charts (and their synced state)
+    mon.controls.theme = {"dark": True, "background": "rgb(17, 17, 17)", "foreground": "#ddd", "grid": "#444"}
+    assert mon.figure.layout.paper_bgcolor == "rgb(17, 17, 17)" == mon.figure._widget_layout["paper_bgcolor"]
+    assert mon.pareto.layout.paper_bgcolor == "rgb(17, 17, 17)"
     row = next(r for r in mon.controls.runs if r["id"] == res.run_id)
     assert row["status"] == "done" and row["step"] == 3 and row["sae"] == res.sae_id
     import torch
@@ -189,7 +201,7 @@ def test_feature_browser_and_map_from_the_kernel(default_ws):
     assert len(fb.coact["correlation"]) == 3
     fm = FeatureMap(fb)
     assert len(fm.figure.data[0].x) == 576
-    fm._clicked(None, type("Points", (), {"point_inds": [7]})(), None)  # what plotly calls on a click
+    fm._clicked(fm.figure.data[0], type("Points", (), {"point_inds": [7]})(), None)  # as plotly calls it
     assert fb.detail["index"] == 7
     fb.show(busiest)
     fb.autolabel(features=[busiest], score=False, max_tokens=8, examples=2)

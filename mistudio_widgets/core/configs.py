@@ -117,7 +117,10 @@ def config(cls: type[T]) -> type[T]:
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a help text; a list or dict default is copied per instance."""
+    """A dataclass field with a help text; a list or dict default is copied per instance. Optional
+    metadata: ``minimum``/``maximum`` (checked), ``label`` (the form's name for it, when the field's own
+    name reads badly) and ``when`` ({other field: values}: the setting only matters for those values, so
+    forms show it only then)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -234,15 +237,20 @@ class TrainConfig:
     dataset: str = opt(DEFAULT, "Dataset or tokenization (name or id); tokenized on demand with the model.")
     hook: str = opt("blocks.15.hook_resid_post", "Hook point the SAE reads.")
     hook_out: str | None = opt(
-        None, "Transcoders: the hook the SAE reconstructs (e.g. blocks.15.hook_mlp_out); empty for an SAE."
+        None,
+        "Transcoders: the hook the SAE reconstructs (e.g. blocks.15.hook_mlp_out); empty for an SAE.",
+        label="output hook (transcoder)",
     )
-    context_size: int = opt(128, "Tokens per sequence when the dataset must be tokenized.", minimum=2)
+    context_size: int = opt(
+        128, "Tokens per sequence when the dataset must be tokenized.", minimum=2, label="context size"
+    )
     train_tokens: int | None = opt(
         None,
         "Distinct training tokens (the first sequences of the data; all when empty). With fewer than "
         "steps x batch_tokens the same tokens return each epoch: with cache_activations they are "
         "harvested once and reread from the cache.",
         minimum=1,
+        label="distinct training tokens",
     )
     # architecture
     architecture: Literal["topk", "batchtopk", "matryoshka_batchtopk", "standard", "jumprelu"] = opt(
@@ -252,19 +260,36 @@ class TrainConfig:
         "standard: ReLU + L1 penalty; jumprelu: learned thresholds + L0 penalty.",
     )
     expansion_factor: int = opt(
-        8, "d_sae = expansion_factor x d_model (ignored when d_sae is set).", minimum=1
+        8,
+        "d_sae = expansion_factor x d_model (ignored when d_sae is set).",
+        minimum=1,
+        label="expansion factor",
     )
-    d_sae: int | None = opt(None, "Number of latents; overrides expansion_factor.")
-    k: int = opt(32, "Active latents per token (topk, batchtopk, matryoshka_batchtopk).", minimum=1)
+    d_sae: int | None = opt(None, "Number of latents; overrides expansion_factor.", label="latents (d_sae)")
+    k: int = opt(
+        32,
+        "Active latents per token (topk, batchtopk, matryoshka_batchtopk).",
+        minimum=1,
+        label="k (active latents)",
+        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
+    )
     matryoshka_widths: list = opt(
         [],
         "matryoshka_batchtopk: the nested prefix widths, increasing and ending at d_sae; empty: widths "
         "doubling up to d_sae (d_sae/16, /8, /4, /2, d_sae).",
+        label="Matryoshka widths",
+        when={"architecture": ("matryoshka_batchtopk",)},
     )
     l1_coefficient: float = opt(
-        5.0, "Sparsity penalty (standard: L1 x decoder norm; jumprelu: L0).", minimum=0.0
+        5.0,
+        "Sparsity penalty (standard: L1 x decoder norm; jumprelu: L0).",
+        minimum=0.0,
+        label="sparsity coefficient (L1 / L0)",
+        when={"architecture": ("standard", "jumprelu")},
     )
-    skip: bool = opt(False, "Add a linear skip connection W_skip x to the reconstruction.")
+    skip: bool = opt(
+        False, "Add a linear skip connection W_skip x to the reconstruction.", label="skip connection"
+    )
     # optimisation
     optimizer: Literal["signsgd", "adam"] = opt(
         "signsgd",
@@ -275,63 +300,110 @@ class TrainConfig:
         None,
         "Peak learning rate; empty: the optimiser's default (signsgd 5e-3 x sqrt(16384 / d_sae), adam 1e-3).",
         minimum=0.0,
+        label="learning rate",
     )
     lr_schedule: Literal["constant", "cosine"] = opt(
-        "cosine", "adam, after warm-up: constant, or cosine decay to 10% of lr."
+        "cosine",
+        "adam, after warm-up: constant, or cosine decay to 10% of lr.",
+        label="learning-rate schedule",
+        when={"optimizer": ("adam",)},
     )
-    warmup_steps: int = opt(50, "adam: linear learning-rate warm-up steps.", minimum=0)
+    warmup_steps: int = opt(
+        50,
+        "adam: linear learning-rate warm-up steps.",
+        minimum=0,
+        label="warm-up steps",
+        when={"optimizer": ("adam",)},
+    )
     schedule_free_beta: float = opt(
         0.95,
         "signsgd: where gradients are taken, between the iterate (0) and its average (1).",
         minimum=0.01,
         maximum=0.99,
+        label="schedule-free beta",
+        when={"optimizer": ("signsgd",)},
     )
     l1_warmup_steps: int = opt(
-        100, "Linear warm-up of the sparsity coefficient (standard, jumprelu).", minimum=0
+        100,
+        "Linear warm-up of the sparsity coefficient (standard, jumprelu).",
+        minimum=0,
+        label="sparsity warm-up steps",
+        when={"architecture": ("standard", "jumprelu")},
     )
-    batch_tokens: int = opt(4096, "Activations per optimiser step.", minimum=1)
+    batch_tokens: int = opt(4096, "Activations per optimiser step.", minimum=1, label="batch (tokens)")
     grad_accumulation: int = opt(
-        1, "Split each step into this many micro-batches (less memory, same result).", minimum=1
+        1,
+        "Split each step into this many micro-batches (less memory, same result).",
+        minimum=1,
+        label="gradient accumulation",
     )
     steps: int = opt(300, "Optimiser steps; tokens trained = steps x batch_tokens.", minimum=1)
     adam_betas: tuple[float, float] = opt((0.9, 0.999), "Adam betas.")
-    weight_decay: float = opt(0.0, "AdamW weight decay.", minimum=0.0)
-    grad_clip: float = opt(1.0, "adam: clip the gradient norm to this value (0 turns it off).", minimum=0.0)
+    weight_decay: float = opt(
+        0.0, "AdamW weight decay.", minimum=0.0, label="weight decay", when={"optimizer": ("adam",)}
+    )
+    grad_clip: float = opt(
+        1.0,
+        "adam: clip the gradient norm to this value (0 turns it off).",
+        minimum=0.0,
+        label="gradient clipping",
+        when={"optimizer": ("adam",)},
+    )
     normalize: bool = opt(
         True,
         "Scale inputs to an average norm of sqrt(d_model) while training; folded into the weights at save.",
+        label="normalise inputs",
     )
     b_dec_init: Literal["mean", "geometric_median", "zeros"] = opt(
-        "geometric_median", "Initial decoder bias."
+        "geometric_median", "Initial decoder bias.", label="decoder bias init"
     )
     aux_k: int | None = opt(
-        None, "AuxK latents for dead-latent revival (topk/batchtopk; default d_model / 2)."
+        None,
+        "AuxK latents for dead-latent revival (topk/batchtopk; default d_model / 2).",
+        label="AuxK latents",
+        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
     )
-    aux_coefficient: float = opt(1 / 32, "Weight of the AuxK loss.", minimum=0.0)
+    aux_coefficient: float = opt(
+        1 / 32,
+        "Weight of the AuxK loss.",
+        minimum=0.0,
+        label="AuxK weight",
+        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
+    )
     aux_tokens: int = opt(
         1024,
         "AuxK reads this many tokens of each batch (a random sample; its cost grows with them; 0: all).",
         minimum=0,
+        label="AuxK tokens per batch",
+        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
     )
     dead_tokens: int = opt(
         200_000,
         "A latent counts as dead (in the metrics; standard: resampled) when it has not fired for this many "
         "tokens.",
         minimum=1,
+        label="dead after (silent tokens)",
     )
     aux_dead_tokens: int = opt(
         50_000,
         "topk/batchtopk: latents that have not fired for this many tokens get the AuxK loss (sooner than "
         "dead_tokens, so few ever die).",
         minimum=1,
+        label="AuxK after (silent tokens)",
+        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
     )
     resample_dead: bool = opt(
-        True, "standard: re-initialise dead latents towards badly reconstructed inputs."
+        True,
+        "standard: re-initialise dead latents towards badly reconstructed inputs.",
+        label="resample dead latents",
+        when={"architecture": ("standard",)},
     )
     select_precision: Literal["auto", "float32", "bfloat16"] = opt(
         "auto",
         "topk/batchtopk: dtype of the dense pass that only chooses the active latents (their values "
         "are always exact float32); auto is bfloat16, about 2x faster on CPUs.",
+        label="top-k selection precision",
+        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
     )
     # bookkeeping
     seed: int = opt(0, "Random seed (data order and initialisation); CPU runs are deterministic.", minimum=0)
@@ -340,26 +412,37 @@ class TrainConfig:
         "Sequences harvested and shuffled together (mixing across sequences); a chunk's remainder "
         "smaller than a batch is skipped.",
         minimum=1,
+        label="shuffle chunk (sequences)",
     )
-    harvest_batch_size: int = opt(16, "Sequences per model forward pass while harvesting.", minimum=1)
-    log_every: int = opt(10, "Record training metrics every N steps.", minimum=1)
+    harvest_batch_size: int = opt(
+        16, "Sequences per model forward pass while harvesting.", minimum=1, label="harvest batch (sequences)"
+    )
+    log_every: int = opt(10, "Record training metrics every N steps.", minimum=1, label="log every (steps)")
     eval_every: int = opt(
         100,
         "Evaluate on held-out tokens (incl. CE loss with the SAE spliced in) every N steps (0: only at "
         "the end).",
         minimum=0,
+        label="evaluate every (steps)",
     )
-    eval_sequences: int = opt(16, "Held-out sequences per evaluation.", minimum=1)
-    checkpoint_every: int = opt(100, "Checkpoint every N steps (0: only at the end).", minimum=0)
+    eval_sequences: int = opt(16, "Held-out sequences per evaluation.", minimum=1, label="held-out sequences")
+    checkpoint_every: int = opt(
+        100, "Checkpoint every N steps (0: only at the end).", minimum=0, label="checkpoint every (steps)"
+    )
     early_stop_patience: int = opt(
-        0, "Stop when the eval loss has not improved for this many evaluations (0: never).", minimum=0
+        0,
+        "Stop when the eval loss has not improved for this many evaluations (0: never).",
+        minimum=0,
+        label="early-stop patience",
     )
     cache_activations: bool = opt(
-        False, "Keep harvested activations in an fp16 on-disk cache reused by later runs."
+        False,
+        "Keep harvested activations in an fp16 on-disk cache reused by later runs.",
+        label="cache activations on disk",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "Where to train.")
     autocast: Literal["auto", "none", "bf16", "fp16"] = opt(
-        "auto", "Mixed precision on CUDA (auto: bf16 where supported)."
+        "auto", "Mixed precision on CUDA (auto: bf16 where supported).", label="mixed precision"
     )
     name: str | None = opt(None, "Name of the run and its SAE (derived when empty).")
     saes: list = opt(
@@ -526,7 +609,10 @@ class ExtractConfig:
     context_size: int = opt(128, "Tokens per sequence when the dataset must be tokenized.", minimum=2)
     top_k: int = opt(100, "Top activating examples kept per feature (one per sequence).", minimum=1)
     quantile_groups: int = opt(
-        5, "Activation intervals (equal-width slices of [0, max]) for quantile-sampled examples.", minimum=1
+        5,
+        "Activation intervals for quantile-sampled examples, each holding an equal share of the feature's "
+        "firings.",
+        minimum=1,
     )
     quantile_examples: int = opt(5, "Examples sampled per interval.", minimum=1)
     window_left: int = opt(16, "Context tokens kept before an example's peak token.", minimum=0)

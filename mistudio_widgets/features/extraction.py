@@ -320,6 +320,28 @@ def _quantiles(loghist: torch.Tensor, maxv: torch.Tensor, qs=(0.5, 0.9, 0.99)) -
     return torch.where(loghist.sum(1, keepdim=True) > 0, q, torch.zeros_like(q))
 
 
+def _quantile_edges(
+    loghist: torch.Tensor, maxv: torch.Tensor, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edges [F, groups + 1] of activation intervals that each hold an equal share of a feature's firings
+    (its quantiles, from the log-spaced histogram; 0 and the max at the ends), and the share of firings
+    each interval holds [F, groups]. Equal-width slices of [0, max] leave most intervals empty for the
+    heavy-tailed densities of SAE features."""
+    F = loghist.shape[0]
+    inner = (
+        _quantiles(loghist, maxv, [g / groups for g in range(1, groups)]) if groups > 1 else torch.zeros(F, 0)
+    )
+    edges = torch.cat([torch.zeros(F, 1), inner, maxv.view(-1, 1).float()], 1).cummax(1).values
+    centres = 10 ** (LOG_LO + (torch.arange(LOG_BINS) + 0.5) * (LOG_HI - LOG_LO) / LOG_BINS)
+    total = loghist.sum(1, keepdim=True).clamp_min(1).double()
+    below = torch.stack(
+        [(loghist * (centres.view(1, -1) < edges[:, j : j + 1])).sum(1) for j in range(groups + 1)], 1
+    ).double()
+    below[:, -1] = loghist.sum(1)
+    shares = ((below[:, 1:] - below[:, :-1]) / total).float()
+    return edges, shares
+
+
 def _atomic_parquet(table, path: Path, **kw) -> None:
     import pyarrow.parquet as pq
 
@@ -352,6 +374,7 @@ def finalise(
     mean = torch.where(count > 0, s["sum"] / count.clamp_min(1), torch.zeros_like(s["sum"])).float()
     hist = _linear_hist(s["hist"], maxv)
     quant = _quantiles(s["hist"], maxv)
+    q_edges, q_shares = _quantile_edges(s["hist"], maxv, cfg.quantile_groups)
     emit(progress, "logit lens", 0, F, unit="feature")
     W_U, scale = _unembedding(lm)
     W_dec = sae.W_dec.detach().float().cpu()
@@ -421,6 +444,8 @@ def finalise(
         "hist": lists(hist.int(), pa.int32()),
         "neighbours": lists(nb_i.int(), pa.int32()),
         "neighbour_cos": lists(nb_v, pa.float32()),
+        "quantile_edges": lists(q_edges, pa.float32()),
+        "quantile_shares": lists(q_shares, pa.float32()),
     }
     if logit is not None:
         cols.update(
@@ -437,7 +462,7 @@ def finalise(
             }
         )
     _atomic_parquet(pa.table(cols), folder / FEATURES_FILE)
-    _write_examples(folder, acc, tokens, cfg, maxv)
+    _write_examples(folder, acc, tokens, cfg, maxv, q_edges.numpy())
     np.savez_compressed(
         folder / (COACT_FILE + ".tmp.npz"),
         row=s["co_row"].numpy(),
@@ -461,7 +486,12 @@ def finalise(
 
 
 def _write_examples(
-    folder: Path, acc: Accumulator, tokens: np.ndarray, cfg: ExtractConfig, maxv: torch.Tensor
+    folder: Path,
+    acc: Accumulator,
+    tokens: np.ndarray,
+    cfg: ExtractConfig,
+    maxv: torch.Tensor,
+    edges: np.ndarray,
 ) -> None:
     import pyarrow as pa
 
@@ -499,8 +529,8 @@ def _write_examples(
             top["win"].permute(1, 0, 2).numpy()[f_idx, k_idx],
         )
     )
-    # quantile-sampled: equal-width activation intervals of [0, max], filled from the reservoir and the top
-    # examples
+    # quantile-sampled: intervals holding equal shares of the feature's firings (``edges``), filled from
+    # the reservoir and the top examples
     G, n = cfg.quantile_groups, cfg.quantile_examples
     pool_val = np.concatenate([s["res_val"].T.numpy(), top_val], 1)  # [F, R + K]
     pool_ok = np.concatenate([s["res_key"].T.numpy() >= 0, valid], 1)
@@ -513,7 +543,7 @@ def _write_examples(
         cand = np.array([j for j in first if ok[j]], dtype=np.int64)
         if not len(cand):
             continue
-        grp = np.minimum((pool_val[f, cand] / mx[f] * G).astype(np.int64), G - 1)
+        grp = np.clip(np.searchsorted(edges[f, 1:-1], pool_val[f, cand], side="right"), 0, G - 1)
         for g in range(G):
             js = cand[grp == g]
             if len(js) > n:

@@ -84,6 +84,13 @@ def latest_extraction(ws: Workspace, sae: str | Artifact) -> Artifact | None:
     return done[-1] if done else None
 
 
+def default_sae(ws: Workspace) -> Artifact | None:
+    """The SAE a browser opens first: the newest with a finished extraction, else the newest."""
+    saes = ws.list("sae")
+    done = [a for a in saes if latest_extraction(ws, a) is not None]
+    return (done or saes or [None])[-1]
+
+
 def require_extraction(ws: Workspace, ref: str | Artifact) -> Artifact:
     """An extraction, or the newest finished extraction of an SAE (an SAE's name is shared with its run)."""
     if isinstance(ref, Artifact):
@@ -116,6 +123,26 @@ def feature_columns(ws: Workspace, ext: str | Artifact) -> dict[str, np.ndarray]
     ext = require_extraction(ws, ext)
     t = pq.read_table(ext.path / FEATURES_FILE, columns=["index", "frequency", "mean", "max"])
     return {k: t.column(k).to_numpy() for k in t.column_names}
+
+
+def quantile_groups(row: dict[str, Any], groups: int, hist_bins: int) -> list[tuple[float, float, float]]:
+    """(low, high, share of firings) of each quantile-sampled interval of a feature row: the
+    equal-share intervals an extraction records (``quantile_edges``), or, for extractions made before
+    them, equal-width slices of [0, max] with their share read off the histogram."""
+    edges, shares = row.get("quantile_edges"), row.get("quantile_shares")
+    if edges is not None and len(edges) == groups + 1:
+        return [(float(edges[g]), float(edges[g + 1]), float(shares[g])) for g in range(groups)]
+    mx = float(row["max"])
+    hist = np.asarray(row["hist"], dtype=np.float64)
+    total = max(hist.sum(), 1.0)
+    return [
+        (
+            g * mx / groups,
+            (g + 1) * mx / groups,
+            float(hist[int(g * hist_bins / groups) : int((g + 1) * hist_bins / groups)].sum() / total),
+        )
+        for g in range(groups)
+    ]
 
 
 def _token_text(vocab: tuple[str, ...], ids) -> list[str]:
@@ -171,13 +198,13 @@ def feature_detail(
         "quantile_examples": [
             {
                 "group": g,
-                "range": [
-                    g * mx / ext.meta["config"]["quantile_groups"],
-                    (g + 1) * mx / ext.meta["config"]["quantile_groups"],
-                ],
+                "range": [lo, hi],
+                "share": share,
                 "examples": [e for e in examples["quantile"] if e["group"] == g],
             }
-            for g in range(ext.meta["config"]["quantile_groups"])
+            for g, (lo, hi, share) in enumerate(
+                quantile_groups(row, ext.meta["config"]["quantile_groups"], HIST_BINS)
+            )
         ],
         "label": labels[-1]["label"] if labels else None,
         "labels": labels,

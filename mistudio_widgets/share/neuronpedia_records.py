@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import MistudioError
+from ..features.store import quantile_groups
 
 # Neuronpedia's seeded bot user (apps/webapp/prisma/seed.ts): the creator of uploaded models, sources,
 # features and activations, and what its own converter writes as DEFAULT_CREATOR_ID.
@@ -209,8 +210,7 @@ def dashboard_activations(
     ``TOP ACTIVATIONS<br>MAX = x`` title), then the quantile intervals with the share of activations
     each holds."""
     mx = float(row["max"])
-    hist = np.asarray(row["hist"], dtype=np.float64)
-    total = max(hist.sum(), 1.0)
+    ranges = quantile_groups(row, groups, hist_bins)
     out = []
     for e in examples:
         toks = [vocab[t] if 0 <= t < len(vocab) else "" for t in e["tokens"]]
@@ -220,10 +220,7 @@ def dashboard_activations(
         if e["kind"] == "top":
             lo, hi, contains = -1.0, mx, -1.0
         else:
-            g = int(e["group"])
-            lo, hi = g * mx / groups, (g + 1) * mx / groups
-            a, z = int(g * hist_bins / groups), int((g + 1) * hist_bins / groups)
-            contains = float(hist[a:z].sum() / total)
+            lo, hi, contains = ranges[int(e["group"])]
         out.append(
             {
                 "bin_min": lo,

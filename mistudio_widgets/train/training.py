@@ -31,6 +31,7 @@ from ..data.models import LoadedModel, load_model, resolve_model
 from ..sae import K_ARCHITECTURES, SAE, SAESpec, make_sae
 from ..sae.io import save_sae, write_safetensors
 from .optim import averaged, make_optimizer
+from .pace import Pace, PaceWriter, estimate_seconds, planned_harvest_tokens
 
 CKPT_PREFIX = "checkpoint-"
 KEEP_CHECKPOINTS = 2
@@ -825,8 +826,24 @@ class Trainer:
         control: JobControl | None = None,
     ):
         self.ws, self.cfg, self.harvest = ws, cfgs[0], harvest
-        self.progress, self.control = progress, control or JobControl()
+        self.control = control or JobControl()
+        ctx = harvest.train_tokens.shape[1]
+        self.pace = Pace(
+            steps_total=self.cfg.steps,
+            step=0,
+            batch_tokens=self.cfg.batch_tokens,
+            harvest_left=0 if harvest.cache is not None else len(harvest.eval_tokens) * ctx,
+            device=harvest.device,
+            parameters=float(harvest.lm.info.get("parameters") or 0),
+        )
+        record = dist.is_main()
+        self.pace_writer = PaceWriter(
+            lambda d: [ws.update_meta(r.id, pace=d) for r in runs] if record else None, self.pace
+        )
+        self.progress = self.pace_writer.progress(progress)
+        t0 = time.perf_counter()
         eval_acts = self._held_out_activations()
+        self.pace.harvest_time(time.perf_counter() - t0)
         self.members = [
             _Member(ws, r, c, sp, harvest.lm, harvest.eval_tokens, eval_acts, harvest.device, resuming)
             for r, c, sp in zip(runs, cfgs, specs)
@@ -843,9 +860,28 @@ class Trainer:
             chunk_sequences=min(self.cfg.chunk_sequences, needed),
             seed=self.cfg.seed,
             harvest_batch_size=self.cfg.harvest_batch_size,
-            progress=progress,
+            progress=self.progress,
             cache=harvest.cache,
         )
+        self._plan_harvest()
+
+    def _plan_harvest(self) -> None:
+        """What is left to harvest for the steps still to take (the pace's ETA)."""
+        h, stream = self.harvest, self.stream
+        ctx = h.train_tokens.shape[1]
+        self.pace.step = min(m.state.step for m in self.members)
+        per_chunk = max(stream.chunk_sequences * (ctx - 1) // self.cfg.batch_tokens, 1)
+        uncached = None
+        if h.cache is not None:
+            uncached = int((~np.asarray(h.cache.filled[: len(h.train_tokens)])).sum()) * ctx
+        self.pace.harvest_left += planned_harvest_tokens(
+            self.cfg.steps - self.pace.step,
+            self.cfg.batch_tokens,
+            stream.chunk_sequences * ctx,
+            per_chunk,
+            uncached,
+        )
+        self.pace_writer.flush(force=True)
 
     def _held_out_activations(self) -> dict[str, torch.Tensor]:
         h = self.harvest
@@ -871,12 +907,17 @@ class Trainer:
         steps_here = 0
         while not all(m.done for m in members):
             self.control.check()
+            t0 = time.perf_counter()
             batch = next(it)
+            t1 = time.perf_counter()
             info = {}
             for m in members:
                 if not m.done:
                     info = m.step(batch, stream.position)
             steps_here += 1
+            self.pace.harvest_time(t1 - t0)
+            self.pace.stepped(max(m.state.step for m in members), time.perf_counter() - t1)
+            self.pace_writer.flush()
             self._report(max(m.state.step for m in members), info)
             unfinished = [m for m in members if not m.done]
             if stop_after is not None and steps_here >= stop_after and unfinished:
@@ -889,6 +930,8 @@ class Trainer:
                 for m in unfinished:
                     m.checkpoint(stream.position)
                 raise JobCancelled()
+        self.pace.stage = "saving"
+        self.pace_writer.flush(force=True)
         results = [m.finish(stream.position, stream.counts) for m in members]
         dist.barrier()  # the others end once the main process has saved the SAEs
         emit(self.progress, "train", cfg.steps, cfg.steps, unit="step", finished=True)
@@ -940,12 +983,21 @@ def run_names(cfgs: list[TrainConfig]) -> list[str]:
         for f in PER_SAE
         if f not in ("name", "architecture", "hook") and len({repr(getattr(c, f)) for c in cfgs}) > 1
     ]
-    return [
-        "-".join(
-            filter(None, [f"{c.architecture}-{c.hook}", point_label({f: getattr(c, f) for f in varying})])
-        )
-        for c in cfgs
-    ]
+    names = []
+    for c in cfgs:
+        differs = point_label({f: getattr(c, f) for f in varying})
+        names.append("-".join(filter(None, [c.architecture, short_hook(c.hook), differs])))
+    return names
+
+
+def short_hook(hook: str) -> str:
+    """A hook name short enough for a run name: 'blocks.15.hook_resid_post' -> 'L15-resid_post',
+    'blocks.3.attn.hook_z' -> 'L3-attn_z'."""
+    parts = hook.split(".")
+    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit():
+        rest = "_".join(p.removeprefix("hook_") for p in parts[2:])
+        return f"L{parts[1]}-{rest}"
+    return hook
 
 
 def sae_memory_mib(cfg: TrainConfig, d_in: int, d_sae: int) -> float:
@@ -1015,6 +1067,17 @@ def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
         members = [cfg]
     if cfg.batch_tokens % cfg.grad_accumulation:
         problems.append("batch_tokens must be divisible by grad_accumulation.")
+    warnings = []
+    if cfg.optimizer == "adam" and cfg.warmup_steps > cfg.steps:
+        warnings.append(
+            f"The learning-rate warm-up ({cfg.warmup_steps} steps) is longer than the training "
+            f"({cfg.steps} steps): the rate never reaches its peak. Shorten warmup_steps or train longer."
+        )
+    if cfg.architecture in ("standard", "jumprelu") and cfg.l1_warmup_steps > cfg.steps:
+        warnings.append(
+            f"The sparsity warm-up ({cfg.l1_warmup_steps} steps) is longer than the training "
+            f"({cfg.steps} steps): the penalty never reaches its full weight. Shorten l1_warmup_steps."
+        )
     params = 2 * d * d_sae + d_sae + d
     widths = [m.d_sae if m.d_sae is not None else m.expansion_factor * d for m in members]
     memory = sum(sae_memory_mib(m, d, w) for m, w in zip(members, widths)) + stream_memory_mib(cfg, d)
@@ -1025,14 +1088,19 @@ def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
             "Use fewer grid points, smaller widths or a smaller batch."
         )
     tokens = cfg.steps * cfg.batch_tokens
-    rate = 900.0 if info.get("parameters", 0) < 2e8 else 200.0  # harvest-bound tokens/s on a 2-core CPU
+    harvested = tokens * 1.05  # each trained token harvested once (+ dropped special positions)
+    if cfg.cache_activations and cfg.train_tokens:
+        harvested = min(harvested, cfg.train_tokens)
+    harvested += cfg.eval_sequences * cfg.context_size
+    device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     return {
         "problems": problems,
+        "warnings": warnings,
         "saes": len(members),
         "d_in": d_in,
         "d_sae": d_sae,
         "parameters": params,
         "memory_mib": memory,
         "tokens": tokens,
-        "seconds": tokens / rate,
+        "seconds": estimate_seconds(harvested, tokens * len(members), device, info.get("parameters", 0)),
     }

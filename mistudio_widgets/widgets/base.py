@@ -102,6 +102,7 @@ class EngineWidget(anywidget.AnyWidget):
     progress = t.Dict().tag(sync=True)  # the last ProgressEvent
     error = t.Dict().tag(sync=True)  # {problem, fix} of the last failure
     message = t.Unicode("").tag(sync=True)  # the last success note
+    theme = t.Dict().tag(sync=True)  # the page's theme colours, reported by the page (plots.apply_theme)
 
     def __init__(self, workspace: Workspace | str | None = None, **kwargs: Any):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)

@@ -16,6 +16,7 @@ import traitlets as t
 from .. import features as fx
 from ..core.configs import ExtractConfig, LabelConfig, from_dict, to_dict
 from .base import EngineWidget, background, esm
+from .plots import apply_theme, publish
 
 COLUMNS = ("frequency", "mean", "max")  # packed in this order into ``columns``
 
@@ -84,13 +85,21 @@ class FeatureBrowser(EngineWidget):
         features: list[int] | None = None,
         top: int | None = None,
         api_key: str | None = None,
+        redo: bool = False,
         **settings: Any,
     ) -> None:
         """Label features automatically (blocks; progress shows in the widget). ``settings`` are
-        LabelConfig fields; the API key, if any, is used for this call only."""
+        LabelConfig fields; the API key, if any, is used for this call only. Features this explainer
+        and template labelled before are skipped unless ``redo``."""
         self.label_settings = {**self.label_settings, **settings}
         self.do(
-            "autolabel", self.action_autolabel, blocking=True, features=features, top=top, api_key=api_key
+            "autolabel",
+            self.action_autolabel,
+            blocking=True,
+            features=features,
+            top=top,
+            api_key=api_key,
+            redo=redo,
         )
 
     # -- state from the workspace ---------------------------------------------------------------
@@ -111,8 +120,7 @@ class FeatureBrowser(EngineWidget):
         if self.sae and self.workspace.find(self.sae, "sae") is None:
             self.sae, self.extraction, self.columns, self.n_features, self.detail = "", {}, b"", 0, {}
         elif not self.sae and rows and not self._initial:
-            done = [r for r in rows if r["extraction"]]
-            self._load((done or rows)[-1]["id"])
+            self._load(fx.default_sae(self.workspace).id)
         elif self.sae and self.extraction.get("id") != next(
             (r["extraction"] for r in rows if r["id"] == self.sae), None
         ):
@@ -210,6 +218,7 @@ class FeatureBrowser(EngineWidget):
         top: int | None = None,
         api_key: str | None = None,
         settings: dict[str, Any] | None = None,
+        redo: bool = False,
         progress=None,
     ):
         from ..features.labeling import label_features
@@ -230,6 +239,7 @@ class FeatureBrowser(EngineWidget):
             features=[int(f) for f in features] if features else None,
             top=int(top) if top else None,
             api_key=api_key or None,
+            redo=bool(redo),
             progress=progress,
         )
 
@@ -241,7 +251,8 @@ class FeatureBrowser(EngineWidget):
             self.message = (
                 f"Labelled {len(done)} feature(s)."
                 if res
-                else "Nothing to do: these features already have labels from this explainer and template."
+                else "Nothing to do: these features already have labels from this explainer and template; "
+                "tick “label again if already labelled” to redo them."
             )
 
         return apply
@@ -266,7 +277,8 @@ class FeatureBrowser(EngineWidget):
 
 class FeatureMap(ipw.VBox):
     """The SAE's decoder directions projected to 2-D (PCA), coloured by firing frequency (log10) or by
-    whether a feature has a label; clicking a point opens that feature in ``browser``."""
+    whether a feature has a label (two groups with a legend); clicking a point opens that feature in
+    ``browser``. The figure follows the page's theme and reaches late front ends whole (Voila)."""
 
     def __init__(self, browser: FeatureBrowser, colour: str = "frequency", **kw: Any):
         import plotly.graph_objects as go
@@ -274,20 +286,23 @@ class FeatureMap(ipw.VBox):
         self.browser, self.colour = browser, colour
         self.figure = go.FigureWidget(
             layout=dict(
-                height=360,
-                margin=dict(l=30, r=10, t=30, b=30),
-                template="plotly_white",
-                title="feature map (decoder directions, PCA)",
+                height=380,
+                autosize=True,
+                margin=dict(l=40, r=10, t=40, b=30),
+                title=dict(text="feature map (decoder directions, PCA)", font=dict(size=13)),
                 dragmode="pan",
+                legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
             )
         )
         self.colour_picker = ipw.ToggleButtons(
             options=[("frequency", "frequency"), ("labelled", "label")], value=colour
         )
         self.colour_picker.observe(lambda ch: self.draw(), "value")
-        super().__init__(children=[self.colour_picker, self.figure], **kw)
+        super().__init__(children=[self.colour_picker, self.figure], layout=ipw.Layout(width="100%"), **kw)
         self.add_class("mistudio-feature-map")
         browser.observe(lambda ch: self.draw(), names=["extraction", "labels"])
+        browser.observe(lambda ch: apply_theme(self.figure, browser.theme), names=["theme"])
+        apply_theme(self.figure, browser.theme)
         self.draw()
 
     def draw(self) -> None:
@@ -297,35 +312,51 @@ class FeatureMap(ipw.VBox):
         with self.figure.batch_update():
             self.figure.data = ()
             if not b.sae:
+                publish(self.figure)
                 return
             xy = fx.feature_map(b.workspace, b.sae)
             n = len(xy["x"])
+            x, y = np.asarray(xy["x"]), np.asarray(xy["y"])
             if b.columns:
                 freq = np.frombuffer(b.columns, dtype="<f4").reshape(len(COLUMNS), -1)[0]
-                c_freq = np.log10(freq + 1e-7)
             else:
-                c_freq = np.zeros(n)
-            by_label = self.colour_picker.value == "label"
-            colour = [1 if str(i) in b.labels else 0 for i in range(n)] if by_label else c_freq.tolist()
-            text = [f"{i}: {b.labels.get(str(i), '')}" for i in range(n)]
-            kind = go.Scattergl if n > 5000 else go.Scatter  # WebGL for large SAEs
-            trace = kind(
-                x=xy["x"],
-                y=xy["y"],
-                mode="markers",
-                text=text,
-                hoverinfo="text",
-                marker=dict(
-                    size=4,
-                    color=colour,
-                    colorscale="Viridis",
-                    showscale=not by_label,
-                    colorbar=dict(title="log10 freq") if not by_label else None,
-                ),
-            )
-            self.figure.add_trace(trace)
-        self.figure.data[0].on_click(self._clicked)
+                freq = np.zeros(n)
+            kind = go.Scattergl if n > 20000 else go.Scatter  # SVG draws everywhere; WebGL only for huge SAEs
+            text = [
+                f"feature {i}: {b.labels.get(str(i), '')} (fires on {100 * freq[i]:.3f}%)" for i in range(n)
+            ]
+            if self.colour_picker.value == "label":
+                labelled = np.array([str(i) in b.labels for i in range(n)], dtype=bool)
+                groups = [("unlabelled", ~labelled, "#9e9e9e", 4), ("labelled", labelled, "#f57c00", 7)]
+            else:
+                groups = [("features", np.ones(n, dtype=bool), None, 4)]
+            for name, mask, colour, size in groups:
+                idx = np.nonzero(mask)[0]
+                marker = dict(size=size, color=colour)
+                if colour is None:
+                    marker.update(
+                        color=np.log10(freq[idx] + 1e-7).tolist(),
+                        colorscale="Viridis",
+                        showscale=True,
+                        colorbar=dict(title=dict(text="log10 freq"), thickness=12),
+                    )
+                self.figure.add_trace(
+                    kind(
+                        x=x[idx].tolist(),
+                        y=y[idx].tolist(),
+                        mode="markers",
+                        name=f"{name} ({len(idx):,})",
+                        text=[text[i] for i in idx],
+                        customdata=idx.tolist(),
+                        hoverinfo="text",
+                        marker=marker,
+                        showlegend=len(groups) > 1,
+                    )
+                )
+        for tr in self.figure.data:
+            tr.on_click(self._clicked)
+        publish(self.figure)
 
-    def _clicked(self, _trace, points, _state) -> None:
+    def _clicked(self, trace, points, _state) -> None:
         if points.point_inds:
-            self.browser.show(int(points.point_inds[0]))
+            self.browser.show(int(trace.customdata[points.point_inds[0]]))

@@ -92,7 +92,7 @@ class SteeringPane(EngineWidget):
         ]
         self.presets = [{"name": p.name, "sae": p.meta.get("sae")} for p in self.workspace.list(st.PRESET)]
         if not self.sae and self.saes:
-            self.sae = self.saes[-1]["id"]
+            self.sae = fx.default_sae(self.workspace).id  # the one the feature browser opens too
 
     def _feature_row(self, index: int, strength: float | None) -> dict[str, Any]:
         fx.check_feature_index(self.workspace, self.sae, index)
@@ -284,6 +284,7 @@ class SteeringPane(EngineWidget):
                 "interrupted": res["interrupted"],
                 "features": res["features"],
                 "method": res["method"],
+                "prompt": cfg.prompt,
             }
             rel = res["metrics"].get("relative_strength", {})
             self.chosen = [

@@ -66,6 +66,8 @@ def form_fields() -> list[dict[str, Any]]:
                 "choices": choices,
                 "default": f.default if f.default is not dataclasses.MISSING else f.default_factory(),
                 "help": f.metadata.get("help", ""),
+                "label": f.metadata.get("label") or f.name.replace("_", " "),
+                "when": {k: list(v) for k, v in (f.metadata.get("when") or {}).items()},
                 "minimum": f.metadata.get("minimum"),
                 "basic": f.name in BASIC,
             }

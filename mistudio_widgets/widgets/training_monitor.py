@@ -4,7 +4,9 @@ overlaid."""
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import ipywidgets as ipw
@@ -14,16 +16,67 @@ from ..core import jobs
 from ..core.jobs import Status
 from ..train.training import run_status, train
 from .base import EngineWidget, esm
+from .plots import apply_theme, publish
 
-CHARTS = [
-    ("loss", "train", "loss"),
-    ("mse", "train", "MSE"),
-    ("l0", "train", "L0"),
-    ("dead_fraction", "train", "dead fraction"),
-    ("explained_variance", "train", "explained variance"),
-    ("ce_recovered", "eval", "CE recovered"),
-    ("lr", "train", "learning rate"),
-]
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk")  # L0 fixed at k while training
+
+
+@dataclass(frozen=True)
+class Panel:
+    metric: str
+    split: str  # train | eval | meta (a run-record value)
+    title: str
+    kind: str = "line"  # line | fraction (0..1) | score (at most 1) | histogram
+
+
+PANELS = {
+    p.metric: p
+    for p in (
+        Panel("loss", "train", "loss"),
+        Panel("explained_variance", "train", "explained variance", "score"),
+        Panel("mse", "train", "MSE"),
+        Panel("l0", "train", "L0 (active latents per token)"),
+        Panel("dead_fraction", "train", "dead latents (fraction)", "fraction"),
+        Panel("ce_recovered", "eval", "CE loss recovered (held out)", "score"),
+        Panel("lr", "train", "learning rate"),
+        Panel("l0_histogram", "meta", "active latents per token (last batch)", "histogram"),
+    )
+}
+
+
+def panels_for(architectures: set[str]) -> list[Panel]:
+    """The charts worth drawing for these architectures: a top-k SAE's L0 is k at every step and its
+    per-token count is one bar, so those panels appear only for architectures where they vary."""
+    names = ["loss", "explained_variance", "mse", "dead_fraction", "ce_recovered", "lr"]
+    if any(a not in K_ARCHITECTURES for a in architectures):
+        names.insert(2, "l0")
+    if any(a != "topk" for a in architectures):
+        names.append("l0_histogram")
+    return [PANELS[n] for n in names]
+
+
+def smooth(ys: list[float], weight: float) -> list[float]:
+    """Debiased exponential moving average (TensorBoard's and W&B's smoothing); weight 0 is raw."""
+    out, last = [], 0.0
+    for i, y in enumerate(ys):
+        last = weight * last + (1 - weight) * y
+        out.append(last / (1 - weight ** (i + 1)) if weight else y)
+    return out
+
+
+def y_range(panel: Panel, ys: list[float]) -> list[float] | None:
+    """Fixed ranges where autorange misleads: a fraction stays in 0..1 (not -1..1 when all are 0), a
+    score tops at 1."""
+    vals = [y for y in ys if y is not None and math.isfinite(y)]
+    if panel.kind == "fraction":
+        return [0, min(1.0, max(0.05, 1.2 * max(vals, default=0)))]
+    if panel.kind == "score" and vals:
+        lo = min(vals)
+        return [max(-1.0, min(0.0, lo - 0.05)), 1.02]
+    return None
+
+
+COLOURS = ["#1976d2", "#d32f2f", "#388e3c", "#f57c00", "#7b1fa2", "#00838f"]
 
 
 def pareto_figure():
@@ -52,8 +105,10 @@ def pareto_figure():
             col=col,
         )
         fig.update_xaxes(title_text="L0 (active latents per token)", row=1, col=col)
-    fig.update_layout(height=300, margin=dict(l=50, r=10, t=40, b=40), template="plotly_white")
-    return go.FigureWidget(fig)
+    fig.update_layout(height=300, autosize=True, margin=dict(l=50, r=10, t=40, b=40))
+    widget = go.FigureWidget(fig)
+    apply_theme(widget, None)
+    return widget
 
 
 def device_line() -> str:
@@ -112,44 +167,196 @@ class TrainingControls(EngineWidget):
 
 
 class TrainingMonitor(ipw.VBox):
-    """``TrainingMonitor(ws)`` shows the newest run; ``attach(run_id)`` overlays more."""
+    """``TrainingMonitor(ws)`` shows the newest run; ``attach(run_id)`` overlays more. The charts are
+    the panels that vary for the attached runs' architectures, sized to the cell, smoothed (the faint
+    line is the raw series), with the axis on the live run's steps."""
 
     def __init__(
         self, workspace=None, runs: list[str] | None = None, *, interval: float = 1.0, **kwargs: Any
     ):
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-
         self.controls = TrainingControls(workspace, owner=self)
         self.workspace = self.controls.workspace
         self.run_ids: list[str] = []
         self.jobs: dict[str, jobs.Job] = {}
         self._seen: dict[str, dict[str, int]] = {}
-        titles = [c[2] for c in CHARTS] + ["active features per token"]
-        fig = make_subplots(
-            rows=2, cols=4, subplot_titles=titles, horizontal_spacing=0.07, vertical_spacing=0.16
+        self._series: dict[str, dict[str, list[dict[str, Any]]]] = {}  # run -> split -> metric rows
+        self.smoothing = ipw.FloatSlider(
+            value=0.6,
+            min=0.0,
+            max=0.99,
+            step=0.01,
+            description="smoothing",
+            readout_format=".2f",
+            continuous_update=False,
+            layout=ipw.Layout(width="320px"),
         )
-        fig.update_layout(
-            height=440,
-            margin=dict(l=40, r=10, t=40, b=30),
-            showlegend=True,
-            legend=dict(orientation="h", y=-0.12),
-            template="plotly_white",
-        )
-        self.figure = go.FigureWidget(fig)
+        self.smoothing.observe(lambda _ch: self._draw_charts(), "value")
+        self.panels = panels_for(set())
+        self.figure = self._new_figure()
         self.pareto = pareto_figure()
         self.pareto.data[0].on_click(self._open_point)
         self.pareto.data[1].on_click(self._open_point)
         self.pareto_box = ipw.Box([self.pareto], layout=ipw.Layout(display="none"))  # shown for 2+ runs
+        self.chart_box = ipw.Box([self.figure], layout=ipw.Layout(width="100%"))
         self._timer = None
-        super().__init__(children=[self.controls, self.figure, self.pareto_box], **kwargs)
+        super().__init__(
+            children=[self.controls, self.smoothing, self.chart_box, self.pareto_box],
+            layout=ipw.Layout(width="100%"),
+            **kwargs,
+        )
         self.on_open: Callable[[str], None] | None = None  # called with an SAE id when a point is clicked
         self.add_class("mistudio-training-monitor")
+        self.controls.observe(lambda _ch: self._theme(), "theme")
         if runs is None:  # default: the newest run; [] attaches none
             runs = [self.workspace.list("run")[-1].id] if self.workspace.list("run") else []
         for r in runs:
             self.attach(r)
         self._start_timer(interval)
+
+    # -- the charts ------------------------------------------------------------------------------
+    def _new_figure(self):
+        """A figure with one subplot per panel and, for each attached run, its traces (smoothed and
+        raw lines, eval points, the per-token histogram); the data comes from ``_draw_charts``."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        n = len(self.panels)
+        cols = 3 if n <= 6 else 4
+        rows = math.ceil(n / cols)
+        specs = [[{} if r * cols + c < n else None for c in range(cols)] for r in range(rows)]
+        fig = make_subplots(
+            rows=rows,
+            cols=cols,
+            specs=specs,  # no empty axes after the last panel
+            subplot_titles=[p.title for p in self.panels],
+            horizontal_spacing=0.06,
+            vertical_spacing=0.22 / rows,
+        )
+        fig.update_layout(
+            height=220 * rows + 50,
+            autosize=True,
+            margin=dict(l=50, r=20, t=40, b=40),
+            showlegend=len(self.run_ids) > 1,
+            legend=dict(orientation="h", y=-0.08),
+            hovermode="x unified",
+        )
+        for i, panel in enumerate(self.panels):
+            row, col = i // cols + 1, i % cols + 1
+            for j, rid in enumerate(self.run_ids):
+                for trace in self._traces(panel, rid, j, first=i == 0):
+                    fig.add_trace(trace, row=row, col=col)
+            if panel.kind != "histogram":
+                fig.update_xaxes(title_text="step", title_standoff=2, row=row, col=col)
+            if panel.metric == "lr":
+                fig.update_yaxes(rangemode="tozero", exponentformat="e", row=row, col=col)
+        widget = go.FigureWidget(fig)
+        apply_theme(widget, self.controls.theme)
+        return widget
+
+    def _traces(self, panel: Panel, rid: str, j: int, first: bool) -> list:
+        """The traces of one run in one panel: a histogram's bars, eval points with the last value
+        written beside them, or a faint raw line under its smoothed line (the one in the legend)."""
+        import plotly.graph_objects as go
+
+        colour, name = COLOURS[j % len(COLOURS)], self.workspace.get(rid, "run").name
+        common = dict(name=name, legendgroup=rid)
+        if panel.kind == "histogram":
+            return [
+                go.Bar(
+                    marker=dict(color=colour), showlegend=False, meta=[rid, panel.metric, "meta"], **common
+                )
+            ]
+        line = dict(line=dict(color=colour), **common)
+        if panel.split == "eval":
+            return [
+                go.Scatter(
+                    mode="lines+markers+text",
+                    textposition="top center",
+                    marker=dict(size=8),
+                    showlegend=False,
+                    meta=[rid, panel.metric, "eval"],
+                    **line,
+                )
+            ]
+        raw = go.Scatter(
+            mode="lines",
+            opacity=0.25,
+            hoverinfo="skip",
+            showlegend=False,
+            meta=[rid, panel.metric, "raw"],
+            **line,
+        )
+        smoothed = go.Scatter(mode="lines", showlegend=first, meta=[rid, panel.metric, "train"], **line)
+        return [raw, smoothed]
+
+    def _rebuild(self) -> None:
+        """A new figure for the attached runs (a fresh widget, so every front end gets it whole)."""
+        archs = set()
+        for rid in self.run_ids:
+            art = self.workspace.find(rid, "run")
+            if art is not None:
+                archs.add((art.meta.get("config") or {}).get("architecture", "topk"))
+        self.panels = panels_for(archs)
+        old, self.figure = self.figure, self._new_figure()
+        self.chart_box.children = [self.figure]
+        old.close()
+        self._draw_charts()
+
+    def _theme(self) -> None:
+        for fig in (self.figure, self.pareto):
+            apply_theme(fig, self.controls.theme)
+
+    def _draw_charts(self) -> None:
+        """Put the series held for each run into the traces: smoothed and raw lines, eval points with
+        the last value written, the latest histogram; fixed ranges where autorange misleads."""
+        w = float(self.smoothing.value)
+        ys_by_axis: dict[str, list[float]] = {}
+        with self.figure.batch_update():
+            for tr in self.figure.data:
+                rid, metric, kind = tr.meta
+                series = self._series.get(rid)
+                if series is None:
+                    continue
+                if kind == "meta":
+                    art = self.workspace.find(rid, "run")
+                    h = art.meta.get("l0_histogram") if art is not None else None
+                    if h:
+                        tr.x = [(a + b) / 2 for a, b in zip(h["edges"][:-1], h["edges"][1:])]
+                        tr.y = h["counts"]
+                    continue
+                rows = series["eval" if kind == "eval" else "train"]
+                pts = [(r["step"], r[metric]) for r in rows if r.get(metric) is not None]
+                xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+                if kind == "train":
+                    ys = smooth(ys, w)
+                if kind == "eval":
+                    tr.text = [""] * (len(ys) - 1) + [f"{ys[-1]:.3f}"] if ys else []
+                tr.x, tr.y = xs, ys
+                ys_by_axis.setdefault(tr.yaxis or "y", []).extend(ys)
+            for i, panel in enumerate(self.panels):
+                axis = "y" if i == 0 else f"y{i + 1}"
+                rng = y_range(panel, ys_by_axis.get(axis, []))
+                yaxis = self.figure.layout[f"yaxis{'' if i == 0 else i + 1}"]
+                if rng is not None:
+                    yaxis.range, yaxis.autorange = rng, False
+                xaxis = self.figure.layout[f"xaxis{'' if i == 0 else i + 1}"]
+                focus = self._focus_steps()
+                if panel.kind != "histogram":
+                    if focus:
+                        xaxis.range, xaxis.autorange = [0, focus], False
+                    else:
+                        xaxis.autorange = True
+        publish(self.figure)
+
+    def _focus_steps(self) -> int | None:
+        """The x-axis end: the steps of the live runs (an older, longer run overlaid does not squeeze
+        the one training); None (autorange) when none is live."""
+        live = [
+            (self.workspace.get(rid, "run").meta.get("config") or {}).get("steps")
+            for rid, job in self.jobs.items()
+            if rid in self.run_ids and not job.done
+        ]
+        return max((s for s in live if s), default=None)
 
     # -- runs --------------------------------------------------------------------------------
     def attach(self, run_id: str, job: jobs.Job | None = None) -> None:
@@ -159,47 +366,28 @@ class TrainingMonitor(ipw.VBox):
         if run.id not in self.run_ids:
             self.run_ids.append(run.id)
             self._seen[run.id] = {}
-            import plotly.graph_objects as go
-
-            colour = ["#1976d2", "#d32f2f", "#388e3c", "#f57c00", "#7b1fa2", "#00838f"][
-                (len(self.run_ids) - 1) % 6
-            ]
-            with self.figure.batch_update():
-                for i, (metric, split, _) in enumerate(CHARTS):
-                    self.figure.add_trace(
-                        go.Scatter(
-                            x=[],
-                            y=[],
-                            mode="lines+markers" if split == "eval" else "lines",
-                            name=run.name,
-                            legendgroup=run.id,
-                            showlegend=i == 0,
-                            line=dict(color=colour),
-                            meta=[run.id, metric, split],
-                        ),
-                        row=i // 4 + 1,
-                        col=i % 4 + 1,
-                    )
-                self.figure.add_trace(
-                    go.Bar(
-                        x=[],
-                        y=[],
-                        name=run.name,
-                        legendgroup=run.id,
-                        showlegend=False,
-                        marker=dict(color=colour),
-                        meta=[run.id, "l0_histogram", "meta"],
-                    ),
-                    row=2,
-                    col=4,
-                )
+            self._series[run.id] = {"train": [], "eval": []}
+            self._read_new(run.id)
+            self._rebuild()
         self.poll()
 
     def detach(self, run_id: str) -> None:
         if run_id in self.run_ids:
             self.run_ids.remove(run_id)
-            self.figure.data = tuple(tr for tr in self.figure.data if tr.meta[0] != run_id)
+            self._series.pop(run_id, None)
+            self._rebuild()
             self.poll()
+
+    def _read_new(self, rid: str) -> bool:
+        """Append the run's metric rows recorded since the last read; whether there were any."""
+        seen, got = self._seen[rid], False
+        for split in ("train", "eval"):
+            new = self.workspace.metrics(rid, split, since_step=seen.get(split, 0))
+            if new:
+                self._series[rid][split].extend(new)
+                seen[split] = new[-1]["step"]
+                got = True
+        return got
 
     def _job(self, run_id: str) -> jobs.Job:
         from ..core.errors import MistudioError
@@ -242,64 +430,17 @@ class TrainingMonitor(ipw.VBox):
 
     def poll(self) -> None:
         """Read new metric rows and statuses from the catalog into the charts and the table."""
-        rows_out = []
+        rows_out, changed = [], False
         for rid in list(self.run_ids):
             art = self.workspace.find(rid, "run")
             if art is None:
                 self.run_ids.remove(rid)
+                changed = True
                 continue
-            seen = self._seen[rid]
-            new = {
-                split: self.workspace.metrics(rid, split, since_step=seen.get(split, 0))
-                for split in ("train", "eval")
-            }
-            with self.figure.batch_update():
-                for tr in self.figure.data:
-                    run_id, metric, split = tr.meta
-                    if run_id != rid:
-                        continue
-                    if split == "meta":
-                        h = art.meta.get("l0_histogram")
-                        if h:
-                            tr.x = [(a + b) / 2 for a, b in zip(h["edges"][:-1], h["edges"][1:])]
-                            tr.y = h["counts"]
-                        continue
-                    pts = [(r["step"], r[metric]) for r in new[split] if r.get(metric) is not None]
-                    if pts:
-                        tr.x = list(tr.x or ()) + [p[0] for p in pts]
-                        tr.y = list(tr.y or ()) + [p[1] for p in pts]
-            for split in ("train", "eval"):
-                if new[split]:
-                    seen[split] = new[split][-1]["step"]
-            st = run_status(self.workspace, rid)
-            job = self.jobs.get(rid)
-            last = self.workspace.metrics(rid, "train", since_step=seen.get("train", 0) - 1)
-            tps = last[-1].get("tokens_per_second") if last else None
-            step = art.meta.get("step") or seen.get("train", 0)
-            status = job.status if job is not None and not job.done else st["status"]
-            since = art.meta.get("resumed") or art.meta.get("started")
-            done_tokens = (step - (art.meta.get("resumed_at_step") or 0)) * art.meta["config"]["batch_tokens"]
-            overall = done_tokens / max(time.time() - since, 1e-9) if since and done_tokens > 0 else None
-            remaining = (
-                (st["steps"] - step) * art.meta["config"]["batch_tokens"] / overall
-                if overall and status == Status.RUNNING
-                else None
-            )
-            rows_out.append(
-                {
-                    "id": rid,
-                    "name": art.name,
-                    "status": status,
-                    "step": step,
-                    "steps": st["steps"],
-                    "tokens_per_second": tps,
-                    "eta_seconds": remaining,
-                    "live": job is not None and not job.done,
-                    "last_checkpoint": st["last_checkpoint"],
-                    "sae": st["sae"],
-                    "error": art.meta.get("error", ""),
-                }
-            )
+            changed |= self._read_new(rid)
+            rows_out.append(self._row(art))
+        if changed:
+            self._draw_charts()
         others = [
             {"id": a.id, "name": a.name, "status": jobs.effective_status(a.meta)}
             for a in self.workspace.list("run")
@@ -308,6 +449,39 @@ class TrainingMonitor(ipw.VBox):
         self.controls.runs = rows_out + [{**o, "attached": False} for o in others[-10:]]
         self._draw_pareto()
         self.controls.device = device_line()
+
+    def _row(self, art) -> dict[str, Any]:
+        """One run's line in the table: status, step, the stage it is in (harvesting activations or
+        training) with that stage's progress, and the ETA from the trainer's measured pace."""
+        rid = art.id
+        st = run_status(self.workspace, rid)
+        job = self.jobs.get(rid)
+        train_rows = self._series[rid]["train"]
+        tps = train_rows[-1].get("tokens_per_second") if train_rows else None
+        step = art.meta.get("step") or self._seen[rid].get("train", 0)
+        status = job.status if job is not None and not job.done else st["status"]
+        pace = art.meta.get("pace") or {}
+        running = status == Status.RUNNING
+        eta = None
+        if running and pace.get("eta_s") is not None:
+            eta = max(pace["eta_s"] - (time.time() - pace.get("at", time.time())), 0.0)
+        return {
+            "id": rid,
+            "name": art.name,
+            "status": status,
+            "step": step,
+            "steps": st["steps"],
+            "tokens_per_second": tps,
+            "eta_seconds": eta,
+            "eta_estimated": bool(pace.get("estimated")),
+            "stage": pace.get("stage") if running else None,
+            "stage_done": pace.get("done"),
+            "stage_total": pace.get("total"),
+            "live": job is not None and not job.done,
+            "last_checkpoint": st["last_checkpoint"],
+            "sae": st["sae"],
+            "error": art.meta.get("error", ""),
+        }
 
     # -- the Pareto view of a sweep --------------------------------------------------------
     def pareto_points(self) -> list[dict[str, Any]]:
@@ -353,6 +527,7 @@ class TrainingMonitor(ipw.VBox):
                 tr.text = [text[i] for i in keep]
                 tr.customdata = [pts[i]["run"] for i in keep]
                 tr.marker.symbol = ["circle" if pts[i]["done"] else "circle-open" for i in keep]
+        publish(self.pareto)
 
     def _open_point(self, trace, points, _state) -> None:
         if not points.point_inds:
@@ -374,4 +549,6 @@ class TrainingMonitor(ipw.VBox):
         if self._timer is not None:
             self._timer.stop()
         self.controls.close()
+        self.figure.close()
+        self.pareto.close()
         super().close()

@@ -1,0 +1,59 @@
+"""Plotly figures inside the widgets: kept drawable in every front end, and coloured like the page.
+
+Two things plotly's FigureWidget does not do by itself:
+
+- **Late front ends.** A FigureWidget sends each change (``add_trace``, ``tr.x = ...``) as a one-off
+  message and keeps its synced state (``_widget_data``, ``_widget_layout``) as it was when the widget
+  was made, refreshing it only when the figure itself is displayed. A figure inside a box, changed
+  before a page connects (Voila runs the whole notebook first, then the page asks for every widget's
+  state), therefore reaches that page empty. :func:`publish` writes the current figure into the synced
+  state after each round of changes, so a page that connects later draws what the kernel holds.
+- **The theme.** The widgets' pages report the colours of the theme they sit in (``EngineWidget.theme``:
+  JupyterLab light or dark, Voila's ``?theme=dark``); :func:`apply_theme` gives a figure that background,
+  text and grid colour, so a chart is not a white box on a dark page.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+LIGHT = {"dark": False, "background": "#ffffff", "foreground": "#1f1f1f", "grid": "#e0e0e0"}
+
+
+def theme_layout(theme: dict[str, Any] | None) -> dict[str, Any]:
+    """The layout settings that make a figure follow ``theme`` (a page's report, or light)."""
+    th = {**LIGHT, **{k: v for k, v in (theme or {}).items() if v}}
+    return dict(
+        template="plotly_dark" if th["dark"] else "plotly_white",
+        paper_bgcolor=th["background"],
+        plot_bgcolor=th["background"],
+        font=dict(color=th["foreground"]),
+        legend=dict(bgcolor="rgba(0,0,0,0)"),
+    )
+
+
+def apply_theme(fig, theme: dict[str, Any] | None) -> None:
+    """Colour ``fig`` (a FigureWidget) like the page's theme, and publish it."""
+    th = {**LIGHT, **{k: v for k, v in (theme or {}).items() if v}}
+    with fig.batch_update():
+        fig.update_layout(**theme_layout(th))
+        for axes in (fig.update_xaxes, fig.update_yaxes):
+            axes(gridcolor=th["grid"], zerolinecolor=th["grid"], linecolor=th["grid"])
+        for ann in fig.layout.annotations or ():  # subplot titles
+            ann.font.color = th["foreground"]
+    publish(fig)
+
+
+def publish(fig) -> None:
+    """Make the figure's synced state what the kernel holds now (see the module docstring). Cheap for
+    the figures here (a few thousand points at most); call it after each round of changes."""
+    fig._widget_layout = copy.deepcopy(fig._layout_obj._props)
+    fig._widget_data = copy.deepcopy(fig._data)
+
+
+def drawable(fig) -> bool:
+    """Whether a page that connects now would draw every trace the kernel holds (a check for tests)."""
+    return len(fig._widget_data) == len(fig.data) and all(
+        len(w.get("x") or ()) == len(tr.x or ()) for w, tr in zip(fig._widget_data, fig.data)
+    )

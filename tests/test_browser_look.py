@@ -1,0 +1,277 @@
+"""What a user sees, in a real browser: the Studio in JupyterLab and in the Voila dashboard, in the light
+and the dark theme, at 1280 px. Every plotly chart draws its data, nothing overflows sideways, charts
+take the theme's background, the steering texts stay readable, nothing is fetched from outside the
+server, and the harvest shows progress right after Start. One screenshot per tab, front end and theme
+is kept under test-artifacts/screenshots/ for a person to look at."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from browser import free_port, jupyter_env, lab_command, server, voila_command, write_notebook
+from conftest import ARTIFACTS
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+expect.set_options(timeout=90_000)
+REPO = Path(__file__).resolve().parent.parent
+SHOTS = ARTIFACTS / "screenshots"
+TABS = ("Datasets", "Models", "SAEs", "Training", "Features", "Steering")
+WIDTH = 1280
+LAB_THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
+
+# plotly charts that are on screen and draw nothing: the names of their subplot titles (or "?")
+EMPTY_CHARTS_JS = """() => {
+  const out = [];
+  for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+    if (!plot.offsetParent) continue;   // hidden (another tab, or the one-run Pareto view)
+    const drawn = plot.querySelectorAll('.scatterlayer path.js-line[d*="L"], .scatterlayer path.point, '
+      + '.barlayer .bars path, .scatterlayer .js-fill').length;
+    const titles = Array.from(plot.querySelectorAll('.gtitle, .annotation-text')).map(t => t.textContent);
+    if (!drawn) out.push(titles.join(' | ') || '?');
+  }
+  return out;
+}"""
+
+# elements wider than their box (sideways scroll): widget roots and the SAE library's table
+OVERFLOW_JS = """() => Array.from(document.querySelectorAll('.mistudio, [data-testid=lib-table-box]'))
+  .filter(e => e.offsetParent && e.scrollWidth > e.clientWidth + 1)
+  .map(e => `${e.className || e.dataset.testid}: ${e.scrollWidth} > ${e.clientWidth}`)"""
+
+# each visible chart's paper colour against the page background behind it
+BACKGROUNDS_JS = """() => {
+  const opaque = c => c && c !== 'transparent' && !/rgba\\(.*,\\s*0\\)$/.test(c);
+  const behind = n => {
+    for (; n && n.nodeType === 1; n = n.parentElement) {
+      const c = getComputedStyle(n).backgroundColor;
+      if (opaque(c)) return c;
+    }
+    return 'rgb(255, 255, 255)';
+  };
+  return Array.from(document.querySelectorAll('.js-plotly-plot')).filter(p => p.offsetParent).map(p => {
+    const svg = p.querySelector('.main-svg');
+    return { chart: svg ? getComputedStyle(svg).backgroundColor : '', page: behind(p.parentElement) };
+  });
+}"""
+
+
+def luminance(colour: str) -> float:
+    r, g, b = (float(v) for v in re.findall(r"[\d.]+", colour)[:3])
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+@pytest.fixture(scope="module")
+def look_run(default_ws, extraction):
+    """A finished run newer than any other (the monitor opens the newest), with a metric every step,
+    and an extracted SAE for the Features and Steering tabs."""
+    from mistudio_widgets.core.configs import TrainConfig
+    from mistudio_widgets.train.training import train
+
+    res = train(
+        default_ws,
+        TrainConfig(
+            steps=8,
+            batch_tokens=256,
+            chunk_sequences=24,
+            eval_sequences=4,
+            eval_every=4,
+            checkpoint_every=0,
+            log_every=1,
+            expansion_factor=2,
+            k=8,
+            name=default_ws.unique_name("run", "look"),
+        ),
+    )
+    return res.run_id
+
+
+class Outside:
+    """Requests the page tried to send off the machine (each one aborted), and console lines."""
+
+    def __init__(self, page):
+        self.urls: list[str] = []
+        self.console: list[str] = []
+
+        def route(r):
+            host = r.request.url.split("/")[2].split(":")[0]
+            if host in ("127.0.0.1", "localhost", "[::1]") or r.request.url.startswith("data:"):
+                r.continue_()
+            else:
+                self.urls.append(r.request.url)
+                r.abort()
+
+        page.unroute("**/*")
+        page.route("**/*", route)
+        page.on("console", lambda m: self.console.append(m.text))
+
+
+def open_studio_in_lab(page, default_ws, tmp_path, theme: str):
+    root = tmp_path / "lab"
+    root.mkdir()
+    env = jupyter_env(root / ".jupyter", default_ws.root)
+    themes = root / ".jupyter" / "settings" / "@jupyterlab" / "apputils-extension"
+    themes.mkdir(parents=True, exist_ok=True)
+    (themes / "themes.jupyterlab-settings").write_text(json.dumps({"theme": LAB_THEMES[theme]}))
+    write_notebook(
+        root / "studio.ipynb",
+        [
+            "import mistudio_widgets as ms\nfrom mistudio_widgets.widgets import Studio\n"
+            "ws = ms.open_workspace()\nfrom mistudio_widgets.data.models import load_model, resolve_model\n"
+            "_ = load_model(ws, resolve_model(ws))  # as after the Models tab's Load: the model is in memory",
+            "studio = Studio(ws)\nstudio",
+        ],
+    )
+    port, token = free_port(), uuid.uuid4().hex
+    base = f"http://127.0.0.1:{port}"
+    srv = server(lab_command(root, port, token), env, f"{base}/api/status?token={token}", root / "lab.log")
+    return srv, f"{base}/lab/workspaces/{uuid.uuid4().hex[:8]}/tree/studio.ipynb?reset&token={token}"
+
+
+def open_studio_in_voila(default_ws, tmp_path, theme: str):
+    port = free_port()
+    env = {
+        **jupyter_env(tmp_path / ".jupyter", default_ws.root),
+        "JUPYTER_CONFIG_PATH": str(REPO / "jupyter-config"),
+        "JUPYTER_PATH": str(REPO / "share" / "jupyter"),
+    }
+    cmd = voila_command(REPO / "dashboards" / "studio.ipynb", port) + [f"--theme={theme}"]
+    return server(cmd, env, f"http://127.0.0.1:{port}/", tmp_path / "voila.log"), f"http://127.0.0.1:{port}/"
+
+
+def wait_until_empty(page, js: str, what: str, timeout: float = 30.0):
+    end, last = time.time() + timeout, None
+    while time.time() < end:
+        last = page.evaluate(js)
+        if not last:
+            return
+        page.wait_for_timeout(500)
+    raise AssertionError(f"{what}: {last}")
+
+
+def check_tab(page, frontend: str, theme: str, tab: str) -> None:
+    page.get_by_role("tab", name=tab).click()
+    page.wait_for_timeout(800)
+    wait_until_empty(page, EMPTY_CHARTS_JS, f"{tab}: charts on screen that draw no data")
+    wait_until_empty(page, OVERFLOW_JS, f"{tab}: content wider than its box at {WIDTH} px")
+    if tab in ("Training", "Features"):
+        end = time.time() + 30
+        while True:  # the theme travels page -> kernel -> figure; allow it a moment
+            bgs = page.evaluate(BACKGROUNDS_JS)
+            ok = bgs and all(b["chart"] == b["page"] for b in bgs)
+            if ok or time.time() > end:
+                break
+            page.wait_for_timeout(500)
+        assert ok, f"{tab}: chart backgrounds do not match the page: {bgs}"
+        for b in bgs:
+            assert (luminance(b["chart"]) < 0.35) == (theme == "dark"), (tab, theme, b)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{frontend}-{theme}-{tab.lower()}.png"), full_page=True)
+
+
+def steer_and_check_readable(page) -> None:
+    page.get_by_role("tab", name="Steering").click()
+    pane = page.get_by_test_id("steering-pane")
+    pane.get_by_test_id("st-search").fill("1")  # a feature number; searched as typed
+    expect(pane.get_by_test_id("st-found").locator("button").first).to_be_visible()
+    expect(pane.get_by_test_id("st-found")).to_contain_text("that number")
+    pane.get_by_test_id("st-found").locator("button").first.click()
+    expect(pane.get_by_test_id("st-found").locator("button")).to_have_count(0)  # the results go once added
+    pane.get_by_test_id("st-prompt").fill("Tell me about the sea.")
+    pane.get_by_test_id("st-prompt").dispatch_event("change")
+    pane.get_by_test_id("st-max-tokens").fill("8")
+    pane.get_by_test_id("st-max-tokens").dispatch_event("change")
+    pane.locator("[data-testid=st-strength]").first.fill("80")
+    pane.locator("[data-testid=st-strength]").first.dispatch_event("change")
+    pane.get_by_test_id("st-generate").click()
+    expect(pane.get_by_test_id("st-metrics")).to_contain_text("KL")
+    # both boxes start with the prompt; no token is struck through
+    for side in ("st-unsteered", "st-steered"):
+        expect(pane.get_by_test_id(side).locator(".st-prompt-echo")).to_contain_text("Tell me about the sea.")
+    struck = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.stok')).filter(s => "
+        "getComputedStyle(s).textDecorationLine.includes('line-through')).length"
+    )
+    assert struck == 0
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_studio_in_lab_looks_right(browser, default_ws, tmp_path, look_run, theme):
+    context = browser.new_context(viewport={"width": WIDTH, "height": 900})
+    page = context.new_page()
+    outside = Outside(page)
+    srv, url = open_studio_in_lab(page, default_ws, tmp_path, theme)
+    with srv:
+        page.goto(url)
+        expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible()
+        page.get_by_text("Run", exact=True).first.click()
+        page.get_by_text("Run All Cells", exact=True).click()
+        expect(page.get_by_test_id("dataset-picker")).to_be_visible()
+        assert page.evaluate("document.body.dataset.jpThemeLight") == ("false" if theme == "dark" else "true")
+        for tab in TABS:
+            check_tab(page, "lab", theme, tab)
+        steer_and_check_readable(page)
+        if theme == "light":
+            harvest_progress_right_after_start(page, default_ws)
+    context.close()
+    assert not outside.urls, f"the page asked for outside addresses: {outside.urls[:5]}"
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_studio_in_voila_looks_right(browser, default_ws, tmp_path, look_run, theme):
+    context = browser.new_context(viewport={"width": WIDTH, "height": 900})
+    page = context.new_page()
+    outside = Outside(page)
+    srv, url = open_studio_in_voila(default_ws, tmp_path, theme)
+    with srv:
+        page.goto(url)
+        expect(page.get_by_test_id("dataset-picker")).to_be_visible()
+        assert page.evaluate("document.body.dataset.jpThemeLight") == ("false" if theme == "dark" else "true")
+        for tab in TABS:
+            check_tab(page, "voila", theme, tab)
+        steer_and_check_readable(page)
+    context.close()
+    assert not outside.urls, f"the page asked for outside addresses (Font Awesome?): {outside.urls[:5]}"
+    # the widget manager and every extension came up (Voila 0.5's core is JupyterLab 4.2.5; the
+    # extensions' "Unsatisfied version ... required ^4.6.2" notes are webpack falling back to it, harmless)
+    broken = [c for c in outside.console if "failed to activate" in c or "No version of module" in c]
+    assert not broken, broken[:3]
+
+
+def harvest_progress_right_after_start(page, default_ws) -> None:
+    """Start a training from the Studio's form: the monitor shows the harvest's token count and an ETA
+    before the first step, within seconds of the click; then stop it."""
+    page.get_by_role("tab", name="Training").click()
+    conf = page.get_by_test_id("training-configurator")
+    conf.get_by_text("Advanced settings").click()
+    for name, value in {
+        "steps": 400,
+        "batch_tokens": 512,
+        "expansion_factor": 2,
+        "chunk_sequences": 256,
+        "eval_sequences": 4,
+        "eval_every": 0,
+        "checkpoint_every": 0,
+    }.items():
+        box = conf.locator(f'[data-field="{name}"]')
+        box.fill(str(value))
+        box.dispatch_event("change")
+    expect(conf.get_by_test_id("train-start")).to_be_enabled()
+    started = time.time()
+    conf.get_by_test_id("train-start").click()
+    monitor = page.get_by_test_id("training-monitor")
+    harvesting = re.compile(r"harvesting activations [\d,]+ / [\d,]+")
+    stage = monitor.locator("tr[data-run] [data-testid=run-stage]", has_text=harvesting)
+    expect(stage.first).to_be_visible(timeout=5_000)  # the issue's bound: progress within 5 s of Start
+    seen_after = time.time() - started
+    row = monitor.locator("tr[data-run]", has=stage.first)
+    expect(row.get_by_test_id("run-eta")).to_have_text(re.compile(r"\d+(\.\d)? (s|min)"))
+    (ARTIFACTS / "harvest-progress.txt").write_text(
+        f"harvest progress shown {seen_after:.1f} s after Start\n"
+    )
+    row.get_by_test_id("run-stop").click()
+    expect(row.get_by_test_id("run-status")).to_have_text("interrupted")
