@@ -160,3 +160,18 @@ function reportTheme(model, el) {
   obs.observe(document.body, { attributes: true, attributeFilter: ["data-jp-theme-name", "data-jp-theme-light", "class"] });
   return () => obs.disconnect();
 }
+
+// Plotly charts beside this widget size themselves to their box only on a window resize; a chart made
+// in a hidden tab would keep plotly's default width. When this widget's box changes width (its tab is
+// shown, the cell is resized), a resize event makes every chart fit its box again.
+function fitChartsOnResize(el) {
+  let width = -1, pending = false;
+  const obs = new ResizeObserver(() => {
+    const w = el.getBoundingClientRect().width;
+    if (Math.abs(w - width) < 1 || pending) return;
+    width = w; pending = true;
+    requestAnimationFrame(() => { pending = false; if (w > 0) window.dispatchEvent(new Event("resize")); });
+  });
+  obs.observe(el);
+  return () => obs.disconnect();
+}

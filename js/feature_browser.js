@@ -128,6 +128,7 @@ function render({ model, el }) {
     labelPanel, statusBar(model));
   el.append(root);
   reportTheme(model, root);
+  fitChartsOnResize(root);
 
   let cols = null, order = [], globalMax = 0, histLog = false;
   const open = (i) => send(model, "open", { index: i });
@@ -193,7 +194,7 @@ function render({ model, el }) {
       h("h4", { "data-testid": "fb-title" }, `Feature ${d.index}`,
         d.label && !weak ? h("span", { class: "muted", text: ` — ${d.label}` }) : null),
       weak ? h("div", { class: "warn", "data-testid": "fb-below-chance",
-        text: `Unreliable label “${d.label}”: detection score ${latest.score.toFixed(2)}, no better than chance (0.50). It does not predict where this feature fires; relabel it or write your own.` }) : null,
+        text: `Unreliable label “${d.label}”: detection score ${latest.score.toFixed(2)}, no better than chance (0.50). It does not predict where this feature fires; relabel it or write your own.` }) : "",
       h("div", { class: "row" }, labelIn, save, steer),
       h("div", { class: "kv" }, kv("fires on", `${(100 * d.frequency).toFixed(3)}% of tokens`), kv("max", fmtNum(d.max, 3)),
         kv("mean", fmtNum(d.mean, 3)), kv("median", fmtNum(d.quantiles.q50, 3)), kv("p99", fmtNum(d.quantiles.q99, 3))),

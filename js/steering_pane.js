@@ -5,7 +5,7 @@ function render({ model, el }) {
   const root = h("div", { class: "mistudio mistudio-steering", "data-testid": "steering-pane" });
   const saeSel = h("select", { "data-testid": "st-sae" });
   saeSel.addEventListener("change", () => send(model, "select", { id: saeSel.value }));
-  const search = h("input", { type: "search", placeholder: "find a feature: a label word, a token it promotes, or its number", "data-testid": "st-search",
+  const search = h("input", { type: "search", placeholder: "find a feature: a label word, a token it promotes, or its number", "data-testid": "st-search", style: { minWidth: "340px" },
                               title: "matches labels, the tokens a feature promotes (logit lens), or a feature index" });
   // searched as you type (after a short pause), and on Enter
   let searchTimer = null;

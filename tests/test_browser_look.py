@@ -41,7 +41,12 @@ EMPTY_CHARTS_JS = """() => {
 # elements wider than their box (sideways scroll): widget roots and the SAE library's table
 OVERFLOW_JS = """() => Array.from(document.querySelectorAll('.mistudio, [data-testid=lib-table-box]'))
   .filter(e => e.offsetParent && e.scrollWidth > e.clientWidth + 1)
-  .map(e => `${e.className || e.dataset.testid}: ${e.scrollWidth} > ${e.clientWidth}`)"""
+  .map(e => {
+    const right = e.getBoundingClientRect().right;
+    const wide = Array.from(e.querySelectorAll('*')).filter(d => d.getBoundingClientRect().right > right + 1)
+      .slice(0, 3).map(d => `${d.tagName.toLowerCase()}.${d.getAttribute('class') || d.dataset.testid || ''}`);
+    return `${e.className || e.dataset.testid}: ${e.scrollWidth} > ${e.clientWidth} (${wide.join(', ')})`;
+  })"""
 
 # each visible chart's paper colour against the page background behind it
 BACKGROUNDS_JS = """() => {
@@ -156,6 +161,14 @@ def wait_until_empty(page, js: str, what: str, timeout: float = 30.0):
 def check_tab(page, frontend: str, theme: str, tab: str) -> None:
     page.get_by_role("tab", name=tab).click()
     page.wait_for_timeout(800)
+    if tab == "Features":  # open the busiest feature and its co-activations, as a user would look at one
+        fb = page.get_by_test_id("feature-browser")
+        fb.get_by_test_id("fb-sort").select_option("frequency")
+        fb.get_by_test_id("feature-row").first.click()
+        expect(fb.get_by_test_id("fb-title")).to_contain_text("Feature")
+        expect(fb.get_by_test_id("fb-density").locator("rect.binbar").first).to_be_attached()
+        fb.get_by_test_id("fb-coact").click()
+        expect(fb.get_by_test_id("coact-heatmap")).to_be_visible()
     wait_until_empty(page, EMPTY_CHARTS_JS, f"{tab}: charts on screen that draw no data")
     wait_until_empty(page, OVERFLOW_JS, f"{tab}: content wider than its box at {WIDTH} px")
     if tab in ("Training", "Features"):
@@ -170,10 +183,23 @@ def check_tab(page, frontend: str, theme: str, tab: str) -> None:
         for b in bgs:
             assert (luminance(b["chart"]) < 0.35) == (theme == "dark"), (tab, theme, b)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{frontend}-{theme}-{tab.lower()}.png"), full_page=True)
+    shoot(page, SHOTS / f"{frontend}-{theme}-{tab.lower()}.png")
 
 
-def steer_and_check_readable(page) -> None:
+def shoot(page, path: Path) -> None:
+    """The whole Studio in one picture: Lab and Voila scroll inside a panel, so the window is made tall
+    enough to hold it for the shot (same width), then set back."""
+    size = page.viewport_size
+    studio = page.locator(".mistudio-studio")
+    height = page.evaluate("(e) => e.scrollHeight", studio.element_handle())
+    page.set_viewport_size({"width": size["width"], "height": min(max(size["height"], height + 400), 6000)})
+    page.wait_for_timeout(500)
+    studio.scroll_into_view_if_needed()
+    page.screenshot(path=str(path))
+    page.set_viewport_size(size)
+
+
+def steer_and_check_readable(page, shot: Path) -> None:
     page.get_by_role("tab", name="Steering").click()
     pane = page.get_by_test_id("steering-pane")
     pane.get_by_test_id("st-search").fill("1")  # a feature number; searched as typed
@@ -197,6 +223,7 @@ def steer_and_check_readable(page) -> None:
         "getComputedStyle(s).textDecorationLine.includes('line-through')).length"
     )
     assert struck == 0
+    shoot(page, shot)
 
 
 @pytest.mark.parametrize("theme", ["light", "dark"])
@@ -214,7 +241,7 @@ def test_studio_in_lab_looks_right(browser, default_ws, tmp_path, look_run, them
         assert page.evaluate("document.body.dataset.jpThemeLight") == ("false" if theme == "dark" else "true")
         for tab in TABS:
             check_tab(page, "lab", theme, tab)
-        steer_and_check_readable(page)
+        steer_and_check_readable(page, SHOTS / f"lab-{theme}-steering-generated.png")
         if theme == "light":
             harvest_progress_right_after_start(page, default_ws)
     context.close()
@@ -233,7 +260,7 @@ def test_studio_in_voila_looks_right(browser, default_ws, tmp_path, look_run, th
         assert page.evaluate("document.body.dataset.jpThemeLight") == ("false" if theme == "dark" else "true")
         for tab in TABS:
             check_tab(page, "voila", theme, tab)
-        steer_and_check_readable(page)
+        steer_and_check_readable(page, SHOTS / f"voila-{theme}-steering-generated.png")
     context.close()
     assert not outside.urls, f"the page asked for outside addresses (Font Awesome?): {outside.urls[:5]}"
     # the widget manager and every extension came up (Voila 0.5's core is JupyterLab 4.2.5; the
@@ -268,7 +295,8 @@ def harvest_progress_right_after_start(page, default_ws) -> None:
     stage = monitor.locator("tr[data-run] [data-testid=run-stage]", has_text=harvesting)
     expect(stage.first).to_be_visible(timeout=5_000)  # the issue's bound: progress within 5 s of Start
     seen_after = time.time() - started
-    row = monitor.locator("tr[data-run]", has=stage.first)
+    name = stage.first.locator("xpath=ancestor::tr[1]").get_attribute("data-run")
+    row = monitor.locator(f'tr[data-run="{name}"]')  # the table is redrawn every second: find it by name
     expect(row.get_by_test_id("run-eta")).to_have_text(re.compile(r"\d+(\.\d)? (s|min)"))
     (ARTIFACTS / "harvest-progress.txt").write_text(
         f"harvest progress shown {seen_after:.1f} s after Start\n"

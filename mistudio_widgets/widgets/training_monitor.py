@@ -230,7 +230,7 @@ class TrainingMonitor(ipw.VBox):
             specs=specs,  # no empty axes after the last panel
             subplot_titles=[p.title for p in self.panels],
             horizontal_spacing=0.06,
-            vertical_spacing=0.22 / rows,
+            vertical_spacing=0.3 / rows,
         )
         fig.update_layout(
             height=220 * rows + 50,
@@ -245,7 +245,7 @@ class TrainingMonitor(ipw.VBox):
             for j, rid in enumerate(self.run_ids):
                 for trace in self._traces(panel, rid, j, first=i == 0):
                     fig.add_trace(trace, row=row, col=col)
-            if panel.kind != "histogram":
+            if panel.kind != "histogram" and i + cols >= n:  # the bottom chart of each column says "step"
                 fig.update_xaxes(title_text="step", title_standoff=2, row=row, col=col)
             if panel.metric == "lr":
                 fig.update_yaxes(rangemode="tozero", exponentformat="e", row=row, col=col)
