@@ -44,7 +44,7 @@ OVERFLOW_JS = """() => Array.from(document.querySelectorAll('.mistudio, [data-te
   .map(e => {
     const right = e.getBoundingClientRect().right;
     const wide = Array.from(e.querySelectorAll('*')).filter(d => d.getBoundingClientRect().right > right + 1)
-      .slice(0, 3).map(d => `${d.tagName.toLowerCase()}.${d.getAttribute('class') || d.dataset.testid || ''}`);
+      .slice(0, 3).map(d => `${d.tagName.toLowerCase()}.${d.getAttribute('class') || ''}`);
     return `${e.className || e.dataset.testid}: ${e.scrollWidth} > ${e.clientWidth} (${wide.join(', ')})`;
   })"""
 
