@@ -40,11 +40,17 @@ function kv(label, value) { return h("div", {}, h("span", { class: "muted", text
 // Send an action to the kernel. The status line (progress, message, error) moves next to the control
 // that sent it (after the row or section holding the focused element), so an answer appears where the
 // user is looking.
+// A part of a widget that is drawn anew on updates is marked data-redrawn: the status line then goes
+// right after that part (inside it, it would vanish with the next drawing).
 function send(model, action, args = {}) {
   const status = model.__statusEl, focus = document.activeElement;
+  if (status && !status.isConnected && model.__statusHome) model.__statusHome.append(status);
   if (status && status.isConnected && focus && focus !== document.body) {
     const root = status.closest(".mistudio");
-    const host = root && root.contains(focus) ? focus.closest(".row, section") : null;
+    if (!model.__statusHome) model.__statusHome = status.parentElement;
+    const inside = root && root.contains(focus);
+    const redrawn = inside ? focus.closest("[data-redrawn]") : null;
+    const host = redrawn && root.contains(redrawn) ? redrawn : inside ? focus.closest(".row, section") : null;
     if (host && host.nextSibling !== status && !host.contains(status)) host.after(status);
   }
   model.send({ action, args });
@@ -109,6 +115,7 @@ function statusBar(model) {
   const el = h("div", { class: "status-line" }, h("div", { class: "status", "data-testid": "status" }, barBox, label, msg), err);
   model.__statusEl = el;
   const update = () => {
+    if (!el.isConnected && model.__statusHome) model.__statusHome.append(el);  // its host was redrawn
     const busy = model.get("status") === "busy", p = model.get("progress") || {};
     barBox.style.display = busy ? "" : "none";
     const frac = p.total ? Math.min(p.done / p.total, 1) : 0;

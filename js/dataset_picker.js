@@ -20,7 +20,7 @@ function render({ model, el }) {
   // -- list -------------------------------------------------------------------------------
   const list = h("tbody");
   const listSec = h("section", {}, h("h4", { text: "Datasets in the workspace" }),
-    h("table", { "data-testid": "ds-list" }, h("thead", {}, h("tr", {},
+    h("table", { "data-testid": "ds-list", "data-redrawn": true }, h("thead", {}, h("tr", {},
       ["Name", "Documents", "Source", "Licence", "Tokenizations", ""].map((t) => h("th", { text: t })))), list));
 
   // -- tokenize ---------------------------------------------------------------------------

@@ -72,7 +72,7 @@ function render({ model, el }) {
   const listHead = h("div", { class: "vhead" }, h("span", { text: "#" }), h("span", { text: "label" }),
     h("span", { class: "num", text: "fires on", title: "share of the extraction's tokens where the feature is active" }),
     h("span", { text: "max act.", title: "largest activation, as a share of the largest of any feature" }));
-  const detail = h("div", { class: "detail", "data-testid": "fb-detail" });
+  const detail = h("div", { class: "detail", "data-testid": "fb-detail", "data-redrawn": true });
   const promptIn = h("textarea", { rows: 2, placeholder: "Type text to see which features fire, e.g. WHY ARE YOU SHOUTING", "data-testid": "fb-prompt" });
   const contrastIn = h("textarea", { rows: 2, placeholder: "compared with… (optional; one text per line): features that fire on the text and not on these", "data-testid": "fb-contrast" });
   const ordinaryBox = h("input", { type: "checkbox", "data-testid": "fb-ordinary" });
@@ -82,7 +82,7 @@ function render({ model, el }) {
   const promptBtn = h("button", { text: "Test", "data-testid": "fb-prompt-go", on: { click: () => promptIn.value.trim() &&
     send(model, "fire", { text: promptIn.value, contrast: ordinaryBox.checked ? "" : contrastIn.value, ordinary: ordinaryBox.checked,
                           dense: Number(denseIn.value) }) } });
-  const promptOut = h("div", { "data-testid": "fb-prompt-out" });
+  const promptOut = h("div", { "data-testid": "fb-prompt-out", "data-redrawn": true });
   // auto-labelling: settings are LabelConfig fields; the key goes with the request only, never into widget state
   const ls = () => model.get("label_settings") || {};
   const backendSel = select([["local", "in-kernel model (offline)"], ["openai", "OpenAI-compatible endpoint"]], ls().backend, { "data-testid": "lb-backend" });

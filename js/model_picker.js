@@ -14,7 +14,7 @@ function render({ model, el }) {
 
   const list = h("tbody");
   const listSec = h("section", {}, h("h4", { text: "Models in the workspace" }),
-    h("table", { "data-testid": "model-list" }, h("thead", {}, h("tr", {},
+    h("table", { "data-testid": "model-list", "data-redrawn": true }, h("thead", {}, h("tr", {},
       ["Name", "Family", "Layers", "d_model", "Parameters", "Source", "Loaded", ""].map((t) => h("th", { text: t })))), list));
 
   const dtype = select(["auto", "float32", "bfloat16", "float16"], "auto", { "data-testid": "model-dtype" });

@@ -35,7 +35,7 @@ function render({ model, el }) {
     h("section", {}, h("h4", { text: "SAE library" }),
       // a fixed layout: the table is never wider than the widget (long names are cut with an ellipsis
       // and shown whole on hover; the actions wrap onto a second line)
-      h("div", { class: "table-scroll", "data-testid": "lib-table-box" }, h("table", { class: "lib" },
+      h("div", { class: "table-scroll", "data-testid": "lib-table-box" }, h("table", { class: "lib", "data-redrawn": true },
         h("colgroup", {}, ["name", "arch", "hook", "num", "num", "num", "num", "num", "num", "source", "actions"].map((c) => h("col", { class: `c-${c}` }))),
         h("thead", {}, h("tr", {}, ["Name", "Architecture", "Hook", "Latents", "EV", "L0", "Dead",
         "CE rec.", "Tokens", "Source", ""].map((t) => h("th", { text: t, title: t === "CE rec." ? "CE loss recovered" : t })))), body))),

@@ -21,10 +21,10 @@ function render({ model, el }) {
   const maxRep = h("input", { type: "number", min: 0.05, max: 1, step: 0.05, value: 0.5, style: { width: "4em" }, "data-testid": "st-auto-rep",
                               title: "share of the steered text's token trigrams that repeat an earlier one" });
   const autoOut = h("div", { "data-testid": "st-auto" });
-  const found = h("div", { class: "row wrap", "data-testid": "st-found" });
+  const found = h("div", { class: "row wrap", "data-testid": "st-found", "data-redrawn": true });
   const searchHint = h("div", { class: "muted", "data-testid": "st-search-hint",
     text: "Search as you type: a label word (“capital”), a token a feature promotes (“ the”), or a feature number; or find features by contrast below." });
-  const chosen = h("div", { class: "st-chosen", "data-testid": "st-chosen" });
+  const chosen = h("div", { class: "st-chosen", "data-testid": "st-chosen", "data-redrawn": true });
   const wide = h("input", { type: "checkbox", "data-testid": "st-wide" });
   const prompt = h("textarea", { rows: 2, placeholder: "Prompt, e.g. Tell me about your day.", "data-testid": "st-prompt" });
   prompt.addEventListener("change", () => model.set("prompt", prompt.value) || model.save_changes());

@@ -6,7 +6,7 @@ function render({ model, el }) {
   const other = h("select", { "data-testid": "run-other" });
   const device = h("div", { class: "muted", "data-testid": "run-device" });
   const attach = h("button", { class: "secondary", text: "Overlay", on: { click: () => other.value && send(model, "attach", { id: other.value }) } });
-  root.append(h("table", {}, h("thead", {}, h("tr", {}, ["Run", "Status", "Progress", "Tokens/s", "ETA", ""].map((t) => h("th", { text: t })))), body),
+  root.append(h("table", { "data-redrawn": true }, h("thead", {}, h("tr", {}, ["Run", "Status", "Progress", "Tokens/s", "ETA", ""].map((t) => h("th", { text: t })))), body),
     h("div", { class: "row" }, h("span", { class: "muted", text: "Watch another run:" }), other, attach), device, statusBar(model));
   el.append(root);
   reportTheme(model, root);
