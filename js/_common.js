@@ -135,8 +135,8 @@ function busyDisables(model, ...buttons) {
   model.on("change:status", upd); upd();
 }
 
-// The colours of the theme this widget sits in, reported to the kernel (``theme``), which colours its
-// plotly charts to match; sent again when JupyterLab switches theme.
+// The colours of the theme this widget sits in and its width, reported to the kernel (``theme``), which
+// colours its plotly charts to match and sizes them to the width; sent again on a change of either.
 function reportTheme(model, el) {
   const opaque = (c) => c && c !== "transparent" && !/rgba\(.*,\s*0\)$/.test(c);
   const backgroundOf = (node) => {
@@ -154,31 +154,22 @@ function reportTheme(model, el) {
     if (!el.isConnected) return;
     const css = getComputedStyle(el), background = backgroundOf(el.parentElement || el);
     const light = document.body.dataset.jpThemeLight;
+    const width = Math.round(el.getBoundingClientRect().width);
+    if (!width) return;  // in a hidden tab: report once shown
     const theme = { dark: light === undefined ? luminance(background) < 0.5 : light === "false", background,
                     foreground: css.getPropertyValue("--jp-ui-font-color1").trim() || css.color,
                     grid: css.getPropertyValue("--jp-border-color2").trim() || "#e0e0e0",
-                    name: document.body.dataset.jpThemeName || "" };
+                    name: document.body.dataset.jpThemeName || "", width };
     const old = model.get("theme") || {};
     if (JSON.stringify(old) !== JSON.stringify(theme)) { model.set("theme", theme); model.save_changes(); }
   };
-  // once attached and styled; again whenever the theme changes
+  // once attached and styled; again whenever the theme changes or the widget's width does (its tab is
+  // shown, the window or the cell is resized): the charts beside it are sized to that width by the kernel
   requestAnimationFrame(() => setTimeout(send_, 50));
   const obs = new MutationObserver(() => setTimeout(send_, 200));
   obs.observe(document.body, { attributes: true, attributeFilter: ["data-jp-theme-name", "data-jp-theme-light", "class"] });
-  return () => obs.disconnect();
-}
-
-// Plotly charts beside this widget size themselves to their box only on a window resize; a chart made
-// in a hidden tab would keep plotly's default width. When this widget's box changes width (its tab is
-// shown, the cell is resized), a resize event makes every chart fit its box again.
-function fitChartsOnResize(el) {
-  let width = -1, pending = false;
-  const obs = new ResizeObserver(() => {
-    const w = el.getBoundingClientRect().width;
-    if (Math.abs(w - width) < 1 || pending) return;
-    width = w; pending = true;
-    requestAnimationFrame(() => { pending = false; if (w > 0) window.dispatchEvent(new Event("resize")); });
-  });
-  obs.observe(el);
-  return () => obs.disconnect();
+  let timer = null;
+  const sized = new ResizeObserver(() => { clearTimeout(timer); timer = setTimeout(send_, 150); });
+  sized.observe(el);
+  return () => { obs.disconnect(); sized.disconnect(); };
 }

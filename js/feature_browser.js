@@ -128,7 +128,6 @@ function render({ model, el }) {
     labelPanel, statusBar(model));
   el.append(root);
   reportTheme(model, root);
-  fitChartsOnResize(root);
 
   let cols = null, order = [], globalMax = 0, histLog = false;
   const open = (i) => send(model, "open", { index: i });

@@ -37,8 +37,9 @@ function render({ model, el }) {
       // and shown whole on hover; the actions wrap onto a second line)
       h("div", { class: "table-scroll", "data-testid": "lib-table-box" }, h("table", { class: "lib", "data-redrawn": true },
         h("colgroup", {}, ["name", "arch", "hook", "num", "num", "num", "num", "num", "num", "source", "actions"].map((c) => h("col", { class: `c-${c}` }))),
-        h("thead", {}, h("tr", {}, ["Name", "Architecture", "Hook", "Latents", "EV", "L0", "Dead",
-        "CE rec.", "Tokens", "Source", ""].map((t) => h("th", { text: t, title: t === "CE rec." ? "CE loss recovered" : t })))), body))),
+        h("thead", {}, h("tr", {}, [["Name"], ["Architecture"], ["Hook"], ["Latents"], ["EV", "explained variance"], ["L0"],
+          ["Dead", "dead latents"], ["CE rec.", "CE loss recovered"], ["Tokens", "tokens trained"], ["Source"], [""]]
+          .map(([t, full]) => h("th", { text: t, title: full || t })))), body))),
     h("section", {}, h("h4", { text: "Import an SAE" }), h("div", { class: "row wrap" }, src, hook, iname, importBtn)),
     h("section", {}, h("h4", { text: "Export" }), h("div", { class: "row wrap" }, exSae, exFmt, exOut, exBtn), exDone),
     h("section", {}, h("h4", { text: "Share (hub, SAELens list, Neuronpedia)" }),

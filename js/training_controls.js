@@ -10,7 +10,6 @@ function render({ model, el }) {
     h("div", { class: "row" }, h("span", { class: "muted", text: "Watch another run:" }), other, attach), device, statusBar(model));
   el.append(root);
   reportTheme(model, root);
-  fitChartsOnResize(root);
   const fmtEta = (s, est) => (s === null || s === undefined ? "–"
     : `${est ? "≈ " : ""}${s < 90 ? `${Math.round(s)} s` : `${(s / 60).toFixed(1)} min`}${est ? " (estimate)" : ""}`);
   // what the run is doing now: harvesting activations (model forward passes) or training steps

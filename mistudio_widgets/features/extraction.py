@@ -331,7 +331,11 @@ def _quantile_edges(
     inner = (
         _quantiles(loghist, maxv, [g / groups for g in range(1, groups)]) if groups > 1 else torch.zeros(F, 0)
     )
-    edges = torch.cat([torch.zeros(F, 1), inner, maxv.view(-1, 1).float()], 1).cummax(1).values
+    quantile = torch.cat([torch.zeros(F, 1), inner, maxv.view(-1, 1).float()], 1).cummax(1).values
+    linear = maxv.view(-1, 1).float() * torch.linspace(0, 1, groups + 1).view(1, -1)
+    # a little of the equal-width slicing keeps the edges strictly increasing where quantiles tie (a
+    # feature whose firings sit on one value), so every interval has a low below its high
+    edges = 0.98 * quantile + 0.02 * linear
     centres = 10 ** (LOG_LO + (torch.arange(LOG_BINS) + 0.5) * (LOG_HI - LOG_LO) / LOG_BINS)
     total = loghist.sum(1, keepdim=True).clamp_min(1).double()
     below = torch.stack(

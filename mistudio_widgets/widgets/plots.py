@@ -8,9 +8,11 @@ Two things plotly's FigureWidget does not do by itself:
   before a page connects (Voila runs the whole notebook first, then the page asks for every widget's
   state), therefore reaches that page empty. :func:`publish` writes the current figure into the synced
   state after each round of changes, so a page that connects later draws what the kernel holds.
-- **The theme.** The widgets' pages report the colours of the theme they sit in (``EngineWidget.theme``:
-  JupyterLab light or dark, Voila's ``?theme=dark``); :func:`apply_theme` gives a figure that background,
-  text and grid colour, so a chart is not a white box on a dark page.
+- **The theme and the width.** The widgets' pages report the colours of the theme they sit in
+  (``EngineWidget.theme``: JupyterLab light or dark, Voila's ``?theme=dark``) and their width;
+  :func:`apply_theme` gives a figure that background, text and grid colour, so a chart is not a white
+  box on a dark page, and that width, so it fills its cell (plotly sizes a chart itself only on a
+  window resize, and one drawn in a hidden tab keeps its 700 px default).
 """
 
 from __future__ import annotations
@@ -33,11 +35,18 @@ def theme_layout(theme: dict[str, Any] | None) -> dict[str, Any]:
     )
 
 
+MIN_WIDTH = 320  # px: narrower than this, a chart is drawn this wide (its box scrolls)
+
+
 def apply_theme(fig, theme: dict[str, Any] | None) -> None:
-    """Colour ``fig`` (a FigureWidget) like the page's theme, and publish it."""
+    """Colour ``fig`` (a FigureWidget) like the page's theme, size it to the width the page reported for
+    the widget beside it (plotly keeps a chart drawn in a hidden tab at its 700 px default), and publish
+    it."""
     th = {**LIGHT, **{k: v for k, v in (theme or {}).items() if v}}
     with fig.batch_update():
         fig.update_layout(**theme_layout(th))
+        if th.get("width"):
+            fig.layout.width = max(int(th["width"]), MIN_WIDTH)
         for axes in (fig.update_xaxes, fig.update_yaxes):
             axes(gridcolor=th["grid"], zerolinecolor=th["grid"], linecolor=th["grid"])
         for ann in fig.layout.annotations or ():  # subplot titles
