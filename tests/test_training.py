@@ -435,3 +435,35 @@ def test_a_sweep_from_the_cli_trains_its_grid_and_the_monitor_draws_the_pareto_f
         assert monitor.open_run(runs[3].id) == runs[3].meta["sae"] and opened == [runs[3].meta["sae"]]
     finally:
         monitor.close()
+
+
+def test_the_pace_measures_harvest_and_steps_apart_and_its_eta_follows_them():
+    """The ETA adds the harvest still to do at the measured harvest rate to the steps still to take at
+    the measured step rate, so it holds while the work alternates between the two; until both rates are
+    measured it says it is an estimate."""
+    from mistudio_widgets.core.progress import ProgressEvent
+    from mistudio_widgets.train.pace import Pace, PaceWriter, planned_harvest_tokens
+
+    # 100 steps of 512 tokens from chunks of 4,096 tokens (8 batches each): 13 chunk visits
+    assert planned_harvest_tokens(100, 512, 4096, 8, None) == 13 * 4096
+    assert planned_harvest_tokens(100, 512, 4096, 8, 10_000) == 10_000  # an activation cache caps it
+    pace = Pace(steps_total=100, step=0, batch_tokens=512, harvest_left=13 * 4096)
+    written = []
+    writer = PaceWriter(written.append, pace, interval=0.0)
+    cb = writer.progress(None)
+    eta0, estimated = pace.eta_seconds()
+    assert estimated and eta0 > 0  # priors only
+    for done in (1024, 2048, 4096):  # a chunk's harvest reported as it goes
+        cb(ProgressEvent("harvest chunk 1/13", done, 4096, unit="tok"))
+    cb(ProgressEvent("train", 1, 100, unit="step"))  # not the harvest: ignored
+    assert pace.harvested == 4096 and pace.harvest_left == 12 * 4096
+    pace.harvest_time(4.096)  # 1,000 tokens/s
+    for s in range(1, 9):
+        pace.stepped(s, 0.05)  # 512 tokens in 0.05 s: 10,240 tokens/s
+    h, t, estimated = pace.rates()
+    assert (round(h), round(t), estimated) == (1000, 10240, False)
+    eta, estimated = pace.eta_seconds()
+    assert not estimated and eta == pytest.approx(12 * 4096 / 1000 + 92 * 0.05)
+    writer.flush()
+    assert written[-1]["stage"] == "train" and written[-1]["eta_s"] == pytest.approx(eta)
+    assert written[0]["stage"] == "harvest" and written[0]["total"] == 4096
