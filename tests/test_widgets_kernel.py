@@ -134,6 +134,8 @@ def test_monitor_reattaches_from_the_catalog_and_library_manages_saes(default_ws
     mon.controls.theme = {"dark": True, "background": "rgb(17, 17, 17)", "foreground": "#ddd", "grid": "#444"}
     assert mon.figure.layout.paper_bgcolor == "rgb(17, 17, 17)" == mon.figure._widget_layout["paper_bgcolor"]
     assert mon.pareto.layout.paper_bgcolor == "rgb(17, 17, 17)"
+    mon.controls.theme = {"dark": True, "background": "not-a-colour", "width": "wide"}  # a broken page
+    assert mon.figure.layout.paper_bgcolor == "#ffffff"  # light, not a traceback in the kernel
     row = next(r for r in mon.controls.runs if r["id"] == res.run_id)
     assert row["status"] == "done" and row["step"] == 3 and row["sae"] == res.sae_id
     import torch

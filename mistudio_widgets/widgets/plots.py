@@ -43,6 +43,14 @@ def apply_theme(fig, theme: dict[str, Any] | None) -> None:
     the widget beside it (plotly keeps a chart drawn in a hidden tab at its 700 px default), and publish
     it."""
     th = {**LIGHT, **{k: v for k, v in (theme or {}).items() if v}}
+    try:
+        _apply(fig, th)
+    except (ValueError, TypeError):  # a page that reported colours plotly does not take: stay light
+        _apply(fig, LIGHT)
+    publish(fig)
+
+
+def _apply(fig, th: dict[str, Any]) -> None:
     with fig.batch_update():
         fig.update_layout(**theme_layout(th))
         if th.get("width"):
@@ -51,7 +59,6 @@ def apply_theme(fig, theme: dict[str, Any] | None) -> None:
             axes(gridcolor=th["grid"], zerolinecolor=th["grid"], linecolor=th["grid"])
         for ann in fig.layout.annotations or ():  # subplot titles
             ann.font.color = th["foreground"]
-    publish(fig)
 
 
 def publish(fig) -> None:
