@@ -38,6 +38,7 @@ from mistudio_widgets.core.configs import TrainConfig
 from mistudio_widgets.data.activations import harvest
 from mistudio_widgets.data.datasets import ensure_tokenization, load_tokens, resolve_dataset
 from mistudio_widgets.data.models import load_model, resolve_model
+from mistudio_widgets.train.heap import keep_freed_memory
 from mistudio_widgets.train.optim import averaged, make_optimizer
 from mistudio_widgets.train.training import (
     explained_variance,
@@ -259,6 +260,8 @@ def main() -> None:
     ap.add_argument("--e2e-steps", type=int, default=16, help="steps of the end-to-end run (0 skips it)")
     ap.add_argument("--workspace", default=None)
     a = ap.parse_args()
+    # the heap setting our trainer makes on CPUs is process-wide: made up front, every row runs with it
+    keep_freed_memory("cpu")
     ws = Workspace(a.workspace)
     train_x, test_x, loaded = activations(ws, a.train_tokens, a.test_tokens)
     scale = train_x.shape[1] ** 0.5 / train_x.norm(dim=1).mean()  # the same normalisation for everyone

@@ -191,3 +191,62 @@ def test_schedule_free_sign_descent_learns_and_swaps_to_its_average_exactly():
     for k, v in sae.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=1e-6)
     assert ev > 0.8, f"explained variance {ev:.3f}"
+
+
+def test_two_stage_selection_picks_what_topk_picks():
+    """``largest`` (block maxima, then top-k within the best blocks; bfloat16 compared as int16 bits)
+    chooses the same positive entries as ``topk`` over whole rows, on float32 and on bfloat16 with its
+    many ties; shapes it cannot split fall back to ``topk``."""
+    from mistudio_widgets.sae.topk import largest
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        pre = (torch.randn(512, 64) @ torch.randn(64, 2048) * 0.1 - 0.5).to(dtype)
+        for width in (1, 8, 32):
+            got = pre.gather(1, largest(pre, width)).float().clamp_min(0).sort(1).values
+            want = pre.topk(width, dim=1).values.float().clamp_min(0).sort(1).values
+            assert torch.equal(got, want), (dtype, width)
+    odd = torch.randn(4, 1000)  # not a whole number of blocks
+    assert torch.equal(largest(odd, 3).sort(1).values, odd.topk(3, dim=1).indices.sort(1).values)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_training_step_has_the_dense_gradients(arch):
+    """The sparse training path (two-stage selection, products over the picked entries only, the
+    decoder bias's gradient taken as -W_enc @ grad b_enc) gives the gradients of the plain dense
+    computation of the same losses, AuxK included."""
+    import copy
+
+    torch.manual_seed(0)
+    d, n, k, B, aux_k = 24, 1024, 4, 64, 8
+    sae = make_sae(SAESpec(architecture=arch, d_in=d, d_sae=n, k=k))
+    sae.select_dtype = None  # exact float32 selection, so both sides pick the same latents
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(0, 0.1)
+    ref = copy.deepcopy(sae)
+    x = torch.randn(B, d) * 2
+    dead = torch.zeros(n, dtype=torch.bool)
+    dead[::7] = True
+    cfg = TrainConfig(architecture=arch, k=k, aux_tokens=0)
+    losses, out = compute_losses(sae, cfg, x, x, dead, 0.0, aux_k)
+    losses.total.backward()
+    assert float(losses.aux.detach()) > 0
+
+    pre = (x - ref.b_dec) @ ref.W_enc + ref.b_enc
+    mask = torch.zeros(B, n, dtype=torch.bool)
+    mask[out.picked.rows, out.picked.idx] = True
+    if arch == "topk":  # the picked latents are each token's k largest
+        want = torch.zeros(B, n, dtype=torch.bool).scatter_(1, pre.topk(k, dim=1).indices, True)
+        assert torch.equal(mask, want)
+    recon = torch.relu(pre * mask) @ ref.W_dec + ref.b_dec
+    err = recon - x
+    pre_dead = pre[:, dead]
+    top = pre_dead.topk(aux_k, dim=1)
+    e_hat = torch.zeros_like(pre_dead).scatter(1, top.indices, torch.relu(top.values)) @ ref.W_dec[dead]
+    e = -err.detach()
+    aux = cfg.aux_coefficient * (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean()
+    (err.pow(2).sum(-1).mean() + aux).backward()
+    torch.testing.assert_close(losses.aux, aux)
+    for (name, p), q in zip(sae.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")

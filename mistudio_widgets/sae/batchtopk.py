@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .base import SAE, SAESpec, StepOut
-from .topk import Picked, auxk_loss, choose, selected_pre_acts, sparse_decode
+from .topk import Picked, auxk_loss, centred, choose, selected_pre_acts, sparse_decode
 
 THRESHOLD_HORIZON = 50
 
@@ -27,7 +27,7 @@ class BatchTopKSAE(SAE):
         return auxk_loss(self, x, out, err, dead, k, coefficient, tokens)
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
-        x_c = x - self.b_dec if self.spec.apply_b_dec_to_input else x
+        x_c = centred(self, x)
         # each token keeps at most 4k latents above the batch threshold
         idx, values, pre = choose(self, x_c, min(4 * self.spec.k, self.spec.d_sae))
         with torch.no_grad():
@@ -38,7 +38,7 @@ class BatchTopKSAE(SAE):
             if keep.any():
                 self._update_threshold(float(pos[keep].min()))
         picked = Picked.kept(idx, keep)  # only the kept entries are decoded and differentiated
-        vals = torch.relu(selected_pre_acts(self, x_c, picked, values[keep]))
+        vals = torch.relu(selected_pre_acts(self, x, x_c, picked, values[keep]))
         recon = sparse_decode(self.W_dec, self.b_dec, picked, vals)
         if self.spec.skip:
             recon = recon + x @ self.W_skip.T

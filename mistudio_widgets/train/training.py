@@ -30,6 +30,8 @@ from ..data.hooks import intervene, parse_hook
 from ..data.models import LoadedModel, load_model, resolve_model
 from ..sae import K_ARCHITECTURES, SAE, SAESpec, make_sae
 from ..sae.io import save_sae, write_safetensors
+from ..sae.topk import drop_scratch
+from .heap import keep_freed_memory
 from .optim import averaged, make_optimizer
 from .pace import Pace, PaceWriter, estimate_seconds, planned_harvest_tokens
 
@@ -595,6 +597,7 @@ class _Member:
         resuming: bool,
     ):
         self.ws, self.run, self.cfg, self.spec, self.device = ws, run, cfg, spec, device
+        keep_freed_memory(device)
         x_eval = eval_acts[cfg.hook]
         if x_eval.shape[0] < 2:
             raise TrainingError(
@@ -745,6 +748,7 @@ class _Member:
         if not dist.is_main():
             return TrainResult(run.id, None, None, {}, Status.DONE)
         self.checkpoint(position)
+        drop_scratch(self.sae)
         with averaged(self.opt):
             final_eval = self.evaluator.run(self.sae, self.scale_in, self.scale_out)
             weights = {k: v.detach().cpu().clone() for k, v in self.sae.state_dict().items()}
