@@ -196,25 +196,26 @@ def test_schedule_free_sign_descent_learns_and_swaps_to_its_average_exactly():
 def test_two_stage_selection_picks_what_topk_picks():
     """``largest`` (block maxima, then top-k within the best blocks; bfloat16 compared as int16 bits)
     chooses the same positive entries as ``topk`` over whole rows, on float32 and on bfloat16 with its
-    many ties; shapes it cannot split fall back to ``topk``."""
+    many ties, for widths that take blocks of 16, 4 and none; shapes it cannot split fall back to
+    ``topk``."""
     from mistudio_widgets.sae.topk import largest
 
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
         pre = (torch.randn(512, 64) @ torch.randn(64, 2048) * 0.1 - 0.5).to(dtype)
-        for width in (1, 8, 32):
+        for width in (1, 8, 32, 128, 400):
             got = pre.gather(1, largest(pre, width)).float().clamp_min(0).sort(1).values
             want = pre.topk(width, dim=1).values.float().clamp_min(0).sort(1).values
             assert torch.equal(got, want), (dtype, width)
-    odd = torch.randn(4, 1000)  # not a whole number of blocks
+    odd = torch.randn(4, 999)  # not a whole number of blocks
     assert torch.equal(largest(odd, 3).sort(1).values, odd.topk(3, dim=1).indices.sort(1).values)
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk"])
 def test_sparse_training_step_has_the_dense_gradients(arch):
     """The sparse training path (two-stage selection, products over the picked entries only, the
-    decoder bias's gradient taken as -W_enc @ grad b_enc) gives the gradients of the plain dense
-    computation of the same losses, AuxK included."""
+    decoder bias's gradient taken as -W_enc @ grad b_enc, Matryoshka's prefixes decoded band by band)
+    gives the gradients of the plain dense computation of the same losses, AuxK included."""
     import copy
 
     torch.manual_seed(0)
@@ -246,7 +247,31 @@ def test_sparse_training_step_has_the_dense_gradients(arch):
     e_hat = torch.zeros_like(pre_dead).scatter(1, top.indices, torch.relu(top.values)) @ ref.W_dec[dead]
     e = -err.detach()
     aux = cfg.aux_coefficient * (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean()
-    (err.pow(2).sum(-1).mean() + aux).backward()
+    inner = torch.zeros(())
+    for w in getattr(ref, "widths", [n])[:-1]:  # matryoshka: each inner prefix reconstructs alone
+        prefix = torch.relu(pre * mask)[:, :w] @ ref.W_dec[:w] + ref.b_dec
+        inner = inner + (prefix - x).pow(2).sum(-1).mean()
+    (err.pow(2).sum(-1).mean() + aux + inner).backward()
     torch.testing.assert_close(losses.aux, aux)
+    torch.testing.assert_close(losses.inner, inner)
+    if arch == "matryoshka_batchtopk":
+        assert float(inner.detach()) > 0
     for (name, p), q in zip(sae.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_values_of_a_bfloat16_selection_are_exact(arch):
+    """With the default bfloat16 selection, the latents are chosen from the cheap dense pass but their
+    values (what is decoded and differentiated) are the float32 pre-activations."""
+    torch.manual_seed(0)
+    sae = make_sae(SAESpec(architecture=arch, d_in=24, d_sae=1024, k=4))
+    sae.select_dtype = torch.bfloat16
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+    x = torch.randn(64, 24)
+    out = sae.train_step(x)
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    want = torch.relu(pre[out.picked.rows, out.picked.idx])
+    torch.testing.assert_close(out.vals, want, rtol=1e-5, atol=1e-6)
+    assert out.vals.dtype == torch.float32 and (out.vals > 0).sum() >= 0.9 * out.vals.numel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 
 import pytest
 import torch
@@ -399,7 +400,7 @@ def test_a_sweep_from_the_cli_trains_its_grid_and_the_monitor_draws_the_pareto_f
     from mistudio_widgets.widgets import TrainingMonitor
 
     env = {**os.environ, "MISTUDIO_HOME": str(default_ws.root)}
-    name = default_ws.unique_name("run", "grid")
+    name = f"grid-{uuid.uuid4().hex[:8]}"  # so its members (NAME-k4-topk, ...) are new in any workspace
     r = subprocess.run(
         [sys.executable, "-m", "mistudio_widgets.cli", "--json", "train", "--steps", "4", "--batch-tokens",
          "256", "--chunk-sequences", "24", "--eval-sequences", "4", "--eval-every", "0", "--checkpoint-every",
@@ -407,7 +408,7 @@ def test_a_sweep_from_the_cli_trains_its_grid_and_the_monitor_draws_the_pareto_f
          "--sweep", "k: 4, 16; architecture: topk, matryoshka_batchtopk"],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     runs = [
         default_ws.get(f"{name}-k{k}-{a}", "run") for k in (4, 16) for a in ("topk", "matryoshka_batchtopk")
     ]

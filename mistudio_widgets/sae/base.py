@@ -202,6 +202,7 @@ class StepOut:
     picked: Any = None  # sparse architectures: the selected latents per token (topk.Picked)
     vals: torch.Tensor | None = None  # sparse: [N] their values, one per picked entry
     d_sae: int | None = None
+    prefixes: list[torch.Tensor] | None = None  # matryoshka: the inner prefixes' reconstructions
 
     def firing(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens each latent fired on [d_sae], latents each token fired [B]) on the CPU, for L0 and

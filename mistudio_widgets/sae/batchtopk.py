@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .base import SAE, SAESpec, StepOut
-from .topk import Picked, auxk_loss, centred, choose, selected_pre_acts, sparse_decode
+from .topk import Picked, auxk_loss, centred, choose, exact_values, selected_pre_acts, sparse_decode
 
 THRESHOLD_HORIZON = 50
 
@@ -28,21 +28,31 @@ class BatchTopKSAE(SAE):
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
         x_c = centred(self, x)
-        # each token keeps at most 4k latents above the batch threshold
-        idx, values, pre = choose(self, x_c, min(4 * self.spec.k, self.spec.d_sae))
+        picked, values = self._select(x_c, x.shape[0])
+        vals = torch.relu(selected_pre_acts(self, x, x_c, picked, values))
+        return self._decode(picked, vals, x @ self.W_skip.T if self.spec.skip else None)
+
+    def _select(self, x_c: torch.Tensor, tokens: int) -> tuple[Picked, torch.Tensor]:
+        """The batch's kept entries and their exact pre-activations [N]: each token's 4k largest
+        pre-activations are the candidates, the k x B largest of them over the batch are kept (chosen
+        by the dense pass's values; the exact values are computed for the kept entries only)."""
+        idx, values, pre = choose(self, x_c, min(4 * self.spec.k, self.spec.d_sae), exact=False)
         with torch.no_grad():
             pos = torch.relu(values)
-            n_keep = min(self.spec.k * x.shape[0], pos.numel())
+            n_keep = min(self.spec.k * tokens, pos.numel())
             kth = pos.reshape(-1).topk(n_keep, sorted=False).values.min()
             keep = (pos >= kth) & (pos > 0)
+            picked = Picked.kept(idx, keep)  # only the kept entries are decoded and differentiated
+            exact = exact_values(self, x_c, picked) if values.dtype != x_c.dtype else values[keep]
             if keep.any():
-                self._update_threshold(float(pos[keep].min()))
-        picked = Picked.kept(idx, keep)  # only the kept entries are decoded and differentiated
-        vals = torch.relu(selected_pre_acts(self, x, x_c, picked, values[keep]))
+                self._update_threshold(float(exact.clamp_min(0).min()))
+        return picked, exact
+
+    def _decode(self, picked: Picked, vals: torch.Tensor, skip: torch.Tensor | None) -> StepOut:
         recon = sparse_decode(self.W_dec, self.b_dec, picked, vals)
-        if self.spec.skip:
-            recon = recon + x @ self.W_skip.T
-        return StepOut(recon=recon, acts=None, pre=pre, picked=picked, vals=vals, d_sae=self.spec.d_sae)
+        if skip is not None:
+            recon = recon + skip
+        return StepOut(recon=recon, acts=None, pre=None, picked=picked, vals=vals, d_sae=self.spec.d_sae)
 
     @torch.no_grad()
     def _update_threshold(self, smallest_kept: float) -> None:
