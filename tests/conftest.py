@@ -137,6 +137,21 @@ def tiny_model_dir(tmp_path_factory):
     return d
 
 
+@pytest.fixture
+def tiny_model_art(default_ws, tiny_model_dir):
+    """The tiny model registered in the test workspace as ``tiny-gpt2-test``, pointing at this session's
+    folder. A registration left by an earlier session points at a temporary folder pytest has since
+    removed: it is deleted (with what was derived from it) and the model added again."""
+    from mistudio_widgets.data.models import ModelConfig, add_model
+
+    old = default_ws.find("tiny-gpt2-test", "model")
+    if old is not None and old.meta.get("location") == str(tiny_model_dir):
+        return old
+    if old is not None:
+        default_ws.delete(old.id, cascade=True)
+    return add_model(default_ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test"))
+
+
 MODEL_FIXTURES = {"default_ws", "lm", "small_sae", "extraction", "demo_sae"}  # each loads the real model
 
 

@@ -15,7 +15,7 @@ from mistudio_widgets.data.datasets import (
     preview_tokens,
     tokenize_dataset,
 )
-from mistudio_widgets.data.models import ModelConfig, add_model, load_tokenizer
+from mistudio_widgets.data.models import load_tokenizer
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -136,14 +136,12 @@ def test_special_token_text_is_split_unless_asked(default_ws, tmp_path):
     ws.delete(ds.id, cascade=True)
 
 
-def test_tokenization_for_another_model_is_refused(default_ws, tiny_model_dir, lm):
+def test_tokenization_for_another_model_is_refused(default_ws, tiny_model_art, lm):
     from mistudio_widgets.core.configs import CaptureConfig
     from mistudio_widgets.data.activations import capture_stats
 
     ws = default_ws
-    tiny = ws.find("tiny-gpt2-test", "model") or add_model(
-        ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test")
-    )
+    tiny = tiny_model_art
     ds = ws.get("shakespeare", "dataset")
     tok = tokenize_dataset(ws, ds, tiny, TokenizeConfig(context_size=32, max_tokens=2048))
     assert load_tokens(ws, tok).max() < 300

@@ -64,10 +64,8 @@ def test_cuda_and_quantization_without_cuda(default_ws):
         load_model(default_ws, quantization="3bit")
 
 
-def test_local_folder_model(default_ws, tiny_model_dir):
-    art = default_ws.find("tiny-gpt2-test", "model") or add_model(
-        default_ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test")
-    )
+def test_local_folder_model(default_ws, tiny_model_dir, tiny_model_art):
+    art = tiny_model_art
     assert art.path is None and art.meta["location"] == str(tiny_model_dir)
     lm = load_model(default_ws, art)
     assert lm.info["family"] == "gpt2" and lm.hook_names()[0] == "blocks.0.hook_resid_pre"

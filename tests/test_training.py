@@ -137,7 +137,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(default_ws):
     assert ckpts and f"step {int(ckpts[-1].name.split('-')[1])}" in str(err.value)
 
 
-def test_bad_training_input_registers_no_run(default_ws, tiny_model_dir):
+def test_bad_training_input_registers_no_run(default_ws, tiny_model_art):
     before = len(default_ws.list("run"))
     with pytest.raises(MistudioError, match="larger than d_sae"):
         train(default_ws, TrainConfig(k=5000, steps=1))
@@ -149,14 +149,10 @@ def test_bad_training_input_registers_no_run(default_ws, tiny_model_dir):
     if not tiny_tok:
         from mistudio_widgets import TokenizeConfig
         from mistudio_widgets.data.datasets import tokenize_dataset
-        from mistudio_widgets.data.models import ModelConfig, add_model
 
-        tiny = default_ws.find("tiny-gpt2-test", "model") or add_model(
-            default_ws, ModelConfig(source=str(tiny_model_dir), name="tiny-gpt2-test")
-        )
         tiny_tok = [
             tokenize_dataset(
-                default_ws, "shakespeare", tiny, TokenizeConfig(context_size=32, max_tokens=2048)
+                default_ws, "shakespeare", tiny_model_art, TokenizeConfig(context_size=32, max_tokens=2048)
             )
         ]
     with pytest.raises(TokenizerMismatch):

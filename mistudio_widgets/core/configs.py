@@ -401,7 +401,8 @@ class TrainConfig:
     select_precision: Literal["auto", "float32", "bfloat16"] = opt(
         "auto",
         "topk/batchtopk: dtype of the dense pass that only chooses the active latents (their values "
-        "are always exact float32); auto is bfloat16, about 2x faster on CPUs.",
+        "are always exact float32) and of the AuxK loss's products; auto is bfloat16, about 2x faster "
+        "on CPUs.",
         label="top-k selection precision",
         when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
     )
