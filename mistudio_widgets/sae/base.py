@@ -198,7 +198,7 @@ class SAE(nn.Module):
 class StepOut:
     recon: torch.Tensor
     acts: torch.Tensor | None  # dense [B, d_sae] (None for sparse architectures)
-    pre: torch.Tensor | None  # dense [B, d_sae] pre-activations (sparse architectures: the no-grad pass)
+    pre: torch.Tensor | None  # dense [B, d_sae] pre-activations (None for sparse architectures)
     picked: Any = None  # sparse architectures: the selected latents per token (topk.Picked)
     vals: torch.Tensor | None = None  # sparse: [N] their values, one per picked entry
     d_sae: int | None = None

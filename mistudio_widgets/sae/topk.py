@@ -164,7 +164,7 @@ def choose(
     sae: SAE, x_c: torch.Tensor, width: int, exact: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(idx [B, width] of the largest pre-activations, their values, the dense pre-activations
-    [B, d_sae] without grad, a buffer reused by the next step). With ``sae.select_dtype`` (e.g.
+    [B, d_sae] without grad: a buffer the next step overwrites). With ``sae.select_dtype`` (e.g.
     bfloat16 on CPUs) the dense pass, which only chooses, runs in that dtype; the values are then
     recomputed in fp32 at the chosen entries, unless ``exact`` is False (the caller keeps only some
     of them and recomputes those)."""
@@ -242,10 +242,10 @@ class TopKSAE(SAE):
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
         x_c = centred(self, x)
-        idx, values, pre = choose(self, x_c, self.spec.k)
+        idx, values, _ = choose(self, x_c, self.spec.k)
         picked = Picked.per_token(idx)
         vals = torch.relu(selected_pre_acts(self, x, x_c, picked, values.reshape(-1)))
         recon = sparse_decode(self.W_dec, self.b_dec, picked, vals)
         if self.spec.skip:
             recon = recon + x @ self.W_skip.T
-        return StepOut(recon=recon, acts=None, pre=pre, picked=picked, vals=vals, d_sae=self.spec.d_sae)
+        return StepOut(recon=recon, acts=None, pre=None, picked=picked, vals=vals, d_sae=self.spec.d_sae)
