@@ -26,6 +26,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+LOG_TAIL = 80  # lines of a server's log shown when its test fails
+# a Voila URL that answers once the server is up without running the notebook (its root starts a kernel)
+VOILA_READY = "voila/static/voila.js"
 KERNELSPEC = {
     "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
     "language_info": {"name": "python"},
@@ -86,11 +89,17 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 @contextlib.contextmanager
 def server(cmd: list[str], env: dict[str, str], url: str, log: Path):
+    """A server process; ``url`` answers once it is up. When the block fails, the end of the server's
+    log (its kernels' warnings and tracebacks, websocket closes) is printed for the test report."""
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(url, proc)
         yield proc
+    except BaseException:
+        tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL:]
+        print(f"--- the last {len(tail)} lines of {log.name} ---", *tail, sep="\n")
+        raise
     finally:
         proc.terminate()
         try:

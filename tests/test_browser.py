@@ -9,7 +9,7 @@ import re
 import uuid
 
 import pytest
-from browser import free_port, jupyter_env, lab_command, server, voila_command, write_notebook
+from browser import VOILA_READY, free_port, jupyter_env, lab_command, server, voila_command, write_notebook
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
@@ -139,7 +139,7 @@ def test_studio_in_voila(page, default_ws, tmp_path, extracted_sae):
     with server(
         voila_command(repo / "dashboards" / "studio.ipynb", port),
         env,
-        f"http://127.0.0.1:{port}/",
+        f"http://127.0.0.1:{port}/{VOILA_READY}",
         tmp_path / "voila.log",
     ):
         page.goto(f"http://127.0.0.1:{port}/")

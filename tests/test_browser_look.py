@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from browser import free_port, jupyter_env, lab_command, server, voila_command, write_notebook
+from browser import VOILA_READY, free_port, jupyter_env, lab_command, server, voila_command, write_notebook
 from conftest import ARTIFACTS
 from playwright.sync_api import expect
 
@@ -115,6 +115,15 @@ class Outside:
         page.route("**/*", route)
         page.on("console", lambda m: self.console.append(m.text))
 
+    @contextlib.contextmanager
+    def reported(self):
+        """On a failure inside the block, print the page's last console lines for the test report."""
+        try:
+            yield
+        except BaseException:
+            print("--- the page's last console lines ---", *self.console[-40:], sep="\n")
+            raise
+
 
 def open_studio_in_lab(page, default_ws, tmp_path, theme: str):
     root = tmp_path / "lab"
@@ -159,7 +168,8 @@ def open_studio_in_voila(default_ws, tmp_path, theme: str):
         "JUPYTER_PATH": str(REPO / "share" / "jupyter"),
     }
     cmd = voila_command(REPO / "dashboards" / "studio.ipynb", port) + [f"--theme={theme}"]
-    return server(cmd, env, f"http://127.0.0.1:{port}/", tmp_path / "voila.log"), f"http://127.0.0.1:{port}/"
+    base = f"http://127.0.0.1:{port}/"
+    return server(cmd, env, base + VOILA_READY, tmp_path / "voila.log"), base
 
 
 def wait_until_empty(page, js: str, what: str, timeout: float = 30.0):
@@ -245,7 +255,7 @@ def test_studio_in_lab_looks_right(browser, default_ws, tmp_path, look_run, them
     context = browser.new_context(viewport={"width": WIDTH, "height": 900})
     page = context.new_page()
     outside = Outside(page)
-    with studio_in_lab(page, default_ws, tmp_path, theme):
+    with studio_in_lab(page, default_ws, tmp_path, theme), outside.reported():
         assert page.evaluate("document.body.dataset.jpThemeLight") == ("false" if theme == "dark" else "true")
         for tab in TABS:
             check_tab(page, "lab", theme, tab)
@@ -260,7 +270,7 @@ def test_studio_in_voila_looks_right(browser, default_ws, tmp_path, look_run, th
     page = context.new_page()
     outside = Outside(page)
     srv, url = open_studio_in_voila(default_ws, tmp_path, theme)
-    with srv:
+    with srv, outside.reported():
         page.goto(url)
         expect(page.get_by_test_id("dataset-picker")).to_be_visible()
         assert page.evaluate("document.body.dataset.jpThemeLight") == ("false" if theme == "dark" else "true")

@@ -82,3 +82,34 @@ def test_8bit_on_cpu_through_bitsandbytes(default_ws, lm):
     from mistudio_widgets.data.models import _models
 
     _models.pop(next(k for k, v in _models.items() if v is q))
+
+
+def test_listing_loaded_models_never_waits_for_a_load(default_ws, lm):
+    """The kernel's thread lists the loaded models (the Models tab does, on every refresh) while a worker
+    loads another copy of the model: the list comes back at once, without the copy still loading, and
+    holds it once the load is done."""
+    import threading
+
+    from mistudio_widgets.data.models import _models, loaded_models
+
+    for k in [k for k, v in _models.items() if v.dtype == "bfloat16"]:
+        _models.pop(k)  # loaded by an earlier test: this one needs the load to happen
+    started, out = threading.Event(), {}
+
+    def progress(ev):
+        if ev.stage == "load" and not ev.finished:
+            started.set()
+
+    def load():
+        out["lm"] = load_model(default_ws, dtype="bfloat16", device="cpu", progress=progress)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    assert started.wait(120), "the load never began"
+    during = loaded_models()
+    still_loading = worker.is_alive()
+    worker.join(300)
+    assert still_loading, "the load ended before the list came back: the list waited for it"
+    assert lm in during and all(m.dtype != "bfloat16" for m in during)
+    assert out["lm"] in loaded_models() and out["lm"].dtype == "bfloat16"
+    _models.pop(next(k for k, v in _models.items() if v is out["lm"]))

@@ -20,9 +20,28 @@ from .model_files import check_weight_files
 BYTES_PER_PARAM = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
 QUANT_BYTES = {"8bit": 1.0, "4bit": 0.5}
 
-_cache_lock = threading.RLock()
+# The caches' lock guards the dicts only, for an instant: a load (seconds to minutes) holds the lock of
+# its own key, so the kernel's thread listing the loaded models never waits behind a worker's load.
+_cache_lock = threading.Lock()
+_load_locks: dict[tuple, threading.Lock] = {}
 _tokenizers: dict[tuple, Any] = {}
 _models: dict[tuple, "LoadedModel"] = {}
+
+
+def _load_lock(key: tuple) -> threading.Lock:
+    with _cache_lock:
+        return _load_locks.setdefault(key, threading.Lock())
+
+
+def _cached(cache: dict[tuple, Any], key: tuple) -> Any:
+    with _cache_lock:
+        return cache.get(key)
+
+
+def _keep(cache: dict[tuple, Any], key: tuple, value: Any) -> Any:
+    with _cache_lock:
+        cache[key] = value
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,20 +377,22 @@ def load_tokenizer(ws: Workspace, ref: str | Artifact):
 
     art = ws.get(ref, "model")
     key = (str(ws.root), art.id)
-    with _cache_lock:
-        if key not in _tokenizers:
-            loc, kw = model_location(art)
-            try:
-                _tokenizers[key] = AutoTokenizer.from_pretrained(
-                    loc, trust_remote_code=art.meta.get("settings", {}).get("trust_remote_code", False), **kw
-                )
-            except OSError as exc:
-                if art.meta["provenance"]["kind"] == "hub":
-                    raise _hub_error(loc, exc) from exc
-                raise ModelError(
-                    f"Could not load the tokenizer of {art.name!r}: {exc}", "check the model folder."
-                ) from exc
-        return _tokenizers[key]
+    with _load_lock(("tokenizer", *key)):
+        tok = _cached(_tokenizers, key)
+        if tok is not None:
+            return tok
+        loc, kw = model_location(art)
+        try:
+            tok = AutoTokenizer.from_pretrained(
+                loc, trust_remote_code=art.meta.get("settings", {}).get("trust_remote_code", False), **kw
+            )
+        except OSError as exc:
+            if art.meta["provenance"]["kind"] == "hub":
+                raise _hub_error(loc, exc) from exc
+            raise ModelError(
+                f"Could not load the tokenizer of {art.name!r}: {exc}", "check the model folder."
+            ) from exc
+        return _keep(_tokenizers, key, tok)
 
 
 def load_model(
@@ -394,9 +415,10 @@ def load_model(
     quant = quantization or settings.get("quantization", "none")
     qcfg = _quantization_config(quant, dev, dt)
     key = (str(ws.root), art.id, dev, dt, quant)
-    with _cache_lock:
-        if key in _models:
-            return _models[key]
+    with _load_lock(key):
+        cached = _cached(_models, key)
+        if cached is not None:
+            return cached
         loc, kw = model_location(art)
         emit(progress, "load", 0, 1, unit="model", message=art.name)
         kwargs: dict[str, Any] = dict(
@@ -444,7 +466,7 @@ def load_model(
         loaded = LoadedModel(
             art, model, load_tokenizer(ws, art), dev, dt, quant, model_info(ws, art, dt, quant)
         )
-        _models[key] = loaded
+        _keep(_models, key, loaded)
         emit(progress, "load", 1, 1, unit="model", message=art.name, finished=True)
         return loaded
 
