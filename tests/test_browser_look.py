@@ -223,11 +223,28 @@ def shoot(page, path: Path) -> None:
     page.set_viewport_size(size)
 
 
+def search_as_typed(pane, query: str) -> None:
+    """Type a feature search; it is sent as typed. One CI run once got no answer to it in 90 s (the cause
+    unknown, not seen here): when none shows in 45 s the search is sent again with Enter, as a user would,
+    and the retry is written to test-artifacts/look-retries.txt and the report."""
+    box = pane.get_by_test_id("st-search")
+    box.fill(query)
+    answer = pane.get_by_test_id("st-found").locator("button").first
+    try:
+        expect(answer).to_be_visible(timeout=45_000)
+    except AssertionError:
+        note = f"{time.strftime('%Y-%m-%d %H:%M:%S')} no answer to the search {query!r} in 45 s: sent again\n"
+        with open(ARTIFACTS / "look-retries.txt", "a") as fh:
+            fh.write(note)
+        print(note)
+        box.press("Enter")
+        expect(answer).to_be_visible()
+
+
 def steer_and_check_readable(page, shot: Path) -> None:
     page.get_by_role("tab", name="Steering").click()
     pane = page.get_by_test_id("steering-pane")
-    pane.get_by_test_id("st-search").fill("1")  # a feature number; searched as typed
-    expect(pane.get_by_test_id("st-found").locator("button").first).to_be_visible()
+    search_as_typed(pane, "1")  # a feature number
     expect(pane.get_by_test_id("st-found")).to_contain_text("that number")
     pane.get_by_test_id("st-found").locator("button").first.click()
     expect(pane.get_by_test_id("st-found").locator("button")).to_have_count(0)  # the results go once added
