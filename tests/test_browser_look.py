@@ -224,7 +224,7 @@ def shoot(page, path: Path) -> None:
 
 
 def search_as_typed(pane, query: str) -> None:
-    """Type a feature search; it is sent as typed. One CI run once got no answer to it in 90 s (the cause
+    """Type a feature search; it is sent as typed. One CI run got no answer to it in 90 s (the cause
     unknown, not seen here): when none shows in 45 s the search is sent again with Enter, as a user would,
     and the retry is written to test-artifacts/look-retries.txt and the report."""
     box = pane.get_by_test_id("st-search")
