@@ -37,16 +37,18 @@ class Picked:
     def kept(cls, idx: torch.Tensor, keep: torch.Tensor) -> "Picked":
         """The entries of ``idx`` [B, w] where ``keep`` [B, w] is true (order within a token kept)."""
         rows, cols = keep.nonzero(as_tuple=True)
-        crow = torch.zeros(idx.shape[0] + 1, dtype=torch.long, device=idx.device)
-        crow[1:] = torch.bincount(rows, minlength=idx.shape[0]).cumsum(0)
-        return cls(idx[rows, cols], rows, crow)
+        return cls.grouped(idx[rows, cols], rows, idx.shape[0])
+
+    @classmethod
+    def grouped(cls, idx: torch.Tensor, rows: torch.Tensor, tokens: int) -> "Picked":
+        """Entries ``idx`` [N] of tokens ``rows`` [N] (sorted by token) over a batch of ``tokens``."""
+        crow = torch.zeros(tokens + 1, dtype=torch.long, device=idx.device)
+        crow[1:] = torch.bincount(rows, minlength=tokens).cumsum(0)
+        return cls(idx, rows, crow)
 
     def where(self, on: torch.Tensor) -> "Picked":
         """The entries where ``on`` [N] is true (each token's entries stay together)."""
-        rows = self.rows[on]
-        crow = torch.zeros_like(self.crow)
-        crow[1:] = torch.bincount(rows, minlength=self.tokens).cumsum(0)
-        return Picked(self.idx[on], rows, crow)
+        return Picked.grouped(self.idx[on], self.rows[on], self.tokens)
 
     @property
     def tokens(self) -> int:
