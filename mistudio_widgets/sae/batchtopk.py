@@ -36,7 +36,7 @@ class BatchTopKSAE(SAE):
         """The batch's kept entries and their exact pre-activations [N]: each token's 4k largest
         pre-activations are the candidates, the k x B largest of them over the batch are kept (chosen
         by the dense pass's values; the exact values are computed for the kept entries only)."""
-        idx, values, _ = choose(self, x_c, min(4 * self.spec.k, self.spec.d_sae), exact=False)
+        idx, values = choose(self, x_c, min(4 * self.spec.k, self.spec.d_sae), exact=False)
         with torch.no_grad():
             pos = torch.relu(values)
             n_keep = min(self.spec.k * tokens, pos.numel())

@@ -162,22 +162,20 @@ def drop_scratch(sae: SAE) -> None:
     sae.__dict__.pop("_scratch", None)
 
 
-def choose(
-    sae: SAE, x_c: torch.Tensor, width: int, exact: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(idx [B, width] of the largest pre-activations, their values, the dense pre-activations
-    [B, d_sae] without grad: a buffer the next step overwrites). With ``sae.select_dtype`` (e.g.
-    bfloat16 on CPUs) the dense pass, which only chooses, runs in that dtype; the values are then
-    recomputed in fp32 at the chosen entries, unless ``exact`` is False (the caller keeps only some
-    of them and recomputes those)."""
+def choose(sae: SAE, x_c: torch.Tensor, width: int, exact: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx [B, width] of the largest pre-activations, their values), without grad. The dense pass
+    [B, d_sae] goes into a buffer the next step overwrites (:func:`scratch`). With ``sae.select_dtype``
+    (e.g. bfloat16 on CPUs) that pass, which only chooses, runs in that dtype; the values are then
+    recomputed in fp32 at the chosen entries, unless ``exact`` is False (the caller keeps only some of
+    them and recomputes those)."""
     with torch.no_grad():
         dt = getattr(sae, "select_dtype", None) or x_c.dtype
         pre = scratch(sae, (x_c.shape[0], sae.spec.d_sae), dt, x_c.device)
         torch.addmm(sae.b_enc.to(dt), x_c.to(dt), sae.W_enc.to(dt), out=pre)
         idx = largest(pre, width)
         if exact and dt != x_c.dtype:
-            return idx, exact_values(sae, x_c, Picked.per_token(idx)).view(idx.shape), pre
-        return idx, pre.gather(1, idx), pre
+            return idx, exact_values(sae, x_c, Picked.per_token(idx)).view(idx.shape)
+        return idx, pre.gather(1, idx)
 
 
 def centred(sae: SAE, x: torch.Tensor) -> torch.Tensor:
@@ -244,7 +242,7 @@ class TopKSAE(SAE):
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
         x_c = centred(self, x)
-        idx, values, _ = choose(self, x_c, self.spec.k)
+        idx, values = choose(self, x_c, self.spec.k)
         picked = Picked.per_token(idx)
         vals = torch.relu(selected_pre_acts(self, x, x_c, picked, values.reshape(-1)))
         recon = sparse_decode(self.W_dec, self.b_dec, picked, vals)
