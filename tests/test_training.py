@@ -137,6 +137,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(default_ws):
     assert ckpts and f"step {int(ckpts[-1].name.split('-')[1])}" in str(err.value)
 
 
+def test_a_sweep_with_a_taken_member_name_makes_no_run(default_ws):
+    """A sweep whose second member's name is taken is refused with the name, before any of its runs is
+    made (the first member used to stay behind as a run marked running)."""
+    name = f"taken-{uuid.uuid4().hex[:8]}"
+    default_ws.register("run", f"{name}-k8")
+    cfg = TrainConfig(steps=1, batch_tokens=256, chunk_sequences=8, eval_sequences=2, eval_every=0,
+                      checkpoint_every=0, expansion_factor=1, name=name, sweep={"k": [4, 8]})  # fmt: skip
+    with pytest.raises(MistudioError, match=f"A run called '{name}-k8' already exists"):
+        train(default_ws, cfg)
+    assert default_ws.find(f"{name}-k4", "run") is None
+
+
 def test_bad_training_input_registers_no_run(default_ws, tiny_model_art):
     before = len(default_ws.list("run"))
     with pytest.raises(MistudioError, match="larger than d_sae"):

@@ -515,6 +515,13 @@ class Workspace:
             name = f"{base}-{n}"
         return name
 
+    def check_names_free(self, kind: str, names: list[str]) -> None:
+        """Raise the error :meth:`register` would give for the first of ``names`` not free for ``kind``
+        (a group of artifacts about to be made checks them all before making the first)."""
+        with self._db() as con:
+            for name in names:
+                self._check_name_free(kind, name, con)
+
     def _check_name_free(self, kind: str, name: str, con: sqlite3.Connection) -> None:
         if not name or not name.strip():
             raise WorkspaceError(f"An empty name was given for a {kind}.", "give a non-empty name.")

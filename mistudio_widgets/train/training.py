@@ -519,8 +519,9 @@ def train_many(
     if not resume:
         ids = None
         if dist.is_main():
-            for c, spec, base in zip(cfgs, specs, run_names(cfgs)):
-                name = c.name or ws.unique_name("run", base)
+            names = [c.name or ws.unique_name("run", base) for c, base in zip(cfgs, run_names(cfgs))]
+            ws.check_names_free("run", names)  # all of them, before the first run is made
+            for c, spec, name in zip(cfgs, specs, names):
                 runs.append(
                     ws.create_folder(
                         "run",
