@@ -85,7 +85,7 @@ function render({ model, el }) {
   const promptOut = h("div", { "data-testid": "fb-prompt-out", "data-redrawn": true });
   // auto-labelling: settings are LabelConfig fields; the key goes with the request only, never into widget state
   const ls = () => model.get("label_settings") || {};
-  const backendSel = select([["local", "in-kernel model (offline)"], ["openai", "OpenAI-compatible endpoint"]], ls().backend, { "data-testid": "lb-backend" });
+  const backendSel = select([["statistical", "statistics (offline, whole dictionary)"], ["local", "in-kernel model also explains"], ["openai", "OpenAI-compatible endpoint also explains"]], ls().backend, { "data-testid": "lb-backend" });
   const lbModel = h("input", { type: "text", value: ls().model || "", "data-testid": "lb-model", style: { minWidth: "160px" } });
   const lbUrl = h("input", { type: "text", value: ls().base_url || "", "data-testid": "lb-url" });
   const lbKey = h("input", { type: "password", placeholder: "API key (or set it in the environment)", autocomplete: "off", "data-testid": "lb-key", style: { minWidth: "200px" } });
@@ -98,24 +98,28 @@ function render({ model, el }) {
                             template: lbTemplate.value, score: lbScore.checked });
   const lbOpen = h("button", { class: "secondary", text: "Label the open feature", "data-testid": "lb-open", on: { click: () => {
     const d = model.get("detail") || {}; if (d.index !== undefined) send(model, "autolabel", { features: [d.index], settings: settings(), api_key: lbKey.value, redo: lbRedo.checked }); } } });
-  const lbTopBtn = h("button", { text: "Label the most frequent", "data-testid": "lb-go", on: { click: () =>
+  const lbTopBtn = h("button", { class: "secondary", text: "Label the most frequent (not dense)", "data-testid": "lb-go", on: { click: () =>
     send(model, "autolabel", { top: Number(lbTop.value), settings: settings(), api_key: lbKey.value, redo: lbRedo.checked }) } });
-  const urlField = field("Base URL", lbUrl);
-  const showUrl = () => { urlField.style.display = backendSel.value === "openai" ? "" : "none"; };
+  const lbAllBtn = h("button", { text: "Label every feature", "data-testid": "lb-all", on: { click: () =>
+    send(model, "autolabel", { all: true, settings: settings(), api_key: lbKey.value, redo: lbRedo.checked }) } });
+  const urlField = field("Base URL", lbUrl), modelField = field("Model", lbModel), keyField = field("Key", lbKey);
+  const showUrl = () => { urlField.style.display = keyField.style.display = backendSel.value === "openai" ? "" : "none";
+                          modelField.style.display = backendSel.value === "statistical" ? "none" : ""; };
   backendSel.addEventListener("change", () => {
     if (backendSel.value === "openai" && lbModel.value === "default") lbModel.value = "";
-    if (backendSel.value === "local" && !lbModel.value) lbModel.value = "default";
+    if (backendSel.value !== "openai" && !lbModel.value) lbModel.value = "default";
     showUrl();
   });
   showUrl();
   model.on("change:label_settings", () => { const s2 = ls(); backendSel.value = s2.backend; lbModel.value = s2.model; lbUrl.value = s2.base_url; lbTemplate.value = s2.template; lbScore.checked = s2.score !== false; showUrl(); });
   const labelPanel = h("section", { "data-testid": "fb-autolabel" }, h("h4", { text: "Auto-label" }),
-    h("div", { class: "row" }, field("Explainer", backendSel), field("Model", lbModel), urlField, field("Key", lbKey),
-      h("label", { class: "check" }, lbScore, "score by detection")),
+    h("div", { class: "row" }, field("Explainer", backendSel), modelField, urlField, keyField,
+      h("label", { class: "check" }, lbScore, "score on held-out texts")),
+    h("div", { class: "muted", text: "Every label is scored on held-out texts the explainer never saw (AUC, chance 0.50); only labels above chance title a feature." }),
     h("details", {}, h("summary", { text: "Prompt template ({examples}, {logits})" }), lbTemplate),
-    h("div", { class: "row" }, lbOpen, h("span", { class: "muted", text: "or the" }), lbTop, lbTopBtn,
+    h("div", { class: "row" }, lbAllBtn, lbOpen, h("span", { class: "muted", text: "or the" }), lbTop, lbTopBtn,
       h("label", { class: "check", title: "features this explainer and template labelled before are skipped unless this is ticked" }, lbRedo, "label again if already labelled")));
-  busyDisables(model, extractBtn, promptBtn, lbOpen, lbTopBtn);
+  busyDisables(model, extractBtn, promptBtn, lbOpen, lbTopBtn, lbAllBtn);
   saeSel.addEventListener("change", () => send(model, "select", { id: saeSel.value }));
   root.append(
     h("div", { class: "row" }, h("b", { text: "SAE" }), saeSel, info, h("span", { class: "muted", text: "tokens:" }), tokensIn, extractBtn),
@@ -183,17 +187,22 @@ function render({ model, el }) {
     const steer = h("button", { class: "secondary", text: "Steer with this", "data-testid": "fb-steer", on: { click: () => send(model, "steer", { index: d.index }) } });
     const coBtn = h("button", { class: "secondary", text: "Co-activation with neighbours", "data-testid": "fb-coact",
       on: { click: () => send(model, "coact", { features: [d.index, ...d.neighbours.slice(0, 9).map((n) => n.index)] }) } });
-    // a label whose detection score is no better than chance is not the feature's name: it is shown
-    // struck out of the title, marked, with its score
-    const latest = d.labels && d.labels.length ? d.labels[d.labels.length - 1] : null;
-    const weak = latest && latest.score !== null && latest.score !== undefined && latest.score <= 0.5;
+    // only a manual label or one scoring above chance on held-out texts titles the feature; otherwise the
+    // newest automatic label is named as unverified, with its score, and the examples are the evidence
+    const scoreText = (l) => { const sc = (l.meta && l.meta.scoring) || {};
+      return l.score !== null && l.score !== undefined ? `held-out score ${l.score.toFixed(2)}${sc.se ? ` ± ${sc.se.toFixed(2)}` : ""}, chance 0.50` : `not scored${sc.reason ? `: ${sc.reason}` : ""}`; };
+    const autos = (d.labels || []).filter((l) => l.method !== "manual");
+    const latest = autos.length ? autos[autos.length - 1] : null;
+    const weak = !d.label && latest;
+    const shownRow = d.label ? (d.labels || []).filter((l) => l.label === d.label).pop() : null;
     const logBox = h("input", { type: "checkbox", checked: histLog, "data-testid": "fb-hist-log",
                                 on: { change: () => { histLog = logBox.checked; drawDetail(); } } });
     detail.append(
       h("h4", { "data-testid": "fb-title" }, `Feature ${d.index}`,
-        d.label && !weak ? h("span", { class: "muted", text: ` — ${d.label}` }) : null),
+        d.label ? h("span", { class: "muted", text: ` — ${d.label}` }) : null),
+      shownRow && shownRow.method !== "manual" ? h("div", { class: "muted", "data-testid": "fb-label-score", text: `label by ${shownRow.method}: ${scoreText(shownRow)}` }) : "",
       weak ? h("div", { class: "warn", "data-testid": "fb-below-chance",
-        text: `Unreliable label “${d.label}”: detection score ${latest.score.toFixed(2)}, no better than chance (0.50). It does not predict where this feature fires; relabel it or write your own.` }) : "",
+        text: `No label of this feature is verified: the newest, “${latest.label}”, is ${latest.verdict === "unscored" ? "unscored" : "no better than chance"} (${scoreText(latest)}). Read the examples below; relabel it or write your own.` }) : "",
       h("div", { class: "row" }, labelIn, save, steer),
       h("div", { class: "kv" }, kv("fires on", `${(100 * d.frequency).toFixed(3)}% of tokens`), kv("max", fmtNum(d.max, 3)),
         kv("mean", fmtNum(d.mean, 3)), kv("median", fmtNum(d.quantiles.q50, 3)), kv("p99", fmtNum(d.quantiles.q99, 3))),
@@ -226,9 +235,8 @@ function render({ model, el }) {
         d.labels.map((l) => {
           const sc = (l.meta && l.meta.scoring) || {};
           const how = sc.rule ? ` by ${sc.rule}` : "";
-          const score = l.score !== null ? `, detection score ${l.score.toFixed(2)}${how}, chance 0.50${l.score <= 0.5 ? " — no better than chance" : ""}`
-            : sc.reason ? `, not scored: ${sc.reason}` : "";
-          return h("li", { text: `${l.label} (${l.method}${l.model ? `, ${l.model}` : ""}${score})` });
+          const score = l.method === "manual" ? "" : `, ${scoreText(l)}${how} — ${l.verdict}`;
+          return h("li", { text: `${l.label} (${l.method}${l.model && l.method !== "statistical" ? `, ${l.model}` : ""}${score})` });
         })));
       if (d.scorer_note) detail.append(h("div", { class: "warn", "data-testid": "fb-scorer-note", text: d.scorer_note }));
     }

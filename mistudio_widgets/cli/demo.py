@@ -1,6 +1,7 @@
 """``mistudio demo``: the whole main job on the embedded defaults, offline: model and corpus, tokens,
 activations at a hook, a trained SAE, its features extracted, a SHOUTING feature found by contrast
-(shouted sentences against the same sentences in ordinary case), labelled by the in-kernel explainer,
+(shouted sentences against the same sentences in ordinary case), every live feature labelled by the
+statistical explainer and scored on held-out texts,
 used to steer a chat answer at an automatically chosen strength, and the SAE exported for SAELens and
 Neuronpedia. Prints one line per step and a summary."""
 
@@ -83,7 +84,11 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
         ws,
         sae.id,
         ExtractConfig(
-            dataset=tok.id, tokens=a.extract_tokens, top_k=20, quantile_examples=3, coactivation_tokens=4096
+            dataset=tok.id,
+            tokens=a.extract_tokens,
+            top_k=20,
+            quantile_examples=3,
+            coactivation_tokens=a.extract_tokens,  # every firing kept: the statistical explainer reads them
         ),
         progress=out.progress,
     )
@@ -131,24 +136,24 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
         f"its top examples ([strong tokens]):\n{examples}",
     )
 
-    lab = label_features(
-        ws, sae.id, LabelConfig(score_examples=5), features=[feature], redo=True, progress=out.progress
-    )[0]
-    score, sc = lab.get("score"), lab.get("scoring") or {}
+    run = label_features(ws, sae.id, LabelConfig(), all_features=True, redo=True, progress=out.progress)
+    lab = next(r for r in run.results if r.feature == feature)
+    sc = lab.score
     step(
         "label",
         {
             "feature": feature,
-            "label": lab.get("label"),
-            "score": score,
-            "chance": 0.5,
-            "scoring": sc.get("rule"),
+            "label": lab.label,
+            "scoring": sc.as_dict() if sc else None,
+            "distribution": run.distribution(),
+            "labelled": len(run.of("statistical")),
         },
-        f"feature {feature}: {lab.get('label')!r}; "
+        f"{run.describe()}; in {run.seconds:.0f}s\n"
+        f"         feature {feature}: {lab.label!r}; "
         + (
-            f"detection score {score:.2f} by {sc.get('rule')} on held-out texts (chance 0.50)"
-            if score is not None
-            else f"not scored ({sc.get('reason', 'no held-out texts')})"
+            f"held-out score {sc.score:.2f} ± {sc.se:.2f} (AUC, chance 0.50): {sc.verdict}"
+            if sc and sc.score is not None
+            else f"not scored ({sc.reason if sc else 'scoring off'})"
         ),
     )
 
@@ -216,8 +221,8 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
         "sae": sae.id,
         "metrics": m,
         "feature": feature,
-        "label": lab.get("label"),
-        "score": score,
+        "label": lab.label,
+        "score": sc.score if sc else None,
         "strength": strength,
         "steered": r["steered"],
         "unsteered": r["unsteered"],

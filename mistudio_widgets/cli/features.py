@@ -276,45 +276,60 @@ __all__: list[Any] = ["register"]
 
 
 def cmd_label(ws: Workspace, a: argparse.Namespace, out) -> None:
-    from ..features.labeling import label_features
+    from ..features.labeling import LabelError, label_features
 
-    endpoint = getattr(a, "backend", "local") == "openai"
+    endpoint = getattr(a, "backend", "statistical") == "openai"
     cfg = config_from_args(LabelConfig, a, {"model": OPENAI_DEFAULT_MODEL} if endpoint else {})
     try:
         feats = [int(x) for x in a.features.split(",") if x.strip()] if a.features else None
     except ValueError:
-        from ..features.labeling import LabelError
-
         raise LabelError(
             f"--features {a.features!r} is not a list of feature indices.", "write e.g. --features 12,40,7."
         ) from None
-    res = label_features(ws, a.sae, cfg, features=feats, top=a.top, redo=a.redo, progress=out.progress)
-    for r in res:
-        sc = r.get("scoring") or {}
+    run = label_features(
+        ws,
+        a.sae,
+        cfg,
+        features=feats,
+        top=a.top,
+        all_features=a.all,
+        redo=a.redo,
+        progress=out.progress,
+    )
+    shown = run.results if not a.all else []  # --all: the distribution, not 4,000 lines
+    for r in shown:
+        sc = r.score
+        how = "statistics" if r.method == "statistical" else r.model
         score = (
-            f"  detection score {r['score']:.2f} by {sc.get('rule')} (chance 0.50)"
-            if r.get("score") is not None
-            else f"  (not scored: {sc['reason']})"
-            if sc.get("reason")
+            f"  held-out score {sc.score:.2f} ± {sc.se:.2f} (chance 0.50): {sc.verdict}"
+            if sc and sc.score is not None
+            else f"  (not scored: {sc.reason})"
+            if sc
             else ""
         )
         out.line(
             {
-                "feature": r["feature"],
-                "label": r.get("label"),
-                "score": r.get("score"),
-                "chance": 0.5,
-                "scoring": sc.get("rule"),
+                "feature": r.feature,
+                "label": r.label,
+                "method": r.method,
+                "model": r.model,
+                "skipped": r.skipped,
+                "scoring": sc.as_dict() if sc else None,
             },
-            f"{r['feature']:>6}  {r.get('label') or '(' + r.get('skipped', '') + ')'}{score}",
+            f"{r.feature:>6}  [{how}] {r.label or '(' + (r.skipped or '') + ')'}{score}",
         )
-    if any((r.get("scoring") or {}).get("rule", "").startswith("P(yes)") for r in res):
+    methods = sorted({r.method for r in run.results if r.label})
+    for m in methods:
+        out.line({"distribution": run.distribution(m)}, run.describe(m))
+    if cfg.scorer == "judge" and cfg.backend == "local":
         from ..features.store import JUDGE_NOTE
 
         out.line({}, "note: " + JUDGE_NOTE)
+    n = sum(1 for r in run.results if r.label)
     out.summary(
-        {"labelled": sum(1 for r in res if r.get("label")), "results": res},
-        f"labelled {sum(1 for r in res if r.get('label'))} feature(s)",
+        {"labelled": n, "seconds": round(run.seconds, 1), "held_out": run.held_out},
+        f"labelled {n:,} feature(s) in {run.seconds:.0f}s"
+        + ("" if run.results else " (nothing to do: already labelled this way; --redo labels again)"),
     )
 
 
@@ -338,11 +353,17 @@ def cmd_serve_chat(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 def register_labels(sub, cmd) -> None:
     sp = cmd(
-        sub, "label", cmd_label, "label features automatically with an explainer model, scored by detection"
+        sub,
+        "label",
+        cmd_label,
+        "label features automatically (statistics, or a model too), scored on held-out texts",
     )
     sp.add_argument("sae")
     sp.add_argument("--features", default=None, help="comma-separated feature indices")
-    sp.add_argument("--top", type=int, default=None, help="the N most frequent features (default 10)")
+    sp.add_argument(
+        "--top", type=int, default=None, help="the N most frequent features, dense ones left out (default 10)"
+    )
+    sp.add_argument("--all", action="store_true", help="every live feature (prints the score distribution)")
     add_config_flags(sp, LabelConfig, defaults={"model": f"default (local), {OPENAI_DEFAULT_MODEL} (openai)"})
     sp.add_argument(
         "--redo", action="store_true", help="label again features this explainer already labelled"

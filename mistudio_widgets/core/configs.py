@@ -642,13 +642,17 @@ DETECT_TEMPLATE = (
 
 @config
 class LabelConfig:
-    """Automatic labelling: an explainer model reads a feature's top examples and names it; a scorer
-    model then judges held-out texts with the label (detection), giving a balanced accuracy."""
+    """Automatic labelling: every live feature gets a statistical label (the tokens, form and context it
+    fires on, read off the explained texts); a language-model explainer may compete. Every label is
+    scored on held-out texts the explainer never saw (AUC, chance 0.5) and titles its feature only when
+    it scores above chance."""
 
-    backend: Literal["local", "openai"] = opt(
-        "local",
-        "'local': the in-kernel model (offline); 'openai': any OpenAI-compatible chat-completions "
-        "endpoint (OpenAI, Ollama, vLLM, llama.cpp server).",
+    backend: Literal["statistical", "local", "openai"] = opt(
+        "statistical",
+        "'statistical': labels from where each feature fires (offline, the whole dictionary in about a "
+        "minute); 'local': the in-kernel model also explains; 'openai': any OpenAI-compatible "
+        "chat-completions endpoint (OpenAI, Ollama, vLLM, llama.cpp server) also explains. A model's "
+        "label replaces the statistical one only when it scores higher on the same held-out texts.",
     )
     model: str = opt(
         DEFAULT,
@@ -673,14 +677,27 @@ class LabelConfig:
     )
     detect_template: str = opt(DETECT_TEMPLATE, "Detection-scoring prompt; {label} and {text} are filled in.")
     examples: int = opt(6, "Top examples shown to the explainer.", minimum=1)
-    score: bool = opt(True, "Score each label by detection on held-out examples.")
-    scorer: Literal["auto", "simulation", "judge"] = opt(
-        "auto",
-        "How to score: 'simulation' reads the label for tokens and traits (capitals, punctuation, "
-        "digits) a program can check in each held-out text; 'judge' asks the model whether the label "
-        "fits. 'auto': simulation for the in-kernel model (measured unable to judge), judge for an endpoint.",
+    score: bool = opt(True, "Score each label on held-out texts.")
+    scorer: Literal["reader", "judge"] = opt(
+        "reader",
+        "How to score: 'reader' turns the label's words (quoted tokens, forms such as capitals or digits, "
+        "contexts such as before/after a token) into a prediction for every token of a held-out text; "
+        "'judge' asks the explainer model whether the label fits each text (slow; the in-kernel model "
+        "was measured unable to judge).",
     )
-    score_examples: int = opt(5, "Held-out activating and as many non-activating texts per score.", minimum=1)
+    score_examples: int = opt(
+        20, "Held-out texts where the feature fires, and as many where it is silent, per score.", minimum=3
+    )
+    explain_tokens: int = opt(
+        65536,
+        "Tokens of the extraction's texts the statistical explainer reads (at most the extraction's).",
+        minimum=1,
+    )
+    holdout_tokens: int = opt(
+        32768,
+        "Tokens after the extraction's texts, held out for scoring (read once, then cached).",
+        minimum=1,
+    )
     max_tokens: int = opt(40, "Longest answer accepted from the explainer.", minimum=1)
     temperature: float = opt(0.0, "Sampling temperature of the explainer (0: greedy).", minimum=0.0)
     timeout: float = opt(60.0, "Seconds to wait for one HTTP answer.", minimum=0.1)

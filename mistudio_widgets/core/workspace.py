@@ -689,6 +689,38 @@ class Workspace:
             )
             return int(cur.lastrowid)
 
+    def add_labels(self, sae: str, rows: list[dict[str, Any]]) -> int:
+        """Add many labels in one transaction (each row: feature, label, and optionally method, model,
+        template, score, meta). Returns how many were added."""
+        sae_id, now = self.get(sae, "sae").id, _now()
+        values = [
+            (
+                sae_id,
+                int(r["feature"]),
+                str(r["label"]),
+                r.get("method", "manual"),
+                r.get("model"),
+                r.get("template"),
+                r.get("score"),
+                now,
+                json.dumps(r.get("meta") or {}),
+            )
+            for r in rows
+        ]
+        with self._db() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.executemany(
+                    "INSERT INTO labels (sae, feature, label, method, model, template, score, time, meta) "
+                    "VALUES (?,?,?,?,?,?,?,?,?)",
+                    values,
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return len(values)
+
     def labels(self, sae: str, feature: int | None = None, *, history: bool = False) -> list[dict[str, Any]]:
         """Labels of an SAE's features: the newest per feature, or (``history``) every one, oldest first."""
         sae_id = self.get(sae, "sae").id

@@ -21,10 +21,12 @@ from .store import (
     feature_columns,
     feature_detail,
     feature_map,
+    label_verdict,
     latest_extraction,
     require_extraction,
     search,
     set_label,
+    shown_labels,
     vocab_strings,
 )
 
@@ -41,6 +43,8 @@ __all__ = [
     "latest_extraction",
     "require_extraction",
     "set_label",
+    "shown_labels",
+    "label_verdict",
     "check_feature_index",
     "load_library_sae",
     "model_for_sae",

@@ -12,6 +12,7 @@ import torch
 from ..core.errors import MistudioError
 from ..core.workspace import Workspace
 from ..sae.io import load_sae
+from .store import shown_labels
 
 EXACT_LIMIT = 4096 * 4096
 CHUNK = 2048
@@ -91,8 +92,8 @@ def compare_saes(ws: Workspace, a: str, b: str, *, top: int = 20) -> dict[str, A
         else np.zeros(0, np.float32)
     )
     order = np.argsort(-pair_cos)
-    la = {int(r["feature"]): r["label"] for r in ws.labels(art_a.id)}
-    lb = {int(r["feature"]): r["label"] for r in ws.labels(art_b.id)}
+    la = {f: r["label"] for f, r in shown_labels(ws, art_a).items()}
+    lb = {f: r["label"] for f, r in shown_labels(ws, art_b).items()}
     pairs = [
         {
             "a": int(ra[k]),

@@ -1,539 +1,128 @@
-"""Automatic feature labels: an explainer model reads a feature's top examples (strong tokens marked
-<<like this>>) and its logit-lens tokens and names the feature; a scorer model then reads held-out texts
-(activating ones from the extraction, non-activating ones found by running the model) and says whether
-the label fits; the balanced accuracy is the label's score.
-
-Explainers: the in-kernel model (offline; default the embedded SmolLM2-Instruct) or any OpenAI-compatible
-chat-completions endpoint. API keys come from the environment or the caller and are never stored."""
+"""Automatic feature labels for a whole dictionary: every live feature gets a statistical label
+(``label_stats``) in one pass; a language-model explainer (``lm_explainer``: the in-kernel model or an
+OpenAI-compatible endpoint) may label some features too. Every label is scored on held-out texts the
+explainer never saw (``label_reader``), and all are kept with their method, model and score. Which label
+titles a feature is decided in one place, ``store.shown_labels``: a manual label, else the best label
+that scores above chance; a label at chance titles nothing."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import socket
+import statistics
 import time
-import urllib.error
-import urllib.request
-from collections import Counter
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import torch
 
 from ..core.configs import LabelConfig
-from ..core.errors import MistudioError
 from ..core.jobs import JobControl
 from ..core.progress import ProgressCallback, emit
 from ..core.workspace import Workspace
-from ..data.datasets import load_tokens
-from ..data.models import load_model, resolve_model
-from . import (
-    check_feature_index,
-    feature_acts,
-    feature_detail,
-    load_library_sae,
-    require_extraction,
-    sae_hook,
+from . import label_reader, label_stats
+from .label_evidence import Evidence, load_evidence
+from .label_reader import Score, Texts, auc, auc_se
+from .lm_explainer import (  # noqa: F401  (the explainer API, importable from here as before)
+    Chat,
+    LabelError,
+    LocalChat,
+    OpenAIChat,
+    clean_label,
+    explain,
+    judge,
+    make_chat,
+    mark_strong,
+    template_id,
 )
+from .prompt import DENSE_THRESHOLD
+from .store import FEATURES_FILE, check_feature_index, feature_detail, require_extraction
+
+PROGRESS_EVERY = 256  # features between progress events of the statistical pass
 
 
-class LabelError(MistudioError):
-    pass
+@dataclass
+class LabelResult:
+    """One label made (or the reason none was)."""
+
+    feature: int
+    label: str | None
+    method: str  # "statistical" or "auto" (a language-model explainer)
+    model: str
+    score: Score | None = None
+    skipped: str | None = None
+    raw: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        return self.score.verdict if self.score else "unscored"
 
 
-class Chat(Protocol):
-    name: str
+@dataclass
+class LabelRun:
+    """What a labelling call did: every result, and the held-out score distribution of each method."""
 
-    def chat(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str: ...
+    results: list[LabelResult] = field(default_factory=list)
+    seconds: float = 0.0
+    held_out: str = ""
 
+    def of(self, method: str) -> list[LabelResult]:
+        return [r for r in self.results if r.method == method and r.label]
 
-class LocalChat:
-    """Chat with a workspace model in this process (its chat template, greedy or sampled)."""
-
-    def __init__(self, ws: Workspace, model: str = "default"):
-        self.lm = load_model(ws, resolve_model(ws, model))
-        self.name = self.lm.name
-        if not getattr(self.lm.tokenizer, "chat_template", None):
-            raise LabelError(
-                f"The model {self.name!r} has no chat template, so it cannot act as an explainer.",
-                "use an instruct model (the default SmolLM2-Instruct works) or an OpenAI-compatible "
-                "endpoint.",
-            )
-
-    @torch.no_grad()
-    def chat(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str:
-        tok = self.lm.tokenizer
-        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        ids = (enc["input_ids"] if hasattr(enc, "keys") else enc).to(self.lm.device)
-        kw: dict[str, Any] = (
-            {"do_sample": False} if temperature <= 0 else {"do_sample": True, "temperature": temperature}
-        )
-        out = self.lm.model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_tokens,
-            pad_token_id=tok.pad_token_id or tok.eos_token_id,
-            **kw,
-        )
-        return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
-
-    @torch.no_grad()
-    def yes_probability(self, messages: list[dict[str, str]]) -> float:
-        """P(yes) / (P(yes) + P(no)) for the model's next token after ``messages`` (detection scoring)."""
-        tok = self.lm.tokenizer
-        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        ids = (enc["input_ids"] if hasattr(enc, "keys") else enc).to(self.lm.device)
-        logp = torch.log_softmax(self.lm.model(input_ids=ids, use_cache=False).logits[0, -1].float(), -1)
-
-        def mass(words: tuple[str, ...]) -> torch.Tensor:
-            ids_ = {tok(w, add_special_tokens=False)["input_ids"][0] for w in words}
-            return torch.logsumexp(logp[list(ids_)], 0)
-
-        yes, no = mass(("Yes", "yes", " Yes", " yes")), mass(("No", "no", " No", " no"))
-        return float(torch.sigmoid(yes - no))
-
-
-class OpenAIChat:
-    """An OpenAI-compatible chat-completions endpoint, with a timeout and retries with backoff."""
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key: str | None = None,
-        *,
-        timeout: float = 60.0,
-        retries: int = 3,
-    ):
-        if not base_url.startswith(("http://", "https://")):
-            raise LabelError(
-                f"The endpoint {base_url!r} is not an http(s) URL.", "give e.g. http://127.0.0.1:11434/v1."
-            )
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.name, self._key, self.timeout, self.retries = model, api_key, timeout, retries
-
-    def chat(self, messages: list[dict[str, str]], max_tokens: int, temperature: float) -> str:
-        body = json.dumps(
-            {"model": self.name, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
-            try:
-                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    data = json.loads(resp.read().decode("utf-8"))
-                content = data["choices"][0]["message"]["content"]
-                return "" if content is None else str(content).strip()  # a null answer is no answer
-            except urllib.error.HTTPError as exc:
-                if exc.code in (401, 403):
-                    raise LabelError(
-                        f"The endpoint {self.url} refused the API key (HTTP {exc.code}).",
-                        "set the right key in the environment variable named by api_key_env, or in the "
-                        "key field.",
-                    ) from None
-                if exc.code not in (408, 409, 429) and exc.code < 500:
-                    raise LabelError(
-                        f"The endpoint {self.url} answered HTTP {exc.code}.",
-                        "check the base URL and the model name.",
-                    ) from None
-                last = f"HTTP {exc.code}"
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
-                reason = getattr(exc, "reason", exc)
-                last = (
-                    "no answer within the timeout"
-                    if isinstance(reason, (socket.timeout, TimeoutError))
-                    else str(reason)
-                )
-            except (KeyError, IndexError, TypeError, ValueError, RecursionError) as exc:
-                raise LabelError(
-                    f"The endpoint {self.url} did not answer in the chat-completions format ({exc}).",
-                    "point base_url at an OpenAI-compatible server.",
-                ) from None
-        raise LabelError(
-            f"The endpoint {self.url} did not answer after {self.retries + 1} tries ({last}).",
-            "start the server or fix base_url; for slow models raise the timeout (CLI --timeout), "
-            "for a server that may be down lower it or --retries.",
-        )
-
-
-def make_chat(ws: Workspace, cfg: LabelConfig, api_key: str | None = None) -> Chat:
-    if cfg.backend == "local":
-        return LocalChat(ws, cfg.model)
-    if cfg.backend == "openai":
-        key = api_key if api_key is not None else os.environ.get(cfg.api_key_env)
-        return OpenAIChat(cfg.base_url, cfg.model, key, timeout=cfg.timeout, retries=cfg.retries)
-    raise LabelError(f"Unknown labelling backend {cfg.backend!r}.", "use 'local' or 'openai'.")
-
-
-# ---------------------------------------------------------------------------------------------
-def mark_strong(
-    tokens: list[str], values: list[float], peak: float, left: str = "<<", right: str = ">>"
-) -> str:
-    """The text of ``tokens`` on one line, with those at least half of ``peak`` marked ``left``..``right``."""
-    out = []
-    for t, v in zip(tokens, values):
-        out.append(f"{left}{t}{right}" if peak > 0 and v >= 0.5 * peak else t)
-    return "".join(out).replace("\n", " ").strip()
-
-
-def marked_tokens(detail: dict[str, Any], n_examples: int) -> list[str]:
-    """The tokens of the top examples where the feature is at least half its peak in that example."""
-    out = []
-    for e in detail["examples"][:n_examples]:
-        out += [t for t, v in zip(e["tokens"], e["values"]) if e["value"] > 0 and v >= 0.5 * e["value"]]
-    return out
-
-
-TOKEN_FACTS = (  # (what, test of one token's text); a fact is stated when it holds for most marked tokens
-    ("in CAPITAL LETTERS", lambda t: sum(c.isalpha() for c in t) >= 1 and t.strip().isupper()),
-    ("capitalised words", lambda t: t.strip()[:1].isupper() and not t.strip().isupper()),
-    ("punctuation", lambda t: bool(t.strip()) and all(not c.isalnum() for c in t.strip())),
-    ("digits", lambda t: any(c.isdigit() for c in t)),
-    ("line breaks or spaces", lambda t: not t.strip()),
-    ("the start of a word", lambda t: t[:1] == " " and t.strip().isalpha()),
-    ("inside a word (no leading space)", lambda t: t[:1].isalpha()),
-)
-
-
-def token_facts(tokens: list[str], threshold: float = 0.6) -> list[str]:
-    """Plain statements about the marked tokens that hold for at least ``threshold`` of them."""
-    if not tokens:
-        return []
-    facts = []
-    for what, test in TOKEN_FACTS:
-        share = sum(bool(test(t)) for t in tokens) / len(tokens)
-        if share >= threshold:
-            facts.append(f"most marked tokens ({share:.0%}) are {what}.")
-    return facts
-
-
-FEW_SHOT = (  # (examples, marked tokens, facts, answer): worked examples for the explainer
-    (
-        "1. the <<cat>> chased the <<mouse>> into the garden\n2. a <<dog>> barked at the <<horse>>",
-        "'cat', 'mouse', 'dog', 'horse'",
-        "",
-        "animals",
-    ),
-    (
-        '1. she said<<,">> and left\n2. "Wait<<!">> he cried',
-        "',\"', '!\"'",
-        "Facts: most marked tokens (100%) are punctuation.\n",
-        "closing quotation marks",
-    ),
-    (
-        "1. born in <<18>>62 and died\n2. the war of <<19>>14",
-        "'18', '19'",
-        "Facts: most marked tokens (100%) are digits.\n",
-        "the century digits of years",
-    ),
-)
-
-
-def _window(e: dict[str, Any], before: int = 8, after: int = 3) -> str:
-    a = max(0, e["peak"] - before)
-    return mark_strong(
-        e["tokens"][a : e["peak"] + after + 1], e["values"][a : e["peak"] + after + 1], e["value"]
-    )
-
-
-def explanation_messages(detail: dict[str, Any], cfg: LabelConfig) -> list[dict[str, str]]:
-    """The chat messages asking the explainer to name a feature: optional worked examples, then the
-    feature's top examples (short windows, strong tokens marked), its marked tokens, plain facts about
-    them and its logit-lens tokens, in ``cfg.template``."""
-    ex = detail["examples"][: cfg.examples]
-    lines = [f"{i + 1}. {_window(e)}" for i, e in enumerate(ex)]
-    logits = (
-        ", ".join(repr(x["token"]) for x in (detail.get("logits") or {}).get("positive", [])[:10])
-        or "(unknown)"
-    )
-    marked = marked_tokens(detail, cfg.examples)
-    common = [t for t, _ in Counter(marked).most_common(8)]
-    facts = token_facts(marked)
-    msgs: list[dict[str, str]] = []
-    if cfg.few_shot:
-        for examples, tokens, fact, answer in FEW_SHOT:
-            msgs += [
-                {
-                    "role": "user",
-                    "content": cfg.template.format(
-                        examples=examples, tokens=tokens, facts=fact, logits="(unknown)"
-                    ),
-                },
-                {"role": "assistant", "content": answer},
-            ]
-    msgs.append(
-        {
-            "role": "user",
-            "content": cfg.template.format(
-                examples="\n".join(lines),
-                logits=logits,
-                tokens=", ".join(repr(t) for t in common),
-                facts=f"Facts: {' '.join(facts[:2])}\n" if facts else "",
-            ),
-        }
-    )
-    return msgs
-
-
-def explanation_prompt(detail: dict[str, Any], cfg: LabelConfig) -> str:
-    """The question about this feature (the last message of :func:`explanation_messages`)."""
-    return explanation_messages(detail, cfg)[-1]["content"]
-
-
-def token_label(detail: dict[str, Any], n_examples: int) -> str:
-    """A label read straight off the marked tokens: the commonest ones, and a shared trait if any."""
-    marked = marked_tokens(detail, n_examples)
-    common = ", ".join(repr(t.strip() or t) for t, _ in Counter(marked).most_common(3))
-    facts = [
-        what
-        for what, test in TOKEN_FACTS[:5]
-        if marked and sum(bool(test(t)) for t in marked) >= 0.8 * len(marked)
-    ]
-    return f"tokens {common}" + (f" ({facts[0]})" if facts else "")
-
-
-_PREAMBLES = (
-    "name:",
-    "the feature responds to",
-    "this feature responds to",
-    "the feature fires on",
-    "it responds to",
-    "the feature by",
-    "answer:",
-    "label:",
-    "the phrase is",
-)
-
-
-def clean_label(text: str) -> str:
-    """The explainer's answer as a label: first non-empty line, first sentence, without quotes and stock
-    preambles."""
-    line = next((x for x in text.strip().splitlines() if x.strip()), "").strip()
-    line = line.split(". ")[0]
-    changed = True
-    while changed:
-        changed = False
-        line = line.strip(" \"'`*:")
-        for p in _PREAMBLES:
-            if line.lower().startswith(p):
-                line, changed = line[len(p) :], True
-    return line[:120].rstrip(".").strip()
-
-
-def template_id(cfg: LabelConfig) -> str:
-    return hashlib.sha1((cfg.template + ("\0few-shot" if cfg.few_shot else "")).encode()).hexdigest()[:10]
-
-
-def explain(chat: Chat, detail: dict[str, Any], cfg: LabelConfig) -> tuple[str, str, str]:
-    """(label, the explainer's raw answer, where the label came from) for one feature."""
-    raw = chat.chat(explanation_messages(detail, cfg), cfg.max_tokens, cfg.temperature)
-    label, how = clean_label(raw), "explainer"
-    if cfg.few_shot and label.lower() in {shot[3] for shot in FEW_SHOT}:
-        label, how = (
-            token_label(detail, cfg.examples),
-            "marked tokens (the explainer repeated a worked example)",
-        )
-    elif label and cfg.backend == "local" and not label_cues(label):
-        # a small explainer's phrase often names nothing checkable ("the start of a word"): add the evidence
-        label, how = f"{label}: {token_label(detail, cfg.examples)}", "explainer, with the marked tokens"
-    return label, raw, how
-
-
-def _non_activating(
-    ws: Workspace, ext, index: int, n: int, width: int, rng: np.random.Generator
-) -> list[str]:
-    """Texts of ``width`` tokens where the feature stays at zero (the model run on random sequences)."""
-    art, sae, _ = load_library_sae(ws, ext.parent)
-    lm = load_model(ws, ext.meta["model"])
-    tokens = load_tokens(ws, ext.meta["tokenization"])
-    special = set(lm.tokenizer.all_special_ids)
-    found: list[str] = []
-    for _ in range(8):
-        seqs = rng.choice(len(tokens), size=min(8, len(tokens)), replace=False)
-        A = feature_acts(lm, sae, sae_hook(art, sae), torch.tensor(tokens[seqs], dtype=torch.long))[
-            ..., index
-        ].cpu()
-        for row, s in zip(A, seqs):
-            for start in rng.permutation(max(tokens.shape[1] - width, 1)):
-                ids = tokens[s, start : start + width]
-                if float(row[start : start + width].max()) == 0.0 and not special & set(ids.tolist()):
-                    found.append(lm.tokenizer.decode(ids))
-                    break
-            if len(found) >= n:
-                return found
-    return found
-
-
-# ---------------------------------------------------------------------------------------------
-# Scoring by simulation: read the label for things a program can check in a text (quoted tokens,
-# capitals, punctuation marks, digits, line breaks), predict from them how strongly each held-out text
-# should activate the feature, and measure how well that separates activating from other texts (AUC).
-_WORDS = re.compile(r"[A-Za-z]{2,}")
-_PUNCT_NAMES = {
-    "comma": ",",
-    "period": ".",
-    "full stop": ".",
-    "quotation": '"',
-    "apostrophe": "'",
-    "colon": ":",
-    "semicolon": ";",
-    "exclamation": "!",
-    "question mark": "?",
-    "hyphen": "-",
-    "dash": "-",
-}
-
-
-def _share_caps(text: str) -> float:
-    words = _WORDS.findall(text)
-    return sum(w.isupper() for w in words) / len(words) if words else 0.0
-
-
-def label_cues(label: str) -> list[tuple[str, Any]]:
-    """What a label says that a program can check: quoted tokens, and traits (capitals, punctuation,
-    digits, line breaks) named in words."""
-    low, cues = label.lower(), []
-    for _, q in re.findall(r"(?<![A-Za-z])([\"'\u201c\u2018])(.+?)(?:\1|[\u201d\u2019]|$)", label):
-        if q.strip():
-            cues.append(("token", q.strip()))
-    if any(w in low for w in ("capital", "upper", "caps")):
-        cues.append(("caps", None))
-    cues += [("char", ch) for name, ch in _PUNCT_NAMES.items() if name in low]
-    if "punctuation" in low:
-        cues.append(("punct", None))
-    if any(w in low for w in ("digit", "number", "year", "numeral")):
-        cues.append(("digit", None))
-    if any(w in low for w in ("line break", "newline", "new line")) or "'\\n'" in label:
-        cues.append(("char", "\n"))
-    return cues
-
-
-def simulate(cues: list[tuple[str, Any]], text: str) -> float:
-    """How strongly ``text`` shows what the cues describe (0: not at all)."""
-    best = 0.0
-    for kind, v in cues:
-        if kind == "token":
-            s = len(re.findall(r"(?<![A-Za-z])" + re.escape(v), text, flags=re.I)) / max(len(text.split()), 1)
-        elif kind == "char":
-            s = text.count(v) / max(len(text), 1)
-        elif kind == "punct":
-            s = sum(not c.isalnum() and not c.isspace() for c in text) / max(len(text), 1)
-        elif kind == "digit":
-            s = sum(c.isdigit() for c in text) / max(len(text), 1)
-        else:
-            s = _share_caps(text)
-        best = max(best, s)
-    return best
-
-
-def auc(pos: list[float], neg: list[float]) -> float:
-    """The chance that a random activating text scores above a random other one (ties half); 0.5 is chance."""
-    return float(np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg]))
-
-
-def simulation_score(label: str, pos: list[str], neg: list[str]) -> dict[str, Any]:
-    cues = label_cues(label)
-    if not cues:
+    def distribution(self, method: str = label_stats.METHOD) -> dict[str, Any]:
+        """Median score, share >= 0.7, share above chance, unscored count, and the rate."""
+        rs = self.of(method)
+        scores = [r.score.score for r in rs if r.score and r.score.score is not None]
         return {
-            "score": None,
-            "chance": 0.5,
-            "rule": "simulation",
-            "reason": "the label names no token or trait (capitals, punctuation, digits) the simulator "
-            "can check",
+            "method": method,
+            "labelled": len(rs),
+            "scored": len(scores),
+            "unscored": len(rs) - len(scores),
+            "median": statistics.median(scores) if scores else None,
+            "share_at_least_0.7": sum(s >= 0.7 for s in scores) / len(scores) if scores else None,
+            "share_above_chance": sum(r.verdict == "above chance" for r in rs) / len(rs) if rs else None,
+            "chance": label_reader.CHANCE,
+            "features_per_second": len(rs) / self.seconds if self.seconds else None,
         }
-    return {
-        "score": auc([simulate(cues, t) for t in pos], [simulate(cues, t) for t in neg]),
-        "chance": 0.5,
-        "rule": "simulation (AUC)",
-        "cues": [f"{k}:{v}" if v is not None else k for k, v in cues],
-        "positives": len(pos),
-        "negatives": len(neg),
-    }
+
+    def describe(self, method: str = label_stats.METHOD) -> str:
+        d = self.distribution(method)
+        if not d["scored"]:
+            return f"{d['labelled']} {method} label(s), none scored"
+        return (
+            f"{d['labelled']:,} {method} labels; held-out score (AUC, chance 0.50) median "
+            f"{d['median']:.2f}, {d['share_at_least_0.7']:.0%} >= 0.70, {d['share_above_chance']:.0%} above "
+            f"chance by two standard errors, {d['unscored']:,} unscored (too few held-out firings)"
+        )
 
 
-def held_out_texts(
-    ws: Workspace, ext, detail: dict[str, Any], cfg: LabelConfig, rng: np.random.Generator
-) -> tuple[list[str], list[str]]:
-    """Held-out activating texts (examples the explainer did not see) and as many non-activating ones."""
-    held = detail["examples"][cfg.examples :] + [
-        e for g in detail["quantile_examples"] for e in g["examples"]
-    ]
-    seen, pos = set(), []
-    for e in held:
-        text = "".join(e["tokens"]).strip()
-        if text and text not in seen:
-            seen.add(text)
-            pos.append(text)
-    pos = pos[: cfg.score_examples]
-    width = len(detail["examples"][0]["tokens"]) if detail["examples"] else 24
-    neg = _non_activating(ws, ext, detail["index"], len(pos), width, rng) if pos else []
-    return pos, neg
+def _live(ws: Workspace, ext) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(ext.path / FEATURES_FILE, columns=["frequency"]).column(0).to_numpy()
 
 
-def judge(chat: Chat, label: str, pos: list[str], neg: list[str], cfg: LabelConfig) -> dict[str, Any]:
-    """Balanced accuracy of the scorer telling the activating texts ``pos`` from ``neg`` given ``label``."""
+def _logits(ext, feats: list[int]) -> dict[int, tuple[list[str], list[float]]]:
+    import pyarrow.parquet as pq
 
-    def ask(text: str) -> list[dict[str, str]]:
-        return [
-            {"role": "user", "content": cfg.detect_template.format(label=label, text=text.replace("\n", " "))}
-        ]
-
-    if hasattr(chat, "yes_probability"):
-        # an in-kernel scorer: rank the texts by P(yes) and call the upper half "active" (a small model's
-        # plain answers are nearly always the same word; its probabilities still carry the signal)
-        p_pos = [chat.yes_probability(ask(t)) for t in pos]
-        p_neg = [chat.yes_probability(ask(t)) for t in neg]
-        cut = float(np.median(p_pos + p_neg))
-        tp, tn = sum(p > cut for p in p_pos), sum(p <= cut for p in p_neg)
-        how = "P(yes) above the median"
-    else:
-
-        def says_yes(text: str) -> bool:
-            return chat.chat(ask(text), max_tokens=3, temperature=0.0).strip().lower().startswith("yes")
-
-        tp, tn = sum(says_yes(t) for t in pos), sum(not says_yes(t) for t in neg)
-        how = "answered yes/no"
-    return {
-        "score": 0.5 * (tp / len(pos) + tn / len(neg)),
-        "chance": 0.5,
-        "true_positive": tp,
-        "positives": len(pos),
-        "true_negative": tn,
-        "negatives": len(neg),
-        "rule": how,
-    }
+    path = ext.path / FEATURES_FILE
+    if "top_logit_tokens" not in pq.read_schema(path).names:
+        return {}
+    t = pq.read_table(path, columns=["top_logit_tokens", "top_logit_values"])
+    toks, vals = t.column(0).to_pylist(), t.column(1).to_pylist()
+    return {f: (toks[f][:5], vals[f][:5]) for f in feats}
 
 
-def scorer_for(cfg: LabelConfig) -> str:
-    """'simulation' or 'judge': ``auto`` simulates for the in-kernel model, which cannot judge labels
-    (see ``benchmarks/bench_insight.py``), and asks an endpoint's model to judge."""
-    return cfg.scorer if cfg.scorer != "auto" else ("simulation" if cfg.backend == "local" else "judge")
-
-
-def detection_score(
-    ws: Workspace,
-    chat: Chat,
-    ext,
-    detail: dict[str, Any],
-    label: str,
-    cfg: LabelConfig,
-    rng: np.random.Generator,
-) -> dict[str, Any]:
-    """How well the label tells held-out activating texts from non-activating ones (chance: 0.5), by
-    simulation or by a judge model (``cfg.scorer``)."""
-    pos, neg = held_out_texts(ws, ext, detail, cfg, rng)
-    if not pos or not neg:
-        return {"score": None, "chance": 0.5, "reason": "not enough held-out texts"}
-    if scorer_for(cfg) == "simulation":
-        return simulation_score(label, pos, neg)
-    return judge(chat, label, pos, neg, cfg)
+def choose_features(
+    ws: Workspace, ext, features: list[int] | None, top: int | None, all_features: bool
+) -> list[int]:
+    """The features to label: given ones, every live one, or the ``top`` most frequent that are not
+    dense (a dense feature is rarely what "the most frequent" is asked for)."""
+    freq = _live(ws, ext)
+    if all_features:
+        return [int(i) for i in np.nonzero(freq > 0)[0]]
+    if features is not None:
+        return [check_feature_index(ws, ext.parent, f) for f in features]
+    order = [int(i) for i in np.argsort(-freq, kind="stable") if 0 < freq[i] <= DENSE_THRESHOLD]
+    return order[: top or 10]
 
 
 def label_features(
@@ -543,81 +132,142 @@ def label_features(
     *,
     features: list[int] | None = None,
     top: int | None = None,
+    all_features: bool = False,
     api_key: str | None = None,
     redo: bool = False,
     progress: ProgressCallback | None = None,
     control: JobControl | None = None,
-) -> list[dict[str, Any]]:
-    """Label ``features`` (or the ``top`` most frequent) of an SAE automatically. Features already
-    labelled by the same explainer model and prompt template are skipped (so an interrupted batch
-    resumes where it stopped) unless ``redo``. Each label is stored at once, with its method, model,
-    template, score and time."""
+) -> LabelRun:
+    """Label ``features`` (or every live one with ``all_features``, or the ``top`` most frequent): a
+    statistical label for each, and with ``cfg.backend`` 'local' or 'openai' a language model's label
+    too, every label scored on the same held-out texts. Features already labelled the same way on the
+    same held-out texts are skipped (an interrupted batch resumes) unless ``redo``."""
     cfg = cfg or LabelConfig()
     control = control or JobControl()
+    t0 = time.perf_counter()
     ext = require_extraction(ws, sae)
-    sae_id = ext.parent
-    if features is None:
-        import pyarrow.parquet as pq
+    feats = choose_features(ws, ext, features, top, all_features)
+    ev = load_evidence(ws, ext, cfg, progress=progress, control=control)
+    run = LabelRun(held_out=ev.key)
+    chat = make_chat(ws, cfg, api_key) if cfg.backend != label_stats.METHOD else None
+    done = _done_before(ws, ev, cfg, chat) if not redo else {}
+    texts: dict[int, Texts] = {}
 
-        freq = pq.read_table(ext.path / "features.parquet", columns=["frequency"]).column(0).to_numpy()
-        order = [int(i) for i in np.argsort(-freq, kind="stable") if freq[i] > 0]
-        features = order[: top or 10]
-    features = [check_feature_index(ws, sae_id, f) for f in features]
-    chat = make_chat(ws, cfg, api_key)
-    tid = template_id(cfg)
-    done_before = {
-        r["feature"]
-        for r in ws.labels(sae_id, history=True)
-        if r["method"] == "auto" and r["model"] == chat.name and r["template"] == tid
+    def held_out(f: int) -> Texts:
+        if f not in texts:
+            hard = label_stats.fired_keys(ev.explain, f)
+            texts[f] = label_reader.held_out_texts(ev.held_out, f, hard, cfg.score_examples, cfg.seed)
+        return texts[f]
+
+    todo = [f for f in feats if f not in done.get(label_stats.METHOD, set())]
+    _statistical(ws, ev, ext, todo, cfg, held_out, run, progress, control, chat)
+    if chat is not None:
+        todo = [f for f in feats if f not in done.get("auto", set())]
+        _language_model(ws, ev, ext, todo, cfg, chat, held_out, run, progress, control)
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+def _done_before(ws: Workspace, ev: Evidence, cfg: LabelConfig, chat) -> dict[str, set[int]]:
+    done: dict[str, set[int]] = {label_stats.METHOD: set(), "auto": set()}
+    tid = template_id(cfg) if chat is not None else None
+    for r in ws.labels(ev.sae, history=True):
+        if (r["meta"].get("scoring") or {}).get("held_out") != ev.key and cfg.score:
+            continue
+        if r["method"] == label_stats.METHOD and r["template"] == label_stats.VERSION:
+            done[label_stats.METHOD].add(r["feature"])
+        elif chat is not None and r["method"] == "auto" and r["model"] == chat.name and r["template"] == tid:
+            done["auto"].add(r["feature"])
+    return done
+
+
+def _score(label: str, texts: Texts, cfg: LabelConfig, chat) -> Score | None:
+    """The reader's score, or with ``cfg.scorer == 'judge'`` the explainer model's, on the same texts."""
+    if not cfg.score:
+        return None
+    base = label_reader.score_label(label, texts)
+    enough = min(base.positives, base.negatives) >= label_reader.MIN_TEXTS
+    if cfg.scorer != "judge" or chat is None or not enough:
+        return base
+    pos = judge(chat, label, [texts.text(s) for s in texts.positive], cfg)
+    neg = judge(chat, label, [texts.text(s) for s in texts.negative], cfg)
+    a = auc(np.array(pos), np.array(neg))
+    return Score(
+        a,
+        auc_se(a, len(pos), len(neg)),
+        len(pos),
+        len(neg),
+        texts.hard,
+        texts.fired,
+        rule=f"judge ({chat.name}) AUC on held-out texts",
+    )
+
+
+def _row(r: LabelResult, ev: Evidence, extra: dict[str, Any]) -> dict[str, Any]:
+    scoring = {**(r.score.as_dict() if r.score else {"score": None}), "held_out": ev.key}
+    return {
+        "feature": r.feature,
+        "label": r.label,
+        "method": r.method,
+        "model": r.model,
+        "template": extra.pop("template", None),
+        "score": r.score.score if r.score else None,
+        "meta": {"scoring": scoring, "extraction": ev.extraction, **extra},
     }
-    todo = [f for f in features if redo or f not in done_before]
-    rng = np.random.default_rng(cfg.seed)
-    results = []
-    emit(progress, "labelling", 0, len(todo), unit="feature")
-    try:
-        _label_each(ws, ext, sae_id, todo, chat, cfg, tid, rng, results, progress, control)
-    except LabelError as exc:
-        kept = sum(1 for r in results if r.get("label"))
-        raise LabelError(
-            f"{exc.problem} Labelling stopped at feature {len(results) + 1} of {len(todo)}; the {kept} "
-            "label(s) "
-            "obtained before are kept.",
-            f"{exc.fix} Then run it again: it continues with the rest.",
-        ) from exc
-    emit(progress, "labelling", len(todo), len(todo), unit="feature", finished=True)
-    return results
 
 
-def _label_each(ws, ext, sae_id, todo, chat, cfg, tid, rng, results, progress, control) -> None:
+def _statistical(ws, ev, ext, todo, cfg, held_out, run, progress, control, chat) -> None:
+    stats = label_stats.explain_all(ev, todo, _logits(ext, todo))
+    emit(progress, "labelling (statistical)", 0, len(todo), unit="feature")
+    rows = []
+    for n, f in enumerate(todo):
+        if n % PROGRESS_EVERY == 0:
+            control.check()
+            emit(progress, "labelling (statistical)", n, len(todo), unit="feature")
+        s = stats.get(f)
+        if s is None:
+            run.results.append(
+                LabelResult(f, None, label_stats.METHOD, label_stats.VERSION, skipped="never fired")
+            )
+            continue
+        r = LabelResult(
+            f, s.label, label_stats.METHOD, label_stats.VERSION, _score(s.label, held_out(f), cfg, chat)
+        )
+        run.results.append(r)
+        rows.append(
+            _row(
+                r,
+                ev,
+                {"template": label_stats.VERSION, "kind": s.kind, "fires": s.fires, "precision": s.precision},
+            )
+        )
+    ws.add_labels(ev.sae, rows)
+    emit(progress, "labelling (statistical)", len(todo), len(todo), unit="feature", finished=True)
+
+
+def _language_model(ws, ev, ext, todo, cfg, chat, held_out, run, progress, control) -> None:
+    tid = template_id(cfg)
+    emit(progress, f"labelling ({chat.name})", 0, len(todo), unit="feature")
     for n, f in enumerate(todo):
         control.check()
         detail = feature_detail(ws, ext, f)
         if not detail["examples"]:
-            results.append({"feature": f, "label": None, "skipped": "never fired"})
+            run.results.append(LabelResult(f, None, "auto", chat.name, skipped="never fired"))
             continue
-        label, raw, how = explain(chat, detail, cfg)
+        try:
+            label, raw = explain(chat, detail, cfg)
+        except LabelError as exc:
+            kept = len(run.of("auto"))
+            raise LabelError(
+                f"{exc.problem} The explainer stopped at feature {n + 1} of {len(todo)}; the statistical "
+                f"labels and the {kept} explainer label(s) obtained before are kept.",
+                f"{exc.fix} Then run it again: it continues with the rest.",
+            ) from exc
         if not label:
-            results.append({"feature": f, "label": None, "skipped": "empty explanation", "raw": raw})
+            run.results.append(LabelResult(f, None, "auto", chat.name, skipped="empty explanation", raw=raw))
             continue
-        scored = detection_score(ws, chat, ext, detail, label, cfg, rng) if cfg.score else {"score": None}
-        ws.add_label(
-            sae_id,
-            f,
-            label,
-            method="auto",
-            model=chat.name,
-            template=tid,
-            score=scored["score"],
-            meta={
-                "backend": cfg.backend,
-                "raw": raw[:500],
-                "scoring": scored,
-                "extraction": ext.id,
-                "from": how,
-                "template_text": cfg.template,
-            },
-        )
-        results.append(
-            {"feature": f, "label": label, "score": scored["score"], "scoring": scored, "from": how}
-        )
-        emit(progress, "labelling", n + 1, len(todo), unit="feature", message=f"{f}: {label}")
+        r = LabelResult(f, label, "auto", chat.name, _score(label, held_out(f), cfg, chat), raw=raw)
+        run.results.append(r)
+        extra = {"template": tid, "backend": cfg.backend, "raw": raw[:500], "template_text": cfg.template}
+        ws.add_labels(ev.sae, [_row(r, ev, extra)])
+        emit(progress, f"labelling ({chat.name})", n + 1, len(todo), unit="feature", message=f"{f}: {label}")

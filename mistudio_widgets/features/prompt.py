@@ -15,7 +15,7 @@ import torch
 
 from ..core.workspace import Artifact, Workspace
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
-from .store import _token_text, latest_extraction, vocab_strings
+from .store import _token_text, latest_extraction, shown_labels, vocab_strings
 
 DENSE_THRESHOLD = 0.1  # features firing on more than this share of extraction tokens are left out
 STEER_CANDIDATES = 10  # contrast: the best-aligned of this many top features is proposed for steering
@@ -68,7 +68,7 @@ class _Tester:
         self.lm = model_for_sae(ws, self.art, self.sae, model)
         self.hook = sae_hook(self.art, self.sae)
         self.maxv, self.freq, self.extraction = _reference(ws, self.art)
-        self.labels = {r["feature"]: r["label"] for r in ws.labels(self.art.id)}
+        self.labels = {f: r["label"] for f, r in shown_labels(ws, self.art).items()}
         self.vocab = vocab_strings(self.lm.tokenizer)
         self.bos = self.lm.tokenizer.bos_token_id
 

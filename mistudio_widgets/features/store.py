@@ -79,6 +79,39 @@ def set_label(
     return ws.add_label(ws.get(sae, "sae").id, index, label, method=method, **kw)
 
 
+def label_verdict(row: dict[str, Any]) -> str:
+    """'manual' (a person's label), or the held-out verdict of an automatic one: 'above chance',
+    'at chance' or 'unscored' (labels from before held-out verdicts read as unscored)."""
+    if row["method"] == "manual":
+        return "manual"
+    return (row["meta"].get("scoring") or {}).get("verdict") or "unscored"
+
+
+def shown_labels(ws: Workspace, sae: str | Artifact, *, unscored: bool = False) -> dict[int, dict[str, Any]]:
+    """The label that titles each feature: its newest manual label, else its best-scoring automatic
+    label whose held-out score is above chance (the newest label of each method and model competes).
+    A label at chance titles nothing. With ``unscored``, a feature with no such label shows its newest
+    unscored label (marked by its verdict) rather than nothing."""
+    rows = ws.labels(ws.get(sae, "sae").id, history=True)
+    newest: dict[tuple[int, str, str | None], dict[str, Any]] = {}
+    for r in rows:  # oldest first: later rows replace earlier ones
+        newest[(r["feature"], r["method"], r["model"])] = r
+    best: dict[int, tuple[tuple, dict[str, Any]]] = {}
+    for r in newest.values():
+        v = label_verdict(r)
+        if v == "manual":
+            rank = (3, r["id"])
+        elif v == "above chance":
+            rank = (2, r["score"] or 0.0)
+        elif v == "unscored" and unscored:
+            rank = (1, r["id"])
+        else:
+            continue
+        if r["feature"] not in best or rank > best[r["feature"]][0]:
+            best[r["feature"]] = (rank, r)
+    return {f: {**r, "verdict": label_verdict(r)} for f, (_, r) in best.items()}
+
+
 def latest_extraction(ws: Workspace, sae: str | Artifact) -> Artifact | None:
     done = [a for a in ws.list(KIND, parent=ws.get(sae, "sae").id) if a.meta.get("status") == Status.DONE]
     return done[-1] if done else None
@@ -181,6 +214,7 @@ def feature_detail(
         )
     mx = float(row["max"])
     labels = ws.labels(ext.parent, index, history=True)
+    shown = shown_labels(ws, ext.parent, unscored=True).get(index, {})
     out = {
         "index": index,
         "sae": ext.parent,
@@ -206,8 +240,9 @@ def feature_detail(
                 quantile_groups(row, ext.meta["config"]["quantile_groups"], HIST_BINS)
             )
         ],
-        "label": labels[-1]["label"] if labels else None,
-        "labels": labels,
+        "label": shown.get("label"),
+        "label_verdict": shown.get("verdict"),
+        "labels": [{**r, "verdict": label_verdict(r)} for r in labels],
         "scorer_note": JUDGE_NOTE
         if any((r["meta"].get("scoring") or {}).get("rule", "").startswith("P(yes)") for r in labels)
         else None,
@@ -281,9 +316,10 @@ def search(ws: Workspace, sae: str | Artifact, query: str, *, limit: int = 50) -
     hits: dict[int, dict[str, Any]] = {}
     if q.isdigit() and int(q) < int(sae_art.meta.get("d_sae") or 0):
         hits[int(q)] = {"index": int(q), "match": "index"}
-    for r in ws.labels(sae_art.id):
-        if q in r["label"].lower():
-            hits.setdefault(r["feature"], {"index": r["feature"], "match": "label"})["label"] = r["label"]
+    labels = {f: r["label"] for f, r in shown_labels(ws, sae_art).items()}  # a label at chance finds nothing
+    for f, label in labels.items():
+        if q in label.lower():
+            hits.setdefault(f, {"index": f, "match": "label"})
     ext = latest_extraction(ws, sae_art)
     # a transcoder writing elsewhere than the residual stream has no logit lens, and no such column
     if ext is not None and "top_logit_tokens" in pq.read_schema(ext.path / FEATURES_FILE).names:
@@ -291,7 +327,6 @@ def search(ws: Workspace, sae: str | Artifact, query: str, *, limit: int = 50) -
         for i, toks in zip(t.column("index").to_pylist(), t.column("top_logit_tokens").to_pylist()):
             if any(q == tk.strip().lower() for tk in toks[:10]):
                 hits.setdefault(i, {"index": i, "match": "logits"})
-    labels = {r["feature"]: r["label"] for r in ws.labels(sae_art.id)}
     out = sorted(
         hits.values(), key=lambda h: ({"index": 0, "label": 1, "logits": 2}[h["match"]], h["index"])
     )[:limit]

@@ -24,6 +24,7 @@ from ..features import (
     FEATURES_FILE,
     HIST_BINS,
     LOGIT_HIST_BINS,
+    label_verdict,
     require_extraction,
     vocab_strings,
 )
@@ -32,6 +33,7 @@ from . import neuronpedia_records as rec
 from .exporting import default_neuronpedia_ids, default_release, fresh_folder, model_hub_id
 
 DEFAULT_CREATOR_ID = rec.DEFAULT_CREATOR_ID
+SHOWN_VERDICTS = ("manual", "above chance")  # labels exported as Neuronpedia explanations
 
 
 def _feature_batches(
@@ -135,7 +137,7 @@ def export_neuronpedia(
     vocab = vocab_strings(load_tokenizer(ws, ext.meta["model"]))
     labels: dict[int, list[dict[str, Any]]] = {}
     for lab in ws.labels(art.id, history=True):
-        labels.setdefault(int(lab["feature"]), []).append(lab)
+        labels.setdefault(int(lab["feature"]), []).append({**lab, "verdict": label_verdict(lab)})
     created = rec.now_iso()
     d_sae = int(ext.meta["summary"]["d_sae"])
     hook = art.meta.get("hook") or ""
@@ -193,7 +195,11 @@ def export_neuronpedia(
                     rec.bulk_activation(a, i, creator_id=creator_id, created=created, **ids)
                     for a in activations
                 ]
-                expl += [rec.explanation(lab, i, author_id=creator_id, **ids) for lab in labels.get(i, [])]
+                expl += [  # only labels a person wrote or that score above chance on held-out texts
+                    rec.explanation(lab, i, author_id=creator_id, **ids)
+                    for lab in labels.get(i, [])
+                    if lab["verdict"] in SHOWN_VERDICTS
+                ]
                 side.append(
                     rec.side_record(
                         i, feature_id=f"{model_id}@{source_id}:{i}", hook=hook, labels=labels.get(i, [])

@@ -368,6 +368,8 @@ def explanation(
         "method": label.get("method"),
         "model": label.get("model"),
         "score": label.get("score"),
+        "chance": 0.5 if label.get("method") != "manual" else None,
+        "verdict": label.get("verdict"),
         "template": label.get("template"),
     }
     return {
@@ -386,13 +388,14 @@ def explanation(
 
 
 def side_record(index: int, *, feature_id: str, hook: str, labels: list[dict[str, Any]]) -> dict[str, Any]:
-    """What a dashboard feature cannot hold: our feature id, the hook and every label with its score."""
+    """What a dashboard feature cannot hold: our feature id, the hook and every label with its score and
+    verdict (those at chance or unscored included: this is the full record, not a claim)."""
     return {
         "feature_index": index,
         "feature_id": feature_id,
         "hook_name": hook,
         "explanations": [
-            {k: lab.get(k) for k in ("label", "method", "model", "score", "template", "time")}
+            {k: lab.get(k) for k in ("label", "method", "model", "score", "verdict", "template", "time")}
             for lab in labels
         ],
     }

@@ -28,7 +28,7 @@ class FeatureBrowser(EngineWidget):
     extraction = t.Dict().tag(sync=True)  # its newest finished extraction (id, summary) or {}
     n_features = t.Int(0).tag(sync=True)
     columns = t.Bytes(b"").tag(sync=True)  # float32 [len(COLUMNS), n_features], little-endian
-    labels = t.Dict().tag(sync=True)  # {"index": label} for labelled features
+    labels = t.Dict().tag(sync=True)  # {"index": label}: the labels that title features (store.shown_labels)
     detail = t.Dict().tag(sync=True)  # the open feature
     prompt = t.Dict().tag(sync=True)  # the prompt tester's last answer
     coact = t.Dict().tag(sync=True)  # co-activation of a chosen set
@@ -86,6 +86,7 @@ class FeatureBrowser(EngineWidget):
         top: int | None = None,
         api_key: str | None = None,
         redo: bool = False,
+        all: bool = False,
         **settings: Any,
     ) -> None:
         """Label features automatically (blocks; progress shows in the widget). ``settings`` are
@@ -98,6 +99,7 @@ class FeatureBrowser(EngineWidget):
             blocking=True,
             features=features,
             top=top,
+            all=all,
             api_key=api_key,
             redo=redo,
         )
@@ -130,7 +132,7 @@ class FeatureBrowser(EngineWidget):
         art = self.workspace.get(sae_id, "sae")
         self.sae = art.id
         ext = fx.latest_extraction(self.workspace, art)
-        self.labels = {str(r["feature"]): r["label"] for r in self.workspace.labels(art.id)}
+        self.labels = _shown(self.workspace, art.id)
         self.detail, self.prompt, self.coact = {}, {}, {}
         if ext is None:
             self.extraction, self.columns, self.n_features = {}, b"", int(art.meta.get("d_sae") or 0)
@@ -219,6 +221,7 @@ class FeatureBrowser(EngineWidget):
         api_key: str | None = None,
         settings: dict[str, Any] | None = None,
         redo: bool = False,
+        all: bool = False,
         progress=None,
     ):
         from ..features.labeling import label_features
@@ -238,21 +241,22 @@ class FeatureBrowser(EngineWidget):
             cfg,
             features=[int(f) for f in features] if features else None,
             top=int(top) if top else None,
+            all_features=bool(all),
             api_key=api_key or None,
             redo=bool(redo),
             progress=progress,
         )
 
         def apply() -> None:
-            self.labels = {str(r["feature"]): r["label"] for r in ws.labels(sae)}
+            self.labels = _shown(ws, sae)
             if self.detail:
                 self.detail = fx.feature_detail(ws, self.extraction["id"], self.detail["index"])
-            done = [r for r in res if r.get("label")]
+            methods = sorted({r.method for r in res.results if r.label})
             self.message = (
-                f"Labelled {len(done)} feature(s)."
-                if res
-                else "Nothing to do: these features already have labels from this explainer and template; "
-                "tick “label again if already labelled” to redo them."
+                " ".join(res.describe(m) + "." for m in methods)
+                if methods
+                else "Nothing to do: these features already have labels from this explainer on these "
+                "held-out texts; tick “label again if already labelled” to redo them."
             )
 
         return apply
@@ -360,3 +364,7 @@ class FeatureMap(ipw.VBox):
     def _clicked(self, trace, points, _state) -> None:
         if points.point_inds:
             self.browser.show(int(trace.customdata[points.point_inds[0]]))
+
+
+def _shown(ws, sae: str) -> dict[str, str]:
+    return {str(f): r["label"] for f, r in fx.shown_labels(ws, sae).items()}

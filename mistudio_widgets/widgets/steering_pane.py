@@ -98,7 +98,7 @@ class SteeringPane(EngineWidget):
         fx.check_feature_index(self.workspace, self.sae, index)
         ext = fx.latest_extraction(self.workspace, self.sae)
         mx = float(fx.feature_columns(self.workspace, ext)["max"][index]) if ext else None
-        label = next((r["label"] for r in self.workspace.labels(self.sae, index)), None)
+        label = (fx.shown_labels(self.workspace, self.sae).get(int(index)) or {}).get("label")
         if strength is None:
             strength = round(4 * mx, 3) if mx else 10.0  # a visible push: a few times the feature's peak
         return {"index": int(index), "strength": float(strength), "label": label, "max": mx, "relative": None}
