@@ -263,6 +263,6 @@ def demo_sae(default_ws):
     ws = default_ws
     res = train(ws, demo_train_config(ws, "default", name=ws.unique_name("run", "insight-demo")))
     extract(
-        ws, res.sae_id, ExtractConfig(tokens=32768, top_k=20, quantile_examples=3, coactivation_tokens=4096)
+        ws, res.sae_id, ExtractConfig(tokens=32768, top_k=20, quantile_examples=3, coactivation_tokens=32768)
     )
     return res.sae_id

@@ -86,13 +86,51 @@ def test_auto_strength_steers_into_capitals_and_stays_readable(default_ws, demo_
         assert r["metrics"]["relative_strength"][str(f)] == pytest.approx(auto["relative"], rel=0.1)
 
 
-def test_the_shouting_feature_is_labelled_with_a_score_and_its_chance(default_ws, demo_sae, shouting):
+def test_the_whole_dictionary_is_labelled_and_the_labels_hold_on_held_out_texts(
+    default_ws, demo_sae, shouting
+):
+    """Every live feature of the demo SAE gets a statistical label scored on texts after the extraction's;
+    the shouting feature is named for capitals and scores above chance; a feature's own label predicts
+    its held-out texts better than another feature's label; a label at chance titles nothing."""
+    import random
+
+    import numpy as np
+
+    from mistudio_widgets.features import feature_columns, latest_extraction, search, shown_labels
+    from mistudio_widgets.features.label_evidence import load_evidence
+    from mistudio_widgets.features.label_reader import held_out_texts, score_label
+    from mistudio_widgets.features.label_stats import fired_keys
+
+    run = label_features(default_ws, demo_sae, LabelConfig(), all_features=True, redo=True)
+    live = int((feature_columns(default_ws, latest_extraction(default_ws, demo_sae))["frequency"] > 0).sum())
+    labelled = run.of("statistical")
+    assert len(labelled) == live
+    d = run.distribution()
+    assert d["median"] > 0.65 and d["share_above_chance"] > 0.4, d  # measured: 0.75 and 62%
     f = shouting["steer_with"]
-    lab = label_features(default_ws, demo_sae, LabelConfig(score_examples=5), features=[f], redo=True)[0]
-    assert lab["label"] and lab["score"] is not None
-    stored = default_ws.labels(demo_sae, f)[0]
-    assert stored["meta"]["scoring"]["chance"] == 0.5
-    assert any(w in lab["label"].lower() for w in ("capital", "upper", "caps")), lab["label"]
+    lab = next(r for r in labelled if r.feature == f)
+    assert "capital" in lab.label and lab.verdict == "above chance", (lab.label, lab.score)
+    # the held-out texts come after every text the explainer read
+    ev = load_evidence(default_ws, demo_sae)
+    n_explained = len(ev.explain.at) // ev.explain.at.length
+    assert ev.held_out.first_sequence >= n_explained
+    # own label against another feature's, on the own feature's held-out texts
+    rng = random.Random(0)
+    scored = [r for r in labelled if r.score and r.score.score is not None]
+    wins = []
+    for r in rng.sample(scored, 100):
+        other = rng.choice(scored)
+        texts = held_out_texts(ev.held_out, r.feature, fired_keys(ev.explain, r.feature), 20, 0)
+        mine, theirs = score_label(r.label, texts).score, score_label(other.label, texts).score
+        wins.append(1.0 if mine > theirs else 0.5 if mine == theirs else 0.0)
+    assert np.mean(wins) > 0.7, np.mean(wins)
+    # a label at chance titles nothing and is not found by search
+    shown = shown_labels(default_ws, demo_sae)
+    weak = next(r for r in labelled if r.verdict == "at chance")
+    assert weak.feature not in shown and lab.feature in shown
+    assert weak.feature not in [
+        h["index"] for h in search(default_ws, demo_sae, weak.label[:40]) if h["match"] == "label"
+    ]
 
 
 def test_cli_contrast_and_auto_strength(default_ws, demo_sae, shouting):

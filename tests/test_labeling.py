@@ -78,91 +78,98 @@ def test_http_labelling_against_a_real_chat_server(
         model="SmolLM2-135M-Instruct",
         api_key_env="MISTUDIO_TEST_KEY",
         examples=4,
-        score_examples=2,
         max_tokens=16,
         timeout=120,
+        holdout_tokens=4096,
     )
     with pytest.raises(LabelError, match="refused the API key"):
         label_features(
             default_ws, small_sae, cfg, top=1, api_key="wrong-key", redo=True
         )  # (redo: earlier tests may have labelled it)
     monkeypatch.setenv("MISTUDIO_TEST_KEY", SECRET)
-    res = label_features(default_ws, small_sae, cfg, top=1, redo=True)
-    assert len(res) == 1 and res[0]["label"], res
-    row = default_ws.labels(small_sae, res[0]["feature"])[0]
-    assert (
-        row["method"] == "auto"
-        and row["model"] == "SmolLM2-135M-Instruct"
-        and row["label"] == res[0]["label"]
-    )
-    assert (
-        0.0 <= row["score"] <= 1.0
-        and row["meta"]["scoring"]["positives"] >= 1
-        and row["meta"]["scoring"]["negatives"] >= 1
+    run = label_features(default_ws, small_sae, cfg, top=1, redo=True)
+    res = run.of("auto")
+    assert len(res) == 1 and res[0].label, run.results
+    row = default_ws.labels(small_sae, res[0].feature)[0]
+    assert (row["method"], row["model"], row["label"]) == ("auto", "SmolLM2-135M-Instruct", res[0].label)
+    scoring = row["meta"]["scoring"]
+    assert scoring["chance"] == 0.5 and scoring["held_out"] == run.held_out
+    assert scoring["score"] is None or (
+        0.0 <= row["score"] <= 1.0 and scoring["positives"] >= 3 and scoring["negatives"] >= 3
     )
     # the same explainer and template again: nothing to do (a stopped batch resumes where it stopped)
-    assert label_features(default_ws, small_sae, cfg, features=[res[0]["feature"]]) == []
+    assert label_features(default_ws, small_sae, cfg, features=[res[0].feature]).results == []
     # the key went to the server but is nowhere in the workspace
     for path in default_ws.root.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_local_explainer_labels_without_a_server(default_ws, small_sae, extraction):
+def test_local_explainer_competes_with_the_statistical_label(default_ws, small_sae, extraction):
+    """The in-kernel explainer labels a feature too; both labels are scored on the same held-out texts and
+    kept; the feature is titled by the better one only if it is above chance."""
     import numpy as np
 
-    from mistudio_widgets.features import feature_columns
+    from mistudio_widgets.features import feature_columns, shown_labels
 
     busiest = int(np.argmax(feature_columns(default_ws, extraction)["frequency"]))
-    res = label_features(
+    run = label_features(
         default_ws,
         small_sae,
-        LabelConfig(examples=3, score_examples=2, max_tokens=12),
+        LabelConfig(backend="local", examples=3, max_tokens=12, holdout_tokens=4096),
         features=[busiest],
         redo=True,
     )
-    assert len(res) == 1 and res[0]["label"], res
-    row = default_ws.labels(small_sae, busiest)[0]
-    assert (row["label"], row["method"], row["model"]) == (res[0]["label"], "auto", "SmolLM2-135M-Instruct")
+    (stat,), (lm,) = run.of("statistical"), run.of("auto")
+    assert lm.model == "SmolLM2-135M-Instruct" and lm.label and stat.label
+    rows = default_ws.labels(small_sae, busiest, history=True)[-2:]
+    assert {r["method"] for r in rows} == {"statistical", "auto"}
+    held = {r["meta"]["scoring"]["held_out"] for r in rows}
+    assert held == {run.held_out}  # the same held-out texts for both explainers
+    contenders = [r for r in (stat, lm) if r.verdict == "above chance"]
+    shown = shown_labels(default_ws, small_sae).get(busiest)
+    if contenders:
+        assert shown["label"] == max(contenders, key=lambda r: r.score.score).label
+    else:
+        assert shown is None or shown["method"] == "manual"
     from mistudio_widgets.features.labeling import LocalChat
 
     p = LocalChat(default_ws).yes_probability([{"role": "user", "content": "Is fire hot? Answer yes or no."}])
     assert 0.0 < p < 1.0
-    scoring = row["meta"]["scoring"]
-    assert scoring["chance"] == 0.5
-    if scoring["score"] is not None:  # the in-kernel default scores by simulation
-        assert scoring["rule"] == "simulation (AUC)" and 0.0 <= row["score"] <= 1.0 and scoring["cues"]
-    else:
-        assert "simulator" in scoring["reason"] or "held-out" in scoring["reason"]
-    # asked to judge, the in-kernel model ranks the texts by P(yes)
-    res = label_features(
-        default_ws,
-        small_sae,
-        LabelConfig(examples=3, score_examples=2, max_tokens=12, scorer="judge"),
-        features=[busiest],
-        redo=True,
-    )
-    scoring = default_ws.labels(small_sae, busiest)[0]["meta"]["scoring"]
-    assert scoring.get("reason") or (
-        scoring["rule"] == "P(yes) above the median" and 0.0 <= scoring["score"] <= 1.0
-    )
 
 
-def test_simulation_scoring_reads_what_a_label_names():
-    from mistudio_widgets.features.labeling import label_cues, simulation_score
+def test_the_reader_reads_only_the_label_and_checks_it_on_real_tokens(default_ws):
+    """The reader's claims come from the label's words; its predictions on real tokenized text follow
+    them (quoted words in any case or leading space, forms, contexts, half weight for examples)."""
+    import numpy as np
 
-    shouted, calm = ["WHY ARE YOU SHOUTING AT ME", "GET OUT NOW"], ["why are you here", "get out now, please"]
-    assert simulation_score("tokens 'WID', 'BOT' (in CAPITAL LETTERS)", shouted, calm)["score"] == 1.0
-    assert (
-        simulation_score("words in capital letters", calm, shouted)["score"] == 0.0
-    )  # a wrong label scores low
-    assert (
-        simulation_score('the word "please', ["say please", "please go"], ["go away", "come here"])["score"]
-        == 1.0
-    )
-    r = simulation_score("the start of a word", shouted, calm)
-    assert r["score"] is None and "simulator" in r["reason"] and r["chance"] == 0.5
-    assert label_cues('the comma after "Farewell') == [("token", "Farewell"), ("char", ",")]
+    from mistudio_widgets.data.models import load_tokenizer, resolve_model
+    from mistudio_widgets.features import vocab_strings
+    from mistudio_widgets.features.label_reader import predict, read
+    from mistudio_widgets.features.token_forms import CAPS, analyse
+
+    r = read('all-capital words before "." (e.g. "WIDOW", "BOTH") (dense: 3% of tokens); promotes "lord"')
+    assert (r.forms, r.before, r.weak, r.targets) == (CAPS, ["."], ["widow", "both"], [])
+    assert read('"shall" (also "Shall")').targets == ["shall", "shall"]
+    assert read('"the" after "of"').after == ["of"] and read('"the" after "of"').targets == ["the"]
+    assert read("the theme of kings").weak == ["theme", "kings"]  # content words, half weight
+    assert read("line breaks").forms and read("capitalised words").forms != CAPS
+    tok = load_tokenizer(default_ws, resolve_model(default_ws))
+    text = "WIDOW. I shall go.\nShall we? BOTH. Yes"
+    ids = np.array([tok(text, add_special_tokens=False)["input_ids"]])
+    vocab = vocab_strings(tok)
+    at = analyse(ids, vocab, set(tok.all_special_ids))
+    pieces = [vocab[i] for i in ids[0]]
+    every = np.arange(ids.shape[1])
+
+    def on(label):
+        return {pieces[i]: float(p) for i, p in zip(every, predict(read(label), at, every)) if p > 0}
+
+    # case and leading-space variants; "Shall" after the line break is Sh|all, matched as a whole word
+    assert set(on('"shall"')) == {" shall", "Sh", "all"}
+    caps = on('all-capital words before "."')
+    assert caps and all(p == 1.0 for p in caps.values()) and all(t.strip().isupper() for t in caps)
+    assert on('"shall" after "I"') == {" shall": 1.0, "Sh": 0.3, "all": 0.3}  # the context decides
 
 
 def test_a_hanging_endpoint_fails_clearly_and_labels_nothing(default_ws, small_sae, extraction):
@@ -182,7 +189,7 @@ def test_a_hanging_endpoint_fails_clearly_and_labels_nothing(default_ws, small_s
 
     t = threading.Thread(target=accept_and_hang, daemon=True)
     t.start()
-    before = len(default_ws.labels(small_sae, history=True))
+    before = [r for r in default_ws.labels(small_sae, history=True) if r["method"] == "auto"]
     try:
         cfg = LabelConfig(
             backend="openai",
@@ -191,6 +198,7 @@ def test_a_hanging_endpoint_fails_clearly_and_labels_nothing(default_ws, small_s
             timeout=0.5,
             retries=1,
             score=False,
+            holdout_tokens=4096,
         )
         with pytest.raises(LabelError, match="did not answer after 2 tries"):
             label_features(default_ws, small_sae, cfg, top=1, redo=True)
@@ -201,7 +209,9 @@ def test_a_hanging_endpoint_fails_clearly_and_labels_nothing(default_ws, small_s
         for c in held:
             c.close()
         listener.close()
-    assert len(default_ws.labels(small_sae, history=True)) == before
+    # the explainer added nothing; the statistical label made first stays
+    assert [r for r in default_ws.labels(small_sae, history=True) if r["method"] == "auto"] == before
+    assert default_ws.labels(small_sae, history=True)[-1]["method"] == "statistical"
 
 
 def test_endpoint_errors_and_label_cleaning():
@@ -239,8 +249,13 @@ def test_cli_extract_and_label(default_ws, small_sae):
     assert any(x.get("event") == "progress" and x["stage"] == "extract" for x in lines)
     ext = default_ws.get(lines[-1]["extraction_id"], "extraction")
     assert ext.meta["summary"]["tokens"] > 0 and (ext.path / "sparsity.safetensors").is_file()
-    rc, lines = cli("label", small_sae, "--top", "1", "--no-score", "--redo")
-    assert rc == 0 and lines[-1]["labelled"] == 1 and lines[-1]["results"][0]["label"]
+    rc, lines = cli("label", small_sae, "--top", "1", "--holdout-tokens", "2048", "--redo")
+    assert rc == 0 and lines[-1]["labelled"] == 1, lines
+    row = next(x for x in lines if "feature" in x)
+    assert row["method"] == "statistical" and row["label"] and row["scoring"]["chance"] == 0.5
+    rc, lines = cli("label", small_sae, "--all", "--holdout-tokens", "2048")
+    dist = next(x["distribution"] for x in lines if "distribution" in x)
+    assert rc == 0 and dist["labelled"] >= 1 and dist["chance"] == 0.5 and "median" in dist
     rc, lines = cli("label", small_sae, "--features", "99999")
     assert rc == 2 and "out of range" in lines[-1]["error"]
 
@@ -303,9 +318,11 @@ def test_rate_limits_are_retried_and_a_failure_mid_batch_keeps_earlier_labels(
             score=False,
             retries=2,
             timeout=5,
+            holdout_tokens=4096,
         )
         with pytest.raises(
-            LabelError, match=r"did not answer in the chat-completions format.*feature 2 of 2.*1 label\(s\)"
+            LabelError,
+            match=r"did not answer in the chat-completions format.*feature 2 of 2.*1 explainer label",
         ):
             label_features(default_ws, small_sae, cfg, features=order)
         kept = [r for r in default_ws.labels(small_sae, history=True) if r["model"] == cfg.model]
@@ -314,7 +331,7 @@ def test_rate_limits_are_retried_and_a_failure_mid_batch_keeps_earlier_labels(
         ]  # 429 first, then answered
         srv.script = ["ok"]
         res = label_features(default_ws, small_sae, cfg, features=order)  # continues with the rest only
-        assert [r["feature"] for r in res] == [order[1]]
+        assert [r.feature for r in res.of("auto")] == [order[1]]
     finally:
         srv.close()
 
@@ -346,8 +363,14 @@ def test_a_key_typed_in_the_widget_never_leaves_the_kernel(default_ws, small_sae
 
     from mistudio_widgets.features import feature_columns
 
-    freq = feature_columns(default_ws, extraction)["frequency"]
-    feature = next(int(i) for i in np.argsort(-freq) if not default_ws.labels(small_sae, int(i)))
+    from mistudio_widgets.features import latest_extraction
+
+    freq = feature_columns(default_ws, latest_extraction(default_ws, small_sae))["frequency"]
+    feature = next(
+        int(i)
+        for i in np.argsort(-freq)
+        if not any(r["method"] == "auto" for r in default_ws.labels(small_sae, int(i), history=True))
+    )
     settings = {
         "backend": "openai",
         "base_url": chat_server,
@@ -357,6 +380,7 @@ def test_a_key_typed_in_the_widget_never_leaves_the_kernel(default_ws, small_sae
         "score": False,
         "max_tokens": 12,
         "timeout": 120,
+        "holdout_tokens": 4096,
     }
     wrong = "sk-wrong-" + "key-typed-by-mistake-77"
     with kernel(default_ws.root) as k:
@@ -365,7 +389,7 @@ def test_a_key_typed_in_the_widget_never_leaves_the_kernel(default_ws, small_sae
             "IPython.display import display\n"
             f"ws = ms.open_workspace()\nfb = FeatureBrowser(ws, sae={small_sae!r})\ndisplay(fb)"
         )
-        for key, expected in ((wrong, "refused the API key"), (SECRET, "Labelled 1 feature(s).")):
+        for key, expected in ((wrong, "refused the API key"), (SECRET, "1 explainer label(s)")):
             k.run(
                 f"fb._on_page_msg(fb, {{'action': 'autolabel', 'args': {{'features': [{feature}], "
                 f"'settings': {settings!r}, 'api_key': {key!r}}}}}, [])\nfb.wait(600)"

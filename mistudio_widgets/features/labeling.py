@@ -85,10 +85,11 @@ class LabelRun:
 
     def describe(self, method: str = label_stats.METHOD) -> str:
         d = self.distribution(method)
+        name = "statistical" if method == label_stats.METHOD else "explainer"
         if not d["scored"]:
-            return f"{d['labelled']} {method} label(s), none scored"
+            return f"{d['labelled']:,} {name} label(s), none scored"
         return (
-            f"{d['labelled']:,} {method} labels; held-out score (AUC, chance 0.50) median "
+            f"{d['labelled']:,} {name} label(s); held-out score (AUC, chance 0.50) median "
             f"{d['median']:.2f}, {d['share_at_least_0.7']:.0%} >= 0.70, {d['share_above_chance']:.0%} above "
             f"chance by two standard errors, {d['unscored']:,} unscored (too few held-out firings)"
         )

@@ -252,9 +252,12 @@ class FeatureBrowser(EngineWidget):
             if self.detail:
                 self.detail = fx.feature_detail(ws, self.extraction["id"], self.detail["index"])
             methods = sorted({r.method for r in res.results if r.label})
+            skipped = sorted({f"feature {r.feature}: {r.skipped}" for r in res.results if r.skipped})
             self.message = (
                 " ".join(res.describe(m) + "." for m in methods)
                 if methods
+                else f"No label made ({'; '.join(skipped[:3])})."
+                if skipped
                 else "Nothing to do: these features already have labels from this explainer on these "
                 "held-out texts; tick “label again if already labelled” to redo them."
             )
