@@ -392,9 +392,14 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     fb.scroll_into_view_if_needed()
     # auto-label the open feature with the in-kernel explainer
     panel = fb.get_by_test_id("fb-autolabel")
+    # every feature, by statistics, each scored on held-out texts: the list shows the labels above chance
+    panel.get_by_test_id("lb-all").click()
+    expect(fb.get_by_test_id("message")).to_contain_text("statistical label(s); held-out score", timeout=300_000)
+    expect(fb.locator(".lbl:not(.muted)").first).to_be_visible()
+    panel.get_by_test_id("lb-backend").select_option("local")
     panel.get_by_test_id("lb-score").uncheck()
     panel.get_by_test_id("lb-open").click()
-    expect(fb.get_by_test_id("message")).to_contain_text("Labelled 1 feature(s).")
+    expect(fb.get_by_test_id("message")).to_contain_text("1 explainer label(s)", timeout=300_000)
     opened = int(re.search(r"Feature (\d+)", fb.get_by_test_id("fb-title").inner_text()).group(1))
     auto = default_ws.labels(extracted_sae, opened)[0]
     assert auto["method"] == "auto" and auto["model"] == "SmolLM2-135M-Instruct"

@@ -150,7 +150,10 @@ def _converted(batch: dict, hook_point: str) -> tuple[list[dict], list[dict]]:
 def export(default_ws, small_sae, extraction, tmp_path_factory):
     freq = feature_columns(default_ws, small_sae)["frequency"]
     busy = int(freq.argmax())
-    default_ws.add_label(small_sae, busy, "often on", method="auto", model="Qwen", score=0.7)
+    above = {"scoring": {"score": 0.7, "se": 0.05, "verdict": "above chance"}}
+    default_ws.add_label(small_sae, busy, "often on", method="auto", model="Qwen", score=0.7, meta=above)
+    at_chance = {"scoring": {"score": 0.52, "se": 0.08, "verdict": "at chance"}}
+    default_ws.add_label(small_sae, busy, "a guess at chance", method="auto", model="Other", score=0.52, meta=at_chance)
     out = tmp_path_factory.mktemp("np") / "np"
     r = export_neuronpedia(default_ws, small_sae, out, batch_size=64)
     return r, out, busy
@@ -218,6 +221,7 @@ def test_every_bulk_row_fits_neuronpedias_tables(export, default_ws, small_sae):
     (release,) = _rows(bulk, "release.jsonl")
     assert sset["releaseName"] == release["name"] and sset["name"] == source["setName"]
     expl = [e for e in _rows(bulk, "explanations") if e["index"] == str(busy)]
+    assert "a guess at chance" not in [e["description"] for e in expl]  # a label at chance is no explanation
     assert expl and expl[-1]["typeName"] is None and json.loads(expl[-1]["notes"])["score"] == 0.7
 
 

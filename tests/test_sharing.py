@@ -95,6 +95,7 @@ def test_neuronpedia_export_matches_the_extraction(default_ws, small_sae, extrac
         model="SmolLM2-135M-Instruct",
         score=0.75,
         template="t1",
+        meta={"scoring": {"score": 0.75, "se": 0.05, "verdict": "above chance"}},
     )
     r = export_neuronpedia(default_ws, small_sae, tmp_path / "np", batch_size=100)
     d_sae = default_ws.get(small_sae).meta["d_sae"]
