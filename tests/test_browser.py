@@ -394,7 +394,9 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     panel = fb.get_by_test_id("fb-autolabel")
     # every feature, by statistics, each scored on held-out texts: the list shows the labels above chance
     panel.get_by_test_id("lb-all").click()
-    expect(fb.get_by_test_id("message")).to_contain_text("statistical label(s); held-out score", timeout=300_000)
+    expect(fb.get_by_test_id("message")).to_contain_text(
+        "statistical label(s); held-out score", timeout=300_000
+    )
     expect(fb.locator(".lbl:not(.muted)").first).to_be_visible()
     panel.get_by_test_id("lb-backend").select_option("local")
     panel.get_by_test_id("lb-score").uncheck()

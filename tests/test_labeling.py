@@ -361,9 +361,7 @@ def test_a_key_typed_in_the_widget_never_leaves_the_kernel(default_ws, small_sae
     import numpy as np
     from kernels import kernel
 
-    from mistudio_widgets.features import feature_columns
-
-    from mistudio_widgets.features import latest_extraction
+    from mistudio_widgets.features import feature_columns, latest_extraction
 
     freq = feature_columns(default_ws, latest_extraction(default_ws, small_sae))["frequency"]
     feature = next(

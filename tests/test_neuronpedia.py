@@ -153,7 +153,9 @@ def export(default_ws, small_sae, extraction, tmp_path_factory):
     above = {"scoring": {"score": 0.7, "se": 0.05, "verdict": "above chance"}}
     default_ws.add_label(small_sae, busy, "often on", method="auto", model="Qwen", score=0.7, meta=above)
     at_chance = {"scoring": {"score": 0.52, "se": 0.08, "verdict": "at chance"}}
-    default_ws.add_label(small_sae, busy, "a guess at chance", method="auto", model="Other", score=0.52, meta=at_chance)
+    default_ws.add_label(
+        small_sae, busy, "a guess at chance", method="auto", model="Other", score=0.52, meta=at_chance
+    )
     out = tmp_path_factory.mktemp("np") / "np"
     r = export_neuronpedia(default_ws, small_sae, out, batch_size=64)
     return r, out, busy

@@ -10,6 +10,7 @@ from ..core.configs import ExtractConfig, LabelConfig
 from ..core.jobs import Status
 from ..core.workspace import Workspace
 from .config_flags import add_config_flags, config_from_args
+from .read_only import read_only
 
 OPENAI_DEFAULT_MODEL = "gpt-4o-mini"  # the explainer asked of an endpoint when --model is not given
 
@@ -44,6 +45,7 @@ def cmd_extract(ws: Workspace, a: argparse.Namespace, out) -> None:
     )
 
 
+@read_only
 def cmd_features_show(ws: Workspace, a: argparse.Namespace, out) -> None:
     from ..features import feature_detail
 
@@ -199,6 +201,7 @@ def _print_contrast(r: dict[str, Any], a: argparse.Namespace, out) -> None:
     out.summary({}, "\n".join(lines))
 
 
+@read_only
 def cmd_features_search(ws: Workspace, a: argparse.Namespace, out) -> None:
     from ..features import search
 

@@ -26,6 +26,7 @@ from ..core.jobs import Status
 from ..core.progress import ProgressEvent, TqdmProgress
 from ..core.workspace import Workspace
 from .config_flags import add_config_flags, config_from_args, given
+from .read_only import read_only
 
 
 class Output:
@@ -138,6 +139,7 @@ def _detail(x) -> str:
 
 
 def cmd_list(kind: str) -> Callable[[Workspace, argparse.Namespace, Output], None]:
+    @read_only
     def run(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
         kinds = [kind] if kind != "all" else [None]
         arts = [x for k in kinds for x in ws.list(k)]
@@ -183,6 +185,7 @@ def cmd_models_hooks(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     out.summary({"model": lm.name, "hooks": names}, "\n".join(names))
 
 
+@read_only
 def cmd_show(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     art = ws.get(a.ref)
     out.summary({**_artifact_line(art), "meta": art.meta}, json.dumps(art.to_dict(), indent=2, default=str))
@@ -333,6 +336,7 @@ def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     )
 
 
+@read_only
 def cmd_saes_list(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     arts = ws.list("sae")
     rows = []
@@ -496,7 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(args.json)
     try:
-        ws = Workspace(args.workspace, repair=args.fn is cmd_repair)
+        ws = Workspace(
+            args.workspace, repair=args.fn is cmd_repair, existing=getattr(args.fn, "read_only", False)
+        )
         args.fn(ws, args, out)
     except MistudioError as exc:
         if out.as_json:

@@ -26,6 +26,7 @@ SCHEMA_VERSION = 3
 ENV_HOME = "MISTUDIO_HOME"
 DEFAULT_DIRNAME = "mistudio-workspace"
 STALE_TMP_SECONDS = 24 * 3600
+OWN_FOLDERS = (".tmp", ".trash")  # the workspace's housekeeping folders (never links)
 RECORD = (
     ".mistudio-artifact.json"  # each artifact folder's own copy of its catalog row, for `mistudio repair`
 )
@@ -201,8 +202,15 @@ class Workspace:
     so one Workspace may be used from several threads and several kernels at once."""
 
     def __init__(
-        self, root: str | os.PathLike[str] | None = None, *, create: bool = True, repair: bool = False
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        repair: bool = False,
+        existing: bool = False,
     ):
+        """Open (or with ``create`` make) the workspace at ``root``. With ``existing`` (read-only
+        commands) a folder without a catalog is refused and left exactly as it is."""
         self.root = Path(root).expanduser().resolve() if root else default_root().resolve()
         if not self.root.exists():
             if not create:
@@ -220,6 +228,15 @@ class Workspace:
             raise WorkspaceError(f"{self.root} is a file, not a workspace folder.", "choose a folder.")
         self.catalog_path = self.root / "catalog.sqlite"
         self.read_only: str | None = None  # why the catalog is open for reading only, when it is
+        was_workspace = self.catalog_path.is_file() and self.catalog_path.stat().st_size > 0
+        if existing and not was_workspace:
+            raise WorkspaceError(
+                f"{self.root} is not a mistudio workspace (it has no catalog.sqlite); nothing was read, "
+                "created or cleaned there.",
+                "pass the workspace folder (--workspace or MISTUDIO_HOME); a command that adds something "
+                "(e.g. mistudio datasets add default) makes a new workspace.",
+            )
+        self._refuse_links()
         if not repair:
             self._refuse_lost_catalog()
         try:
@@ -227,7 +244,7 @@ class Workspace:
         except WorkspaceError as exc:
             if not self._readable_without_writing(exc):
                 raise
-        if not self.read_only:
+        if not self.read_only and was_workspace:
             self._collect_garbage()
 
     def __repr__(self) -> str:
@@ -341,6 +358,26 @@ class Workspace:
                 "artifact folders again (they are kept).",
             ) from exc
 
+    def _refuse_links(self) -> None:
+        """The workspace's own folders (``.tmp``, ``.trash``, ``<kind>s/``) and the catalog are never
+        symbolic links: a link there would lead housekeeping, writes or deletes outside the workspace."""
+        for name in (*OWN_FOLDERS, *(f"{kind}s" for kind in KIND_PREFIX), "catalog.sqlite"):
+            self.no_link(name, "folder" if name != "catalog.sqlite" else "catalog")
+
+    def no_link(self, rel: str | Path, what: str = "folder") -> Path:
+        """``root / rel``, after checking that neither it nor any folder between it and the root is a
+        symbolic link (a clear error otherwise; nothing is touched)."""
+        p = self.root
+        for part in Path(rel).parts:
+            p = p / part
+            if p.is_symlink():
+                raise WorkspaceError(
+                    f"The workspace's {what} {p} is a symbolic link (to {os.readlink(p)}); mistudio never "
+                    "follows links inside a workspace, so nothing there was read, written or deleted.",
+                    f"replace the link with a real folder (move what it points to into {p}), or remove it.",
+                )
+        return p
+
     def _disk_full(self) -> bool:
         with contextlib.suppress(OSError):
             return os.statvfs(self.root).f_bavail == 0
@@ -434,6 +471,12 @@ class Workspace:
         if path:
             try:
                 folder = self.contained(path, f"folder of the {kind} {name!r}")
+                if path != f"{kind}s/{id_}":
+                    folder = None
+                    raise WorkspaceError(
+                        f"its recorded folder {path!r} is not {kind}s/{id_}", "remove the catalog row."
+                    )
+                self.no_link(path, f"folder of the {kind} {name!r}")
             except (
                 WorkspaceError
             ) as exc:  # a tampered catalog: the row stays listable and deletable, its folder unused
@@ -591,12 +634,13 @@ class Workspace:
         with self._db() as con:
             self._check_name_free(kind, name, con)
         id_ = self.new_id(kind)
-        tmp = self.root / ".tmp" / f"{id_}.{os.getpid()}"
+        tmp = self.no_link(".tmp") / f"{id_}.{os.getpid()}"
         final_rel = f"{kind}s/{id_}"
         final = self.root / final_rel
         try:
             tmp.mkdir(parents=True)
-            (self.root / f"{kind}s").mkdir(exist_ok=True)
+            self.no_link(f"{kind}s").mkdir(exist_ok=True)
+            self.no_link(".tmp"), self.no_link(f"{kind}s")
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise disk_error(exc, f"the {kind} {name!r}") from exc
@@ -625,7 +669,9 @@ class Workspace:
         id_ = self.new_id(kind)
         rel = f"{kind}s/{id_}"
         try:
+            self.no_link(f"{kind}s")
             (self.root / rel).mkdir(parents=True)
+            self.no_link(rel)
         except OSError as exc:
             raise disk_error(exc, f"the {kind} {name!r}") from exc
         try:
@@ -795,8 +841,10 @@ class Workspace:
             and art.path.exists()
             and self.contained(art.path, f"folder of the {art.kind} {art.name!r}")
         ):
-            trash = self.root / ".trash" / f"{art.id}.{uuid.uuid4().hex[:6]}"
+            self.no_link(art.path.relative_to(self.root), f"folder of the {art.kind} {art.name!r}")
+            trash = self.no_link(".trash") / f"{art.id}.{uuid.uuid4().hex[:6]}"
             trash.parent.mkdir(exist_ok=True)
+            self.no_link(".trash")
             os.replace(art.path, trash)
             shutil.rmtree(trash, ignore_errors=True)
         return removed + [art.id]
@@ -822,13 +870,25 @@ class Workspace:
                 todo += self.children(a.id)
 
     def _collect_garbage(self) -> None:
-        """Remove leftovers of interrupted writes and deletes."""
-        shutil.rmtree(self.root / ".trash", ignore_errors=True)
-        tmp = self.root / ".tmp"
-        if tmp.is_dir():
-            for p in tmp.iterdir():
+        """Remove leftovers of interrupted writes and deletes: only entries named as this tool names
+        them (``.trash/<id>.<hex>``, ``.tmp/<id>.<pid>`` or ``.tmp/unpack-<id>.<pid>`` older than a
+        day), never following a link."""
+        trash, tmp = self.no_link(".trash"), self.no_link(".tmp")
+        ident = r"[a-z]{2,3}-[0-9a-f]{10}"
+        for folder, pattern, age in (
+            (trash, rf"{ident}\.[0-9a-f]{{6}}", 0),
+            (tmp, rf"(?:unpack-)?{ident}\.[0-9]+", STALE_TMP_SECONDS),
+        ):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
                 with contextlib.suppress(OSError):
-                    if time.time() - p.stat().st_mtime > STALE_TMP_SECONDS:
+                    if (
+                        re.fullmatch(pattern, p.name)
+                        and not p.is_symlink()
+                        and p.is_dir()
+                        and time.time() - p.lstat().st_mtime > age
+                    ):
                         shutil.rmtree(p, ignore_errors=True)
 
     def summary(self) -> dict[str, int]:

@@ -16,6 +16,7 @@ from ..core import defaults
 from ..core.configs import DEFAULT, DatasetConfig, TokenizeConfig, to_dict
 from ..core.errors import DatasetError, HubError, TokenizerMismatch
 from ..core.progress import ProgressCallback, emit
+from ..core.sources import refuse_links_out
 from ..core.workspace import Artifact, Workspace
 
 LOCAL_FORMATS = {
@@ -68,6 +69,7 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
             f"No file or folder at {path}.",
             "check the path (relative paths start at the kernel's working folder).",
         )
+    refuse_links_out(path, "dataset folder", DatasetError)
     files = (
         [path]
         if path.is_file()

@@ -10,7 +10,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..core.errors import MistudioError
+from ..core.sources import refuse_links_out
 from ..core.workspace import Artifact, Workspace
 from ..data.hooks import _HOOK_RE, HOOK_KINDS
 from ..sae.formats import read_any
@@ -66,6 +69,7 @@ def import_sae(
         where = f"{repo}/{path}"
     else:
         local = Path(src).expanduser()
+        refuse_links_out(local, "SAE folder", SAEImportError)
         origin = {"kind": "local", "path": str(local.resolve())}
         where = str(local)
     sae, meta, fmt = read_any(local)
@@ -109,5 +113,31 @@ def import_sae(
     with ws.write_artifact("sae", name, meta=entry) as w:
         save_sae(sae, w.path, extra={"imported_from": fmt, "origin": origin})
         if fmt == "saelens" and (local / SPARSITY).is_file():
-            shutil.copy2(local / SPARSITY, w.path / SPARSITY)
+            _copy_sparsity(local / SPARSITY, w.path / SPARSITY, spec.d_sae)
     return ws.get(w.id)
+
+
+def _copy_sparsity(src: Path, dst: Path, d_sae: int) -> None:
+    """Copy SAELens's ``sparsity.safetensors`` only when it is what it claims: a safetensors file whose
+    one tensor ``sparsity`` holds d_sae finite numbers (its header read first, never pickled)."""
+    from safetensors import SafetensorError, safe_open
+
+    names, shape = [], None
+    try:
+        with safe_open(str(src), framework="pt") as f:
+            names = list(f.keys())
+            shape = f.get_slice("sparsity").get_shape() if names == ["sparsity"] else None
+            ok = shape == [d_sae] and bool(torch.isfinite(f.get_tensor("sparsity").float()).all())
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise SAEImportError(
+            f"{src} is not a readable safetensors file ({exc}).",
+            "remove it (it is optional) or replace it with the file SAELens wrote.",
+        ) from None
+    if not ok:
+        raise SAEImportError(
+            f"{src} is not SAELens's sparsity file: it holds {names}"
+            + (f" of shape {shape}" if shape is not None else "")
+            + f", not one tensor 'sparsity' of {d_sae} finite values.",
+            "remove it (it is optional) or replace it with the file SAELens wrote for this SAE.",
+        )
+    shutil.copyfile(src, dst)

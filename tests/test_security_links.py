@@ -1,0 +1,144 @@
+"""Security regressions, second round (issue 30): the workspace's own folders are never links, housekeeping
+deletes only what the tool itself made, a read-only command never turns a folder into a workspace, an
+artifact's folder is exactly ``<kind>s/<id>``, and sources are read without following links out of them.
+Every test works only inside its own temporary folder: the 'victim' is a folder the test made beside its
+workspace."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mistudio_widgets import Workspace
+from mistudio_widgets.core.errors import MistudioError, WorkspaceError
+
+DAY = 24 * 3600
+
+
+def _cli(root, *args):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(root), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    return proc.returncode, lines, proc.stderr
+
+
+def _victim(tmp_path):
+    """A folder outside the workspace with an old sub-folder and a file, as a user's files would be."""
+    victim = tmp_path / "victim"
+    (victim / "old-project").mkdir(parents=True)
+    (victim / "old-project" / "notes.txt").write_text("keep me")
+    old = time.time() - 5 * DAY
+    os.utime(victim / "old-project", (old, old))
+    return victim
+
+
+def _intact(victim):
+    return (victim / "old-project" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("own", [".tmp", ".trash", "datasets"])
+def test_a_workspace_folder_that_is_a_link_is_refused_and_nothing_outside_is_touched(tmp_path, own):
+    ws = Workspace(tmp_path / "ws")
+    art = ws.register("dataset", "row only", meta={})
+    victim = _victim(tmp_path)
+    os.symlink(victim, ws.root / own)
+    for args in (("list",), ("delete", art.id), ("datasets", "add", str(tmp_path / "ws"))):
+        rc, lines, err = _cli(ws.root, *args)
+        assert rc == 2 and "symbolic link" in lines[-1]["error"] and own in lines[-1]["error"], (args, lines)
+    assert _intact(victim) and sorted(p.name for p in victim.iterdir()) == ["old-project"]
+    with pytest.raises(WorkspaceError, match="never\\s+follows links"):
+        Workspace(ws.root)
+
+
+def test_a_read_only_command_never_makes_or_cleans_a_workspace(tmp_path):
+    project = tmp_path / "project"
+    (project / ".trash" / "mine").mkdir(parents=True)
+    (project / ".tmp" / "build-cache").mkdir(parents=True)
+    old = time.time() - 5 * DAY
+    os.utime(project / ".tmp" / "build-cache", (old, old))
+    for args in (("list",), ("saes", "list"), ("show", "x"), ("features", "search", "x", "y")):
+        rc, lines, _ = _cli(project, *args)
+        assert rc == 2 and "not a mistudio workspace" in lines[-1]["error"], (args, lines)
+    assert (project / ".trash" / "mine").is_dir() and (project / ".tmp" / "build-cache").is_dir()
+    assert not (project / "catalog.sqlite").exists()
+
+
+def test_housekeeping_deletes_only_what_the_tool_named(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    old = time.time() - 5 * DAY
+    ours = ws.root / ".tmp" / "sae-0123456789.4242"
+    theirs = ws.root / ".tmp" / "build-cache"
+    trash_ours = ws.root / ".trash" / "ds-0123456789.abcdef"
+    trash_theirs = ws.root / ".trash" / "keep-me"
+    for p in (ours, theirs, trash_ours, trash_theirs):
+        p.mkdir(parents=True)
+        os.utime(p, (old, old))
+    Workspace(ws.root)  # opening an existing workspace cleans up
+    assert not ours.exists() and not trash_ours.exists()
+    assert theirs.is_dir() and trash_theirs.is_dir()
+
+
+@pytest.mark.parametrize("path", ["saes", "models", "catalog.sqlite", ".", "datasets/ds-0000000000"])
+def test_a_catalog_row_pointing_at_a_kind_folder_or_the_catalog_deletes_only_the_row(tmp_path, path):
+    ws = Workspace(tmp_path / "ws")
+    with ws.write_artifact("sae", "precious", meta={}) as w:
+        (w.path / "weights.bin").write_text("w")
+    precious = ws.get(w.id).path
+    art = ws.register("dataset", "tampered", meta={})
+    with sqlite3.connect(ws.root / "catalog.sqlite") as con:
+        con.execute("UPDATE artifacts SET path = ? WHERE id = ?", (path, art.id))
+    got = ws.get(art.id)
+    assert got.path is None and got.meta["refused_because"]
+    assert ws.delete(art.id) == [art.id]
+    assert (precious / "weights.bin").read_text() == "w" and (ws.root / "catalog.sqlite").is_file()
+    assert ws.get("precious").path == precious  # the catalog and the other artifact are still whole
+
+
+def test_an_import_folder_with_a_link_leading_outside_is_refused_by_name(tmp_path, small_sae, default_ws):
+    import shutil
+
+    from mistudio_widgets.share.importing import SAEImportError, import_sae
+
+    secret = tmp_path / "secret.safetensors"
+    secret.write_bytes(b"not for export")
+    src = tmp_path / "sae"
+    shutil.copytree(default_ws.get(small_sae).path, src)
+    (src / "sparsity.safetensors").unlink(missing_ok=True)
+    os.symlink(secret, src / "sparsity.safetensors")
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(SAEImportError, match="sparsity.safetensors.*symbolic link.*outside"):
+        import_sae(ws, src, name="linked")
+    assert ws.list("sae") == []
+    # a real file that is not a sparsity file is refused too, and nothing is added
+    (src / "sparsity.safetensors").unlink()
+    (src / "sparsity.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(SAEImportError, match="sparsity"):
+        import_sae(ws, src, name="junk")
+    assert ws.list("sae") == []
+
+
+def test_a_dataset_folder_with_a_linked_file_is_refused_by_name(tmp_path):
+    from mistudio_widgets import DatasetConfig
+    from mistudio_widgets.data.datasets import add_dataset
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private diary")
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("An ordinary text.\n")
+    os.symlink(secret, folder / "b.txt")
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(MistudioError, match="b.txt.*symbolic link.*outside"):
+        add_dataset(ws, DatasetConfig(source=str(folder)))
+    assert ws.list("dataset") == []
