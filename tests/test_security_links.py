@@ -142,3 +142,67 @@ def test_a_dataset_folder_with_a_linked_file_is_refused_by_name(tmp_path):
     with pytest.raises(MistudioError, match="b.txt.*symbolic link.*outside"):
         add_dataset(ws, DatasetConfig(source=str(folder)))
     assert ws.list("dataset") == []
+
+
+def _hand_bundle(path, entries, labels=None, files=None, manifest_pad=0):
+    """A bundle written by hand (a manifest with ``entries`` and ``labels``, and ``files``)."""
+    import io
+    import tarfile
+
+    manifest = {
+        "format": "mistudio-bundle",
+        "version": 1,
+        "artifacts": entries,
+        "labels": labels or {},
+        "models": {},
+        "pad": "x" * manifest_pad,
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in {"manifest.json": json.dumps(manifest).encode(), **(files or {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _sae_entry(id="sae-0123456789"):
+    return {"id": id, "kind": "sae", "name": "bundled", "parent": None, "meta": {}, "folder": False}
+
+
+def test_bundle_labels_are_checked_before_anything_is_written_and_only_for_its_own_saes(tmp_path):
+    from mistudio_widgets.share.bundles import BundleError, unpack
+
+    ws = Workspace(tmp_path / "ws")
+    mine = ws.register("sae", "my own", meta={})
+    ws.add_label(mine.id, 3, "my careful label")
+    row = {"feature": 1, "label": "fine", "method": "manual", "model": None, "template": None, "score": None}
+    hostile = [
+        ({mine.id: [{**row, "label": "INJECTED by bundle"}]}, "does not carry"),
+        ({"sae-0123456789": [{**row, "feature": "1; DROP"}]}, "names the feature"),
+        ({"sae-0123456789": [{**row, "label": "x" * 3_000_000}]}, "over 2,000 characters"),
+        ({"sae-0123456789": [{**row, "extra": 1}]}, "unexpected fields"),
+        ({"sae-0123456789": [{**row, "score": "high"}]}, "wrong type"),
+    ]
+    for i, (labels, message) in enumerate(hostile):
+        with pytest.raises(BundleError, match=message):
+            unpack(ws, _hand_bundle(tmp_path / f"l{i}.tar.gz", [_sae_entry()], labels))
+        assert [a.id for a in ws.list()] == [mine.id]  # nothing added, not even the bundle's SAE
+    assert [r["label"] for r in ws.labels(mine.id, history=True)] == ["my careful label"]
+    r = unpack(ws, _hand_bundle(tmp_path / "ok.tar.gz", [_sae_entry()], {"sae-0123456789": [row]}))
+    assert r["labels"] == 1 and ws.labels("sae-0123456789")[0]["label"] == "fine"
+
+
+def test_bundle_sizes_are_checked_before_reading_and_unpacking_is_linear(tmp_path):
+    from mistudio_widgets.share.bundles import MAX_ENTRIES, BundleError, unpack
+
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(BundleError, match="manifest; bundles' manifests are at most"):
+        unpack(ws, _hand_bundle(tmp_path / "big.tar.gz", [], manifest_pad=17 << 20))
+    many = [
+        {"id": f"dat-{i:010x}", "kind": "dataset", "name": "x", "parent": None, "meta": {}, "folder": False}
+        for i in range(MAX_ENTRIES + 1)
+    ]
+    t0 = time.perf_counter()
+    with pytest.raises(BundleError, match="at most 5,000"):
+        unpack(ws, _hand_bundle(tmp_path / "many.tar.gz", many))
+    assert ws.list() == [] and time.perf_counter() - t0 < 60  # refused up front, not after 600 s

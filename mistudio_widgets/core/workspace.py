@@ -737,7 +737,7 @@ class Workspace:
 
     def add_labels(self, sae: str, rows: list[dict[str, Any]]) -> int:
         """Add many labels in one transaction (each row: feature, label, and optionally method, model,
-        template, score, meta). Returns how many were added."""
+        template, score, meta, time). Returns how many were added."""
         sae_id, now = self.get(sae, "sae").id, _now()
         values = [
             (
@@ -748,7 +748,7 @@ class Workspace:
                 r.get("model"),
                 r.get("template"),
                 r.get("score"),
-                now,
+                r.get("time") or now,
                 json.dumps(r.get("meta") or {}),
             )
             for r in rows

@@ -27,7 +27,9 @@ from .importing import match_model
 
 FORMAT, VERSION, MANIFEST = "mistudio-bundle", 1, "manifest.json"
 PACKABLE = ("dataset", "tokenization", "sae", "extraction", "steering_preset")
-SAFE_ID = re.compile(r"^[a-z]{2,8}-[0-9a-f]{6,32}$")
+SAFE_ID = re.compile(r"[a-z]{2,8}-[0-9a-f]{6,32}")  # used with fullmatch (no trailing newline)
+MAX_MANIFEST_BYTES, MAX_ENTRIES = 16 << 20, 5000  # checked before the manifest is read or its entries used
+LABEL_FIELDS = {"feature", "label", "method", "model", "template", "score", "meta", "time", "id"}
 CODE_KEYS = ("trust_remote_code", "auto_map")  # settings that would run code: never unpacked
 REQUIRED_FILES = {"sae": ("cfg.json", "sae_weights.safetensors")}
 
@@ -141,7 +143,14 @@ def pack(
 
 def _read_manifest(tar: tarfile.TarFile, path: Path) -> dict[str, Any]:
     try:
-        f = tar.extractfile(MANIFEST)
+        info = tar.getmember(MANIFEST)
+        if info.size > MAX_MANIFEST_BYTES:
+            raise BundleError(
+                f"{path} has a {info.size:,}-byte manifest; bundles' manifests are at most "
+                f"{MAX_MANIFEST_BYTES:,} bytes. Nothing was read or added.",
+                "only unpack bundles made by `mistudio bundle pack`; this one was refused.",
+            )
+        f = tar.extractfile(info)
         manifest = json.loads(f.read()) if f else None
     except (KeyError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(
@@ -179,7 +188,13 @@ def _check_entries(manifest: dict[str, Any], members: list[tarfile.TarInfo], pat
     entries = manifest.get("artifacts")
     if not isinstance(entries, list):
         raise BundleError(f"{path} has no list of artifacts.", "pack it again with `mistudio bundle pack`.")
+    if len(entries) > MAX_ENTRIES:
+        raise BundleError(
+            f"{path} lists {len(entries):,} artifacts; a bundle holds at most {MAX_ENTRIES:,}.",
+            "split it into several bundles; this one was refused and nothing was added.",
+        )
     names = {m.name for m in members}
+    tops = {"/".join(Path(n).parts[:2]) for n in names}  # artifacts/<id> of every member, looked up once
     for a in entries:
         if not isinstance(a, dict) or a.get("kind") not in PACKABLE:
             kind = a.get("kind") if isinstance(a, dict) else a
@@ -188,7 +203,7 @@ def _check_entries(manifest: dict[str, Any], members: list[tarfile.TarInfo], pat
                 "only unpack bundles made by `mistudio bundle pack`; this one was refused and nothing "
                 "was added.",
             )
-        if not isinstance(a.get("id"), str) or not SAFE_ID.match(a["id"]):
+        if not isinstance(a.get("id"), str) or not SAFE_ID.fullmatch(a["id"]):
             raise BundleError(
                 f"{path} holds an artifact with the id {str(a.get('id'))[:60]!r}, which is not an id.",
                 "this bundle was refused and nothing was added.",
@@ -203,7 +218,7 @@ def _check_entries(manifest: dict[str, Any], members: list[tarfile.TarInfo], pat
                 f"{path}: the entry of {a['id']} has fields of the wrong type.", "this bundle was refused."
             )
         prefix = f"artifacts/{a['id']}"
-        if a["folder"] and prefix not in names and not any(n.startswith(prefix + "/") for n in names):
+        if a["folder"] and prefix not in tops:
             raise BundleError(
                 f"{path} lists the {a['kind']} {a['name']!r} with a folder, but holds no files for it.",
                 "pack it again; this bundle was refused.",
@@ -214,6 +229,51 @@ def _check_entries(manifest: dict[str, Any], members: list[tarfile.TarInfo], pat
                     f"{path}: the {a['kind']} {a['name']!r} lacks its {f}.",
                     "pack it again; this bundle was refused.",
                 )
+
+
+def _check_labels(manifest: dict[str, Any], path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The bundle's labels, every row checked (keys, types, lengths) before anything is written; labels
+    only of SAEs the bundle itself carries."""
+    from ..features.store import MAX_LABEL_CHARS
+
+    labels = manifest.get("labels") or {}
+    saes = {a["id"] for a in manifest["artifacts"] if a["kind"] == "sae"}
+    if not isinstance(labels, dict):
+        raise BundleError(f"{path}: its labels are not a table by SAE.", "this bundle was refused.")
+
+    def bad(why: str) -> BundleError:
+        return BundleError(f"{path}: {why}. Nothing was added.", "this bundle was refused.")
+
+    for sae_id, rows in labels.items():
+        if sae_id not in saes:
+            raise bad(f"it holds labels for {str(sae_id)[:40]!r}, an SAE it does not carry")
+        if not isinstance(rows, list):
+            raise bad(f"the labels of {sae_id} are not a list")
+        for r in rows:
+            if not isinstance(r, dict) or not {"feature", "label"} <= set(r) or set(r) - LABEL_FIELDS:
+                raise bad(f"a label row of {sae_id} has unexpected fields")
+            text, feat = r["label"], r["feature"]
+            if not isinstance(text, str) or not text.strip() or len(text) > MAX_LABEL_CHARS:
+                raise bad(f"a label of {sae_id} is empty, not text, or over {MAX_LABEL_CHARS:,} characters")
+            if isinstance(feat, bool) or not isinstance(feat, int) or feat < 0:
+                raise bad(f"a label of {sae_id} names the feature {str(feat)[:20]!r}")
+            short = all(
+                r.get(k) is None or (isinstance(r[k], str) and len(r[k]) <= 200)
+                for k in ("method", "model", "template")
+            )
+            score = r.get("score")
+            number = score is None or (
+                isinstance(score, (int, float)) and not isinstance(score, bool) and 0 <= score <= 1
+            )
+            when = r.get("time") is None or (
+                isinstance(r["time"], (int, float)) and not isinstance(r["time"], bool)
+            )
+            meta_ok = r.get("meta") is None or (
+                isinstance(r["meta"], dict) and len(json.dumps(r["meta"])) <= 20_000
+            )
+            if not (short and number and when and meta_ok):
+                raise bad(f"a label row of {sae_id} has a field of the wrong type or size")
+    return labels
 
 
 def _map_model(ws: Workspace, info: dict[str, Any], progress: ProgressCallback | None) -> str | None:
@@ -252,6 +312,7 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
                 "copy the bundle again.",
             ) from exc
         _check_entries(manifest, members, path)
+        labels = _check_labels(manifest, path)
         ids = {a["id"] for a in manifest["artifacts"]}
         for m in members:
             parts = Path(m.name).parts
@@ -311,22 +372,10 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
             added.append({"id": a["id"], "kind": a["kind"], "name": name})
             emit(progress, "unpack", i + 1, len(manifest["artifacts"]), unit="artifact")
         n_labels = 0
-        for sae_id, rows in (manifest.get("labels") or {}).items():
-            if sae_id in kept:
-                continue
-            for r in rows:
-                ws.add_label(
-                    sae_id,
-                    r["feature"],
-                    r["label"],
-                    method=r["method"],
-                    model=r["model"],
-                    template=r["template"],
-                    score=r["score"],
-                    meta=r.get("meta"),
-                    time=r.get("time"),
-                )
-                n_labels += 1
+        new = {a["id"] for a in added}
+        for sae_id, rows in labels.items():
+            if sae_id in new:  # an SAE already here keeps its own labels
+                n_labels += ws.add_labels(sae_id, [{"method": "manual", **r} for r in rows])
     return {
         "path": str(path),
         "added": added,
