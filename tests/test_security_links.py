@@ -206,3 +206,129 @@ def test_bundle_sizes_are_checked_before_reading_and_unpacking_is_linear(tmp_pat
     with pytest.raises(BundleError, match="at most 5,000"):
         unpack(ws, _hand_bundle(tmp_path / "many.tar.gz", many))
     assert ws.list() == [] and time.perf_counter() - t0 < 60  # refused up front, not after 600 s
+
+
+class _Trickle:
+    """A real HTTP server that answers a chat-completions call one byte every ``every`` seconds, or with
+    an endless chunked body."""
+
+    def __init__(self, mode: str, every: float = 2.0):
+        import socket
+        import threading
+
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        self.stop = threading.Event()
+
+        def serve():
+            self.listener.settimeout(0.2)
+            while not self.stop.is_set():
+                try:
+                    c, _ = self.listener.accept()
+                except OSError:
+                    continue
+                threading.Thread(target=self.answer, args=(c, mode, every), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def answer(self, c, mode, every):
+        try:
+            c.recv(65536)
+            if mode == "trickle":
+                for b in b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000:
+                    if self.stop.is_set():
+                        break
+                    c.sendall(bytes([b]))
+                    time.sleep(every)
+            else:
+                c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                chunk = b"x" * 65536
+                while not self.stop.is_set():
+                    c.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("mode", ["trickle", "endless"])
+def test_the_labelling_client_has_a_total_deadline_and_a_size_cap(mode):
+    from mistudio_widgets.features.lm_explainer import LabelError, OpenAIChat
+
+    srv = _Trickle(mode, every=0.5)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(LabelError, match="no answer within the timeout|more than 1,048,576 bytes"):
+            OpenAIChat(srv.url, "m", timeout=3, retries=1).chat([{"role": "user", "content": "hi"}], 4, 0)
+        assert time.perf_counter() - t0 < 20  # two tries of 3 s and a backoff, not minutes
+    finally:
+        srv.close()
+
+
+def test_config_and_texts_files_must_be_small_regular_files(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    ws = tmp_path / "ws"
+    for args, what in (
+        (("train", "--config", str(fifo)), "not a regular file"),
+        (("train", "--config", "/dev/zero"), "not a regular file"),  # only stat'ed, never opened
+        (("train", "--config", str(tmp_path)), "not a regular file"),
+        (("features", "fire", "x", "--text", "A", "--contrast-file", str(fifo)), "not a regular file"),
+    ):
+        rc, lines, err = _cli(ws, *args)
+        assert rc == 2 and what in lines[-1]["error"], (args, lines, err)
+
+
+def test_serve_chat_fails_closed_and_answers_bad_requests_with_400(tmp_path, default_ws):
+    import http.client
+    import threading
+
+    from mistudio_widgets.cli.chat_server import MAX_BODY_BYTES, make_server
+
+    env = {k: v for k, v in os.environ.items() if k != "CLASS_KEY_UNSET"}
+    for value in (None, ""):
+        e = {**env, **({"CLASS_KEY_UNSET": value} if value is not None else {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(default_ws.root), "--json"]
+            + ["serve-chat", "--port", "0", "--require-key-env", "CLASS_KEY_UNSET"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=e,
+        )
+        assert proc.returncode == 2 and "unset or empty" in proc.stdout, (proc.stdout, proc.stderr)
+    srv = make_server(default_ws, port=0, require_key="k")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+
+    def post(body: bytes, length: int | None = None):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Authorization": "Bearer k", "Content-Type": "application/json"}
+        headers["Content-Length"] = str(len(body) if length is None else length)
+        c.request("POST", "/v1/chat/completions", body, headers)
+        r = c.getresponse()
+        return r.status, r.read().decode()
+
+    msg = [{"role": "user", "content": "hi"}]
+    try:
+        for body, code, what in (
+            ({"messages": msg, "max_tokens": -5}, 400, "max_tokens"),
+            ({"messages": msg, "temperature": float("nan")}, 400, "temperature"),
+            ({"messages": []}, 400, "non-empty"),
+            ({"messages": [{"role": "user", "content": "x" * 200_000}]}, 400, "at most 16,000"),
+            ([1, 2], 400, "JSON object"),
+        ):
+            status, text = post(json.dumps(body).encode())
+            assert (status, what in text) == (code, True), (body if len(str(body)) < 200 else what, text)
+        status, text = post(b"{}", length=MAX_BODY_BYTES + 1)
+        assert status == 413
+        assert post(json.dumps({"messages": msg, "max_tokens": 2}).encode())[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()

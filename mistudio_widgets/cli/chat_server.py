@@ -3,12 +3,16 @@ SmolLM2-Instruct), so that a class can share one explainer, and so that the HTTP
 tested against a real server offline. ``mistudio serve-chat [--model default] [--port 8000]``.
 
 Endpoints: ``POST /v1/chat/completions`` (and ``/chat/completions``), ``GET /v1/models``. Answers one
-request at a time; with ``require_key`` set, requests must carry ``Authorization: Bearer <key>``."""
+request at a time; with ``require_key`` set, requests must carry ``Authorization: Bearer <key>``.
+Limits: bodies up to 1 MB, prompts up to 16,000 characters, answers up to 512 tokens; a request that
+waits more than 60 s for the model gets 503 (retry) rather than queueing without end; bad parameters
+get 400."""
 
 from __future__ import annotations
 
 import hmac
 import json
+import math
 import sys
 import threading
 import time
@@ -17,6 +21,33 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..core.workspace import Workspace
 from ..features.labeling import LocalChat
+
+MAX_BODY_BYTES, MAX_PROMPT_CHARS, MAX_NEW_TOKENS, WAIT_SECONDS = 1 << 20, 16_000, 512, 60.0
+
+
+def parse_request(body) -> tuple[list[dict[str, str]], int, float]:
+    """(messages, max_tokens, temperature) of a chat-completions body, or ValueError naming the problem."""
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    messages = body.get("messages")
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
+    ):
+        raise ValueError("messages must be a non-empty list of {role, content} with text content")
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > MAX_PROMPT_CHARS:
+        raise ValueError(f"the messages hold {chars:,} characters; at most {MAX_PROMPT_CHARS:,} are served")
+    mt = body.get("max_tokens")
+    mt = 64 if mt is None else mt
+    if isinstance(mt, bool) or not isinstance(mt, int) or not 1 <= mt <= MAX_NEW_TOKENS:
+        raise ValueError(f"max_tokens must be an integer from 1 to {MAX_NEW_TOKENS}")
+    t = body.get("temperature")
+    t = 0.0 if t is None else t
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 <= t <= 2:
+        raise ValueError("temperature must be a number from 0 to 2")
+    return [{"role": str(m.get("role", "user")), "content": m["content"]} for m in messages], mt, float(t)
 
 
 def make_server(
@@ -37,6 +68,9 @@ def make_server(
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def _error(self, code: int, message: str) -> None:
+            self._send(code, {"error": {"message": message, "type": "invalid_request_error"}})
 
         def _authorised(self) -> bool:
             if not require_key:
@@ -67,25 +101,27 @@ def make_server(
             if not self._authorised():
                 return
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
-                messages = body["messages"]
-                if not isinstance(messages, list) or not all(
-                    isinstance(m, dict) and "content" in m for m in messages
-                ):
-                    raise ValueError("messages must be a list of {role, content}")
-                max_tokens = min(int(body.get("max_tokens") or 64), 512)
-                temperature = float(body.get("temperature") or 0.0)
-            except (ValueError, KeyError, TypeError, RecursionError) as exc:
-                self._send(
-                    400, {"error": {"message": f"bad request: {exc}", "type": "invalid_request_error"}}
-                )
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                self._error(411, "a Content-Length header is required")
                 return
-            with lock:
-                text = chat.chat(
-                    [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in messages],
-                    max_tokens,
-                    temperature,
+            if not 0 <= length <= MAX_BODY_BYTES:
+                self._error(413, f"the body is {length:,} bytes; at most {MAX_BODY_BYTES:,} are read")
+                return
+            try:
+                messages, max_tokens, temperature = parse_request(
+                    json.loads(self.rfile.read(length) or b"{}")
                 )
+            except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+                self._error(400, f"bad request: {exc}")
+                return
+            if not lock.acquire(timeout=WAIT_SECONDS):
+                self._error(503, f"the model is busy; waited {WAIT_SECONDS:.0f} s: retry later")
+                return
+            try:
+                text = chat.chat(messages, max_tokens, temperature)
+            finally:
+                lock.release()
             self._send(
                 200,
                 {

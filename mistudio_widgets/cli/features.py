@@ -85,17 +85,11 @@ def cmd_features_show(ws: Workspace, a: argparse.Namespace, out) -> None:
 
 
 def _read_texts(path: str) -> list[str]:
-    from pathlib import Path
 
+    from ..core.sources import read_small_file
     from ..features import FeatureError
 
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FeatureError(
-            f"Could not read the texts file {path!r} ({exc.__class__.__name__}).",
-            "give a UTF-8 text file with one text per line.",
-        ) from exc
+    lines = read_small_file(path, "texts file", 1 << 20, FeatureError).splitlines()
     texts = [x for x in lines if x.strip()]
     if not texts:
         raise FeatureError(f"The texts file {path!r} holds no text.", "put one text per line.")
@@ -342,7 +336,24 @@ def cmd_serve_chat(ws: Workspace, a: argparse.Namespace, out) -> None:
     from .chat_server import make_server
 
     key = os.environ.get(a.require_key_env) if a.require_key_env else None
-    srv = make_server(ws, a.model, a.host, a.port, require_key=key)
+    if a.require_key_env and not key:
+        from ..core.errors import MistudioError
+
+        raise MistudioError(
+            f"--require-key-env {a.require_key_env}: that environment variable is unset or empty, so the "
+            "server would answer anyone. It was not started.",
+            f"set it (export {a.require_key_env}=...), or leave --require-key-env out to serve without a "
+            "key.",
+        )
+    try:
+        srv = make_server(ws, a.model, a.host, a.port, require_key=key)
+    except OSError as exc:
+        from ..core.errors import MistudioError
+
+        raise MistudioError(
+            f"Cannot serve on {a.host}:{a.port} ({exc.strerror}).",
+            "choose another --port, or stop what uses it.",
+        ) from None
     host, port = srv.server_address[:2]
     out.line(
         {"serving": f"http://{host}:{port}/v1", "model": a.model},

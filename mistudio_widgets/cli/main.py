@@ -24,6 +24,7 @@ from ..core.configs import (
 from ..core.errors import MistudioError
 from ..core.jobs import Status
 from ..core.progress import ProgressEvent, TqdmProgress
+from ..core.sources import read_small_file
 from ..core.workspace import Workspace
 from .config_flags import add_config_flags, config_from_args, given
 from .read_only import read_only
@@ -262,10 +263,10 @@ def _train_configs(a: argparse.Namespace):
 
     data: dict[str, Any] = {}
     if a.config:
+        text = read_small_file(a.config, "config file", 1 << 20)
         try:
-            with open(a.config) as fh:
-                data = yaml.load(fh, Loader=_no_alias_loader()) or {}
-        except (OSError, yaml.YAMLError, RecursionError) as exc:
+            data = yaml.load(text, Loader=_no_alias_loader()) or {}
+        except (yaml.YAMLError, RecursionError) as exc:
             raise MistudioError(
                 f"Could not read the config file {a.config}: {exc}",
                 "check the path and the YAML/JSON syntax.",

@@ -700,7 +700,9 @@ class LabelConfig:
     )
     max_tokens: int = opt(40, "Longest answer accepted from the explainer.", minimum=1)
     temperature: float = opt(0.0, "Sampling temperature of the explainer (0: greedy).", minimum=0.0)
-    timeout: float = opt(60.0, "Seconds to wait for one HTTP answer.", minimum=0.1)
+    timeout: float = opt(
+        60.0, "Seconds one HTTP exchange may take in all (connect, send, the whole answer).", minimum=0.1
+    )
     retries: int = opt(3, "Retries of a failed HTTP call, with exponential backoff.", minimum=0)
     seed: int = opt(0, "Seed for choosing held-out texts.", minimum=0)
 

@@ -30,3 +30,35 @@ def refuse_links_out(folder: str | Path, what: str, error: type[MistudioError] =
                     "never read through links that leave the folder they were given in.",
                     f"copy the file into {folder} instead of linking it, or remove the link.",
                 )
+
+
+def read_small_file(
+    path: str | Path, what: str, limit: int = 10 << 20, error: type[MistudioError] = MistudioError
+) -> str:
+    """The text of a regular file of at most ``limit`` bytes (a FIFO, a device such as /dev/zero or a
+    folder is refused before it is opened, so nothing hangs or fills memory)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise error(f"Could not read the {what} {path} ({exc.strerror}).", "check the path.") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(
+            f"The {what} {path} is not a regular file (a pipe, a device or a folder).",
+            "give the path of an ordinary text file.",
+        )
+    if st.st_size > limit:
+        raise error(
+            f"The {what} {path} is {st.st_size:,} bytes; at most {limit:,} are read.", "give a smaller file."
+        )
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise error(f"The {what} {path} grew past {limit:,} bytes while read.", "give a smaller file.")
+        return data.decode("utf-8")
+    except OSError as exc:
+        raise error(f"Could not read the {what} {path} ({exc.strerror}).", "check the path.") from None
+    except UnicodeDecodeError:
+        raise error(f"The {what} {path} is not UTF-8 text.", "save it as UTF-8.") from None

@@ -7,13 +7,15 @@ environment or the caller and are never stored."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
 import os
 import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections import Counter
 from typing import Any, Protocol
 
@@ -112,31 +114,37 @@ class OpenAIChat:
             if attempt:
                 time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
             try:
-                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    data = json.loads(resp.read().decode("utf-8"))
-                content = data["choices"][0]["message"]["content"]
-                return "" if content is None else str(content).strip()  # a null answer is no answer
-            except urllib.error.HTTPError as exc:
-                if exc.code in (401, 403):
-                    raise LabelError(
-                        f"The endpoint {self.url} refused the API key (HTTP {exc.code}).",
-                        "set the right key in the environment variable named by api_key_env, or in the "
-                        "key field.",
-                    ) from None
-                if exc.code not in (408, 409, 429) and exc.code < 500:
-                    raise LabelError(
-                        f"The endpoint {self.url} answered HTTP {exc.code}.",
-                        "check the base URL and the model name.",
-                    ) from None
-                last = f"HTTP {exc.code}"
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
-                reason = getattr(exc, "reason", exc)
+                status, raw = post_within(self.url, body, headers, self.timeout)
+            except AnswerTooLarge:
+                raise LabelError(
+                    f"The endpoint {self.url} sent more than {MAX_ANSWER_BYTES:,} bytes for one answer; "
+                    "it was cut off.",
+                    "point base_url at an OpenAI-compatible server (answers are a few hundred bytes).",
+                ) from None
+            except (OSError, http.client.HTTPException) as exc:
                 last = (
                     "no answer within the timeout"
-                    if isinstance(reason, (socket.timeout, TimeoutError))
-                    else str(reason)
+                    if isinstance(exc, (socket.timeout, TimeoutError))
+                    else str(exc) or type(exc).__name__
                 )
+                continue
+            if status in (401, 403):
+                raise LabelError(
+                    f"The endpoint {self.url} refused the API key (HTTP {status}).",
+                    "set the right key in the environment variable named by api_key_env, or in the "
+                    "key field.",
+                )
+            if status in (408, 409, 429) or status >= 500:
+                last = f"HTTP {status}"
+                continue
+            if status >= 300:
+                raise LabelError(
+                    f"The endpoint {self.url} answered HTTP {status}.",
+                    "check the base URL and the model name.",
+                )
+            try:
+                content = json.loads(raw.decode("utf-8"))["choices"][0]["message"]["content"]
+                return "" if content is None else str(content).strip()  # a null answer is no answer
             except (KeyError, IndexError, TypeError, ValueError, RecursionError) as exc:
                 raise LabelError(
                     f"The endpoint {self.url} did not answer in the chat-completions format ({exc}).",
@@ -147,6 +155,51 @@ class OpenAIChat:
             "start the server or fix base_url; for slow models raise the timeout (CLI --timeout), "
             "for a server that may be down lower it or --retries.",
         )
+
+
+MAX_ANSWER_BYTES = 1 << 20  # an endpoint's answer is cut off beyond this
+
+
+class AnswerTooLarge(Exception):
+    pass
+
+
+def post_within(url: str, body: bytes, headers: dict[str, str], seconds: float) -> tuple[int, bytes]:
+    """POST ``body`` and read the answer (status, bytes) within ``seconds`` in all: connecting, sending
+    and every byte of the answer (a server trickling a byte at a time is cut off at the deadline, and an
+    answer over ``MAX_ANSWER_BYTES`` is refused)."""
+    u = urllib.parse.urlsplit(url)
+    cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    conn = cls(u.hostname, u.port, timeout=seconds)
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            conn.request("POST", u.path + (f"?{u.query}" if u.query else ""), body, headers)
+            resp = conn.getresponse()
+            parts, n = [], 0
+            while chunk := resp.read1(65536):
+                n += len(chunk)
+                if n > MAX_ANSWER_BYTES:
+                    raise AnswerTooLarge()
+                parts.append(chunk)
+            box["answer"] = (resp.status, b"".join(parts))
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        with contextlib.suppress(OSError, AttributeError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        worker.join(5)
+        raise TimeoutError("no answer within the timeout")
+    conn.close()
+    if "error" in box:
+        raise box["error"]
+    return box["answer"]
 
 
 def make_chat(ws: Workspace, cfg: LabelConfig, api_key: str | None = None) -> Chat:
