@@ -332,3 +332,56 @@ def test_serve_chat_fails_closed_and_answers_bad_requests_with_400(tmp_path, def
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_sizes_are_checked_against_the_headers_before_anything_is_allocated(tmp_path):
+    """cfg.json promising 3,000,000 latents beside tiny weights, an extra huge tensor, and a GemmaScope
+    params.npz whose arrays disagree: refused from the headers (a tracemalloc peak far below what the
+    promises would take)."""
+    import tracemalloc
+
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from mistudio_widgets.sae.formats import read_gemmascope
+    from mistudio_widgets.sae.io import SAEFormatError, load_sae
+
+    folder = tmp_path / "sae"
+    folder.mkdir()
+    d_in, d_sae = 8, 16
+    tensors = {
+        "W_enc": torch.zeros(d_in, d_sae),
+        "b_enc": torch.zeros(d_sae),
+        "W_dec": torch.zeros(d_sae, d_in),
+        "b_dec": torch.zeros(d_in),
+    }
+    save_file(tensors, str(folder / "sae_weights.safetensors"))
+    cfg = {"architecture": "topk", "d_in": d_in, "d_sae": 3_000_000, "k": 4, "metadata": {}}
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    tracemalloc.start()
+    with pytest.raises(SAEFormatError, match="W_enc has shape \\(8, 16\\) but cfg.json implies"):
+        load_sae(folder)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 << 20  # not the 3,000,000 x 8 x 4 x 2 bytes the cfg promises
+    # an extra tensor the SAE does not need is never read (it may be huge; here it is merely junk)
+    cfg["d_sae"] = d_sae
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    save_file(
+        {**tensors, "junk": torch.zeros(1000, 1000, dtype=torch.int8)},
+        str(folder / "sae_weights.safetensors"),
+    )
+    sae, _ = load_sae(folder)
+    assert sae.spec.d_sae == d_sae
+    # GemmaScope arrays that disagree are refused from their headers
+    arrays = {
+        "W_enc": np.zeros((d_in, d_sae), np.float32),
+        "W_dec": np.zeros((d_sae, d_in), np.float32),
+        "b_enc": np.zeros(d_sae, np.float32),
+        "b_dec": np.zeros(d_in, np.float32),
+        "threshold": np.zeros(4_000_000, np.float32),
+    }
+    np.savez_compressed(tmp_path / "params.npz", **arrays)
+    with pytest.raises(SAEFormatError, match="threshold has shape \\(4000000,\\) but W_enc"):
+        read_gemmascope(tmp_path / "params.npz")

@@ -80,15 +80,18 @@ def read_gemmascope(path: str | Path) -> tuple[SAE, dict[str, Any]]:
     JumpReLU on x @ W_enc + b_enc (b_dec is not subtracted from the input)."""
     p = Path(path)
     p = p / NPZ if p.is_dir() else p
+    need = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+    headers = _npz_headers(p)
+    missing = [k for k in need if k not in headers]
+    if not missing:
+        _check_npz_shapes(p, headers)
     try:
         with np.load(p, allow_pickle=False) as z:
-            state = {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32)) for k in z.files}
+            state = {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32)) for k in need if k in headers}
     except Exception as exc:
         raise SAEFormatError(
             f"Could not read {p}: {exc}", "the file is truncated or not a GemmaScope params.npz."
         ) from exc
-    need = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
-    missing = [k for k in need if k not in state]
     if missing:
         raise SAEFormatError(
             f"{p.name} lacks {', '.join(missing)} (has {', '.join(sorted(state))}).",
@@ -121,6 +124,56 @@ def read_gemmascope(path: str | Path) -> tuple[SAE, dict[str, Any]]:
         sae.loaded_threshold = state["threshold"].clone()
         sae.jump_threshold.copy_(state["threshold"])
     return sae.eval(), dict(spec.metadata)
+
+
+def _npz_headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each array of an .npz, read from the array headers only (nothing inflated)."""
+    import zipfile
+
+    out = {}
+    try:
+        with zipfile.ZipFile(p) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(fh)
+                out[info.filename[:-4]] = (tuple(int(n) for n in shape), dtype)
+    except Exception as exc:
+        raise SAEFormatError(
+            f"Could not read {p}: {exc}", "the file is truncated or not a GemmaScope params.npz."
+        ) from exc
+    return out
+
+
+def _check_npz_shapes(p: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """GemmaScope's shapes agree with each other, and the SAE fits in memory, before anything is read."""
+    import psutil
+
+    w = headers["W_enc"][0]
+    if len(w) != 2:
+        raise SAEFormatError(f"{p.name}: W_enc has shape {w}, not [d_in, d_sae].", "use GemmaScope's file.")
+    d_in, d_sae = w
+    want = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for k, shape in want.items():
+        if headers[k][0] != shape:
+            raise SAEFormatError(
+                f"{p.name}: {k} has shape {headers[k][0]} but W_enc {w} implies {shape}.",
+                "the file is not a GemmaScope params.npz.",
+            )
+    need = 4 * 2 * (2 * d_in * d_sae + 2 * d_sae + d_in)  # float32, the arrays and the SAE built from them
+    if need > psutil.virtual_memory().available:
+        raise SAEFormatError(
+            f"{p.name} declares an SAE of {d_in} x {d_sae} needing {need / 2**30:.1f} GiB; "
+            f"{psutil.virtual_memory().available / 2**30:.1f} GiB are free. Nothing was read.",
+            "free memory or use a machine with more.",
+        )
 
 
 def sparsify_hooks(hookpoint: str, transcode: bool) -> dict[str, Any]:

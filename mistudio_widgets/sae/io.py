@@ -177,6 +177,20 @@ def _spec_from_cfg(cfg: dict[str, Any]) -> SAESpec:
     )
 
 
+def _expected_shapes(spec: SAESpec) -> dict[str, tuple[int, ...]]:
+    expected = {
+        "W_enc": (spec.d_in, spec.d_sae),
+        "b_enc": (spec.d_sae,),
+        "W_dec": (spec.d_sae, spec.out_dim),
+        "b_dec": (spec.out_dim,),
+    }
+    if spec.skip:
+        expected["W_skip"] = (spec.out_dim, spec.d_in)
+    if spec.architecture == "jumprelu":
+        expected["threshold"] = (spec.d_sae,)
+    return expected
+
+
 def load_sae(folder: str | Path, device: str = "cpu") -> tuple[SAE, dict[str, Any]]:
     """Load a SAELens folder (ours or SAELens's, v6 or older). Returns (sae, cfg dict)."""
     folder = Path(folder)
@@ -206,7 +220,23 @@ def load_sae(folder: str | Path, device: str = "cpu") -> tuple[SAE, dict[str, An
         )
     try:
         with safe_open(str(w_path), framework="pt", device="cpu") as f:
-            raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            # the header first: names and shapes are checked against cfg.json before any tensor is read
+            # or any SAE built, and only the tensors an SAE needs are ever read
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+            if "threshold" in shapes and spec.architecture == "standard":
+                spec.architecture = "jumprelu"
+            expected = _expected_shapes(spec)
+            for name, shape in expected.items():
+                if name not in shapes:
+                    raise SAEFormatError(f"{w_path.name} lacks the tensor {name}.", "re-export the SAE.")
+                if shapes[name] != shape:
+                    raise SAEFormatError(
+                        f"{name} has shape {shapes[name]} but cfg.json implies {shape}.",
+                        "the weights and cfg.json do not belong together; re-export the SAE.",
+                    )
+            raw = {k: f.get_tensor(k) for k in expected}
+    except SAEFormatError:
+        raise
     except Exception as exc:
         raise SAEFormatError(
             f"Could not read {w_path}: {exc}", "the file is truncated or not safetensors; re-export it."
@@ -223,27 +253,7 @@ def load_sae(folder: str | Path, device: str = "cpu") -> tuple[SAE, dict[str, An
                 "re-export the SAE (or train it again).",
             )
     state = {k: t.float() for k, t in raw.items()}
-    if "threshold" in state and spec.architecture == "standard":
-        spec.architecture = "jumprelu"
     sae = CLASSES[spec.architecture](spec)
-    expected = {
-        "W_enc": (spec.d_in, spec.d_sae),
-        "b_enc": (spec.d_sae,),
-        "W_dec": (spec.d_sae, spec.out_dim),
-        "b_dec": (spec.out_dim,),
-    }
-    if spec.skip:
-        expected["W_skip"] = (spec.out_dim, spec.d_in)
-    if spec.architecture == "jumprelu":
-        expected["threshold"] = (spec.d_sae,)
-    for name, shape in expected.items():
-        if name not in state:
-            raise SAEFormatError(f"{w_path.name} lacks the tensor {name}.", "re-export the SAE.")
-        if tuple(state[name].shape) != shape:
-            raise SAEFormatError(
-                f"{name} has shape {tuple(state[name].shape)} but cfg.json implies {shape}.",
-                "the weights and cfg.json do not belong together; re-export the SAE.",
-            )
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec") + (("W_skip",) if spec.skip else ()):
             getattr(sae, name).copy_(state[name])
