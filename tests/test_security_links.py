@@ -385,3 +385,82 @@ def test_sizes_are_checked_against_the_headers_before_anything_is_allocated(tmp_
     np.savez_compressed(tmp_path / "params.npz", **arrays)
     with pytest.raises(SAEFormatError, match="threshold has shape \\(4000000,\\) but W_enc"):
         read_gemmascope(tmp_path / "params.npz")
+
+
+def test_minor_cases_get_clear_errors_not_tracebacks(tmp_path):
+    """The minor findings: terminal-safe names, whole-string patterns, ids never shadowed by names, a
+    stale running row deletable on request, hub paths that stay in their repository, a forged export
+    marker, a checkpoint changed by hand."""
+    from mistudio_widgets.cli.main import printable
+    from mistudio_widgets.core.errors import HubError
+    from mistudio_widgets.data.hooks import _HOOK_RE
+    from mistudio_widgets.share.exporting import ExportError, fresh_folder
+    from mistudio_widgets.share.hub import parse_hub_ref
+
+    assert printable("a\x9b31mred\u202eevil\u2066") == "a\\x9b31mred\\u202eevil\\u2066"
+    assert _HOOK_RE.match("blocks.3.hook_resid_post\n") is None
+    ws = Workspace(tmp_path / "ws")
+    other = ws.register("dataset", "real", meta={})
+    with pytest.raises(WorkspaceError, match="form of an artifact id"):
+        ws.register("dataset", other.id.replace("ds-", "tk-"), meta={})
+    # a job marked running on another machine: refused, then deleted with force after the user's check
+    run = ws.register(
+        "run",
+        "elsewhere",
+        meta={"status": "running", "owner": {"host": "another-host", "pid": 1, "created": 0}},
+    )
+    with pytest.raises(WorkspaceError, match="--force"):
+        ws.delete(run.id)
+    assert ws.delete(run.id, force=True) == [run.id]
+    for ref in ("hf://owner/repo/../../..", "hf://owner/repo/a/..", "hf://owner/repo@../../x"):
+        with pytest.raises(HubError, match="stay inside"):
+            parse_hub_ref(ref)
+    # a forged marker in a folder of the user's files does not let overwrite replace it
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    (mine / ".mistudio-export.json").write_text(json.dumps({"format": "saelens", "written": 0}))
+    with pytest.raises(ExportError, match="changed after the export"):
+        with fresh_folder(mine, overwrite=True):
+            pass
+    (mine / ".mistudio-export.json").write_text(json.dumps({"format": "x", "written": 0, "entries": []}))
+    with pytest.raises(ExportError, match="did not write"):
+        with fresh_folder(mine, overwrite=True):
+            pass
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    # an export of ours is replaced
+    out = tmp_path / "out"
+    with fresh_folder(out) as tmp:
+        (tmp / "cfg.json").write_text("{}")
+    with fresh_folder(out, overwrite=True) as tmp:
+        (tmp / "cfg.json").write_text("{}")
+    assert (out / "cfg.json").is_file()
+
+
+def test_a_checkpoint_changed_by_hand_is_refused(default_ws, tmp_path):
+    from mistudio_widgets.core.configs import TrainConfig
+    from mistudio_widgets.train.training import TrainingError, train
+
+    cfg = TrainConfig(
+        steps=6,
+        batch_tokens=256,
+        chunk_sequences=8,
+        eval_sequences=2,
+        eval_every=0,
+        log_every=2,
+        checkpoint_every=2,
+        expansion_factor=1,
+        k=4,
+        hook="blocks.2.hook_resid_post",
+        name=default_ws.unique_name("run", "tampered"),
+    )
+    res = train(default_ws, cfg, stop_after=2)
+    run = default_ws.get(res.run_id)
+    ckpt = run.path / "checkpoint-2"
+    state = json.loads((ckpt / "state.json").read_text())
+    (ckpt / "state.json").write_text(json.dumps({**state, "step": 10**18}))
+    with pytest.raises(TrainingError, match="step 1000000000000000000 of a 6-step run"):
+        train(default_ws, resume=run.id)
+    (run.path / "checkpoint-x").mkdir()  # a folder that is not ours is ignored, not a traceback
+    (ckpt / "state.json").write_text(json.dumps(state))
+    assert train(default_ws, resume=run.id).status == "done"

@@ -45,12 +45,17 @@ class Output:
         self.line({"summary": True, **obj}, text)
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]}
+_CONTROL = {
+    **{c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]},
+    # bidirectional controls (right-to-left overrides can make a name read as another) and invisible marks
+    **{c: f"\\u{c:04x}" for c in [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]},
+}
 
 
 def printable(text: str) -> str:
-    """``text`` for a terminal: control characters (escape sequences in labels, names or model answers)
-    shown as \\xNN instead of acted on; line breaks and tabs kept."""
+    """``text`` for a terminal: control characters (C0 and C1: escape sequences in labels, names or model
+    answers) shown as \\xNN, bidirectional controls as \\uNNNN, instead of acted on; line breaks and tabs
+    kept."""
     return text.translate(_CONTROL)
 
 
@@ -198,7 +203,7 @@ def cmd_rename(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_delete(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
-    removed = ws.delete(a.ref, cascade=a.cascade)
+    removed = ws.delete(a.ref, cascade=a.cascade, force=a.force)
     out.summary({"deleted": removed}, f"deleted {', '.join(removed)}")
 
 
@@ -493,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd(sub, "delete", cmd_delete, "delete an artifact")
     sp.add_argument("ref")
     sp.add_argument("--cascade", action="store_true", help="also delete what was derived from it")
+    sp.add_argument(
+        "--force",
+        action="store_true",
+        help="also delete a job marked running on another machine (check there first that it stopped)",
+    )
     return p
 
 

@@ -26,6 +26,7 @@ SCHEMA_VERSION = 3
 ENV_HOME = "MISTUDIO_HOME"
 DEFAULT_DIRNAME = "mistudio-workspace"
 STALE_TMP_SECONDS = 24 * 3600
+ID_LIKE = re.compile(r"[a-z]{2,3}-[0-9a-f]{10}")  # the form of an artifact id (see new_id)
 OWN_FOLDERS = (".tmp", ".trash")  # the workspace's housekeeping folders (never links)
 RECORD = (
     ".mistudio-artifact.json"  # each artifact folder's own copy of its catalog row, for `mistudio repair`
@@ -565,9 +566,17 @@ class Workspace:
             for name in names:
                 self._check_name_free(kind, name, con)
 
-    def _check_name_free(self, kind: str, name: str, con: sqlite3.Connection) -> None:
+    def _check_name_free(
+        self, kind: str, name: str, con: sqlite3.Connection, own_id: str | None = None
+    ) -> None:
         if not name or not name.strip():
             raise WorkspaceError(f"An empty name was given for a {kind}.", "give a non-empty name.")
+        if ID_LIKE.fullmatch(name) and name != own_id:
+            raise WorkspaceError(
+                f"The name {name!r} for a {kind} has the form of an artifact id; it could hide the artifact "
+                "with that id.",
+                "choose a name that is not of the form xx-0123456789.",
+            )
         if not _valid_name(name):
             raise WorkspaceError(
                 f"The name {name[:80]!r} for a {kind} holds line breaks or other control characters.",
@@ -595,7 +604,7 @@ class Workspace:
         with self._db() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
-                self._check_name_free(kind, name, con)
+                self._check_name_free(kind, name, con, own_id=id)
                 con.execute(
                     f"INSERT INTO artifacts ({self._COLS}) VALUES (?,?,?,?,?,?,?,?)",
                     (id, kind, name, relpath, parent, now, now, json.dumps(meta or {})),
@@ -805,7 +814,7 @@ class Workspace:
             con.execute("BEGIN IMMEDIATE")
             try:
                 if new_name != art.name:
-                    self._check_name_free(art.kind, new_name, con)
+                    self._check_name_free(art.kind, new_name, con, own_id=art.id)
                 con.execute(
                     "UPDATE artifacts SET name = ?, updated = ? WHERE id = ?", (new_name, time.time(), art.id)
                 )
@@ -818,11 +827,13 @@ class Workspace:
     def children(self, ref: str) -> list[Artifact]:
         return self.list(parent=self.get(ref).id)
 
-    def delete(self, ref: str, *, cascade: bool = False) -> list[str]:
-        """Delete an artifact (and, with ``cascade``, everything derived from it). Returns the ids removed."""
+    def delete(self, ref: str, *, cascade: bool = False, force: bool = False) -> list[str]:
+        """Delete an artifact (and, with ``cascade``, everything derived from it). Returns the ids removed.
+        A job running in a live process here is never deleted; one marked running on another machine
+        only with ``force`` (after the user checked it no longer runs there)."""
         art = self.get(ref)
         kids = self.children(art.id)
-        self._refuse_in_use(art, kids if cascade else [])
+        self._refuse_in_use(art, kids if cascade else [], force=force)
         if kids and not cascade:
             raise WorkspaceError(
                 f"The {art.kind} {art.name!r} has {len(kids)} derived artifact(s): "
@@ -831,7 +842,7 @@ class Workspace:
             )
         removed: list[str] = []
         for kid in kids:
-            removed += self.delete(kid.id, cascade=True)
+            removed += self.delete(kid.id, cascade=True, force=force)
         with self._db() as con:
             con.execute("DELETE FROM artifacts WHERE id = ?", (art.id,))
             con.execute("DELETE FROM metrics WHERE run = ?", (art.id,))
@@ -849,7 +860,7 @@ class Workspace:
             shutil.rmtree(trash, ignore_errors=True)
         return removed + [art.id]
 
-    def _refuse_in_use(self, art: Artifact, kids: list[Artifact]) -> None:
+    def _refuse_in_use(self, art: Artifact, kids: list[Artifact], force: bool = False) -> None:
         """Refuse to delete a job (training, extraction) that a live process is still running, or,
         for a cascade, anything derived from ``art`` that is."""
         from .jobs import Status, owner_alive
@@ -858,13 +869,18 @@ class Workspace:
         while todo:
             a = todo.pop()
             owner = a.meta.get("owner") or {}
-            if a.meta.get("status") == Status.RUNNING and owner and owner_alive(a.meta) is not False:
+            alive = owner_alive(a.meta) if owner else False
+            if a.meta.get("status") == Status.RUNNING and owner and (alive or (alive is None and not force)):
                 what = "it" if a.id == art.id else f"the {a.kind} {a.name!r} derived from it"
+                elsewhere = alive is None
                 raise WorkspaceError(
                     f"The {art.kind} {art.name!r} is in use: {what} is running in process "
                     f"{owner.get('pid', '?')} "
                     f"on {owner.get('host', 'another machine')}. Nothing was deleted.",
-                    "stop that job (or wait for it to finish), then delete again.",
+                    "check on that machine that the job no longer runs, then delete with force=True "
+                    "(CLI: --force)."
+                    if elsewhere
+                    else "stop that job (or wait for it to finish), then delete again.",
                 )
             if a.id != art.id:
                 todo += self.children(a.id)
@@ -874,7 +890,7 @@ class Workspace:
         them (``.trash/<id>.<hex>``, ``.tmp/<id>.<pid>`` or ``.tmp/unpack-<id>.<pid>`` older than a
         day), never following a link."""
         trash, tmp = self.no_link(".trash"), self.no_link(".tmp")
-        ident = r"[a-z]{2,3}-[0-9a-f]{10}"
+        ident = ID_LIKE.pattern
         for folder, pattern, age in (
             (trash, rf"{ident}\.[0-9a-f]{{6}}", 0),
             (tmp, rf"(?:unpack-)?{ident}\.[0-9]+", STALE_TMP_SECONDS),

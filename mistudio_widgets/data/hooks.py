@@ -30,7 +30,7 @@ HOOK_KINDS = (
     "hook_attn_out",
     "hook_mlp_out",
 )
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in HOOK_KINDS) + r")$")
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(k) for k in HOOK_KINDS) + r")\Z")
 
 
 @dataclass(frozen=True)

@@ -51,15 +51,40 @@ def fresh_folder(
                 "choose a new folder, or pass overwrite=True (CLI: --overwrite) to replace an earlier "
                 "export.",
             )
-        if not (out / EXPORT_MARKER).is_file():
+        why = _not_an_export(out)
+        if why:
             raise ExportError(
-                f"{out} is not an earlier export of mistudio (it has no {EXPORT_MARKER}), so it is not "
-                "replaced; nothing was changed.",
+                f"{out} is not an earlier export of mistudio ({why}), so it is not replaced; nothing was "
+                "changed.",
                 "choose a new or empty folder.",
             )
     with atomic_folder(out, writing="export") as tmp:
         yield tmp
-        (tmp / EXPORT_MARKER).write_text(json.dumps({"format": what, "written": time.time()}) + "\n")
+        entries = sorted(p.name for p in tmp.iterdir())
+        marker = {"format": what, "written": time.time(), "entries": entries}
+        (tmp / EXPORT_MARKER).write_text(json.dumps(marker) + "\n")
+
+
+def _not_an_export(out: Path) -> str | None:
+    """Why ``out`` is not a folder an earlier export wrote and nobody changed since, or None. Its marker
+    must be a plain file naming exactly the entries the folder holds, none newer than the export."""
+    marker = out / EXPORT_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return f"it has no {EXPORT_MARKER}"
+    try:
+        rec = json.loads(marker.read_text()[:100_000])
+        written = float(rec["written"])
+        listed = None if rec.get("entries") is None else {str(x) for x in rec["entries"]}  # None: before 0.2
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return f"its {EXPORT_MARKER} is not one mistudio wrote"
+    held = {p.name for p in out.iterdir()} - {EXPORT_MARKER}
+    if listed is not None and held != listed:
+        extra = ", ".join(sorted(held - listed)[:3]) or "some it wrote are gone"
+        return f"it holds entries the export did not write ({extra})"
+    for p in out.iterdir():
+        if p.is_symlink() or p.lstat().st_mtime > written + 5:
+            return f"{p.name} was changed after the export"
+    return None
 
 
 def model_hub_id(ws: Workspace, sae: Artifact) -> str | None:

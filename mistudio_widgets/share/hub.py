@@ -12,7 +12,8 @@ from typing import Any
 from ..core.errors import HubError
 
 HF_PREFIX = "hf://"
-_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_REV = re.compile(r"[\w.-]{1,100}")  # a branch, tag or commit: no slashes or dots-only paths
+_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+\Z")
 
 
 def is_hub_ref(ref: str) -> bool:
@@ -26,6 +27,14 @@ def parse_hub_ref(ref: str) -> tuple[str, str, str | None]:
     if "@" in body:
         body, revision = body.rsplit("@", 1)
     parts = [p for p in body.strip("/").split("/") if p]
+    if any(p in (".", "..") or "\\" in p for p in parts) or (
+        revision is not None and not _REV.fullmatch(revision)
+    ):
+        raise HubError(
+            f"{ref!r} holds '.', '..' or a backslash in its path, or an odd revision: hub paths stay inside "
+            "their repository.",
+            "write hf://OWNER/REPO/PATH with plain folder names.",
+        )
     if len(parts) < 2 or not _REPO.match("/".join(parts[:2])):
         raise HubError(
             f"{ref!r} does not name a hub repository.",

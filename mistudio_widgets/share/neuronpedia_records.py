@@ -32,8 +32,8 @@ from ..features.store import quantile_groups
 # features and activations, and what its own converter writes as DEFAULT_CREATOR_ID.
 DEFAULT_CREATOR_ID = "clkht01d40000jv08hvalcvly"
 CREATOR_NAME = "mistudio-widgets"
-_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_CREATOR = re.compile(r"^[a-z0-9]+$")
+_ID = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+_CREATOR = re.compile(r"[a-z0-9]+\Z")
 
 
 class NeuronpediaIdError(MistudioError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -339,7 +340,14 @@ def _remove_stale_checkpoint_temps(run_dir: Path) -> list[str]:
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
-    found = [p for p in run_dir.glob(f"{CKPT_PREFIX}*") if p.is_dir() and (p / "state.json").is_file()]
+    found = [
+        p
+        for p in run_dir.glob(f"{CKPT_PREFIX}*")
+        if re.fullmatch(rf"{CKPT_PREFIX}\d{{1,12}}", p.name)
+        and not p.is_symlink()
+        and p.is_dir()
+        and (p / "state.json").is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
 
 
@@ -611,7 +619,21 @@ class _Member:
         self.opt, self.sched = make_optimizer(sae.parameters(), cfg, spec.d_sae)
         self.state = TrainState(scale_in=self.scale_in, scale_out=self.scale_out)
         if resuming:
-            self.state = load_checkpoint(_checkpoints(run.path)[-1], sae, self.opt, self.sched)
+            ckpt = _checkpoints(run.path)[-1]
+            try:
+                self.state = load_checkpoint(ckpt, sae, self.opt, self.sched)
+            except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise TrainingError(
+                    f"The checkpoint {ckpt.name} of run {run.name!r} cannot be read "
+                    f"({exc.__class__.__name__}).",
+                    "it was damaged or changed by hand: remove that folder to resume from the one before.",
+                ) from None
+            if f"{CKPT_PREFIX}{self.state.step}" != ckpt.name or not 0 < self.state.step <= cfg.steps:
+                raise TrainingError(
+                    f"The checkpoint {ckpt.name} of run {run.name!r} says it is at step {self.state.step} of "
+                    f"a {cfg.steps}-step run; it was changed by hand, so nothing is resumed from it.",
+                    "remove that folder to resume from the checkpoint before it.",
+                )
             self.scale_in, self.scale_out = self.state.scale_in, self.state.scale_out
         tsf = self.state.tokens_since_fired
         self.since_fired = (
