@@ -162,7 +162,8 @@ def test_labelling_killed_keeps_the_labels_it_made(default_ws, small_sae, extrac
             if r["method"] == "auto" and r["time"] >= t_start
         ]
 
-    proc = _spawn(default_ws, "label", small_sae, "--top", "40", "--no-score", "--redo")
+    # the statistical labels go in one transaction first; the model explainer's then one by one
+    proc = _spawn(default_ws, "label", small_sae, "--top", "40", "--backend", "local", "--no-score", "--redo")
     _kill_when(proc, lambda: len(new()) >= 1)
     kept = new()
     assert kept and all(r["label"] for r in kept)  # every label stored is whole

@@ -164,6 +164,8 @@ def test_neuronpedia_export_matches_the_extraction(default_ws, small_sae, extrac
         "method": "auto",
         "model": "SmolLM2-135M-Instruct",
         "score": 0.75,
+        "chance": 0.5,
+        "verdict": "above chance",
         "template": "t1",
     }
 

@@ -95,7 +95,7 @@ def test_workspace_path_is_a_file(tmp_path):
 
 def test_stale_tmp_is_collected(tmp_path):
     ws = Workspace(tmp_path)
-    stale = tmp_path / ".tmp" / "ds-dead.1"
+    stale = tmp_path / ".tmp" / "ds-0123456789.1"  # named as write_artifact names its temporary folders
     stale.mkdir(parents=True)
     os.utime(stale, (1, 1))
     Workspace(tmp_path)

@@ -231,6 +231,8 @@ class Workspace:
         self.read_only: str | None = None  # why the catalog is open for reading only, when it is
         was_workspace = self.catalog_path.is_file() and self.catalog_path.stat().st_size > 0
         if existing and not was_workspace:
+            self._refuse_links()
+            self._refuse_lost_catalog()  # artifact folders without a catalog: say so, and name the repair
             raise WorkspaceError(
                 f"{self.root} is not a mistudio workspace (it has no catalog.sqlite); nothing was read, "
                 "created or cleaned there.",
