@@ -65,6 +65,10 @@ function render({ model, el }) {
   const filter = h("input", { type: "search", placeholder: "filter: label text or index", "data-testid": "fb-filter" });
   const sortSel = select([["index", "index"], ["frequency", "frequency ↓"], ["max", "max activation ↓"], ["label", "label"]], "index", { "data-testid": "fb-sort" });
   const count = h("span", { class: "muted", "data-testid": "fb-count" });
+  const labelNote = h("div", { class: "muted", "data-testid": "fb-label-note" });
+  const drawLabelNote = () => { labelNote.textContent = model.get("label_note") || ""; };
+  drawLabelNote();
+  model.on("change:label_note", drawLabelNote);
   const viewport = h("div", { class: "vlist", "data-testid": "fb-list" });
   const spacer = h("div", { class: "vspacer" });
   const empty = h("div", { class: "muted empty", "data-testid": "fb-empty" });
@@ -124,7 +128,7 @@ function render({ model, el }) {
   root.append(
     h("div", { class: "row" }, h("b", { text: "SAE" }), saeSel, info, h("span", { class: "muted", text: "tokens:" }), tokensIn, extractBtn),
     h("div", { class: "fb-grid" },
-      h("div", { class: "fb-left" }, h("div", { class: "row" }, filter, sortSel), count, listHead, viewport),
+      h("div", { class: "fb-left" }, h("div", { class: "row" }, filter, sortSel), count, labelNote, listHead, viewport),
       detail),
     h("section", {}, h("h4", { text: "Prompt tester" }), h("div", { class: "row" }, promptIn, contrastIn),
       h("div", { class: "row" }, h("label", { class: "check" }, ordinaryBox, "compare with the same text in ordinary case"),

@@ -112,6 +112,26 @@ def shown_labels(ws: Workspace, sae: str | Artifact, *, unscored: bool = False) 
     return {f: {**r, "verdict": label_verdict(r)} for f, (_, r) in best.items()}
 
 
+def label_summary(ws: Workspace, sae: str | Artifact) -> str:
+    """One line on an SAE's labels: how many title a feature, and the held-out scores of the newest
+    statistical labels (median, share >= 0.7, chance 0.5)."""
+    import statistics
+
+    rows = ws.labels(ws.get(sae, "sae").id, history=True)
+    if not rows:
+        return ""
+    newest = {r["feature"]: r for r in rows if r["method"] == "statistical"}
+    scores = [r["score"] for r in newest.values() if r["score"] is not None]
+    shown = len(shown_labels(ws, sae))
+    line = f"{shown:,} feature(s) titled by a label above chance or a person's"
+    if scores:
+        line += (
+            f"; {len(newest):,} statistical labels, held-out score median {statistics.median(scores):.2f}, "
+            f"{sum(s >= 0.7 for s in scores) / len(scores):.0%} >= 0.70 (chance 0.50)"
+        )
+    return line
+
+
 def latest_extraction(ws: Workspace, sae: str | Artifact) -> Artifact | None:
     done = [a for a in ws.list(KIND, parent=ws.get(sae, "sae").id) if a.meta.get("status") == Status.DONE]
     return done[-1] if done else None

@@ -29,6 +29,7 @@ class FeatureBrowser(EngineWidget):
     n_features = t.Int(0).tag(sync=True)
     columns = t.Bytes(b"").tag(sync=True)  # float32 [len(COLUMNS), n_features], little-endian
     labels = t.Dict().tag(sync=True)  # {"index": label}: the labels that title features (store.shown_labels)
+    label_note = t.Unicode("").tag(sync=True)  # how many labels title features, and their held-out scores
     detail = t.Dict().tag(sync=True)  # the open feature
     prompt = t.Dict().tag(sync=True)  # the prompt tester's last answer
     coact = t.Dict().tag(sync=True)  # co-activation of a chosen set
@@ -160,6 +161,10 @@ class FeatureBrowser(EngineWidget):
     def action_coact(self, features: list[int]) -> None:
         self.coact = fx.coactivation(self.workspace, self.extraction["id"], features)
 
+    @t.observe("labels")
+    def _label_note(self, _change=None) -> None:
+        self.label_note = fx.label_summary(self.workspace, self.sae) if self.sae else ""
+
     def action_label(self, index: int, label: str) -> None:
         label = str(label).strip()
         fx.set_label(self.workspace, self.sae, int(index), label)
@@ -249,6 +254,7 @@ class FeatureBrowser(EngineWidget):
 
         def apply() -> None:
             self.labels = _shown(ws, sae)
+            self._label_note()
             if self.detail:
                 self.detail = fx.feature_detail(ws, self.extraction["id"], self.detail["index"])
             methods = sorted({r.method for r in res.results if r.label})
