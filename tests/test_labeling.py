@@ -407,3 +407,34 @@ def test_a_key_typed_in_the_widget_never_leaves_the_kernel(default_ws, small_sae
     for path in default_ws.root.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert SECRET.encode() not in path.read_bytes() and wrong.encode() not in path.read_bytes(), path
+
+
+def test_bad_input_to_labelling_gets_clear_answers(default_ws, small_sae, extraction, tmp_path):
+    """An SAE without an extraction names the command that makes one; a feature that never fired is
+    reported, not labelled; a tokenization the extraction read to the end leaves nothing to score on."""
+    import numpy as np
+
+    from mistudio_widgets.features import FeatureError, feature_columns
+    from mistudio_widgets.sae import SAESpec, make_sae
+    from mistudio_widgets.sae.io import save_sae
+
+    sae = make_sae(
+        SAESpec(
+            architecture="topk", d_in=576, d_sae=64, k=4, metadata={"hook_name": "blocks.6.hook_resid_post"}
+        )
+    )
+    with default_ws.write_artifact(
+        "sae", default_ws.unique_name("sae", "never-extracted"), meta={"d_sae": 64}
+    ) as w:
+        save_sae(sae, w.path)
+    with pytest.raises(FeatureError, match="mistudio extract"):
+        label_features(default_ws, w.id, all_features=True)
+    from mistudio_widgets.features import latest_extraction
+
+    freq = feature_columns(default_ws, latest_extraction(default_ws, small_sae))["frequency"]
+    dead = [int(i) for i in np.nonzero(freq == 0)[0]]
+    if dead:  # a small SAE trained briefly usually has some
+        run = label_features(
+            default_ws, small_sae, LabelConfig(holdout_tokens=2048), features=dead[:1], redo=True
+        )
+        assert run.results[0].label is None and run.results[0].skipped == "never fired"

@@ -206,12 +206,14 @@ def test_feature_browser_and_map_from_the_kernel(default_ws):
     fm._clicked(fm.figure.data[0], type("Points", (), {"point_inds": [7]})(), None)  # as plotly calls it
     assert fb.detail["index"] == 7
     fb.show(busiest)
-    fb.autolabel(features=[busiest], score=False, max_tokens=8, examples=2)
-    assert (
-        fb.error == {}
-        and fb.detail["labels"][-1]["method"] == "auto"
-        and fb.labels[str(busiest)] == fb.detail["label"]
+    fb.autolabel(
+        features=[busiest], backend="local", score=False, max_tokens=8, examples=2, holdout_tokens=2048
     )
+    methods = [r["method"] for r in fb.detail["labels"]]
+    assert fb.error == {} and methods[-2:] == ["statistical", "auto"], methods
+    # unscored labels title nothing; the person's label still does
+    assert fb.labels[str(busiest)] == fb.detail["label"] == "newline-ish"
+    assert "titled by a label above chance" in fb.label_note
     assert fb.label_settings["score"] is False and "api_key" not in fb.label_settings
     fb.action_steer(index=7)
     assert fb.steer_request == {"sae": res.sae_id, "index": 7}
