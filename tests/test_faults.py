@@ -5,10 +5,12 @@ unchanged and the job reports the fault with its fix."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,7 +155,8 @@ def test_permission_denied_during_an_export_changes_nothing(default_ws, small_sa
     shared = tmp_path / "someone-elses"
     (shared / "out").mkdir(parents=True)
     (shared / "out" / "theirs.txt").write_text("not ours")
-    (shared / "out" / EXPORT_MARKER).write_text("{}")  # an earlier export, by another user
+    marker = json.dumps({"format": fmt, "written": time.time(), "entries": ["theirs.txt"]})
+    (shared / "out" / EXPORT_MARKER).write_text(marker)  # an earlier export, by another user
     for p in (shared, shared / "out", shared / "out" / "theirs.txt", shared / "out" / EXPORT_MARKER):
         os.chown(p, NOBODY, NOBODY)
     before = state(default_ws)
@@ -175,7 +178,7 @@ def test_permission_denied_during_an_export_changes_nothing(default_ws, small_sa
     assert "choose a folder you may write to" in r.stderr
     assert digest(shared) == {
         "out/theirs.txt": hashlib.sha256(b"not ours").hexdigest(),
-        f"out/{EXPORT_MARKER}": hashlib.sha256(b"{}").hexdigest(),
+        f"out/{EXPORT_MARKER}": hashlib.sha256(marker.encode()).hexdigest(),
     }
     assert sorted(p.name for p in shared.iterdir()) == ["out"]
     consistent(default_ws, before)

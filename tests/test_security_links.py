@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest
@@ -22,15 +20,18 @@ DAY = 24 * 3600
 
 
 def _cli(root, *args):
-    proc = subprocess.run(
-        [sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(root), "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    return proc.returncode, lines, proc.stderr
+    """The command line in this process (the same ``main`` the console script runs): (rc, JSON lines,
+    stderr)."""
+    import contextlib
+    import io
+
+    from mistudio_widgets.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["--workspace", str(root), "--json", *args])
+    lines = [json.loads(x) for x in out.getvalue().splitlines() if x.startswith("{")]
+    return rc, lines, err.getvalue()
 
 
 def _victim(tmp_path):
@@ -285,24 +286,21 @@ def test_config_and_texts_files_must_be_small_regular_files(tmp_path):
         assert rc == 2 and what in lines[-1]["error"], (args, lines, err)
 
 
-def test_serve_chat_fails_closed_and_answers_bad_requests_with_400(tmp_path, default_ws):
+def test_serve_chat_fails_closed_and_answers_bad_requests_with_400(tmp_path, default_ws, monkeypatch):
     import http.client
     import threading
 
     from mistudio_widgets.cli.chat_server import MAX_BODY_BYTES, make_server
 
-    env = {k: v for k, v in os.environ.items() if k != "CLASS_KEY_UNSET"}
     for value in (None, ""):
-        e = {**env, **({"CLASS_KEY_UNSET": value} if value is not None else {})}
-        proc = subprocess.run(
-            [sys.executable, "-m", "mistudio_widgets.cli", "--workspace", str(default_ws.root), "--json"]
-            + ["serve-chat", "--port", "0", "--require-key-env", "CLASS_KEY_UNSET"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=e,
+        if value is None:
+            monkeypatch.delenv("CLASS_KEY_UNSET", raising=False)
+        else:
+            monkeypatch.setenv("CLASS_KEY_UNSET", value)
+        rc, lines, _ = _cli(
+            default_ws.root, "serve-chat", "--port", "0", "--require-key-env", "CLASS_KEY_UNSET"
         )
-        assert proc.returncode == 2 and "unset or empty" in proc.stdout, (proc.stdout, proc.stderr)
+        assert rc == 2 and "unset or empty" in lines[-1]["error"], lines
     srv = make_server(default_ws, port=0, require_key="k")
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     port = srv.server_address[1]
@@ -464,3 +462,34 @@ def test_a_checkpoint_changed_by_hand_is_refused(default_ws, tmp_path):
     (run.path / "checkpoint-x").mkdir()  # a folder that is not ours is ignored, not a traceback
     (ckpt / "state.json").write_text(json.dumps(state))
     assert train(default_ws, resume=run.id).status == "done"
+
+
+def test_hostile_files_get_clear_errors(tmp_path):
+    """A bundle version that is not a number, and a catalog row through a symbolic link loop: clear
+    errors, no tracebacks; unique names for many artifacts stay cheap (only clashing names are read)."""
+    from mistudio_widgets.share.bundles import BundleError, unpack
+
+    ws = Workspace(tmp_path / "ws")
+    path = _hand_bundle(tmp_path / "v.tar.gz", [])
+    import io
+    import tarfile
+
+    manifest = {"format": "mistudio-bundle", "version": "1; rm -rf", "artifacts": [], "labels": {}}
+    with tarfile.open(path, "w:gz") as tar:
+        data = json.dumps(manifest).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(BundleError, match="bundle version"):
+        unpack(ws, path)
+    art = ws.register("dataset", "looped", meta={})
+    with sqlite3.connect(ws.root / "catalog.sqlite") as con:
+        con.execute("UPDATE artifacts SET path = ? WHERE id = ?", (f"datasets/{art.id}", art.id))
+    (ws.root / "datasets").mkdir(exist_ok=True)
+    os.symlink(ws.root / "datasets" / art.id, ws.root / "datasets" / art.id)  # a link to itself
+    got = ws.get(art.id)
+    assert got.path is None and got.meta["refused_because"]
+    assert ws.delete(art.id) == [art.id]
+    for _ in range(3):
+        ws.register("dataset", ws.unique_name("dataset", "x_%"), meta={})
+    assert sorted(a.name for a in ws.list("dataset")) == ["x_%", "x_%-2", "x_%-3"]

@@ -483,6 +483,7 @@ class Workspace:
             except (
                 WorkspaceError
             ) as exc:  # a tampered catalog: the row stays listable and deletable, its folder unused
+                folder = None
                 data = {**data, "refused_path": str(path), "refused_because": exc.problem}
         return Artifact(id_, kind, name, folder, parent, created, updated, data)
 
@@ -490,7 +491,13 @@ class Workspace:
         """``path`` (relative to the workspace, or absolute) if, with symlinks and '..' resolved, it lies
         strictly inside the workspace; otherwise a clear error (and the caller touches nothing)."""
         p = self.root / path
-        real = p.resolve()
+        try:
+            real = p.resolve()
+        except (RuntimeError, OSError) as exc:  # a symbolic link loop
+            raise WorkspaceError(
+                f"The {what} ({path}) cannot be resolved ({exc}); nothing there is read, written or deleted.",
+                "remove the looping link, or the catalog entry (mistudio delete ID removes only the row).",
+            ) from None
         if real == self.root or not real.is_relative_to(self.root):
             raise WorkspaceError(
                 f"The {what} ({path}) leads to {real}, outside the workspace {self.root}; nothing "
@@ -554,7 +561,15 @@ class Workspace:
 
     def unique_name(self, kind: str, base: str) -> str:
         """``base``, or ``base-2``, ``base-3``, ... whichever is still free for ``kind``."""
-        taken = {a.name for a in self.list(kind)}
+        like = base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "-%"
+        with self._db() as con:  # only the names that could clash, not every artifact of the kind
+            taken = {
+                r[0]
+                for r in con.execute(
+                    "SELECT name FROM artifacts WHERE kind = ? AND (name = ? OR name LIKE ? ESCAPE '\\')",
+                    (kind, base, like),
+                )
+            }
         name, n = base, 1
         while name in taken:
             n += 1

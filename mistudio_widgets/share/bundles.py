@@ -159,7 +159,12 @@ def _read_manifest(tar: tarfile.TarFile, path: Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path} is not a mistudio bundle.", "pack it with `mistudio bundle pack`.")
-    if int(manifest.get("version", 0)) > VERSION:
+    version = manifest.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BundleError(
+            f"{path} has a bundle version of {str(version)[:20]!r}.", "this bundle was refused."
+        )
+    if version > VERSION:
         raise BundleError(
             f"{path} was packed by a newer mistudio (bundle version {manifest['version']}).",
             "upgrade mistudio-widgets.",
