@@ -234,7 +234,7 @@ def feature_detail(
         )
     mx = float(row["max"])
     labels = ws.labels(ext.parent, index, history=True)
-    shown = shown_labels(ws, ext.parent, unscored=True).get(index, {})
+    shown = shown_labels(ws, ext.parent).get(index, {})  # unverified labels title nothing, here too
     out = {
         "index": index,
         "sae": ext.parent,
