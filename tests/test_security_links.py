@@ -493,3 +493,21 @@ def test_hostile_files_get_clear_errors(tmp_path):
     for _ in range(3):
         ws.register("dataset", ws.unique_name("dataset", "x_%"), meta={})
     assert sorted(a.name for a in ws.list("dataset")) == ["x_%", "x_%-2", "x_%-3"]
+
+
+def test_a_damaged_extraction_file_is_named_not_a_traceback(tmp_path, default_ws, extraction):
+    import shutil
+
+    from mistudio_widgets.features import FEATURES_FILE, FeatureError
+    from mistudio_widgets.features.store import read_parquet
+
+    good = default_ws.get(extraction).path / FEATURES_FILE
+    bad = tmp_path / FEATURES_FILE
+    shutil.copyfile(good, bad)
+    bad.write_bytes(bad.read_bytes()[:5000])  # truncated, as a full disk or a killed copy leaves it
+    for schema_only in (False, True):
+        with pytest.raises(FeatureError, match="is damaged.*extract again"):
+            read_parquet(bad, schema_only=schema_only)
+    with pytest.raises(FeatureError, match="is missing"):
+        read_parquet(tmp_path / "gone.parquet")
+    assert read_parquet(good, columns=["frequency"]).num_rows > 0

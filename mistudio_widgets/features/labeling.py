@@ -34,7 +34,7 @@ from .lm_explainer import (  # noqa: F401  (the explainer API, importable from h
     template_id,
 )
 from .prompt import DENSE_THRESHOLD
-from .store import FEATURES_FILE, check_feature_index, feature_detail, require_extraction
+from .store import FEATURES_FILE, check_feature_index, feature_detail, read_parquet, require_extraction
 
 PROGRESS_EVERY = 256  # features between progress events of the statistical pass
 
@@ -96,18 +96,16 @@ class LabelRun:
 
 
 def _live(ws: Workspace, ext) -> np.ndarray:
-    import pyarrow.parquet as pq
 
-    return pq.read_table(ext.path / FEATURES_FILE, columns=["frequency"]).column(0).to_numpy()
+    return read_parquet(ext.path / FEATURES_FILE, columns=["frequency"]).column(0).to_numpy()
 
 
 def _logits(ext, feats: list[int]) -> dict[int, tuple[list[str], list[float]]]:
-    import pyarrow.parquet as pq
 
     path = ext.path / FEATURES_FILE
-    if "top_logit_tokens" not in pq.read_schema(path).names:
+    if "top_logit_tokens" not in read_parquet(path, schema_only=True).names:
         return {}
-    t = pq.read_table(path, columns=["top_logit_tokens", "top_logit_values"])
+    t = read_parquet(path, columns=["top_logit_tokens", "top_logit_values"])
     toks, vals = t.column(0).to_pylist(), t.column(1).to_pylist()
     return {f: (toks[f][:5], vals[f][:5]) for f in feats}
 

@@ -15,7 +15,7 @@ import torch
 
 from ..core.workspace import Artifact, Workspace
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
-from .store import _token_text, latest_extraction, shown_labels, vocab_strings
+from .store import _token_text, latest_extraction, read_parquet, shown_labels, vocab_strings
 
 DENSE_THRESHOLD = 0.1  # features firing on more than this share of extraction tokens are left out
 STEER_CANDIDATES = 10  # contrast: the best-aligned of this many top features is proposed for steering
@@ -45,14 +45,13 @@ def _as_texts(value: str | list[str] | tuple[str, ...] | None, side: str) -> lis
 
 def _reference(ws: Workspace, sae_art: Artifact) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
     """(each feature's maximum, its firing frequency, the extraction id) from the latest extraction."""
-    import pyarrow.parquet as pq
 
     from .store import FEATURES_FILE
 
     ext = latest_extraction(ws, sae_art)
     if ext is None:
         return None, None, None
-    t = pq.read_table(ext.path / FEATURES_FILE, columns=["max", "frequency"])
+    t = read_parquet(ext.path / FEATURES_FILE, columns=["max", "frequency"])
     return (
         t.column("max").to_numpy().astype(np.float32),
         t.column("frequency").to_numpy().astype(np.float32),

@@ -41,6 +41,27 @@ def vocab_strings(tokenizer) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------------
 # Reading
+def read_parquet(path, *, schema_only: bool = False, **kw):
+    """A table (or with ``schema_only`` its schema) of an extraction file; a damaged or truncated file is
+    a clear error naming it and the fix, never a traceback or a permission error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path) if schema_only else pq.read_table(path, **kw)
+    except (pa.ArrowInvalid, OSError) as exc:  # pyarrow's IO errors are OSErrors
+        if isinstance(exc, FileNotFoundError) or "No such file" in str(exc):
+            why = "is missing"
+        elif isinstance(exc, PermissionError):
+            why = "cannot be read (permission denied)"
+        else:
+            why = f"is damaged ({str(exc).splitlines()[0][:160]})"
+        raise FeatureError(
+            f"The extraction file {path} {why}.",
+            "extract again (mistudio extract SAE, or Extract in the feature browser); labels are kept.",
+        ) from None
+
+
 def check_feature_index(ws: Workspace, sae: str | Artifact, index: int) -> int:
     """``index`` when the SAE has such a feature, else a clear error."""
     art = ws.get(sae, "sae")
@@ -171,10 +192,9 @@ def require_extraction(ws: Workspace, ref: str | Artifact) -> Artifact:
 
 def feature_columns(ws: Workspace, ext: str | Artifact) -> dict[str, np.ndarray]:
     """The browsing columns of every feature: index, frequency, mean, max (numpy arrays)."""
-    import pyarrow.parquet as pq
 
     ext = require_extraction(ws, ext)
-    t = pq.read_table(ext.path / FEATURES_FILE, columns=["index", "frequency", "mean", "max"])
+    t = read_parquet(ext.path / FEATURES_FILE, columns=["index", "frequency", "mean", "max"])
     return {k: t.column(k).to_numpy() for k in t.column_names}
 
 
@@ -207,15 +227,14 @@ def feature_detail(
 ) -> dict[str, Any]:
     """Everything about one feature: statistics, histogram, logit lens, neighbours, examples (tokens with
     per-token values) and labels."""
-    import pyarrow.parquet as pq
 
     from ..data.models import load_tokenizer
 
     ext = require_extraction(ws, ext)
     index = check_feature_index(ws, ext.parent, index)
-    table = pq.read_table(ext.path / FEATURES_FILE)
+    table = read_parquet(ext.path / FEATURES_FILE)
     row = {k: v[0] for k, v in table.slice(index, 1).to_pydict().items()}
-    ex = pq.read_table(ext.path / EXAMPLES_FILE, filters=[("feature", "=", index)])
+    ex = read_parquet(ext.path / EXAMPLES_FILE, filters=[("feature", "=", index)])
     vocab = vocab_strings(load_tokenizer(ws, ext.meta["model"]))
     examples: dict[str, list] = {"top": [], "quantile": []}
     for r in ex.to_pylist():
@@ -327,7 +346,6 @@ def coactivation(ws: Workspace, ext: str | Artifact, features: list[int]) -> dic
 def search(ws: Workspace, sae: str | Artifact, query: str, *, limit: int = 50) -> list[dict[str, Any]]:
     """Features whose label, or top logit-lens tokens, contain ``query`` (case-insensitive); an integer
     query also finds that index."""
-    import pyarrow.parquet as pq
 
     q = (query or "").strip().lower()
     if not q:
@@ -342,8 +360,11 @@ def search(ws: Workspace, sae: str | Artifact, query: str, *, limit: int = 50) -
             hits.setdefault(f, {"index": f, "match": "label"})
     ext = latest_extraction(ws, sae_art)
     # a transcoder writing elsewhere than the residual stream has no logit lens, and no such column
-    if ext is not None and "top_logit_tokens" in pq.read_schema(ext.path / FEATURES_FILE).names:
-        t = pq.read_table(ext.path / FEATURES_FILE, columns=["index", "top_logit_tokens"])
+    if (
+        ext is not None
+        and "top_logit_tokens" in read_parquet(ext.path / FEATURES_FILE, schema_only=True).names
+    ):
+        t = read_parquet(ext.path / FEATURES_FILE, columns=["index", "top_logit_tokens"])
         for i, toks in zip(t.column("index").to_pylist(), t.column("top_logit_tokens").to_pylist()):
             if any(q == tk.strip().lower() for tk in toks[:10]):
                 hits.setdefault(i, {"index": i, "match": "logits"})
