@@ -54,12 +54,14 @@ def test_a_symlinked_artifact_folder_leading_outside_is_not_followed(tmp_path):
     assert json.loads(proc.stdout.splitlines()[-1])
 
 
-def _bundle(path, entries, files=None):
-    """A bundle file written by hand: a manifest with ``entries`` and ``files`` {member name: bytes}."""
+def _bundle(path, entries, files=None, **fields):
+    """A bundle file written by hand: a manifest with ``entries`` (and ``fields`` replacing or adding
+    manifest keys) and ``files`` {member name: bytes}."""
     import io
     import tarfile
 
     manifest = {"format": "mistudio-bundle", "version": 1, "artifacts": entries, "labels": {}, "models": {}}
+    manifest.update(fields)
     with tarfile.open(path, "w:gz") as tar:
         for name, data in {"manifest.json": json.dumps(manifest).encode(), **(files or {})}.items():
             info = tarfile.TarInfo(name)
