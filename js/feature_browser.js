@@ -206,7 +206,7 @@ function render({ model, el }) {
         d.label ? h("span", { class: "muted", text: ` — ${d.label}` }) : null),
       shownRow && shownRow.method !== "manual" ? h("div", { class: "muted", "data-testid": "fb-label-score", text: `label by ${shownRow.method}: ${scoreText(shownRow)}` }) : "",
       weak ? h("div", { class: "warn", "data-testid": "fb-below-chance",
-        text: `No label of this feature is verified: the newest, “${latest.label}”, is ${latest.verdict === "unscored" ? "unscored" : "no better than chance"} (${scoreText(latest)}). Read the examples below; relabel it or write your own.` }) : "",
+        text: `No label of this feature is verified. The newest is ${latest.verdict === "unscored" ? "unscored" : "no better than chance"} (${scoreText(latest)}): ${latest.label}. Read the examples below; relabel it or write your own.` }) : "",
       h("div", { class: "row" }, labelIn, save, steer),
       h("div", { class: "kv" }, kv("fires on", `${(100 * d.frequency).toFixed(3)}% of tokens`), kv("max", fmtNum(d.max, 3)),
         kv("mean", fmtNum(d.mean, 3)), kv("median", fmtNum(d.quantiles.q50, 3)), kv("p99", fmtNum(d.quantiles.q99, 3))),
