@@ -460,6 +460,46 @@ def test_a_config_the_weight_files_cannot_hold_is_refused_before_allocating(tmp_
     assert [a.name for a in ws.list("model")] == ["later"]
 
 
+def _sparse_safetensors(path, name, shape):
+    """A safetensors file holding one uint8 tensor of `shape`, written as a sparse file (its bytes are
+    holes: the disk holds almost nothing)."""
+    import math
+    import struct
+
+    header = json.dumps({name: {"dtype": "U8", "shape": list(shape), "data_offsets": [0, math.prod(shape)]}})
+    header += " " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header.encode())
+        f.truncate(8 + len(header) + math.prod(shape))
+
+
+def test_a_junk_tensor_does_not_pass_for_the_parameters_a_config_needs(tmp_path, tiny_model_dir):
+    import pytest
+
+    from mistudio_widgets.core.configs import ModelConfig
+    from mistudio_widgets.core.errors import ModelError
+    from mistudio_widgets.data.model_files import minimum_parameters
+    from mistudio_widgets.data.models import add_model
+
+    ws = Workspace(tmp_path / "ws")
+    folder = tmp_path / "padded"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(n_embd=512, n_layer=24, n_head=8)  # about 76 M parameters; the files hold the tiny model's
+    (folder / "config.json").write_text(json.dumps(config))
+    _sparse_safetensors(folder / "padding.safetensors", "junk", (200_000_000,))
+    from transformers import AutoConfig
+
+    # the junk tensor's 200 M values cover the lower bound the old guard counted against ...
+    assert minimum_parameters(AutoConfig.from_pretrained(folder)) < 200_000_000
+    # ... but none of them has the shape of a parameter the config needs
+    with pytest.raises(ModelError, match=r"describes a model of at least 7\d,\d{3},\d{3} parameters.*of the shapes"):
+        add_model(ws, ModelConfig(source=str(folder), name="padded"))
+    assert ws.list("model") == []
+    # the untouched tiny folder still adds (its tensors match what its config needs)
+    assert add_model(ws, ModelConfig(source=str(tiny_model_dir), name="tiny")).name == "tiny"
+
+
 def test_datasets_say_which_records_they_skip_and_keep_a_headerless_csv_first_row(tmp_path):
     from mistudio_widgets.core.configs import DatasetConfig
     from mistudio_widgets.data.datasets import add_dataset, load_documents

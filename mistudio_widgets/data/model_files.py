@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ from ..core.errors import ModelError
 MAX_HEADER_BYTES = 100 * 2**20  # a safetensors header holds names and shapes: far below this
 
 
-def safetensors_elements(path: Path) -> int:
-    """The number of values stored in one .safetensors file, from its header; a clear error when the
-    file is empty, truncated or not a safetensors file."""
+def safetensors_shapes(path: Path) -> list[tuple[int, ...]]:
+    """The shapes of the tensors stored in one .safetensors file, from its header; a clear error when
+    the file is empty, truncated or not a safetensors file."""
     size = path.stat().st_size
     try:
         with path.open("rb") as f:
@@ -25,11 +26,11 @@ def safetensors_elements(path: Path) -> int:
             if n > min(MAX_HEADER_BYTES, size - 8):
                 raise ValueError(f"a header of {n} bytes in a file of {size}")
             header = json.loads(f.read(n))
-        total, end = 0, 0
+        shapes, end = [], 0
         for name, t in header.items():
             if name == "__metadata__":
                 continue
-            total += math.prod(int(d) for d in t["shape"])
+            shapes.append(tuple(int(d) for d in t["shape"]))
             end = max(end, int(t["data_offsets"][1]))
     except (struct.error, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ModelError(
@@ -41,7 +42,7 @@ def safetensors_elements(path: Path) -> int:
             f"The weight file {path} is truncated: its header describes {8 + n + end} bytes, it has {size}.",
             "restore the complete weight files of the model, then add or load it again.",
         )
-    return total
+    return shapes
 
 
 def minimum_parameters(config: Any) -> int:
@@ -60,6 +61,35 @@ def minimum_parameters(config: Any) -> int:
     return vocab * d_model + layers * 2 * d_model * d_model
 
 
+def needed_shapes(config: Any) -> list[tuple[int, ...]] | None:
+    """The shapes of the parameters the model a config describes is built from (tied weights once),
+    from a copy built on the meta device, which allocates nothing; None when that cannot be built
+    (a quantized or custom-code config), and then only the lower bound above is checked."""
+    if getattr(config, "quantization_config", None) is not None:
+        return None
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - any failure here leaves the check to the lower bound
+        return None
+    return [tuple(p.shape) for p in model.parameters()]
+
+
+def matching_values(needed: list[tuple[int, ...]], held: list[tuple[int, ...]]) -> int:
+    """How many of the needed values the held tensors can supply: each held tensor counts only against
+    a needed parameter of exactly its shape, at most once (a junk tensor of another shape adds nothing)."""
+    left = Counter(needed)
+    total = 0
+    for shape in held:
+        if left[shape] > 0:
+            left[shape] -= 1
+            total += math.prod(shape)
+    return total
+
+
 def check_weight_files(folder: Path, config: Any, name: str) -> None:
     """Refuse a model folder whose weight files cannot hold the model its config describes. Only
     safetensors files are counted (a pickle's contents are unknown until it is unpickled); an empty
@@ -73,13 +103,19 @@ def check_weight_files(folder: Path, config: Any, name: str) -> None:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return
-    held = sum(safetensors_elements(p) for p in files)
+    shapes = [s for p in files for s in safetensors_shapes(p)]
+    held = sum(math.prod(s) for s in shapes)
     need = minimum_parameters(config)
+    if need <= held:  # the lower bound holds: count only the tensors the model is built from
+        needed = needed_shapes(config)
+        if needed is not None:
+            need = sum(math.prod(s) for s in needed)
+            held = matching_values(needed, shapes)
+            need = need if held < 0.9 * need else 0  # a few missing values (a tied head) are fine
     if need > held:
         raise ModelError(
             f"The config of {name!r} describes a model of at least {need:,} parameters, but its weight "
-            "files hold only "
-            f"{held:,} values; it was not loaded (the rest would be random, and allocating it could "
+            f"files hold only {held:,} values of the shapes it needs; it was not loaded (the rest would be random, and allocating it could "
             "exhaust memory).",
             "restore the matching config.json and complete weight files, then add the model again.",
         )
