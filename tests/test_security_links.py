@@ -293,7 +293,7 @@ def test_serve_chat_fails_closed_and_answers_bad_requests_with_400(tmp_path, def
             default_ws.root, "serve-chat", "--port", "0", "--require-key-env", "CLASS_KEY_UNSET"
         )
         assert rc == 2 and "unset or empty" in lines[-1]["error"], lines
-    srv = make_server(default_ws, port=0, require_key="k")
+    srv = make_server(default_ws, port=0, require_key="k", wait_seconds=1.0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     port = srv.server_address[1]
 
@@ -318,7 +318,12 @@ def test_serve_chat_fails_closed_and_answers_bad_requests_with_400(tmp_path, def
             assert (status, what in text) == (code, True), (body if len(str(body)) < 200 else what, text)
         status, text = post(b"{}", length=MAX_BODY_BYTES + 1)
         assert status == 413
-        assert post(json.dumps({"messages": msg, "max_tokens": 2}).encode())[0] == 200
+        ok = json.dumps({"messages": msg, "max_tokens": 2}).encode()
+        # another request holds the model past the stated wait: this one is told to retry, not queued
+        with srv.model_lock:
+            status, text = post(ok)
+        assert status == 503 and "busy; waited 1 s" in text, text
+        assert post(ok)[0] == 200
     finally:
         srv.shutdown()
         srv.server_close()

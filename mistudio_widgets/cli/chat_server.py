@@ -56,7 +56,10 @@ def make_server(
     host: str = "127.0.0.1",
     port: int = 8000,
     require_key: str | None = None,
+    wait_seconds: float = WAIT_SECONDS,
 ) -> ThreadingHTTPServer:
+    """The server, not yet serving; ``server.model_lock`` is held while one request uses the model, and
+    a request that cannot take it within ``wait_seconds`` is answered 503."""
     chat = LocalChat(ws, model)
     lock = threading.Lock()
 
@@ -115,8 +118,8 @@ def make_server(
             except (ValueError, RecursionError, UnicodeDecodeError) as exc:
                 self._error(400, f"bad request: {exc}")
                 return
-            if not lock.acquire(timeout=WAIT_SECONDS):
-                self._error(503, f"the model is busy; waited {WAIT_SECONDS:.0f} s: retry later")
+            if not lock.acquire(timeout=wait_seconds):
+                self._error(503, f"the model is busy; waited {wait_seconds:g} s: retry later")
                 return
             try:
                 text = chat.chat(messages, max_tokens, temperature)
@@ -144,4 +147,6 @@ def make_server(
             sys.stderr.write(f"{self.address_string()} [{self.log_date_time_string()}] {fmt % args}\n")
             sys.stderr.flush()
 
-    return ThreadingHTTPServer((host, port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.model_lock = lock  # type: ignore[attr-defined]
+    return server
