@@ -501,3 +501,16 @@ def test_a_damaged_extraction_file_is_named_not_a_traceback(tmp_path, default_ws
     with pytest.raises(FeatureError, match="is missing"):
         read_parquet(tmp_path / "gone.parquet")
     assert read_parquet(good, columns=["frequency"]).num_rows > 0
+    # the Neuronpedia export reads the same files in batches, with the same errors
+    from mistudio_widgets.features import EXAMPLES_FILE
+    from mistudio_widgets.share.neuronpedia import _feature_batches
+
+    copy = tmp_path / "extraction"
+    shutil.copytree(good.parent, copy)
+    assert next(_feature_batches(copy, 16))[0]
+    (copy / EXAMPLES_FILE).write_bytes((copy / EXAMPLES_FILE).read_bytes()[:5000])
+    with pytest.raises(FeatureError, match=f"{EXAMPLES_FILE} is damaged.*extract again"):
+        next(_feature_batches(copy, 16))
+    (copy / FEATURES_FILE).write_bytes(b"PAR1 not a parquet file")
+    with pytest.raises(FeatureError, match=f"{FEATURES_FILE} is damaged"):
+        next(_feature_batches(copy, 16))

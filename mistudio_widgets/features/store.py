@@ -3,6 +3,8 @@ feature columns for browsing, one feature's detail, co-activation, labels, searc
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from functools import lru_cache
 from typing import Any
 
@@ -41,14 +43,14 @@ def vocab_strings(tokenizer) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------------
 # Reading
-def read_parquet(path, *, schema_only: bool = False, **kw):
-    """A table (or with ``schema_only`` its schema) of an extraction file; a damaged or truncated file is
-    a clear error naming it and the fix, never a traceback or a permission error."""
+@contextmanager
+def reading_extraction_file(path):
+    """Around a read of an extraction file: a damaged, truncated, missing or unreadable file becomes a
+    clear error naming it and the fix, never a traceback or a permission error."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        return pq.read_schema(path) if schema_only else pq.read_table(path, **kw)
+        yield
     except (pa.ArrowInvalid, OSError) as exc:  # pyarrow's IO errors are OSErrors
         if isinstance(exc, FileNotFoundError) or "No such file" in str(exc):
             why = "is missing"
@@ -60,6 +62,14 @@ def read_parquet(path, *, schema_only: bool = False, **kw):
             f"The extraction file {path} {why}.",
             "extract again (mistudio extract SAE, or Extract in the feature browser); labels are kept.",
         ) from None
+
+
+def read_parquet(path, *, schema_only: bool = False, **kw):
+    """A table (or with ``schema_only`` its schema) of an extraction file (errors as above)."""
+    import pyarrow.parquet as pq
+
+    with reading_extraction_file(path):
+        return pq.read_schema(path) if schema_only else pq.read_table(path, **kw)
 
 
 def check_feature_index(ws: Workspace, sae: str | Artifact, index: int) -> int:

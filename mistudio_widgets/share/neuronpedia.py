@@ -28,6 +28,7 @@ from ..features import (
     require_extraction,
     vocab_strings,
 )
+from ..features.store import read_parquet, reading_extraction_file
 from ..sae.io import load_sae
 from . import neuronpedia_records as rec
 from .exporting import default_neuronpedia_ids, default_release, fresh_folder, model_hub_id
@@ -43,11 +44,16 @@ def _feature_batches(
     sorted by feature, so each read touches only the row groups of its batch."""
     import pyarrow.parquet as pq
 
-    feats = pq.ParquetFile(ext_path / FEATURES_FILE)
-    for rb in feats.iter_batches(batch_size=batch):
+    with reading_extraction_file(ext_path / FEATURES_FILE):
+        batches = pq.ParquetFile(ext_path / FEATURES_FILE).iter_batches(batch_size=batch)
+    while True:
+        with reading_extraction_file(ext_path / FEATURES_FILE):
+            rb = next(batches, None)
+        if rb is None:
+            return
         rows = rb.to_pylist()
         lo, hi = rows[0]["index"], rows[-1]["index"]
-        ex = pq.read_table(
+        ex = read_parquet(
             ext_path / EXAMPLES_FILE, filters=[("feature", ">=", lo), ("feature", "<=", hi)]
         ).to_pylist()
         by: dict[int, list[dict[str, Any]]] = {}
