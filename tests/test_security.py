@@ -500,6 +500,33 @@ def test_a_junk_tensor_does_not_pass_for_the_parameters_a_config_needs(tmp_path,
     assert add_model(ws, ModelConfig(source=str(tiny_model_dir), name="tiny")).name == "tiny"
 
 
+def test_a_pickle_that_holds_code_is_refused_without_advice_to_unpickle(tmp_path, capsys):
+    import pickle
+
+    import pytest
+    from transformers import GPT2Config
+
+    from mistudio_widgets.core.configs import ModelConfig
+    from mistudio_widgets.core.errors import ModelError
+    from mistudio_widgets.data.models import add_model, load_model
+
+    class Call:
+        def __reduce__(self):
+            return (print, ("THE PICKLE RAN",))
+
+    folder = tmp_path / "pickled"
+    GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100).save_pretrained(folder)
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"transformer.wte.weight": Call()}))
+    ws = Workspace(tmp_path / "ws")
+    art = add_model(ws, ModelConfig(source=str(folder), name="pickled", allow_pickle_weights=True))
+    with pytest.raises(ModelError) as err:
+        load_model(ws, art.id)
+    text = str(err.value)
+    assert "holds more than tensors" in text and "nothing in it ran" in text
+    assert "weights_only" not in text and "False" not in text
+    assert "THE PICKLE RAN" not in capsys.readouterr().out
+
+
 def test_datasets_say_which_records_they_skip_and_keep_a_headerless_csv_first_row(tmp_path):
     from mistudio_widgets.core.configs import DatasetConfig
     from mistudio_widgets.data.datasets import add_dataset, load_documents
