@@ -407,6 +407,13 @@ def test_minor_cases_get_clear_errors_not_tracebacks(tmp_path):
     with pytest.raises(WorkspaceError, match="--force"):
         ws.delete(run.id)
     assert ws.delete(run.id, force=True) == [run.id]
+    # a feature command given a name that is no SAE lists the SAEs, not every other kind
+    from mistudio_widgets.core.errors import ArtifactNotFound
+    from mistudio_widgets.features.store import require_extraction
+
+    ws.register("sae", "mine", meta={})
+    with pytest.raises(ArtifactNotFound, match="No SAE or extraction called 'nosuch'.*use one of: mine\\.$"):
+        require_extraction(ws, "nosuch")
     for ref in ("hf://owner/repo/../../..", "hf://owner/repo/a/..", "hf://owner/repo@../../x"):
         with pytest.raises(HubError, match="stay inside"):
             parse_hub_ref(ref)

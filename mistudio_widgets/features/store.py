@@ -13,6 +13,7 @@ import torch
 
 from ..core.jobs import Status
 from ..core.workspace import Artifact, Workspace
+from ..core.errors import ArtifactNotFound
 from .library import FeatureError, load_library_sae
 
 KIND = "extraction"
@@ -179,7 +180,13 @@ def require_extraction(ws: Workspace, ref: str | Artifact) -> Artifact:
     """An extraction, or the newest finished extraction of an SAE (an SAE's name is shared with its run)."""
     if isinstance(ref, Artifact):
         ref = ref.id
-    art = ws.find(ref, "sae") or ws.find(ref, KIND) or ws.get(ref)
+    art = ws.find(ref, "sae") or ws.find(ref, KIND) or ws.find(ref)
+    if art is None:
+        names = [a.name for a in ws.list("sae")]
+        raise ArtifactNotFound(
+            f"No SAE or extraction called {ref!r} in the workspace {ws.root}.",
+            f"use one of: {', '.join(names)}." if names else "train or import an SAE first.",
+        )
     if art.kind == "sae":
         ext = latest_extraction(ws, art)
         if ext is None:
