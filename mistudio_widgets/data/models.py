@@ -387,12 +387,6 @@ def load_tokenizer(ws: Workspace, ref: str | Artifact):
             tok = AutoTokenizer.from_pretrained(
                 loc, trust_remote_code=art.meta.get("settings", {}).get("trust_remote_code", False), **kw
             )
-        except pickle.UnpicklingError:
-            raise ModelError(
-                f"A *.bin weight file of {art.name!r} holds more than tensors (objects or code a pickle "
-                "can run); it was not loaded, and nothing in it ran.",
-                "get the model as safetensors from a source you trust, then add it again.",
-            ) from None
         except OSError as exc:
             if art.meta["provenance"]["kind"] == "hub":
                 raise _hub_error(loc, exc) from exc
