@@ -21,3 +21,16 @@ def truncated_forward_seconds(lm, tokens, layer: int, batch_size: int = 16) -> f
         return time.perf_counter() - t0
     finally:
         inner.layers = full
+
+
+def model_in(ws, dtype: str):
+    """The default model registered a second time to run in ``dtype`` ('float32' or 'bfloat16'): its
+    converted folder is referenced, not copied. The benchmarks compare the two in one run."""
+    from mistudio_widgets.core.configs import ModelConfig
+    from mistudio_widgets.data.models import add_model, resolve_model
+
+    base = resolve_model(ws)
+    name = f"{base.name}-{ {'float32': 'fp32', 'bfloat16': 'bf16'}[dtype] }"
+    return ws.find(name, "model") or add_model(
+        ws, ModelConfig(source=str(base.path / "hf"), name=name, dtype=dtype)
+    )

@@ -58,9 +58,10 @@ function render({ model, el }) {
 
   const drawMemory = () => {
     const info = model.get("info") || {}, table = info.memory_table || {};
-    const d = dtype.value === "auto" ? "float32" : dtype.value;
+    const d = dtype.value === "auto" ? info.runs_in || "float32" : dtype.value;
     const gib = table[`${d}/${quant.value}`];
-    mem.textContent = gib === undefined ? "" : `≈ ${fmtNum(gib, 2)} GiB to load`;
+    const auto = dtype.value === "auto" ? ` (auto: ${d} here)` : "";
+    mem.textContent = gib === undefined ? "" : `≈ ${fmtNum(gib, 2)} GiB to load${auto}`;
   };
 
   const drawArch = () => {

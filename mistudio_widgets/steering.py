@@ -250,14 +250,17 @@ def steer(
     reference: str | None = None,
     on_token: Callable[[str, int], None] | None = None,
     control: JobControl | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Generate unsteered and steered continuations of ``cfg.prompt`` and measure the difference.
-    ``on_token(which, token_id)`` streams tokens ('unsteered' or 'steered') as they come."""
+    ``on_token(which, token_id)`` streams tokens ('unsteered' or 'steered') as they come. ``model``: a
+    registered model to steer instead of the SAE's own (it must have the SAE's hook and width; e.g. the
+    same model registered with another dtype)."""
     control = control or JobControl()
     art, model_sae, _ = load_library_sae(ws, sae)
     feats = parse_features(cfg.features)
     _check(ws, art.id, feats, cfg)
-    lm = model_for_sae(ws, art, model_sae)
+    lm = model_for_sae(ws, art, model_sae, model)
     hook = sae_hook(art, model_sae)
     ids = prompt_ids(lm, cfg.prompt, cfg.chat_template)
     limit = getattr(lm.model.config, "max_position_embeddings", None) or 2048

@@ -493,7 +493,9 @@ def test_a_junk_tensor_does_not_pass_for_the_parameters_a_config_needs(tmp_path,
     # the junk tensor's 200 M values cover the lower bound the old guard counted against ...
     assert minimum_parameters(AutoConfig.from_pretrained(folder)) < 200_000_000
     # ... but none of them has the shape of a parameter the config needs
-    with pytest.raises(ModelError, match=r"describes a model of at least 7\d,\d{3},\d{3} parameters.*of the shapes"):
+    with pytest.raises(
+        ModelError, match=r"describes a model of at least 7\d,\d{3},\d{3} parameters.*of the shapes"
+    ):
         add_model(ws, ModelConfig(source=str(folder), name="padded"))
     assert ws.list("model") == []
     # the untouched tiny folder still adds (its tensors match what its config needs)

@@ -196,7 +196,9 @@ class ModelConfig:
     name: str | None = opt(None, "Name in the workspace; derived from the source when empty.")
     revision: str | None = opt(None, "Hub revision (branch, tag or commit).")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = opt(
-        "auto", "Weights dtype; 'auto' is float32 on CPU, bfloat16 on CUDA when supported."
+        "auto",
+        "Weights and forward dtype; 'auto' is bfloat16 on CUDA when supported and on CPUs with native "
+        "bf16 (AVX512-BF16 or AMX), float32 elsewhere. The SAE, perplexity and KL stay in float32.",
     )
     quantization: Literal["none", "8bit", "4bit"] = opt(
         "none", "bitsandbytes quantization (8-bit or 4-bit NF4)."

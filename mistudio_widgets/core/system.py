@@ -1,8 +1,10 @@
 """System monitor: CPU per core, RAM and disk always; GPU utilisation, memory, temperature and power
-through NVML (nvidia-ml-py) when an NVIDIA GPU is present, with a clear no-GPU state otherwise."""
+through NVML (nvidia-ml-py) when an NVIDIA GPU is present, with a clear no-GPU state otherwise; and
+whether the CPU computes bfloat16 natively."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from pathlib import Path
@@ -85,3 +87,21 @@ def snapshot(disk_path: str | Path = ".") -> dict[str, Any]:
         "gpu_message": message,
         "gpus": gpus,
     }
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX, read from
+    /proc/cpuinfo on Linux): there a bf16 model forward is about 3x an fp32 one. Elsewhere (no such
+    flags, macOS, Windows) bf16 is emulated and slower, so the answer is False."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
+    )
+    return any(f in flags for f in BF16_CPU_FLAGS)

@@ -164,6 +164,7 @@ def _first_tensor(x: Any) -> torch.Tensor:
 
 
 def _replace_first(x: Any, new: torch.Tensor) -> Any:
+    new = _like(new, _first_tensor(x))
     if isinstance(x, tuple):
         return (new, *x[1:])
     if isinstance(x, list):
@@ -175,7 +176,14 @@ def _input_of(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
+def _like(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """An edited value in the dtype of the value it replaces (an edit computed in fp32 goes back into
+    a bf16 model as bf16)."""
+    return new if new.dtype == old.dtype else new.to(old.dtype)
+
+
 def _with_input(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple, dict]:
+    new = _like(new, _input_of(args, kwargs))
     if args:
         return (new, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": new}

@@ -115,7 +115,7 @@ def check_weight_files(folder: Path, config: Any, name: str) -> None:
     if need > held:
         raise ModelError(
             f"The config of {name!r} describes a model of at least {need:,} parameters, but its weight "
-            f"files hold only {held:,} values of the shapes it needs; it was not loaded (the rest would be random, and allocating it could "
-            "exhaust memory).",
+            f"files hold only {held:,} values of the shapes it needs; it was not loaded (the rest would "
+            "be random, and allocating it could exhaust memory).",
             "restore the matching config.json and complete weight files, then add the model again.",
         )

@@ -15,6 +15,7 @@ from ..core import defaults
 from ..core.configs import DEFAULT, ModelConfig, to_dict
 from ..core.errors import HubError, ModelError
 from ..core.progress import ProgressCallback, emit
+from ..core.system import cpu_has_fast_bf16
 from ..core.workspace import Artifact, Workspace
 from .model_files import check_weight_files
 
@@ -275,7 +276,7 @@ def model_info(
     settings = art.meta.get("settings", {})
     dtype = dtype or settings.get("dtype", "auto")
     quantization = quantization or settings.get("quantization", "none")
-    eff = "float32" if dtype == "auto" else dtype
+    eff = resolve_dtype(dtype, resolve_device(settings.get("device", "auto")))
     info = dict(art.meta["info"])
     info["memory"] = memory_estimate(info, eff, quantization)
     info["memory_table"] = {
@@ -284,6 +285,7 @@ def model_info(
         for q in ("none", *QUANT_BYTES)
     }
     info["dtype"], info["quantization"] = dtype, quantization
+    info["runs_in"] = eff  # what 'auto' resolves to here
     return info
 
 
@@ -334,11 +336,18 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
+    """The dtype the model's weights and forward run in. 'auto': bfloat16 on a CUDA GPU that supports
+    it (else float16) and on a CPU that computes bf16 natively (AVX512-BF16 or AMX; ~3x fp32's
+    tokens/s, hidden states at cosine 0.9999), float32 elsewhere. Whatever the model runs in, the SAE
+    keeps fp32 weights and optimiser state, activations are cast to fp32 before the SAE sees them, and
+    log-probabilities (perplexity, KL, CE) are computed from logits cast to fp32."""
     import torch
 
     if dtype == "auto":
         if device == "cuda":
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        if device == "cpu" and cpu_has_fast_bf16():
+            return "bfloat16"
         return "float32"
     if dtype not in BYTES_PER_PARAM:
         raise ModelError(f"Unknown dtype {dtype!r}.", "use auto, float32, float16 or bfloat16.")

@@ -4,16 +4,15 @@ feature columns for browsing, one feature's detail, co-activation, labels, searc
 from __future__ import annotations
 
 from contextlib import contextmanager
-
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..core.errors import ArtifactNotFound
 from ..core.jobs import Status
 from ..core.workspace import Artifact, Workspace
-from ..core.errors import ArtifactNotFound
 from .library import FeatureError, load_library_sae
 
 KIND = "extraction"
