@@ -97,7 +97,8 @@ def test_listing_loaded_models_never_waits_for_a_load(default_ws, lm):
 
     from mistudio_widgets.data.models import _models, loaded_models
 
-    for k in [k for k, v in _models.items() if v.dtype == "bfloat16"]:
+    other = "float32" if lm.dtype == "bfloat16" else "bfloat16"  # a dtype the fixture's model is not in
+    for k in [k for k, v in _models.items() if v.dtype == other]:
         _models.pop(k)  # loaded by an earlier test: this one needs the load to happen
     started, out = threading.Event(), {}
 
@@ -106,7 +107,7 @@ def test_listing_loaded_models_never_waits_for_a_load(default_ws, lm):
             started.set()
 
     def load():
-        out["lm"] = load_model(default_ws, dtype="bfloat16", device="cpu", progress=progress)
+        out["lm"] = load_model(default_ws, dtype=other, device="cpu", progress=progress)
 
     worker = threading.Thread(target=load)
     worker.start()
@@ -115,6 +116,6 @@ def test_listing_loaded_models_never_waits_for_a_load(default_ws, lm):
     still_loading = worker.is_alive()
     worker.join(300)
     assert still_loading, "the load ended before the list came back: the list waited for it"
-    assert lm in during and all(m.dtype != "bfloat16" for m in during)
-    assert out["lm"] in loaded_models() and out["lm"].dtype == "bfloat16"
+    assert lm in during and all(m.dtype != other for m in during)
+    assert out["lm"] in loaded_models() and out["lm"].dtype == other
     _models.pop(next(k for k, v in _models.items() if v is out["lm"]))
