@@ -41,14 +41,10 @@ from mistudio_widgets.data.datasets import ensure_tokenization, load_tokens, res
 from mistudio_widgets.data.models import load_model, resolve_model
 from mistudio_widgets.train.heap import keep_freed_memory
 from mistudio_widgets.train.optim import averaged, make_optimizer
-from mistudio_widgets.train.training import (
-    explained_variance,
-    new_sae,
-    optimizer_step,
-    sae_spec,
-    sparsity_coefficient,
-    train,
-)
+from mistudio_widgets.train.evaluation import explained_variance
+from mistudio_widgets.train.prepare import new_sae, sae_spec
+from mistudio_widgets.train.step import optimizer_step, sparsity_coefficient
+from mistudio_widgets.train.training import train
 
 HOOK, LAYER, D_SAE, K, CTX = "blocks.15.hook_resid_post", 15, 4608, 32, 128
 PEERS = {"eai-sparsify": "1.3.", "sae-lens": "6."}  # the versions whose internals are driven below

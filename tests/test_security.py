@@ -275,7 +275,7 @@ def test_terminal_escapes_null_answers_sigint_and_stale_checkpoint_temps(tmp_pat
     import time
 
     from mistudio_widgets.cli import printable
-    from mistudio_widgets.train.training import _remove_stale_checkpoint_temps
+    from mistudio_widgets.train.checkpoints import remove_stale_checkpoint_temps
 
     assert (
         printable("label \x1b[2J\x1b]0;pwned\x07 end\nnext\tline")
@@ -285,7 +285,7 @@ def test_terminal_escapes_null_answers_sigint_and_stale_checkpoint_temps(tmp_pat
     run = tmp_path / "run"
     (run / ".checkpoint-4.tmp-abc123").mkdir(parents=True)
     (run / "checkpoint-2").mkdir()
-    assert _remove_stale_checkpoint_temps(run) == [".checkpoint-4.tmp-abc123"]
+    assert remove_stale_checkpoint_temps(run) == [".checkpoint-4.tmp-abc123"]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint-2"]
     # Ctrl-C during a CLI training: it checkpoints, exits non-zero and names the resume command
     env = {**os.environ, "MISTUDIO_HOME": str(tmp_path / "ws"), "HF_HUB_OFFLINE": "1"}

@@ -441,7 +441,8 @@ def test_minor_cases_get_clear_errors_not_tracebacks(tmp_path):
 
 def test_a_checkpoint_changed_by_hand_is_refused(default_ws, tmp_path):
     from mistudio_widgets.core.configs import TrainConfig
-    from mistudio_widgets.train.training import TrainingError, train
+    from mistudio_widgets.train.prepare import TrainingError
+    from mistudio_widgets.train.training import train
 
     cfg = TrainConfig(
         steps=6,

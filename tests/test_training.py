@@ -15,15 +15,9 @@ from mistudio_widgets.core.configs import TrainConfig
 from mistudio_widgets.core.errors import ArtifactWriteError, MistudioError, TokenizerMismatch
 from mistudio_widgets.core.jobs import submit
 from mistudio_widgets.sae.io import load_sae
-from mistudio_widgets.train.training import (
-    TrainingError,
-    TrainState,
-    _checkpoints,
-    load_checkpoint,
-    run_status,
-    save_checkpoint,
-    train,
-)
+from mistudio_widgets.train.checkpoints import TrainState, checkpoints_of, load_checkpoint, save_checkpoint
+from mistudio_widgets.train.prepare import TrainingError
+from mistudio_widgets.train.training import run_status, train
 
 TINY = dict(
     batch_tokens=256,
@@ -133,7 +127,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(default_ws):
         train(default_ws, cfg)
     run = default_ws.get(cfg.name, "run")
     assert run.meta["status"] == "failed"
-    ckpts = _checkpoints(run.path)
+    ckpts = checkpoints_of(run.path)
     assert ckpts and f"step {int(ckpts[-1].name.split('-')[1])}" in str(err.value)
 
 
@@ -203,7 +197,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
         sched_b = torch.optim.lr_scheduler.LambdaLR(opt_b, lambda s: 1.0)
         with pytest.raises(ArtifactWriteError, match="disk is full"):
             save_checkpoint(mnt, big, opt_b, sched_b, TrainState(step=2))
-        assert [p.name for p in _checkpoints(mnt)] == ["checkpoint-1"]
+        assert [p.name for p in checkpoints_of(mnt)] == ["checkpoint-1"]
         again = make_sae(SAESpec(architecture="topk", d_in=32, d_sae=64, k=4))
         opt2 = torch.optim.Adam(again.parameters())
         assert (
@@ -361,7 +355,7 @@ def test_cli_trains_several_saes_from_a_config_file(default_ws, tmp_path):
 def test_a_sweep_grid_expands_refuses_repeats_and_what_would_not_fit():
     from mistudio_widgets.core.configs import ConfigError
     from mistudio_widgets.sae import SAESpec
-    from mistudio_widgets.train.training import check_group_memory, run_names
+    from mistudio_widgets.train.planning import check_group_memory, run_names
 
     grid = TrainConfig(name="sw", sweep={"k": [16, 32], "architecture": ["topk", "matryoshka_batchtopk"]})
     members = grid.members()

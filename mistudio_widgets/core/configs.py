@@ -462,6 +462,11 @@ class TrainConfig:
         "(with saes: every entry times the grid). Empty: no grid.",
     )
 
+    def width(self, d_in: int) -> int:
+        """The SAE's number of latents for inputs of width ``d_in``: ``d_sae`` when set, else
+        ``expansion_factor`` x ``d_in``."""
+        return self.d_sae if self.d_sae is not None else self.expansion_factor * d_in
+
     def members(self) -> list["TrainConfig"]:
         """One complete config per SAE to train: each entry of ``saes`` (or this config alone) times
         each point of the ``sweep`` grid. Two members that would be the same SAE are refused."""

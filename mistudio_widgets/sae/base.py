@@ -95,6 +95,9 @@ class SAE(nn.Module):
     """Base class. Subclasses define ``activation(pre)`` (and, for training, ``train_acts``)."""
 
     architecture = "base"
+    # training behaviour the trainer asks the SAE about, rather than branching on its architecture:
+    unit_norm_decoder = True  # decoder rows kept at unit norm (their gradient's parallel part removed)
+    resamples_dead = False  # dead latents are re-pointed at badly reconstructed inputs (resample_dead)
 
     def __init__(self, spec: SAESpec):
         super().__init__()

@@ -9,6 +9,8 @@ from .base import SAE, StepOut
 
 class StandardSAE(SAE):
     architecture = "standard"
+    unit_norm_decoder = False  # the L1 penalty weighs activations by decoder norms instead
+    resamples_dead = True
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)

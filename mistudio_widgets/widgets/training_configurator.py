@@ -11,7 +11,8 @@ import traitlets as t
 
 from ..core import jobs
 from ..core.configs import TrainConfig, from_dict, parse_grid, to_dict
-from ..train.training import check_config, train
+from ..train.planning import check_config
+from ..train.training import train
 from .base import EngineWidget, Outcome, background, esm, on_kernel
 
 BASIC = (

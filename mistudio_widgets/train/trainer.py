@@ -1,0 +1,179 @@
+"""The training loop of a group of SAEs: one activation stream, harvested once at the union of their
+hooks, feeds every SAE that has not finished; pace (ETA), stop and interruption."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core import distributed as dist
+from ..core.configs import TrainConfig
+from ..core.jobs import JobCancelled, JobControl, Status
+from ..core.progress import ProgressCallback, emit
+from ..core.workspace import Artifact, Workspace
+from ..data.activation_cache import ActivationCache
+from ..data.activations import ActivationStream, harvest_shared
+from ..data.models import LoadedModel
+from ..sae import SAESpec
+from .member import Member, TrainResult
+from .pace import Pace, PaceWriter, planned_harvest_tokens
+
+
+@dataclass
+class Harvest:
+    """What the SAEs of one training group share: the model, the token sequences (for training and
+    held out), the hooks read in one pass, the device, and the activation cache when there is one."""
+
+    lm: LoadedModel
+    train_tokens: np.ndarray
+    eval_tokens: np.ndarray
+    hooks: list[str]
+    device: str
+    cache: ActivationCache | None = None
+
+
+class Trainer:
+    """Trains a group of SAEs from one activation stream: each batch is harvested once, at the union
+    of their hooks, and feeds every SAE of the group that has not finished. The settings of the stream
+    (batch, chunks, seed) are the group's first config's; ``SHARED`` keeps the others equal."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        runs: list[Artifact],
+        cfgs: list[TrainConfig],
+        specs: list[SAESpec],
+        harvest: Harvest,
+        *,
+        resuming: bool,
+        progress: ProgressCallback | None = None,
+        control: JobControl | None = None,
+    ):
+        self.ws, self.cfg, self.harvest = ws, cfgs[0], harvest
+        self.control = control or JobControl()
+        ctx = harvest.train_tokens.shape[1]
+        self.pace = Pace(
+            steps_total=self.cfg.steps,
+            step=0,
+            batch_tokens=self.cfg.batch_tokens,
+            harvest_left=0 if harvest.cache is not None else len(harvest.eval_tokens) * ctx,
+            device=harvest.device,
+            parameters=float(harvest.lm.info.get("parameters") or 0),
+        )
+        record = dist.is_main()
+        self.pace_writer = PaceWriter(
+            lambda d: [ws.update_meta(r.id, pace=d) for r in runs] if record else None, self.pace
+        )
+        self.progress = self.pace_writer.progress(progress)
+        t0 = time.perf_counter()
+        eval_acts = self._held_out_activations()
+        self.pace.harvest_time(time.perf_counter() - t0)
+        self.members = [
+            Member(ws, r, c, sp, harvest.lm, harvest.eval_tokens, eval_acts, harvest.device, resuming)
+            for r, c, sp in zip(runs, cfgs, specs)
+        ]
+        # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config,
+        # so resumes agree
+        width = max(harvest.train_tokens.shape[1] - 1, 1)
+        needed = math.ceil(self.cfg.steps * self.cfg.batch_tokens * 1.05 / width) + 1
+        self.stream = ActivationStream(
+            harvest.lm,
+            harvest.train_tokens,
+            harvest.hooks,
+            batch_tokens=self.cfg.batch_tokens,
+            chunk_sequences=min(self.cfg.chunk_sequences, needed),
+            seed=self.cfg.seed,
+            harvest_batch_size=self.cfg.harvest_batch_size,
+            progress=self.progress,
+            cache=harvest.cache,
+        )
+        self._plan_harvest()
+
+    def _plan_harvest(self) -> None:
+        """What is left to harvest for the steps still to take (the pace's ETA)."""
+        h, stream = self.harvest, self.stream
+        ctx = h.train_tokens.shape[1]
+        self.pace.step = min(m.state.step for m in self.members)
+        per_chunk = max(stream.chunk_sequences * (ctx - 1) // self.cfg.batch_tokens, 1)
+        uncached = None
+        if h.cache is not None:
+            uncached = int((~np.asarray(h.cache.filled[: len(h.train_tokens)])).sum()) * ctx
+        self.pace.harvest_left += planned_harvest_tokens(
+            self.cfg.steps - self.pace.step,
+            self.cfg.batch_tokens,
+            stream.chunk_sequences * ctx,
+            per_chunk,
+            uncached,
+        )
+        self.pace_writer.flush(force=True)
+
+    def _held_out_activations(self) -> dict[str, torch.Tensor]:
+        h = self.harvest
+        if h.cache is not None:
+            n_all = len(h.cache.tokens)  # the held-out sequences are the data's last ones
+            acts, _ = h.cache.gather(np.arange(n_all - len(h.eval_tokens), n_all), h.lm, self.progress)
+            return acts
+        acts, _ = harvest_shared(
+            h.lm,
+            h.eval_tokens,
+            h.hooks,
+            batch_size=self.cfg.harvest_batch_size,
+            progress=self.progress,
+            stage="harvest eval",
+        )
+        return acts
+
+    def run(self, stop_after: int | None = None) -> list[TrainResult]:
+        """Train until every SAE has finished; with ``stop_after``, checkpoint and stop (interrupted)
+        after that many steps. Cancelling the job checkpoints, then raises :class:`JobCancelled`."""
+        members, cfg, stream = self.members, self.cfg, self.stream
+        it = stream.batches(tuple(members[0].state.position))
+        steps_here = 0
+        while not all(m.done for m in members):
+            self.control.check()
+            t0 = time.perf_counter()
+            batch = next(it)
+            t1 = time.perf_counter()
+            info = {}
+            for m in members:
+                if not m.done:
+                    info = m.step(batch, stream.position)
+            steps_here += 1
+            self.pace.harvest_time(t1 - t0)
+            self.pace.stepped(max(m.state.step for m in members), time.perf_counter() - t1)
+            self.pace_writer.flush()
+            self._report(max(m.state.step for m in members), info)
+            unfinished = [m for m in members if not m.done]
+            if stop_after is not None and steps_here >= stop_after and unfinished:
+                for m in unfinished:
+                    m.checkpoint(stream.position)
+                    if dist.is_main():
+                        self.ws.update_meta(m.run.id, status=Status.INTERRUPTED, stopped=time.time())
+                return [TrainResult(m.run.id, None, None, m.last, Status.INTERRUPTED) for m in members]
+            if self.control.cancelled and unfinished:
+                for m in unfinished:
+                    m.checkpoint(stream.position)
+                raise JobCancelled()
+        self.pace.stage = "saving"
+        self.pace_writer.flush(force=True)
+        results = [m.finish(stream.position, stream.counts) for m in members]
+        dist.barrier()  # the others end once the main process has saved the SAEs
+        emit(self.progress, "train", cfg.steps, cfg.steps, unit="step", finished=True)
+        return results
+
+    def _report(self, step: int, info: dict[str, Any]) -> None:
+        nan = float("nan")
+        emit(
+            self.progress,
+            "train",
+            step,
+            self.cfg.steps,
+            unit="step",
+            message=f"loss {info.get('loss', nan):.3g} L0 {info.get('l0', nan):.1f} "
+            f"EV {info.get('ev', nan):.3f}",
+        )
