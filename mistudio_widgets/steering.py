@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import time
 from typing import Any, Callable
 
@@ -315,6 +316,19 @@ def steer(
             str(i): {"before": float(a0[sl, k].mean()), "after": float(a1[sl, k].mean())}
             for k, i in enumerate(idx)
         }
+    text0, text1 = tok.decode(base, skip_special_tokens=True), tok.decode(steered, skip_special_tokens=True)
+    f0 = fluency(lm, ids, text0) if base else {"perplexity": float("inf"), "repetition": 0.0, "invented": 0.0}
+    f1 = (
+        fluency(lm, ids, text1)
+        if steered
+        else {"perplexity": float("inf"), "repetition": 1.0, "invented": 1.0}
+    )
+    metrics["fluency"] = {
+        "unsteered": f0,
+        "steered": f1,
+        "fluent": is_fluent(f1, f0),
+        "rule": fluency_rule(),
+    }
     metrics["residual_norm"] = norm
     metrics["relative_strength"] = {
         str(i): relative_strength(model_sae, i, v * cfg.multiplier, cfg.normalise, norm) for i, v in feats
@@ -326,8 +340,8 @@ def steer(
         "prompt": cfg.prompt,
         "features": feats,
         "method": cfg.method,
-        "unsteered": tok.decode(base, skip_special_tokens=True),
-        "steered": tok.decode(steered, skip_special_tokens=True),
+        "unsteered": text0,
+        "steered": text1,
         "unsteered_tokens": pieces(base),
         "steered_tokens": pieces(steered),
         "diff": token_diff(pieces(base), pieces(steered)),
@@ -363,24 +377,68 @@ def sweep(
     return rows
 
 
-# Automatic strength: the largest strength whose steered text stays fluent
-AUTO_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8)
-AUTO_MAX_PERPLEXITY = 15.0  # steered continuation's perplexity / the unsteered one's (both read unsteered)
-AUTO_MAX_REPETITION = 0.5  # share of the continuation's token trigrams that repeat an earlier one
+# One fluency rule, used by the automatic strength, by every steered generation's metrics and by the
+# widget (which names it). A continuation is read lower-cased by the unsteered model after the prompt
+# (so that steering towards capitals, which the model finds surprising but which stays readable, is
+# judged on its words and grammar), its words are looked up in the tokenizer's vocabulary (an invented
+# word such as "theirsells" is not one token; common English words, rare ones included, are), and its
+# word trigrams are checked for loops.
+AUTO_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.275, 0.3, 0.325, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8)
+AUTO_MAX_PERPLEXITY = 30.0  # the lower-cased steered continuation's perplexity / the unsteered one's
+AUTO_MAX_REPETITION = 0.2  # share of the continuation's word trigrams that repeat an earlier one
+AUTO_MAX_INVENTED = 0.15  # share of its words (3+ letters) that are not one token of the vocabulary
+FLUENCY_RULE = (
+    "fluent: lower-cased and read by the unsteered model after the prompt, its perplexity is at most "
+    "{max_perplexity:g}x the unsteered continuation's; at most {max_repetition:.0%} of its word trigrams "
+    "repeat an earlier one and at most {max_invented:.0%} of its words are unknown to the vocabulary (or "
+    "no more than in the unsteered continuation)"
+)
+
+
+def fluency_rule(
+    max_perplexity: float = AUTO_MAX_PERPLEXITY, max_repetition: float = AUTO_MAX_REPETITION
+) -> str:
+    return FLUENCY_RULE.format(
+        max_perplexity=max_perplexity, max_repetition=max_repetition, max_invented=AUTO_MAX_INVENTED
+    )
 
 
 @torch.no_grad()
-def fluency(lm: LoadedModel, ids: torch.Tensor, cont: list[int]) -> dict[str, float]:
-    """How fluent a continuation ``cont`` of ``ids`` reads: its perplexity under the unsteered model and
-    the share of its token trigrams that repeat an earlier one (loops)."""
+def fluency(lm: LoadedModel, ids: torch.Tensor, text: str) -> dict[str, float]:
+    """How fluent a continuation ``text`` of the prompt ``ids`` reads (the one definition): the perplexity
+    of the lower-cased text under the unsteered model after the prompt, the share of its word trigrams
+    that repeat an earlier one (loops), and the share of its words of 3+ letters that the tokenizer does
+    not hold as one token (invented words)."""
+    folded = text.lower()
+    cont = lm.tokenizer(folded, add_special_tokens=False)["input_ids"]
     if not cont:
-        return {"perplexity": float("inf"), "repetition": 1.0}
+        return {"perplexity": float("inf"), "repetition": 1.0, "invented": 1.0}
     seq = torch.cat([ids, torch.tensor([cont], dtype=torch.long)], 1).to(lm.device)
     logits = lm.model(input_ids=seq, use_cache=False).logits[0, ids.shape[1] - 1 : -1].float()
     nll = -torch.log_softmax(logits, -1).gather(1, torch.tensor(cont, device=logits.device)[:, None]).mean()
-    grams = [tuple(cont[i : i + 3]) for i in range(len(cont) - 2)]
+    words = folded.split()
+    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
     rep = 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-    return {"perplexity": float(torch.exp(nll)), "repetition": rep}
+    letters = [w for w in re.findall(r"[a-z]+", folded) if len(w) >= 3]
+    pieces = (
+        lm.tokenizer([" " + w for w in letters], add_special_tokens=False)["input_ids"] if letters else []
+    )
+    invented = sum(len(p) > 1 for p in pieces) / len(letters) if letters else 0.0
+    return {"perplexity": float(torch.exp(nll)), "repetition": rep, "invented": invented}
+
+
+def is_fluent(
+    f: dict[str, float],
+    unsteered: dict[str, float],
+    max_perplexity: float = AUTO_MAX_PERPLEXITY,
+    max_repetition: float = AUTO_MAX_REPETITION,
+) -> bool:
+    """The rule of :data:`FLUENCY_RULE` for a continuation's :func:`fluency` against the unsteered one's."""
+    return (
+        f["perplexity"] <= max_perplexity * unsteered["perplexity"]
+        and f["repetition"] <= max(max_repetition, unsteered["repetition"])
+        and f["invented"] <= max(AUTO_MAX_INVENTED, unsteered["invented"])
+    )
 
 
 def auto_strength(
@@ -432,8 +490,13 @@ def auto_strength(
     seq = torch.cat([ids, torch.tensor([base], dtype=torch.long)], 1) if base else ids
     norm = residual_norm(lm, seq, _logprobs_and_acts(lm, seq, hook, None, model_sae, [], residual=True)[2])
     dnorm = 1.0 if cfg.normalise else float(model_sae.W_dec[feature].detach().float().norm())
-    base_fluency = fluency(lm, ids, base)
-    limit = max_perplexity * base_fluency["perplexity"] if base else float("inf")
+    base_text = lm.tokenizer.decode(base, skip_special_tokens=True)
+    base_fluency = (
+        fluency(lm, ids, base_text)
+        if base
+        else {"perplexity": float("inf"), "repetition": 0.0, "invented": 0.0}
+    )
+    limit = max_perplexity * base_fluency["perplexity"]
     rows: list[dict[str, Any]] = []
     broken = 0
     for frac in fractions:
@@ -449,13 +512,9 @@ def auto_strength(
             edit=make_edit(model_sae, parse_features(test.features), test),
             control=control,
         )
-        row = {
-            "strength": strength,
-            "relative": frac,
-            "text": lm.tokenizer.decode(out, skip_special_tokens=True),
-            **fluency(lm, ids, out),
-        }
-        row["fluent"] = row["perplexity"] <= limit and row["repetition"] <= max_repetition
+        text = lm.tokenizer.decode(out, skip_special_tokens=True)
+        row = {"strength": strength, "relative": frac, "text": text, **fluency(lm, ids, text)}
+        row["fluent"] = is_fluent(row, base_fluency, max_perplexity, max_repetition)
         rows.append(row)
         if on_row:
             on_row(row)
@@ -470,8 +529,10 @@ def auto_strength(
         "strength": chosen["strength"] if chosen else None,
         "relative": chosen["relative"] if chosen else None,
         "rows": rows,
-        "unsteered": lm.tokenizer.decode(base, skip_special_tokens=True),
+        "unsteered": base_text,
         "unsteered_fluency": base_fluency,
+        "text": chosen["text"] if chosen else None,
+        "rule": fluency_rule(max_perplexity, max_repetition),
         "bound": {
             "max_perplexity": max_perplexity,
             "perplexity_limit": limit,
@@ -483,10 +544,9 @@ def auto_strength(
         "note": None
         if chosen
         else (
-            "No strength kept the steered text fluent under the bound (perplexity at most "
-            f"{max_perplexity:g}x the unsteered text's, repeated trigrams <= "
-            f"{max_repetition:.0%}); the unsteered text is kept. Loosen the bound or pick "
-            "another feature."
+            "No strength kept the steered text fluent ("
+            + fluency_rule(max_perplexity, max_repetition)
+            + "); the unsteered text is kept. Loosen the bound or pick another feature."
         ),
     }
 

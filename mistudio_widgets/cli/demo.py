@@ -161,13 +161,12 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
         ws, sae.id, SteerConfig(features=[[feature, 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens)
     )
     sweep = "\n".join(
-        f"           {r['strength']:7.2f} ({r['relative']:.0%} of the residual norm): perplexity "
+        f"           {r['strength']:7.2f} ({r['relative']:.0%} of the residual norm): lower-cased perplexity "
         f"{r['perplexity']:6.1f}, repeated {r['repetition']:.0%}, {uppercase_share(r['text']):.0%} uppercase"
         f"{'' if r['fluent'] else '  (not fluent)'}"
         for r in auto["rows"]
     )
     strength = auto["strength"]
-    b = auto["bound"]
     chosen = (
         f"chosen {strength:.2f} ({auto['relative']:.0%} of the residual norm {auto['residual_norm']:.0f})"
         if strength is not None
@@ -179,9 +178,7 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
             "feature": feature,
             "auto": {k: auto[k] for k in ("strength", "relative", "rows", "bound", "residual_norm")},
         },
-        f"the largest strength whose text stays fluent (perplexity <= {b['max_perplexity']:g}x the "
-        "unsteered text's, "
-        f"repeated trigrams <= {b['max_repetition']:.0%}):\n{sweep}\n         {chosen}",
+        f"the largest strength whose text stays {auto['rule']}:\n{sweep}\n         {chosen}",
     )
     r = steer(
         ws,

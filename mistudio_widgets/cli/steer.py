@@ -64,10 +64,17 @@ def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
         f"steered:   {r['steered']!r}",
         f"KL(steered || unsteered) mean {m['kl_mean']:.3f} over {len(m['kl_per_position'])} positions",
     ]
+    f = m["fluency"]
+    text.append(
+        "fluency (lower-cased perplexity, repeated word trigrams): unsteered "
+        f"{f['unsteered']['perplexity']:.1f}, "
+        f"{f['unsteered']['repetition']:.0%}; steered {f['steered']['perplexity']:.1f}, "
+        f"{f['steered']['repetition']:.0%}: {'fluent' if f['fluent'] else 'NOT fluent'} ({f['rule']})"
+    )
     if "perplexity_steered" in m:
         text.append(
-            f"perplexity of the {m['reference']}: {m['perplexity_unsteered']:.2f} -> "
-            f"{m['perplexity_steered']:.2f}"
+            f"the {m['reference']} read by the unsteered and the steered model: perplexity "
+            f"{m['perplexity_unsteered']:.2f} -> {m['perplexity_steered']:.2f}"
         )
     for i, v in (m.get("feature_activation") or {}).items():
         text.append(f"feature {i}: mean activation {v['before']:.3f} -> {v['after']:.3f}")
@@ -106,18 +113,16 @@ def _auto(
         if out.as_json
         else lambda row: out.line(
             {},
-            f"  strength {row['strength']:8.2f} ({row['relative']:.0%} of the residual norm): perplexity "
-            f"{row['perplexity']:7.1f}, repeated {row['repetition']:.0%}  "
+            f"  strength {row['strength']:8.2f} ({row['relative']:.0%} of the residual norm): "
+            "lower-cased perplexity "
+            f"{row['perplexity']:7.1f}, repeated word trigrams {row['repetition']:.0%}  "
             f"{'fluent' if row['fluent'] else 'NOT fluent'}  {row['text'][:70]!r}",
         ),
     )
     b = r["bound"]
     head = (
-        f"automatic strength for feature {feature}: the largest whose text stays fluent (perplexity "
-        "under the "
-        f"unsteered model <= {b['max_perplexity']:g}x the unsteered text's = "
-        f"{b['perplexity_limit']:.1f}, repeated "
-        f"trigrams <= {b['max_repetition']:.0%}); residual norm {r['residual_norm']:.1f}"
+        f"automatic strength for feature {feature}: the largest whose text stays {r['rule']} "
+        f"(= {b['perplexity_limit']:.1f}); residual norm {r['residual_norm']:.1f}"
     )
     if r["strength"] is None:
         out.summary(
