@@ -39,9 +39,9 @@ from mistudio_widgets.core.configs import TrainConfig
 from mistudio_widgets.data.activations import harvest
 from mistudio_widgets.data.datasets import ensure_tokenization, load_tokens, resolve_dataset
 from mistudio_widgets.data.models import load_model, resolve_model
+from mistudio_widgets.train.evaluation import explained_variance
 from mistudio_widgets.train.heap import keep_freed_memory
 from mistudio_widgets.train.optim import averaged, make_optimizer
-from mistudio_widgets.train.evaluation import explained_variance
 from mistudio_widgets.train.prepare import new_sae, sae_spec
 from mistudio_widgets.train.step import optimizer_step, sparsity_coefficient
 from mistudio_widgets.train.training import train

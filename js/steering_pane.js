@@ -16,10 +16,11 @@ function render({ model, el }) {
   const cOther = h("textarea", { rows: 2, placeholder: "compared with, one per line (empty: the same texts in ordinary case)", "data-testid": "st-contrast-other" });
   const cBtn = h("button", { class: "secondary", text: "Find by contrast", "data-testid": "st-contrast-go",
     on: { click: () => cText.value.trim() && send(model, "contrast", { text: cText.value, contrast: cOther.value }) } });
-  const maxPpl = h("input", { type: "number", min: 1, step: 1, value: 15, style: { width: "4em" }, "data-testid": "st-auto-ppl",
-                              title: "steered text's perplexity (read by the unsteered model) at most this many times the unsteered text's" });
-  const maxRep = h("input", { type: "number", min: 0.05, max: 1, step: 0.05, value: 0.5, style: { width: "4em" }, "data-testid": "st-auto-rep",
-                              title: "share of the steered text's token trigrams that repeat an earlier one" });
+  const bound = model.get("fluency_bound") || {};
+  const maxPpl = h("input", { type: "number", min: 1, step: 1, value: bound.max_perplexity, style: { width: "4em" }, "data-testid": "st-auto-ppl",
+                              title: "the steered text, lower-cased and read by the unsteered model: its perplexity at most this many times the unsteered text's" });
+  const maxRep = h("input", { type: "number", min: 0.05, max: 1, step: 0.05, value: bound.max_repetition, style: { width: "4em" }, "data-testid": "st-auto-rep",
+                              title: "share of the steered text's word trigrams that repeat an earlier one" });
   const autoOut = h("div", { "data-testid": "st-auto" });
   const found = h("div", { class: "row wrap", "data-testid": "st-found", "data-redrawn": true });
   const searchHint = h("div", { class: "muted", "data-testid": "st-search-hint",
@@ -54,7 +55,8 @@ function render({ model, el }) {
     searchHint,
     h("div", { class: "row" }, cText, cOther, cBtn),
     found, chosen,
-    h("div", { class: "row muted" }, "Auto strength: the largest whose text stays fluent — perplexity ≤", maxPpl, "× the unsteered text's, repeated trigrams ≤", maxRep),
+    h("div", { class: "row muted", "data-testid": "st-fluency-rule", title: bound.rule || "" }, "Auto strength: the largest whose text stays fluent — lower-cased perplexity ≤", maxPpl,
+      "× the unsteered text's, repeated word trigrams ≤", maxRep, `, unknown words ≤ ${Math.round(100 * (bound.max_invented || 0))}%`),
     autoOut,
     h("div", { class: "row" }, prompt),
     h("div", { class: "row" }, field("Method", method), field("Max tokens", maxTok), field("Temperature", temp), field("Seed", seed),
@@ -83,7 +85,7 @@ function render({ model, el }) {
     found.replaceChildren(...(rows.length ? [h("span", { class: "muted", text: "click to add:" })]
       : q && model.get("status") !== "busy" ? [h("span", { class: "muted", text: `No feature matches “${q}” by label, promoted token or number.` })] : []), ...rows.map((f) => h("button", { class: "link", "data-index": f.index,
       title: f.match === "contrast" ? `contrast score ${f.score.toFixed(2)}, decoder alignment ${f.alignment.toFixed(2)}` : `matched by ${f.match}`,
-      text: `+ ${f.suggested ? "★ " : ""}${f.index}${f.label ? ` ${f.label}` : ""}${why(f)}`, on: { click: () => send(model, "add", { index: f.index }) } })));
+      text: `+ ${f.suggested ? "★ " : ""}${f.index}${f.label ? ` ${f.label}` : ""}${why(f)}`, on: { click: () => { search.value = ""; send(model, "add", { index: f.index }); } } })));
   };
   const drawAuto = () => {
     const a = model.get("auto") || {};
@@ -92,10 +94,13 @@ function render({ model, el }) {
     const head = a.running ? `feature ${a.index}: trying strengths…` : a.strength !== null && a.strength !== undefined
       ? `feature ${a.index}: strength ${fmtNum(a.strength, 2)} (${(100 * a.relative).toFixed(0)}% of the residual norm ${fmtNum(a.residual_norm, 0)}) is the largest that stays fluent`
       : (a.note || "");
-    autoOut.append(h("div", { class: a.strength === null && !a.running ? "warn" : "muted", text: head }),
-      h("table", { class: "table", "data-testid": "st-auto-table" }, h("tr", {}, ["strength", "of residual norm", "perplexity", "repeated", "fluent", "steered text"].map((x) => h("th", { text: x }))),
-        ...a.rows.map((r) => h("tr", {}, h("td", { class: "num", text: fmtNum(r.strength, 2) }), h("td", { class: "num", text: `${(100 * r.relative).toFixed(0)}%` }),
-          h("td", { class: "num", text: fmtNum(r.perplexity, 1) }), h("td", { class: "num", text: `${(100 * r.repetition).toFixed(0)}%` }),
+    const pct = (x) => `${(100 * x).toFixed(0)}%`;
+    autoOut.append(h("div", { class: a.strength === null && !a.running ? "warn" : "muted", text: head }));
+    if (a.rule) autoOut.append(h("div", { class: "muted", "data-testid": "st-auto-rule", text: a.rule }));
+    if (a.text) autoOut.append(h("div", { "data-testid": "st-auto-chosen" }, h("span", { class: "muted", text: "chosen text: " }), h("span", { text: a.text })));
+    autoOut.append(h("table", { class: "table", "data-testid": "st-auto-table" }, h("tr", {}, ["strength", "of residual norm", "lower-cased perplexity", "repeated", "unknown words", "fluent", "steered text"].map((x) => h("th", { text: x }))),
+        ...a.rows.map((r) => h("tr", { class: r.strength === a.strength ? "chosen" : "" }, h("td", { class: "num", text: fmtNum(r.strength, 2) }), h("td", { class: "num", text: pct(r.relative) }),
+          h("td", { class: "num", text: fmtNum(r.perplexity, 1) }), h("td", { class: "num", text: pct(r.repetition) }), h("td", { class: "num", text: pct(r.invented || 0) }),
           h("td", { text: r.fluent ? "yes" : "no" }), h("td", { text: r.text })))));
   };
   const drawChosen = () => {
@@ -111,6 +116,7 @@ function render({ model, el }) {
         title: "try strengths from weak to strong and keep the largest whose text stays fluent",
         on: { click: () => send(model, "auto", { index: c.index, prompt: prompt.value, max_perplexity: Number(maxPpl.value), max_repetition: Number(maxRep.value) }) } });
       auto.disabled = model.get("status") === "busy";
+      auto.classList.add("st-auto-btn");
       chosen.append(h("div", { class: "row", "data-testid": "st-feature", "data-index": c.index },
         h("b", { text: `#${c.index}` }), h("span", { class: "muted", text: c.label || (c.max ? `max ${c.max.toFixed(2)}` : "") }),
         slider, num, h("span", { class: "muted", "data-testid": "st-relative", text: c.relative !== null && c.relative !== undefined ? `≈ ${(100 * c.relative).toFixed(0)}% of the residual norm` : "" }),
@@ -136,7 +142,12 @@ function render({ model, el }) {
     const m = r.metrics;
     if (m) {
       metrics.append(kv("KL (steered ‖ unsteered)", fmtNum(m.kl_mean, 3)));
-      if (m.perplexity_steered !== undefined) metrics.append(kv("perplexity", `${fmtNum(m.perplexity_unsteered, 2)} → ${fmtNum(m.perplexity_steered, 2)}`));
+      const f = m.fluency;
+      if (f) {
+        const one = (x) => `perplexity ${fmtNum(x.perplexity, 1)}, repeated ${(100 * x.repetition).toFixed(0)}%, unknown words ${(100 * x.invented).toFixed(0)}%`;
+        const verdict = h("span", { "data-testid": "st-fluency", title: f.rule, class: f.fluent ? "" : "warn", text: `${one(f.unsteered)} → ${one(f.steered)}: ${f.fluent ? "fluent" : "not fluent"}` });
+        metrics.append(h("div", { style: { gridColumn: "1 / -1" } }, h("span", { class: "muted", text: "fluency (lower-cased) " }), verdict));
+      }
       for (const [i, v] of Object.entries(m.feature_activation || {})) metrics.append(kv(`feature ${i} activation`, `${fmtNum(v.before, 2)} → ${fmtNum(v.after, 2)}`));
       if (r.interrupted) metrics.append(kv("generation", "stopped"));
     }
@@ -152,7 +163,11 @@ function render({ model, el }) {
   model.on("change:found", drawFound);
   model.on("change:chosen", drawChosen);
   for (const k of ["unsteered", "steered", "result"]) model.on(`change:${k}`, drawOut);
-  model.on("change:status", drawFound);
+  model.on("change:status", () => {
+    drawFound();
+    // the Auto buttons follow the busy state (a finished job makes them usable again)
+    for (const b of chosen.querySelectorAll(".st-auto-btn")) b.disabled = model.get("status") === "busy";
+  });
   model.on("change:sweep_rows", drawSweep);
   model.on("change:auto", drawAuto);
   drawHeader(); drawFound(); drawChosen(); drawOut(); drawSweep(); drawAuto();

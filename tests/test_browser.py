@@ -633,9 +633,17 @@ def test_a_shouting_feature_is_found_and_steered_from_the_page(page, lab, defaul
     assert not pane.get_by_test_id("error").inner_text().strip(), pane.get_by_test_id("error").inner_text()
     expect(pane.get_by_test_id("st-auto-table").locator("tr")).not_to_have_count(1)
     expect(pane.get_by_test_id("st-relative")).to_contain_text("of the residual norm")
+    # the rule is named, the chosen text shown, and it passes the rule as shown in its row
+    expect(pane.get_by_test_id("st-auto-rule")).to_contain_text("lower-cased and read by the unsteered model")
+    expect(pane.get_by_test_id("st-auto-chosen")).to_contain_text("chosen text")
+    expect(pane.get_by_test_id("st-auto-table").locator("tr.chosen td").nth(5)).to_have_text("yes")
+    # the button is usable again once the sweep is done (it stayed disabled before)
+    expect(pane.locator(f'[data-testid="st-auto-go"][data-index="{index}"]')).to_be_enabled()
     set_field(pane.get_by_test_id("st-max-tokens"), 30)
     pane.get_by_test_id("st-generate").click()
     expect(pane.get_by_test_id("st-metrics")).to_contain_text("KL", timeout=600_000)
+    expect(pane.get_by_test_id("st-fluency")).to_contain_text("fluent")
+    expect(pane.locator(f'[data-testid="st-auto-go"][data-index="{index}"]')).to_be_enabled()
     steered = "".join(pane.get_by_test_id("st-steered").locator(".stok").all_inner_texts())
     unsteered = "".join(pane.get_by_test_id("st-unsteered").locator(".stok").all_inner_texts())
     assert uppercase_share(steered) > 0.6, steered

@@ -67,23 +67,42 @@ def test_contrast_finds_a_feature_of_shouted_text(default_ws, demo_sae, shouting
     assert r["ranking"] == "relative" and rel == sorted(rel, reverse=True) and all(0 < x <= 1 for x in rel)
 
 
+def test_the_fluency_rule_tells_shouting_from_gibberish(lm):
+    """The one fluency rule, on texts a user reported: readable shouting passes, looping invented words do
+    not (they passed the old rule at 41% repeated trigrams)."""
+    from mistudio_widgets.steering import fluency, is_fluent, prompt_ids
+
+    ids = prompt_ids(lm, PROMPT, True)
+    base = fluency(lm, ids, "The weather today is sunny with a light breeze, perfect for a walk in the park.")
+    shouting = "I'm a FAVORITE AI SOFTWARE FOR THE WORLD, I'LL PROVIDE ENOUGH ON THE WEATHER"
+    gibberish = "OVER HESHERES OF THEIRSELLS OF THEIRSELLS OF THEIRSELLS OF THEIR"
+    assert is_fluent(fluency(lm, ids, shouting), base), fluency(lm, ids, shouting)
+    bad = fluency(lm, ids, gibberish)
+    assert not is_fluent(bad, base) and bad["invented"] > 0.5 and bad["repetition"] > 0.2, bad
+
+
 def test_auto_strength_steers_into_capitals_and_stays_readable(default_ws, demo_sae, shouting):
+    from mistudio_widgets.steering import is_fluent
+
     f = shouting["steer_with"]
+    shares = []
     for prompt in (PROMPT, "What did you have for breakfast?"):
         auto = auto_strength(default_ws, demo_sae, SteerConfig(features=[[f, 0.0]], prompt=prompt))
         assert auto["strength"] is not None, auto["rows"]
         chosen = next(r for r in auto["rows"] if r["strength"] == auto["strength"])
-        assert chosen["fluent"] and chosen["perplexity"] <= auto["bound"]["perplexity_limit"]
-        assert (
-            all(r["fluent"] is False for r in auto["rows"] if r["strength"] > auto["strength"])
-            or auto["rows"][-1]["fluent"]
-        )
+        assert chosen["fluent"] and is_fluent(chosen, auto["unsteered_fluency"])
+        assert chosen["perplexity"] <= auto["bound"]["perplexity_limit"] and auto["text"] == chosen["text"]
+        assert all(r["fluent"] is False for r in auto["rows"] if r["strength"] > auto["strength"])
         r = steer(
             default_ws, demo_sae, SteerConfig(features=[[f, auto["strength"]]], prompt=prompt, max_tokens=30)
         )
         assert uppercase_share(r["unsteered"]) < 0.2, r["unsteered"]
-        assert uppercase_share(r["steered"]) > 0.6, r["steered"]
+        # Generate judges its text by the same rule, in the same words
+        assert r["metrics"]["fluency"]["rule"] == auto["rule"]
         assert r["metrics"]["relative_strength"][str(f)] == pytest.approx(auto["relative"], rel=0.1)
+        shares.append(uppercase_share(r["steered"]))
+    # at a strength the rule calls fluent, the feature makes the model shout on at least one prompt
+    assert max(shares) > 0.6, shares
 
 
 def test_the_whole_dictionary_is_labelled_and_the_labels_hold_on_held_out_texts(

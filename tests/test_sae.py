@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from mistudio_widgets.core.configs import TrainConfig
 from mistudio_widgets.sae import SAEConfigError, SAESpec, make_sae
 from mistudio_widgets.sae.io import SAEFormatError, load_sae, save_sae
-from mistudio_widgets.core.configs import TrainConfig
 from mistudio_widgets.train.step import compute_losses
 
 ARCHS = ["standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"]

@@ -41,6 +41,15 @@ class SteeringPane(EngineWidget):
     result = t.Dict().tag(sync=True)  # diff and metrics of the last generation
     sweep_rows = t.List().tag(sync=True)
     auto = t.Dict().tag(sync=True)  # the last automatic-strength sweep: rows, bound, chosen
+    # the fluency rule's defaults and words (steering.FLUENCY_RULE), shown and used by Auto and Generate
+    fluency_bound = t.Dict(
+        {
+            "max_perplexity": st.AUTO_MAX_PERPLEXITY,
+            "max_repetition": st.AUTO_MAX_REPETITION,
+            "max_invented": st.AUTO_MAX_INVENTED,
+            "rule": st.fluency_rule(),
+        }
+    ).tag(sync=True)
     presets = t.List().tag(sync=True)
 
     def __init__(self, workspace=None, sae: str | None = None, **kw: Any):
@@ -215,6 +224,10 @@ class SteeringPane(EngineWidget):
                 "bound": res["bound"],
                 "residual_norm": res["residual_norm"],
                 "note": res["note"],
+                "text": res["text"],
+                "rule": res["rule"],
+                "unsteered": res["unsteered"],
+                "unsteered_fluency": res["unsteered_fluency"],
                 "running": False,
             }
             if res["strength"] is not None:
