@@ -14,8 +14,10 @@ function render({ model, el }) {
   const exSae = h("select", { "data-testid": "lib-export-sae" });
   const exFmt = select(["saelens", "neuronpedia"], "saelens", { "data-testid": "lib-export-format" });
   const exOut = h("input", { type: "text", placeholder: "folder (default: workspace/exports/NAME-FORMAT)", "data-testid": "lib-export-out", style: { minWidth: "320px" } });
+  const exReplace = h("input", { type: "checkbox", "data-testid": "lib-export-replace" });
+  const exReplaceLabel = h("label", { title: "replace the folder when it holds an earlier export of mistudio (never other files)" }, exReplace, " replace an earlier export");
   const exBtn = h("button", { text: "Export", "data-testid": "lib-export", on: { click: () => exSae.value &&
-    send(model, "export", { id: exSae.value, format: exFmt.value, out: exOut.value }) } });
+    send(model, "export", { id: exSae.value, format: exFmt.value, out: exOut.value, overwrite: exReplace.checked }) } });
   const exDone = h("div", { class: "muted", "data-testid": "lib-exported" });
   // share
   const shSae = h("select", { "data-testid": "lib-share-sae" });
@@ -41,7 +43,7 @@ function render({ model, el }) {
           ["Dead", "dead latents"], ["CE rec.", "CE loss recovered"], ["Tokens", "tokens trained"], ["Source"], [""]]
           .map(([t, full]) => h("th", { text: t, title: full || t })))), body))),
     h("section", {}, h("h4", { text: "Import an SAE" }), h("div", { class: "row wrap" }, src, hook, iname, importBtn)),
-    h("section", {}, h("h4", { text: "Export" }), h("div", { class: "row wrap" }, exSae, exFmt, exOut, exBtn), exDone),
+    h("section", {}, h("h4", { text: "Export" }), h("div", { class: "row wrap" }, exSae, exFmt, exOut, exReplaceLabel, exBtn), exDone),
     h("section", {}, h("h4", { text: "Share (hub, SAELens list, Neuronpedia)" }),
       h("div", { class: "row wrap" }, shSae, shRepo, h("label", { class: "check" }, shUpload, "upload when a token and the network are there"),
         h("label", { class: "check" }, shExtract, "extract first if needed"), shBtn), shDone),

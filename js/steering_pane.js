@@ -108,7 +108,7 @@ function render({ model, el }) {
     for (const c of model.get("chosen") || []) {
       const lim = wide.checked || !c.max ? 300 : Math.max(10 * c.max, 1);
       const slider = h("input", { type: "range", min: -lim, max: lim, step: lim / 200, value: c.strength, "data-testid": "st-slider", "data-index": c.index });
-      const num = h("input", { type: "number", value: c.strength, step: "any", "data-testid": "st-strength", "data-index": c.index });
+      const num = h("input", { type: "number", value: +Number(c.strength).toFixed(3), step: "any", "data-testid": "st-strength", "data-index": c.index });
       slider.addEventListener("input", () => { num.value = slider.value; });
       slider.addEventListener("change", () => send(model, "strength", { index: c.index, strength: Number(slider.value) }));
       num.addEventListener("change", () => send(model, "strength", { index: c.index, strength: Number(num.value) }));

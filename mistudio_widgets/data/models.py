@@ -3,13 +3,14 @@ describe the architecture and memory needs before loading; load with dtype, quan
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..core import defaults
 from ..core.configs import DEFAULT, ModelConfig, to_dict
@@ -160,7 +161,8 @@ def _convert_gguf(gguf: Path, out: Path, progress: ProgressCallback | None) -> A
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         emit(progress, "convert", 1, 3, unit="steps", message="de-quantizing weights")
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+        with quiet_bars():
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
     except Exception as exc:
         raise ModelError(
             f"Could not read the GGUF file {gguf}: {exc}",
@@ -311,6 +313,21 @@ class LoadedModel:
         return hook_names(self.model)
 
 
+@contextlib.contextmanager
+def quiet_bars() -> Iterator[None]:
+    """transformers' own "Loading weights 272/272" bars stay out of notebook and terminal output: a load
+    reports its progress through ours."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -451,7 +468,8 @@ def load_model(
                 art.name,
             )
         try:
-            model, loading = AutoModelForCausalLM.from_pretrained(loc, **kwargs)
+            with quiet_bars():
+                model, loading = AutoModelForCausalLM.from_pretrained(loc, **kwargs)
         except torch.OutOfMemoryError as exc:
             raise ModelError(
                 f"Out of memory loading {art.name!r} in {dt}.",

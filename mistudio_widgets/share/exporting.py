@@ -48,8 +48,8 @@ def fresh_folder(
         if not overwrite:
             raise ExportError(
                 f"{out} already exists and is not empty.",
-                "choose a new folder, or pass overwrite=True (CLI: --overwrite) to replace an earlier "
-                "export.",
+                "choose a new folder, or replace an earlier export: tick 'replace an earlier export' in the "
+                "SAE library, pass --overwrite on the command line, or overwrite=True in Python.",
             )
         why = _not_an_export(out)
         if why:

@@ -112,18 +112,20 @@ class SAELibrary(EngineWidget):
         return apply
 
     @background
-    def action_export(self, id: str, format: str = "saelens", out: str | None = None, progress=None):
+    def action_export(
+        self, id: str, format: str = "saelens", out: str | None = None, overwrite: bool = False, progress=None
+    ):
         art = self.workspace.get(id, "sae")
         target = (out or "").strip() or str(self.workspace.root / "exports" / f"{art.name}-{format}")
         if format == "saelens":
             from ..share.exporting import export_saelens
 
-            r = export_saelens(self.workspace, art.id, target)
+            r = export_saelens(self.workspace, art.id, target, overwrite=bool(overwrite))
             text = f"Exported {art.name} for SAELens to {r['path']} ({', '.join(r['files'])})."
         elif format == "neuronpedia":
             from ..share.neuronpedia import export_neuronpedia
 
-            r = export_neuronpedia(self.workspace, art.id, target, progress=progress)
+            r = export_neuronpedia(self.workspace, art.id, target, overwrite=bool(overwrite), progress=progress)
             text = (
                 f"Exported {r['features']:,} features of {art.name} for Neuronpedia to {r['path']} "
                 f"({r['batches']} batches; ids {r['model_id']}@{r['source_id']}:INDEX)."
