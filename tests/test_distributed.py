@@ -60,8 +60,18 @@ def _train(ws, cfg_path, name, processes: int) -> dict:
 
 
 def test_two_processes_train_the_sae_one_process_trains(default_ws, tmp_path):
+    """The data-parallel reductions reproduce one process's training. The model runs in float32 here:
+    in bf16 ('auto' on a CPU with native bf16) a forward over half the batch rounds differently from one
+    over the whole batch, which would hide what this test checks."""
+    from mistudio_widgets.core.configs import ModelConfig
+    from mistudio_widgets.data.models import add_model, resolve_model
+
+    fp32 = default_ws.find("smollm-fp32", "model") or add_model(
+        default_ws,
+        ModelConfig(source=str(resolve_model(default_ws).path / "hf"), name="smollm-fp32", dtype="float32"),
+    )
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(CONFIG + f"model: {fp32.name}\n")
     name = default_ws.unique_name("run", "ddp")
     ddp = _train(default_ws, cfg, name, 2)
     single = _train(default_ws, cfg, name + "-single", 1)
