@@ -140,7 +140,7 @@ class _Streamer:
 def prompt_ids(lm: LoadedModel, prompt: str, chat_template: bool) -> torch.Tensor:
     if not isinstance(prompt, str) or not prompt.strip():
         raise SteeringError("The prompt is empty.", "type a prompt to continue.")
-    limit = getattr(lm.model.config, "max_position_embeddings", None) or 2048
+    limit = lm.context_length
     if len(prompt) > 64 * limit:  # surely longer than the context: refused before tokenizing it
         raise SteeringError(
             f"The prompt is {len(prompt):,} characters; the model reads at most {limit} tokens.",
@@ -223,9 +223,7 @@ def _logprobs_and_acts(
 
 def residual_norm(lm: LoadedModel, ids: torch.Tensor, h: torch.Tensor) -> float:
     """The median norm of the hook's activations ``h`` [T, d] over the non-special tokens of ``ids``."""
-    keep = ~torch.isin(
-        ids[0].cpu(), torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
-    )
+    keep = ~torch.isin(ids[0].cpu(), torch.tensor(lm.special_ids(), dtype=torch.long))
     norms = h[keep].norm(dim=-1) if keep.any() else h.norm(dim=-1)
     return float(norms.median())
 
@@ -264,7 +262,7 @@ def steer(
     lm = model_for_sae(ws, art, model_sae, model)
     hook = sae_hook(art, model_sae)
     ids = prompt_ids(lm, cfg.prompt, cfg.chat_template)
-    limit = getattr(lm.model.config, "max_position_embeddings", None) or 2048
+    limit = lm.context_length
     if ids.shape[1] + cfg.max_tokens > limit:
         raise SteeringError(
             f"The prompt is {ids.shape[1]} tokens; with {cfg.max_tokens} more it exceeds the model's "

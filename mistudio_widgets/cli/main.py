@@ -209,16 +209,11 @@ def cmd_delete(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
 
 def cmd_capture(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     from ..data.activations import capture_stats
-    from ..data.datasets import ensure_tokenization, resolve_dataset
+    from ..data.datasets import tokens_for
     from ..data.models import resolve_model
 
     model = resolve_model(ws, a.model, progress=out.progress)
-    tok = ws.find(a.dataset, "tokenization")
-    if tok is None:
-        ds = resolve_dataset(ws, a.dataset, progress=out.progress)
-        tok = ensure_tokenization(
-            ws, ds, model, TokenizeConfig(context_size=a.context_size), progress=out.progress
-        )
+    tok = tokens_for(ws, a.dataset, model, a.context_size, progress=out.progress)
     cfg = config_from_args(CaptureConfig, a)
     res = capture_stats(ws, model, tok, cfg, progress=out.progress)
     n = res.norm

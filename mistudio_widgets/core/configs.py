@@ -150,6 +150,12 @@ def field_help(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
+# The SAE architectures, and those with a k (top-k family): one home, which the SAE classes, the forms and
+# the monitor read.
+ARCHITECTURES = ("standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu")
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk")
+
+
 @config
 class DatasetConfig:
     """Where a dataset's documents come from."""
@@ -273,7 +279,7 @@ class TrainConfig:
         "Active latents per token (topk, batchtopk, matryoshka_batchtopk).",
         minimum=1,
         label="k (active latents)",
-        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
+        when={"architecture": K_ARCHITECTURES},
     )
     matryoshka_widths: list = opt(
         [],
@@ -363,21 +369,21 @@ class TrainConfig:
         None,
         "AuxK latents for dead-latent revival (topk/batchtopk; default d_model / 2).",
         label="AuxK latents",
-        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
+        when={"architecture": K_ARCHITECTURES},
     )
     aux_coefficient: float = opt(
         1 / 32,
         "Weight of the AuxK loss.",
         minimum=0.0,
         label="AuxK weight",
-        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
+        when={"architecture": K_ARCHITECTURES},
     )
     aux_tokens: int = opt(
         1024,
         "AuxK reads this many tokens of each batch (a random sample; its cost grows with them; 0: all).",
         minimum=0,
         label="AuxK tokens per batch",
-        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
+        when={"architecture": K_ARCHITECTURES},
     )
     dead_tokens: int = opt(
         200_000,
@@ -392,7 +398,7 @@ class TrainConfig:
         "dead_tokens, so few ever die).",
         minimum=1,
         label="AuxK after (silent tokens)",
-        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
+        when={"architecture": K_ARCHITECTURES},
     )
     resample_dead: bool = opt(
         True,
@@ -406,7 +412,7 @@ class TrainConfig:
         "are always exact float32) and of the AuxK loss's products; auto is bfloat16, about 2x faster "
         "on CPUs.",
         label="top-k selection precision",
-        when={"architecture": ("topk", "batchtopk", "matryoshka_batchtopk")},
+        when={"architecture": K_ARCHITECTURES},
     )
     # bookkeeping
     seed: int = opt(0, "Random seed (data order and initialisation); CPU runs are deterministic.", minimum=0)

@@ -215,4 +215,4 @@ class ActivationCache:
 
 
 def _special_list(lm) -> np.ndarray:
-    return np.array(sorted(set(lm.tokenizer.all_special_ids)), dtype=np.int64)
+    return np.array(lm.special_ids(), dtype=np.int64)

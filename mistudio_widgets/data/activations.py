@@ -62,7 +62,7 @@ def _capture_batch(
 
 
 def _special_ids(lm: LoadedModel) -> torch.Tensor:
-    return torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
+    return torch.tensor(lm.special_ids(), dtype=torch.long)
 
 
 def iter_activations(

@@ -18,6 +18,7 @@ from ..core.errors import DatasetError, HubError, TokenizerMismatch
 from ..core.progress import ProgressCallback, emit
 from ..core.sources import refuse_links_out
 from ..core.workspace import Artifact, Workspace
+from .tokens import special_token_ids
 
 LOCAL_FORMATS = {
     ".txt": "text",
@@ -467,7 +468,7 @@ def tokenize_dataset(
     if bos is not None:
         seqs = np.concatenate([np.full((n_seq, 1), bos, dtype=np.int32), seqs], axis=1)
 
-    special = np.asarray(sorted(set(tokenizer.all_special_ids)), dtype=np.int32)
+    special = np.asarray(special_token_ids(tokenizer), dtype=np.int32)
     ids, counts = np.unique(seqs, return_counts=True)
     order = np.argsort(-counts)
     top = [
@@ -567,6 +568,23 @@ def resolve_dataset(
     if ref == DEFAULT:
         return add_dataset(ws, progress=progress)
     return ws.get(ref, "dataset")
+
+
+def tokens_for(
+    ws: Workspace,
+    ref: str,
+    model: str | Artifact,
+    context_size: int,
+    *,
+    progress: ProgressCallback | None = None,
+) -> Artifact:
+    """What a job reads for a dataset reference: the tokenization ``ref`` names, else the dataset ``ref``
+    names (or the default corpus) tokenized for ``model`` at ``context_size``, made if missing."""
+    tok = ws.find(ref, "tokenization")
+    if tok is not None:
+        return tok
+    ds = resolve_dataset(ws, ref, progress=progress)
+    return ensure_tokenization(ws, ds, model, TokenizeConfig(context_size=context_size), progress=progress)
 
 
 def ensure_tokenization(

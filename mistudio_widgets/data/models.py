@@ -19,6 +19,7 @@ from ..core.progress import ProgressCallback, emit
 from ..core.system import cpu_has_fast_bf16
 from ..core.workspace import Artifact, Workspace
 from .model_files import check_weight_files
+from .tokens import context_length, special_token_ids
 
 BYTES_PER_PARAM = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
 QUANT_BYTES = {"8bit": 1.0, "4bit": 0.5}
@@ -306,6 +307,15 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.artifact.name
+
+    def special_ids(self) -> list[int]:
+        """The tokenizer's special-token ids, sorted, each once."""
+        return special_token_ids(self.tokenizer)
+
+    @property
+    def context_length(self) -> int:
+        """The longest sequence the model reads."""
+        return context_length(self.model.config)
 
     def hook_names(self) -> list[str]:
         from .hooks import hook_names

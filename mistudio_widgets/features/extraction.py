@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.configs import ExtractConfig, TokenizeConfig, to_dict
+from ..core.configs import ExtractConfig, to_dict
 from ..core.jobs import JobControl, Status, claim, lifecycle, owner_stamp
 from ..core.progress import ProgressCallback, emit
 from ..core.workspace import Artifact, Workspace, disk_error
-from ..data.datasets import check_tokenization_fits, ensure_tokenization, load_tokens, resolve_dataset
+from ..data.datasets import check_tokenization_fits, load_tokens, tokens_for
 from ..data.models import LoadedModel
 from ..sae import SAE
 from .library import FeatureError, _special, feature_acts, load_library_sae, model_for_sae, sae_hook
@@ -218,18 +218,7 @@ def extract(
     sae_art, model_sae, _ = load_library_sae(ws, sae)
     lm = model_for_sae(ws, sae_art, model_sae, cfg.model, progress)
     hook = sae_hook(sae_art, model_sae)
-    ds = (
-        resolve_dataset(ws, cfg.dataset, progress=progress)
-        if ws.find(cfg.dataset, "tokenization") is None
-        else None
-    )
-    tok = (
-        ensure_tokenization(
-            ws, ds, lm.artifact, TokenizeConfig(context_size=cfg.context_size), progress=progress
-        )
-        if ds is not None
-        else ws.get(cfg.dataset, "tokenization")
-    )
+    tok = tokens_for(ws, cfg.dataset, lm.artifact, cfg.context_size, progress=progress)
     check_tokenization_fits(ws, tok, lm.artifact, lm.tokenizer)
     tokens = load_tokens(ws, tok)
     ctx = tokens.shape[1]

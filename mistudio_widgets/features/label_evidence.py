@@ -24,6 +24,7 @@ from ..core.progress import ProgressCallback, emit
 from ..core.workspace import Artifact, Workspace, disk_error
 from ..data.datasets import load_tokens
 from ..data.models import load_tokenizer
+from ..data.tokens import special_token_ids
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .store import COACT_FILE, require_extraction, vocab_strings
 from .token_forms import Positions, analyse
@@ -189,7 +190,7 @@ def load_evidence(
         _save(path, key, parts)
     tokenizer = load_tokenizer(ws, ext.meta["model"])
     vocab = vocab_strings(tokenizer)
-    special = set(int(i) for i in tokenizer.all_special_ids)
+    special = set(special_token_ids(tokenizer))
 
     def acts(prefix: str, first: int, n: int) -> SparseActs:
         block = np.asarray(tokens[first : first + n])

@@ -68,7 +68,7 @@ def sae_hook(sae_art: Artifact, sae: SAE) -> str:
 
 
 def _special(lm: LoadedModel) -> torch.Tensor:
-    return torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
+    return torch.tensor(lm.special_ids(), dtype=torch.long)
 
 
 @torch.no_grad()

@@ -72,7 +72,7 @@ class _Tester:
         self.bos = self.lm.tokenizer.bos_token_id
 
     def encode(self, text: str) -> list[int]:
-        limit = getattr(self.lm.model.config, "max_position_embeddings", None) or 4096
+        limit = self.lm.context_length
         if len(text) > 64 * limit:  # surely longer than the context: refused before tokenizing it
             raise FeatureError(
                 f"The text is {len(text):,} characters; the model reads at most {limit} tokens.",

@@ -12,10 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.configs import ARCHITECTURES, K_ARCHITECTURES  # noqa: F401 - re-exported by sae
 from ..core.errors import MistudioError
-
-ARCHITECTURES = ("standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu")
-K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk")  # the ones with a k
 
 
 class SAEConfigError(MistudioError):

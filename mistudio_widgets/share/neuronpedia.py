@@ -37,6 +37,24 @@ DEFAULT_CREATOR_ID = rec.DEFAULT_CREATOR_ID
 SHOWN_VERDICTS = ("manual", "above chance")  # labels exported as Neuronpedia explanations
 
 
+def neuronpedia_ids(
+    ws: Workspace,
+    art: Artifact,
+    model_id: str | None,
+    source_id: str | None,
+    release: str | None,
+    creator_id: str,
+) -> tuple[str, str, str]:
+    """(model id, source id, release) of an SAE on Neuronpedia: the ones given, else the defaults derived
+    from the SAE; every one (and the creator id) checked against Neuronpedia's id rules."""
+    np_model, np_source = default_neuronpedia_ids(ws, art)
+    model_id = rec.check_id(model_id or np_model, "Model id")
+    source_id = rec.check_source_id(source_id or np_source)
+    release = rec.check_id(release or default_release(art), "Release name")
+    rec.check_creator_id(creator_id)
+    return model_id, source_id, release
+
+
 def _feature_batches(
     ext_path: Path, batch: int
 ) -> Iterator[tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]]]]:
@@ -125,11 +143,7 @@ def export_neuronpedia(
     Neuronpedia user the rows belong to (its seeded bot user unless given); ``hf_repo_id`` and
     ``hf_folder_id`` say where the weights were uploaded."""
     art = ws.get(sae, "sae")
-    np_model, np_source = default_neuronpedia_ids(ws, art)
-    model_id = rec.check_id(model_id or np_model, "Model id")
-    source_id = rec.check_source_id(source_id or np_source)
-    release = rec.check_id(release or default_release(art), "Release name")
-    rec.check_creator_id(creator_id)
+    model_id, source_id, release = neuronpedia_ids(ws, art, model_id, source_id, release, creator_id)
     if hf_repo_id is None:
         hf_repo_id, hf_folder_id = hub_location(art)
     ext = require_extraction(ws, art)

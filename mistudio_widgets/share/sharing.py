@@ -26,14 +26,12 @@ from ..features import FeatureError, extract, latest_extraction
 from . import neuronpedia_records as rec
 from .exporting import (
     EXPORT_MARKER,
-    default_neuronpedia_ids,
-    default_release,
     default_sae_path,
     export_saelens,
     fresh_folder,
 )
 from .hub import available_token, check_repo_id, model_card, offline, upload_folder
-from .neuronpedia import export_neuronpedia
+from .neuronpedia import export_neuronpedia, neuronpedia_ids
 
 MANIFEST = "share.json"
 
@@ -79,11 +77,7 @@ def share_sae(
     The Neuronpedia files need a feature extraction: ``extract_first`` runs one when there is none."""
     check_repo_id(repo)
     art = ws.get(sae, "sae")
-    np_model, np_source = default_neuronpedia_ids(ws, art)
-    model_id = rec.check_id(model_id or np_model, "Model id")
-    source_id = rec.check_source_id(source_id or np_source)
-    release = rec.check_id(release or default_release(art), "Release name")
-    rec.check_creator_id(creator_id)
+    model_id, source_id, release = neuronpedia_ids(ws, art, model_id, source_id, release, creator_id)
     path = (path or default_sae_path(art)).strip("/")
     if not path or ".." in path.split("/"):
         raise HubError(

@@ -32,7 +32,7 @@ class Evaluator:
     def __init__(self, lm: LoadedModel, tokens: np.ndarray, cfg: TrainConfig, acts: dict[str, torch.Tensor]):
         self.lm, self.cfg, self.acts = lm, cfg, acts
         self.ids = torch.tensor(tokens, dtype=torch.long)
-        special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)))
+        special = torch.tensor(lm.special_ids())
         self.keep = ~torch.isin(self.ids, special)  # splice only where the SAE was trained
         self.hook_in, self.hook_out = cfg.hook, cfg.hook_out or cfg.hook
         self.ce_clean = self._ce(None)

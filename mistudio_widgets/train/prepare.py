@@ -11,7 +11,7 @@ from ..core.configs import TrainConfig
 from ..core.errors import MistudioError
 from ..core.progress import ProgressCallback
 from ..core.workspace import Artifact, Workspace
-from ..data.datasets import check_tokenization_fits, ensure_tokenization, resolve_dataset
+from ..data.datasets import check_tokenization_fits, tokens_for
 from ..data.models import LoadedModel
 from ..sae import K_ARCHITECTURES, SAE, SAESpec, make_sae
 
@@ -37,14 +37,8 @@ def sae_spec(cfg: TrainConfig, d_in: int, d_out: int, metadata: dict[str, Any]) 
 def resolve_tokens(
     ws: Workspace, cfg: TrainConfig, lm: LoadedModel, progress: ProgressCallback | None
 ) -> Artifact:
-    tok = ws.find(cfg.dataset, "tokenization")
-    if tok is None:
-        ds = resolve_dataset(ws, cfg.dataset, progress=progress)
-        from ..core.configs import TokenizeConfig
-
-        tok = ensure_tokenization(
-            ws, ds, lm.artifact, TokenizeConfig(context_size=cfg.context_size), progress=progress
-        )
+    """The tokenization the config's dataset names, made for the model if missing, checked to fit it."""
+    tok = tokens_for(ws, cfg.dataset, lm.artifact, cfg.context_size, progress=progress)
     check_tokenization_fits(ws, tok, lm.artifact, lm.tokenizer)
     return tok
 

@@ -125,7 +125,9 @@ class SAELibrary(EngineWidget):
         elif format == "neuronpedia":
             from ..share.neuronpedia import export_neuronpedia
 
-            r = export_neuronpedia(self.workspace, art.id, target, overwrite=bool(overwrite), progress=progress)
+            r = export_neuronpedia(
+                self.workspace, art.id, target, overwrite=bool(overwrite), progress=progress
+            )
             text = (
                 f"Exported {r['features']:,} features of {art.name} for Neuronpedia to {r['path']} "
                 f"({r['batches']} batches; ids {r['model_id']}@{r['source_id']}:INDEX)."

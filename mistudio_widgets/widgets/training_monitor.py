@@ -13,12 +13,11 @@ import ipywidgets as ipw
 import traitlets as t
 
 from ..core import jobs
+from ..core.configs import K_ARCHITECTURES  # L0 is fixed at k while these train
 from ..core.jobs import Status
 from ..train.training import run_status, train
 from .base import EngineWidget, esm
 from .plots import apply_theme, publish
-
-K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk")  # L0 fixed at k while training
 
 
 @dataclass(frozen=True)
