@@ -15,6 +15,23 @@ from ..core.configs import from_dict, parse_grid
 from ..core.errors import MistudioError
 
 
+def no_alias_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """YAML without anchors and aliases: a config never needs them, and they can expand without bound."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError(
+                    "aliases (*name) are not allowed in config files (line "
+                    f"{self.peek_event().start_mark.line + 1})"
+                )
+            return super().compose_node(parent, index)
+
+    return Loader
+
+
 def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
@@ -24,12 +41,10 @@ def _parse_structured(text: str) -> Any:
     (``288,576``)."""
     import yaml
 
-    from .main import _no_alias_loader
-
     try:
         if text.strip()[:1] in ("[", "{"):
-            return yaml.load(text, Loader=_no_alias_loader())
-        return [yaml.load(part, Loader=_no_alias_loader()) for part in text.split(",") if part.strip()]
+            return yaml.load(text, Loader=no_alias_loader())
+        return [yaml.load(part, Loader=no_alias_loader()) for part in text.split(",") if part.strip()]
     except (yaml.YAMLError, RecursionError) as exc:
         raise argparse.ArgumentTypeError(f"not a list or mapping: {text!r} ({exc})") from exc
 

@@ -26,7 +26,7 @@ from ..core.jobs import Status
 from ..core.progress import ProgressEvent, TqdmProgress
 from ..core.sources import read_small_file
 from ..core.workspace import Workspace
-from .config_flags import add_config_flags, config_from_args, given
+from .config_flags import add_config_flags, config_from_args, given, no_alias_loader
 from .read_only import read_only
 
 
@@ -237,23 +237,6 @@ def cmd_demo(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     run_demo(ws, a, out, cmd_capture)
 
 
-def _no_alias_loader():
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        """YAML without anchors and aliases: a config never needs them, and they can expand without bound."""
-
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                raise yaml.YAMLError(
-                    "aliases (*name) are not allowed in config files (line "
-                    f"{self.peek_event().start_mark.line + 1})"
-                )
-            return super().compose_node(parent, index)
-
-    return Loader
-
-
 def _train_configs(a: argparse.Namespace):
     """TrainConfigs from --config (a mapping, optionally with `saes: [...]` for several SAEs from one
     harvest) and the flags (which apply to every SAE)."""
@@ -265,7 +248,7 @@ def _train_configs(a: argparse.Namespace):
     if a.config:
         text = read_small_file(a.config, "config file", 1 << 20)
         try:
-            data = yaml.load(text, Loader=_no_alias_loader()) or {}
+            data = yaml.load(text, Loader=no_alias_loader()) or {}
         except (yaml.YAMLError, RecursionError) as exc:
             raise MistudioError(
                 f"Could not read the config file {a.config}: {exc}",
