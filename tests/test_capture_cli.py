@@ -151,6 +151,7 @@ def test_demo_runs_the_whole_main_job(tmp_path):
         "model",
         "dataset",
         "tokenize",
+        "capture",
         "train",
         "extract",
         "find",

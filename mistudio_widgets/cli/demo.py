@@ -11,8 +11,17 @@ import argparse
 import time
 from typing import Any
 
-from ..core.configs import DEFAULT, ExtractConfig, LabelConfig, SteerConfig, TokenizeConfig, TrainConfig
+from ..core.configs import (
+    DEFAULT,
+    CaptureConfig,
+    ExtractConfig,
+    LabelConfig,
+    SteerConfig,
+    TokenizeConfig,
+    TrainConfig,
+)
 from ..core.workspace import Workspace
+from .config_flags import config_from_args
 
 SHOUTS = [
     "WHY ARE YOU SHOUTING AT ME? STOP YELLING!",
@@ -32,7 +41,8 @@ def uppercase_share(text: str) -> float:
     return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
 
 
-def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, Any]:
+def run_demo(ws: Workspace, a: argparse.Namespace, out) -> dict[str, Any]:
+    from ..data.activations import capture_stats
     from ..data.datasets import ensure_tokenization, resolve_dataset
     from ..data.models import model_info, resolve_model
     from ..features import contrast, extract, feature_columns, feature_detail, ordinary_case
@@ -75,9 +85,8 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out, capture) -> dict[str, An
         {"id": tok.id, "stats": st},
         f"{tok.name}: {st['tokens']:,} tokens in {st['sequences']:,} sequences",
     )
-    a.model, a.dataset = model.id, tok.id
-    capture(ws, a, out)
-    times["capture"] = time.perf_counter() - t0 - sum(times.values())
+    res = capture_stats(ws, model, tok, config_from_args(CaptureConfig, a), progress=out.progress)
+    step("capture", res.to_dict(), res.describe())
 
     sae, m = _train(ws, a, tok, info, out, step, train)
     ext = extract(

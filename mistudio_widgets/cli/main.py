@@ -216,25 +216,14 @@ def cmd_capture(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     tok = tokens_for(ws, a.dataset, model, a.context_size, progress=out.progress)
     cfg = config_from_args(CaptureConfig, a)
     res = capture_stats(ws, model, tok, cfg, progress=out.progress)
-    n = res.norm
-    text = (
-        f"captured {res.tokens_seen} tokens at {res.hook} of {res.model} from {res.tokenization} "
-        f"in {res.seconds:.1f}s ({res.tokens_per_second:.0f} tokens/s)\n"
-        f"  kept {res.tokens_kept} positions; dropped {res.dropped_special} special-token positions "
-        f"and {res.outliers} outliers\n"
-        f"  d_model {res.d_model}; norm mean {n.get('mean', 0):.1f}, median {n.get('median', 0):.1f}, "
-        f"p95 {n.get('p95', 0):.1f}, max {n.get('max', 0):.1f}; norm of the mean vector "
-        f"{res.mean_vector_norm:.1f}\n"
-        f"  widest dimensions: " + ", ".join(f"{d['dim']} (std {d['std']:.1f})" for d in res.top_dims)
-    )
-    out.summary(res.to_dict(), text)
+    out.summary(res.to_dict(), res.describe())
 
 
 def cmd_demo(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     """The whole main job on the embedded defaults (see ``demo``)."""
     from .demo import run_demo
 
-    run_demo(ws, a, out, cmd_capture)
+    run_demo(ws, a, out)
 
 
 def _train_configs(a: argparse.Namespace):

@@ -122,6 +122,20 @@ class CaptureResult:
     def tokens_per_second(self) -> float:
         return self.tokens_seen / self.seconds if self.seconds else 0.0
 
+    def describe(self) -> str:
+        """What the capture measured, in words (``mistudio capture`` and the demo's capture step)."""
+        n = self.norm
+        return (
+            f"captured {self.tokens_seen} tokens at {self.hook} of {self.model} from {self.tokenization} "
+            f"in {self.seconds:.1f}s ({self.tokens_per_second:.0f} tokens/s)\n"
+            f"  kept {self.tokens_kept} positions; dropped {self.dropped_special} special-token positions "
+            f"and {self.outliers} outliers\n"
+            f"  d_model {self.d_model}; norm mean {n.get('mean', 0):.1f}, median {n.get('median', 0):.1f}, "
+            f"p95 {n.get('p95', 0):.1f}, max {n.get('max', 0):.1f}; norm of the mean vector "
+            f"{self.mean_vector_norm:.1f}\n"
+            f"  widest dimensions: " + ", ".join(f"{d['dim']} (std {d['std']:.1f})" for d in self.top_dims)
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "sample"}
         d["tokens_per_second"] = self.tokens_per_second
