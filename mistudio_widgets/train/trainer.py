@@ -56,12 +56,19 @@ class Trainer:
     ):
         self.ws, self.cfg, self.harvest = ws, cfgs[0], harvest
         self.control = control or JobControl()
-        ctx = harvest.train_tokens.shape[1]
+        # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config,
+        # so resumes agree
+        width = max(harvest.train_tokens.shape[1] - 1, 1)
+        needed = math.ceil(self.cfg.steps * self.cfg.batch_tokens * 1.05 / width) + 1
+        self.chunk_sequences = min(self.cfg.chunk_sequences, needed, len(harvest.train_tokens))
+        # the whole harvest is planned before any of it starts (held-out, then training chunks), so the
+        # first ETA already counts it; a resumed run starts at its last checkpoint
+        start = int(runs[0].meta.get("last_checkpoint") or 0) if resuming else 0
         self.pace = Pace(
             steps_total=self.cfg.steps,
-            step=0,
+            step=start,
             batch_tokens=self.cfg.batch_tokens,
-            harvest_left=0 if harvest.cache is not None else len(harvest.eval_tokens) * ctx,
+            harvest_left=self._held_out_tokens() + self._training_harvest_tokens(start),
             device=harvest.device,
             parameters=float(harvest.lm.info.get("parameters") or 0),
         )
@@ -69,6 +76,7 @@ class Trainer:
         self.pace_writer = PaceWriter(
             lambda d: [ws.update_meta(r.id, pace=d) for r in runs] if record else None, self.pace
         )
+        self.pace_writer.flush(force=True)
         self.progress = self.pace_writer.progress(progress)
         t0 = time.perf_counter()
         eval_acts = self._held_out_activations()
@@ -77,40 +85,44 @@ class Trainer:
             Member(ws, r, c, sp, harvest.lm, harvest.eval_tokens, eval_acts, harvest.device, resuming)
             for r, c, sp in zip(runs, cfgs, specs)
         ]
-        # a short run harvests only what it needs (+5% for dropped special positions); fixed by the config,
-        # so resumes agree
-        width = max(harvest.train_tokens.shape[1] - 1, 1)
-        needed = math.ceil(self.cfg.steps * self.cfg.batch_tokens * 1.05 / width) + 1
         self.stream = ActivationStream(
             harvest.lm,
             harvest.train_tokens,
             harvest.hooks,
             batch_tokens=self.cfg.batch_tokens,
-            chunk_sequences=min(self.cfg.chunk_sequences, needed),
+            chunk_sequences=self.chunk_sequences,
             seed=self.cfg.seed,
             harvest_batch_size=self.cfg.harvest_batch_size,
             progress=self.progress,
             cache=harvest.cache,
         )
-        self._plan_harvest()
-
-    def _plan_harvest(self) -> None:
-        """What is left to harvest for the steps still to take (the pace's ETA)."""
-        h, stream = self.harvest, self.stream
-        ctx = h.train_tokens.shape[1]
+        # the held-out part is done: what is left is the training chunks from where the members stand
         self.pace.step = min(m.state.step for m in self.members)
-        per_chunk = max(stream.chunk_sequences * (ctx - 1) // self.cfg.batch_tokens, 1)
-        uncached = None
-        if h.cache is not None:
-            uncached = int((~np.asarray(h.cache.filled[: len(h.train_tokens)])).sum()) * ctx
-        self.pace.harvest_left += planned_harvest_tokens(
-            self.cfg.steps - self.pace.step,
-            self.cfg.batch_tokens,
-            stream.chunk_sequences * ctx,
-            per_chunk,
-            uncached,
-        )
+        self.pace.harvest_left = self._training_harvest_tokens(self.pace.step)
         self.pace_writer.flush(force=True)
+
+    def _unfilled_tokens(self, seqs: np.ndarray) -> int:
+        """Tokens of ``seqs`` (rows of the cache's token array) the activation cache does not hold yet."""
+        cache = self.harvest.cache
+        return int((~np.asarray(cache.filled)[seqs]).sum()) * self.harvest.train_tokens.shape[1]
+
+    def _held_out_tokens(self) -> int:
+        """Tokens the held-out activations will pass through the model (none when cached)."""
+        h = self.harvest
+        if h.cache is None:
+            return len(h.eval_tokens) * h.eval_tokens.shape[1]
+        n_all = len(h.cache.tokens)  # the held-out sequences are the data's last ones
+        return self._unfilled_tokens(np.arange(n_all - len(h.eval_tokens), n_all))
+
+    def _training_harvest_tokens(self, step: int) -> int:
+        """Tokens the training chunks still to visit from ``step`` on will pass through the model."""
+        h = self.harvest
+        ctx = h.train_tokens.shape[1]
+        per_chunk = max(self.chunk_sequences * (ctx - 1) // self.cfg.batch_tokens, 1)
+        uncached = None if h.cache is None else self._unfilled_tokens(np.arange(len(h.train_tokens)))
+        return planned_harvest_tokens(
+            self.cfg.steps - step, self.cfg.batch_tokens, self.chunk_sequences * ctx, per_chunk, uncached
+        )
 
     def _held_out_activations(self) -> dict[str, torch.Tensor]:
         h = self.harvest
