@@ -17,6 +17,15 @@ def test_default_model_converted_once(default_ws):
         art.path / "hf" / "tokenizer.json"
     ).is_file()
     assert add_model(default_ws).id == art.id  # idempotent: no second conversion
+    # asked for other settings, the registered default is not silently returned as if it had them
+    import pytest
+
+    from mistudio_widgets.core.configs import ModelConfig
+    from mistudio_widgets.core.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"already registered .* with dtype='auto'.*--name"):
+        add_model(default_ws, ModelConfig(dtype="float32"))
+    assert add_model(default_ws, ModelConfig(dtype="auto")).id == art.id
     info = model_info(default_ws, art)
     assert (
         info["family"],

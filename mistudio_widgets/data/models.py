@@ -190,6 +190,7 @@ def add_model(
     Adding the embedded default twice returns the existing model."""
     from transformers import AutoConfig
 
+    asked = cfg is not None
     cfg = cfg or ModelConfig()
     settings = {
         k: v
@@ -199,6 +200,17 @@ def add_model(
     if cfg.source == DEFAULT:
         existing = ws.find(cfg.name or defaults.DEFAULT_MODEL_NAME, "model")
         if existing and existing.meta.get("provenance", {}).get("kind") == "embedded":
+            had = existing.meta.get("settings", {})
+            differ = sorted(k for k, v in settings.items() if asked and had.get(k, v) != v)
+            if differ:
+                raise ModelError(
+                    f"The embedded model is already registered as {existing.name!r} with "
+                    + ", ".join(f"{k}={had[k]!r}" for k in differ)
+                    + "; it was not changed.",
+                    "register it again under another name to keep both (e.g. mistudio models add default "
+                    f"--name {existing.name}-{settings[differ[0]]} ...), or load it with other settings "
+                    "(load_model(..., dtype=...)).",
+                )
             return existing
         gguf, provenance = defaults.default_gguf(), {"kind": "embedded", **defaults.DEFAULT_MODEL_INFO}
         name = cfg.name or defaults.DEFAULT_MODEL_NAME
