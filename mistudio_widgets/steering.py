@@ -241,6 +241,68 @@ def token_diff(a: list[str], b: list[str]) -> list[dict[str, Any]]:
     return ops
 
 
+def _metrics(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    base: list[int],
+    texts: tuple[str, str],
+    hook: str,
+    edit,
+    model_sae: SAE,
+    feats: list[tuple[int, float]],
+    cfg: SteerConfig,
+    reference: str | None,
+) -> dict[str, Any]:
+    """What a steer changed, measured on one shared text (the prompt and the unsteered continuation
+    ``base``): KL per position, the reference text's perplexity under both models, the features'
+    activations, both continuations' fluency by the one rule, and the strengths relative to the
+    residual norm."""
+    tok = lm.tokenizer
+    text0, text1 = texts
+    # metrics on one shared text: the prompt and the unsteered continuation
+    seq = torch.cat([ids, torch.tensor([base], dtype=torch.long)], 1) if base else ids
+    idx = [i for i, _ in feats]
+    lp0, a0, h0 = _logprobs_and_acts(lm, seq, hook, None, model_sae, idx, residual=True)
+    lp1, a1 = _logprobs_and_acts(lm, seq, hook, edit, model_sae, idx)
+    norm = residual_norm(lm, seq, h0)
+    n0 = ids.shape[1]
+    span = slice(n0 - 1, seq.shape[1] - 1)  # predictions of the continuation's tokens
+    kl = (lp1[span].exp() * (lp1[span] - lp0[span])).sum(-1)  # KL(steered || unsteered) per position
+    metrics: dict[str, Any] = {
+        "kl_per_position": kl.tolist(),
+        "kl_mean": float(kl.mean()) if kl.numel() else 0.0,
+    }
+    ref_ids = torch.tensor([tok(reference, add_special_tokens=False)["input_ids"]]) if reference else seq
+    if ref_ids.shape[1] >= 2:
+        r0, _ = _logprobs_and_acts(lm, ref_ids, hook, None, model_sae, [])
+        r1, _ = _logprobs_and_acts(lm, ref_ids, hook, edit, model_sae, [])
+        tgt = ref_ids[0, 1:]
+        metrics["perplexity_unsteered"] = float(torch.exp(-r0[:-1].gather(1, tgt[:, None]).mean()))
+        metrics["perplexity_steered"] = float(torch.exp(-r1[:-1].gather(1, tgt[:, None]).mean()))
+        metrics["reference"] = "given" if reference else "prompt + unsteered continuation"
+    if idx:
+        sl = slice(n0, None) if seq.shape[1] > n0 else slice(None)
+        metrics["feature_activation"] = {
+            str(i): {"before": float(a0[sl, k].mean()), "after": float(a1[sl, k].mean())}
+            for k, i in enumerate(idx)
+        }
+    f0 = fluency(lm, ids, text0) if base else {"perplexity": float("inf"), "repetition": 0.0, "invented": 0.0}
+    f1 = (
+        fluency(lm, ids, text1) if text1 else {"perplexity": float("inf"), "repetition": 1.0, "invented": 1.0}
+    )
+    metrics["fluency"] = {
+        "unsteered": f0,
+        "steered": f1,
+        "fluent": is_fluent(f1, f0),
+        "rule": fluency_rule(),
+    }
+    metrics["residual_norm"] = norm
+    metrics["relative_strength"] = {
+        str(i): relative_strength(model_sae, i, v * cfg.multiplier, cfg.normalise, norm) for i, v in feats
+    }
+    return metrics
+
+
 def steer(
     ws: Workspace,
     sae: str,
@@ -287,50 +349,8 @@ def steer(
     t2 = time.perf_counter()
     tok = lm.tokenizer
     pieces = lambda xs: [tok.decode([t]) for t in xs]  # noqa: E731
-    # metrics on one shared text: the prompt and the unsteered continuation
-    seq = torch.cat([ids, torch.tensor([base], dtype=torch.long)], 1) if base else ids
-    idx = [i for i, _ in feats]
-    lp0, a0, h0 = _logprobs_and_acts(lm, seq, hook, None, model_sae, idx, residual=True)
-    lp1, a1 = _logprobs_and_acts(lm, seq, hook, edit, model_sae, idx)
-    norm = residual_norm(lm, seq, h0)
-    n0 = ids.shape[1]
-    span = slice(n0 - 1, seq.shape[1] - 1)  # predictions of the continuation's tokens
-    kl = (lp1[span].exp() * (lp1[span] - lp0[span])).sum(-1)  # KL(steered || unsteered) per position
-    metrics: dict[str, Any] = {
-        "kl_per_position": kl.tolist(),
-        "kl_mean": float(kl.mean()) if kl.numel() else 0.0,
-    }
-    ref_ids = torch.tensor([tok(reference, add_special_tokens=False)["input_ids"]]) if reference else seq
-    if ref_ids.shape[1] >= 2:
-        r0, _ = _logprobs_and_acts(lm, ref_ids, hook, None, model_sae, [])
-        r1, _ = _logprobs_and_acts(lm, ref_ids, hook, edit, model_sae, [])
-        tgt = ref_ids[0, 1:]
-        metrics["perplexity_unsteered"] = float(torch.exp(-r0[:-1].gather(1, tgt[:, None]).mean()))
-        metrics["perplexity_steered"] = float(torch.exp(-r1[:-1].gather(1, tgt[:, None]).mean()))
-        metrics["reference"] = "given" if reference else "prompt + unsteered continuation"
-    if idx:
-        sl = slice(n0, None) if seq.shape[1] > n0 else slice(None)
-        metrics["feature_activation"] = {
-            str(i): {"before": float(a0[sl, k].mean()), "after": float(a1[sl, k].mean())}
-            for k, i in enumerate(idx)
-        }
     text0, text1 = tok.decode(base, skip_special_tokens=True), tok.decode(steered, skip_special_tokens=True)
-    f0 = fluency(lm, ids, text0) if base else {"perplexity": float("inf"), "repetition": 0.0, "invented": 0.0}
-    f1 = (
-        fluency(lm, ids, text1)
-        if steered
-        else {"perplexity": float("inf"), "repetition": 1.0, "invented": 1.0}
-    )
-    metrics["fluency"] = {
-        "unsteered": f0,
-        "steered": f1,
-        "fluent": is_fluent(f1, f0),
-        "rule": fluency_rule(),
-    }
-    metrics["residual_norm"] = norm
-    metrics["relative_strength"] = {
-        str(i): relative_strength(model_sae, i, v * cfg.multiplier, cfg.normalise, norm) for i, v in feats
-    }
+    metrics = _metrics(lm, ids, base, (text0, text1), hook, edit, model_sae, feats, cfg, reference)
     metrics["seconds"] = {"unsteered": t1 - t0, "steered": t2 - t1}
     return {
         "sae": art.id,
