@@ -459,6 +459,32 @@ def is_fluent(
     )
 
 
+def _auto_feature(
+    ws: Workspace,
+    sae_id: str,
+    feats: list[tuple[int, float]],
+    feature: int | None,
+    max_perplexity: float,
+    max_repetition: float,
+) -> int:
+    """The one feature an automatic strength is found for, checked, and a bound that admits something."""
+    if feature is None:
+        if len(feats) != 1:
+            raise SteeringError(
+                "An automatic strength is found for one feature at a time.",
+                "name the feature to tune (feature=I, or I:auto on the command line).",
+            )
+        feature = feats[0][0]
+    feature = check_feature_index(ws, sae_id, feature)
+    if not max_perplexity >= 1 or not 0 < max_repetition <= 1:
+        raise SteeringError(
+            f"The fluency bound (perplexity ratio {max_perplexity}, repetition {max_repetition}) "
+            "admits nothing.",
+            "use a perplexity ratio of 1 or more and a repetition share in (0, 1].",
+        )
+    return feature
+
+
 def auto_strength(
     ws: Workspace,
     sae: str,
@@ -484,20 +510,7 @@ def auto_strength(
     control = control or JobControl()
     art, model_sae, _ = load_library_sae(ws, sae)
     feats = parse_features(cfg.features)
-    if feature is None:
-        if len(feats) != 1:
-            raise SteeringError(
-                "An automatic strength is found for one feature at a time.",
-                "name the feature to tune (feature=I, or I:auto on the command line).",
-            )
-        feature = feats[0][0]
-    feature = check_feature_index(ws, art.id, feature)
-    if not max_perplexity >= 1 or not 0 < max_repetition <= 1:
-        raise SteeringError(
-            f"The fluency bound (perplexity ratio {max_perplexity}, repetition {max_repetition}) "
-            "admits nothing.",
-            "use a perplexity ratio of 1 or more and a repetition share in (0, 1].",
-        )
+    feature = _auto_feature(ws, art.id, feats, feature, max_perplexity, max_repetition)
     others = [[i, s] for i, s in feats if i != feature]
     _check(ws, art.id, [(i, s) for i, s in others], cfg)
     lm = model_for_sae(ws, art, model_sae)
