@@ -206,8 +206,15 @@ def test_feature_browser_and_map_from_the_kernel(default_ws):
     fm._clicked(fm.figure.data[0], type("Points", (), {"point_inds": [7]})(), None)  # as plotly calls it
     assert fb.detail["index"] == 7
     fb.show(busiest)
+    # without worked examples: the small in-kernel model sometimes copies one verbatim, which is then no label
     fb.autolabel(
-        features=[busiest], backend="local", score=False, max_tokens=8, examples=2, holdout_tokens=2048
+        features=[busiest],
+        backend="local",
+        score=False,
+        max_tokens=8,
+        examples=2,
+        holdout_tokens=2048,
+        few_shot=False,
     )
     methods = [r["method"] for r in fb.detail["labels"]]
     assert fb.error == {} and methods[-2:] == ["statistical", "auto"], methods
