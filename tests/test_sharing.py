@@ -200,6 +200,13 @@ def test_compare_finds_the_same_features_in_a_permuted_copy(default_ws, small_sa
     assert "matches feature" in describe_pair(r) and f"at {r['pairs'][0]['cosine']:.2f}" in describe_pair(r)
     rc, lines = _cli(default_ws, "compare", small_sae, other.id, "--top", "3")
     assert rc == 0 and lines[-1]["summary"]["matched"] == ours.spec.d_sae and len(lines[-1]["pairs"]) == 3
+    assert not any("same index" in w for w in s["warnings"])
+    # an SAE against itself (as two trainings from one seed start): index-to-index matches are flagged
+    seed = default_ws.get(default_ws.get(small_sae).meta["run"]).meta["config"]["seed"]
+    same = compare_saes(default_ws, small_sae, small_sae)["summary"]["warnings"]
+    assert any(
+        "100% of the matched features have the same index" in w and f"seed {seed}" in w for w in same
+    ), same
 
 
 def test_bundle_round_trip_into_a_fresh_workspace(default_ws, small_sae, extraction, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..core.errors import MistudioError
-from ..core.workspace import Workspace
+from ..core.workspace import Artifact, Workspace
 from ..sae.io import load_sae
 from .store import shown_labels
 
@@ -64,6 +64,12 @@ def one_to_one(A: torch.Tensor, B: torch.Tensor) -> tuple[np.ndarray, np.ndarray
     return np.asarray(ra, dtype=np.int64), np.asarray(rb, dtype=np.int64), "mutual-best greedy matching"
 
 
+def _seed(ws: Workspace, sae: Artifact) -> int | None:
+    """The seed an SAE of the library was trained with (None for an imported one)."""
+    run = ws.find(sae.meta.get("run") or "", "run")
+    return (run.meta.get("config") or {}).get("seed") if run is not None else None
+
+
 def compare_saes(ws: Workspace, a: str, b: str, *, top: int = 20) -> dict[str, Any]:
     """Match the features of SAE ``a`` with those of SAE ``b``. Returns a summary, the ``top`` best
     one-to-one pairs (with labels), and per-feature nearest neighbours as arrays."""
@@ -92,6 +98,17 @@ def compare_saes(ws: Workspace, a: str, b: str, *, top: int = 20) -> dict[str, A
         else np.zeros(0, np.float32)
     )
     order = np.argsort(-pair_cos)
+    same_index = float((ra == rb).mean()) if len(ra) else 0.0
+    if same_index > 0.5:
+        seeds = {_seed(ws, art) for art in (art_a, art_b)}
+        why = (
+            f"both were trained with seed {seeds.pop()}, so " if len(seeds) == 1 and None not in seeds else ""
+        )
+        warnings.append(
+            f"{same_index:.0%} of the matched features have the same index in both SAEs: {why}they started "
+            "from the same initial weights, and their agreement says how little training moved them apart, "
+            "not that two independent trainings found the same features (train one with another seed)"
+        )
     la = {f: r["label"] for f, r in shown_labels(ws, art_a).items()}
     lb = {f: r["label"] for f, r in shown_labels(ws, art_b).items()}
     pairs = [
