@@ -27,11 +27,12 @@ class ModelPicker(EngineWidget):
         self.help = field_help(ModelConfig)
 
     def refresh(self) -> None:
-        loaded = {
-            lm.artifact.id: f"{lm.device}/{lm.dtype}/{lm.quantization}"
-            for lm in mdl.loaded_models()
-            if lm.artifact.path is None or self.workspace.root in lm.artifact.path.parents
-        }
+        root = self.workspace.root.resolve()
+        loaded: dict[str, list[str]] = {}
+        for lm in mdl.loaded_models():  # loaded in this kernel, by any widget or cell
+            if lm.artifact.path is None or root in lm.artifact.path.resolve().parents:
+                q = "" if lm.quantization == "none" else f" {lm.quantization}"
+                loaded.setdefault(lm.artifact.id, []).append(f"{lm.device} {lm.dtype}{q}")
 
         def row(a) -> dict[str, Any]:
             info = a.meta.get("info", {})
@@ -43,7 +44,7 @@ class ModelPicker(EngineWidget):
                 "d_model": info.get("d_model"),
                 "parameters": info.get("parameters"),
                 "source": a.meta.get("provenance", {}).get("kind"),
-                "loaded": loaded.get(a.id, ""),
+                "loaded": ", ".join(loaded.get(a.id, [])) or "no",
             }
 
         rows, note = rows_of(self.workspace.list("model"), row)
