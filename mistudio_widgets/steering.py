@@ -286,9 +286,15 @@ def _metrics(
             str(i): {"before": float(a0[sl, k].mean()), "after": float(a1[sl, k].mean())}
             for k, i in enumerate(idx)
         }
-    f0 = fluency(lm, ids, text0) if base else {"perplexity": float("inf"), "repetition": 0.0, "invented": 0.0}
+    f0 = (
+        fluency(lm, ids, text0)
+        if base
+        else {"perplexity": float("inf"), "repetition": 0.0, "invented": 0.0, "unknown": []}
+    )
     f1 = (
-        fluency(lm, ids, text1) if text1 else {"perplexity": float("inf"), "repetition": 1.0, "invented": 1.0}
+        fluency(lm, ids, text1)
+        if text1
+        else {"perplexity": float("inf"), "repetition": 1.0, "invented": 1.0, "unknown": []}
     )
     metrics["fluency"] = {
         "unsteered": f0,
@@ -404,12 +410,14 @@ def sweep(
 AUTO_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.275, 0.3, 0.325, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8)
 AUTO_MAX_PERPLEXITY = 30.0  # the lower-cased steered continuation's perplexity / the unsteered one's
 AUTO_MAX_REPETITION = 0.2  # share of the continuation's word trigrams that repeat an earlier one
-AUTO_MAX_INVENTED = 0.15  # share of its words (3+ letters) that are not one token of the vocabulary
+AUTO_MAX_INVENTED = 0.15  # share of its words (3+ letters) that are invented (see fluency)
+UNEXPECTED_PIECE = 0.05  # a word's later piece below this probability marks an unknown word as invented
 FLUENCY_RULE = (
     "fluent: lower-cased and read by the unsteered model after the prompt, its perplexity is at most "
     "{max_perplexity:g}x the unsteered continuation's; at most {max_repetition:.0%} of its word trigrams "
-    "repeat an earlier one and at most {max_invented:.0%} of its words are unknown to the vocabulary (or "
-    "no more than in the unsteered continuation)"
+    "repeat an earlier one; and it holds fewer than two invented words (unknown to the vocabulary and "
+    "unexpected by the model), or they are at most {max_invented:.0%} of its words (or no more than in the "
+    "unsteered continuation)"
 )
 
 
@@ -422,27 +430,51 @@ def fluency_rule(
 
 
 @torch.no_grad()
-def fluency(lm: LoadedModel, ids: torch.Tensor, text: str) -> dict[str, float]:
+def fluency(lm: LoadedModel, ids: torch.Tensor, text: str) -> dict[str, Any]:
     """How fluent a continuation ``text`` of the prompt ``ids`` reads (the one definition): the perplexity
-    of the lower-cased text under the unsteered model after the prompt, the share of its word trigrams
-    that repeat an earlier one (loops), and the share of its words of 3+ letters that the tokenizer does
-    not hold as one token (invented words)."""
+    of the lower-cased text under the unsteered model after the prompt; the share of its word trigrams
+    that repeat an earlier one (loops); and the share of its words (3+ letters) that are invented
+    (``unknown`` lists them): of 4+ letters, no token of the vocabulary in any casing, and a piece after
+    its first that the model did not expect (below 5%: "theirsells", where "hugging" before "face" or a
+    film title the model knows passes)."""
     folded = text.lower()
-    cont = lm.tokenizer(folded, add_special_tokens=False)["input_ids"]
+    enc = lm.tokenizer(folded, add_special_tokens=False, return_offsets_mapping=True)
+    cont, offsets = enc["input_ids"], enc["offset_mapping"]
     if not cont:
-        return {"perplexity": float("inf"), "repetition": 1.0, "invented": 1.0}
+        return {"perplexity": float("inf"), "repetition": 1.0, "invented": 1.0, "unknown": []}
     seq = torch.cat([ids, torch.tensor([cont], dtype=torch.long)], 1).to(lm.device)
     logits = lm.model(input_ids=seq, use_cache=False).logits[0, ids.shape[1] - 1 : -1].float()
-    nll = -torch.log_softmax(logits, -1).gather(1, torch.tensor(cont, device=logits.device)[:, None]).mean()
+    logp = torch.log_softmax(logits, -1).gather(1, torch.tensor(cont, device=logits.device)[:, None])[:, 0]
     words = folded.split()
     grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
     rep = 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-    letters = [w for w in re.findall(r"[a-z]+", folded) if len(w) >= 3]
-    pieces = (
-        lm.tokenizer([" " + w for w in letters], add_special_tokens=False)["input_ids"] if letters else []
-    )
-    invented = sum(len(p) > 1 for p in pieces) / len(letters) if letters else 0.0
-    return {"perplexity": float(torch.exp(nll)), "repetition": rep, "invented": invented}
+    probs = logp.exp().tolist()
+    unknown: list[str] = []
+    for m in re.finditer(r"[a-z]{4,}", folded):
+        word = m.group()
+        if word in unknown or _known_word(lm.tokenizer, word):
+            continue
+        pieces = [i for i, (a, b) in enumerate(offsets) if a < m.end() and b > m.start()]
+        if len(pieces) > 1 and min(probs[i] for i in pieces[1:]) >= UNEXPECTED_PIECE:
+            continue  # the model expected the whole word: a name or a rare word it knows
+        unknown.append(word)
+    n_words = len(re.findall(r"[a-z]{3,}", folded))
+    return {
+        "perplexity": float(torch.exp(-logp.mean())),
+        "repetition": rep,
+        "invented": len(unknown) / n_words if n_words else 0.0,
+        "unknown": unknown[:8],
+    }
+
+
+def _known_word(tokenizer, word: str) -> bool:
+    """Whether the vocabulary holds ``word`` as one token in some casing (with or without a leading
+    space): "theirsells" is not known; "hugging" is (as " Hugging")."""
+    for variant in (word, word.capitalize(), word.upper()):
+        for text in (" " + variant, variant):
+            if len(tokenizer(text, add_special_tokens=False)["input_ids"]) == 1:
+                return True
+    return False
 
 
 def is_fluent(
@@ -452,10 +484,11 @@ def is_fluent(
     max_repetition: float = AUTO_MAX_REPETITION,
 ) -> bool:
     """The rule of :data:`FLUENCY_RULE` for a continuation's :func:`fluency` against the unsteered one's."""
+    few_unknown = len(f.get("unknown", [])) < 2  # one name or rare word is not broken text
     return (
         f["perplexity"] <= max_perplexity * unsteered["perplexity"]
         and f["repetition"] <= max(max_repetition, unsteered["repetition"])
-        and f["invented"] <= max(AUTO_MAX_INVENTED, unsteered["invented"])
+        and (few_unknown or f["invented"] <= max(AUTO_MAX_INVENTED, unsteered["invented"]))
     )
 
 
@@ -525,7 +558,7 @@ def auto_strength(
     base_fluency = (
         fluency(lm, ids, base_text)
         if base
-        else {"perplexity": float("inf"), "repetition": 0.0, "invented": 0.0}
+        else {"perplexity": float("inf"), "repetition": 0.0, "invented": 0.0, "unknown": []}
     )
     limit = max_perplexity * base_fluency["perplexity"]
     rows: list[dict[str, Any]] = []

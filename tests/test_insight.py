@@ -78,7 +78,11 @@ def test_the_fluency_rule_tells_shouting_from_gibberish(lm):
     gibberish = "OVER HESHERES OF THEIRSELLS OF THEIRSELLS OF THEIRSELLS OF THEIR"
     assert is_fluent(fluency(lm, ids, shouting), base), fluency(lm, ids, shouting)
     bad = fluency(lm, ids, gibberish)
-    assert not is_fluent(bad, base) and bad["invented"] > 0.5 and bad["repetition"] > 0.2, bad
+    assert not is_fluent(bad, base) and bad["repetition"] > 0.2, bad
+    assert {"hesheres", "theirsells"} <= set(bad["unknown"]) and bad["invented"] > 0.15, bad
+    # a name the model knows, split into pieces, is not an invented word
+    named = fluency(lm, ids, "I'm a helpful AI assistant, trained by Hugging Face to answer questions")
+    assert "hugging" not in named["unknown"] and is_fluent(named, base), named
 
 
 def test_auto_strength_steers_into_capitals_and_stays_readable(default_ws, demo_sae, shouting):
