@@ -80,7 +80,7 @@ def main() -> None:
             ws, runs[dt]["sae"], SHOUTS, [ordinary_case(x) for x in SHOUTS], model=runs[dt]["model"]
         )
         picked[dt] = found["steer_with"]
-        top = found["features"][0] if found["features"] else None
+        top = next((f for f in found["features"] if f["index"] == picked[dt]), None)
         print(
             f"\nSAE trained in {dt}: contrast picks feature {picked[dt]}"
             + (
