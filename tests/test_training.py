@@ -440,7 +440,7 @@ def test_a_sweep_from_the_cli_trains_its_grid_and_the_monitor_draws_the_pareto_f
         monitor.close()
 
 
-def test_the_pace_measures_harvest_and_steps_apart_and_its_eta_follows_them():
+def test_the_pace_measures_harvest_and_steps_apart_and_its_eta_follows_them(monkeypatch):
     """The ETA adds the harvest still to do at the measured harvest rate to the steps still to take at
     the measured step rate, so it holds while the work alternates between the two; until both rates are
     measured it says it is an estimate."""
@@ -470,3 +470,23 @@ def test_the_pace_measures_harvest_and_steps_apart_and_its_eta_follows_them():
     writer.flush()
     assert written[-1]["stage"] == "train" and written[-1]["eta_s"] == pytest.approx(eta)
     assert written[0]["stage"] == "harvest" and written[0]["total"] == 4096
+    # the first harvest, still under way, is timed between its own events (a run's first chunk is most
+    # of a short run: the prior stood in for all of it and made the ETA three times too long)
+    import time as real_time
+    import types
+
+    from mistudio_widgets.train import pace as pace_module
+
+    clock = iter([10.0, 11.0, 12.0, 13.0])
+    fake = types.SimpleNamespace(
+        perf_counter=lambda: next(clock), time=real_time.time, monotonic=real_time.monotonic
+    )
+    monkeypatch.setattr(pace_module, "time", fake)
+    live = Pace(steps_total=10, step=0, batch_tokens=512, harvest_left=3 * 4096)
+    assert live.rates()[0] == pytest.approx(900.0)  # the prior before anything is timed
+    for done in (0, 4096, 8192):  # 4,096 tokens a second
+        live.observe(ProgressEvent("harvest chunk 1/2", done, 3 * 4096, unit="tok"))
+    assert live.rates()[0] == pytest.approx(4096.0) and live.harvest_left == 4096
+    live.stepped(1, 0.1)  # a step between two harvest events is not harvest time
+    live.observe(ProgressEvent("harvest chunk 1/2", 3 * 4096, 3 * 4096, unit="tok"))
+    assert live.rates()[0] == pytest.approx(4096.0)

@@ -67,16 +67,25 @@ class Pace:
     steps_here: int = 0
     _last_stage: str = field(default="", repr=False)
     _last_done: float = field(default=0.0, repr=False)
+    # the harvest under way, timed between its progress events (until a finished harvest is timed)
+    _live_tokens: float = field(default=0.0, repr=False)
+    _live_s: float = field(default=0.0, repr=False)
+    _live_at: float | None = field(default=None, repr=False)
 
     # -- what the trainer reports -----------------------------------------------------------------
     def observe(self, ev: ProgressEvent) -> None:
         """A progress event of the harvest (tokens through the model)."""
         if ev.unit != "tok":
             return
+        now = time.perf_counter()
         if ev.stage != self._last_stage or ev.done < self._last_done:
-            self._last_stage, self._last_done = ev.stage, 0.0
+            self._last_stage, self._last_done, self._live_at = ev.stage, 0.0, None
         delta = max(ev.done - self._last_done, 0)
         self._last_done = ev.done
+        if self._live_at is not None:  # the tokens since the previous event, in the time since it
+            self._live_tokens += delta
+            self._live_s += now - self._live_at
+        self._live_at = now
         self.harvested += int(delta)
         self.harvest_left = max(self.harvest_left - int(delta), 0)
         self.stage, self.stage_done, self.stage_total = "harvest", ev.done, ev.total
@@ -85,6 +94,7 @@ class Pace:
         self.harvest_s += seconds
 
     def stepped(self, step: int, seconds: float) -> None:
+        self._live_at = None  # the time of steps is not harvest time
         self.step, self.steps_here = step, self.steps_here + 1
         self.train_s += seconds
         self.stage, self.stage_done, self.stage_total = "train", step, self.steps_total
@@ -96,6 +106,8 @@ class Pace:
         measured_h = self.harvest_s > 1.0 and self.harvested > 0
         measured_t = self.train_s > 0.2 and self.steps_here >= 3
         h = self.harvested / self.harvest_s if measured_h else prior_h
+        if not measured_h and self._live_s > 1.0 and self._live_tokens > 0:  # the first harvest, under way
+            h, measured_h = self._live_tokens / self._live_s, True
         t = self.steps_here * self.batch_tokens / self.train_s if measured_t else prior_t
         return h, t, not (measured_h and measured_t)
 
