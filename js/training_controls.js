@@ -17,6 +17,7 @@ function render({ model, el }) {
     if (r.stage === "harvest") return `harvesting activations ${fmtInt(r.stage_done)}${r.stage_total ? ` / ${fmtInt(r.stage_total)}` : ""} tokens`;
     if (r.stage === "starting") return "loading the model and data";
     if (r.stage === "saving") return "saving the SAE";
+    if (r.stage === "preparing evaluation") return "measuring the model's own loss on the held-out text";
     return "";
   };
   const draw = () => {

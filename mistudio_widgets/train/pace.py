@@ -103,10 +103,10 @@ class Pace:
     def rates(self) -> tuple[float, float, bool]:
         """(harvest tokens/s, training tokens/s, whether either is still the prior)."""
         prior_h, prior_t = prior_rates(self.device, self.parameters)
-        measured_h = self.harvest_s > 1.0 and self.harvested > 0
+        measured_h = self.harvest_s > 0.25 and self.harvested > 0
         measured_t = self.train_s > 0.2 and self.steps_here >= 3
         h = self.harvested / self.harvest_s if measured_h else prior_h
-        if not measured_h and self._live_s > 1.0 and self._live_tokens > 0:  # the first harvest, under way
+        if not measured_h and self._live_s > 0.25 and self._live_tokens > 0:  # the first harvest, under way
             h, measured_h = self._live_tokens / self._live_s, True
         t = self.steps_here * self.batch_tokens / self.train_s if measured_t else prior_t
         return h, t, not (measured_h and measured_t)

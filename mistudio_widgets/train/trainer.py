@@ -81,6 +81,9 @@ class Trainer:
         t0 = time.perf_counter()
         eval_acts = self._held_out_activations()
         self.pace.harvest_time(time.perf_counter() - t0)
+        # each member's evaluator reads the model's own loss on the held-out text before training starts
+        self.pace.stage, self.pace.stage_done, self.pace.stage_total = "preparing evaluation", 0, None
+        self.pace_writer.flush(force=True)
         self.members = [
             Member(ws, r, c, sp, harvest.lm, harvest.eval_tokens, eval_acts, harvest.device, resuming)
             for r, c, sp in zip(runs, cfgs, specs)
