@@ -281,3 +281,19 @@ def test_the_theme_resent_to_the_page_is_the_theme():
     for path in ("paper_bgcolor", "plot_bgcolor", "width", "xaxis2.gridcolor", "annotations[1].font.color"):
         assert light.layout[path] == themed.layout[path], path
     assert light.layout.template == themed.layout.template and light.layout.font.color == "#ddd"
+
+
+def test_smoothing_follows_a_falling_loss_to_its_end():
+    """The monitor's smoothing does not lag: a straight line comes back unchanged (a moving or exponential
+    average ends above a falling loss), and noise around a falling trend is smoothed towards the trend."""
+    import numpy as np
+
+    from mistudio_widgets.widgets.training_monitor import smooth
+
+    line = [100.0 - 2 * i for i in range(40)]
+    assert np.allclose(smooth(line, 0.9), line)
+    noisy = [100.0 - i + (4 if i % 2 else -4) for i in range(60)]
+    out = smooth(noisy, 0.8)
+    trend = [100.0 - i for i in range(60)]
+    assert max(abs(a - b) for a, b in zip(out, trend)) < 2.5 < max(abs(a - b) for a, b in zip(noisy, trend))
+    assert smooth(noisy, 0.0) == noisy and smooth([3.0, 1.0], 0.9) == [3.0, 1.0]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import ipywidgets as ipw
+import numpy as np
 import traitlets as t
 
 from ..core import jobs
@@ -55,12 +56,29 @@ def panels_for(architectures: set[str]) -> list[Panel]:
 
 
 def smooth(ys: list[float], weight: float) -> list[float]:
-    """Debiased exponential moving average (TensorBoard's and W&B's smoothing); weight 0 is raw."""
-    out, last = [], 0.0
-    for i, y in enumerate(ys):
-        last = weight * last + (1 - weight) * y
-        out.append(last / (1 - weight ** (i + 1)) if weight else y)
-    return out
+    """A local straight-line fit over a window that widens with ``weight`` (0: the raw series; 0.6: 3
+    points each side; 0.9: 9), read at each point. Inside the series the window is centred, so it is a
+    plain moving average with no lag; at the ends it is one-sided, and the line follows a falling loss
+    to its last point instead of ending above the raw line as a moving average (or TensorBoard's
+    exponential one) does."""
+    n = len(ys)
+    if not weight or n < 3:
+        return list(ys)
+    half = max(1, round(weight / (1 - weight)))
+    y = np.asarray(ys, dtype=float)
+    x = np.arange(n, dtype=float)
+    c = {
+        k: np.concatenate([[0.0], np.cumsum(v)])
+        for k, v in (("1", np.ones(n)), ("x", x), ("y", y), ("xx", x * x), ("xy", x * y))
+    }
+    a = np.maximum(np.arange(n) - half, 0)
+    b = np.minimum(np.arange(n) + half + 1, n)
+    s = {k: v[b] - v[a] for k, v in c.items()}
+    mx, my = s["x"] / s["1"], s["y"] / s["1"]
+    sxx = s["xx"] - s["1"] * mx * mx
+    sxy = s["xy"] - s["1"] * mx * my
+    slope = np.where(sxx > 1e-12, sxy / np.where(sxx > 1e-12, sxx, 1.0), 0.0)
+    return (my + slope * (x - mx)).tolist()
 
 
 def y_range(panel: Panel, ys: list[float]) -> list[float] | None:
@@ -279,7 +297,7 @@ class TrainingMonitor(ipw.VBox):
             ]
         raw = go.Scatter(
             mode="lines",
-            opacity=0.25,
+            opacity=0.4,  # faint but visible on a dark page too
             hoverinfo="skip",
             showlegend=False,
             meta=[rid, panel.metric, "raw"],
@@ -326,7 +344,7 @@ class TrainingMonitor(ipw.VBox):
                 rows = series["eval" if kind == "eval" else "train"]
                 pts = [(r["step"], r[metric]) for r in rows if r.get(metric) is not None]
                 xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-                if kind == "train":
+                if kind == "train" and metric != "lr":  # a schedule is drawn as it is, never smoothed
                     ys = smooth(ys, w)
                 if kind == "eval":
                     tr.text = [""] * (len(ys) - 1) + [f"{ys[-1]:.3f}"] if ys else []
