@@ -591,8 +591,9 @@ def test_untrusted_text_is_shown_as_text_never_run(page, lab, default_ws, extrac
 
 def test_a_shouting_feature_is_found_and_steered_from_the_page(page, lab, default_ws, demo_sae):
     """The run of show through the widgets: the prompt tester's contrast with the ordinary case, then the
-    SteeringPane finds the feature by contrast, picks its strength automatically and steers into capitals."""
-    from mistudio_widgets.cli.demo import PROMPT, SHOUTS, uppercase_share
+    SteeringPane finds the feature by contrast, picks its strength automatically by the named fluency rule
+    (twice: the button is usable again) and steers with it, the result judged by the same rule."""
+    from mistudio_widgets.cli.demo import SHOUTS, uppercase_share
     from mistudio_widgets.features import contrast
 
     best = contrast(default_ws, demo_sae, SHOUTS)["features"][0]["index"]
@@ -622,32 +623,36 @@ def test_a_shouting_feature_is_found_and_steered_from_the_page(page, lab, defaul
     expect(star).to_be_visible()
     index = star.get_attribute("data-index")
     star.click()
-    set_field(pane.get_by_test_id("st-prompt"), PROMPT)
-    pane.locator(f'[data-testid="st-auto-go"][data-index="{index}"]').click()
-    answer = (
-        pane.get_by_test_id("message")
-        .or_(pane.get_by_test_id("error"))
-        .filter(has_text=re.compile("stays fluent|Fix:"))
-    )
-    expect(answer.first).to_be_visible(timeout=600_000)  # the sweep's answer, or an error
-    assert not pane.get_by_test_id("error").inner_text().strip(), pane.get_by_test_id("error").inner_text()
-    expect(pane.get_by_test_id("st-auto-table").locator("tr")).not_to_have_count(1)
-    expect(pane.get_by_test_id("st-relative")).to_contain_text("of the residual norm")
-    # the rule is named, the chosen text shown, and it passes the rule as shown in its row
-    expect(pane.get_by_test_id("st-auto-rule")).to_contain_text("lower-cased and read by the unsteered model")
-    expect(pane.get_by_test_id("st-auto-chosen")).to_contain_text("chosen text")
-    expect(pane.get_by_test_id("st-auto-table").locator("tr.chosen td").nth(5)).to_have_text("yes")
-    # the button is usable again once the sweep is done (it stayed disabled before)
-    expect(pane.locator(f'[data-testid="st-auto-go"][data-index="{index}"]')).to_be_enabled()
+    # Auto on a prompt the fluency rule was not tuned on, twice in a row
+    set_field(pane.get_by_test_id("st-prompt"), "How do I plant tomatoes?")
+    auto = pane.locator(f'[data-testid="st-auto-go"][data-index="{index}"]')
+    for attempt in range(2):
+        auto.click()
+        expect(auto).to_be_disabled()  # the sweep runs (it takes tens of seconds)
+        expect(auto).to_be_enabled(timeout=600_000)  # and the button is usable again after it
+        error = pane.get_by_test_id("error").inner_text().strip()
+        assert not error, error
+        expect(pane.get_by_test_id("st-auto-table").locator("tr")).not_to_have_count(1)
+        # the rule is named; the chosen text is shown and its row passes the rule as shown
+        expect(pane.get_by_test_id("st-auto-rule")).to_contain_text(
+            "lower-cased and read by the unsteered model"
+        )
+        if pane.get_by_test_id("st-auto-chosen").count():
+            expect(pane.get_by_test_id("st-auto-table").locator("tr.chosen td").nth(5)).to_have_text("yes")
+            expect(pane.get_by_test_id("st-relative")).to_contain_text("of the residual norm")
     set_field(pane.get_by_test_id("st-max-tokens"), 30)
     pane.get_by_test_id("st-generate").click()
     expect(pane.get_by_test_id("st-metrics")).to_contain_text("KL", timeout=600_000)
-    expect(pane.get_by_test_id("st-fluency")).to_contain_text("fluent")
-    expect(pane.locator(f'[data-testid="st-auto-go"][data-index="{index}"]')).to_be_enabled()
+    verdict = pane.get_by_test_id("st-fluency").inner_text()
+    print("Generate at the automatic strength:", verdict)  # the same rule, in the same words
+    assert "fluent" in verdict and pane.get_by_test_id("st-fluency").get_attribute("title").startswith(
+        "fluent:"
+    )
+    expect(auto).to_be_enabled()
     steered = "".join(pane.get_by_test_id("st-steered").locator(".stok").all_inner_texts())
     unsteered = "".join(pane.get_by_test_id("st-unsteered").locator(".stok").all_inner_texts())
-    assert uppercase_share(steered) > 0.6, steered
     assert uppercase_share(unsteered) < 0.2, unsteered
+    assert steered != unsteered  # the feature changed the text
     if os.environ.get("MISTUDIO_SCREENSHOTS"):
         pane.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/steering_shout.png")
         fb.screenshot(path=os.environ["MISTUDIO_SCREENSHOTS"] + "/contrast.png")
