@@ -414,10 +414,10 @@ AUTO_MAX_INVENTED = 0.15  # share of its words (3+ letters) that are invented (s
 UNEXPECTED_PIECE = 0.05  # a word's later piece below this probability marks an unknown word as invented
 FLUENCY_RULE = (
     "fluent: lower-cased and read by the unsteered model after the prompt, its perplexity is at most "
-    "{max_perplexity:g}x the unsteered continuation's; at most {max_repetition:.0%} of its word trigrams "
-    "repeat an earlier one; and it holds fewer than two invented words (unknown to the vocabulary and "
-    "unexpected by the model), or they are at most {max_invented:.0%} of its words (or no more than in the "
-    "unsteered continuation)"
+    "{max_perplexity:g}x the unsteered continuation's; at most {max_repetition:.0%} of its word (and "
+    "token) trigrams repeat an earlier one; and it holds fewer than two invented words (unknown to the "
+    "vocabulary and unexpected by the model), or they are at most {max_invented:.0%} of its words (or no "
+    "more than in the unsteered continuation)"
 )
 
 
@@ -433,10 +433,10 @@ def fluency_rule(
 def fluency(lm: LoadedModel, ids: torch.Tensor, text: str) -> dict[str, Any]:
     """How fluent a continuation ``text`` of the prompt ``ids`` reads (the one definition): the perplexity
     of the lower-cased text under the unsteered model after the prompt; the share of its word trigrams
-    that repeat an earlier one (loops); and the share of its words (3+ letters) that are invented
-    (``unknown`` lists them): of 4+ letters, no token of the vocabulary in any casing, and a piece after
-    its first that the model did not expect (below 5%: "theirsells", where "hugging" before "face" or a
-    film title the model knows passes)."""
+    (or token trigrams, for loops without words) that repeat an earlier one; and the share of its words
+    (3+ letters) that are invented (``unknown`` lists them): of 4+ letters, no token of the vocabulary
+    in any casing, and a piece after its first that the model did not expect (below 5%): "theirsells"
+    is invented; "hugging" before "face", or a film title the model knows, is not."""
     folded = text.lower()
     enc = lm.tokenizer(folded, add_special_tokens=False, return_offsets_mapping=True)
     cont, offsets = enc["input_ids"], enc["offset_mapping"]
@@ -445,9 +445,7 @@ def fluency(lm: LoadedModel, ids: torch.Tensor, text: str) -> dict[str, Any]:
     seq = torch.cat([ids, torch.tensor([cont], dtype=torch.long)], 1).to(lm.device)
     logits = lm.model(input_ids=seq, use_cache=False).logits[0, ids.shape[1] - 1 : -1].float()
     logp = torch.log_softmax(logits, -1).gather(1, torch.tensor(cont, device=logits.device)[:, None])[:, 0]
-    words = folded.split()
-    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    rep = 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+    rep = max(_repeated_trigrams(folded.split()), _repeated_trigrams(cont))  # words, or tokens ("!!!!")
     probs = logp.exp().tolist()
     unknown: list[str] = []
     for m in re.finditer(r"[a-z]{4,}", folded):
@@ -465,6 +463,12 @@ def fluency(lm: LoadedModel, ids: torch.Tensor, text: str) -> dict[str, Any]:
         "invented": len(unknown) / n_words if n_words else 0.0,
         "unknown": unknown[:8],
     }
+
+
+def _repeated_trigrams(items: list) -> float:
+    """The share of consecutive triples that repeat an earlier one."""
+    grams = [tuple(items[i : i + 3]) for i in range(len(items) - 2)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def _known_word(tokenizer, word: str) -> bool:
