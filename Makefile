@@ -66,6 +66,7 @@ dashboard: $(LAB)
 bench: $(TESTS) browser-deps
 	$(PY) benchmarks/bench_capture.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_bf16.py
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_browser.py
 	$(PY) benchmarks/bench_steer.py
