@@ -286,16 +286,7 @@ def _metrics(
             str(i): {"before": float(a0[sl, k].mean()), "after": float(a1[sl, k].mean())}
             for k, i in enumerate(idx)
         }
-    f0 = (
-        fluency(lm, ids, text0)
-        if base
-        else {"perplexity": float("inf"), "repetition": 0.0, "invented": 0.0, "unknown": []}
-    )
-    f1 = (
-        fluency(lm, ids, text1)
-        if text1
-        else {"perplexity": float("inf"), "repetition": 1.0, "invented": 1.0, "unknown": []}
-    )
+    f0, f1 = baseline_fluency(lm, ids, text0), fluency(lm, ids, text1)
     metrics["fluency"] = {
         "unsteered": f0,
         "steered": f1,
@@ -465,6 +456,14 @@ def fluency(lm: LoadedModel, ids: torch.Tensor, text: str) -> dict[str, Any]:
     }
 
 
+def baseline_fluency(lm: LoadedModel, ids: torch.Tensor, text: str) -> dict[str, Any]:
+    """The unsteered continuation's :func:`fluency`, which a steered one is held against; when the model
+    said nothing, a baseline any steered text meets on perplexity, repetition and invented words."""
+    if not text:
+        return {"perplexity": float("inf"), "repetition": 0.0, "invented": 0.0, "unknown": []}
+    return fluency(lm, ids, text)
+
+
 def _repeated_trigrams(items: list) -> float:
     """The share of consecutive triples that repeat an earlier one."""
     grams = [tuple(items[i : i + 3]) for i in range(len(items) - 2)]
@@ -559,11 +558,7 @@ def auto_strength(
     norm = residual_norm(lm, seq, _logprobs_and_acts(lm, seq, hook, None, model_sae, [], residual=True)[2])
     dnorm = 1.0 if cfg.normalise else float(model_sae.W_dec[feature].detach().float().norm())
     base_text = lm.tokenizer.decode(base, skip_special_tokens=True)
-    base_fluency = (
-        fluency(lm, ids, base_text)
-        if base
-        else {"perplexity": float("inf"), "repetition": 0.0, "invented": 0.0, "unknown": []}
-    )
+    base_fluency = baseline_fluency(lm, ids, base_text)
     limit = max_perplexity * base_fluency["perplexity"]
     rows: list[dict[str, Any]] = []
     broken = 0
