@@ -182,6 +182,21 @@ def wait_until_empty(page, js: str, what: str, timeout: float = 30.0):
     raise AssertionError(f"{what}: {last}")
 
 
+def charts_follow_the_theme(page, tab: str, theme: str) -> None:
+    """The plotly charts on screen take the page's background (the theme travels page -> kernel ->
+    figure; allow it a moment)."""
+    end = time.time() + 30
+    while True:
+        bgs = page.evaluate(BACKGROUNDS_JS)
+        ok = bgs and all(b["chart"] == b["page"] for b in bgs)
+        if ok or time.time() > end:
+            break
+        page.wait_for_timeout(500)
+    assert ok, f"{tab}: chart backgrounds do not match the page: {bgs}"
+    for b in bgs:
+        assert (luminance(b["chart"]) < 0.35) == (theme == "dark"), (tab, theme, b)
+
+
 def check_tab(page, frontend: str, theme: str, tab: str) -> None:
     page.get_by_role("tab", name=tab).click()
     page.wait_for_timeout(800)
@@ -196,16 +211,7 @@ def check_tab(page, frontend: str, theme: str, tab: str) -> None:
     wait_until_empty(page, EMPTY_CHARTS_JS, f"{tab}: charts on screen that draw no data")
     wait_until_empty(page, OVERFLOW_JS, f"{tab}: content wider than its box at {WIDTH} px")
     if tab in ("Training", "Features"):
-        end = time.time() + 30
-        while True:  # the theme travels page -> kernel -> figure; allow it a moment
-            bgs = page.evaluate(BACKGROUNDS_JS)
-            ok = bgs and all(b["chart"] == b["page"] for b in bgs)
-            if ok or time.time() > end:
-                break
-            page.wait_for_timeout(500)
-        assert ok, f"{tab}: chart backgrounds do not match the page: {bgs}"
-        for b in bgs:
-            assert (luminance(b["chart"]) < 0.35) == (theme == "dark"), (tab, theme, b)
+        charts_follow_the_theme(page, tab, theme)
     SHOTS.mkdir(parents=True, exist_ok=True)
     shoot(page, SHOTS / f"{frontend}-{theme}-{tab.lower()}.png")
 
@@ -300,6 +306,26 @@ def test_studio_in_voila_looks_right(browser, default_ws, tmp_path, look_run, th
     # extensions' "Unsatisfied version ... required ^4.6.2" notes are webpack falling back to it, harmless)
     broken = [c for c in outside.console if "failed to activate" in c or "No version of module" in c]
     assert not broken, broken[:3]
+
+
+def test_every_chart_hears_the_kernel_on_a_slow_page(browser, default_ws, tmp_path, look_run):
+    """anywidget drops every kernel message to a model whose front-end module took over 2 s to load, and
+    Voila creates all models at once. With the page's CPU slowed 10x while it loads (a busy laptop), each
+    plotly chart still takes the dark theme the kernel sends when its tab is shown (with plotly's own
+    5 MB module per figure, the Features chart stayed white)."""
+    context = browser.new_context(viewport={"width": WIDTH, "height": 900})
+    page = context.new_page()
+    cdp = context.new_cdp_session(page)
+    srv, url = open_studio_in_voila(default_ws, tmp_path, "dark")
+    with srv:
+        cdp.send("Emulation.setCPUThrottlingRate", {"rate": 10})
+        page.goto(url, timeout=120_000)
+        expect(page.get_by_test_id("dataset-picker")).to_be_visible(timeout=120_000)
+        cdp.send("Emulation.setCPUThrottlingRate", {"rate": 1})
+        for tab in ("Training", "Features"):
+            page.get_by_role("tab", name=tab).click()
+            charts_follow_the_theme(page, tab, "dark")
+    context.close()
 
 
 def test_the_harvest_shows_progress_right_after_start(browser, default_ws, tmp_path, look_run):

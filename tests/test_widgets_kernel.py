@@ -258,31 +258,6 @@ def test_steering_pane_from_the_kernel_and_steer_with_this(default_ws, small_sae
     s.close()
 
 
-def test_the_theme_resent_to_the_page_is_the_theme():
-    """What apply_theme sends again a moment later (for a page view that was redrawing when the theme
-    came) is a valid Plotly.relayout argument, and it turns a light figure into the themed one."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    from mistudio_widgets.widgets.plots import apply_theme, themed_layout
-
-    def figure():
-        fig = go.FigureWidget(make_subplots(rows=1, cols=2, subplot_titles=("loss", "dead")))
-        fig.add_scatter(x=[1, 2], y=[3, 4], row=1, col=2)
-        return fig
-
-    dark = {"dark": True, "background": "rgb(33, 33, 33)", "foreground": "#ddd", "grid": "#444", "width": 900}
-    themed, light = figure(), figure()
-    apply_theme(themed, dark)
-    apply_theme(light, None)
-    sent = themed_layout(themed)
-    assert sent["paper_bgcolor"] == "rgb(33, 33, 33)" and sent["width"] == 900 and "xaxis2.gridcolor" in sent
-    light.plotly_relayout(sent)  # plotly checks every key as a relayout path
-    for path in ("paper_bgcolor", "plot_bgcolor", "width", "xaxis2.gridcolor", "annotations[1].font.color"):
-        assert light.layout[path] == themed.layout[path], path
-    assert light.layout.template == themed.layout.template and light.layout.font.color == "#ddd"
-
-
 def test_smoothing_follows_a_falling_loss_to_its_end():
     """The monitor's smoothing does not lag: a straight line comes back unchanged (a moving or exponential
     average ends above a falling loss), and noise around a falling trend is smoothed towards the trend."""

@@ -16,7 +16,7 @@ import traitlets as t
 from .. import features as fx
 from ..core.configs import ExtractConfig, LabelConfig, from_dict, to_dict
 from .base import EngineWidget, background, esm
-from .plots import apply_theme, publish
+from .plots import apply_theme, figure_widget, publish
 
 COLUMNS = ("frequency", "mean", "max")  # packed in this order into ``columns``
 
@@ -294,10 +294,9 @@ class FeatureMap(ipw.VBox):
     ``browser``. The figure follows the page's theme and reaches late front ends whole (Voila)."""
 
     def __init__(self, browser: FeatureBrowser, colour: str = "frequency", **kw: Any):
-        import plotly.graph_objects as go
 
         self.browser, self.colour = browser, colour
-        self.figure = go.FigureWidget(
+        self.figure = figure_widget(
             layout=dict(
                 height=380,
                 autosize=True,

@@ -1,6 +1,6 @@
 """Plotly figures inside the widgets: kept drawable in every front end, and coloured like the page.
 
-Two things plotly's FigureWidget does not do by itself:
+Three things plotly's FigureWidget does not do by itself:
 
 - **Late front ends.** A FigureWidget sends each change (``add_trace``, ``tr.x = ...``) as a one-off
   message and keeps its synced state (``_widget_data``, ``_widget_layout``) as it was when the widget
@@ -13,18 +13,47 @@ Two things plotly's FigureWidget does not do by itself:
   :func:`apply_theme` gives a figure that background, text and grid colour, so a chart is not a white
   box on a dark page, and that width, so it fills its cell (plotly sizes a chart itself only on a
   window resize, and one drawn in a hidden tab keeps its 700 px default).
-
-  A theme usually arrives as the figure's tab is first shown, which is when plotly's page view resizes
-  and redraws itself; a change landing in that moment can be lost by the view (seen in Voila on a busy
-  machine: a white chart on a dark page, the kernel holding the dark layout). :func:`apply_theme`
-  therefore sends the theme's layout to the page once more a moment later (:data:`RESEND_S`).
+- **Figures that stop listening.** anywidget drops every kernel message to a model whose front-end
+  module took more than 2 s to load, and plotly's module is a 5 MB bundle loaded once per figure: in
+  Voila, which creates all models at once, the third figure often missed that deadline and never
+  changed again (a white chart on a dark page; curves frozen). :func:`figure_widget` makes
+  FigureWidgets whose module is a small loader (``js/plotly_figure.js``) that meets the deadline and
+  imports plotly's bundle once per page, when a figure is first drawn.
 """
 
 from __future__ import annotations
 
 import copy
-import threading
+import functools
+from pathlib import Path
 from typing import Any
+
+
+@functools.cache
+def _figure_class() -> type:
+    import plotly
+    import plotly.graph_objects as go
+    import traitlets as t
+
+    from .base import js_dir
+
+    bundle = Path(plotly.__file__).parent / "package_data" / "widgetbundle.js"
+
+    class Figure(go.FigureWidget):
+        """A plotly FigureWidget whose front end loads plotly's bundle once per page, without holding up
+        the model (see the module docstring)."""
+
+        _esm = (js_dir() / "plotly_figure.js").read_text(encoding="utf-8")
+        _plotly_bundle = t.Unicode(bundle.read_text(encoding="utf-8")).tag(sync=True)
+        _plotly_version = t.Unicode(plotly.__version__).tag(sync=True)
+
+    return Figure
+
+
+def figure_widget(*args: Any, **kwargs: Any):
+    """``go.FigureWidget(*args, **kwargs)`` that keeps listening in a busy page (see the module docstring)."""
+    return _figure_class()(*args, **kwargs)
+
 
 LIGHT = {"dark": False, "background": "#ffffff", "foreground": "#1f1f1f", "grid": "#e0e0e0"}
 
@@ -54,45 +83,6 @@ def apply_theme(fig, theme: dict[str, Any] | None) -> None:
     except (ValueError, TypeError):  # a page that reported colours plotly does not take: stay light
         _apply(fig, LIGHT)
     publish(fig)
-    if theme:  # a page's report (not the light start every figure gets before any page is there)
-        _resend_later(fig)
-
-
-RESEND_S = 2.0  # s after a theme change, its layout goes to the page again (see the module docstring)
-
-
-def themed_layout(fig) -> dict[str, Any]:
-    """The parts of the figure's layout a theme sets, as a Plotly.relayout argument."""
-    lay = fig.layout
-    out: dict[str, Any] = {
-        "template": lay.template.to_plotly_json(),
-        "paper_bgcolor": lay.paper_bgcolor,
-        "plot_bgcolor": lay.plot_bgcolor,
-        "font.color": lay.font.color,
-    }
-    if lay.width:
-        out["width"] = lay.width
-    for name in [k for k in lay.to_plotly_json() if k.startswith(("xaxis", "yaxis"))]:
-        axis = lay[name]
-        out.update({f"{name}.{p}": axis[p] for p in ("gridcolor", "zerolinecolor", "linecolor")})
-    for i, ann in enumerate(lay.annotations or ()):
-        out[f"annotations[{i}].font.color"] = ann.font.color
-    return out
-
-
-def _resend_later(fig) -> None:
-    from .base import _kernel_io_loop, on_kernel
-
-    if _kernel_io_loop() is None:  # no kernel, so no page to resend to
-        return
-
-    def resend() -> None:
-        if getattr(fig, "comm", None) is not None:  # still open
-            fig._send_relayout_msg(themed_layout(fig))
-
-    timer = threading.Timer(RESEND_S, on_kernel, args=(resend,))
-    timer.daemon = True
-    timer.start()
 
 
 def _apply(fig, th: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from ..core.configs import K_ARCHITECTURES  # L0 is fixed at k while these train
 from ..core.jobs import Status
 from ..train.training import run_status, train
 from .base import EngineWidget, esm
-from .plots import apply_theme, publish
+from .plots import apply_theme, figure_widget, publish
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def pareto_figure():
         )
         fig.update_xaxes(title_text="L0 (active latents per token)", row=1, col=col)
     fig.update_layout(height=300, autosize=True, margin=dict(l=50, r=10, t=40, b=40))
-    widget = go.FigureWidget(fig)
+    widget = figure_widget(fig)
     apply_theme(widget, None)
     return widget
 
@@ -234,7 +234,6 @@ class TrainingMonitor(ipw.VBox):
     def _new_figure(self):
         """A figure with one subplot per panel and, for each attached run, its traces (smoothed and
         raw lines, eval points, the per-token histogram); the data comes from ``_draw_charts``."""
-        import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         n = len(self.panels)
@@ -266,7 +265,7 @@ class TrainingMonitor(ipw.VBox):
                 fig.update_xaxes(title_text="step", title_standoff=2, row=row, col=col)
             if panel.metric == "lr":
                 fig.update_yaxes(rangemode="tozero", exponentformat="e", row=row, col=col)
-        widget = go.FigureWidget(fig)
+        widget = figure_widget(fig)
         apply_theme(widget, self.controls.theme)
         return widget
 
