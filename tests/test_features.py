@@ -112,7 +112,7 @@ def test_prompt_tester_labels_and_search(default_ws, small_sae):
     )  # an extraction exists
     maxes = feature_columns(default_ws, small_sae)["max"]
     assert all(
-        x["relative"] == pytest.approx(min(x["activation"] / maxes[x["index"]], 1.0), rel=1e-4)
+        x["relative"] == pytest.approx(min(x["activation"] / max(maxes[x["index"]], 1e-6), 1.0), rel=1e-4)
         for x in r["features"]
     )
     assert r["values"][f["index"]][f["token"]] == pytest.approx(f["activation"])

@@ -13,7 +13,7 @@ from waiting import wait_for
 
 from mistudio_widgets.core.configs import TrainConfig
 from mistudio_widgets.core.errors import ArtifactWriteError, MistudioError, TokenizerMismatch
-from mistudio_widgets.core.jobs import submit
+from mistudio_widgets.core.jobs import JobCancelled, JobControl, submit
 from mistudio_widgets.sae.io import load_sae
 from mistudio_widgets.train.checkpoints import TrainState, checkpoints_of, load_checkpoint, save_checkpoint
 from mistudio_widgets.train.prepare import TrainingError
@@ -241,6 +241,34 @@ def test_background_job_cancel_checkpoints_and_can_resume(default_ws):
     assert job.status == "cancelled"
     st = run_status(default_ws, name)
     assert st["status"] == "interrupted" and st["last_checkpoint"] >= 1
+
+
+def test_stop_during_a_harvest_stops_it_there_and_loses_nothing(default_ws):
+    """Stop while the stream refills (a harvest takes seconds; Stop used to wait for it): the harvest
+    stops after the forward batch it is in, the SAE is checkpointed at the first batch it has not seen,
+    and the resumed run ends with the weights of a run never stopped."""
+    base = dict(TINY, steps=16, seed=5)
+    full = train(default_ws, TrainConfig(**base, name=default_ws.unique_name("run", "stop-full")))
+    control, events = JobControl(), []
+
+    def progress(ev):
+        events.append(ev)
+        if ev.stage.startswith("harvest chunk 2/") and ev.done > 0:
+            control.cancel()
+
+    name = default_ws.unique_name("run", "stop-harvest")
+    with pytest.raises(JobCancelled):
+        train(default_ws, TrainConfig(**base, name=name), progress=progress, control=control)
+    second = [e for e in events if e.stage.startswith("harvest chunk 2/")]
+    assert len(second) == 1 and not second[0].finished, [(e.done, e.finished) for e in second]
+    st = run_status(default_ws, name)
+    trained = len(default_ws.metrics(st["id"], "train"))
+    assert st["status"] == "interrupted" and 0 < st["last_checkpoint"] == trained < 16
+    done = train(default_ws, resume=st["id"])
+    a, _ = load_sae(full.path)
+    b, _ = load_sae(done.path)
+    for w in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(getattr(a, w), getattr(b, w)), w
 
 
 def test_the_sae_settings_of_one_harvest_nest_in_the_training_config():

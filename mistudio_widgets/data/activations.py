@@ -361,8 +361,10 @@ class ActivationStream:
         return -(-len(self.tokens) // self.chunk_sequences)
 
     def batches(self, position: tuple[int, int, int] = (0, 0, 0)) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless batches from ``position`` on; ``self.position`` is the position of the *next* batch."""
+        """Endless batches from ``position`` on; ``self.position`` is the position of the *next* batch
+        (``position`` itself until the first batch, so a checkpoint during the first harvest is right)."""
         epoch, c, b = position
+        self.position = (epoch, c, b)
         while True:
             data = self.chunk(epoch, c)
             n = data[self.hooks[0]].shape[0] // self.batch_tokens

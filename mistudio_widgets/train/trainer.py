@@ -14,7 +14,7 @@ import torch
 from ..core import distributed as dist
 from ..core.configs import TrainConfig
 from ..core.jobs import JobCancelled, JobControl, Status
-from ..core.progress import ProgressCallback, emit
+from ..core.progress import ProgressCallback, ProgressEvent, emit
 from ..core.workspace import Artifact, Workspace
 from ..data.activation_cache import ActivationCache
 from ..data.activations import ActivationStream, harvest_shared
@@ -35,6 +35,9 @@ class Harvest:
     hooks: list[str]
     device: str
     cache: ActivationCache | None = None
+
+
+HARVEST_STAGES = ("harvest", "filling activation cache")  # progress stages that run the model over text
 
 
 class Trainer:
@@ -77,7 +80,7 @@ class Trainer:
             lambda d: [ws.update_meta(r.id, pace=d) for r in runs] if record else None, self.pace
         )
         self.pace_writer.flush(force=True)
-        self.progress = self.pace_writer.progress(progress)
+        self.progress = self._listening(self.pace_writer.progress(progress))
         t0 = time.perf_counter()
         eval_acts = self._held_out_activations()
         self.pace.harvest_time(time.perf_counter() - t0)
@@ -150,9 +153,13 @@ class Trainer:
         it = stream.batches(tuple(members[0].state.position))
         steps_here = 0
         while not all(m.done for m in members):
-            self.control.check()
             t0 = time.perf_counter()
-            batch = next(it)
+            try:
+                self.control.check()  # waits while paused
+                batch = next(it)  # a harvest in the middle of it stops for Stop too (see _listening)
+            except JobCancelled:
+                self._checkpoint(stream.position)
+                raise
             t1 = time.perf_counter()
             info = {}
             for m in members:
@@ -171,8 +178,7 @@ class Trainer:
                         self.ws.update_meta(m.run.id, status=Status.INTERRUPTED, stopped=time.time())
                 return [TrainResult(m.run.id, None, None, m.last, Status.INTERRUPTED) for m in members]
             if self.control.cancelled and unfinished:
-                for m in unfinished:
-                    m.checkpoint(stream.position)
+                self._checkpoint(stream.position)
                 raise JobCancelled()
         self.pace.stage = "saving"
         self.pace_writer.flush(force=True)
@@ -180,6 +186,25 @@ class Trainer:
         dist.barrier()  # the others end once the main process has saved the SAEs
         emit(self.progress, "train", cfg.steps, cfg.steps, unit="step", finished=True)
         return results
+
+    def _checkpoint(self, position: tuple[int, int, int]) -> None:
+        """Checkpoint every unfinished member at ``position`` (the next batch none of them has seen)."""
+        for m in self.members:
+            if not m.done:
+                m.checkpoint(position)
+
+    def _listening(self, progress: ProgressCallback) -> ProgressCallback:
+        """``progress``, which also pauses or stops a harvest between two of its forward batches when
+        the job is paused or cancelled: refilling the stream takes seconds, and Stop used to wait for it
+        (the stream's position still names the next batch the SAEs have not seen, so the checkpoint
+        :meth:`run` then writes loses nothing)."""
+
+        def cb(ev: ProgressEvent) -> None:
+            progress(ev)
+            if ev.stage.startswith(HARVEST_STAGES) and not ev.finished:
+                self.control.check()
+
+        return cb
 
     def _report(self, step: int, info: dict[str, Any]) -> None:
         nan = float("nan")

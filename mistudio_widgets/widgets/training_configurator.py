@@ -173,7 +173,9 @@ class TrainingConfigurator(EngineWidget):
             )
         return self.do("train", self.action_train, exclusive=True, cfg=self.config())
 
-    stopped_message = "Stopped; the run can be resumed from its last checkpoint."
+    stopped_message = (
+        "Stopped: the run is listed as interrupted; Resume in the monitor goes on from its last checkpoint."
+    )
 
     @background
     def action_train(self, cfg: TrainConfig, progress=None, control=None):
