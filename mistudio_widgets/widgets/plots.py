@@ -38,6 +38,8 @@ def _figure_class() -> type:
     from .base import js_dir
 
     bundle = Path(plotly.__file__).parent / "package_data" / "widgetbundle.js"
+    if not bundle.is_file():  # a plotly laid out otherwise: its own FigureWidget
+        return go.FigureWidget
 
     class Figure(go.FigureWidget):
         """A plotly FigureWidget whose front end loads plotly's bundle once per page, without holding up
