@@ -262,7 +262,10 @@ def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
     def on_sigint(_sig, _frame):
         if control.cancelled:
             raise KeyboardInterrupt
-        print("stopping after this step (checkpointing); press Ctrl-C again to abort", file=sys.stderr)
+        print(
+            "stopping after this step or harvest batch (checkpointing); press Ctrl-C again to abort",
+            file=sys.stderr,
+        )
         control.cancel()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
