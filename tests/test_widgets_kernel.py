@@ -258,6 +258,26 @@ def test_steering_pane_from_the_kernel_and_steer_with_this(default_ws, small_sae
     s.close()
 
 
+def test_an_sae_with_a_metric_not_measured_keeps_the_library_json(default_ws, small_sae):
+    """A NaN metric (not measured) reaches the page as "–": NaN is not JSON, and a state holding one
+    failed to serialize, so the page dropped the whole SAE list (a red warning in Voila)."""
+    import json
+
+    from mistudio_widgets.widgets import SAELibrary
+
+    art = default_ws.get(small_sae)
+    before = dict(art.meta.get("metrics") or {})
+    default_ws.update_meta(art.id, metrics={**before, "dead_fraction": float("nan")})
+    try:
+        lib = SAELibrary(default_ws)
+        json.dumps(lib.get_state()["saes"], allow_nan=False)
+        row = next(r for r in lib.saes if r["id"] == art.id)
+        assert row["dead_fraction"] is None and row["l0"] == before.get("l0")
+        lib.close()
+    finally:
+        default_ws.update_meta(art.id, metrics=before)
+
+
 def test_smoothing_follows_a_falling_loss_to_its_end():
     """The monitor's smoothing does not lag: a straight line comes back unchanged (a moving or exponential
     average ends above a falling loss), and noise around a falling trend is smoothed towards the trend."""

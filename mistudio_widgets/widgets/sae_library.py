@@ -5,6 +5,7 @@ compare two SAEs feature by feature."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import traitlets as t
@@ -22,7 +23,9 @@ class SAELibrary(EngineWidget):
 
     def refresh(self) -> None:
         def row(a) -> dict[str, Any]:
-            m = a.meta.get("metrics", {})
+            # a metric that is not a finite number (NaN: not measured) is shown as "–"; NaN in a widget's
+            # state is not JSON, and the page would drop the whole list
+            m = {k: v for k, v in a.meta.get("metrics", {}).items() if not _non_finite(v)}
             run = self.workspace.find(a.parent, "run") if a.parent else None
             return {
                 "id": a.id,
@@ -186,3 +189,7 @@ class SAELibrary(EngineWidget):
             self.message = view["sentence"] and f"Best match: {view['sentence']}."
 
         return apply
+
+
+def _non_finite(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
