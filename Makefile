@@ -45,13 +45,14 @@ browser-deps:
 demo: $(BASE)
 	$(VENV)/bin/mistudio demo
 
-## make test: ruff (lint and format), unit, integration on the real model, nbval on every notebook, real-browser tests
+## make test: ruff (lint and format), mypy (types), unit, integration on the real model, nbval on every notebook, real-browser tests
 test: $(TESTS) browser-deps
 	@# SAEDashboard's classes check our Neuronpedia batches. Its pins (transformers<4.57, ...) would
 	@# downgrade the stack, and the classes we use need only numpy, so it comes without its dependencies.
 	$(PIP) install -q --no-deps sae-dashboard==0.8.0
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	MISTUDIO_HOME=$(CURDIR)/test-artifacts/workspace $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
 
 ## make lab: JupyterLab on the tutorial notebooks

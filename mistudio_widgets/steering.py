@@ -481,8 +481,8 @@ def _known_word(tokenizer, word: str) -> bool:
 
 
 def is_fluent(
-    f: dict[str, float],
-    unsteered: dict[str, float],
+    f: dict[str, Any],
+    unsteered: dict[str, Any],
     max_perplexity: float = AUTO_MAX_PERPLEXITY,
     max_repetition: float = AUTO_MAX_REPETITION,
 ) -> bool:
@@ -548,7 +548,7 @@ def auto_strength(
     feats = parse_features(cfg.features)
     feature = _auto_feature(ws, art.id, feats, feature, max_perplexity, max_repetition)
     others = [[i, s] for i, s in feats if i != feature]
-    _check(ws, art.id, [(i, s) for i, s in others], cfg)
+    _check(ws, art.id, [(int(i), float(s)) for i, s in others], cfg)
     lm = model_for_sae(ws, art, model_sae)
     hook = sae_hook(art, model_sae)
     ids = prompt_ids(lm, cfg.prompt, cfg.chat_template)

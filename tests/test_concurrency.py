@@ -94,7 +94,7 @@ def test_extraction_in_one_kernel_while_another_browses(default_ws, small_sae, e
     browser's Extract button does, in a worker thread) while kernel B browses the same SAE, labels a
     feature and tries to delete it; B keeps reading the finished extraction and sees the new one at the
     end."""
-    from kernels import kernel
+    from ipython_kernels import kernel
 
     before = state(default_ws)
     setup = (

@@ -193,7 +193,7 @@ def test_kernel_killed_mid_training_resumes_from_the_monitor_in_a_new_kernel(def
     """A training started from the configurator in a real kernel; the kernel is SIGKILLed after its
     third checkpoint. A monitor in a new kernel shows the run as interrupted and its Resume button
     finishes it, with the weights of an uninterrupted run."""
-    from kernels import kernel
+    from ipython_kernels import kernel
 
     base = dict(TINY, steps=8, seed=9, checkpoint_every=1)
     name = default_ws.unique_name("run", "kernel-killed")

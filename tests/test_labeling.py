@@ -359,7 +359,7 @@ def test_a_key_typed_in_the_widget_never_leaves_the_kernel(default_ws, small_sae
     does): the labelling works, and nothing the kernel publishes (outputs, the widget state a saved
     notebook keeps, errors) holds the key; a refused key is not repeated in the error either."""
     import numpy as np
-    from kernels import kernel
+    from ipython_kernels import kernel
 
     from mistudio_widgets.features import feature_columns, latest_extraction
 

@@ -121,7 +121,7 @@ def add_config_flags(
             continue
         default = defaults.get(
             f.name,
-            f.default if f.default is not dataclasses.MISSING else f.default_factory(),  # type: ignore[misc]
+            f.default if f.default is not dataclasses.MISSING else f.default_factory(),  # type: ignore[operator]
         )
         text = f"{f.metadata.get('help', '')} (default: {_default_text(default)})".replace("%", "%%")
         names = [flag_name(f.name)] + [flag_name(x) for x in aliases.get(f.name, [])]

@@ -354,7 +354,7 @@ def cmd_serve_chat(ws: Workspace, a: argparse.Namespace, out) -> None:
             f"Cannot serve on {a.host}:{a.port} ({exc.strerror}).",
             "choose another --port, or stop what uses it.",
         ) from None
-    host, port = srv.server_address[:2]
+    host, port = str(srv.server_address[0]), int(srv.server_address[1])
     out.line(
         {"serving": f"http://{host}:{port}/v1", "model": a.model},
         f"serving {a.model} at http://{host}:{port}/v1 (OpenAI chat-completions); Ctrl-C stops",

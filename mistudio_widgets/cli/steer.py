@@ -44,9 +44,10 @@ def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
         ]
     cfg = dataclasses.replace(cfg, **changes)
     if auto:
-        cfg = _auto(ws, sae, cfg, int(auto[0]), a, out)
-        if cfg is None:
+        tuned = _auto(ws, sae, cfg, int(auto[0]), a, out)
+        if tuned is None:
             return
+        cfg = tuned
     if a.save_preset:
         save_preset(ws, a.save_preset, sae, cfg)
     if a.strengths:

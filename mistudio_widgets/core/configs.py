@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .errors import MistudioError
 
@@ -110,10 +110,14 @@ def _post_init(cfg: Any) -> None:
         cfg.check_more()
 
 
-def config(cls: type[T]) -> type[T]:
-    """``@dataclass`` whose instances check their fields when made (and when ``dataclasses.replace``d)."""
-    cls.__post_init__ = _post_init  # type: ignore[attr-defined]
-    return dataclass(cls)
+if TYPE_CHECKING:  # the type checker reads a config class as the dataclass it is
+    from dataclasses import dataclass as config
+else:
+
+    def config(cls: type[T]) -> type[T]:
+        """``@dataclass`` whose instances check their fields when made (and when ``dataclasses.replace``d)."""
+        cls.__post_init__ = _post_init
+        return dataclass(cls)
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:

@@ -73,7 +73,8 @@ class Throttled:
     """Pass at most ``rate`` events per second to ``cb``; the first, stage changes and finished ones pass."""
 
     def __init__(self, cb: ProgressCallback, rate: float = 10.0):
-        self.cb, self.interval, self.last, self.stage = cb, 1.0 / rate, 0.0, None
+        self.cb, self.interval, self.last = cb, 1.0 / rate, 0.0
+        self.stage: str | None = None
         self.lock = threading.Lock()
 
     def __call__(self, ev: ProgressEvent) -> None:

@@ -7,6 +7,7 @@ full disk never leaves a half-written artifact visible as complete.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import json
@@ -107,6 +108,26 @@ class Artifact:
     created: float
     updated: float
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        """The artifact's folder; a clear error for a reference row, which has none."""
+        if self.path is None:
+            raise WorkspaceError(
+                f"The {self.kind} {self.name!r} ({self.id}) is a reference with no folder of its own.",
+                "use an artifact that was written into the workspace.",
+            )
+        return self.path
+
+    @property
+    def parent_id(self) -> str:
+        """The id of the artifact this one was made from; a clear error for a row without one."""
+        if self.parent is None:
+            raise WorkspaceError(
+                f"The {self.kind} {self.name!r} ({self.id}) has no parent artifact.",
+                "re-create it from the artifact it belongs to.",
+            )
+        return self.parent
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -424,7 +445,8 @@ class Workspace:
         (``.mistudio-artifact.json``) or, without one, from where it lies (kind from ``<kind>s/``, id and
         name from the folder). Returns what was registered and what was skipped, and why."""
         known = {a.id for a in self.list()}
-        done, skipped = [], []
+        done: builtins.list[dict[str, Any]] = []
+        skipped: builtins.list[dict[str, Any]] = []
         for folder in self._artifact_folders():
             kind = folder.parent.name[:-1]
             if folder.name in known:
@@ -433,8 +455,8 @@ class Workspace:
             if rec.get("id") not in (None, folder.name) or rec.get("kind") not in (None, kind):
                 skipped.append({"folder": str(folder), "why": "its record names another id or kind"})
                 continue
-            name = rec.get("name") if _valid_name(rec.get("name")) else folder.name
-            meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+            name = str(rec["name"]) if _valid_name(rec.get("name")) else folder.name
+            meta: dict[str, Any] = rec["meta"] if isinstance(rec.get("meta"), dict) else {}
             art = self.register(
                 kind,
                 self.unique_name(kind, name),
@@ -576,7 +598,7 @@ class Workspace:
             name = f"{base}-{n}"
         return name
 
-    def check_names_free(self, kind: str, names: list[str]) -> None:
+    def check_names_free(self, kind: str, names: builtins.list[str]) -> None:
         """Raise the error :meth:`register` would give for the first of ``names`` not free for ``kind``
         (a group of artifacts about to be made checks them all before making the first)."""
         with self._db() as con:
@@ -713,7 +735,9 @@ class Workspace:
         with self._db() as con:
             con.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?)", rows)
 
-    def metrics(self, run: str, split: str | None = None, since_step: int = -1) -> list[dict[str, Any]]:
+    def metrics(
+        self, run: str, split: str | None = None, since_step: int = -1
+    ) -> builtins.list[dict[str, Any]]:
         """Metric rows of a run as ``{step, split, <name>: value, ...}``, by step."""
         sql, args = (
             "SELECT step, split, name, value FROM metrics WHERE run = ? AND step > ?",
@@ -759,9 +783,9 @@ class Workspace:
                     json.dumps(meta or {}),
                 ),
             )
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)
 
-    def add_labels(self, sae: str, rows: list[dict[str, Any]]) -> int:
+    def add_labels(self, sae: str, rows: builtins.list[dict[str, Any]]) -> int:
         """Add many labels in one transaction (each row: feature, label, and optionally method, model,
         template, score, meta, time). Returns how many were added."""
         sae_id, now = self.get(sae, "sae").id, _now()
@@ -793,11 +817,13 @@ class Workspace:
                 raise
         return len(values)
 
-    def labels(self, sae: str, feature: int | None = None, *, history: bool = False) -> list[dict[str, Any]]:
+    def labels(
+        self, sae: str, feature: int | None = None, *, history: bool = False
+    ) -> builtins.list[dict[str, Any]]:
         """Labels of an SAE's features: the newest per feature, or (``history``) every one, oldest first."""
         sae_id = self.get(sae, "sae").id
         cols = "id, feature, label, method, model, template, score, time, meta"
-        sql, args = f"SELECT {cols} FROM labels WHERE sae = ?", [sae_id]
+        sql, args = f"SELECT {cols} FROM labels WHERE sae = ?", builtins.list[Any]([sae_id])
         if feature is not None:
             sql += " AND feature = ?"
             args.append(int(feature))
@@ -841,10 +867,10 @@ class Workspace:
                 raise
         return self._keep_record(self.get(art.id))
 
-    def children(self, ref: str) -> list[Artifact]:
+    def children(self, ref: str) -> builtins.list[Artifact]:
         return self.list(parent=self.get(ref).id)
 
-    def delete(self, ref: str, *, cascade: bool = False, force: bool = False) -> list[str]:
+    def delete(self, ref: str, *, cascade: bool = False, force: bool = False) -> builtins.list[str]:
         """Delete an artifact (and, with ``cascade``, everything derived from it). Returns the ids removed.
         A job running in a live process here is never deleted; one marked running on another machine
         only with ``force`` (after the user checked it no longer runs there)."""
@@ -877,7 +903,7 @@ class Workspace:
             shutil.rmtree(trash, ignore_errors=True)
         return removed + [art.id]
 
-    def _refuse_in_use(self, art: Artifact, kids: list[Artifact], force: bool = False) -> None:
+    def _refuse_in_use(self, art: Artifact, kids: builtins.list[Artifact], force: bool = False) -> None:
         """Refuse to delete a job (training, extraction) that a live process is still running, or,
         for a cascade, anything derived from ``art`` that is."""
         from .jobs import Status, owner_alive

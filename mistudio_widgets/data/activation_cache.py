@@ -44,7 +44,7 @@ class ActivationCache:
         m = art.meta
         self.hooks, self.d, self.block = list(m["hooks"]), int(m["d_model"]), harvest_batch_size
         self.n_seq, self.ctx = tokens.shape
-        self.path = art.path
+        self.path = art.folder
         self.kept = np.load(self.path / "kept.npy")
         self.filled = np.load(self.path / "filled.npy")
         self._maps: list[np.memmap] | None = None
@@ -105,10 +105,10 @@ class ActivationCache:
         )
         try:
             for i in range(len(key["hooks"])):
-                with open(art.path / f"{i}.f16", "wb") as f:
+                with open(art.folder / f"{i}.f16", "wb") as f:
                     f.truncate(n_seq * ctx * d_model * 2)  # sparse: blocks take space as they fill
-            _save_npy(art.path / "kept.npy", np.zeros(n_seq, dtype=np.int32))
-            _save_npy(art.path / "filled.npy", np.zeros(n_seq, dtype=bool))
+            _save_npy(art.folder / "kept.npy", np.zeros(n_seq, dtype=np.int32))
+            _save_npy(art.folder / "filled.npy", np.zeros(n_seq, dtype=bool))
         except OSError as exc:
             ws.delete(art.id)
             raise disk_error(exc, f"the activation cache {name!r}") from exc

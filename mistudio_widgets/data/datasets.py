@@ -91,7 +91,7 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
             f"{path} mixes file formats ({', '.join(sorted(k for k in kinds if k))}).",
             "put files of one format in the folder, or add each format as its own dataset.",
         )
-    return kinds.pop(), [str(p) for p in files]
+    return str(kinds.pop()), [str(p) for p in files]
 
 
 def _pick_text_field(columns: Iterable[str], wanted: str | None, first: dict[str, Any] | None) -> str:
@@ -315,7 +315,7 @@ def load_documents(ws: Workspace, ref: str | Artifact):
     import datasets as hfd
 
     art = ws.get(ref, "dataset")
-    return hfd.load_from_disk(str(art.path / "data"))
+    return hfd.load_from_disk(str(art.folder / "data"))
 
 
 def preview_documents(ws: Workspace, ref: str | Artifact, n: int = 3, chars: int = 400) -> list[str]:
@@ -517,7 +517,7 @@ def load_tokens(ws: Workspace, ref: str | Artifact) -> np.ndarray:
     import datasets as hfd
 
     art = ws.get(ref, "tokenization")
-    table = hfd.load_from_disk(str(art.path / "data")).data.table
+    table = hfd.load_from_disk(str(art.folder / "data")).data.table
     col = table.column("input_ids").combine_chunks()
     ctx = art.meta["config"]["context_size"]
     return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, ctx)

@@ -68,7 +68,7 @@ class StopForward(Exception):
     """Raised inside a hook to end a forward pass once everything needed is captured."""
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
+def _get(root: nn.Module, path: str) -> Any:
     mod: Any = root
     for part in path.split("."):
         mod = getattr(mod, part)
@@ -76,7 +76,7 @@ def _get(root: nn.Module, path: str) -> nn.Module:
 
 
 def family_of(model: nn.Module) -> tuple[str, FamilySpec]:
-    family = getattr(model.config, "model_type", None)
+    family = str(getattr(model.config, "model_type", ""))
     spec = FAMILIES.get(family)
     if spec is None:
         raise HookError(

@@ -10,7 +10,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 from ..core import defaults
 from ..core.configs import DEFAULT, ModelConfig, to_dict
@@ -212,7 +212,8 @@ def add_model(
                     "(load_model(..., dtype=...)).",
                 )
             return existing
-        gguf, provenance = defaults.default_gguf(), {"kind": "embedded", **defaults.DEFAULT_MODEL_INFO}
+        gguf: Path | None = defaults.default_gguf()
+        provenance: dict[str, Any] = {"kind": "embedded", **defaults.DEFAULT_MODEL_INFO}
         name = cfg.name or defaults.DEFAULT_MODEL_NAME
     else:
         path = Path(cfg.source).expanduser()
@@ -220,9 +221,9 @@ def add_model(
         if gguf is not None and not gguf.is_file():
             raise ModelError(f"No GGUF file at {gguf}.", "check the path.")
         name = cfg.name or ws.unique_name("model", _name_for(cfg.source))
-        provenance = {"kind": "gguf", "path": str(gguf.resolve())} if gguf else None
+        provenance = {"kind": "gguf", "path": str(gguf.resolve())} if gguf else {}
     if gguf is not None:
-        meta = {"provenance": provenance, "settings": settings}
+        meta: dict[str, Any] = {"provenance": provenance, "settings": settings}
         if provenance.get("licence"):
             meta["licence"] = provenance["licence"]
         with ws.write_artifact("model", name, meta=meta) as w:
@@ -491,7 +492,8 @@ def load_model(
             )
         try:
             with quiet_bars():
-                model, loading = AutoModelForCausalLM.from_pretrained(loc, **kwargs)
+                # with output_loading_info, a (model, loading info) pair
+                model, loading = cast(Any, AutoModelForCausalLM).from_pretrained(loc, **kwargs)
         except torch.OutOfMemoryError as exc:
             raise ModelError(
                 f"Out of memory loading {art.name!r} in {dt}.",

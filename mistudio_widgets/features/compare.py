@@ -47,7 +47,8 @@ def one_to_one(A: torch.Tensor, B: torch.Tensor) -> tuple[np.ndarray, np.ndarray
         return r, c, "optimal assignment"
     # greedy: repeatedly take mutual best pairs among the unmatched, then the rest by best remaining cosine
     free_a, free_b = np.ones(A.shape[0], bool), np.ones(B.shape[0], bool)
-    ra, rb = [], []
+    ra: list[int] = []
+    rb: list[int] = []
     for _ in range(8):
         ia, ib = np.flatnonzero(free_a), np.flatnonzero(free_b)
         if not len(ia) or not len(ib):
@@ -74,8 +75,8 @@ def compare_saes(ws: Workspace, a: str, b: str, *, top: int = 20) -> dict[str, A
     """Match the features of SAE ``a`` with those of SAE ``b``. Returns a summary, the ``top`` best
     one-to-one pairs (with labels), and per-feature nearest neighbours as arrays."""
     art_a, art_b = ws.get(a, "sae"), ws.get(b, "sae")
-    sae_a, _ = load_sae(art_a.path)
-    sae_b, _ = load_sae(art_b.path)
+    sae_a, _ = load_sae(art_a.folder)
+    sae_b, _ = load_sae(art_b.folder)
     if sae_a.spec.d_in != sae_b.spec.d_in or sae_a.W_dec.shape[1] != sae_b.W_dec.shape[1]:
         raise CompareError(
             f"{art_a.name!r} and {art_b.name!r} live in different spaces "

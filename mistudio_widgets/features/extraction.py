@@ -187,7 +187,7 @@ def _checkpoint(folder: Path, acc: Accumulator) -> None:
 
 def extract(
     ws: Workspace,
-    sae: str | Artifact,
+    sae: str | Artifact | None,
     cfg: ExtractConfig | None = None,
     *,
     resume: str | None = None,
@@ -202,14 +202,16 @@ def extract(
     if resume:
         ext = ws.get(resume, KIND)
         claim(ws, ext, "extraction")
-        if not (ext.path / STATE_FILE).is_file() and ext.meta.get("status") != Status.DONE:
+        if not (ext.folder / STATE_FILE).is_file() and ext.meta.get("status") != Status.DONE:
             raise FeatureError(
                 f"Extraction {ext.name!r} has no checkpoint to resume from.", "start a new extraction."
             )
         if ext.meta.get("status") == Status.DONE:
             return ext
         cfg = ExtractConfig(**ext.meta["config"])
-        sae = ext.parent
+        sae = ext.parent_id
+    if sae is None:
+        raise FeatureError("Name the SAE to extract features of.", "pass an SAE id or name (or resume=...).")
     cfg = cfg or ExtractConfig()
     if not isinstance(cfg.tokens, int) or cfg.tokens < 1:
         raise FeatureError(
@@ -245,11 +247,12 @@ def extract(
             },
         )
     acc = Accumulator(model_sae.spec.d_sae, ctx, cfg)
-    if resume and (ext.path / STATE_FILE).is_file():
-        acc.s = torch.load(ext.path / STATE_FILE, weights_only=True)
+    if resume and (ext.folder / STATE_FILE).is_file():
+        acc.s = torch.load(ext.folder / STATE_FILE, weights_only=True)
     special = _special(lm)
     done_here = 0
-    with lifecycle(ws, [ext], **({"resumed": time.time()} if resume else {})):
+    running: dict[str, Any] = {"resumed": time.time()} if resume else {}
+    with lifecycle(ws, [ext], **running):
         for start in range(int(acc.s["batches"]) * cfg.batch_size, n_seq, cfg.batch_size):
             control.check()
             ids = torch.tensor(tokens[start : min(start + cfg.batch_size, n_seq)], dtype=torch.long)
@@ -262,13 +265,13 @@ def extract(
             if not last and (
                 (cfg.checkpoint_every and int(acc.s["batches"]) % cfg.checkpoint_every == 0) or stop
             ):
-                _checkpoint(ext.path, acc)
+                _checkpoint(ext.folder, acc)
                 if stop:
                     control.check()  # cancelled: interrupted by the lifecycle
                     return ws.update_meta(ext.id, status=Status.INTERRUPTED, batches=int(acc.s["batches"]))
         emit(progress, "extract", n_seq * ctx, n_seq * ctx, unit="tok", finished=True)
-        summary = finalise(ext.path, acc, model_sae, lm, tokens, cfg, progress)
-        (ext.path / STATE_FILE).unlink(missing_ok=True)
+        summary = finalise(ext.folder, acc, model_sae, lm, tokens, cfg, progress)
+        (ext.folder / STATE_FILE).unlink(missing_ok=True)
         return ws.update_meta(ext.id, status=Status.DONE, finished=time.time(), summary=summary)
 
 
@@ -398,9 +401,12 @@ def finalise(
                     1, idx, torch.ones((), dtype=torch.long).expand_as(idx)
                 )
             )
-            top_i.append(ti.gather(1, t.indices)), top_v.append(t.values)
-            bot_i.append(bi.gather(1, b.indices)), bot_v.append(b.values)
-            lmin.append(lo), lmax.append(hi)
+            top_i.append(ti.gather(1, t.indices))
+            top_v.append(t.values)
+            bot_i.append(bi.gather(1, b.indices))
+            bot_v.append(b.values)
+            lmin.append(lo)
+            lmax.append(hi)
             emit(progress, "logit lens", min(a + 512, F), F, unit="feature")
         logit = {
             k: torch.cat(v)
@@ -412,14 +418,16 @@ def finalise(
         logit = None  # a transcoder writing elsewhere than the residual
     emit(progress, "logit lens", F, F, unit="feature", finished=True)
     Wn = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    nb_i, nb_v = [], []
+    nb_idx: list[torch.Tensor] = []
+    nb_cos: list[torch.Tensor] = []
     k_nb = min(cfg.neighbours, F - 1) if F > 1 else 0
     for a in range(0, F, 1024):
         sim = Wn[a : a + 1024] @ Wn.T
         sim[torch.arange(sim.shape[0]), torch.arange(a, a + sim.shape[0])] = -2.0
         t = sim.topk(k_nb, dim=1)
-        nb_i.append(t.indices), nb_v.append(t.values)
-    nb_i, nb_v = torch.cat(nb_i), torch.cat(nb_v)
+        nb_idx.append(t.indices)
+        nb_cos.append(t.values)
+    nb_i, nb_v = torch.cat(nb_idx), torch.cat(nb_cos)
     vocab = vocab_strings(lm.tokenizer)
 
     def lists(t: torch.Tensor, typ):

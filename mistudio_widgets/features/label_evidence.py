@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,7 +116,8 @@ def _from_sample(folder: Path, positions: int):
 def _save(path: Path, key: dict, parts: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     try:
-        np.savez(tmp, key=np.array(json.dumps(key, sort_keys=True)), **parts)
+        arrays: dict[str, Any] = {"key": np.array(json.dumps(key, sort_keys=True)), **parts}
+        np.savez(tmp, **arrays)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -163,7 +165,7 @@ def load_evidence(
     cfg = cfg or LabelConfig()
     control = control or JobControl()
     ext = require_extraction(ws, sae)
-    sae_art = ws.get(ext.parent, "sae")
+    sae_art = ws.get(ext.parent_id, "sae")
     d_sae = int(ext.meta["summary"]["d_sae"])
     tokens = load_tokens(ws, ext.meta["tokenization"])
     T = tokens.shape[1]
@@ -175,11 +177,11 @@ def load_evidence(
         "explain": [0, n_explain],
         "held_out": [h_first, n_held],
     }
-    path = ext.path / EVIDENCE_FILE
+    path = ext.folder / EVIDENCE_FILE
     parts = _load(path, key)
     if parts is None:
         batch = int(ext.meta["config"].get("batch_size", 16))
-        explain = _from_sample(ext.path, n_explain * T) or _run(
+        explain = _from_sample(ext.folder, n_explain * T) or _run(
             ws, ext, tokens, 0, n_explain, batch, progress, control, "labelling: explained texts"
         )
         held = _run(ws, ext, tokens, h_first, n_held, batch, progress, control, "labelling: held-out texts")

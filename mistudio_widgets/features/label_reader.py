@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -260,7 +261,9 @@ def window_predictions(r: Reading, texts: Texts, starts: np.ndarray) -> np.ndarr
 
 def score_reading(r: Reading, texts: Texts) -> Score:
     n_pos, n_neg = len(texts.positive), len(texts.negative)
-    base = dict(positives=n_pos, negatives=n_neg, hard_negatives=texts.hard, fired=texts.fired)
+    base: dict[str, Any] = dict(
+        positives=n_pos, negatives=n_neg, hard_negatives=texts.hard, fired=texts.fired
+    )
     if n_pos < MIN_TEXTS or n_neg < MIN_TEXTS:
         why = (
             f"the feature fired on {texts.fired} held-out token(s); {MIN_TEXTS} are needed"

@@ -169,6 +169,7 @@ def _explain_one(f, pos, val, ex: SparseActs, base, ctx: _Context, valid, logits
     else:
         kind, keys, arr = "mixed", [], None
     if kind in ("tokens", "words"):
+        assert arr is not None
         named = np.isin(arr, keys) & valid
         parts = []
         for k in keys:
@@ -184,6 +185,7 @@ def _explain_one(f, pos, val, ex: SparseActs, base, ctx: _Context, valid, logits
             parts.append(_variants(texts))
         head = ", ".join(parts)
     elif kind == "form":
+        assert form is not None
         named = ((at.form & form) != 0) & valid
         has = (fm & form) != 0
         examples = [at.keys.text[i] for i in _ranked(at.word_text[pos[has]], w[has])[0][:3]]

@@ -28,7 +28,7 @@ def load_library_sae(
     from ..sae.io import load_sae
 
     art = ws.get(ref, "sae")
-    sae, cfg = load_sae(art.path, device)
+    sae, cfg = load_sae(art.folder, device)
     sae.eval()
     return art, sae, cfg
 

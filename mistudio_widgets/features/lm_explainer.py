@@ -170,7 +170,7 @@ def post_within(url: str, body: bytes, headers: dict[str, str], seconds: float) 
     answer over ``MAX_ANSWER_BYTES`` is refused)."""
     u = urllib.parse.urlsplit(url)
     cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-    conn = cls(u.hostname, u.port, timeout=seconds)
+    conn = cls(u.hostname or "", u.port, timeout=seconds)
     box: dict[str, Any] = {}
 
     def work() -> None:

@@ -51,7 +51,7 @@ def _reference(ws: Workspace, sae_art: Artifact) -> tuple[np.ndarray | None, np.
     ext = latest_extraction(ws, sae_art)
     if ext is None:
         return None, None, None
-    t = read_parquet(ext.path / FEATURES_FILE, columns=["max", "frequency"])
+    t = read_parquet(ext.folder / FEATURES_FILE, columns=["max", "frequency"])
     return (
         t.column("max").to_numpy().astype(np.float32),
         t.column("frequency").to_numpy().astype(np.float32),

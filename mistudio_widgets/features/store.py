@@ -79,7 +79,7 @@ def check_feature_index(ws: Workspace, sae: str | Artifact, index: int) -> int:
     if d_sae is None:
         import json
 
-        d_sae = json.loads((art.path / "cfg.json").read_text())["d_sae"]
+        d_sae = json.loads((art.folder / "cfg.json").read_text())["d_sae"]
     if (
         isinstance(index, bool)
         or not isinstance(index, (int, np.integer))
@@ -172,7 +172,8 @@ def default_sae(ws: Workspace) -> Artifact | None:
     """The SAE a browser opens first: the newest with a finished extraction, else the newest."""
     saes = ws.list("sae")
     done = [a for a in saes if latest_extraction(ws, a) is not None]
-    return (done or saes or [None])[-1]
+    newest = done or saes
+    return newest[-1] if newest else None
 
 
 def require_extraction(ws: Workspace, ref: str | Artifact) -> Artifact:
@@ -210,7 +211,7 @@ def feature_columns(ws: Workspace, ext: str | Artifact) -> dict[str, np.ndarray]
     """The browsing columns of every feature: index, frequency, mean, max (numpy arrays)."""
 
     ext = require_extraction(ws, ext)
-    t = read_parquet(ext.path / FEATURES_FILE, columns=["index", "frequency", "mean", "max"])
+    t = read_parquet(ext.folder / FEATURES_FILE, columns=["index", "frequency", "mean", "max"])
     return {k: t.column(k).to_numpy() for k in t.column_names}
 
 
@@ -219,7 +220,7 @@ def quantile_groups(row: dict[str, Any], groups: int, hist_bins: int) -> list[tu
     equal-share intervals an extraction records (``quantile_edges``), or, for extractions made before
     them, equal-width slices of [0, max] with their share read off the histogram."""
     edges, shares = row.get("quantile_edges"), row.get("quantile_shares")
-    if edges is not None and len(edges) == groups + 1:
+    if edges is not None and shares is not None and len(edges) == groups + 1:
         return [(float(edges[g]), float(edges[g + 1]), float(shares[g])) for g in range(groups)]
     mx = float(row["max"])
     hist = np.asarray(row["hist"], dtype=np.float64)
@@ -247,10 +248,10 @@ def feature_detail(
     from ..data.models import load_tokenizer
 
     ext = require_extraction(ws, ext)
-    index = check_feature_index(ws, ext.parent, index)
-    table = read_parquet(ext.path / FEATURES_FILE)
+    index = check_feature_index(ws, ext.parent_id, index)
+    table = read_parquet(ext.folder / FEATURES_FILE)
     row = {k: v[0] for k, v in table.slice(index, 1).to_pydict().items()}
-    ex = read_parquet(ext.path / EXAMPLES_FILE, filters=[("feature", "=", index)])
+    ex = read_parquet(ext.folder / EXAMPLES_FILE, filters=[("feature", "=", index)])
     vocab = vocab_strings(load_tokenizer(ws, ext.meta["model"]))
     examples: dict[str, list] = {"top": [], "quantile": []}
     for r in ex.to_pylist():
@@ -268,8 +269,8 @@ def feature_detail(
             }
         )
     mx = float(row["max"])
-    labels = ws.labels(ext.parent, index, history=True)
-    shown = shown_labels(ws, ext.parent).get(index, {})  # unverified labels title nothing, here too
+    labels = ws.labels(ext.parent_id, index, history=True)
+    shown = shown_labels(ws, ext.parent_id).get(index, {})  # unverified labels title nothing, here too
     out = {
         "index": index,
         "sae": ext.parent,
@@ -334,7 +335,7 @@ def coactivation(ws: Workspace, ext: str | Artifact, features: list[int]) -> dic
             f"Feature(s) {bad or features} out of range 0..{F - 1}.",
             "choose at least one valid feature index.",
         )
-    z = np.load(ext.path / COACT_FILE)
+    z = np.load(ext.folder / COACT_FILE)
     n = int(z["tokens"])
     if n < 2:
         raise FeatureError(
@@ -378,9 +379,9 @@ def search(ws: Workspace, sae: str | Artifact, query: str, *, limit: int = 50) -
     # a transcoder writing elsewhere than the residual stream has no logit lens, and no such column
     if (
         ext is not None
-        and "top_logit_tokens" in read_parquet(ext.path / FEATURES_FILE, schema_only=True).names
+        and "top_logit_tokens" in read_parquet(ext.folder / FEATURES_FILE, schema_only=True).names
     ):
-        t = read_parquet(ext.path / FEATURES_FILE, columns=["index", "top_logit_tokens"])
+        t = read_parquet(ext.folder / FEATURES_FILE, columns=["index", "top_logit_tokens"])
         for i, toks in zip(t.column("index").to_pylist(), t.column("top_logit_tokens").to_pylist()):
             if any(q == tk.strip().lower() for tk in toks[:10]):
                 hits.setdefault(i, {"index": i, "match": "logits"})

@@ -37,6 +37,13 @@ class SAESpec:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def top_k(self) -> int:
+        """k of a top-k architecture (an error for one without)."""
+        if self.k is None:
+            raise SAEConfigError(f"A {self.architecture} SAE needs k.", "set k (latents kept per token).")
+        return self.k
+
+    @property
     def out_dim(self) -> int:
         return self.d_out or self.d_in
 
@@ -96,6 +103,7 @@ class SAE(nn.Module):
     # training behaviour the trainer asks the SAE about, rather than branching on its architecture:
     unit_norm_decoder = True  # decoder rows kept at unit norm (their gradient's parallel part removed)
     resamples_dead = False  # dead latents are re-pointed at badly reconstructed inputs (resample_dead)
+    select_dtype: torch.dtype | None = None  # the dtype of sparse architectures' selection pass (None: fp32)
 
     def __init__(self, spec: SAESpec):
         super().__init__()
@@ -212,6 +220,7 @@ class StepOut:
             if self.acts is not None:
                 on = self.acts > 0
                 return on.sum(0).cpu(), on.sum(1).cpu()
+            assert self.vals is not None and self.d_sae is not None, "a sparse step names values and width"
             on = self.vals > 0
             idx, rows = self.picked.idx[on], self.picked.rows[on]
             counts = torch.bincount(idx, minlength=self.d_sae)

@@ -14,6 +14,8 @@ THRESHOLD_HORIZON = 50
 
 class BatchTopKSAE(SAE):
     architecture = "batchtopk"
+    threshold: torch.Tensor  # buffers (declared for the type checker)
+    threshold_steps: torch.Tensor
 
     def __init__(self, spec: SAESpec):
         super().__init__(spec)
@@ -36,10 +38,10 @@ class BatchTopKSAE(SAE):
         """The batch's kept entries and their exact pre-activations [N]: each token's 4k largest
         pre-activations are the candidates, the k x B largest of them over the batch are kept (chosen
         by the dense pass's values; the exact values are computed for the kept entries only)."""
-        idx, values = choose(self, x_c, min(4 * self.spec.k, self.spec.d_sae), exact=False)
+        idx, values = choose(self, x_c, min(4 * self.spec.top_k, self.spec.d_sae), exact=False)
         with torch.no_grad():
             pos = torch.relu(values)
-            n_keep = min(self.spec.k * tokens, pos.numel())
+            n_keep = min(self.spec.top_k * tokens, pos.numel())
             kth = pos.reshape(-1).topk(n_keep, sorted=False).values.min()
             keep = (pos >= kth) & (pos > 0)
             picked = Picked.kept(idx, keep)  # only the kept entries are decoded and differentiated

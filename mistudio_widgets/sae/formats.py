@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from . import CLASSES, SAE, SAESpec
+from . import CLASSES, SAE, JumpReLUSAE, SAESpec
 from .io import CFG, WEIGHTS, SAEFormatError
 
 NPZ = "params.npz"
@@ -106,7 +106,7 @@ def read_gemmascope(path: str | Path) -> tuple[SAE, dict[str, Any]]:
         apply_b_dec_to_input=False,
         metadata=gemmascope_metadata(str(p)),
     )
-    sae = CLASSES["jumprelu"](spec)
+    sae = JumpReLUSAE(spec)
     _check_shapes(
         p,
         state,
@@ -121,8 +121,7 @@ def read_gemmascope(path: str | Path) -> tuple[SAE, dict[str, Any]]:
     with torch.no_grad():
         for k in ("W_enc", "W_dec", "b_enc", "b_dec"):
             getattr(sae, k).copy_(state[k])
-        sae.loaded_threshold = state["threshold"].clone()
-        sae.jump_threshold.copy_(state["threshold"])
+        sae.load_threshold(state["threshold"])
     return sae.eval(), dict(spec.metadata)
 
 
@@ -223,9 +222,9 @@ def read_sparsify(folder: str | Path) -> tuple[SAE, dict[str, Any]]:
         ) from exc
     if "W_dec" not in state:
         raise SAEFormatError("This sparsify SAE was saved without a decoder.", "save it with decoder=True.")
-    d_sae, d_in = state["encoder.weight"].shape if "encoder.weight" in state else (None, None)
-    if d_in is None:
+    if "encoder.weight" not in state:
         raise SAEFormatError(f"{SPARSIFY_WEIGHTS} lacks encoder.weight.", "re-save the sparsify SAE.")
+    d_sae, d_in = state["encoder.weight"].shape
     transcode, skip = bool(cfg.get("transcode")), "W_skip" in state and state["W_skip"] is not None
     meta = sparsify_hooks(folder.name, transcode)
     if transcode and "hook_name_out" not in meta:

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..core.errors import MistudioError
-from . import CLASSES, SAE, SAESpec
+from . import CLASSES, SAE, JumpReLUSAE, SAESpec
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 SAE_LENS_VERSION = "6.0.0"
@@ -75,7 +75,7 @@ def saved_architecture(sae: SAE) -> str:
 def state_for_saving(sae: SAE) -> dict[str, torch.Tensor]:
     state = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     if sae.spec.architecture in THRESHOLD_ARCHITECTURES:
-        state["threshold"] = sae.threshold
+        state["threshold"] = getattr(sae, "threshold")
     if sae.spec.skip:
         state["W_skip"] = sae.W_skip
     return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
@@ -92,7 +92,7 @@ def save_sae(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     spec = sae.spec
-    meta = {k: None for k in METADATA_KEYS}
+    meta: dict[str, Any] = {k: None for k in METADATA_KEYS}
     meta.update({k: v for k, v in {**spec.metadata, **(metadata or {})}.items()})
     meta["sae_lens_version"] = meta.get("sae_lens_version") or SAE_LENS_VERSION
     meta["sae_lens_training_version"] = meta.get("sae_lens_training_version") or SAE_LENS_VERSION
@@ -257,9 +257,8 @@ def load_sae(folder: str | Path, device: str = "cpu") -> tuple[SAE, dict[str, An
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec") + (("W_skip",) if spec.skip else ()):
             getattr(sae, name).copy_(state[name])
-        if spec.architecture == "jumprelu":
-            sae.loaded_threshold = state["threshold"].clone()
-            sae.jump_threshold.copy_(state["threshold"])
+        if isinstance(sae, JumpReLUSAE):
+            sae.load_threshold(state["threshold"])
     sae.eval()
     return sae.to(device), cfg
 

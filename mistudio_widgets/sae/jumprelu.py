@@ -46,6 +46,7 @@ class _Step(torch.autograd.Function):
 
 class JumpReLUSAE(SAE):
     architecture = "jumprelu"
+    loaded_threshold: torch.Tensor | None  # a buffer (declared for the type checker)
 
     def __init__(self, spec: SAESpec):
         super().__init__(spec)
@@ -53,6 +54,12 @@ class JumpReLUSAE(SAE):
         # in activation units; a log-parametrised threshold starting near 0 would barely move.
         self.jump_threshold = nn.Parameter(torch.full((spec.d_sae,), float(spec.jumprelu_init_threshold)))
         self.register_buffer("loaded_threshold", None)  # exact thresholds of a loaded SAE
+
+    @torch.no_grad()
+    def load_threshold(self, threshold: torch.Tensor) -> None:
+        """Keep a loaded SAE's exact thresholds (and start the trainable one there)."""
+        self.loaded_threshold = threshold.clone()
+        self.jump_threshold.copy_(threshold)
 
     @property
     def threshold(self) -> torch.Tensor:
@@ -76,4 +83,5 @@ class JumpReLUSAE(SAE):
 
     def sparsity_loss(self, out: StepOut, coefficient: float) -> torch.Tensor:
         """L0 through the straight-through estimator of the thresholds."""
+        assert out.pre is not None, "a JumpReLU step keeps its pre-activations"
         return coefficient * self.l0_penalty(out.pre)

@@ -169,7 +169,7 @@ def choose(sae: SAE, x_c: torch.Tensor, width: int, exact: bool = True) -> tuple
     recomputed in fp32 at the chosen entries, unless ``exact`` is False (the caller keeps only some of
     them and recomputes those)."""
     with torch.no_grad():
-        dt = getattr(sae, "select_dtype", None) or x_c.dtype
+        dt = sae.select_dtype or x_c.dtype
         pre = scratch(sae, (x_c.shape[0], sae.spec.d_sae), dt, x_c.device)
         torch.addmm(sae.b_enc.to(dt), x_c.to(dt), sae.W_enc.to(dt), out=pre)
         idx = largest(pre, width)
@@ -218,7 +218,7 @@ def auxk_loss(
         x, err = x[:tokens], err[:tokens]
     e = -err.detach()
     x_c = x - sae.b_dec if sae.spec.apply_b_dec_to_input else x
-    dt = getattr(sae, "select_dtype", None) or x.dtype  # its products in bfloat16 where selection is
+    dt = sae.select_dtype or x.dtype  # its products in bfloat16 where selection is
     pre_dead = (x_c.to(dt) @ sae.W_enc[:, dead_idx].to(dt)).to(x.dtype) + sae.b_enc[dead_idx]  # [B, n_dead]
     if k < dead_idx.numel():
         top = pre_dead.topk(k, dim=-1, sorted=False)
@@ -234,7 +234,7 @@ class TopKSAE(SAE):
     architecture = "topk"
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
-        vals, idx = pre.topk(self.spec.k, dim=-1, sorted=False)
+        vals, idx = pre.topk(self.spec.top_k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
 
     def aux_loss(self, x, out, err, dead, k, coefficient, tokens=0):
@@ -242,7 +242,7 @@ class TopKSAE(SAE):
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> StepOut:
         x_c = centred(self, x)
-        idx, values = choose(self, x_c, self.spec.k)
+        idx, values = choose(self, x_c, self.spec.top_k)
         picked = Picked.per_token(idx)
         vals = torch.relu(selected_pre_acts(self, x, x_c, picked, values.reshape(-1)))
         recon = sparse_decode(self.W_dec, self.b_dec, picked, vals)

@@ -59,7 +59,7 @@ def _closure(ws: Workspace, refs: list[str]) -> list[Artifact]:
         if art.kind == "tokenization" and art.parent:
             add(ws.get(art.parent))
         if art.kind == "extraction":
-            add(ws.get(art.parent, "sae"))
+            add(ws.get(art.parent_id, "sae"))
         chosen[art.id] = art
         if art.kind == "sae":
             ext = latest_extraction(ws, art)
@@ -93,7 +93,7 @@ def pack(
                 "upstream": prov.get("upstream") or prov.get("hub_id"),
                 "kind": prov.get("kind"),
             }
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "created": time.time(),
@@ -304,7 +304,9 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
         raise BundleError(
             f"{path} is not a readable bundle ({exc}).", "copy the file again; it may be truncated."
         ) from exc
-    added, kept, stripped = [], [], []
+    added: list[dict[str, Any]] = []
+    kept: list[str] = []
+    stripped: list[str] = []
     with tar:
         try:
             manifest = _read_manifest(tar, path)
@@ -344,7 +346,7 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
                 meta["model"] = None  # an unknown model reference is dropped, never followed
             parent = a["parent"] if a["parent"] and ws.find(a["parent"]) is not None else None
             name = ws.unique_name(a["kind"], a["name"])
-            rel = f"{a['kind']}s/{a['id']}" if a["folder"] else None
+            rel = f"{a['kind']}s/{a['id']}" if a["folder"] else ""
             if rel:
                 ws.contained(rel, f"folder of the bundled {a['kind']} {a['name']!r}")
             if a["folder"]:

@@ -139,7 +139,7 @@ def export_saelens(
     """Write ``sae`` as a SAELens folder at ``out`` (plus ``pretrained_saes.yaml`` beside the weights).
     Returns the paths written and the yaml entry."""
     art = ws.get(sae, "sae")
-    model, cfg = load_sae(art.path)
+    model, cfg = load_sae(art.folder)
     ext = latest_extraction(ws, art)
     np_model, np_source = default_neuronpedia_ids(ws, art)
     meta = {
@@ -172,10 +172,10 @@ def export_saelens(
     }
     with fresh_folder(out, overwrite=overwrite, workspace=ws.root, what="saelens") as tmp:
         save_sae(model, tmp, metadata=meta, extra={**(cfg.get("mistudio") or {}), "exported_from": art.id})
-        if ext is not None and (ext.path / SPARSITY).is_file():
-            shutil.copy2(ext.path / SPARSITY, tmp / SPARSITY)
-        elif (art.path / SPARSITY).is_file():
-            shutil.copy2(art.path / SPARSITY, tmp / SPARSITY)
+        if ext is not None and (ext.folder / SPARSITY).is_file():
+            shutil.copy2(ext.folder / SPARSITY, tmp / SPARSITY)
+        elif (art.folder / SPARSITY).is_file():
+            shutil.copy2(art.folder / SPARSITY, tmp / SPARSITY)
         (tmp / "pretrained_saes.yaml").write_text(
             "# Add this release to SAELens's pretrained_saes.yaml (or your own) once the folder is on "
             "the hub.\n" + yaml.safe_dump(entry, sort_keys=False)

@@ -96,7 +96,7 @@ def dataset_source(ws: Workspace, tokenization: str | None) -> str | None:
         return None
     prov = ds.meta.get("provenance") or {}
     if prov.get("kind") == "hub":
-        return prov.get("hub_id") + (f" ({prov['config_name']})" if prov.get("config_name") else "")
+        return str(prov.get("hub_id")) + (f" ({prov['config_name']})" if prov.get("config_name") else "")
     if prov.get("kind") == "embedded":
         return str(prov.get("source") or ds.name).split(",")[0]
     if prov.get("kind") == "local":
@@ -117,7 +117,7 @@ def hub_location(sae: Artifact) -> tuple[str | None, str | None]:
 
 
 def _model_info(ws: Workspace, sae: Artifact) -> dict[str, Any]:
-    model = ws.find(sae.meta.get("model"), "model") if sae.meta.get("model") else None
+    model = ws.find(str(sae.meta["model"]), "model") if sae.meta.get("model") else None
     return dict((model.meta.get("info") if model else None) or {})
 
 
@@ -147,7 +147,7 @@ def export_neuronpedia(
     if hf_repo_id is None:
         hf_repo_id, hf_folder_id = hub_location(art)
     ext = require_extraction(ws, art)
-    model, _ = load_sae(art.path)
+    model, _ = load_sae(art.folder)
     W_dec = model.W_dec.detach().float().numpy()
     layer, set_name = source_id.split("-", 1)
     cfg = ext.meta["config"]
@@ -162,7 +162,7 @@ def export_neuronpedia(
     d_sae = int(ext.meta["summary"]["d_sae"])
     hook = art.meta.get("hook") or ""
     dataset = dataset_source(ws, ext.meta.get("tokenization"))
-    n_prompts, n_tokens = ext.meta.get("sequences"), ext.meta.get("context_size")
+    n_prompts, n_tokens = int(ext.meta.get("sequences") or 0), int(ext.meta.get("context_size") or 0)
     n_batches = -(-d_sae // batch_size)
     counts = {"features": 0, "activations": 0, "explanations": 0}
     ids = {"model_id": model_id, "source_id": source_id}
@@ -193,7 +193,7 @@ def export_neuronpedia(
         )
         for name, line in info.items():
             (bulk / name).write_text(json.dumps(line) + "\n")
-        for b, (rows, examples) in enumerate(_feature_batches(ext.path, batch_size)):
+        for b, (rows, examples) in enumerate(_feature_batches(ext.folder, batch_size)):
             dash, feats, acts, expl, side = [], [], [], [], []
             for row in rows:
                 i = int(row["index"])

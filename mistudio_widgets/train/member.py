@@ -67,7 +67,7 @@ class Member:
         self.opt, self.sched = make_optimizer(sae.parameters(), cfg, spec.d_sae)
         self.state = TrainState(scale_in=self.scale_in, scale_out=self.scale_out)
         if resuming:
-            ckpt = checkpoints_of(run.path)[-1]
+            ckpt = checkpoints_of(run.folder)[-1]
             try:
                 self.state = load_checkpoint(ckpt, sae, self.opt, self.sched)
             except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -98,7 +98,8 @@ class Member:
         )
         self.aux_k = cfg.aux_k or max(spec.d_in // 2, 1)
         self.fire_counts = torch.zeros(spec.d_sae)
-        self.window_tokens, self.t_log, self.last = 0, time.perf_counter(), {}
+        self.window_tokens, self.t_log = 0, time.perf_counter()
+        self.last: dict[str, float] = {}
         self.stopped = False
 
     @property
@@ -202,22 +203,25 @@ class Member:
             "tokens": self.state.tokens,
         }
         self.ws.add_metrics(self.run.id, s, "train", self.last)
-        per_token = per_token.float().numpy()
-        counts, edges = np.histogram(
-            per_token, bins=min(30, max(int(per_token.max()) - int(per_token.min()) + 1, 1))
-        )
+        per = per_token.float().numpy()
+        counts, edges = np.histogram(per, bins=min(30, max(int(per.max()) - int(per.min()) + 1, 1)))
         self.ws.update_meta(
             self.run.id, step=s, l0_histogram={"edges": edges.tolist(), "counts": counts.tolist()}
         )
         self.fire_counts.zero_()
         self.window_tokens, self.t_log = 0, now
 
+    def _main_evaluator(self) -> Evaluator:
+        """The held-out evaluator, which only the main process holds."""
+        assert self.evaluator is not None, "only the main process evaluates"
+        return self.evaluator
+
     def _evaluate(self, s: int) -> None:
         """The held-out evaluation at step ``s``; early stopping after ``early_stop_patience`` evaluations
         without a better MSE (the decision is sent to the other processes)."""
         cfg, state = self.cfg, self.state
         with averaged(self.opt):
-            ev = self.evaluator.run(self.sae, self.scale_in, self.scale_out)
+            ev = self._main_evaluator().run(self.sae, self.scale_in, self.scale_out)
         self.ws.add_metrics(self.run.id, s, "eval", ev)
         if not cfg.early_stop_patience:
             return
@@ -234,7 +238,7 @@ class Member:
         if not dist.is_main():
             return
         self.state.tokens_since_fired, self.state.position = self.since_fired.tolist(), list(position)
-        save_checkpoint(self.run.path, self.sae, self.opt, self.sched, self.state)
+        save_checkpoint(self.run.folder, self.sae, self.opt, self.sched, self.state)
         self.ws.update_meta(self.run.id, last_checkpoint=self.state.step)
 
     def finish(self, position: tuple[int, int, int], harvest_counts: dict[str, int]) -> TrainResult:
@@ -244,7 +248,7 @@ class Member:
         self.checkpoint(position)
         drop_scratch(self.sae)
         with averaged(self.opt):
-            final_eval = self.evaluator.run(self.sae, self.scale_in, self.scale_out)
+            final_eval = self._main_evaluator().run(self.sae, self.scale_in, self.scale_out)
             weights = {k: v.detach().cpu().clone() for k, v in self.sae.state_dict().items()}
         ws.add_metrics(run.id, self.state.step, "eval", final_eval)
         metrics = {

@@ -141,7 +141,8 @@ class PaceWriter:
 
     def __init__(self, write: Callable[[dict[str, Any]], None], pace: Pace, interval: float = 1.0):
         self.write, self.pace, self.interval = write, pace, interval
-        self._last, self._stage = 0.0, None
+        self._last = 0.0
+        self._stage: str | None = None
 
     def progress(self, downstream: ProgressCallback | None) -> ProgressCallback:
         def cb(ev: ProgressEvent) -> None:

@@ -88,7 +88,7 @@ def check_config(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
     d_in = int(info.get("d_model") or 0)
     if model is None and cfg.model != DEFAULT:
         problems.append(f"No model called {cfg.model!r}.")
-    if info:
+    if model is not None and info:
         names = hook_names_for(info["layers"], info.get("parallel_blocks", False))
         for h in filter(None, (cfg.hook, cfg.hook_out)):
             if h not in names:

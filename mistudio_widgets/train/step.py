@@ -122,7 +122,8 @@ def optimizer_step(
         sync = contextlib.nullcontext() if ddp is None or i == len(micro) - 1 else ddp.no_sync()
         with sync:
             with autocast(cfg, device):
-                losses, out = (ddp or compute_losses)(*(() if ddp else (sae, cfg)), xm, tm, dead, coef, aux_k)
+                args = (xm, tm, dead, coef, aux_k)
+                losses, out = ddp(*args) if ddp is not None else compute_losses(sae, cfg, *args)
             (losses.total / cfg.grad_accumulation).backward()
         for key, v in (
             ("loss", losses.total),

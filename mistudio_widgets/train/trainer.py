@@ -76,9 +76,12 @@ class Trainer:
             parameters=float(harvest.lm.info.get("parameters") or 0),
         )
         record = dist.is_main()
-        self.pace_writer = PaceWriter(
-            lambda d: [ws.update_meta(r.id, pace=d) for r in runs] if record else None, self.pace
-        )
+
+        def write_pace(d: dict[str, Any]) -> None:
+            for r in runs if record else []:
+                ws.update_meta(r.id, pace=d)
+
+        self.pace_writer = PaceWriter(write_pace, self.pace)
         self.pace_writer.flush(force=True)
         self.progress = self._listening(self.pace_writer.progress(progress))
         t0 = time.perf_counter()
@@ -110,6 +113,7 @@ class Trainer:
     def _unfilled_tokens(self, seqs: np.ndarray) -> int:
         """Tokens of ``seqs`` (rows of the cache's token array) the activation cache does not hold yet."""
         cache = self.harvest.cache
+        assert cache is not None, "a run that harvests has an activation cache"
         return int((~np.asarray(cache.filled)[seqs]).sum()) * self.harvest.train_tokens.shape[1]
 
     def _held_out_tokens(self) -> int:
@@ -150,7 +154,8 @@ class Trainer:
         """Train until every SAE has finished; with ``stop_after``, checkpoint and stop (interrupted)
         after that many steps. Cancelling the job checkpoints, then raises :class:`JobCancelled`."""
         members, cfg, stream = self.members, self.cfg, self.stream
-        it = stream.batches(tuple(members[0].state.position))
+        step, chunk, row = members[0].state.position
+        it = stream.batches((step, chunk, row))
         steps_here = 0
         while not all(m.done for m in members):
             t0 = time.perf_counter()

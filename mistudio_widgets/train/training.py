@@ -190,7 +190,8 @@ def _register_runs(
 ) -> list[Artifact]:
     """One run artifact per SAE, made by the main process (every name checked free before the first is
     made); the other processes receive their ids."""
-    ids, runs = None, []
+    ids: list[str] | None = None
+    runs: list[Artifact] = []
     if dist.is_main():
         names = [c.name or ws.unique_name("run", base) for c, base in zip(cfgs, run_names(cfgs))]
         ws.check_names_free("run", names)
@@ -252,4 +253,4 @@ def load_trained(ws: Workspace, ref: str, device: str = "cpu"):
     from ..sae.io import load_sae
 
     art = ws.get(ref, "sae")
-    return load_sae(art.path, device)
+    return load_sae(art.folder, device)

@@ -122,7 +122,7 @@ class EngineWidget(anywidget.AnyWidget):
     def _on_page_msg(self, _widget: Any, content: dict[str, Any], _buffers: Any) -> None:
         action = content.get("action") if isinstance(content, dict) else None
         handler = getattr(self, f"action_{action}", None) if isinstance(action, str) else None
-        if handler is None:
+        if not isinstance(action, str) or handler is None:
             self._fail(MistudioError(f"Unknown action {action!r}.", "update the widget front end."))
             return
         self.do(action, handler, **(content.get("args") or {}))

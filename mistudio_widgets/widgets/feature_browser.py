@@ -122,8 +122,8 @@ class FeatureBrowser(EngineWidget):
         self.saes = rows
         if self.sae and self.workspace.find(self.sae, "sae") is None:
             self.sae, self.extraction, self.columns, self.n_features, self.detail = "", {}, b"", 0, {}
-        elif not self.sae and rows and not self._initial:
-            self._load(fx.default_sae(self.workspace).id)
+        elif not self.sae and rows and not self._initial and (first := fx.default_sae(self.workspace)):
+            self._load(first.id)
         elif self.sae and self.extraction.get("id") != next(
             (r["extraction"] for r in rows if r["id"] == self.sae), None
         ):
@@ -341,11 +341,11 @@ class FeatureMap(ipw.VBox):
                 labelled = np.array([str(i) in b.labels for i in range(n)], dtype=bool)
                 groups = [("unlabelled", ~labelled, "#9e9e9e", 4), ("labelled", labelled, "#f57c00", 7)]
             else:
-                groups = [("features", np.ones(n, dtype=bool), None, 4)]
+                groups = [("features", np.ones(n, dtype=bool), "", 4)]  # "": coloured by frequency
             for name, mask, colour, size in groups:
                 idx = np.nonzero(mask)[0]
                 marker = dict(size=size, color=colour)
-                if colour is None:
+                if not colour:
                     marker.update(
                         color=np.log10(freq[idx] + 1e-7).tolist(),
                         colorscale="Viridis",

@@ -100,8 +100,8 @@ class SteeringPane(EngineWidget):
             for a in self.workspace.list("sae")
         ]
         self.presets = [{"name": p.name, "sae": p.meta.get("sae")} for p in self.workspace.list(st.PRESET)]
-        if not self.sae and self.saes:
-            self.sae = fx.default_sae(self.workspace).id  # the one the feature browser opens too
+        if not self.sae and (first := fx.default_sae(self.workspace)):
+            self.sae = first.id  # the one the feature browser opens too
 
     def _feature_row(self, index: int, strength: float | None) -> dict[str, Any]:
         fx.check_feature_index(self.workspace, self.sae, index)
@@ -274,7 +274,7 @@ class SteeringPane(EngineWidget):
         from ..data.models import load_model, resolve_model
 
         art = ws.get(sae, "sae")
-        model_ref = (
+        model_ref = str(
             art.meta.get("model")
             if art.meta.get("model") and ws.find(art.meta["model"], "model")
             else "default"

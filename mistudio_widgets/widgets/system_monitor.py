@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -37,7 +38,7 @@ class SystemMonitor(EngineWidget):
                 self._wake.clear()
                 continue
             snap = system.snapshot(self.workspace.root)
-            on_kernel(lambda snap=snap: self._apply(snap))
+            on_kernel(functools.partial(self._apply, snap))
             self._stop.wait(max(self.interval, 0.2))
 
     def _apply(self, snap: dict[str, Any]) -> None:

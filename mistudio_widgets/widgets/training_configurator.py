@@ -65,7 +65,7 @@ def form_fields() -> list[dict[str, Any]]:
                 "name": f.name,
                 "kind": kind,
                 "choices": choices,
-                "default": f.default if f.default is not dataclasses.MISSING else f.default_factory(),
+                "default": f.default if f.default is not dataclasses.MISSING else f.default_factory(),  # type: ignore[operator]
                 "help": f.metadata.get("help", ""),
                 "label": f.metadata.get("label") or f.name.replace("_", " "),
                 "when": {k: list(v) for k, v in (f.metadata.get("when") or {}).items()},
@@ -100,7 +100,7 @@ class TrainingConfigurator(EngineWidget):
         model = (
             ws.find(self.values.get("model", "default"), "model")
             if self.values.get("model") != "default"
-            else (ws.list("model") or [None])[0]
+            else next(iter(ws.list("model")), None)
         )
         if model is not None:
             from ..data.hooks import hook_names_for
@@ -155,7 +155,7 @@ class TrainingConfigurator(EngineWidget):
     def action_start(self) -> None:
         self.start()
 
-    def start(self, **overrides: Any) -> jobs.Job:
+    def start(self, **overrides: Any) -> jobs.Job | None:
         """Start training in the background with the form's settings (plus ``overrides``): a job that
         queues for the accelerator, shown in the monitor, which can pause, resume and stop it."""
         from ..core.errors import MistudioError

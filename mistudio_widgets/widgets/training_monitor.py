@@ -157,7 +157,7 @@ class TrainingControls(EngineWidget):
         sync=True
     )  # what the training is using: GPU utilisation and memory, or the CPU
 
-    def __init__(self, workspace=None, owner: "TrainingMonitor | None" = None, **kw: Any):
+    def __init__(self, workspace: Any, owner: "TrainingMonitor", **kw: Any):
         self.owner = owner
         super().__init__(workspace, **kw)
 
@@ -215,7 +215,7 @@ class TrainingMonitor(ipw.VBox):
         self.pareto.data[1].on_click(self._open_point)
         self.pareto_box = ipw.Box([self.pareto], layout=ipw.Layout(display="none"))  # shown for 2+ runs
         self.chart_box = ipw.Box([self.figure], layout=ipw.Layout(width="100%"))
-        self._timer = None
+        self._timer: Any = None  # tornado's PeriodicCallback while the monitor polls
         super().__init__(
             children=[self.controls, self.smoothing, self.chart_box, self.pareto_box],
             layout=ipw.Layout(width="100%"),
