@@ -96,7 +96,7 @@ def main() -> None:
     auto = auto_strength(
         ws, sae, SteerConfig(features=[[feature, 0.0]], prompt=PROMPTS[0], max_tokens=a.tokens)
     )
-    strength = auto["strength"] or 0.0
+    strength = auto.strength or 0.0
     print(
         f"\nsteering feature {feature} at {strength:.2f} (auto strength on {PROMPTS[0]!r}), "
         f"{a.tokens} tokens:"
@@ -110,10 +110,10 @@ def main() -> None:
                 SteerConfig(features=[[feature, strength]], prompt=prompt, max_tokens=a.tokens),
                 model=runs[dt]["model"],
             )
-            m = r["metrics"]
+            m = r.metrics
             print(
-                f"  {prompt[:44]:46}{dt:>10}{uppercase_share(r['unsteered']):>7.0%}->"
-                f"{uppercase_share(r['steered']):<5.0%}{m['kl_mean']:>8.2f}{m['perplexity_unsteered']:>8.2f}"
+                f"  {prompt[:44]:46}{dt:>10}{uppercase_share(r.unsteered):>7.0%}->"
+                f"{uppercase_share(r.steered):<5.0%}{m.kl_mean:>8.2f}{m.perplexity_unsteered or 0:>8.2f}"
             )
 
 

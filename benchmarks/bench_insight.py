@@ -41,14 +41,14 @@ def steering_part(ws: Workspace, sae: str, feature: int) -> None:
     ratios = []
     for prompt in UNTUNED_PROMPTS:
         auto = auto_strength(ws, sae, SteerConfig(features=[[feature, 0.0]], prompt=prompt, max_tokens=40))
-        s = auto["strength"] or 0.0
+        s = auto.strength or 0.0
         r = steer(ws, sae, SteerConfig(features=[[feature, s]], prompt=prompt, max_tokens=40))
-        u0, u1 = uppercase_share(r["unsteered"]), uppercase_share(r["steered"])
+        u0, u1 = uppercase_share(r.unsteered), uppercase_share(r.steered)
         ratios.append(u1 / max(u0, 1e-3))
         print(
-            f"  {prompt!r}: strength {s:.2f} ({(auto['relative'] or 0):.0%} of the residual norm); uppercase "
-            f"{u0:.0%} -> {u1:.0%} (x{u1 / max(u0, 1e-3):.1f})\n    unsteered: {r['unsteered'][:100]!r}\n"
-            f"    steered:   {r['steered'][:100]!r}"
+            f"  {prompt!r}: strength {s:.2f} ({(auto.relative or 0):.0%} of the residual norm); uppercase "
+            f"{u0:.0%} -> {u1:.0%} (x{u1 / max(u0, 1e-3):.1f})\n    unsteered: {r.unsteered[:100]!r}\n"
+            f"    steered:   {r.steered[:100]!r}"
         )
     print(
         "  geometric mean ratio steered/unsteered uppercase share: "

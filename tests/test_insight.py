@@ -78,11 +78,11 @@ def test_the_fluency_rule_tells_shouting_from_gibberish(lm):
     gibberish = "OVER HESHERES OF THEIRSELLS OF THEIRSELLS OF THEIRSELLS OF THEIR"
     assert is_fluent(fluency(lm, ids, shouting), base), fluency(lm, ids, shouting)
     bad = fluency(lm, ids, gibberish)
-    assert not is_fluent(bad, base) and bad["repetition"] > 0.2, bad
-    assert {"hesheres", "theirsells"} <= set(bad["unknown"]) and bad["invented"] > 0.15, bad
+    assert not is_fluent(bad, base) and bad.repetition > 0.2, bad
+    assert {"hesheres", "theirsells"} <= set(bad.unknown) and bad.invented > 0.15, bad
     # a name the model knows, split into pieces, is not an invented word
     named = fluency(lm, ids, "I'm a helpful AI assistant, trained by Hugging Face to answer questions")
-    assert "hugging" not in named["unknown"] and is_fluent(named, base), named
+    assert "hugging" not in named.unknown and is_fluent(named, base), named
 
 
 def test_auto_strength_steers_into_capitals_and_stays_readable(default_ws, demo_sae, shouting):
@@ -92,19 +92,19 @@ def test_auto_strength_steers_into_capitals_and_stays_readable(default_ws, demo_
     shares = []
     for prompt in (PROMPT, "What did you have for breakfast?"):
         auto = auto_strength(default_ws, demo_sae, SteerConfig(features=[[f, 0.0]], prompt=prompt))
-        assert auto["strength"] is not None, auto["rows"]
-        chosen = next(r for r in auto["rows"] if r["strength"] == auto["strength"])
-        assert chosen["fluent"] and is_fluent(chosen, auto["unsteered_fluency"])
-        assert chosen["perplexity"] <= auto["bound"]["perplexity_limit"] and auto["text"] == chosen["text"]
-        assert all(r["fluent"] is False for r in auto["rows"] if r["strength"] > auto["strength"])
+        assert auto.strength is not None, auto.rows
+        chosen = next(r for r in auto.rows if r.strength == auto.strength)
+        assert chosen.fluent and is_fluent(chosen.fluency, auto.unsteered_fluency)
+        assert chosen.fluency.perplexity <= auto.bound.perplexity_limit and auto.text == chosen.text
+        assert all(r.fluent is False for r in auto.rows if r.strength > auto.strength)
         r = steer(
-            default_ws, demo_sae, SteerConfig(features=[[f, auto["strength"]]], prompt=prompt, max_tokens=30)
+            default_ws, demo_sae, SteerConfig(features=[[f, auto.strength]], prompt=prompt, max_tokens=30)
         )
-        assert uppercase_share(r["unsteered"]) < 0.2, r["unsteered"]
+        assert uppercase_share(r.unsteered) < 0.2, r.unsteered
         # Generate judges its text by the same rule, in the same words
-        assert r["metrics"]["fluency"]["rule"] == auto["rule"]
-        assert r["metrics"]["relative_strength"][str(f)] == pytest.approx(auto["relative"], rel=0.1)
-        shares.append(uppercase_share(r["steered"]))
+        assert r.metrics.fluency.rule == auto.rule
+        assert r.metrics.relative_strength[str(f)] == pytest.approx(auto.relative, rel=0.1)
+        shares.append(uppercase_share(r.steered))
     # at a strength the rule calls fluent, the feature makes the model shout on at least one prompt
     assert max(shares) > 0.6, shares
 
@@ -197,8 +197,8 @@ def test_bad_contrast_and_auto_strength_input(default_ws, small_sae, tmp_path):
         SteerConfig(features=[[1, 0.0]], prompt="Tell me a story.", max_tokens=12),
         fractions=(20.0, 40.0),
     )
-    assert r["strength"] is None and "unsteered text is kept" in r["note"] and r["unsteered"]
-    assert all(not row["fluent"] for row in r["rows"])
+    assert r.strength is None and r.note and "unsteered text is kept" in r.note and r.unsteered
+    assert all(not row.fluent for row in r.rows)
 
 
 def test_ranking_without_an_extraction_falls_back_to_raw_with_a_note(default_ws):

@@ -322,7 +322,7 @@ def test_an_imported_saelens_sae_steers_the_model(default_ws, tmp_path):
     base = steer(
         default_ws, art.id, SteerConfig(features=[[7, 0.0]], prompt="Tell me about your day.", max_tokens=6)
     )
-    assert base["steered"] == base["unsteered"] and base["metrics"]["kl_mean"] == 0.0
+    assert base.steered == base.unsteered and base.metrics.kl_mean == 0.0
     pane = SteeringPane(default_ws, sae=art.id)
     pane.add(7, 60.0)
     res = pane.generate("Tell me about your day.", max_tokens=6)

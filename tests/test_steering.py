@@ -66,8 +66,8 @@ def test_empty_intervention_changes_nothing_and_strong_steering_changes_the_text
     lm, sae, f, mx = setup
     before = hooks_in(lm.model)
     same = steer(default_ws, small_sae, SteerConfig(features=[], prompt=PROMPT, max_tokens=12))
-    assert same["steered"] == same["unsteered"] and same["metrics"]["kl_mean"] == 0.0
-    assert all(op["op"] == "equal" for op in same["diff"])
+    assert same.steered == same.unsteered and same.metrics.kl_mean == 0.0
+    assert all(op["op"] == "equal" for op in same.diff)
     streamed: list = []
     r = steer(
         default_ws,
@@ -75,16 +75,16 @@ def test_empty_intervention_changes_nothing_and_strong_steering_changes_the_text
         SteerConfig(features=[[f, 12 * mx]], prompt=PROMPT, max_tokens=12),
         on_token=lambda which, t: streamed.append(which),
     )
-    assert r["unsteered"] == same["unsteered"], "both generations share the prompt, seed and settings"
-    assert r["steered"] != r["unsteered"] and r["metrics"]["kl_mean"] > 0.01
-    assert len(r["metrics"]["kl_per_position"]) == len(r["unsteered_tokens"])
-    act = r["metrics"]["feature_activation"][str(f)]
-    assert act["after"] > act["before"] + mx
-    assert r["metrics"]["perplexity_steered"] != r["metrics"]["perplexity_unsteered"]
-    assert streamed.count("unsteered") == len(r["unsteered_tokens"]) and streamed.count("steered") == len(
-        r["steered_tokens"]
+    assert r.unsteered == same.unsteered, "both generations share the prompt, seed and settings"
+    assert r.steered != r.unsteered and r.metrics.kl_mean > 0.01
+    assert len(r.metrics.kl_per_position) == len(r.unsteered_tokens)
+    act = r.metrics.feature_activation[str(f)]
+    assert act.after > act.before + mx
+    assert r.metrics.perplexity_steered != r.metrics.perplexity_unsteered
+    assert streamed.count("unsteered") == len(r.unsteered_tokens) and streamed.count("steered") == len(
+        r.steered_tokens
     )
-    assert any(op["op"] != "equal" for op in r["diff"])
+    assert any(op["op"] != "equal" for op in r.diff)
     assert hooks_in(lm.model) == before
 
 
@@ -93,7 +93,7 @@ def test_sampling_is_seeded_and_interrupts_leave_no_hooks(default_ws, small_sae,
     before = hooks_in(lm.model)
     cfg = SteerConfig(features=[[f, 2 * mx]], prompt=PROMPT, max_tokens=10, temperature=0.9, seed=7)
     a, b = steer(default_ws, small_sae, cfg), steer(default_ws, small_sae, cfg)
-    assert (a["unsteered"], a["steered"]) == (b["unsteered"], b["steered"])
+    assert (a.unsteered, a.steered) == (b.unsteered, b.steered)
     control, seen = JobControl(), []
 
     def stop_after_three(which, t):
@@ -108,7 +108,7 @@ def test_sampling_is_seeded_and_interrupts_leave_no_hooks(default_ws, small_sae,
         on_token=stop_after_three,
         control=control,
     )
-    assert r["interrupted"] and len(r["unsteered_tokens"]) <= 4
+    assert r.interrupted and len(r.unsteered_tokens) <= 4
     assert hooks_in(lm.model) == before
 
 
@@ -136,9 +136,9 @@ def test_sweep_presets_and_cli(default_ws, small_sae, setup):
     cfg = SteerConfig(features=[[f, 1.0]], prompt=PROMPT, max_tokens=6)
     rows = sweep(default_ws, small_sae, cfg, [0.0, 15 * mx])
     assert (
-        [r["strength"] for r in rows] == [0.0, 15 * mx]
-        and rows[0]["kl_mean"] == 0.0
-        and rows[1]["kl_mean"] > 0
+        [r.strength for r in rows] == [0.0, 15 * mx]
+        and rows[0].kl_mean == 0.0
+        and rows[1].kl_mean > 0
     )
     name = default_ws.unique_name("steering_preset", "loud")
     save_preset(default_ws, name, small_sae, cfg)

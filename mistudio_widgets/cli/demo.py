@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.configs import (
     DEFAULT,
@@ -20,8 +20,13 @@ from ..core.configs import (
     TokenizeConfig,
     TrainConfig,
 )
-from ..core.workspace import Workspace
+from ..core.errors import MistudioError
+from ..core.workspace import Artifact, Workspace
 from .config_flags import config_from_args
+
+if TYPE_CHECKING:  # the command line imports the engine's heavy parts only when a command runs
+    from ..features.labeling import LabelResult
+    from ..steering.results import SteerResult
 
 SHOUTS = [
     "WHY ARE YOU SHOUTING AT ME? STOP YELLING!",
@@ -41,25 +46,65 @@ def uppercase_share(text: str) -> float:
     return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
 
 
+class _Steps:
+    """The demo's step lines: each prints its name, its text and the seconds since the last one (as
+    JSON fields with --json)."""
+
+    def __init__(self, out: Any):
+        self.out, self.t0 = out, time.perf_counter()
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str, obj: dict[str, Any], text: str) -> None:
+        self.times[name] = time.perf_counter() - self.t0 - sum(self.times.values())
+        self.out.line(
+            {"step": name, "seconds": round(self.times[name], 1), **obj},
+            f"{name:<9}{text}  [{self.times[name]:.0f}s]",
+        )
+
+
 def run_demo(ws: Workspace, a: argparse.Namespace, out) -> dict[str, Any]:
+    """The whole main job, step by step (see the module's docstring); returns the summary printed last."""
+    step = _Steps(out)
+    model, info, tok = _inputs(ws, a, out, step)
+    sae, m = _train(ws, a, tok, info, out, step)
+    ext = _extract(ws, a, sae, tok, out, step)
+    feature = _find(ws, sae, ext, step)
+    if feature is None:
+        return {"feature": None}
+    lab = _label(ws, sae, feature, out, step)
+    strength = _strength(ws, a, sae, feature, step)
+    r = _steer(ws, a, sae, feature, strength, step)
+    lens, npx = _export(ws, sae, out, step)
+    total = time.perf_counter() - step.t0
+    sc = lab.score
+    up0, up1 = uppercase_share(r.unsteered), uppercase_share(r.steered)
+    summary = {
+        "seconds": round(total, 1),
+        "workspace": str(ws.root),
+        "sae": sae.id,
+        "metrics": m,
+        "feature": feature,
+        "label": lab.label,
+        "score": sc.score if sc else None,
+        "strength": strength,
+        "steered": r.steered,
+        "unsteered": r.unsteered,
+        "uppercase_steered": up1,
+        "uppercase_unsteered": up0,
+        "exports": {"saelens": lens["path"], "neuronpedia": npx["path"]},
+        "step_seconds": {k: round(v, 1) for k, v in step.times.items()},
+    }
+    out.summary(summary, f"done in {total:.0f}s; workspace {ws.root}")
+    return summary
+
+
+def _inputs(
+    ws: Workspace, a: argparse.Namespace, out, step: _Steps
+) -> tuple[Artifact, dict[str, Any], Artifact]:
+    """The embedded model and corpus, the corpus tokenized, and the activations' statistics at the hook."""
     from ..data.activations import capture_stats
     from ..data.datasets import ensure_tokenization, resolve_dataset
     from ..data.models import model_info, resolve_model
-    from ..features import contrast, extract, feature_columns, feature_detail, ordinary_case
-    from ..features.labeling import label_features, mark_strong
-    from ..share.exporting import export_saelens
-    from ..share.neuronpedia import export_neuronpedia
-    from ..steering import auto_strength, steer
-    from ..train.training import train
-
-    t0 = time.perf_counter()
-    times: dict[str, float] = {}
-
-    def step(name: str, obj: dict[str, Any], text: str) -> None:
-        times[name] = time.perf_counter() - t0 - sum(times.values())
-        out.line(
-            {"step": name, "seconds": round(times[name], 1), **obj}, f"{name:<9}{text}  [{times[name]:.0f}s]"
-        )
 
     model = resolve_model(ws, DEFAULT, progress=out.progress)
     info = model_info(ws, model)
@@ -87,20 +132,23 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out) -> dict[str, Any]:
     )
     res = capture_stats(ws, model, tok, config_from_args(CaptureConfig, a), progress=out.progress)
     step("capture", res.to_dict(), res.describe())
+    return model, info, tok
 
-    sae, m = _train(ws, a, tok, info, out, step, train)
-    ext = extract(
-        ws,
-        sae.id,
-        ExtractConfig(
-            dataset=tok.id,
-            tokens=a.extract_tokens,
-            top_k=20,
-            quantile_examples=3,
-            coactivation_tokens=a.extract_tokens,  # every firing kept: the statistical explainer reads them
-        ),
-        progress=out.progress,
+
+def _extract(
+    ws: Workspace, a: argparse.Namespace, sae: Artifact, tok: Artifact, out, step: _Steps
+) -> Artifact:
+    """The SAE's features over the corpus, every firing kept (the statistical explainer reads them)."""
+    from ..features import extract, feature_columns
+
+    cfg = ExtractConfig(
+        dataset=tok.id,
+        tokens=a.extract_tokens,
+        top_k=20,
+        quantile_examples=3,
+        coactivation_tokens=a.extract_tokens,
     )
+    ext = extract(ws, sae.id, cfg, progress=out.progress)
     cols = feature_columns(ws, ext)
     live = int((cols["frequency"] > 0).sum())
     step(
@@ -108,6 +156,14 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out) -> dict[str, Any]:
         {"extraction": ext.id, "tokens": a.extract_tokens, "live_features": live},
         f"{a.extract_tokens:,} tokens: {live:,} of {len(cols['frequency']):,} features fired",
     )
+    return ext
+
+
+def _find(ws: Workspace, sae: Artifact, ext: Artifact, step: _Steps) -> int | None:
+    """The shouting feature: the contrast of shouted sentences against the same in ordinary case, and
+    the row whose decoder direction is best aligned with the shift (None when nothing fires more)."""
+    from ..features import contrast, feature_detail, ordinary_case
+    from ..features.labeling import mark_strong
 
     found = contrast(ws, sae.id, SHOUTS, [ordinary_case(x) for x in SHOUTS], top=10)
     feature = found["steer_with"]
@@ -117,7 +173,7 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out) -> dict[str, Any]:
             {"features": []},
             "no feature fires more on shouted text than on the same text in ordinary case",
         )
-        return {"feature": None}
+        return None
     rows = "\n".join(
         f"           {f['index']:>5}  score {f['score']:.2f}  fires on {f['rate']:.0%} of shouted tokens, "
         f"{f['rate_contrast']:.0%} of ordinary ones; aligned {f['alignment']:+.2f}"
@@ -144,6 +200,12 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out) -> dict[str, Any]:
         f"{detail['max']:.2f}; "
         f"its top examples ([strong tokens]):\n{examples}",
     )
+    return int(feature)
+
+
+def _label(ws: Workspace, sae: Artifact, feature: int, out, step: _Steps) -> LabelResult:
+    """Every live feature labelled by the statistical explainer and scored on held-out texts."""
+    from ..features.labeling import label_features
 
     run = label_features(ws, sae.id, LabelConfig(), all_features=True, redo=True, progress=out.progress)
     lab = next(r for r in run.results if r.feature == feature)
@@ -165,52 +227,73 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out) -> dict[str, Any]:
             else f"not scored ({sc.reason if sc else 'scoring off'})"
         ),
     )
+    return lab
+
+
+def _strength(
+    ws: Workspace, a: argparse.Namespace, sae: Artifact, feature: int, step: _Steps
+) -> float | None:
+    """The automatic strength: the largest whose steered text stays fluent by the one rule."""
+    from ..steering import auto_strength
 
     auto = auto_strength(
         ws, sae.id, SteerConfig(features=[[feature, 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens)
     )
     sweep = "\n".join(
-        f"           {r['strength']:7.2f} ({r['relative']:.0%} of the residual norm): lower-cased perplexity "
-        f"{r['perplexity']:6.1f}, repeated {r['repetition']:.0%}, {uppercase_share(r['text']):.0%} uppercase"
-        f"{'' if r['fluent'] else '  (not fluent)'}"
-        for r in auto["rows"]
+        f"           {r.strength:7.2f} ({r.relative:.0%} of the residual norm): lower-cased perplexity "
+        f"{r.fluency.perplexity:6.1f}, repeated {r.fluency.repetition:.0%}, {uppercase_share(r.text):.0%} "
+        f"uppercase{'' if r.fluent else '  (not fluent)'}"
+        for r in auto.rows
     )
-    strength = auto["strength"]
     chosen = (
-        f"chosen {strength:.2f} ({auto['relative']:.0%} of the residual norm {auto['residual_norm']:.0f})"
-        if strength is not None
-        else auto["note"]
+        f"chosen {auto.strength:.2f} ({auto.relative or 0:.0%} of the residual norm {auto.residual_norm:.0f})"
+        if auto.strength is not None
+        else auto.note
     )
+    d = auto.to_dict()
     step(
         "strength",
         {
             "feature": feature,
-            "auto": {k: auto[k] for k in ("strength", "relative", "rows", "bound", "residual_norm")},
+            "auto": {k: d[k] for k in ("strength", "relative", "rows", "bound", "residual_norm")},
         },
-        f"the largest strength whose text stays {auto['rule']}:\n{sweep}\n         {chosen}",
+        f"the largest strength whose text stays {auto.rule}:\n{sweep}\n         {chosen}",
     )
-    r = steer(
-        ws,
-        sae.id,
-        SteerConfig(features=[[feature, strength or 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens),
-    )
-    up0, up1 = uppercase_share(r["unsteered"]), uppercase_share(r["steered"])
+    return auto.strength
+
+
+def _steer(
+    ws: Workspace, a: argparse.Namespace, sae: Artifact, feature: int, strength: float | None, step: _Steps
+) -> SteerResult:
+    """The chat prompt continued unsteered and steered at the chosen strength."""
+    from ..steering import steer
+
+    cfg = SteerConfig(features=[[feature, strength or 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens)
+    r = steer(ws, sae.id, cfg)
+    up0, up1 = uppercase_share(r.unsteered), uppercase_share(r.steered)
     step(
         "steer",
         {
             "feature": feature,
             "strength": strength,
             "prompt": PROMPT,
-            "unsteered": r["unsteered"],
-            "steered": r["steered"],
+            "unsteered": r.unsteered,
+            "steered": r.steered,
             "uppercase_unsteered": up0,
             "uppercase_steered": up1,
-            "kl_mean": r["metrics"]["kl_mean"],
+            "kl_mean": r.metrics.kl_mean,
         },
         f"{PROMPT!r} with feature {feature} x {strength or 0:.2f}:\n"
-        f"           unsteered ({up0:.0%} uppercase): {r['unsteered']!r}\n"
-        f"           steered   ({up1:.0%} uppercase): {r['steered']!r}",
+        f"           unsteered ({up0:.0%} uppercase): {r.unsteered!r}\n"
+        f"           steered   ({up1:.0%} uppercase): {r.steered!r}",
     )
+    return r
+
+
+def _export(ws: Workspace, sae: Artifact, out, step: _Steps) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The SAE in SAELens's format and Neuronpedia's."""
+    from ..share.exporting import export_saelens
+    from ..share.neuronpedia import export_neuronpedia
 
     base = ws.root / "exports" / sae.name
     lens = export_saelens(ws, sae.id, f"{base}-saelens", overwrite=True)
@@ -220,25 +303,7 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out) -> dict[str, Any]:
         {"saelens": lens["path"], "neuronpedia": npx["path"], "neuronpedia_features": npx["features"]},
         f"SAELens {lens['path']}\n           Neuronpedia {npx['path']} ({npx['features']:,} features)",
     )
-    total = time.perf_counter() - t0
-    summary = {
-        "seconds": round(total, 1),
-        "workspace": str(ws.root),
-        "sae": sae.id,
-        "metrics": m,
-        "feature": feature,
-        "label": lab.label,
-        "score": sc.score if sc else None,
-        "strength": strength,
-        "steered": r["steered"],
-        "unsteered": r["unsteered"],
-        "uppercase_steered": up1,
-        "uppercase_unsteered": up0,
-        "exports": {"saelens": lens["path"], "neuronpedia": npx["path"]},
-        "step_seconds": {k: round(v, 1) for k, v in times.items()},
-    }
-    out.summary(summary, f"done in {total:.0f}s; workspace {ws.root}")
-    return summary
+    return lens, npx
 
 
 def demo_train_config(ws: Workspace, dataset: str, **changes: Any) -> TrainConfig:
@@ -271,8 +336,12 @@ def demo_train_config(ws: Workspace, dataset: str, **changes: Any) -> TrainConfi
     return TrainConfig(**{**settings, **changes})
 
 
-def _train(ws: Workspace, a: argparse.Namespace, tok, info: dict[str, Any], out, step, train):
+def _train(
+    ws: Workspace, a: argparse.Namespace, tok: Artifact, info: dict[str, Any], out, step: _Steps
+) -> tuple[Artifact, dict[str, Any]]:
     """The demo's SAE (see :func:`demo_train_config`), with the command line's changes."""
+    from ..train.training import train
+
     cfg = demo_train_config(
         ws,
         tok.id,
@@ -284,6 +353,8 @@ def _train(ws: Workspace, a: argparse.Namespace, tok, info: dict[str, Any], out,
     )
     res = train(ws, cfg, progress=out.progress)
     m = res.metrics
+    if res.sae_id is None:
+        raise MistudioError(f"The demo's training ended {res.status} without an SAE.", "run the demo again.")
     sae = ws.get(res.sae_id)
     step(
         "train",

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import TYPE_CHECKING
 
 from ..core.configs import SteerConfig
 from ..core.workspace import Workspace
 from .config_flags import add_config_flags, given
+
+if TYPE_CHECKING:
+    from ..steering.results import SteerResult
 
 
 def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
@@ -53,43 +57,41 @@ def cmd_steer(ws: Workspace, a: argparse.Namespace, out) -> None:
     if a.strengths:
         rows = sweep(ws, sae, cfg, [float(x) for x in a.strengths.split(",")])
         out.summary(
-            {"sweep": rows},
-            "\n".join(f"{r['strength']:>8g}  KL {r['kl_mean']:.3f}  {r['steered']!r}" for r in rows),
+            {"sweep": [r.to_dict() for r in rows]},
+            "\n".join(f"{r.strength:>8g}  KL {r.kl_mean:.3f}  {r.steered!r}" for r in rows),
         )
         return
     r = steer(ws, sae, cfg)
-    m = r["metrics"]
-    text = [
-        f"prompt:    {cfg.prompt!r}",
-        f"unsteered: {r['unsteered']!r}",
-        f"steered:   {r['steered']!r}",
-        f"KL(steered || unsteered) mean {m['kl_mean']:.3f} over {len(m['kl_per_position'])} positions",
-    ]
-    f = m["fluency"]
-    text.append(
-        "fluency (lower-cased perplexity, repeated word trigrams): unsteered "
-        f"{f['unsteered']['perplexity']:.1f}, "
-        f"{f['unsteered']['repetition']:.0%}; steered {f['steered']['perplexity']:.1f}, "
-        f"{f['steered']['repetition']:.0%}: {'fluent' if f['fluent'] else 'NOT fluent'} ({f['rule']})"
-    )
-    if "perplexity_steered" in m:
-        text.append(
-            f"the {m['reference']} read by the unsteered and the steered model: perplexity "
-            f"{m['perplexity_unsteered']:.2f} -> {m['perplexity_steered']:.2f}"
-        )
-    for i, v in (m.get("feature_activation") or {}).items():
-        text.append(f"feature {i}: mean activation {v['before']:.3f} -> {v['after']:.3f}")
     out.summary(
         {
-            "unsteered": r["unsteered"],
-            "steered": r["steered"],
-            "metrics": m,
-            "features": r["features"],
-            "method": r["method"],
-            "diff": r["diff"],
+            k: v
+            for k, v in r.to_dict().items()
+            if k in ("unsteered", "steered", "metrics", "features", "method", "diff")
         },
-        "\n".join(text),
+        describe_steer(r),
     )
+
+
+def describe_steer(r: SteerResult) -> str:
+    """A steered generation in words: both texts, KL, fluency by the one rule, perplexity, activations."""
+    m, f = r.metrics, r.metrics.fluency
+    text = [
+        f"prompt:    {r.prompt!r}",
+        f"unsteered: {r.unsteered!r}",
+        f"steered:   {r.steered!r}",
+        f"KL(steered || unsteered) mean {m.kl_mean:.3f} over {len(m.kl_per_position)} positions",
+        "fluency (lower-cased perplexity, repeated word trigrams): unsteered "
+        f"{f.unsteered.perplexity:.1f}, {f.unsteered.repetition:.0%}; steered {f.steered.perplexity:.1f}, "
+        f"{f.steered.repetition:.0%}: {'fluent' if f.fluent else 'NOT fluent'} ({f.rule})",
+    ]
+    if m.perplexity_steered is not None and m.perplexity_unsteered is not None:
+        text.append(
+            f"the {m.reference} read by the unsteered and the steered model: perplexity "
+            f"{m.perplexity_unsteered:.2f} -> {m.perplexity_steered:.2f}"
+        )
+    for i, v in m.feature_activation.items():
+        text.append(f"feature {i}: mean activation {v.before:.3f} -> {v.after:.3f}")
+    return "\n".join(text)
 
 
 def _auto(
@@ -114,25 +116,24 @@ def _auto(
         if out.as_json
         else lambda row: out.line(
             {},
-            f"  strength {row['strength']:8.2f} ({row['relative']:.0%} of the residual norm): "
+            f"  strength {row.strength:8.2f} ({row.relative:.0%} of the residual norm): "
             "lower-cased perplexity "
-            f"{row['perplexity']:7.1f}, repeated word trigrams {row['repetition']:.0%}  "
-            f"{'fluent' if row['fluent'] else 'NOT fluent'}  {row['text'][:70]!r}",
+            f"{row.fluency.perplexity:7.1f}, repeated word trigrams {row.fluency.repetition:.0%}  "
+            f"{'fluent' if row.fluent else 'NOT fluent'}  {row.text[:70]!r}",
         ),
     )
-    b = r["bound"]
     head = (
-        f"automatic strength for feature {feature}: the largest whose text stays {r['rule']} "
-        f"(= {b['perplexity_limit']:.1f}); residual norm {r['residual_norm']:.1f}"
+        f"automatic strength for feature {feature}: the largest whose text stays {r.rule} "
+        f"(= {r.bound.perplexity_limit:.1f}); residual norm {r.residual_norm:.1f}"
     )
-    if r["strength"] is None:
+    if r.strength is None:
         out.summary(
-            {"auto": r, "unsteered": r["unsteered"], "steered": None},
-            head + "\n" + r["note"] + f"\nunsteered: {r['unsteered']!r}",
+            {"auto": r.to_dict(), "unsteered": r.unsteered, "steered": None},
+            head + "\n" + (r.note or "") + f"\nunsteered: {r.unsteered!r}",
         )
         return None
-    out.line({"auto": r}, head + f": {r['strength']:.2f} ({r['relative']:.0%} of the residual norm)")
-    feats = [[i, r["strength"] if i == feature else s] for i, s in cfg.features]
+    out.line({"auto": r.to_dict()}, head + f": {r.strength:.2f} ({r.relative:.0%} of the residual norm)")
+    feats = [[i, r.strength if i == feature else s] for i, s in cfg.features]
     return dataclasses.replace(cfg, features=feats)
 
 

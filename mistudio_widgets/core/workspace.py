@@ -9,207 +9,48 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import errno
 import json
 import os
-import re
 import shutil
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ArtifactNotFound, ArtifactWriteError, WorkspaceError
+from . import housekeeping
+from .artifact import ID_LIKE, KIND_PREFIX, RECORD, Artifact, _valid_name
+from .catalog_schema import SCHEMA_VERSION, upgrade
+from .disk import _fsync_tree, atomic_folder, disk_error, os_error_in
+from .errors import ArtifactNotFound, WorkspaceError
+from .housekeeping import collect_garbage, refuse_lost_catalog
+from .records import Records
 
-SCHEMA_VERSION = 3
+__all__ = [  # the workspace's public names, wherever they live now
+    "ID_LIKE",
+    "KIND_PREFIX",
+    "RECORD",
+    "SCHEMA_VERSION",
+    "Artifact",
+    "ArtifactWriter",
+    "Workspace",
+    "atomic_folder",
+    "default_root",
+    "disk_error",
+    "os_error_in",
+]
+
 ENV_HOME = "MISTUDIO_HOME"
 DEFAULT_DIRNAME = "mistudio-workspace"
-STALE_TMP_SECONDS = 24 * 3600
-ID_LIKE = re.compile(r"[a-z]{2,3}-[0-9a-f]{10}")  # the form of an artifact id (see new_id)
 OWN_FOLDERS = (".tmp", ".trash")  # the workspace's housekeeping folders (never links)
-RECORD = (
-    ".mistudio-artifact.json"  # each artifact folder's own copy of its catalog row, for `mistudio repair`
-)
-KIND_PREFIX = {
-    "dataset": "ds",
-    "tokenization": "tk",
-    "model": "md",
-    "sae": "sae",
-    "run": "run",
-    "activation_cache": "ac",
-    "extraction": "fx",
-    "steering_preset": "sp",
-}
-
-# Migration n brings a catalog from version n-1 to n. Append, never edit.
-MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE artifacts (
-        id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        name TEXT NOT NULL,
-        path TEXT,
-        parent TEXT,
-        created REAL NOT NULL,
-        updated REAL NOT NULL,
-        meta TEXT NOT NULL DEFAULT '{}',
-        UNIQUE (kind, name)
-    );
-    CREATE INDEX artifacts_parent ON artifacts(parent);
-    """,
-    2: """
-    CREATE TABLE metrics (
-        run TEXT NOT NULL,
-        step INTEGER NOT NULL,
-        split TEXT NOT NULL,
-        name TEXT NOT NULL,
-        value REAL,
-        time REAL NOT NULL,
-        PRIMARY KEY (run, split, name, step)
-    );
-    """,
-    3: """
-    CREATE TABLE labels (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        sae TEXT NOT NULL,
-        feature INTEGER NOT NULL,
-        label TEXT NOT NULL,
-        method TEXT NOT NULL,
-        model TEXT,
-        template TEXT,
-        score REAL,
-        time REAL NOT NULL,
-        meta TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX labels_sae_feature ON labels(sae, feature, id);
-    """,
-}
-
-_DISK_ERRNOS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EACCES: "permission was denied",
-    errno.EPERM: "the operation is not permitted",
-    errno.EROFS: "the file system is read-only",
-}
-
-
-@dataclass
-class Artifact:
-    """One catalog row. ``path`` is absolute, or None for references (e.g. a hub model id)."""
-
-    id: str
-    kind: str
-    name: str
-    path: Path | None
-    parent: str | None
-    created: float
-    updated: float
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def folder(self) -> Path:
-        """The artifact's folder; a clear error for a reference row, which has none."""
-        if self.path is None:
-            raise WorkspaceError(
-                f"The {self.kind} {self.name!r} ({self.id}) is a reference with no folder of its own.",
-                "use an artifact that was written into the workspace.",
-            )
-        return self.path
-
-    @property
-    def parent_id(self) -> str:
-        """The id of the artifact this one was made from; a clear error for a row without one."""
-        if self.parent is None:
-            raise WorkspaceError(
-                f"The {self.kind} {self.name!r} ({self.id}) has no parent artifact.",
-                "re-create it from the artifact it belongs to.",
-            )
-        return self.parent
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "name": self.name,
-            "path": str(self.path) if self.path else None,
-            "parent": self.parent,
-            "created": self.created,
-            "updated": self.updated,
-            "meta": self.meta,
-        }
 
 
 def _now() -> float:
     return time.time()
 
 
-def _valid_name(name: Any) -> bool:
-    """A name that prints on one line: a non-empty string without control characters."""
-    return (
-        isinstance(name, str)
-        and bool(name.strip())
-        and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
-    )
-
-
-def _read_record(folder: Path) -> dict[str, Any]:
-    """An artifact folder's own record (see :data:`RECORD`), or {} when it has none or it is unreadable."""
-    try:
-        rec = json.loads((folder / RECORD).read_text())
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return rec if isinstance(rec, dict) else {}
-
-
 def default_root() -> Path:
     return Path(os.environ.get(ENV_HOME) or Path.cwd() / DEFAULT_DIRNAME)
-
-
-_AFTER = {  # what is true after a failed write, and where to go next, by what was being written
-    "artifact": (
-        "Nothing was registered.",
-        "point MISTUDIO_HOME at a larger disk",
-        "choose another workspace folder",
-    ),
-    "checkpoint": (
-        "The earlier checkpoints are kept; resume from the newest.",
-        "point MISTUDIO_HOME at a larger disk",
-        "make the run's folder writable again",
-    ),
-    "export": (
-        "Nothing was left there, and what was there before is unchanged.",
-        "choose an output folder on another disk",
-        "choose a folder you may write to",
-    ),
-}
-
-
-def disk_error(exc: OSError, what: str, *, writing: str = "artifact") -> ArtifactWriteError:
-    """Turn an OSError during a write into a clear error naming the cause and the fix; ``writing`` is
-    "artifact" (the workspace), "checkpoint" or "export" (a folder or file outside the workspace)."""
-    cause = _DISK_ERRNOS.get(exc.errno or 0, exc.strerror or str(exc))
-    after, full_fix, perm_fix = _AFTER[writing]
-    fix = (
-        f"free some disk space or {full_fix}, then try again."
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        else f"check the folder's permissions or {perm_fix}, then try again."
-    )
-    return ArtifactWriteError(f"Could not write {what}: {cause} ({exc.filename or exc}). {after}", fix)
-
-
-_OS_ERROR = re.compile(r"\(os error (\d+)\)")
-
-
-def os_error_in(exc: BaseException) -> OSError | None:
-    """``exc`` as an OSError when it is one, or when it is a library's wrapper around one (safetensors
-    reports a full disk as "I/O error: No space left on device (os error 28)"); else None."""
-    if isinstance(exc, OSError):
-        return exc
-    m = _OS_ERROR.search(str(exc)) if isinstance(exc, Exception) else None
-    return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
 
 
 class ArtifactWriter:
@@ -219,7 +60,7 @@ class ArtifactWriter:
         self.id, self.kind, self.name, self.path, self.parent, self.meta = id, kind, name, path, parent, meta
 
 
-class Workspace:
+class Workspace(Records):
     """A workspace folder. Cheap to construct; every call opens its own short sqlite connection,
     so one Workspace may be used from several threads and several kernels at once."""
 
@@ -253,7 +94,7 @@ class Workspace:
         was_workspace = self.catalog_path.is_file() and self.catalog_path.stat().st_size > 0
         if existing and not was_workspace:
             self._refuse_links()
-            self._refuse_lost_catalog()  # artifact folders without a catalog: say so, and name the repair
+            refuse_lost_catalog(self)  # artifact folders without a catalog: say so, and name the repair
             raise WorkspaceError(
                 f"{self.root} is not a mistudio workspace (it has no catalog.sqlite); nothing was read, "
                 "created or cleaned there.",
@@ -262,14 +103,14 @@ class Workspace:
             )
         self._refuse_links()
         if not repair:
-            self._refuse_lost_catalog()
+            refuse_lost_catalog(self)
         try:
             self._migrate()
         except WorkspaceError as exc:
             if not self._readable_without_writing(exc):
                 raise
         if not self.read_only and was_workspace:
-            self._collect_garbage()
+            collect_garbage(self)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -342,24 +183,7 @@ class Workspace:
                     con.execute("PRAGMA journal_mode = WAL")
                 con.execute("BEGIN IMMEDIATE")
                 try:
-                    con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-                    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                    version = int(row[0]) if row else 0
-                    if version > SCHEMA_VERSION:
-                        raise WorkspaceError(
-                            f"The workspace {self.root} was written by a newer mistudio-widgets "
-                            f"(schema {version}, this one knows {SCHEMA_VERSION}).",
-                            "upgrade mistudio-widgets (pip install -U mistudio-widgets) or use another "
-                            "workspace.",
-                        )
-                    for v in range(version + 1, SCHEMA_VERSION + 1):
-                        for stmt in MIGRATIONS[v].split(";"):
-                            if stmt.strip():
-                                con.execute(stmt)
-                    if version != SCHEMA_VERSION:
-                        con.execute(
-                            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                        )
+                    upgrade(con, self.root)
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
@@ -407,72 +231,9 @@ class Workspace:
             return os.statvfs(self.root).f_bavail == 0
         return False
 
-    def _artifact_folders(self) -> list[Path]:
-        """The artifact folders on disk (``<kind>s/<id>``), whether or not the catalog knows them: named
-        like an id of their kind, or holding a record. A symbolic link is never one (it could lead outside
-        the workspace), nor is an unrelated folder (a project's own ``datasets/`` beside a new workspace)."""
-        return sorted(
-            q
-            for kind, prefix in KIND_PREFIX.items()
-            if (self.root / f"{kind}s").is_dir()
-            for q in (self.root / f"{kind}s").iterdir()
-            if q.is_dir()
-            and not q.is_symlink()
-            and (re.fullmatch(rf"{prefix}-[0-9a-f]{{10}}", q.name) or (q / RECORD).is_file())
-        )
-
-    def _refuse_lost_catalog(self) -> None:
-        """A missing or empty catalog beside artifact folders is a lost catalog, not a new workspace:
-        opening it as new would orphan every artifact. Refuse, naming the repair."""
-        cat = self.catalog_path
-        if cat.is_file() and cat.stat().st_size > 0:
-            return
-        folders = self._artifact_folders()
-        if folders:
-            state = "is empty (0 bytes)" if cat.is_file() else "is missing"
-            raise WorkspaceError(
-                f"The catalog {cat} {state}, but {len(folders)} artifact folder(s) are beside it "
-                f"({', '.join(f.name for f in folders[:3])}{', ...' if len(folders) > 3 else ''}). "
-                "Nothing was changed.",
-                f"run `mistudio --workspace {self.root} repair` to register them again from their own "
-                "metadata "
-                "(labels and metric history lived only in the catalog), or restore catalog.sqlite from "
-                "a backup.",
-            )
-
     def repair(self) -> dict[str, Any]:
-        """Register every artifact folder the catalog does not know, from the folder's own record
-        (``.mistudio-artifact.json``) or, without one, from where it lies (kind from ``<kind>s/``, id and
-        name from the folder). Returns what was registered and what was skipped, and why."""
-        known = {a.id for a in self.list()}
-        done: builtins.list[dict[str, Any]] = []
-        skipped: builtins.list[dict[str, Any]] = []
-        for folder in self._artifact_folders():
-            kind = folder.parent.name[:-1]
-            if folder.name in known:
-                continue
-            rec = _read_record(folder)
-            if rec.get("id") not in (None, folder.name) or rec.get("kind") not in (None, kind):
-                skipped.append({"folder": str(folder), "why": "its record names another id or kind"})
-                continue
-            name = str(rec["name"]) if _valid_name(rec.get("name")) else folder.name
-            meta: dict[str, Any] = rec["meta"] if isinstance(rec.get("meta"), dict) else {}
-            art = self.register(
-                kind,
-                self.unique_name(kind, name),
-                meta={**meta, "repaired": True},
-                id=folder.name,
-                relpath=f"{kind}s/{folder.name}",
-                parent=rec.get("parent") if isinstance(rec.get("parent"), str) else None,
-            )
-            done.append({"id": art.id, "kind": kind, "name": art.name, "from_record": bool(rec)})
-        ids = {a.id for a in self.list()}
-        with self._db() as con:  # parents that were not recovered: the row stands alone
-            for d in done:
-                art = self.get(d["id"])
-                if art.parent and art.parent not in ids:
-                    con.execute("UPDATE artifacts SET parent = NULL WHERE id = ?", (art.id,))
-        return {"registered": done, "skipped": skipped}
+        """Register every artifact folder the catalog does not know (see :func:`housekeeping.repair`)."""
+        return housekeeping.repair(self)
 
     @property
     def schema_version(self) -> int:
@@ -728,112 +489,6 @@ class Workspace:
             shutil.rmtree(self.root / rel, ignore_errors=True)
             raise
 
-    # -- metric history (training runs) ----------------------------------------------------
-    def add_metrics(self, run: str, step: int, split: str, values: dict[str, float]) -> None:
-        now = time.time()
-        rows = [(run, int(step), split, k, None if v is None else float(v), now) for k, v in values.items()]
-        with self._db() as con:
-            con.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?)", rows)
-
-    def metrics(
-        self, run: str, split: str | None = None, since_step: int = -1
-    ) -> builtins.list[dict[str, Any]]:
-        """Metric rows of a run as ``{step, split, <name>: value, ...}``, by step."""
-        sql, args = (
-            "SELECT step, split, name, value FROM metrics WHERE run = ? AND step > ?",
-            [run, since_step],
-        )
-        if split:
-            sql += " AND split = ?"
-            args.append(split)
-        out: dict[tuple[int, str], dict[str, Any]] = {}
-        with self._db() as con:
-            for step, sp, name, value in con.execute(sql + " ORDER BY step", args):
-                out.setdefault((step, sp), {"step": step, "split": sp})[name] = value
-        return sorted(out.values(), key=lambda r: (r["step"], r["split"]))
-
-    # -- feature labels (every label is kept: the newest one of a feature is its label) -----------
-    def add_label(
-        self,
-        sae: str,
-        feature: int,
-        label: str,
-        *,
-        method: str = "manual",
-        model: str | None = None,
-        template: str | None = None,
-        score: float | None = None,
-        meta: dict[str, Any] | None = None,
-        time: float | None = None,
-    ) -> int:
-        sae_id = self.get(sae, "sae").id
-        with self._db() as con:
-            cur = con.execute(
-                "INSERT INTO labels (sae, feature, label, method, model, template, score, time, meta) "
-                "VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    sae_id,
-                    int(feature),
-                    str(label),
-                    method,
-                    model,
-                    template,
-                    score,
-                    time or _now(),
-                    json.dumps(meta or {}),
-                ),
-            )
-            return int(cur.lastrowid or 0)
-
-    def add_labels(self, sae: str, rows: builtins.list[dict[str, Any]]) -> int:
-        """Add many labels in one transaction (each row: feature, label, and optionally method, model,
-        template, score, meta, time). Returns how many were added."""
-        sae_id, now = self.get(sae, "sae").id, _now()
-        values = [
-            (
-                sae_id,
-                int(r["feature"]),
-                str(r["label"]),
-                r.get("method", "manual"),
-                r.get("model"),
-                r.get("template"),
-                r.get("score"),
-                r.get("time") or now,
-                json.dumps(r.get("meta") or {}),
-            )
-            for r in rows
-        ]
-        with self._db() as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                con.executemany(
-                    "INSERT INTO labels (sae, feature, label, method, model, template, score, time, meta) "
-                    "VALUES (?,?,?,?,?,?,?,?,?)",
-                    values,
-                )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        return len(values)
-
-    def labels(
-        self, sae: str, feature: int | None = None, *, history: bool = False
-    ) -> builtins.list[dict[str, Any]]:
-        """Labels of an SAE's features: the newest per feature, or (``history``) every one, oldest first."""
-        sae_id = self.get(sae, "sae").id
-        cols = "id, feature, label, method, model, template, score, time, meta"
-        sql, args = f"SELECT {cols} FROM labels WHERE sae = ?", builtins.list[Any]([sae_id])
-        if feature is not None:
-            sql += " AND feature = ?"
-            args.append(int(feature))
-        if not history:
-            sql += " AND id IN (SELECT MAX(id) FROM labels WHERE sae = ? GROUP BY feature)"
-            args.append(sae_id)
-        with self._db() as con:
-            rows = con.execute(sql + " ORDER BY feature, id", args).fetchall()
-        return [{**dict(zip(cols.split(", "), r)), "meta": json.loads(r[-1])} for r in rows]
-
     def update_meta(self, ref: str, **changes: Any) -> Artifact:
         """Merge ``changes`` into an artifact's metadata."""
         with self._db() as con:
@@ -928,72 +583,9 @@ class Workspace:
             if a.id != art.id:
                 todo += self.children(a.id)
 
-    def _collect_garbage(self) -> None:
-        """Remove leftovers of interrupted writes and deletes: only entries named as this tool names
-        them (``.trash/<id>.<hex>``, ``.tmp/<id>.<pid>`` or ``.tmp/unpack-<id>.<pid>`` older than a
-        day), never following a link."""
-        trash, tmp = self.no_link(".trash"), self.no_link(".tmp")
-        ident = ID_LIKE.pattern
-        for folder, pattern, age in (
-            (trash, rf"{ident}\.[0-9a-f]{{6}}", 0),
-            (tmp, rf"(?:unpack-)?{ident}\.[0-9]+", STALE_TMP_SECONDS),
-        ):
-            if not folder.is_dir():
-                continue
-            for p in folder.iterdir():
-                with contextlib.suppress(OSError):
-                    if (
-                        re.fullmatch(pattern, p.name)
-                        and not p.is_symlink()
-                        and p.is_dir()
-                        and time.time() - p.lstat().st_mtime > age
-                    ):
-                        shutil.rmtree(p, ignore_errors=True)
-
     def summary(self) -> dict[str, int]:
         """How many artifacts of each kind."""
         out: dict[str, int] = {}
         for a in self.list():
             out[a.kind] = out.get(a.kind, 0) + 1
         return out
-
-
-@contextlib.contextmanager
-def atomic_folder(final: Path, *, writing: str = "artifact") -> Iterator[Path]:
-    """Write a folder under a temporary name and rename it to ``final`` when the block succeeds;
-    an existing ``final`` is replaced only then. On failure the temporary folder is removed and
-    ``final`` (if any) is left as it was. Disk errors become :class:`ArtifactWriteError`."""
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:6]}")
-    try:
-        tmp.mkdir(parents=True)
-        yield tmp
-        _fsync_tree(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:6]}")
-            os.replace(final, old)
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                os.replace(old, final)  # put the previous folder back before reporting
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (os_exc := os_error_in(exc)) is not None:
-            raise disk_error(
-                os_exc, str(final if writing == "export" else final.name), writing=writing
-            ) from exc
-        raise
-
-
-def _fsync_tree(path: Path) -> None:
-    """Flush written files to disk so that a rename never publishes empty files after a crash."""
-    for p in path.rglob("*"):
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from ..core import distributed as dist
+from ..core.disk import disk_error
 from ..core.errors import ArtifactWriteError
 from ..core.progress import ProgressCallback, emit
-from ..core.workspace import Artifact, Workspace, disk_error
+from ..core.workspace import Artifact, Workspace
 
 KIND = "activation_cache"
 

@@ -21,26 +21,33 @@ import numpy as np
 import torch
 
 from ..core.configs import ExtractConfig, to_dict
+from ..core.disk import disk_error
 from ..core.jobs import JobControl, Status, claim, lifecycle, owner_stamp
 from ..core.progress import ProgressCallback, emit
-from ..core.workspace import Artifact, Workspace, disk_error
+from ..core.workspace import Artifact, Workspace
 from ..data.datasets import check_tokenization_fits, load_tokens, tokens_for
 from ..data.models import LoadedModel
 from ..sae import SAE
+from .feature_stats import (
+    LOG_BINS,
+    LOG_HI,
+    LOG_LO,
+    _linear_hist,
+    _quantile_edges,
+    _quantiles,
+    decoder_neighbours,
+    logit_lens,
+)
 from .library import FeatureError, _special, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .store import (
     COACT_FILE,
     EXAMPLES_FILE,
     FEATURES_FILE,
-    HIST_BINS,
     KIND,
-    LOGIT_HIST_BINS,
     SPARSITY_FILE,
     STATE_FILE,
     vocab_strings,
 )
-
-LOG_LO, LOG_HI, LOG_BINS = -3.0, 3.0, 1536  # counting bins: 10^-3 .. 10^3, 0.9% wide each
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,24 +235,7 @@ def extract(
     if n_seq == 0:
         raise FeatureError("The dataset has no token sequences.", "use a dataset with text in it.")
     if not resume:
-        name = cfg.name or ws.unique_name(KIND, f"{sae_art.name}@{tok.name}")
-        ext = ws.create_folder(
-            KIND,
-            name,
-            parent=sae_art.id,
-            meta={
-                "config": to_dict(cfg),
-                "status": Status.RUNNING,
-                "owner": owner_stamp(),
-                "sae": sae_art.id,
-                "model": lm.artifact.id,
-                "hook": hook,
-                "tokenization": tok.id,
-                "sequences": n_seq,
-                "context_size": ctx,
-                "started": time.time(),
-            },
-        )
+        ext = _new_extraction(ws, cfg, sae_art, lm, hook, tok, n_seq, ctx)
     acc = Accumulator(model_sae.spec.d_sae, ctx, cfg)
     if resume and (ext.folder / STATE_FILE).is_file():
         acc.s = torch.load(ext.folder / STATE_FILE, weights_only=True)
@@ -275,67 +265,34 @@ def extract(
         return ws.update_meta(ext.id, status=Status.DONE, finished=time.time(), summary=summary)
 
 
-def _unembedding(lm: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(W_U [vocab, d], the final norm's scale [d] or None)."""
-    model = lm.model
-    W_U = model.get_output_embeddings().weight.detach().float()
-    for path in ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm"):
-        mod = model
-        try:
-            for part in path.split("."):
-                mod = getattr(mod, part)
-        except AttributeError:
-            continue
-        w = getattr(mod, "weight", None)
-        if w is None:
-            return W_U, None
-        w = w.detach().float()
-        return W_U, (1 + w) if "gemma" in type(model).__name__.lower() else w
-    return W_U, None
-
-
-def _linear_hist(loghist: torch.Tensor, maxv: torch.Tensor) -> torch.Tensor:
-    centres = 10 ** (LOG_LO + (torch.arange(LOG_BINS) + 0.5) * (LOG_HI - LOG_LO) / LOG_BINS)
-    idx = (centres.view(1, -1) / maxv.clamp_min(1e-12).view(-1, 1) * HIST_BINS).long().clamp(0, HIST_BINS - 1)
-    return torch.zeros(loghist.shape[0], HIST_BINS, dtype=torch.long).scatter_add_(1, idx, loghist.long())
-
-
-def _quantiles(loghist: torch.Tensor, maxv: torch.Tensor, qs=(0.5, 0.9, 0.99)) -> torch.Tensor:
-    cdf = loghist.cumsum(1).double()
-    total = cdf[:, -1:].clamp_min(1)
-    out = []
-    for q in qs:
-        j = (cdf / total < q).sum(1).clamp(max=LOG_BINS - 1)
-        v = 10 ** (LOG_LO + (j.double() + 0.5) * (LOG_HI - LOG_LO) / LOG_BINS)
-        out.append(torch.minimum(v.float(), maxv))
-    q = torch.stack(out, 1)
-    return torch.where(loghist.sum(1, keepdim=True) > 0, q, torch.zeros_like(q))
-
-
-def _quantile_edges(
-    loghist: torch.Tensor, maxv: torch.Tensor, groups: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Edges [F, groups + 1] of activation intervals that each hold an equal share of a feature's firings
-    (its quantiles, from the log-spaced histogram; 0 and the max at the ends), and the share of firings
-    each interval holds [F, groups]. Equal-width slices of [0, max] leave most intervals empty for the
-    heavy-tailed densities of SAE features."""
-    F = loghist.shape[0]
-    inner = (
-        _quantiles(loghist, maxv, [g / groups for g in range(1, groups)]) if groups > 1 else torch.zeros(F, 0)
+def _new_extraction(
+    ws: Workspace,
+    cfg: ExtractConfig,
+    sae: Artifact,
+    lm: LoadedModel,
+    hook: str,
+    tok: Artifact,
+    n_seq: int,
+    ctx: int,
+) -> Artifact:
+    """The extraction's artifact folder, registered as running with what it reads."""
+    return ws.create_folder(
+        KIND,
+        cfg.name or ws.unique_name(KIND, f"{sae.name}@{tok.name}"),
+        parent=sae.id,
+        meta={
+            "config": to_dict(cfg),
+            "status": Status.RUNNING,
+            "owner": owner_stamp(),
+            "sae": sae.id,
+            "model": lm.artifact.id,
+            "hook": hook,
+            "tokenization": tok.id,
+            "sequences": n_seq,
+            "context_size": ctx,
+            "started": time.time(),
+        },
     )
-    quantile = torch.cat([torch.zeros(F, 1), inner, maxv.view(-1, 1).float()], 1).cummax(1).values
-    linear = maxv.view(-1, 1).float() * torch.linspace(0, 1, groups + 1).view(1, -1)
-    # a little of the equal-width slicing keeps the edges strictly increasing where quantiles tie (a
-    # feature whose firings sit on one value), so every interval has a low below its high
-    edges = 0.98 * quantile + 0.02 * linear
-    centres = 10 ** (LOG_LO + (torch.arange(LOG_BINS) + 0.5) * (LOG_HI - LOG_LO) / LOG_BINS)
-    total = loghist.sum(1, keepdim=True).clamp_min(1).double()
-    below = torch.stack(
-        [(loghist * (centres.view(1, -1) < edges[:, j : j + 1])).sum(1) for j in range(groups + 1)], 1
-    ).double()
-    below[:, -1] = loghist.sum(1)
-    shares = ((below[:, 1:] - below[:, :-1]) / total).float()
-    return edges, shares
 
 
 def _atomic_parquet(table, path: Path, **kw) -> None:
@@ -361,8 +318,6 @@ def finalise(
 ) -> dict[str, Any]:
     import pyarrow as pa
 
-    from ..sae.io import write_safetensors
-
     s, F = acc.s, acc.F
     n_tok = max(int(s["tokens"]), 1)
     count, maxv = s["count"], s["max"]
@@ -371,63 +326,9 @@ def finalise(
     hist = _linear_hist(s["hist"], maxv)
     quant = _quantiles(s["hist"], maxv)
     q_edges, q_shares = _quantile_edges(s["hist"], maxv, cfg.quantile_groups)
-    emit(progress, "logit lens", 0, F, unit="feature")
-    W_U, scale = _unembedding(lm)
     W_dec = sae.W_dec.detach().float().cpu()
-    if W_dec.shape[1] == W_U.shape[1]:
-        D = W_dec * scale.cpu() if scale is not None else W_dec
-        top_i, top_v, bot_i, bot_v, lh, lmin, lmax = [], [], [], [], [], [], []
-        W_Uc = W_U.cpu()
-        W_Ub = W_Uc.T.contiguous().to(torch.bfloat16)
-        for a in range(0, F, 512):
-            Dc = D[a : a + 512]
-            # the full [features, vocab] product in bfloat16 (about 2x faster on CPUs) picks the tokens;
-            # their values are then recomputed exactly in float32
-            L = Dc.to(torch.bfloat16) @ W_Ub  # [c, vocab], bfloat16
-            k2 = min(cfg.logits + 8, L.shape[1])
-            ti = L.topk(k2, dim=1).indices
-            bi = L.topk(k2, dim=1, largest=False).indices
-            exact_t = torch.einsum("cd,ckd->ck", Dc, W_Uc[ti])
-            exact_b = torch.einsum("cd,ckd->ck", Dc, W_Uc[bi])
-            t = exact_t.topk(cfg.logits, dim=1)
-            b = exact_b.topk(cfg.logits, dim=1, largest=False)
-            lo, hi = L.min(1).values.float(), L.max(1).values.float()
-            L.sub_(lo[:, None].to(L.dtype)).mul_(
-                (LOGIT_HIST_BINS / (hi - lo).clamp_min(1e-12))[:, None].to(L.dtype)
-            )
-            idx = L.clamp_(0, LOGIT_HIST_BINS - 1).to(torch.int64)
-            lh.append(
-                torch.zeros(L.shape[0], LOGIT_HIST_BINS, dtype=torch.long).scatter_add_(
-                    1, idx, torch.ones((), dtype=torch.long).expand_as(idx)
-                )
-            )
-            top_i.append(ti.gather(1, t.indices))
-            top_v.append(t.values)
-            bot_i.append(bi.gather(1, b.indices))
-            bot_v.append(b.values)
-            lmin.append(lo)
-            lmax.append(hi)
-            emit(progress, "logit lens", min(a + 512, F), F, unit="feature")
-        logit = {
-            k: torch.cat(v)
-            for k, v in zip(
-                ("ti", "tv", "bi", "bv", "lh", "lmin", "lmax"), (top_i, top_v, bot_i, bot_v, lh, lmin, lmax)
-            )
-        }
-    else:
-        logit = None  # a transcoder writing elsewhere than the residual
-    emit(progress, "logit lens", F, F, unit="feature", finished=True)
-    Wn = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    nb_idx: list[torch.Tensor] = []
-    nb_cos: list[torch.Tensor] = []
-    k_nb = min(cfg.neighbours, F - 1) if F > 1 else 0
-    for a in range(0, F, 1024):
-        sim = Wn[a : a + 1024] @ Wn.T
-        sim[torch.arange(sim.shape[0]), torch.arange(a, a + sim.shape[0])] = -2.0
-        t = sim.topk(k_nb, dim=1)
-        nb_idx.append(t.indices)
-        nb_cos.append(t.values)
-    nb_i, nb_v = torch.cat(nb_idx), torch.cat(nb_cos)
+    logit = logit_lens(W_dec, lm, cfg.logits, progress)
+    nb_i, nb_v = decoder_neighbours(W_dec, cfg.neighbours)
     vocab = vocab_strings(lm.tokenizer)
 
     def lists(t: torch.Tensor, typ):
@@ -451,30 +352,22 @@ def finalise(
     if logit is not None:
         cols.update(
             {
-                "top_logit_ids": lists(logit["ti"].int(), pa.int32()),
-                "top_logit_values": lists(logit["tv"], pa.float32()),
-                "top_logit_tokens": pa.array([[vocab[i] for i in row] for row in logit["ti"].tolist()]),
-                "bottom_logit_ids": lists(logit["bi"].int(), pa.int32()),
-                "bottom_logit_values": lists(logit["bv"], pa.float32()),
-                "bottom_logit_tokens": pa.array([[vocab[i] for i in row] for row in logit["bi"].tolist()]),
-                "logit_hist": lists(logit["lh"].int(), pa.int32()),
-                "logit_min": pa.array(logit["lmin"].numpy()),
-                "logit_max": pa.array(logit["lmax"].numpy()),
+                "top_logit_ids": lists(logit.top_ids.int(), pa.int32()),
+                "top_logit_values": lists(logit.top_values, pa.float32()),
+                "top_logit_tokens": pa.array([[vocab[i] for i in row] for row in logit.top_ids.tolist()]),
+                "bottom_logit_ids": lists(logit.bottom_ids.int(), pa.int32()),
+                "bottom_logit_values": lists(logit.bottom_values, pa.float32()),
+                "bottom_logit_tokens": pa.array(
+                    [[vocab[i] for i in row] for row in logit.bottom_ids.tolist()]
+                ),
+                "logit_hist": lists(logit.hist.int(), pa.int32()),
+                "logit_min": pa.array(logit.low.numpy()),
+                "logit_max": pa.array(logit.high.numpy()),
             }
         )
     _atomic_parquet(pa.table(cols), folder / FEATURES_FILE)
     _write_examples(folder, acc, tokens, cfg, maxv, q_edges.numpy())
-    np.savez_compressed(
-        folder / (COACT_FILE + ".tmp.npz"),
-        row=s["co_row"].numpy(),
-        col=s["co_col"].numpy(),
-        val=s["co_val"].numpy(),
-        tokens=min(cfg.coactivation_tokens, int(s["positions"])),
-        d_sae=F,
-    )
-    os.replace(folder / (COACT_FILE + ".tmp.npz"), folder / COACT_FILE)
-    # SAELens reads log10 feature density from sparsity.safetensors
-    write_safetensors({"sparsity": torch.log10(freq.float() + 1e-10)}, folder / SPARSITY_FILE)
+    _write_side_files(folder, s, cfg, freq)
     alive = int((count > 0).sum())
     return {
         "tokens": int(s["tokens"]),
@@ -486,6 +379,39 @@ def finalise(
     }
 
 
+def _write_side_files(
+    folder: Path, s: dict[str, torch.Tensor], cfg: ExtractConfig, freq: torch.Tensor
+) -> None:
+    """The co-activation sample (npz) and SAELens's ``sparsity.safetensors`` (log10 feature density)."""
+    from ..sae.io import write_safetensors
+
+    np.savez_compressed(
+        folder / (COACT_FILE + ".tmp.npz"),
+        row=s["co_row"].numpy(),
+        col=s["co_col"].numpy(),
+        val=s["co_val"].numpy(),
+        tokens=min(cfg.coactivation_tokens, int(s["positions"])),
+        d_sae=len(freq),
+    )
+    os.replace(folder / (COACT_FILE + ".tmp.npz"), folder / COACT_FILE)
+    write_safetensors({"sparsity": torch.log10(freq.float() + 1e-10)}, folder / SPARSITY_FILE)
+
+
+def _example_block(feature, kind, group, rank, val, seq, start, pos, win) -> dict[str, np.ndarray]:
+    """Example rows of one kind ("top" or "quantile") as columns."""
+    return {
+        "feature": feature.astype(np.int32),
+        "kind": np.full(len(feature), kind, dtype=object),
+        "group": group.astype(np.int16),
+        "rank": rank.astype(np.int16),
+        "value": val.astype(np.float32),
+        "sequence": seq.astype(np.int32),
+        "start": start.astype(np.int16),
+        "peak": (pos - start).astype(np.int16),
+        "values": win.astype(np.float32),
+    }
+
+
 def _write_examples(
     folder: Path,
     acc: Accumulator,
@@ -494,31 +420,14 @@ def _write_examples(
     maxv: torch.Tensor,
     edges: np.ndarray,
 ) -> None:
-    import pyarrow as pa
-
-    s, W = acc.s, acc.W
-    rng = np.random.default_rng(cfg.seed)
-    parts: list[dict[str, np.ndarray]] = []
-
-    def block(feature, kind, group, rank, val, seq, start, pos, win):
-        return {
-            "feature": feature.astype(np.int32),
-            "kind": np.full(len(feature), kind, dtype=object),
-            "group": group.astype(np.int16),
-            "rank": rank.astype(np.int16),
-            "value": val.astype(np.float32),
-            "sequence": seq.astype(np.int32),
-            "start": start.astype(np.int16),
-            "peak": (pos - start).astype(np.int16),
-            "values": win.astype(np.float32),
-        }
-
+    """The examples file: each feature's top examples by peak activation, then its quantile-sampled
+    ones, with their windows' tokens and per-token values."""
     top = acc.sorted_top()
     top_val = top["val"].T.numpy()  # [F, K], sorted high to low
     valid = top_val > cfg.threshold
     f_idx, k_idx = np.nonzero(valid)
-    parts.append(
-        block(
+    parts = [
+        _example_block(
             f_idx,
             "top",
             np.zeros_like(f_idx),
@@ -529,14 +438,29 @@ def _write_examples(
             top["pos"].T.numpy()[f_idx, k_idx],
             top["win"].permute(1, 0, 2).numpy()[f_idx, k_idx],
         )
-    )
-    # quantile-sampled: intervals holding equal shares of the feature's firings (``edges``), filled from
-    # the reservoir and the top examples
+    ]
+    quantile = _quantile_examples(acc.s, top, valid, maxv.numpy(), edges, cfg)
+    if quantile is not None:
+        parts.append(quantile)
+    _atomic_parquet(_examples_table(parts, tokens, acc.W), folder / EXAMPLES_FILE, row_group_size=8192)
+
+
+def _quantile_examples(
+    s: dict[str, torch.Tensor],
+    top: dict[str, torch.Tensor],
+    valid: np.ndarray,
+    mx: np.ndarray,
+    edges: np.ndarray,
+    cfg: ExtractConfig,
+) -> dict[str, np.ndarray] | None:
+    """Quantile-sampled examples: up to ``cfg.quantile_examples`` per interval holding an equal share of
+    the feature's firings (``edges``), one per sequence, drawn from the reservoir and the top examples."""
+    rng = np.random.default_rng(cfg.seed)
     G, n = cfg.quantile_groups, cfg.quantile_examples
+    top_val = top["val"].T.numpy()
     pool_val = np.concatenate([s["res_val"].T.numpy(), top_val], 1)  # [F, R + K]
     pool_ok = np.concatenate([s["res_key"].T.numpy() >= 0, valid], 1)
     pool_seq = np.concatenate([s["res_seq"].T.numpy(), top["seq"].T.numpy()], 1)
-    mx = maxv.numpy()
     rows: dict[str, list] = {k: [] for k in ("f", "g", "r", "j")}
     for f in np.nonzero(mx > cfg.threshold)[0]:
         ok = pool_ok[f]
@@ -554,32 +478,36 @@ def _write_examples(
             rows["g"] += [g] * len(js)
             rows["r"] += list(range(len(js)))
             rows["j"] += list(js)
-    if rows["f"]:
-        f_q, j_q = np.array(rows["f"]), np.array(rows["j"])
+    if not rows["f"]:
+        return None
+    f_q, j_q = np.array(rows["f"]), np.array(rows["j"])
 
-        def pick(res, top):
-            a, b = res.transpose(0, 1).numpy(), top.transpose(0, 1).numpy()
-            both = np.concatenate([a, b], 1)
-            return both[f_q, j_q]
+    def pick(res: torch.Tensor, top: torch.Tensor) -> np.ndarray:
+        both = np.concatenate([res.transpose(0, 1).numpy(), top.transpose(0, 1).numpy()], 1)
+        return both[f_q, j_q]
 
-        parts.append(
-            block(
-                f_q,
-                "quantile",
-                np.array(rows["g"]),
-                np.array(rows["r"]),
-                pool_val[f_q, j_q],
-                pick(s["res_seq"], top["seq"]),
-                pick(s["res_start"], top["start"]),
-                pick(s["res_pos"], top["pos"]),
-                pick(s["res_win"], top["win"]),
-            )
-        )
+    return _example_block(
+        f_q,
+        "quantile",
+        np.array(rows["g"]),
+        np.array(rows["r"]),
+        pool_val[f_q, j_q],
+        pick(s["res_seq"], top["seq"]),
+        pick(s["res_start"], top["start"]),
+        pick(s["res_pos"], top["pos"]),
+        pick(s["res_win"], top["win"]),
+    )
+
+
+def _examples_table(parts: list[dict[str, np.ndarray]], tokens: np.ndarray, W: int):
+    """The example rows as one table ordered by feature, kind, group and rank, with the window tokens."""
+    import pyarrow as pa
+
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.lexsort((cols["rank"], cols["group"], cols["kind"] == "quantile", cols["feature"]))
     cols = {k: v[order] for k, v in cols.items()}
     tok = tokens[cols["sequence"][:, None], cols["start"][:, None].astype(np.int64) + np.arange(W)[None, :]]
-    table = pa.table(
+    return pa.table(
         {
             "feature": cols["feature"],
             "kind": pa.array(cols["kind"].astype(str)),
@@ -593,4 +521,3 @@ def _write_examples(
             "values": pa.FixedSizeListArray.from_arrays(pa.array(cols["values"].reshape(-1)), W),
         }
     )
-    _atomic_parquet(table, folder / EXAMPLES_FILE, row_group_size=8192)

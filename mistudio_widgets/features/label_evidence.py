@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from ..core.configs import LabelConfig
+from ..core.disk import disk_error
 from ..core.jobs import JobControl
 from ..core.progress import ProgressCallback, emit
-from ..core.workspace import Artifact, Workspace, disk_error
+from ..core.workspace import Artifact, Workspace
 from ..data.datasets import load_tokens
 from ..data.models import load_tokenizer
 from ..data.tokens import special_token_ids

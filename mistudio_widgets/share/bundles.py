@@ -19,9 +19,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from ..core.disk import disk_error
 from ..core.errors import MistudioError
 from ..core.progress import ProgressCallback, emit
-from ..core.workspace import Artifact, Workspace, disk_error
+from ..core.workspace import Artifact, Workspace
 from ..features import latest_extraction
 from .importing import match_model
 

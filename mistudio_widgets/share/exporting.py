@@ -17,8 +17,9 @@ from typing import Any, Iterator
 
 import yaml
 
+from ..core.disk import atomic_folder
 from ..core.errors import MistudioError
-from ..core.workspace import Artifact, Workspace, atomic_folder
+from ..core.workspace import Artifact, Workspace
 from ..features import latest_extraction
 from ..sae.io import CFG, SAELENS_TRANSCODERS, SPARSITY, WEIGHTS, load_sae, save_sae
 from .neuronpedia_records import slug

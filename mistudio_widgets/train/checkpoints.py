@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from ..core.workspace import atomic_folder
+from ..core.disk import atomic_folder
 from ..sae import SAE
 from ..sae.io import write_safetensors
 

@@ -199,8 +199,8 @@ class SteeringPane(EngineWidget):
             raise st.SteeringError(f"Feature {index} is not among the chosen features.", "add it first.")
         rows: list[dict[str, Any]] = []
 
-        def on_row(row: dict[str, Any]) -> None:
-            rows.append(row)
+        def on_row(row: st.AutoRow) -> None:
+            rows.append(row.to_dict())
             snapshot = {"index": index, "rows": list(rows), "running": True}
             on_kernel(lambda: self.set_trait("auto", snapshot))
 
@@ -216,33 +216,26 @@ class SteeringPane(EngineWidget):
         )
 
         def apply() -> None:
+            shown = ("rows", "strength", "relative", "bound", "residual_norm", "note", "text", "rule")
+            d = res.to_dict()
             self.auto = {
                 "index": index,
-                "rows": res["rows"],
-                "strength": res["strength"],
-                "relative": res["relative"],
-                "bound": res["bound"],
-                "residual_norm": res["residual_norm"],
-                "note": res["note"],
-                "text": res["text"],
-                "rule": res["rule"],
-                "unsteered": res["unsteered"],
-                "unsteered_fluency": res["unsteered_fluency"],
+                **{k: d[k] for k in (*shown, "unsteered", "unsteered_fluency")},
                 "running": False,
             }
-            if res["strength"] is not None:
+            if res.strength is not None:
                 self.chosen = [
-                    {**c, "strength": round(res["strength"], 3), "relative": res["relative"]}
+                    {**c, "strength": round(res.strength, 3), "relative": res.relative}
                     if c["index"] == index
                     else c
                     for c in self.chosen
                 ]
                 self.message = (
-                    f"Feature {index}: strength {res['strength']:.2f} ({res['relative']:.0%} of the residual "
+                    f"Feature {index}: strength {res.strength:.2f} ({res.relative or 0:.0%} of the residual "
                     "norm), the largest that stays fluent."
                 )
             else:
-                self.message = res["note"]
+                self.message = res.note or ""
 
         return apply
 
@@ -290,20 +283,16 @@ class SteeringPane(EngineWidget):
         res = st.steer(ws, sae, cfg, on_token=stream, control=control)
 
         def apply() -> None:
-            self.unsteered, self.steered = res["unsteered_tokens"], res["steered_tokens"]
+            self.unsteered, self.steered = res.unsteered_tokens, res.steered_tokens
+            d = res.to_dict()
             self.result = {
-                "diff": res["diff"],
-                "metrics": res["metrics"],
-                "interrupted": res["interrupted"],
-                "features": res["features"],
-                "method": res["method"],
-                "prompt": cfg.prompt,
+                k: d[k] for k in ("diff", "metrics", "interrupted", "features", "method", "prompt")
             }
-            rel = res["metrics"].get("relative_strength", {})
+            rel = res.metrics.relative_strength
             self.chosen = [
                 {**c, "relative": rel.get(str(c["index"]), c.get("relative"))} for c in self.chosen
             ]
-            self.message = "Stopped." if res["interrupted"] else "Done."
+            self.message = "Stopped." if res.interrupted else "Done."
 
         return apply
 
@@ -318,6 +307,6 @@ class SteeringPane(EngineWidget):
         )
 
         def apply() -> None:
-            self.sweep_rows = rows
+            self.sweep_rows = [r.to_dict() for r in rows]
 
         return apply
