@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 from ..core.progress import ProgressCallback, emit
 from ..core.workspace import Artifact, Workspace
@@ -121,6 +124,28 @@ def _model_info(ws: Workspace, sae: Artifact) -> dict[str, Any]:
     return dict((model.meta.get("info") if model else None) or {})
 
 
+@dataclass
+class _Export:
+    """What every feature's records share in one export."""
+
+    model_id: str
+    source_id: str
+    hook: str
+    creator_id: str
+    created: str
+    vocab: tuple[str, ...]
+    groups: int  # quantile groups of the extraction's examples
+    W_dec: np.ndarray
+    labels: dict[int, list[dict[str, Any]]]  # every label of each feature, with its verdict
+    n_prompts: int
+    n_tokens: int
+    dataset: str | None
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return {"model_id": self.model_id, "source_id": self.source_id}
+
+
 def export_neuronpedia(
     ws: Workspace,
     sae: str,
@@ -147,108 +172,37 @@ def export_neuronpedia(
     if hf_repo_id is None:
         hf_repo_id, hf_folder_id = hub_location(art)
     ext = require_extraction(ws, art)
-    model, _ = load_sae(art.folder)
-    W_dec = model.W_dec.detach().float().numpy()
-    layer, set_name = source_id.split("-", 1)
-    cfg = ext.meta["config"]
-    groups = int(cfg.get("quantile_groups", 10))
-    from ..data.models import load_tokenizer
-
-    vocab = vocab_strings(load_tokenizer(ws, ext.meta["model"]))
-    labels: dict[int, list[dict[str, Any]]] = {}
-    for lab in ws.labels(art.id, history=True):
-        labels.setdefault(int(lab["feature"]), []).append({**lab, "verdict": label_verdict(lab)})
-    created = rec.now_iso()
+    ctx = _export_context(ws, art, ext, model_id, source_id, creator_id)
     d_sae = int(ext.meta["summary"]["d_sae"])
-    hook = art.meta.get("hook") or ""
-    dataset = dataset_source(ws, ext.meta.get("tokenization"))
-    n_prompts, n_tokens = int(ext.meta.get("sequences") or 0), int(ext.meta.get("context_size") or 0)
     n_batches = -(-d_sae // batch_size)
     counts = {"features": 0, "activations": 0, "explanations": 0}
-    ids = {"model_id": model_id, "source_id": source_id}
     with fresh_folder(out, overwrite=overwrite, workspace=ws.root, what="neuronpedia") as tmp:
         bulk = tmp / model_id / source_id
         bulk.mkdir(parents=True)
         (tmp / "dashboard").mkdir()
-        info = rec.metadata_records(
+        info = _metadata(
+            ws,
+            art,
+            ext,
+            ctx,
             release=release,
-            title=f"{art.name}: a {art.meta.get('architecture', '')} SAE exported with mistudio-widgets",
-            model_id=model_id,
-            model_display=model_hub_id(ws, art) or model_id,
-            model_info=_model_info(ws, art),
-            set_name=set_name,
-            set_description=f"{hook} - {d_sae} features",
-            source_id=source_id,
-            dataset=dataset,
-            num_prompts=n_prompts,
-            num_tokens_in_prompt=n_tokens,
-            creator_id=creator_id,
             creator_name=creator_name,
-            hf_repo_id=hf_repo_id,
-            hf_folder_id=hf_folder_id,
-            saelens_release=saelens_release,
-            saelens_sae_id=saelens_sae_id,
-            notes=f"hook {hook}; mistudio-widgets SAE {art.id}, extraction {ext.id}",
-            created=created,
+            hub=(hf_repo_id, hf_folder_id),
+            saelens=(saelens_release, saelens_sae_id),
         )
         for name, line in info.items():
             (bulk / name).write_text(json.dumps(line) + "\n")
         for b, (rows, examples) in enumerate(_feature_batches(ext.folder, batch_size)):
-            dash, feats, acts, expl, side = [], [], [], [], []
-            for row in rows:
-                i = int(row["index"])
-                activations = rec.dashboard_activations(row, examples.get(i, []), vocab, groups, HIST_BINS)
-                feat = rec.dashboard_feature(
-                    i,
-                    row,
-                    activations,
-                    W_dec[i].tolist(),
-                    HIST_BINS,
-                    LOGIT_HIST_BINS,
-                    n_prompts,
-                    n_tokens,
-                    dataset or "",
-                )
-                dash.append(feat)
-                feats.append(rec.bulk_feature(feat, hook=hook, creator_id=creator_id, created=created, **ids))
-                acts += [
-                    rec.bulk_activation(a, i, creator_id=creator_id, created=created, **ids)
-                    for a in activations
-                ]
-                expl += [  # only labels a person wrote or that score above chance on held-out texts
-                    rec.explanation(lab, i, author_id=creator_id, **ids)
-                    for lab in labels.get(i, [])
-                    if lab["verdict"] in SHOWN_VERDICTS
-                ]
-                side.append(
-                    rec.side_record(
-                        i, feature_id=f"{model_id}@{source_id}:{i}", hook=hook, labels=labels.get(i, [])
-                    )
-                )
-            batch = {
-                "model_id": model_id,
-                "layer": int(layer),
-                "sae_set": set_name,
-                "sae_id_suffix": None,
-                "features": dash,
-            }
-            (tmp / "dashboard" / f"batch-{b}.json").write_text(json.dumps(batch, ensure_ascii=False))
-            _write_gz_jsonl(tmp / "extras" / f"batch-{b}.jsonl.gz", side)
-            _write_gz_jsonl(bulk / "features" / f"batch-{b}.jsonl.gz", feats)
-            _write_gz_jsonl(bulk / "activations" / f"batch-{b}.jsonl.gz", acts)
-            if expl:
-                _write_gz_jsonl(bulk / "explanations" / f"batch-{b}.jsonl.gz", expl)
-            counts["features"] += len(feats)
-            counts["activations"] += len(acts)
-            counts["explanations"] += len(expl)
+            for k, n in _write_batch(ctx, tmp, b, rows, examples).items():
+                counts[k] += n
             emit(progress, "export", b + 1, n_batches, unit="batch", finished=b + 1 == n_batches)
         manifest = {
             "sae": art.id,
             "extraction": ext.id,
-            **ids,
+            **ctx.ids,
             "release": release,
             "creator_id": creator_id,
-            "dataset": dataset,
+            "dataset": ctx.dataset,
             "hf_repo_id": hf_repo_id,
             "hf_folder_id": hf_folder_id,
             "batches": n_batches,
@@ -261,3 +215,115 @@ def export_neuronpedia(
         "path": str(Path(out).expanduser().resolve()),
         **manifest,
     }
+
+
+def _export_context(
+    ws: Workspace, art: Artifact, ext: Artifact, model_id: str, source_id: str, creator_id: str
+) -> _Export:
+    """What the export's records share: ids, the hook, the vocabulary, the decoder and every label."""
+    from ..data.models import load_tokenizer
+
+    labels: dict[int, list[dict[str, Any]]] = {}
+    for lab in ws.labels(art.id, history=True):
+        labels.setdefault(int(lab["feature"]), []).append({**lab, "verdict": label_verdict(lab)})
+    return _Export(
+        model_id=model_id,
+        source_id=source_id,
+        hook=art.meta.get("hook") or "",
+        creator_id=creator_id,
+        created=rec.now_iso(),
+        vocab=vocab_strings(load_tokenizer(ws, ext.meta["model"])),
+        groups=int(ext.meta["config"].get("quantile_groups", 10)),
+        W_dec=load_sae(art.folder)[0].W_dec.detach().float().numpy(),
+        labels=labels,
+        n_prompts=int(ext.meta.get("sequences") or 0),
+        n_tokens=int(ext.meta.get("context_size") or 0),
+        dataset=dataset_source(ws, ext.meta.get("tokenization")),
+    )
+
+
+def _metadata(
+    ws: Workspace,
+    art: Artifact,
+    ext: Artifact,
+    ctx: _Export,
+    *,
+    release: str,
+    creator_name: str,
+    hub: tuple[str | None, str | None],
+    saelens: tuple[str | None, str | None],
+) -> dict[str, Any]:
+    """The export's metadata records (release, model, source set, source), one JSON line each."""
+    d_sae = int(ext.meta["summary"]["d_sae"])
+    return rec.metadata_records(
+        release=release,
+        title=f"{art.name}: a {art.meta.get('architecture', '')} SAE exported with mistudio-widgets",
+        model_id=ctx.model_id,
+        model_display=model_hub_id(ws, art) or ctx.model_id,
+        model_info=_model_info(ws, art),
+        set_name=ctx.source_id.split("-", 1)[1],
+        set_description=f"{ctx.hook} - {d_sae} features",
+        source_id=ctx.source_id,
+        dataset=ctx.dataset,
+        num_prompts=ctx.n_prompts,
+        num_tokens_in_prompt=ctx.n_tokens,
+        creator_id=ctx.creator_id,
+        creator_name=creator_name,
+        hf_repo_id=hub[0],
+        hf_folder_id=hub[1],
+        saelens_release=saelens[0],
+        saelens_sae_id=saelens[1],
+        notes=f"hook {ctx.hook}; mistudio-widgets SAE {art.id}, extraction {ext.id}",
+        created=ctx.created,
+    )
+
+
+def _write_batch(
+    ctx: _Export, tmp: Path, b: int, rows: list[dict[str, Any]], examples: dict[int, list[dict[str, Any]]]
+) -> dict[str, int]:
+    """One batch of features: SAEDashboard's JSON, our side records, and the bulk tables (features,
+    activations, and the explanations that may be shown). Returns how many rows of each were written."""
+    dash, feats, acts, expl, side = [], [], [], [], []
+    who = {"creator_id": ctx.creator_id, "created": ctx.created, **ctx.ids}
+    for row in rows:
+        i = int(row["index"])
+        activations = rec.dashboard_activations(row, examples.get(i, []), ctx.vocab, ctx.groups, HIST_BINS)
+        feat = rec.dashboard_feature(
+            i,
+            row,
+            activations,
+            ctx.W_dec[i].tolist(),
+            HIST_BINS,
+            LOGIT_HIST_BINS,
+            ctx.n_prompts,
+            ctx.n_tokens,
+            ctx.dataset or "",
+        )
+        dash.append(feat)
+        feats.append(rec.bulk_feature(feat, hook=ctx.hook, **who))
+        acts += [rec.bulk_activation(a, i, **who) for a in activations]
+        expl += [  # only labels a person wrote or that score above chance on held-out texts
+            rec.explanation(lab, i, author_id=ctx.creator_id, **ctx.ids)
+            for lab in ctx.labels.get(i, [])
+            if lab["verdict"] in SHOWN_VERDICTS
+        ]
+        side.append(
+            rec.side_record(
+                i,
+                feature_id=f"{ctx.model_id}@{ctx.source_id}:{i}",
+                hook=ctx.hook,
+                labels=ctx.labels.get(i, []),
+            )
+        )
+    layer, set_name = ctx.source_id.split("-", 1)
+    batch = {"model_id": ctx.model_id, "layer": int(layer), "sae_set": set_name, "sae_id_suffix": None}
+    (tmp / "dashboard" / f"batch-{b}.json").write_text(
+        json.dumps({**batch, "features": dash}, ensure_ascii=False)
+    )
+    bulk = tmp / ctx.model_id / ctx.source_id
+    _write_gz_jsonl(tmp / "extras" / f"batch-{b}.jsonl.gz", side)
+    _write_gz_jsonl(bulk / "features" / f"batch-{b}.jsonl.gz", feats)
+    _write_gz_jsonl(bulk / "activations" / f"batch-{b}.jsonl.gz", acts)
+    if expl:
+        _write_gz_jsonl(bulk / "explanations" / f"batch-{b}.jsonl.gz", expl)
+    return {"features": len(feats), "activations": len(acts), "explanations": len(expl)}

@@ -112,70 +112,34 @@ def metadata_records(
     created: str,
 ) -> dict[str, dict[str, Any]]:
     """``release.jsonl``, ``model.jsonl``, ``sourceset.jsonl`` and ``source.jsonl`` lines."""
-    owner = model_display.split("/")[0] if "/" in model_display else creator_name
+    who = {"creatorId": creator_id, "createdAt": created}
+    named: dict[str, Any] = {
+        "creatorName": creator_name,
+        "urls": [],
+        "creatorEmail": None,
+        "visibility": "PUBLIC",
+    }
     return {
         "release.jsonl": {
             "name": release,
             "description": title,
-            "creatorName": creator_name,
-            "creatorId": creator_id,
-            "visibility": "PUBLIC",
+            **named,
+            **who,
             "isNewUi": False,
             "featured": False,
             "descriptionShort": title,
-            "urls": [],
-            "creatorEmail": None,
             "creatorNameShort": creator_name,
             "defaultSourceSetName": set_name,
             "defaultSourceId": source_id,
             "defaultUmapSourceIds": [],
-            "createdAt": created,
         },
-        "model.jsonl": {
-            "id": model_id,
-            "instruct": "instruct" in model_id or model_id.endswith("-it"),
-            "creatorId": creator_id,
-            "displayNameShort": model_id,
-            "displayName": model_display,
-            "tlensId": None,
-            "dimension": model_info.get("d_model"),
-            "visibility": "PUBLIC",
-            "defaultSourceSetName": None,
-            "defaultSourceId": None,
-            "inferenceEnabled": False,
-            "layers": int(model_info.get("layers") or 0),
-            "neuronsPerLayer": int(model_info.get("d_mlp") or 0),
-            "createdAt": created,
-            "owner": owner,
-            "updatedAt": created,
-            "website": f"https://huggingface.co/{model_display}" if "/" in model_display else None,
-        },
-        "sourceset.jsonl": {
-            "modelId": model_id,
-            "name": set_name,
-            "creatorId": creator_id,
-            "hasDashboards": True,
-            "visibility": "PUBLIC",
-            "description": set_description,
-            "type": "",
-            "creatorName": creator_name,
-            "urls": [],
-            "creatorEmail": None,
-            "releaseName": release,
-            "defaultOfModelId": None,
-            "defaultRange": 1,
-            "defaultShowBreaks": True,
-            "showDfa": False,
-            "showCorrelated": False,
-            "showHeadAttribution": False,
-            "showUmap": False,
-            "createdAt": created,
-        },
+        "model.jsonl": _model_record(model_id, model_display, model_info, creator_name, who),
+        "sourceset.jsonl": _sourceset_record(model_id, set_name, set_description, release, named, who),
         "source.jsonl": {
             "id": source_id,
             "modelId": model_id,
             "setName": set_name,
-            "creatorId": creator_id,
+            **who,
             "hasDashboards": True,
             "inferenceEnabled": False,
             "saelensConfig": None,
@@ -192,8 +156,54 @@ def metadata_records(
             "num_tokens_in_prompt": num_tokens_in_prompt,
             "dataset": dataset,
             "notes": notes,
-            "createdAt": created,
         },
+    }
+
+
+def _sourceset_record(
+    model_id: str, set_name: str, description: str, release: str, named: dict[str, Any], who: dict[str, str]
+) -> dict[str, Any]:
+    """``sourceset.jsonl``: the set of sources (one per layer) the SAE belongs to."""
+    return {
+        "modelId": model_id,
+        "name": set_name,
+        **named,
+        **who,
+        "hasDashboards": True,
+        "description": description,
+        "type": "",
+        "releaseName": release,
+        "defaultOfModelId": None,
+        "defaultRange": 1,
+        "defaultShowBreaks": True,
+        "showDfa": False,
+        "showCorrelated": False,
+        "showHeadAttribution": False,
+        "showUmap": False,
+    }
+
+
+def _model_record(
+    model_id: str, display: str, info: dict[str, Any], creator_name: str, who: dict[str, str]
+) -> dict[str, Any]:
+    """``model.jsonl``: the model the SAE reads, named as on the hub where it came from there."""
+    return {
+        "id": model_id,
+        "instruct": "instruct" in model_id or model_id.endswith("-it"),
+        **who,
+        "displayNameShort": model_id,
+        "displayName": display,
+        "tlensId": None,
+        "dimension": info.get("d_model"),
+        "visibility": "PUBLIC",
+        "defaultSourceSetName": None,
+        "defaultSourceId": None,
+        "inferenceEnabled": False,
+        "layers": int(info.get("layers") or 0),
+        "neuronsPerLayer": int(info.get("d_mlp") or 0),
+        "owner": display.split("/")[0] if "/" in display else creator_name,
+        "updatedAt": who["createdAt"],
+        "website": f"https://huggingface.co/{display}" if "/" in display else None,
     }
 
 
