@@ -50,6 +50,96 @@ def parse_request(body) -> tuple[list[dict[str, str]], int, float]:
     return [{"role": str(m.get("role", "user")), "content": m["content"]} for m in messages], mt, float(t)
 
 
+class _ChatHandler(BaseHTTPRequestHandler):
+    """OpenAI's chat-completions protocol over one workspace model (set by :func:`make_server`)."""
+
+    chat: LocalChat
+    lock: threading.Lock
+    require_key: str | None
+    wait_seconds: float
+
+    def _send(self, code: int, obj) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, code: int, message: str) -> None:
+        self._send(code, {"error": {"message": message, "type": "invalid_request_error"}})
+
+    def _authorised(self) -> bool:
+        if not self.require_key:
+            return True
+        got = self.headers.get("Authorization", "")
+        if hmac.compare_digest(got.encode(), f"Bearer {self.require_key}".encode()):
+            return True
+        self._send(401, {"error": {"message": "invalid API key", "type": "invalid_request_error"}})
+        return False
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.rstrip("/") in ("/v1/models", "/models"):
+            if self._authorised():
+                self._send(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [{"id": self.chat.name, "object": "model", "owned_by": "mistudio"}],
+                    },
+                )
+        else:
+            self._send(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+            self._send(404, {"error": {"message": "not found"}})
+            return
+        if not self._authorised():
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._error(411, "a Content-Length header is required")
+            return
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self._error(413, f"the body is {length:,} bytes; at most {MAX_BODY_BYTES:,} are read")
+            return
+        try:
+            messages, max_tokens, temperature = parse_request(json.loads(self.rfile.read(length) or b"{}"))
+        except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+            self._error(400, f"bad request: {exc}")
+            return
+        if not self.lock.acquire(timeout=self.wait_seconds):
+            self._error(503, f"the model is busy; waited {self.wait_seconds:g} s: retry later")
+            return
+        try:
+            text = self.chat.chat(messages, max_tokens, temperature)
+        finally:
+            self.lock.release()
+        self._send(
+            200,
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.chat.name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+            },
+        )
+
+    def log_message(self, fmt: str, *args) -> None:
+        """One line per request on stderr: client, request line, status (never headers: never a key)."""
+        sys.stderr.write(f"{self.address_string()} [{self.log_date_time_string()}] {fmt % args}\n")
+        sys.stderr.flush()
+
+
 def make_server(
     ws: Workspace,
     model: str = "default",
@@ -63,90 +153,11 @@ def make_server(
     chat = LocalChat(ws, model)
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, code: int, obj) -> None:
-            data = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _error(self, code: int, message: str) -> None:
-            self._send(code, {"error": {"message": message, "type": "invalid_request_error"}})
-
-        def _authorised(self) -> bool:
-            if not require_key:
-                return True
-            got = self.headers.get("Authorization", "")
-            if hmac.compare_digest(got.encode(), f"Bearer {require_key}".encode()):
-                return True
-            self._send(401, {"error": {"message": "invalid API key", "type": "invalid_request_error"}})
-            return False
-
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path.rstrip("/") in ("/v1/models", "/models"):
-                if self._authorised():
-                    self._send(
-                        200,
-                        {
-                            "object": "list",
-                            "data": [{"id": chat.name, "object": "model", "owned_by": "mistudio"}],
-                        },
-                    )
-            else:
-                self._send(404, {"error": {"message": "not found"}})
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-                self._send(404, {"error": {"message": "not found"}})
-                return
-            if not self._authorised():
-                return
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self._error(411, "a Content-Length header is required")
-                return
-            if not 0 <= length <= MAX_BODY_BYTES:
-                self._error(413, f"the body is {length:,} bytes; at most {MAX_BODY_BYTES:,} are read")
-                return
-            try:
-                messages, max_tokens, temperature = parse_request(
-                    json.loads(self.rfile.read(length) or b"{}")
-                )
-            except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-                self._error(400, f"bad request: {exc}")
-                return
-            if not lock.acquire(timeout=wait_seconds):
-                self._error(503, f"the model is busy; waited {wait_seconds:g} s: retry later")
-                return
-            try:
-                text = chat.chat(messages, max_tokens, temperature)
-            finally:
-                lock.release()
-            self._send(
-                200,
-                {
-                    "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": chat.name,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                },
-            )
-
-        def log_message(self, fmt: str, *args) -> None:
-            """One line per request on stderr: client, request line, status (never headers: never a key)."""
-            sys.stderr.write(f"{self.address_string()} [{self.log_date_time_string()}] {fmt % args}\n")
-            sys.stderr.flush()
-
-    server = ThreadingHTTPServer((host, port), Handler)
+    handler = type(
+        "Handler",
+        (_ChatHandler,),
+        {"chat": chat, "lock": lock, "require_key": require_key, "wait_seconds": wait_seconds},
+    )
+    server = ThreadingHTTPServer((host, port), handler)
     server.model_lock = lock  # type: ignore[attr-defined]
     return server

@@ -360,6 +360,12 @@ TRAIN_ALIASES = {"architecture": ["arch"], "l1_coefficient": ["l1"], "expansion_
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one registration per command group (each group registers its own commands)."""
+    from .features import register as register_features
+    from .features import register_labels
+    from .share import register as register_share
+    from .steer import register as register_steer
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--workspace",
@@ -384,6 +390,23 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
+    for register in (
+        _register_datasets,
+        _register_models,
+        _register_capture,
+        _register_demo,
+        _register_train,
+        register_features,
+        register_labels,
+        register_steer,
+        register_share,
+        _register_workspace,
+    ):
+        register(sub, cmd)
+    return p
+
+
+def _register_datasets(sub, cmd) -> None:
     ds = sub.add_parser("datasets", help="add, tokenize and list datasets").add_subparsers(
         dest="sub", required=True
     )
@@ -402,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(sp, TokenizeConfig, aliases={"prepend_bos": ["bos"]})
     cmd(ds, "list", cmd_list("dataset"), "list datasets and their tokenizations")
 
+
+def _register_models(sub, cmd) -> None:
     ms = sub.add_parser("models", help="add and list models").add_subparsers(dest="sub", required=True)
     sp = cmd(
         ms, "add", cmd_models_add, "add a model from 'default', a hub id, a local folder or a .gguf file"
@@ -412,11 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd(ms, "hooks", cmd_models_hooks, "list a model's hook points")
     sp.add_argument("model", nargs="?", default=DEFAULT)
 
+
+def _register_capture(sub, cmd) -> None:
     sp = cmd(sub, "capture", cmd_capture, "capture activations at a hook and print their statistics")
     sp.add_argument("--model", default=DEFAULT, help="the model (default: default)")
     sp.add_argument("--dataset", default=DEFAULT, help="a dataset (tokenized on demand) or a tokenization")
     sp.add_argument("--context-size", type=int, default=128, help="tokens per sequence if tokenized")
     add_config_flags(sp, CaptureConfig)
+
+
+def _register_demo(sub, cmd) -> None:
     sp = cmd(
         sub,
         "demo",
@@ -440,22 +470,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--extract-tokens", type=int, default=32768, help="tokens of the feature extraction")
     sp.add_argument("--steer-tokens", type=int, default=40, help="tokens generated with and without steering")
 
+
+def _register_train(sub, cmd) -> None:
     sp = cmd(sub, "train", cmd_train, "train an SAE (settings from --config and flags; TrainConfig fields)")
     sp.add_argument("--config", default=None, help="YAML or JSON file of TrainConfig settings")
     sp.add_argument(
         "--resume", default=None, metavar="RUN", help="resume an interrupted run from its last checkpoint"
     )
     add_config_flags(sp, TrainConfig, aliases=TRAIN_ALIASES)
-    from .features import register, register_labels
 
-    register(sub, cmd)
-    register_labels(sub, cmd)
-    from .steer import register as register_steer
 
-    register_steer(sub, cmd)
-    from .share import register as register_share
-
-    register_share(sub, cmd)
+def _register_workspace(sub, cmd) -> None:
+    """The workspace's own commands: list, show, rename, repair, delete, and the SAE library."""
     saes = sub.add_parser("saes", help="the SAE library").add_subparsers(dest="sub", required=True)
     cmd(saes, "list", cmd_saes_list, "list SAEs with their final metrics")
     cmd(sub, "list", cmd_list("all"), "list everything in the workspace")
@@ -473,7 +499,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also delete a job marked running on another machine (check there first that it stopped)",
     )
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,14 +182,89 @@ def _name_for(source: str) -> str:
     return re.sub(r"\.gguf$", "", base) or "model"
 
 
+def _embedded_already(
+    ws: Workspace, cfg: ModelConfig, settings: dict[str, Any], asked: bool
+) -> Artifact | None:
+    """The embedded model when it is registered already under ``cfg.name``; an error when it was
+    registered with other settings than the ones asked for (it is not changed)."""
+    existing = ws.find(cfg.name or defaults.DEFAULT_MODEL_NAME, "model")
+    if not existing or existing.meta.get("provenance", {}).get("kind") != "embedded":
+        return None
+    had = existing.meta.get("settings", {})
+    differ = sorted(k for k, v in settings.items() if asked and had.get(k, v) != v)
+    if differ:
+        raise ModelError(
+            f"The embedded model is already registered as {existing.name!r} with "
+            + ", ".join(f"{k}={had[k]!r}" for k in differ)
+            + "; it was not changed.",
+            "register it again under another name to keep both (e.g. mistudio models add default "
+            f"--name {existing.name}-{settings[differ[0]]} ...), or load it with other settings "
+            "(load_model(..., dtype=...)).",
+        )
+    return existing
+
+
+def _local_config(path: Path, cfg: ModelConfig, name: str):
+    """The config of a local model folder, checked to hold weights that load safely."""
+    from transformers import AutoConfig
+
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"{path} is not a model folder (no config.json).",
+            "point at a folder saved with save_pretrained, a .gguf file, or a hub id.",
+        )
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except ValueError as exc:
+        raise ModelError(
+            f"Could not read the model config in {path}: {exc}",
+            "if the model needs its own code and you trust it, set trust_remote_code=True.",
+        ) from exc
+    if not any(
+        next(path.glob(pat), None)
+        for pat in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+    ):
+        raise ModelError(
+            f"{path} has a config.json but no weights (*.safetensors or *.bin).",
+            "save the model with save_pretrained, or copy its weight files into the folder.",
+        )
+    if not next(path.glob("*.safetensors"), None) and not cfg.allow_pickle_weights:
+        raise ModelError(
+            f"{path} holds its weights only as *.bin files, which are Python pickles; they are not "
+            "loaded by default.",
+            "convert them to safetensors, or if you trust the folder add it with "
+            "allow_pickle_weights=True (CLI: --allow-pickle-weights); they are then read with "
+            "torch.load(weights_only=True).",
+        )
+    check_weight_files(path, config, name)
+    return config
+
+
+def _hub_config(cfg: ModelConfig):
+    """The config of a hub model (read from the hub or its local cache)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            cfg.source, revision=cfg.revision, token=cfg.token, trust_remote_code=cfg.trust_remote_code
+        )
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelError(
+                f"{cfg.source!r} needs its own Python code to load.",
+                "set trust_remote_code=True only if you trust that repository.",
+            ) from exc
+        raise _hub_error(cfg.source, exc) from exc
+    except OSError as exc:
+        raise _hub_error(cfg.source, exc) from exc
+
+
 def add_model(
     ws: Workspace, cfg: ModelConfig | None = None, *, progress: ProgressCallback | None = None
 ) -> Artifact:
     """Register a model in the workspace. GGUF files (the embedded default among them) are converted
     once into a safetensors folder in the workspace; local folders and hub ids are referenced.
     Adding the embedded default twice returns the existing model."""
-    from transformers import AutoConfig
-
     asked = cfg is not None
     cfg = cfg or ModelConfig()
     settings = {
@@ -198,19 +273,8 @@ def add_model(
         if k in ("dtype", "quantization", "device", "trust_remote_code", "allow_pickle_weights")
     }
     if cfg.source == DEFAULT:
-        existing = ws.find(cfg.name or defaults.DEFAULT_MODEL_NAME, "model")
-        if existing and existing.meta.get("provenance", {}).get("kind") == "embedded":
-            had = existing.meta.get("settings", {})
-            differ = sorted(k for k, v in settings.items() if asked and had.get(k, v) != v)
-            if differ:
-                raise ModelError(
-                    f"The embedded model is already registered as {existing.name!r} with "
-                    + ", ".join(f"{k}={had[k]!r}" for k in differ)
-                    + "; it was not changed.",
-                    "register it again under another name to keep both (e.g. mistudio models add default "
-                    f"--name {existing.name}-{settings[differ[0]]} ...), or load it with other settings "
-                    "(load_model(..., dtype=...)).",
-                )
+        existing = _embedded_already(ws, cfg, settings, asked)
+        if existing is not None:
             return existing
         gguf: Path | None = defaults.default_gguf()
         provenance: dict[str, Any] = {"kind": "embedded", **defaults.DEFAULT_MODEL_INFO}
@@ -233,51 +297,11 @@ def add_model(
 
     path = Path(cfg.source).expanduser()
     if path.exists() or cfg.source.startswith((".", "/", "~")):
-        if not (path / "config.json").is_file():
-            raise ModelError(
-                f"{path} is not a model folder (no config.json).",
-                "point at a folder saved with save_pretrained, a .gguf file, or a hub id.",
-            )
-        try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        except ValueError as exc:
-            raise ModelError(
-                f"Could not read the model config in {path}: {exc}",
-                "if the model needs its own code and you trust it, set trust_remote_code=True.",
-            ) from exc
-        if not any(
-            next(path.glob(pat), None)
-            for pat in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
-        ):
-            raise ModelError(
-                f"{path} has a config.json but no weights (*.safetensors or *.bin).",
-                "save the model with save_pretrained, or copy its weight files into the folder.",
-            )
-        if not next(path.glob("*.safetensors"), None) and not cfg.allow_pickle_weights:
-            raise ModelError(
-                f"{path} holds its weights only as *.bin files, which are Python pickles; they are not "
-                "loaded by default.",
-                "convert them to safetensors, or if you trust the folder add it with "
-                "allow_pickle_weights=True (CLI: --allow-pickle-weights); they are then read with "
-                "torch.load(weights_only=True).",
-            )
-        check_weight_files(path, config, name)
+        config = _local_config(path, cfg, name)
         provenance = {"kind": "local", "path": str(path.resolve())}
         meta = {"provenance": provenance, "location": str(path.resolve()), "settings": settings}
     else:
-        try:
-            config = AutoConfig.from_pretrained(
-                cfg.source, revision=cfg.revision, token=cfg.token, trust_remote_code=cfg.trust_remote_code
-            )
-        except ValueError as exc:
-            if "trust_remote_code" in str(exc):
-                raise ModelError(
-                    f"{cfg.source!r} needs its own Python code to load.",
-                    "set trust_remote_code=True only if you trust that repository.",
-                ) from exc
-            raise _hub_error(cfg.source, exc) from exc
-        except OSError as exc:
-            raise _hub_error(cfg.source, exc) from exc
+        config = _hub_config(cfg)
         provenance = {"kind": "hub", "hub_id": cfg.source, "revision": cfg.revision}
         meta = {"provenance": provenance, "settings": settings}
     meta["info"] = describe_config(config)
@@ -445,6 +469,27 @@ def load_tokenizer(ws: Workspace, ref: str | Artifact):
         return _keep(_tokenizers, key, tok)
 
 
+def _load_kwargs(
+    settings: dict[str, Any], dt: str, dev: str, qcfg: Any, location: dict[str, Any]
+) -> dict[str, Any]:
+    """transformers' from_pretrained arguments for a model's settings: dtype, remote code, safetensors
+    only (unless pickles are allowed), quantization with its device map."""
+    import torch
+
+    kwargs: dict[str, Any] = dict(
+        dtype=getattr(torch, dt),
+        trust_remote_code=settings.get("trust_remote_code", False),
+        output_loading_info=True,
+        **location,
+    )
+    if not settings.get("allow_pickle_weights"):
+        kwargs["use_safetensors"] = True
+    if qcfg is not None:
+        kwargs["quantization_config"] = qcfg
+        kwargs["device_map"] = {"": dev if dev != "cuda" else 0}
+    return kwargs
+
+
 def load_model(
     ws: Workspace,
     ref: str | Artifact = defaults.DEFAULT_MODEL_NAME,
@@ -471,17 +516,7 @@ def load_model(
             return cached
         loc, kw = model_location(art)
         emit(progress, "load", 0, 1, unit="model", message=art.name)
-        kwargs: dict[str, Any] = dict(
-            dtype=getattr(torch, dt),
-            trust_remote_code=settings.get("trust_remote_code", False),
-            output_loading_info=True,
-            **kw,
-        )
-        if not settings.get("allow_pickle_weights"):
-            kwargs["use_safetensors"] = True
-        if qcfg is not None:
-            kwargs["quantization_config"] = qcfg
-            kwargs["device_map"] = {"": dev if dev != "cuda" else 0}
+        kwargs = _load_kwargs(settings, dt, dev, qcfg, kw)
         if Path(loc).is_dir():  # a local folder: its files may have changed since it was added
             from transformers import AutoConfig
 

@@ -170,6 +170,38 @@ def fire(
     }
 
 
+def _contrast_texts(texts: str | list[str], against: str | list[str] | None) -> tuple[list[str], list[str]]:
+    """The texts and their contrast (by default the texts in ordinary case), checked to differ."""
+    texts = _as_texts(texts, "text")
+    against = [ordinary_case(x) for x in texts] if against is None else _as_texts(against, "contrast text")
+    if sorted(x.strip() for x in texts) == sorted(x.strip() for x in against):
+        hint = (
+            (
+                "the text is already in its ordinary case: give a contrast text (e.g. the same text written "
+                "another way)"
+            )
+            if len(texts) == 1
+            else "give contrast texts that differ from the texts."
+        )
+        raise FeatureError(
+            "The contrast texts are the same as the texts, so no feature can separate them.", hint
+        )
+    return texts, against
+
+
+def _side_stats(t: "_Tester", side: str, runs: list) -> dict[str, torch.Tensor]:
+    """One side's per-feature firing rate, mean relative activation and peak, and its mean hook input."""
+    A = torch.cat([a for _, a, _ in runs])
+    if not len(A):
+        raise FeatureError(f"The {side} has no tokens.", f"type some text for the {side}.")
+    return {
+        "rate": (A > 0).float().mean(0),
+        "act": t.relative(A).mean(0),
+        "peak": A.max(0).values,
+        "mean_input": torch.cat([x for _, _, x in runs]).mean(0),
+    }
+
+
 def contrast(
     ws: Workspace,
     sae: str | Artifact,
@@ -188,34 +220,10 @@ def contrast(
     ``alignment`` is the cosine between a feature's decoder row and the mean shift of the hook's
     activations from the contrast to the texts; ``steer_with`` is the best aligned of the top
     ``STEER_CANDIDATES`` features, the one whose direction writes what the texts have."""
-    texts = _as_texts(texts, "text")
-    against = [ordinary_case(x) for x in texts] if against is None else _as_texts(against, "contrast text")
-    if sorted(x.strip() for x in texts) == sorted(x.strip() for x in against):
-        hint = (
-            (
-                "the text is already in its ordinary case: give a contrast text (e.g. the same text written "
-                "another way)"
-            )
-            if len(texts) == 1
-            else "give contrast texts that differ from the texts."
-        )
-        raise FeatureError(
-            "The contrast texts are the same as the texts, so no feature can separate them.", hint
-        )
+    texts, against = _contrast_texts(texts, against)
     t = _Tester(ws, sae, model)
     sides = {"text": [t.acts(x, True) for x in texts], "contrast": [t.acts(x, True) for x in against]}
-    stats = {}
-    for side, runs in sides.items():
-        A = torch.cat([a for _, a, _ in runs])
-        if not len(A):
-            raise FeatureError(f"The {side} has no tokens.", f"type some text for the {side}.")
-        R = t.relative(A)
-        stats[side] = {
-            "rate": (A > 0).float().mean(0),
-            "act": R.mean(0),
-            "peak": A.max(0).values,
-            "mean_input": torch.cat([x for _, _, x in runs]).mean(0),
-        }
+    stats = {side: _side_stats(t, side, runs) for side, runs in sides.items()}
     # the direction from the contrast to the text in the hook's space; a feature whose decoder row points
     # along it is the one to steer with (detecting a difference and writing it are not always one feature)
     shift = stats["text"]["mean_input"] - stats["contrast"]["mean_input"]

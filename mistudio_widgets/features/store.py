@@ -239,6 +239,19 @@ def _token_text(vocab: tuple[str, ...], ids) -> list[str]:
     return [vocab[i] if 0 <= i < len(vocab) else "" for i in ids]
 
 
+def _example(r: dict[str, Any], vocab) -> dict[str, Any]:
+    """One example row as the feature page shows it: the window's tokens with their values."""
+    return {
+        "value": r["value"],
+        "group": r["group"],
+        "sequence": r["sequence"],
+        "peak": r["peak"],
+        "tokens": _token_text(vocab, r["tokens"]),
+        "token_ids": r["tokens"],
+        "values": r["values"],
+    }
+
+
 def feature_detail(
     ws: Workspace, ext: str | Artifact, index: int, *, max_examples: int | None = None
 ) -> dict[str, Any]:
@@ -255,19 +268,8 @@ def feature_detail(
     vocab = vocab_strings(load_tokenizer(ws, ext.meta["model"]))
     examples: dict[str, list] = {"top": [], "quantile": []}
     for r in ex.to_pylist():
-        if max_examples is not None and r["kind"] == "top" and r["rank"] >= max_examples:
-            continue
-        examples[r["kind"]].append(
-            {
-                "value": r["value"],
-                "group": r["group"],
-                "sequence": r["sequence"],
-                "peak": r["peak"],
-                "tokens": _token_text(vocab, r["tokens"]),
-                "token_ids": r["tokens"],
-                "values": r["values"],
-            }
-        )
+        if max_examples is None or r["kind"] != "top" or r["rank"] < max_examples:
+            examples[r["kind"]].append(_example(r, vocab))
     mx = float(row["max"])
     labels = ws.labels(ext.parent_id, index, history=True)
     shown = shown_labels(ws, ext.parent_id).get(index, {})  # unverified labels title nothing, here too
@@ -304,23 +306,25 @@ def feature_detail(
         else None,
     }
     if "top_logit_ids" in row:
-        out["logits"] = {
-            "positive": [
-                {"token": t, "id": int(i), "value": float(v)}
-                for t, i, v in zip(row["top_logit_tokens"], row["top_logit_ids"], row["top_logit_values"])
-            ],
-            "negative": [
-                {"token": t, "id": int(i), "value": float(v)}
-                for t, i, v in zip(
-                    row["bottom_logit_tokens"], row["bottom_logit_ids"], row["bottom_logit_values"]
-                )
-            ],
-            "histogram": {
-                "edges": np.linspace(row["logit_min"], row["logit_max"], LOGIT_HIST_BINS + 1).tolist(),
-                "counts": row["logit_hist"],
-            },
-        }
+        out["logits"] = _logit_lens(row)
     return out
+
+
+def _logit_lens(row: dict[str, Any]) -> dict[str, Any]:
+    """A feature row's logit lens: the tokens it promotes and suppresses most, and its logit histogram."""
+
+    def tokens(side: str) -> list[dict[str, Any]]:
+        cols = (row[f"{side}_logit_tokens"], row[f"{side}_logit_ids"], row[f"{side}_logit_values"])
+        return [{"token": t, "id": int(i), "value": float(v)} for t, i, v in zip(*cols)]
+
+    return {
+        "positive": tokens("top"),
+        "negative": tokens("bottom"),
+        "histogram": {
+            "edges": np.linspace(row["logit_min"], row["logit_max"], LOGIT_HIST_BINS + 1).tolist(),
+            "counts": row["logit_hist"],
+        },
+    }
 
 
 def coactivation(ws: Workspace, ext: str | Artifact, features: list[int]) -> dict[str, Any]:

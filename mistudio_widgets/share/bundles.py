@@ -291,6 +291,53 @@ def _map_model(ws: Workspace, info: dict[str, Any], progress: ProgressCallback |
     return art.id if art is not None else None
 
 
+def _check_members(manifest: dict[str, Any], members: list[tarfile.TarInfo], path: Path) -> None:
+    """Every member is the manifest or lies in a listed artifact's folder, and none is a link or device."""
+    ids = {a["id"] for a in manifest["artifacts"]}
+    for m in members:
+        parts = Path(m.name).parts
+        if m.name != MANIFEST and not (
+            len(parts) >= 2 and parts[0] == "artifacts" and parts[1] in ids and ".." not in parts
+        ):
+            raise BundleError(
+                f"{path} holds an unexpected member {m.name!r}.",
+                "only unpack bundles you trust; this one was refused.",
+            )
+        if m.issym() or m.islnk() or m.isdev():
+            raise BundleError(f"{path} holds a link or device {m.name!r}.", "this bundle was refused.")
+
+
+def _extract_folder(
+    ws: Workspace,
+    tar: tarfile.TarFile,
+    members: list[tarfile.TarInfo],
+    a: dict[str, Any],
+    rel: str,
+    path: Path,
+) -> None:
+    """One artifact's folder, extracted into the workspace's ``.tmp`` and renamed to ``rel`` when whole."""
+    tmp = ws.root / ".tmp" / f"unpack-{a['id']}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        prefix = f"artifacts/{a['id']}"
+        mine = [m for m in members if m.name == prefix or m.name.startswith(prefix + "/")]
+        try:
+            tar.extractall(tmp, members=mine, filter="data")
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise BundleError(
+                f"{path} is corrupted inside the {a['kind']} {a['name']!r} ({exc}).",
+                "copy the bundle again.",
+            ) from exc
+        (ws.root / f"{a['kind']}s").mkdir(exist_ok=True)
+        os.replace(tmp / prefix, ws.root / rel)
+        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_error(exc, f"the {a['kind']} {a['name']!r}") from exc
+
+
 def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Add a bundle's artifacts (and labels) to ``ws``. Artifacts already present (same id) are kept
     as they are; names taken by other artifacts get a suffix."""
@@ -321,18 +368,7 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
             ) from exc
         _check_entries(manifest, members, path)
         labels = _check_labels(manifest, path)
-        ids = {a["id"] for a in manifest["artifacts"]}
-        for m in members:
-            parts = Path(m.name).parts
-            if m.name != MANIFEST and not (
-                len(parts) >= 2 and parts[0] == "artifacts" and parts[1] in ids and ".." not in parts
-            ):
-                raise BundleError(
-                    f"{path} holds an unexpected member {m.name!r}.",
-                    "only unpack bundles you trust; this one was refused.",
-                )
-            if m.issym() or m.islnk() or m.isdev():
-                raise BundleError(f"{path} holds a link or device {m.name!r}.", "this bundle was refused.")
+        _check_members(manifest, members, path)
         model_map = {
             mid: _map_model(ws, info, progress) for mid, info in (manifest.get("models") or {}).items()
         }
@@ -350,27 +386,8 @@ def unpack(ws: Workspace, path: str | Path, *, progress: ProgressCallback | None
             rel = f"{a['kind']}s/{a['id']}" if a["folder"] else ""
             if rel:
                 ws.contained(rel, f"folder of the bundled {a['kind']} {a['name']!r}")
-            if a["folder"]:
-                tmp = ws.root / ".tmp" / f"unpack-{a['id']}.{os.getpid()}"
-                shutil.rmtree(tmp, ignore_errors=True)
-                try:
-                    tmp.mkdir(parents=True)
-                    prefix = f"artifacts/{a['id']}"
-                    mine = [m for m in members if m.name == prefix or m.name.startswith(prefix + "/")]
-                    try:
-                        tar.extractall(tmp, members=mine, filter="data")
-                    except (tarfile.TarError, EOFError, zlib.error) as exc:
-                        shutil.rmtree(tmp, ignore_errors=True)
-                        raise BundleError(
-                            f"{path} is corrupted inside the {a['kind']} {a['name']!r} ({exc}).",
-                            "copy the bundle again.",
-                        ) from exc
-                    (ws.root / f"{a['kind']}s").mkdir(exist_ok=True)
-                    os.replace(tmp / prefix, ws.root / rel)
-                    shutil.rmtree(tmp, ignore_errors=True)
-                except OSError as exc:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise disk_error(exc, f"the {a['kind']} {a['name']!r}") from exc
+            if rel:
+                _extract_folder(ws, tar, members, a, rel, path)
             try:
                 ws.register(a["kind"], name, meta=meta, parent=parent, id=a["id"], relpath=rel)
             except BaseException:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..core.errors import HubError
 from ..core.progress import ProgressCallback
-from ..core.workspace import Workspace
+from ..core.workspace import Artifact, Workspace
 from ..features import FeatureError, extract, latest_extraction
 from . import neuronpedia_records as rec
 from .exporting import (
@@ -78,19 +78,8 @@ def share_sae(
     check_repo_id(repo)
     art = ws.get(sae, "sae")
     model_id, source_id, release = neuronpedia_ids(ws, art, model_id, source_id, release, creator_id)
-    path = (path or default_sae_path(art)).strip("/")
-    if not path or ".." in path.split("/"):
-        raise HubError(
-            f"{path!r} is not a folder inside a repository.", "give a path such as blocks.6.hook_resid_post."
-        )
-    if latest_extraction(ws, art) is None:  # said before anything is written
-        if not extract_first:
-            raise FeatureError(
-                f"The Neuronpedia files need a feature extraction of {art.name!r}, and it has none yet.",
-                "share with extract_first=True (CLI: --extract; the library: 'extract first') to run one "
-                f"first, or run `mistudio extract {art.name}`.",
-            )
-        extract(ws, art.id, progress=progress)
+    path = _repo_path(path or default_sae_path(art))
+    _ensure_extraction(ws, art, extract_first, progress)  # said before anything is written
     out = Path(out).expanduser() if out else ws.root / "exports" / f"{rec.slug(art.name) or art.id}-share"
     with fresh_folder(out, overwrite=overwrite, workspace=ws.root, what="share") as tmp:
         lens = export_saelens(
@@ -139,19 +128,58 @@ def share_sae(
             "pretrained_saes": lens["pretrained_saes"],
         }
         (tmp / MANIFEST).write_text(json.dumps({**result, "uploaded": False}, indent=2))
-    out = out.resolve()
+    return _upload(ws, art, result, out.resolve(), token, upload, private)
+
+
+def _repo_path(path: str) -> str:
+    """``path`` as a folder inside a repository, or a clear error."""
+    path = path.strip("/")
+    if not path or ".." in path.split("/"):
+        raise HubError(
+            f"{path!r} is not a folder inside a repository.", "give a path such as blocks.6.hook_resid_post."
+        )
+    return path
+
+
+def _ensure_extraction(
+    ws: Workspace, art: Artifact, extract_first: bool, progress: ProgressCallback | None
+) -> None:
+    """The SAE's feature extraction, which the Neuronpedia files need: run when asked, else a clear error."""
+    if latest_extraction(ws, art) is not None:
+        return
+    if not extract_first:
+        raise FeatureError(
+            f"The Neuronpedia files need a feature extraction of {art.name!r}, and it has none yet.",
+            "share with extract_first=True (CLI: --extract; the library: 'extract first') to run one "
+            f"first, or run `mistudio extract {art.name}`.",
+        )
+    extract(ws, art.id, progress=progress)
+
+
+def _upload(
+    ws: Workspace,
+    art: Artifact,
+    result: dict[str, Any],
+    out: Path,
+    token: str | None,
+    upload: bool,
+    private: bool,
+) -> dict[str, Any]:
+    """Upload the share folder's ``hub/`` when a token and the network are there; the result says
+    whether it was uploaded, and why not."""
     tok = available_token(token) if upload else None
     why = _why_not_uploaded(upload, tok)
     result.update(folder=str(out), uploaded=False, not_uploaded_because=why, commit=None)
     if why is None:
         try:
-            result["commit"] = upload_folder(out / "hub", repo, token=tok, private=private)
+            result["commit"] = upload_folder(out / "hub", result["repo"], token=tok, private=private)
         except HubError as exc:  # the folder is written and stays; say why the upload did not happen
             result["not_uploaded_because"] = f"the upload failed: {exc.problem}"
             result["upload_error"] = str(exc)
         else:
             result["uploaded"] = True
-            ws.update_meta(art.id, uploaded={"repo_id": repo, "path": path, "commit": result["commit"]})
+            uploaded = {"repo_id": result["repo"], "path": result["path"], "commit": result["commit"]}
+            ws.update_meta(art.id, uploaded=uploaded)
         (out / MANIFEST).write_text(json.dumps({k: v for k, v in result.items() if k != "folder"}, indent=2))
     return result
 
