@@ -135,11 +135,7 @@ def test_sweep_presets_and_cli(default_ws, small_sae, setup):
     lm, sae, f, mx = setup
     cfg = SteerConfig(features=[[f, 1.0]], prompt=PROMPT, max_tokens=6)
     rows = sweep(default_ws, small_sae, cfg, [0.0, 15 * mx])
-    assert (
-        [r.strength for r in rows] == [0.0, 15 * mx]
-        and rows[0].kl_mean == 0.0
-        and rows[1].kl_mean > 0
-    )
+    assert [r.strength for r in rows] == [0.0, 15 * mx] and rows[0].kl_mean == 0.0 and rows[1].kl_mean > 0
     name = default_ws.unique_name("steering_preset", "loud")
     save_preset(default_ws, name, small_sae, cfg)
     sae_id, back = load_preset(default_ws, name)
