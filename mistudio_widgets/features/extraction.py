@@ -39,6 +39,7 @@ from .feature_stats import (
     logit_lens,
 )
 from .library import FeatureError, _special, feature_acts, load_library_sae, model_for_sae, sae_hook
+from .schema import EXAMPLES, FEATURES
 from .store import (
     COACT_FILE,
     EXAMPLES_FILE,
@@ -365,7 +366,7 @@ def finalise(
                 "logit_max": pa.array(logit.high.numpy()),
             }
         )
-    _atomic_parquet(pa.table(cols), folder / FEATURES_FILE)
+    _atomic_parquet(FEATURES.table(cols), folder / FEATURES_FILE)
     _write_examples(folder, acc, tokens, cfg, maxv, q_edges.numpy())
     _write_side_files(folder, s, cfg, freq)
     alive = int((count > 0).sum())
@@ -507,7 +508,7 @@ def _examples_table(parts: list[dict[str, np.ndarray]], tokens: np.ndarray, W: i
     order = np.lexsort((cols["rank"], cols["group"], cols["kind"] == "quantile", cols["feature"]))
     cols = {k: v[order] for k, v in cols.items()}
     tok = tokens[cols["sequence"][:, None], cols["start"][:, None].astype(np.int64) + np.arange(W)[None, :]]
-    return pa.table(
+    return EXAMPLES.table(
         {
             "feature": cols["feature"],
             "kind": pa.array(cols["kind"].astype(str)),
@@ -519,5 +520,6 @@ def _examples_table(parts: list[dict[str, np.ndarray]], tokens: np.ndarray, W: i
             "peak": cols["peak"],
             "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tok.reshape(-1).astype(np.int32)), W),
             "values": pa.FixedSizeListArray.from_arrays(pa.array(cols["values"].reshape(-1)), W),
-        }
+        },
+        width=W,
     )

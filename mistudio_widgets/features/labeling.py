@@ -34,6 +34,7 @@ from .lm_explainer import (  # noqa: F401  (the explainer API, importable from h
     template_id,
 )
 from .prompt import DENSE_THRESHOLD
+from .schema import FEATURES
 from .store import FEATURES_FILE, check_feature_index, feature_detail, read_parquet, require_extraction
 
 PROGRESS_EVERY = 256  # features between progress events of the statistical pass
@@ -97,7 +98,7 @@ class LabelRun:
 
 def _live(ws: Workspace, ext) -> np.ndarray:
 
-    return read_parquet(ext.path / FEATURES_FILE, columns=["frequency"]).column(0).to_numpy()
+    return read_parquet(ext.path / FEATURES_FILE, columns=FEATURES.cols("frequency")).column(0).to_numpy()
 
 
 def _logits(ext, feats: list[int]) -> dict[int, tuple[list[str], list[float]]]:
@@ -105,7 +106,7 @@ def _logits(ext, feats: list[int]) -> dict[int, tuple[list[str], list[float]]]:
     path = ext.path / FEATURES_FILE
     if "top_logit_tokens" not in read_parquet(path, schema_only=True).names:
         return {}
-    t = read_parquet(path, columns=["top_logit_tokens", "top_logit_values"])
+    t = read_parquet(path, columns=FEATURES.cols("top_logit_tokens", "top_logit_values"))
     toks, vals = t.column(0).to_pylist(), t.column(1).to_pylist()
     return {f: (toks[f][:5], vals[f][:5]) for f in feats}
 

@@ -15,6 +15,7 @@ import torch
 
 from ..core.workspace import Artifact, Workspace
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
+from .schema import FEATURES
 from .store import _token_text, latest_extraction, read_parquet, shown_labels, vocab_strings
 
 DENSE_THRESHOLD = 0.1  # features firing on more than this share of extraction tokens are left out
@@ -51,7 +52,7 @@ def _reference(ws: Workspace, sae_art: Artifact) -> tuple[np.ndarray | None, np.
     ext = latest_extraction(ws, sae_art)
     if ext is None:
         return None, None, None
-    t = read_parquet(ext.folder / FEATURES_FILE, columns=["max", "frequency"])
+    t = read_parquet(ext.folder / FEATURES_FILE, columns=FEATURES.cols("max", "frequency"))
     return (
         t.column("max").to_numpy().astype(np.float32),
         t.column("frequency").to_numpy().astype(np.float32),

@@ -1,5 +1,6 @@
-"""What an extraction leaves on disk (the Parquet schema and file names) and every reader of it:
-feature columns for browsing, one feature's detail, co-activation, labels, search and the feature map."""
+"""What an extraction leaves on disk (the file names; the Parquet columns are declared in ``schema``)
+and every reader of it: feature columns for browsing, one feature's detail, co-activation, labels,
+search and the feature map."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..core.errors import ArtifactNotFound
 from ..core.jobs import Status
 from ..core.workspace import Artifact, Workspace
 from .library import FeatureError, load_library_sae
+from .schema import EXAMPLES, FEATURES
 
 KIND = "extraction"
 JUDGE_NOTE = (
@@ -23,9 +25,8 @@ JUDGE_NOTE = (
     "read them as noise, or score by simulation or with a bigger model through an endpoint."
 )
 HIST_BINS, LOGIT_HIST_BINS = 50, 30
-FEATURES_FILE, EXAMPLES_FILE, COACT_FILE, SPARSITY_FILE, STATE_FILE = (
-    "features.parquet",
-    "examples.parquet",
+FEATURES_FILE, EXAMPLES_FILE = FEATURES.file, EXAMPLES.file  # their columns: schema.py
+COACT_FILE, SPARSITY_FILE, STATE_FILE = (
     "coactivation.npz",
     "sparsity.safetensors",
     "state.pt",
@@ -211,7 +212,7 @@ def feature_columns(ws: Workspace, ext: str | Artifact) -> dict[str, np.ndarray]
     """The browsing columns of every feature: index, frequency, mean, max (numpy arrays)."""
 
     ext = require_extraction(ws, ext)
-    t = read_parquet(ext.folder / FEATURES_FILE, columns=["index", "frequency", "mean", "max"])
+    t = read_parquet(ext.folder / FEATURES_FILE, columns=FEATURES.cols("index", "frequency", "mean", "max"))
     return {k: t.column(k).to_numpy() for k in t.column_names}
 
 
@@ -385,7 +386,7 @@ def search(ws: Workspace, sae: str | Artifact, query: str, *, limit: int = 50) -
         ext is not None
         and "top_logit_tokens" in read_parquet(ext.folder / FEATURES_FILE, schema_only=True).names
     ):
-        t = read_parquet(ext.folder / FEATURES_FILE, columns=["index", "top_logit_tokens"])
+        t = read_parquet(ext.folder / FEATURES_FILE, columns=FEATURES.cols("index", "top_logit_tokens"))
         for i, toks in zip(t.column("index").to_pylist(), t.column("top_logit_tokens").to_pylist()):
             if any(q == tk.strip().lower() for tk in toks[:10]):
                 hits.setdefault(i, {"index": i, "match": "logits"})
