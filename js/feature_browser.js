@@ -190,7 +190,7 @@ function render({ model, el }) {
     const save = h("button", { text: "Save label", "data-testid": "fb-label-save", on: { click: () => send(model, "label", { index: d.index, label: labelIn.value }) } });
     const steer = h("button", { class: "secondary", text: "Steer with this", "data-testid": "fb-steer", on: { click: () => send(model, "steer", { index: d.index }) } });
     const coBtn = h("button", { class: "secondary", text: "Co-activation with neighbours", "data-testid": "fb-coact",
-      on: { click: () => send(model, "coact", { features: [d.index, ...d.neighbours.slice(0, 9).map((n) => n.index)] }) } });
+      on: { click: () => send(model, "coact", { features: [d.index, ...d.neighbours.map((n) => n.index)] }) } });
     // only a manual label or one scoring above chance on held-out texts titles the feature; otherwise the
     // newest automatic label is named as unverified, with its score, and the examples are the evidence
     const scoreText = (l) => { const sc = (l.meta && l.meta.scoring) || {};

@@ -208,6 +208,9 @@ def check_tab(page, frontend: str, theme: str, tab: str) -> None:
         expect(fb.get_by_test_id("fb-density").locator("rect.binbar").first).to_be_attached()
         fb.get_by_test_id("fb-coact").click()
         expect(fb.get_by_test_id("coact-heatmap")).to_be_visible()
+        # the grid holds the feature and every neighbour the page lists (it held 9 of 10)
+        n = fb.get_by_test_id("fb-neighbours").locator("button").count()
+        expect(fb.get_by_test_id("coact-col")).to_have_count(n + 1)
     wait_until_empty(page, EMPTY_CHARTS_JS, f"{tab}: charts on screen that draw no data")
     wait_until_empty(page, OVERFLOW_JS, f"{tab}: content wider than its box at {WIDTH} px")
     if tab in ("Training", "Features"):

@@ -189,3 +189,24 @@ def test_search_works_on_an_extraction_without_the_logit_lens(default_ws, small_
         assert (hit["index"], hit["match"]) == (2, "index")
     finally:
         default_ws.delete(w.id)
+
+
+def test_a_token_holding_part_of_a_character_is_shown_as_its_bytes(lm, default_ws, small_sae, extraction):
+    """Decoded alone, 314 tokens of the vocabulary read "\ufffd" (a lone byte of a longer character); the
+    feature page and the logit lens show their bytes, so that an emoji's two halves read as what they are."""
+    from mistudio_widgets.features.store import shown_vocab, vocab_strings
+
+    tok = lm.tokenizer
+    alone, shown = vocab_strings(tok), shown_vocab(tok)
+    broken = [i for i, t in enumerate(alone) if "\ufffd" in t]
+    assert len(broken) > 100 and sum("\ufffd" in shown[i] for i in broken) <= 1
+    ids = tok(" 😀", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 2 and "".join(shown[i] for i in ids) == " \\xf0\\x9f\\x98\\x80"
+    assert [shown[i] for i in tok("café", add_special_tokens=False)["input_ids"]] == ["c", "af", "é"]
+    lens = [
+        t
+        for i in range(8)
+        for side in ("positive", "negative")
+        for t in (feature_detail(default_ws, extraction, i).get("logits") or {}).get(side, [])
+    ]
+    assert lens and not any("\ufffd" in x["token"] for x in lens)

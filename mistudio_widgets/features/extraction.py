@@ -47,7 +47,7 @@ from .store import (
     KIND,
     SPARSITY_FILE,
     STATE_FILE,
-    vocab_strings,
+    shown_vocab,
 )
 
 
@@ -330,7 +330,7 @@ def finalise(
     W_dec = sae.W_dec.detach().float().cpu()
     logit = logit_lens(W_dec, lm, cfg.logits, progress)
     nb_i, nb_v = decoder_neighbours(W_dec, cfg.neighbours)
-    vocab = vocab_strings(lm.tokenizer)
+    vocab = shown_vocab(lm.tokenizer)
 
     def lists(t: torch.Tensor, typ):
         return pa.array(t.tolist(), type=pa.list_(typ))

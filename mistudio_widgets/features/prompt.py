@@ -16,7 +16,7 @@ import torch
 from ..core.workspace import Artifact, Workspace
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .schema import FEATURES
-from .store import _token_text, latest_extraction, read_parquet, shown_labels, vocab_strings
+from .store import _token_text, latest_extraction, read_parquet, shown_labels, shown_vocab
 
 DENSE_THRESHOLD = 0.1  # features firing on more than this share of extraction tokens are left out
 STEER_CANDIDATES = 10  # contrast: the best-aligned of this many top features is proposed for steering
@@ -69,7 +69,7 @@ class _Tester:
         self.hook = sae_hook(self.art, self.sae)
         self.maxv, self.freq, self.extraction = _reference(ws, self.art)
         self.labels = {f: r["label"] for f, r in shown_labels(ws, self.art).items()}
-        self.vocab = vocab_strings(self.lm.tokenizer)
+        self.vocab = shown_vocab(self.lm.tokenizer)
         self.bos = self.lm.tokenizer.bos_token_id
 
     def encode(self, text: str) -> list[int]:

@@ -39,7 +39,39 @@ def _vocab_strings(tokenizer) -> tuple[str, ...]:
 
 
 def vocab_strings(tokenizer) -> tuple[str, ...]:
+    """Each token id's text as the tokenizer decodes it alone (what the label explainer reads)."""
     return _vocab_strings(tokenizer)
+
+
+@lru_cache(maxsize=4)
+def shown_vocab(tokenizer) -> tuple[str, ...]:
+    """Each token id's text as a page shows it: a token holding part of a character (which decodes alone
+    to the replacement character "\ufffd") is shown as its bytes, e.g. "\\xe2\\x80", so that two such
+    tokens read as the different tokens they are."""
+    texts = list(_vocab_strings(tokenizer))
+    decode = _byte_decoder()
+    for i, text in enumerate(texts):
+        if "\ufffd" not in text:
+            continue
+        raw = str(tokenizer.convert_ids_to_tokens(i))
+        if raw and all(c in decode for c in raw):  # byte-level BPE (GPT-2, SmolLM, Llama 3, ...)
+            texts[i] = bytes(decode[c] for c in raw).decode("utf-8", "backslashreplace")
+        else:  # sentencepiece byte tokens read "<0xE2>" already
+            texts[i] = raw or text
+    return tuple(texts)
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's printable character for each byte, reversed (GPT-2's bytes_to_unicode)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +298,7 @@ def feature_detail(
     table = read_parquet(ext.folder / FEATURES_FILE)
     row = {k: v[0] for k, v in table.slice(index, 1).to_pydict().items()}
     ex = read_parquet(ext.folder / EXAMPLES_FILE, filters=[("feature", "=", index)])
-    vocab = vocab_strings(load_tokenizer(ws, ext.meta["model"]))
+    vocab = shown_vocab(load_tokenizer(ws, ext.meta["model"]))
     examples: dict[str, list] = {"top": [], "quantile": []}
     for r in ex.to_pylist():
         if max_examples is None or r["kind"] != "top" or r["rank"] < max_examples:
