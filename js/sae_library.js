@@ -1,6 +1,13 @@
 // SAELibrary: trained and imported SAEs with their final metrics; rename, delete, open in a tab;
 // import, export (SAELens / Neuronpedia) and compare two SAEs. All text goes in through textContent.
 
+// "blocks.10.hook_resid_post" -> "L10 resid_post": the layer and the kind of activation fit the column,
+// where a cut full name loses the part that tells resid_post from mlp_out (the full name is the title).
+function shortHook(hook) {
+  const m = /^blocks\.(\d+)\.hook_(.+)$/.exec(hook || "");
+  return m ? `L${m[1]} ${m[2]}` : hook || "";
+}
+
 function render({ model, el }) {
   const root = h("div", { class: "mistudio mistudio-sae-library", "data-testid": "sae-library" });
   const body = h("tbody");
@@ -60,20 +67,22 @@ function render({ model, el }) {
     body.replaceChildren();
     const saes = model.get("saes");
     for (const s of saes) {
-      const rename = h("button", { class: "secondary", text: "Rename", on: { click: () => {
-        const name = prompt("New name", s.name); if (name && name.trim()) send(model, "rename", { id: s.id, name: name.trim() }); } } });
-      const del = h("button", { class: "secondary", text: "Delete", on: { click: () => { if (confirm(`Delete ${s.name}?`)) send(model, "delete", { id: s.id }); } } });
       const feats = h("button", { class: "secondary", text: "Features", on: { click: () => send(model, "open", { id: s.id, target: "Features" }) } });
       const steer = h("button", { class: "secondary", text: "Steering", on: { click: () => send(model, "open", { id: s.id, target: "Steering" }) } });
-      const exp = h("button", { class: "secondary", text: "Export…", "data-testid": "lib-row-export", on: { click: () => {
-        exSae.value = s.id; exOut.value = ""; exOut.focus(); } } });
+      // the rarer actions in one menu, so that a row's buttons stay on one line
+      const more = h("select", { class: "secondary", title: "more actions", "data-testid": "lib-row-more", on: { change: () => {
+        const act = more.value; more.value = "";
+        if (act === "export") { exSae.value = s.id; exOut.value = ""; exOut.focus(); }
+        if (act === "rename") { const name = prompt("New name", s.name); if (name && name.trim()) send(model, "rename", { id: s.id, name: name.trim() }); }
+        if (act === "delete" && confirm(`Delete ${s.name}?`)) send(model, "delete", { id: s.id });
+      } } }, [["", "More…"], ["export", "Export…"], ["rename", "Rename…"], ["delete", "Delete…"]].map(([v, t]) => h("option", { value: v, text: t })));
       body.append(h("tr", { "data-name": s.name, title: s.path },
         h("td", { class: "cut", text: s.name, title: s.name }), h("td", { class: "cut", text: `${s.architecture}${s.k ? ` k=${s.k}` : ""}` }),
-        h("td", { class: "cut", text: s.hook, title: s.hook }),
+        h("td", { class: "cut", text: shortHook(s.hook), title: s.hook }),
         h("td", { text: fmtInt(s.d_sae) }), h("td", { text: fmtNum(s.explained_variance, 3) }), h("td", { text: fmtNum(s.l0, 1) }),
         h("td", { text: pct(s.dead_fraction) }), h("td", { text: fmtNum(s.ce_recovered, 3) }), h("td", { text: fmtInt(s.tokens) }),
         h("td", { class: "cut", text: s.source === "imported" ? `imported (${s.format})` : s.source }),
-        h("td", { class: "actions" }, h("span", { class: "row wrap" }, feats, steer, exp, rename, del))));
+        h("td", { class: "actions" }, h("span", { class: "row" }, feats, steer, more))));
     }
     if (!saes.length) body.append(h("tr", {}, h("td", { colspan: 11, class: "muted", text: "No SAEs yet: train one in the Training tab, or import one below." })));
     fillSelect(exSae, saes, saes.length - 1);

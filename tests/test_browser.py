@@ -483,8 +483,18 @@ def test_sae_library_imports_exports_and_compares_in_lab(page, lab, default_ws, 
     lib.get_by_test_id("lib-import-name").fill(name)
     lib.get_by_test_id("lib-import").click()
     expect(lib.get_by_test_id("message")).to_contain_text(f"Imported {name}: saelens")
-    expect(lib.locator(f'tr[data-name="{name}"]')).to_contain_text("imported (saelens)")
+    row = lib.locator(f'tr[data-name="{name}"]')
+    expect(row).to_contain_text("imported (saelens)")
     imported = default_ws.get(name, "sae").id
+    # the hook column keeps the part that tells resid_post from mlp_out, and a row's actions sit on one line
+    hook = default_ws.get(imported).meta["hook"]
+    layer, kind = hook.split(".")[1], hook.split(".hook_")[1]
+    expect(row.locator("td").nth(2)).to_have_text(f"L{layer} {kind}")
+    expect(row.locator("td").nth(2)).to_have_attribute("title", hook)
+    tops = row.locator("td.actions button, td.actions select").evaluate_all(
+        "(els) => els.map((e) => Math.round(e.getBoundingClientRect().top))"
+    )
+    assert len(tops) == 3 and max(tops) - min(tops) <= 4, tops
     # export the extracted SAE for Neuronpedia
     out = lab["root"] / f"np-{uuid.uuid4().hex[:6]}"
     lib.get_by_test_id("lib-export-sae").select_option(extracted_sae)
