@@ -282,6 +282,10 @@ def test_a_sweep_typed_in_the_configurator_trains_its_grid_and_the_pareto_view_o
     pareto = page.locator(".js-plotly-plot", has_text="explained variance vs L0")
     points = pareto.locator(".subplot.xy .scatterlayer .trace").first.locator("path.point")
     expect(points).to_have_count(4)
+    names = pareto.locator(".subplot.xy .scatterlayer .trace").first.locator(".textpoint text")
+    expect(names).to_have_count(4)  # each point carries its run's name
+    shown = [n.text_content() for n in names.all()]
+    assert len(set(shown)) == 4 and all(shown), shown
     points.first.scroll_into_view_if_needed()
     box = points.first.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)

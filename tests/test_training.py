@@ -461,6 +461,7 @@ def test_a_sweep_from_the_cli_trains_its_grid_and_the_monitor_draws_the_pareto_f
         assert monitor.pareto_box.layout.display != "none"
         ev = monitor.pareto.data[0]
         assert sorted(ev.customdata) == sorted(run.id for run in runs) and len(ev.x) == len(ev.y) == 4
+        assert sorted(ev.text) == sorted(run.name for run in runs) and "text" in ev.mode  # points named
         opened = []
         monitor.on_open = opened.append
         assert monitor.open_run(runs[3].id) == runs[3].meta["sae"] and opened == [runs[3].meta["sae"]]

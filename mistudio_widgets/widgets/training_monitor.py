@@ -113,9 +113,12 @@ def pareto_figure():
             go.Scatter(
                 x=[],
                 y=[],
-                mode="markers",
+                mode="markers+text",  # each point named by its run
+                textposition="top center",
+                textfont=dict(size=10),
+                cliponaxis=False,
                 marker=dict(size=11, color="#1976d2"),
-                hovertemplate="%{text}<br>L0 %{x:.1f}<br>%{y:.3f}<extra></extra>",
+                hovertemplate="%{hovertext}<br>L0 %{x:.1f}<br>%{y:.3f}<extra></extra>",
                 showlegend=False,
             ),
             row=1,
@@ -540,7 +543,8 @@ class TrainingMonitor(ipw.VBox):
                 keep = [i for i, p in enumerate(pts) if p[key] is not None]
                 tr.x = [pts[i]["l0"] for i in keep]
                 tr.y = [pts[i][key] for i in keep]
-                tr.text = [text[i] for i in keep]
+                tr.text = [pts[i]["name"] for i in keep]
+                tr.hovertext = [text[i] for i in keep]
                 tr.customdata = [pts[i]["run"] for i in keep]
                 tr.marker.symbol = ["circle" if pts[i]["done"] else "circle-open" for i in keep]
         publish(self.pareto)
