@@ -281,12 +281,21 @@ function render({ model, el }) {
         ...p.texts.map((r) => h("div", { class: "row" }, h("span", { class: "muted", text: "text" }), tokenLine(r.tokens, r.values[String(chosen)], peak))),
         ...p.contrast.map((r) => h("div", { class: "row" }, h("span", { class: "muted", text: "contrast" }), tokenLine(r.tokens, r.values[String(chosen)], peak))));
     };
-    const rows = p.features.map((f) => h("tr", { "data-index": f.index, on: { click: () => { chosen = f.index; drawSides(); } } },
+    // the alignment column: the cosine between the feature's decoder row and the shift of the hook's activations
+    // from the contrast to the text; the best aligned of the top rows (★) is the one to steer with, which is not
+    // always the best detector
+    const best = p.steer_with;
+    const rows = p.features.map((f) => h("tr", { "data-index": f.index, class: f.index === best ? "best" : "", on: { click: () => { chosen = f.index; drawSides(); } } },
       h("td", {}, h("button", { class: "link", text: String(f.index), on: { click: (e) => { e.stopPropagation(); open(f.index); } } })),
       h("td", { class: "num", text: f.score.toFixed(2) }), h("td", { class: "num", text: `${pct(f.rate)} / ${pct(f.rate_contrast)}` }),
-      h("td", { class: "num", text: `${pct(f.relative)} / ${pct(f.relative_contrast)}` }), h("td", { text: labelOf(f) })));
-    promptOut.append(h("table", { class: "table", "data-testid": "fb-contrast-table" },
-      h("tr", {}, ["feature", "score", "fires on text / contrast", "mean activation (of max)", "label"].map((x) => h("th", { text: x }))), rows), sides);
+      h("td", { class: "num", text: `${pct(f.relative)} / ${pct(f.relative_contrast)}` }),
+      h("td", { class: "num", "data-testid": "fb-alignment", text: f.alignment.toFixed(2) }),
+      h("td", {}, f.index === best ? h("button", { class: "link", text: "★ steer with this", "data-testid": "fb-steer-best",
+        title: "its decoder direction is the best aligned with the shift from the contrast to the text",
+        on: { click: (e) => { e.stopPropagation(); send(model, "steer", { index: f.index }); } } }) : ""),
+      h("td", { text: labelOf(f) })));
+    promptOut.append(h("div", { class: "table-scroll" }, h("table", { class: "table", "data-testid": "fb-contrast-table" },
+      h("tr", {}, ["feature", "score", "fires on text / contrast", "mean activation (of max)", "aligned", "steer", "label"].map((x) => h("th", { text: x }))), rows)), sides);
     drawSides();
   };
 

@@ -610,7 +610,8 @@ def test_a_shouting_feature_is_found_and_steered_from_the_page(page, lab, defaul
     from mistudio_widgets.cli.demo import SHOUTS, uppercase_share
     from mistudio_widgets.features import contrast
 
-    best = contrast(default_ws, demo_sae, SHOUTS)["features"][0]["index"]
+    found = contrast(default_ws, demo_sae, SHOUTS)
+    best, steer_with = found["features"][0]["index"], found["steer_with"]
     open_and_run(
         page,
         lab,
@@ -628,6 +629,12 @@ def test_a_shouting_feature_is_found_and_steered_from_the_page(page, lab, defaul
     fb.get_by_test_id("fb-prompt-go").click()
     table = fb.get_by_test_id("fb-contrast-table")
     expect(table.locator("tr[data-index]").first).to_have_attribute("data-index", str(best))
+    # the alignment column, and the row to steer with marked (the best aligned, not always the top scorer)
+    expect(table.get_by_test_id("fb-alignment")).to_have_count(len(found["features"]))
+    marked = table.locator("tr.best")
+    expect(marked).to_have_count(1)
+    expect(marked).to_have_attribute("data-index", str(steer_with))
+    expect(marked.get_by_test_id("fb-steer-best")).to_be_visible()
     expect(fb.get_by_test_id("fb-contrast-tokens")).to_contain_text("contrast")
     pane = page.get_by_test_id("steering-pane")
     pane.scroll_into_view_if_needed()
