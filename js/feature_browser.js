@@ -10,18 +10,56 @@ function columnsOf(model) {
   return { frequency: new Float32Array(buf, 0, n), mean: new Float32Array(buf, 4 * n, n), max: new Float32Array(buf, 8 * n, n) };
 }
 
-// Token spans coloured by value (relative to `peak`); the value shows on hover. Text goes in as textContent.
+// Token spans coloured by value (relative to `peak`); hovering a token shows its value in the page's tip
+// (see tipFor). Text goes in as textContent.
+function tokSpan(t, v, peak, cls) {
+  const a = peak > 0 ? Math.max(0, Math.min(v / peak, 1)) : 0;
+  const span = h("span", { class: "ftok" + cls, "data-tip": `${JSON.stringify(t)}  ${v.toFixed(3)}${peak > 0 ? ` (${(100 * v / peak).toFixed(0)}% of max)` : ""}`,
+                          "data-value": v.toFixed(4), style: { background: a > 0 ? `rgba(255, 120, 0, ${(0.12 + 0.78 * a).toFixed(3)})` : "" } });
+  span.textContent = t.replace(/\n/g, "⏎");
+  return span;
+}
+
 function tokenLine(tokens, values, peak, { mark = -1, onClick = null } = {}) {
   const line = h("div", { class: "fb-tokens" });
   tokens.forEach((t, i) => {
-    const v = values[i] || 0, a = peak > 0 ? Math.max(0, Math.min(v / peak, 1)) : 0;
-    const span = h("span", { class: "ftok" + (i === mark ? " peak" : ""), title: `${JSON.stringify(t)}: ${v.toFixed(3)}`,
-                              "data-value": v.toFixed(4), style: { background: a > 0 ? `rgba(255, 120, 0, ${(0.12 + 0.78 * a).toFixed(3)})` : "" } });
-    span.textContent = t.replace(/\n/g, "⏎");
+    const span = tokSpan(t, values[i] || 0, peak, i === mark ? " peak" : "");
     if (onClick) span.addEventListener("click", () => onClick(i));
     line.append(span);
   });
   return line;
+}
+
+// An example window centred on its peak token (the peaks of a feature's examples line up in one column),
+// showing RADIUS tokens either side; a click shows the whole stored window, wrapped, and another folds it.
+const RADIUS = 8;
+function exampleLine(tokens, values, peak, mark) {
+  const line = h("div", { class: "fb-tokens centred collapsed", "data-testid": "fb-example-line", title: "click to show the whole window" });
+  const before = h("span", { class: "before" }), at = h("span", { class: "at" }), after = h("span", { class: "after" });
+  tokens.forEach((t, i) => {
+    const far = Math.abs(i - mark) > RADIUS ? " far" : "";
+    (i < mark ? before : i === mark ? at : after).append(tokSpan(t, values[i] || 0, peak, (i === mark ? " peak" : "") + far));
+  });
+  line.append(before, at, after);
+  line.addEventListener("click", () => line.classList.toggle("collapsed"));
+  return line;
+}
+
+// One tip per widget for the token under the pointer: styled like the page (a native title is slow, small
+// and unstyled), placed under the token inside the widget's own box.
+function tipFor(root) {
+  const tip = h("div", { class: "fb-tip", "data-testid": "fb-tip" });
+  root.append(tip);
+  root.addEventListener("mouseover", (e) => {
+    const t = e.target.closest && e.target.closest(".ftok[data-tip]");
+    if (!t) { tip.style.display = "none"; return; }
+    const r = t.getBoundingClientRect(), o = root.getBoundingClientRect();
+    tip.textContent = t.dataset.tip;
+    tip.style.display = "block";
+    tip.style.left = `${Math.max(0, r.left - o.left)}px`;
+    tip.style.top = `${r.bottom - o.top + 4}px`;
+  });
+  root.addEventListener("mouseleave", () => { tip.style.display = "none"; });
 }
 
 // Correlation heatmap of a set of features: column labels slanted so they never run together, a colour
@@ -135,6 +173,7 @@ function render({ model, el }) {
         field("leave out features firing on more than (share of tokens) ", denseIn), promptBtn), promptOut),
     labelPanel, statusBar(model));
   el.append(root);
+  tipFor(root);
   reportTheme(model, root);
 
   let cols = null, order = [], globalMax = 0, histLog = false;
@@ -227,11 +266,11 @@ function render({ model, el }) {
     const co = model.get("coact") || {};
     if (co.features && co.features[0] === d.index) detail.append(heatmap(co, open));
     const ex = h("div", { class: "examples", "data-testid": "fb-examples" }, h("div", { class: "muted", text: "top activations" }));
-    for (const e of d.examples) ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), tokenLine(e.tokens, e.values, d.max, { mark: e.peak })));
+    for (const e of d.examples) ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), exampleLine(e.tokens, e.values, d.max, e.peak)));
     for (const g of d.quantile_examples) {
       if (!g.examples.length) continue;
       ex.append(h("div", { class: "muted", text: `activations ${g.range[0].toFixed(2)}–${g.range[1].toFixed(2)}${g.share ? ` (${(100 * g.share).toFixed(0)}% of firings)` : ""}` }));
-      for (const e of g.examples) ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), tokenLine(e.tokens, e.values, d.max, { mark: e.peak })));
+      for (const e of g.examples) ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), exampleLine(e.tokens, e.values, d.max, e.peak)));
     }
     detail.append(ex);
     if (d.labels && d.labels.length) {

@@ -358,7 +358,27 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     fb.locator(f'[data-testid="feature-row"][data-index="{busiest}"]').click()
     expect(fb.get_by_test_id("fb-title")).to_contain_text(f"Feature {busiest}")
     peak = fb.get_by_test_id("fb-examples").locator(".ftok.peak").first
-    expect(peak).to_have_attribute("title", re.compile(r": \d+\.\d{3}$"))
+    expect(peak).to_have_attribute("data-tip", re.compile(r"  \d+\.\d{3} \(\d+% of max\)$"))
+    peak.hover()  # the value shows in the page's own tip, under the token
+    expect(fb.get_by_test_id("fb-tip")).to_be_visible()
+    expect(fb.get_by_test_id("fb-tip")).to_have_text(peak.get_attribute("data-tip"))
+    # examples are centred on their peak token: the peaks of the first two line up in one column
+    centres = (
+        fb.get_by_test_id("fb-examples")
+        .locator(".ftok.peak")
+        .evaluate_all(
+            "(els) => els.slice(0, 2).map((e) => e.getBoundingClientRect()).map((r) => r.left + r.width / 2)"
+        )
+    )
+    assert len(centres) == 2 and abs(centres[0] - centres[1]) <= 2, centres
+    # a window shows 8 tokens either side of its peak; a click shows the whole window
+    line = fb.get_by_test_id("fb-example-line").first
+    far = line.locator(".ftok.far")  # the stored window is 25 tokens: some lie farther than 8 from the peak
+    expect(far.first).to_be_hidden()
+    line.click()
+    expect(far.first).to_be_visible()
+    line.click()
+    expect(far.first).to_be_hidden()
     # a label with markup is shown as text, never run
     hostile = '<img src=x onerror="window.__pwned=1">loud'
     fb.get_by_test_id("fb-label-input").fill(hostile)
