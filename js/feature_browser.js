@@ -273,6 +273,19 @@ function render({ model, el }) {
       for (const e of g.examples) ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), exampleLine(e.tokens, e.values, d.max, e.peak)));
     }
     detail.append(ex);
+    // the test box: this feature on a text the user types
+    const tryIn = h("input", { type: "text", placeholder: "test this feature on a text…", "data-testid": "fb-try-text", style: { minWidth: "320px" } });
+    const tryGo = h("button", { class: "secondary", text: "Test", "data-testid": "fb-try", on: { click: () => tryIn.value.trim() && send(model, "try", { index: d.index, text: tryIn.value }) } });
+    tryIn.addEventListener("keydown", (e) => { if (e.key === "Enter") tryGo.click(); });
+    const tr = model.get("trial") || {};
+    const tryOut = h("div", { "data-testid": "fb-try-out" });
+    if (tr.index === d.index && tr.tokens) {
+      tryIn.value = tr.text;
+      const mx = tr.max || Math.max(tr.peak, 1e-9);
+      tryOut.append(h("div", { class: "muted", text: `peak ${tr.peak.toFixed(3)}${tr.relative_peak !== null ? ` (${(100 * tr.relative_peak).toFixed(0)}% of its maximum over the extraction)` : ""}` }),
+        tokenLine(tr.tokens, tr.values, mx, { mark: tr.values.indexOf(tr.peak) }));
+    }
+    detail.append(h("div", { class: "row" }, tryIn, tryGo), tryOut);
     if (d.labels && d.labels.length) {
       detail.append(h("div", { class: "muted", text: "label history" }), h("ul", { "data-testid": "fb-label-history" },
         d.labels.map((l) => {
@@ -355,6 +368,7 @@ function render({ model, el }) {
   model.on("change:labels", () => { rebuild(); drawPrompt(); });
   model.on("change:detail", () => { drawDetail(); drawRows(); });
   model.on("change:coact", drawDetail);
+  model.on("change:trial", drawDetail);
   model.on("change:prompt", drawPrompt);
   model.on("change:saes", drawHeader);
   model.on("change:sae", drawHeader);

@@ -379,6 +379,11 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     expect(far.first).to_be_visible()
     line.click()
     expect(far.first).to_be_hidden()
+    # the test box: this feature on a typed text, token by token
+    fb.get_by_test_id("fb-try-text").fill("The rain in Spain stays mainly in the plain.")
+    fb.get_by_test_id("fb-try").click()
+    expect(fb.get_by_test_id("fb-try-out")).to_contain_text("peak")
+    expect(fb.get_by_test_id("fb-try-out").locator(".ftok", has_text="Spain")).to_be_visible()
     # a label with markup is shown as text, never run
     hostile = '<img src=x onerror="window.__pwned=1">loud'
     fb.get_by_test_id("fb-label-input").fill(hostile)

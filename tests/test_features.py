@@ -210,3 +210,21 @@ def test_a_token_holding_part_of_a_character_is_shown_as_its_bytes(lm, default_w
         for t in (feature_detail(default_ws, extraction, i).get("logits") or {}).get(side, [])
     ]
     assert lens and not any("\ufffd" in x["token"] for x in lens)
+
+
+def test_a_feature_tried_on_a_typed_text_reads_as_the_prompt_tester_does(default_ws, small_sae, extraction):
+    """The feature page's test box: one feature's activation at each token of a text, the same values the
+    prompt tester finds for it, with its peak relative to the feature's extraction maximum."""
+    from mistudio_widgets.features import fire, try_feature
+
+    text = "The quick brown fox jumps over the lazy dog."
+    fired = fire(default_ws, small_sae, text)
+    f = fired["features"][0]["index"]
+    got = try_feature(default_ws, small_sae, f, text)
+    assert got["tokens"] == fired["tokens"] and got["values"] == pytest.approx(fired["values"][f])
+    mx = float(feature_columns(default_ws, extraction)["max"][f])
+    assert got["peak"] == max(got["values"]) > 0 and got["relative_peak"] == pytest.approx(got["peak"] / mx)
+    with pytest.raises(FeatureError, match="empty"):
+        try_feature(default_ws, small_sae, f, "  ")
+    with pytest.raises(FeatureError, match="out of range"):
+        try_feature(default_ws, small_sae, 10**6, text)

@@ -4,7 +4,7 @@
 
 from .extraction import Accumulator, extract, finalise
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
-from .prompt import DENSE_THRESHOLD, contrast, fire, ordinary_case
+from .prompt import DENSE_THRESHOLD, contrast, fire, ordinary_case, try_feature
 from .store import (
     COACT_FILE,
     EXAMPLES_FILE,
@@ -36,6 +36,7 @@ __all__ = [
     "feature_columns",
     "feature_detail",
     "fire",
+    "try_feature",
     "contrast",
     "search",
     "coactivation",

@@ -16,7 +16,14 @@ import torch
 from ..core.workspace import Artifact, Workspace
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .schema import FEATURES
-from .store import _token_text, latest_extraction, read_parquet, shown_labels, shown_vocab
+from .store import (
+    _token_text,
+    check_feature_index,
+    latest_extraction,
+    read_parquet,
+    shown_labels,
+    shown_vocab,
+)
 
 DENSE_THRESHOLD = 0.1  # features firing on more than this share of extraction tokens are left out
 STEER_CANDIDATES = 10  # contrast: the best-aligned of this many top features is proposed for steering
@@ -109,6 +116,30 @@ class _Tester:
         if self.freq is None:
             return torch.zeros(self.sae.spec.d_sae, dtype=torch.bool)
         return torch.from_numpy(self.freq) > threshold
+
+
+def try_feature(
+    ws: Workspace, sae: str | Artifact, index: int, text: str, *, model: str | None = None
+) -> dict[str, Any]:
+    """One feature on a text the user types (the feature page's test box): its activation at each token,
+    its peak, and the peak relative to the feature's maximum over the extraction (None without one)."""
+    if not isinstance(text, str) or not text.strip():
+        raise FeatureError("The text is empty.", "type some text to test the feature on.")
+    t = _Tester(ws, sae, model)
+    index = check_feature_index(ws, t.art, index)
+    ids, A = t.acts(text)
+    values = A[:, index].tolist()
+    peak = max(values, default=0.0)
+    mx = float(t.maxv[index]) if t.maxv is not None else None
+    return {
+        "index": index,
+        "text": text,
+        "tokens": _token_text(t.vocab, ids),
+        "values": values,
+        "peak": peak,
+        "max": mx,
+        "relative_peak": peak / mx if mx else None,
+    }
 
 
 def fire(

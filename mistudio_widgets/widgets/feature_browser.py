@@ -33,6 +33,7 @@ class FeatureBrowser(EngineWidget):
     detail = t.Dict().tag(sync=True)  # the open feature
     prompt = t.Dict().tag(sync=True)  # the prompt tester's last answer
     coact = t.Dict().tag(sync=True)  # co-activation of a chosen set
+    trial = t.Dict().tag(sync=True)  # the open feature on a text typed on its page (features.try_feature)
     steer_request = t.Dict().tag(sync=True)  # {sae, index}: "steer with this" (the Studio follows it)
     label_settings = t.Dict().tag(sync=True)  # LabelConfig fields (never an API key)
 
@@ -175,6 +176,16 @@ class FeatureBrowser(EngineWidget):
 
     def action_steer(self, index: int) -> None:
         self.steer_request = {"sae": self.sae, "index": int(index)}
+
+    @background
+    def action_try(self, index: int, text: str, progress=None):
+        """The open feature's activation at each token of ``text`` (the feature page's test box)."""
+        res = fx.try_feature(self.workspace, self.sae, int(index), str(text))
+
+        def apply() -> None:
+            self.trial = res
+
+        return apply
 
     @background
     def action_fire(
