@@ -202,7 +202,38 @@ def test_feature_browser_and_map_from_the_kernel(default_ws):
     fb.action_coact(features=[busiest, 1, 2])
     assert len(fb.coact["correlation"]) == 3
     fm = FeatureMap(fb)
-    assert len(fm.figure.data[0].x) == 576
+    assert len(fm.figure.data[0].x) == 576 and fm.shown_layout == "pca"
+    # UMAP: computed in a thread while the PCA map stays; then drawn, and features that write alike (decoder
+    # cosine) sit closer than on the PCA map
+    import time
+
+    from mistudio_widgets import features as fx
+
+    ext = fb.extraction["id"]
+    fm.layout_picker.value = "umap"
+    assert fm.shown_layout == "pca" and "computing the UMAP map" in fm.status.value
+    deadline = time.monotonic() + 300
+    while fm.shown_layout != "umap" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert fm.shown_layout == "umap" and "UMAP" in fm.figure.layout.title.text
+    assert len(fm.figure.data[0].x) == 576 and fm.status.value == ""
+
+    def neighbour_distance(layout: str) -> float:
+        m = fx.feature_map(default_ws, fb.sae, layout)
+        xy = np.stack([m["x"], m["y"]], 1)
+        xy = (xy - xy.mean(0)) / xy.std(0)
+        nb = [
+            (i, n["index"])
+            for i in range(40)
+            for n in fx.feature_detail(default_ws, ext, i)["neighbours"][:3]
+        ]
+        return float(np.mean([np.linalg.norm(xy[a] - xy[b]) for a, b in nb]))
+
+    assert neighbour_distance("umap") < neighbour_distance("pca")
+    # coloured by label group: the labelled feature's group, the unlabelled in one grey group
+    fm.colour_picker.value = "label"
+    names = [tr.name for tr in fm.figure.data]
+    assert names[-1].startswith("unlabelled") and sum(len(tr.x) for tr in fm.figure.data) == 576
     fm._clicked(fm.figure.data[0], type("Points", (), {"point_inds": [7]})(), None)  # as plotly calls it
     assert fb.detail["index"] == 7
     fb.show(busiest)

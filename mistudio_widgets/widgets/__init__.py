@@ -1,7 +1,8 @@
 """The widgets: thin views over the engine (anywidget front ends in js/)."""
 
 from .dataset_picker import DatasetPicker
-from .feature_browser import FeatureBrowser, FeatureMap
+from .feature_browser import FeatureBrowser
+from .feature_map import FeatureMap
 from .model_picker import ModelPicker
 from .sae_library import SAELibrary
 from .steering_pane import SteeringPane

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import ipywidgets as ipw
 import numpy as np
 import traitlets as t
 
 from .. import features as fx
 from ..core.configs import ExtractConfig, LabelConfig, from_dict, to_dict
 from .base import EngineWidget, background, esm
-from .plots import apply_theme, figure_widget, publish
 
 COLUMNS = ("frequency", "mean", "max")  # packed in this order into ``columns``
 
@@ -297,92 +295,6 @@ class FeatureBrowser(EngineWidget):
             self.message = f"Extracted {ext.meta['summary']['tokens']:,} tokens."
 
         return apply
-
-
-class FeatureMap(ipw.VBox):
-    """The SAE's decoder directions projected to 2-D (PCA), coloured by firing frequency (log10) or by
-    whether a feature has a label (two groups with a legend); clicking a point opens that feature in
-    ``browser``. The figure follows the page's theme and reaches late front ends whole (Voila)."""
-
-    def __init__(self, browser: FeatureBrowser, colour: str = "frequency", **kw: Any):
-
-        self.browser, self.colour = browser, colour
-        self.figure = figure_widget(
-            layout=dict(
-                height=380,
-                autosize=True,
-                margin=dict(l=40, r=10, t=40, b=30),
-                title=dict(text="feature map (decoder directions, PCA)", font=dict(size=13)),
-                dragmode="pan",
-                legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
-            )
-        )
-        self.colour_picker = ipw.ToggleButtons(
-            options=[("frequency", "frequency"), ("labelled", "label")], value=colour
-        )
-        self.colour_picker.observe(lambda ch: self.draw(), "value")
-        super().__init__(children=[self.colour_picker, self.figure], layout=ipw.Layout(width="100%"), **kw)
-        self.add_class("mistudio-feature-map")
-        browser.observe(lambda ch: self.draw(), names=["extraction", "labels"])
-        browser.observe(lambda ch: apply_theme(self.figure, browser.theme), names=["theme"])
-        apply_theme(self.figure, browser.theme)
-        self.draw()
-
-    def draw(self) -> None:
-        import plotly.graph_objects as go
-
-        b = self.browser
-        with self.figure.batch_update():
-            self.figure.data = ()
-            if not b.sae:
-                publish(self.figure)
-                return
-            xy = fx.feature_map(b.workspace, b.sae)
-            n = len(xy["x"])
-            x, y = np.asarray(xy["x"]), np.asarray(xy["y"])
-            if b.columns:
-                freq = np.frombuffer(b.columns, dtype="<f4").reshape(len(COLUMNS), -1)[0]
-            else:
-                freq = np.zeros(n)
-            kind = go.Scattergl if n > 20000 else go.Scatter  # SVG draws everywhere; WebGL only for huge SAEs
-            text = [
-                f"feature {i}: {b.labels.get(str(i), '')} (fires on {100 * freq[i]:.3f}%)" for i in range(n)
-            ]
-            if self.colour_picker.value == "label":
-                labelled = np.array([str(i) in b.labels for i in range(n)], dtype=bool)
-                groups = [("unlabelled", ~labelled, "#9e9e9e", 4), ("labelled", labelled, "#f57c00", 7)]
-            else:
-                groups = [("features", np.ones(n, dtype=bool), "", 4)]  # "": coloured by frequency
-            for name, mask, colour, size in groups:
-                idx = np.nonzero(mask)[0]
-                marker = dict(size=size, color=colour)
-                if not colour:
-                    marker.update(
-                        color=np.log10(freq[idx] + 1e-7).tolist(),
-                        colorscale="Viridis",
-                        showscale=True,
-                        colorbar=dict(title=dict(text="log10 freq"), thickness=12),
-                    )
-                self.figure.add_trace(
-                    kind(
-                        x=x[idx].tolist(),
-                        y=y[idx].tolist(),
-                        mode="markers",
-                        name=f"{name} ({len(idx):,})",
-                        text=[text[i] for i in idx],
-                        customdata=idx.tolist(),
-                        hoverinfo="text",
-                        marker=marker,
-                        showlegend=len(groups) > 1,
-                    )
-                )
-        for tr in self.figure.data:
-            tr.on_click(self._clicked)
-        publish(self.figure)
-
-    def _clicked(self, trace, points, _state) -> None:
-        if points.point_inds:
-            self.browser.show(int(trace.customdata[points.point_inds[0]]))
 
 
 def _shown(ws, sae: str) -> dict[str, str]:

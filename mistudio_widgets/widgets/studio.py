@@ -9,7 +9,8 @@ import ipywidgets as ipw
 
 from ..core.workspace import Workspace
 from .dataset_picker import DatasetPicker
-from .feature_browser import FeatureBrowser, FeatureMap
+from .feature_browser import FeatureBrowser
+from .feature_map import FeatureMap
 from .model_picker import ModelPicker
 from .sae_library import SAELibrary
 from .steering_pane import SteeringPane
