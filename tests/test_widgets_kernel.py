@@ -122,6 +122,18 @@ def test_monitor_reattaches_from_the_catalog_and_library_manages_saes(default_ws
     )  # as after a kernel restart: only the catalog is read
     loss = next(tr for tr in mon.figure.data if list(tr.meta) == [res.run_id, "loss", "train"])
     assert list(loss.x) == [1, 2, 3] and all(v > 0 for v in loss.y)
+    # the x axis in tokens or in seconds of training (harvests included), as recorded at each step
+    rows = default_ws.metrics(res.run_id, "train")
+    mon.x_axis.value = "tokens"
+    loss = next(tr for tr in mon.figure.data if list(tr.meta) == [res.run_id, "loss", "train"])
+    assert list(loss.x) == [256, 512, 768] == [r["tokens"] for r in rows]
+    mon.x_axis.value = "elapsed_s"
+    loss = next(tr for tr in mon.figure.data if list(tr.meta) == [res.run_id, "loss", "train"])
+    assert list(loss.x) == [r["elapsed_s"] for r in rows] and 0 < loss.x[0] < loss.x[1] < loss.x[2]
+    assert mon.figure.layout.xaxis.title.text == "seconds" or any(
+        ax.title.text == "seconds" for ax in mon.figure.select_xaxes()
+    )
+    mon.x_axis.value = "step"
     # a top-k SAE's L0 is k at every step: no L0 panel, no one-bar histogram
     assert {tr.meta[1] for tr in mon.figure.data} == {p.metric for p in mon.panels}
     assert not {"l0", "l0_histogram"} & {p.metric for p in mon.panels}
@@ -314,7 +326,7 @@ def test_smoothing_follows_a_falling_loss_to_its_end():
     average ends above a falling loss), and noise around a falling trend is smoothed towards the trend."""
     import numpy as np
 
-    from mistudio_widgets.widgets.training_monitor import smooth
+    from mistudio_widgets.widgets.training_charts import smooth
 
     line = [100.0 - 2 * i for i in range(40)]
     assert np.allclose(smooth(line, 0.9), line)
@@ -323,3 +335,49 @@ def test_smoothing_follows_a_falling_loss_to_its_end():
     trend = [100.0 - i for i in range(60)]
     assert max(abs(a - b) for a, b in zip(out, trend)) < 2.5 < max(abs(a - b) for a, b in zip(noisy, trend))
     assert smooth(noisy, 0.0) == noisy and smooth([3.0, 1.0], 0.9) == [3.0, 1.0]
+
+
+def test_the_monitor_says_a_new_run_is_harvesting_and_fades_the_runs_not_training(default_ws):
+    """While a new run harvests activations before its first step, the charts show only older runs' curves:
+    those are faded and dotted, and a note says the new run is harvesting (they were taken for it)."""
+    import time
+
+    from mistudio_widgets.core.configs import TrainConfig
+    from mistudio_widgets.train.training import train
+    from mistudio_widgets.widgets import TrainingConfigurator, TrainingMonitor
+
+    small = dict(
+        steps=3,
+        batch_tokens=256,
+        chunk_sequences=24,
+        eval_sequences=4,
+        eval_every=0,
+        log_every=1,
+        checkpoint_every=0,
+        expansion_factor=2,
+        k=8,
+    )
+    old = train(default_ws, TrainConfig(**small, name=default_ws.unique_name("run", "monitor-old")))
+    mon = TrainingMonitor(default_ws, runs=[old.run_id])
+    conf = TrainingConfigurator(default_ws, monitor=mon)
+    conf.values = {**conf.values, **small, "name": default_ws.unique_name("run", "monitor-new")}
+    job = conf.start()
+    job.pause()  # held at its first harvest batch: no step yet
+    deadline = time.monotonic() + 120
+    while not mon._live() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        mon._draw_charts()
+        notes = [a.text for a in mon.figure.layout.annotations if a.name == "harvest"]
+        assert len(notes) == 1 and "harvesting activations" in notes[0], notes
+        loss = next(tr for tr in mon.figure.data if list(tr.meta) == [old.run_id, "loss", "train"])
+        assert loss.opacity == 0.35 and loss.line.dash == "dot"
+    finally:
+        job.resume()
+        job.wait(timeout=300)
+    mon.poll()
+    mon._draw_charts()
+    assert not [a for a in mon.figure.layout.annotations if a.name == "harvest"]
+    loss = next(tr for tr in mon.figure.data if list(tr.meta) == [old.run_id, "loss", "train"])
+    assert loss.opacity == 1.0 and loss.line.dash is None
+    mon.close()

@@ -35,6 +35,7 @@ class TrainState:
     best_eval: float | None = None  # early stopping: the best held-out MSE so far
     bad_evals: int = 0  # and the evaluations since it
     tokens: int = 0
+    seconds: float = 0.0  # training time so far (steps and harvests, all sessions), for the time axis
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainState":

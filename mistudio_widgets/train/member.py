@@ -99,6 +99,7 @@ class Member:
         self.aux_k = cfg.aux_k or max(spec.d_in // 2, 1)
         self.fire_counts = torch.zeros(spec.d_sae)
         self.window_tokens, self.t_log = 0, time.perf_counter()
+        self.t_session, self.seconds_before = self.t_log, self.state.seconds
         self.last: dict[str, float] = {}
         self.stopped = False
 
@@ -201,6 +202,7 @@ class Member:
             "tokens_per_second": self.window_tokens / max(now - self.t_log, 1e-9),
             "memory_mib": process_memory_mib(),
             "tokens": self.state.tokens,
+            "elapsed_s": self.elapsed(),
         }
         self.ws.add_metrics(self.run.id, s, "train", self.last)
         per = per_token.float().numpy()
@@ -234,10 +236,15 @@ class Member:
                 self.stopped = True
         dist.broadcast(self.stopped)
 
+    def elapsed(self) -> float:
+        """Seconds this SAE has been training, over every session of the run (for the monitor's time axis)."""
+        return self.seconds_before + (time.perf_counter() - self.t_session)
+
     def checkpoint(self, position: tuple[int, int, int]) -> None:
         if not dist.is_main():
             return
         self.state.tokens_since_fired, self.state.position = self.since_fired.tolist(), list(position)
+        self.state.seconds = self.elapsed()
         save_checkpoint(self.run.folder, self.sae, self.opt, self.sched, self.state)
         self.ws.update_meta(self.run.id, last_checkpoint=self.state.step)
 

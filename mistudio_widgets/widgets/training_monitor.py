@@ -6,129 +6,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import ipywidgets as ipw
-import numpy as np
 import traitlets as t
 
 from ..core import jobs
-from ..core.configs import K_ARCHITECTURES  # L0 is fixed at k while these train
 from ..core.jobs import Status
 from ..train.training import run_status, train
 from .base import EngineWidget, esm
 from .plots import apply_theme, figure_widget, publish
-
-
-@dataclass(frozen=True)
-class Panel:
-    metric: str
-    split: str  # train | eval | meta (a run-record value)
-    title: str
-    kind: str = "line"  # line | fraction (0..1) | score (at most 1) | histogram
-
-
-PANELS = {
-    p.metric: p
-    for p in (
-        Panel("loss", "train", "loss"),
-        Panel("explained_variance", "train", "explained variance", "score"),
-        Panel("mse", "train", "MSE"),
-        Panel("l0", "train", "L0 (active latents per token)"),
-        Panel("dead_fraction", "train", "dead latents (fraction)", "fraction"),
-        Panel("ce_recovered", "eval", "CE loss recovered (held out)", "score"),
-        Panel("lr", "train", "learning rate"),
-        Panel("l0_histogram", "meta", "active latents per token (last batch)", "histogram"),
-    )
-}
-
-
-def panels_for(architectures: set[str]) -> list[Panel]:
-    """The charts worth drawing for these architectures: a top-k SAE's L0 is k at every step and its
-    per-token count is one bar, so those panels appear only for architectures where they vary."""
-    names = ["loss", "explained_variance", "mse", "dead_fraction", "ce_recovered", "lr"]
-    if any(a not in K_ARCHITECTURES for a in architectures):
-        names.insert(2, "l0")
-    if any(a != "topk" for a in architectures):
-        names.append("l0_histogram")
-    return [PANELS[n] for n in names]
-
-
-def smooth(ys: list[float], weight: float) -> list[float]:
-    """A local straight-line fit over a window that widens with ``weight`` (0: the raw series; 0.6: 3
-    points each side; 0.9: 9), read at each point. Inside the series the window is centred, so it is a
-    plain moving average with no lag; at the ends it is one-sided, and the line follows a falling loss
-    to its last point instead of ending above the raw line as a moving average (or TensorBoard's
-    exponential one) does."""
-    n = len(ys)
-    if not weight or n < 3:
-        return list(ys)
-    half = max(1, round(weight / (1 - weight)))
-    y = np.asarray(ys, dtype=float)
-    x = np.arange(n, dtype=float)
-    c = {
-        k: np.concatenate([[0.0], np.cumsum(v)])
-        for k, v in (("1", np.ones(n)), ("x", x), ("y", y), ("xx", x * x), ("xy", x * y))
-    }
-    a = np.maximum(np.arange(n) - half, 0)
-    b = np.minimum(np.arange(n) + half + 1, n)
-    s = {k: v[b] - v[a] for k, v in c.items()}
-    mx, my = s["x"] / s["1"], s["y"] / s["1"]
-    sxx = s["xx"] - s["1"] * mx * mx
-    sxy = s["xy"] - s["1"] * mx * my
-    slope = np.where(sxx > 1e-12, sxy / np.where(sxx > 1e-12, sxx, 1.0), 0.0)
-    return (my + slope * (x - mx)).tolist()
-
-
-def y_range(panel: Panel, ys: list[float]) -> list[float] | None:
-    """Fixed ranges where autorange misleads: a fraction stays in 0..1 (not -1..1 when all are 0), a
-    score tops at 1."""
-    vals = [y for y in ys if y is not None and math.isfinite(y)]
-    if panel.kind == "fraction":
-        return [0, min(1.0, max(0.05, 1.2 * max(vals, default=0)))]
-    if panel.kind == "score" and vals:
-        lo = min(vals)
-        return [max(-1.0, min(0.0, lo - 0.05)), 1.02]
-    return None
-
+from .training_charts import X_TITLES, Panel, panels_for, pareto_figure, smooth, y_range
 
 COLOURS = ["#1976d2", "#d32f2f", "#388e3c", "#f57c00", "#7b1fa2", "#00838f"]
-
-
-def pareto_figure():
-    """L0 against explained variance and against CE recovered, one point per run (a sweep's trade-off);
-    hollow points are still training; clicking a point opens its SAE."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=["explained variance vs L0", "CE recovered vs L0"],
-        horizontal_spacing=0.1,
-    )
-    for col in (1, 2):
-        fig.add_trace(
-            go.Scatter(
-                x=[],
-                y=[],
-                mode="markers+text",  # each point named by its run
-                textposition="top center",
-                textfont=dict(size=10),
-                cliponaxis=False,
-                marker=dict(size=11, color="#1976d2"),
-                hovertemplate="%{hovertext}<br>L0 %{x:.1f}<br>%{y:.3f}<extra></extra>",
-                showlegend=False,
-            ),
-            row=1,
-            col=col,
-        )
-        fig.update_xaxes(title_text="L0 (active latents per token)", row=1, col=col)
-    fig.update_layout(height=300, autosize=True, margin=dict(l=50, r=10, t=40, b=40))
-    widget = figure_widget(fig)
-    apply_theme(widget, None)
-    return widget
 
 
 def device_line() -> str:
@@ -211,6 +101,13 @@ class TrainingMonitor(ipw.VBox):
             layout=ipw.Layout(width="320px"),
         )
         self.smoothing.observe(lambda _ch: self._draw_charts(), "value")
+        self.x_axis = ipw.ToggleButtons(
+            options=[("step", "step"), ("tokens", "tokens"), ("time", "elapsed_s")],
+            value="step",
+            tooltips=["optimiser steps", "training tokens seen", "seconds of training (harvests included)"],
+            style={"button_width": "64px"},
+        )
+        self.x_axis.observe(lambda _ch: self._rebuild(), "value")
         self.panels = panels_for(set())
         self.figure = self._new_figure()
         self.pareto = pareto_figure()
@@ -220,7 +117,12 @@ class TrainingMonitor(ipw.VBox):
         self.chart_box = ipw.Box([self.figure], layout=ipw.Layout(width="100%"))
         self._timer: Any = None  # tornado's PeriodicCallback while the monitor polls
         super().__init__(
-            children=[self.controls, self.smoothing, self.chart_box, self.pareto_box],
+            children=[
+                self.controls,
+                ipw.HBox([self.smoothing, ipw.Label("x axis"), self.x_axis]),
+                self.chart_box,
+                self.pareto_box,
+            ],
             layout=ipw.Layout(width="100%"),
             **kwargs,
         )
@@ -264,8 +166,8 @@ class TrainingMonitor(ipw.VBox):
             for j, rid in enumerate(self.run_ids):
                 for trace in self._traces(panel, rid, j, first=i == 0):
                     fig.add_trace(trace, row=row, col=col)
-            if panel.kind != "histogram" and i + cols >= n:  # the bottom chart of each column says "step"
-                fig.update_xaxes(title_text="step", title_standoff=2, row=row, col=col)
+            if panel.kind != "histogram" and i + cols >= n:  # the bottom chart of each column names the axis
+                fig.update_xaxes(title_text=X_TITLES[self.x_axis.value], title_standoff=2, row=row, col=col)
             if panel.metric == "lr":
                 fig.update_yaxes(rangemode="tozero", exponentformat="e", row=row, col=col)
         widget = figure_widget(fig)
@@ -330,12 +232,18 @@ class TrainingMonitor(ipw.VBox):
         the last value written, the latest histogram; fixed ranges where autorange misleads."""
         w = float(self.smoothing.value)
         ys_by_axis: dict[str, list[float]] = {}
+        live = self._live()
         with self.figure.batch_update():
             for tr in self.figure.data:
                 rid, metric, kind = tr.meta
                 series = self._series.get(rid)
                 if series is None:
                     continue
+                # while a run trains, the others are drawn faded and dotted: never taken for the live one
+                faded = bool(live) and rid not in live
+                tr.opacity = (0.15 if kind == "raw" else 0.35) if faded else (0.4 if kind == "raw" else 1.0)
+                if kind != "meta":
+                    tr.line.dash = "dot" if faded else None
                 if kind == "meta":
                     art = self.workspace.find(rid, "run")
                     h = art.meta.get("l0_histogram") if art is not None else None
@@ -344,7 +252,8 @@ class TrainingMonitor(ipw.VBox):
                         tr.y = h["counts"]
                     continue
                 rows = series["eval" if kind == "eval" else "train"]
-                pts = [(r["step"], r[metric]) for r in rows if r.get(metric) is not None]
+                at = self._x_of(series["train"])
+                pts = [(at(r), r[metric]) for r in rows if r.get(metric) is not None and at(r) is not None]
                 xs, ys = [p[0] for p in pts], [p[1] for p in pts]
                 if kind == "train" and metric != "lr":  # a schedule is drawn as it is, never smoothed
                     ys = smooth(ys, w)
@@ -359,13 +268,54 @@ class TrainingMonitor(ipw.VBox):
                 if rng is not None:
                     yaxis.range, yaxis.autorange = rng, False
                 xaxis = self.figure.layout[f"xaxis{'' if i == 0 else i + 1}"]
-                focus = self._focus_steps()
+                focus = self._focus_steps() if self.x_axis.value == "step" else None
                 if panel.kind != "histogram":
                     if focus:
                         xaxis.range, xaxis.autorange = [0, focus], False
                     else:
                         xaxis.autorange = True
+            self.figure.layout.annotations = [
+                a for a in self.figure.layout.annotations if a.name != "harvest"
+            ] + self._harvest_notes(live)
         publish(self.figure)
+
+    def _x_of(self, train_rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], float | None]:
+        """Where a metric row sits on the chosen x axis: its step, or the tokens or seconds of training
+        at that step (an evaluation row takes them from the training row of its step)."""
+        key = self.x_axis.value
+        if key == "step":
+            return lambda r: r["step"]
+        by_step = {r["step"]: r.get(key) for r in train_rows}
+        return lambda r: r.get(key) if r.get(key) is not None else by_step.get(r["step"])
+
+    def _live(self) -> set[str]:
+        return {rid for rid, job in self.jobs.items() if rid in self.run_ids and not job.done}
+
+    def _harvest_notes(self, live: set[str]) -> list[dict[str, Any]]:
+        """A note across the charts while a live run harvests before its first step: the curves on
+        screen then are other runs' (faded), not the new one's."""
+        notes = []
+        for rid in live:
+            if self._series.get(rid, {}).get("train"):
+                continue
+            art = self.workspace.find(rid, "run")
+            pace = (art.meta.get("pace") or {}) if art is not None else {}
+            got = pace.get("harvested")
+            progress = f" ({int(got):,} tokens so far)" if got else ""
+            name = art.name if art else rid
+            notes.append(
+                dict(
+                    name="harvest",
+                    text=f"{name}: harvesting activations{progress}; its curves start at step 1",
+                    xref="paper",
+                    yref="paper",
+                    x=0.5,
+                    y=1.12,
+                    showarrow=False,
+                    font=dict(size=12),
+                )
+            )
+        return notes
 
     def _focus_steps(self) -> int | None:
         """The x-axis end: the steps of the live runs (an older, longer run overlaid does not squeeze
