@@ -49,6 +49,26 @@ OVERFLOW_JS = """() => Array.from(document.querySelectorAll('.mistudio, [data-te
     return `${e.className || e.dataset.testid}: ${e.scrollWidth} > ${e.clientWidth} (${wide.join(', ')})`;
   })"""
 
+# words cut across two lines inside a table cell ("Docum|ents"): a word whose glyphs lie on two line boxes
+WORD_BREAK_JS = """() => {
+  const bad = [];
+  for (const cell of document.querySelectorAll('.mistudio td, .mistudio th')) {
+    if (!cell.offsetParent) continue;
+    const walk = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+      for (const m of n.data.matchAll(/\\S+/g)) {
+        const r = document.createRange();
+        r.setStart(n, m.index);
+        r.setEnd(n, m.index + m[0].length);
+        const rects = [...r.getClientRects()].filter((x) => x.width > 0);
+        const tops = new Set(rects.map((x) => Math.round(x.top)));
+        if (tops.size > 1) bad.push(m[0]);
+      }
+    }
+  }
+  return bad.slice(0, 10);
+}"""
+
 # each visible chart's paper colour against the page background behind it
 BACKGROUNDS_JS = """() => {
   const opaque = c => c && c !== 'transparent' && !/rgba\\(.*,\\s*0\\)$/.test(c);
@@ -213,6 +233,7 @@ def check_tab(page, frontend: str, theme: str, tab: str) -> None:
         expect(fb.get_by_test_id("coact-col")).to_have_count(n + 1)
     wait_until_empty(page, EMPTY_CHARTS_JS, f"{tab}: charts on screen that draw no data")
     wait_until_empty(page, OVERFLOW_JS, f"{tab}: content wider than its box at {WIDTH} px")
+    wait_until_empty(page, WORD_BREAK_JS, f"{tab}: table cells that break a word at {WIDTH} px")
     if tab in ("Training", "Features"):
         charts_follow_the_theme(page, tab, theme)
     SHOTS.mkdir(parents=True, exist_ok=True)
