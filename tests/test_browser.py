@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
 
 import pytest
@@ -240,6 +241,51 @@ def test_training_from_the_configurator_updates_the_charts_and_stops(page, lab):
     row.get_by_test_id("run-stop").click()
     expect(row.get_by_test_id("run-status")).to_have_text("interrupted")
     expect(row.get_by_test_id("run-resume")).to_be_visible()
+
+
+def test_the_eta_shown_at_a_quarter_of_a_run_holds(page, lab):
+    """At a quarter of a run's steps the ETA the monitor shows is within a factor of two of the time that
+    then remains (the pace measures harvest and steps apart). The ratio is printed for the report; no
+    time is asserted."""
+    name = f"eta-{uuid.uuid4().hex[:6]}"
+    settings = dict(
+        steps=40,
+        batch_tokens=1024,
+        chunk_sequences=24,
+        eval_every=0,
+        eval_sequences=4,
+        log_every=1,
+        expansion_factor=2,
+        k=16,
+        checkpoint_every=0,
+        name=name,
+    )
+    open_and_run(
+        page,
+        lab,
+        "eta.ipynb",
+        [
+            SETUP,
+            "from mistudio_widgets.widgets import TrainingConfigurator, TrainingMonitor\n"
+            "mon = TrainingMonitor(ws, runs=[])\ncfg = TrainingConfigurator(ws, monitor=mon)\n"
+            f"cfg.values = {{**cfg.values, **{settings!r}}}\ndisplay(cfg, mon)",
+        ],
+    )
+    conf = page.get_by_test_id("training-configurator")
+    expect(conf.get_by_test_id("train-start")).to_be_enabled()
+    conf.get_by_test_id("train-start").click()
+    row = page.get_by_test_id("training-monitor").locator(f'tr[data-run="{name}"]')
+    expect(row.get_by_test_id("run-step")).to_have_text(re.compile(r"^(1\d|[2-9]\d) / 40"), timeout=300_000)
+    at, eta_text = time.monotonic(), row.get_by_test_id("run-eta").inner_text()
+    step = int(row.get_by_test_id("run-step").inner_text().split("/")[0])
+    expect(row.get_by_test_id("run-status")).to_have_text("done", timeout=300_000)
+    remaining = time.monotonic() - at
+    m = re.search(r"([\d.]+) (s|min)", eta_text)
+    assert m, eta_text
+    eta = float(m.group(1)) * (60 if m.group(2) == "min" else 1)
+    ratio = eta / max(remaining, 1e-3)
+    print(f"ETA at step {step}/40: {eta_text!r}; then {remaining:.1f} s remained; ratio {ratio:.2f}")
+    assert 0.5 <= ratio <= 2.0, (eta_text, remaining)
 
 
 def test_a_sweep_typed_in_the_configurator_trains_its_grid_and_the_pareto_view_opens_an_sae(page, lab):
