@@ -121,8 +121,8 @@ def test_prompt_tester_labels_and_search(default_ws, small_sae):
     r2 = fire(default_ws, small_sae, "WHY ARE YOU SHOUTING")
     assert next(x for x in r2["features"] if x["index"] == f["index"])["label"] == "UPPERCASE text"
     assert [h["index"] for h in search(default_ws, small_sae, "uppercase")] == [f["index"]]
-    hist = default_ws.labels(small_sae, f["index"], history=True)
-    assert [h["label"] for h in hist] == ["shouting (draft)", "UPPERCASE text"]
+    hist = default_ws.labels(small_sae, f["index"], history=True)  # other tests may have labelled it before
+    assert [h["label"] for h in hist][-2:] == ["shouting (draft)", "UPPERCASE text"]
     with pytest.raises(FeatureError, match="empty"):
         fire(default_ws, small_sae, "   ")
     with pytest.raises(ConfigError, match="tokens must be at least 1"):
