@@ -125,6 +125,13 @@ function render({ model, el }) {
     send(model, "fire", { text: promptIn.value, contrast: ordinaryBox.checked ? "" : contrastIn.value, ordinary: ordinaryBox.checked,
                           dense: Number(denseIn.value) }) } });
   const promptOut = h("div", { "data-testid": "fb-prompt-out", "data-redrawn": true });
+  // "why this next token": features that push the target's logit, activation x gradient, checked by ablation
+  const attrPrompt = h("input", { type: "text", placeholder: "a prompt, e.g. The capital of France is", "data-testid": "fb-attr-prompt", style: { minWidth: "320px" } });
+  const attrTarget = h("input", { type: "text", placeholder: "target token (default: the model's own next one)", "data-testid": "fb-attr-target" });
+  const attrBtn = h("button", { text: "Attribute", "data-testid": "fb-attr-go", on: { click: () => attrPrompt.value.trim() &&
+    send(model, "attribute", { prompt: attrPrompt.value, target: attrTarget.value }) } });
+  const attrOut = h("div", { "data-testid": "fb-attr-out" });
+  const attrPanel = h("section", {}, h("h4", { text: "Why this next token?" }), h("div", { class: "row" }, attrPrompt, attrTarget, attrBtn), attrOut);
   // auto-labelling: settings are LabelConfig fields; the key goes with the request only, never into widget state
   const ls = () => model.get("label_settings") || {};
   const backendSel = select([["statistical", "statistics (offline, whole dictionary)"], ["local", "in-kernel model also explains"], ["openai", "OpenAI-compatible endpoint also explains"]], ls().backend, { "data-testid": "lb-backend" });
@@ -171,7 +178,7 @@ function render({ model, el }) {
     h("section", {}, h("h4", { text: "Prompt tester" }), h("div", { class: "row" }, promptIn, contrastIn),
       h("div", { class: "row" }, h("label", { class: "check" }, ordinaryBox, "compare with the same text in ordinary case"),
         field("leave out features firing on more than (share of tokens) ", denseIn), promptBtn), promptOut),
-    labelPanel, statusBar(model));
+    attrPanel, labelPanel, statusBar(model));
   el.append(root);
   tipFor(root);
   reportTheme(model, root);
@@ -351,6 +358,25 @@ function render({ model, el }) {
     drawSides();
   };
 
+  const drawAttribution = () => {
+    const r = model.get("attribution") || {};
+    attrOut.replaceChildren();
+    if (!r.rows) return;
+    const peak = Math.max(...r.rows.map((x) => Math.abs(x.attribution)), 1e-9);
+    attrOut.append(h("div", { class: "muted", text: `${JSON.stringify(r.target)} after ${JSON.stringify(r.prompt)}: logit ${r.logit.toFixed(2)}; `
+      + `${r.firing} features fired at ${r.hook}${r.target_note ? ` (${r.target_note})` : ""}. Attribution: activation × gradient, the logit change `
+      + `it predicts; exact: the logit minus the logit with the feature zeroed${r.correlation !== null ? ` (r = ${r.correlation.toFixed(2)} over the checked rows)` : ""}.` }),
+      h("div", { class: "table-scroll" }, h("table", { class: "table", "data-testid": "fb-attr-table" },
+        h("tr", {}, ["feature", "attribution", "", "exact", "label"].map((x) => h("th", { text: x }))),
+        r.rows.map((x) => h("tr", { "data-index": x.index },
+          h("td", {}, x.index < 0 ? h("span", { class: "muted", text: "error" }) : h("button", { class: "link", text: String(x.index), on: { click: () => open(x.index) } })),
+          h("td", { class: "num", text: (x.attribution >= 0 ? "+" : "") + x.attribution.toFixed(3) }),
+          h("td", {}, h("div", { class: "attr-bar", style: { width: `${(60 * Math.abs(x.attribution) / peak).toFixed(1)}px`,
+            background: x.attribution >= 0 ? "var(--ms-ok)" : "var(--ms-error)" } })),
+          h("td", { class: "num", text: x.exact === null ? "" : (x.exact >= 0 ? "+" : "") + x.exact.toFixed(3) }),
+          h("td", { text: x.label || "" }))))));
+  };
+
   const drawHeader = () => {
     const saes = model.get("saes") || [];
     saeSel.replaceChildren(...(saes.length ? saes.map((s) => h("option", { value: s.id, text: `${s.name}${s.extraction ? "" : " (not extracted)"}` }))
@@ -369,11 +395,12 @@ function render({ model, el }) {
   model.on("change:detail", () => { drawDetail(); drawRows(); });
   model.on("change:coact", drawDetail);
   model.on("change:trial", drawDetail);
+  model.on("change:attribution", drawAttribution);
   model.on("change:prompt", drawPrompt);
   model.on("change:saes", drawHeader);
   model.on("change:sae", drawHeader);
   model.on("change:extraction", () => { drawHeader(); drawDetail(); });
-  drawHeader(); rebuild(); drawDetail(); drawPrompt();
+  drawHeader(); rebuild(); drawDetail(); drawPrompt(); drawAttribution();
 }
 
 export default { render };

@@ -430,6 +430,14 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     fb.get_by_test_id("fb-try").click()
     expect(fb.get_by_test_id("fb-try-out")).to_contain_text("peak")
     expect(fb.get_by_test_id("fb-try-out").locator(".ftok", has_text="Spain")).to_be_visible()
+    # why this next token: the features that push " Paris" after the prompt, checked by ablation
+    fb.get_by_test_id("fb-attr-prompt").fill("The capital of France is")
+    fb.get_by_test_id("fb-attr-target").fill(" Paris")
+    fb.get_by_test_id("fb-attr-go").click()
+    table = fb.get_by_test_id("fb-attr-table")
+    expect(table.locator("tr[data-index]")).to_have_count(11)  # ten features and the SAE's error term
+    expect(table.locator('tr[data-index="-1"]')).to_contain_text("error")
+    expect(fb.get_by_test_id("fb-attr-out")).to_contain_text('" Paris"')
     # a label with markup is shown as text, never run
     hostile = '<img src=x onerror="window.__pwned=1">loud'
     fb.get_by_test_id("fb-label-input").fill(hostile)

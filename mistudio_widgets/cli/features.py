@@ -207,6 +207,27 @@ def cmd_features_search(ws: Workspace, a: argparse.Namespace, out) -> None:
     )
 
 
+def cmd_features_attribute(ws: Workspace, a: argparse.Namespace, out) -> None:
+    from ..features import attribute
+
+    r = attribute(ws, a.sae, a.prompt, a.target, top=a.top, ablate=a.ablate)
+    lines = [
+        f"{r.target!r} after {r.prompt!r}: logit {r.logit:.2f}; {r.firing} features fired at {r.hook}"
+        + (f" ({r.target_note})" if r.target_note else ""),
+        f"{'feature':>8}  {'attribution':>11}  {'exact':>7}  label",
+    ]
+    for row in r.rows:
+        name = "error" if row.index < 0 else str(row.index)
+        exact = f"{row.exact:+7.3f}" if row.exact is not None else f"{'':>7}"
+        lines.append(f"{name:>8}  {row.attribution:+11.3f}  {exact}  {row.label or ''}")
+    lines.append(
+        "attribution: activation x gradient (the logit change it predicts); exact: the logit minus the logit "
+        "with the feature zeroed"
+        + (f"; r = {r.correlation:.2f} over the ablated rows" if r.correlation is not None else "")
+    )
+    out.summary(r.to_dict(), "\n".join(lines))
+
+
 def cmd_features_label(ws: Workspace, a: argparse.Namespace, out) -> None:
     from ..features import set_label
 
@@ -263,6 +284,17 @@ def register(sub, cmd) -> None:
     sp.add_argument("sae")
     sp.add_argument("query")
     sp.add_argument("--limit", type=int, default=50)
+    sp = cmd(
+        fs,
+        "attribute",
+        cmd_features_attribute,
+        "which features push the model's next token (or --target) up or down, checked by ablation",
+    )
+    sp.add_argument("sae")
+    sp.add_argument("--prompt", required=True, help="the text whose next token to explain")
+    sp.add_argument("--target", default=None, help="the token to explain (default: the model's own next one)")
+    sp.add_argument("--top", type=int, default=10, help="rows to show")
+    sp.add_argument("--ablate", type=int, default=10, help="of them, how many to check by exact ablation")
     sp = cmd(fs, "label", cmd_features_label, "set a feature's label by hand")
     sp.add_argument("sae")
     sp.add_argument("index", type=int)

@@ -2,6 +2,7 @@
 (``extraction``), what it stores and every reader (``store``), and the prompt tester: fire and contrast
 (``prompt``). Everything public is importable from here."""
 
+from .attribution import Attribution, AttributionRow, attribute
 from .extraction import Accumulator, extract, finalise
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .prompt import DENSE_THRESHOLD, contrast, fire, ordinary_case, try_feature
@@ -34,6 +35,9 @@ from .store import (
 )
 
 __all__ = [
+    "Attribution",
+    "AttributionRow",
+    "attribute",
     "extract",
     "feature_columns",
     "feature_detail",

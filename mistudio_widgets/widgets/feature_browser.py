@@ -32,6 +32,7 @@ class FeatureBrowser(EngineWidget):
     prompt = t.Dict().tag(sync=True)  # the prompt tester's last answer
     coact = t.Dict().tag(sync=True)  # co-activation of a chosen set
     trial = t.Dict().tag(sync=True)  # the open feature on a text typed on its page (features.try_feature)
+    attribution = t.Dict().tag(sync=True)  # "why this next token": features.attribute's last answer
     steer_request = t.Dict().tag(sync=True)  # {sae, index}: "steer with this" (the Studio follows it)
     label_settings = t.Dict().tag(sync=True)  # LabelConfig fields (never an API key)
 
@@ -50,6 +51,14 @@ class FeatureBrowser(EngineWidget):
         """Open feature ``index`` (as a click in the list does) and return its detail."""
         self.do("open", self.action_open, index=index)
         return self.detail
+
+    def attribute(self, prompt: str, target: str | None = None, top: int = 10) -> dict[str, Any]:
+        """Which features push the next token of ``prompt`` (or ``target``) up or down, checked by
+        ablation (blocks until the table is shown)."""
+        self.do(
+            "attribute", self.action_attribute, blocking=True, prompt=prompt, target=target or "", top=top
+        )
+        return self.attribution
 
     def test_prompt(
         self,
@@ -174,6 +183,15 @@ class FeatureBrowser(EngineWidget):
 
     def action_steer(self, index: int) -> None:
         self.steer_request = {"sae": self.sae, "index": int(index)}
+
+    @background
+    def action_attribute(self, prompt: str, target: str = "", top: int = 10, progress=None):
+        res = fx.attribute(self.workspace, self.sae, str(prompt), str(target) or None, top=int(top))
+
+        def apply() -> None:
+            self.attribution = res.to_dict()
+
+        return apply
 
     @background
     def action_try(self, index: int, text: str, progress=None):

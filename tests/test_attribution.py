@@ -1,0 +1,70 @@
+"""Attribution of the next token's logit to an SAE's features, on the real model: activation x gradient
+checked against exact ablation, the error term as its own row, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mistudio_widgets.features import FeatureError, attribute
+
+PROMPT = "The capital of France is"
+
+
+def test_a_feature_with_a_large_attribution_moves_the_logit_more_when_ablated(default_ws, small_sae):
+    r = attribute(default_ws, small_sae, PROMPT, " Paris", top=10_000, ablate=10_000)
+    assert r.target == " Paris" and r.target_note is None and r.tokens[-1] == " is"
+    feats = [x for x in r.rows if x.index >= 0]
+    assert len(feats) == r.firing > 10 and all(x.exact is not None for x in feats)
+    big = max(feats, key=lambda x: abs(x.attribution))
+    small = min(feats, key=lambda x: abs(x.attribution))
+    assert abs(big.exact) > 10 * abs(small.exact), (big, small)
+    assert r.correlation is not None and r.correlation > 0.9, r.correlation  # the approximation holds
+    assert sum(1 for x in r.rows if x.index == -1) == 1  # the SAE's error term is a row of its own
+    # every row's attribution plus the error term's adds up to the logit's dependence on the hook (total)
+    assert r.total == pytest.approx(sum(x.attribution for x in r.rows), rel=1e-4, abs=1e-4)
+
+
+def test_attribution_input_is_checked(default_ws, small_sae):
+    r = attribute(default_ws, small_sae, PROMPT, " Paris, France", top=3, ablate=0)
+    assert r.target == " Paris" and "3 tokens" in r.target_note and "the first" in r.target_note
+    own = attribute(default_ws, small_sae, PROMPT, top=3, ablate=0)  # the model's own most likely next token
+    assert own.target and own.target_note is None and len(own.rows) == 4
+    with pytest.raises(FeatureError, match="empty"):
+        attribute(default_ws, small_sae, "   ")
+    with pytest.raises(FeatureError, match="the model reads at most"):
+        attribute(default_ws, small_sae, "word " * 9000)
+
+
+def test_attribute_from_the_command_line(default_ws, small_sae):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mistudio_widgets.cli",
+            "--workspace",
+            str(default_ws.root),
+            "--json",
+            "features",
+            "attribute",
+            small_sae,
+            "--prompt",
+            PROMPT,
+            "--target",
+            " Paris",
+            "--top",
+            "5",
+            "--ablate",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["target"] == " Paris" and len(out["rows"]) == 6  # five features and the error term
+    assert sum(1 for x in out["rows"] if x["exact"] is not None) == 5
