@@ -142,6 +142,12 @@ function render({ model, el }) {
     const m = r.metrics;
     if (m) {
       metrics.append(kv("KL (steered ‖ unsteered)", fmtNum(m.kl_mean, 3)));
+      if (m.similarity !== null && m.similarity !== undefined) {  // 1: the same meaning
+        const sim = kv("meaning kept (cosine)", fmtNum(m.similarity, 3));
+        sim.dataset.testid = "st-similarity";
+        sim.title = "cosine of the two texts' mean-pooled hidden states, read by the unsteered model";
+        metrics.append(sim);
+      }
       const f = m.fluency;
       if (f) {
         const one = (x) => `perplexity ${fmtNum(x.perplexity, 1)}, repeated ${(100 * x.repetition).toFixed(0)}%, unknown words ${(100 * x.invented).toFixed(0)}%`;

@@ -524,6 +524,9 @@ def test_steering_pane_in_lab(page, lab, default_ws, extracted_sae):
     expect(pane.get_by_test_id("st-metrics")).to_contain_text("KL")
     expect(pane.get_by_test_id("st-metrics")).to_contain_text("perplexity")
     expect(pane.get_by_test_id("st-metrics")).to_contain_text("feature 3 activation")
+    expect(pane.get_by_test_id("st-similarity")).to_contain_text(
+        re.compile(r"meaning kept \(cosine\)\s*-?[01]\.\d{3}")
+    )
     expect(pane.get_by_test_id("st-unsteered").locator(".stok").first).to_be_visible()
     expect(pane.get_by_test_id("st-steered").locator(".stok.added").first).to_be_visible()
     if os.environ.get("MISTUDIO_SCREENSHOTS"):

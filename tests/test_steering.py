@@ -67,6 +67,7 @@ def test_empty_intervention_changes_nothing_and_strong_steering_changes_the_text
     before = hooks_in(lm.model)
     same = steer(default_ws, small_sae, SteerConfig(features=[], prompt=PROMPT, max_tokens=12))
     assert same.steered == same.unsteered and same.metrics.kl_mean == 0.0
+    assert same.metrics.similarity == pytest.approx(1.0, abs=1e-5)  # the same text keeps its meaning
     assert all(op["op"] == "equal" for op in same.diff)
     streamed: list = []
     r = steer(
@@ -77,6 +78,7 @@ def test_empty_intervention_changes_nothing_and_strong_steering_changes_the_text
     )
     assert r.unsteered == same.unsteered, "both generations share the prompt, seed and settings"
     assert r.steered != r.unsteered and r.metrics.kl_mean > 0.01
+    assert r.metrics.similarity is not None and -1.0 <= r.metrics.similarity < 0.999
     assert len(r.metrics.kl_per_position) == len(r.unsteered_tokens)
     act = r.metrics.feature_activation[str(f)]
     assert act.after > act.before + mx

@@ -79,7 +79,8 @@ def describe_steer(r: SteerResult) -> str:
         f"prompt:    {r.prompt!r}",
         f"unsteered: {r.unsteered!r}",
         f"steered:   {r.steered!r}",
-        f"KL(steered || unsteered) mean {m.kl_mean:.3f} over {len(m.kl_per_position)} positions",
+        f"KL(steered || unsteered) mean {m.kl_mean:.3f} over {len(m.kl_per_position)} positions"
+        + (f"; meaning kept (hidden-state cosine) {m.similarity:.3f}" if m.similarity is not None else ""),
         "fluency (lower-cased perplexity, repeated word trigrams): unsteered "
         f"{f.unsteered.perplexity:.1f}, {f.unsteered.repetition:.0%}; steered {f.steered.perplexity:.1f}, "
         f"{f.steered.repetition:.0%}: {'fluent' if f.fluent else 'NOT fluent'} ({f.rule})",

@@ -51,7 +51,7 @@ from .results import (
     SteerResult,
     SweepRow,
 )
-from .steer import steer, sweep, token_diff
+from .steer import similarity, steer, sweep, token_diff
 
 __all__ = [
     "AUTO_FRACTIONS",
@@ -86,6 +86,7 @@ __all__ = [
     "relative_strength",
     "residual_norm",
     "save_preset",
+    "similarity",
     "steer",
     "sweep",
     "token_diff",

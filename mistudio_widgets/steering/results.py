@@ -58,6 +58,7 @@ class SteerMetrics:
     fluency: FluencyVerdict
     residual_norm: float  # the hook's median activation norm over that text
     relative_strength: dict[str, float]  # per feature: the added vector's length / residual_norm
+    similarity: float | None = None  # the two continuations' meaning: cosine of mean-pooled hidden states
     feature_activation: dict[str, ActivationChange] = field(default_factory=dict)
     perplexity_unsteered: float | None = None  # of the reference text (None: too short to measure)
     perplexity_steered: float | None = None

@@ -39,10 +39,27 @@ def token_diff(a: list[str], b: list[str]) -> list[dict[str, Any]]:
     return ops
 
 
+def similarity(lm: LoadedModel, ids: torch.Tensor, a: list[int], b: list[int]) -> float | None:
+    """How alike two continuations of the prompt ``ids`` are in meaning: the cosine of their mean-pooled
+    last hidden states, each read by the unsteered model after the prompt (1: the same text; None when
+    either is empty)."""
+    if not a or not b:
+        return None
+
+    @torch.no_grad()
+    def pooled(cont: list[int]) -> torch.Tensor:
+        seq = torch.cat([ids, torch.tensor([cont], dtype=torch.long)], 1).to(lm.device)
+        out = lm.model(input_ids=seq, use_cache=False, output_hidden_states=True)
+        return out.hidden_states[-1][0, ids.shape[1] :].float().mean(0)
+
+    return float(torch.cosine_similarity(pooled(a), pooled(b), dim=0))
+
+
 def _metrics(
     lm: LoadedModel,
     ids: torch.Tensor,
     base: list[int],
+    steered: list[int],
     texts: tuple[str, str],
     hook: str,
     edit,
@@ -72,6 +89,7 @@ def _metrics(
         kl_mean=float(kl.mean()) if kl.numel() else 0.0,
         fluency=FluencyVerdict(unsteered=f0, steered=f1, fluent=is_fluent(f1, f0), rule=fluency_rule()),
         residual_norm=norm,
+        similarity=similarity(lm, ids, base, steered),
         relative_strength={
             str(i): relative_strength(model_sae, i, v * cfg.multiplier, cfg.normalise, norm) for i, v in feats
         },
@@ -140,7 +158,7 @@ def steer(
     tok = lm.tokenizer
     pieces = lambda xs: [tok.decode([t]) for t in xs]  # noqa: E731
     text0, text1 = tok.decode(base, skip_special_tokens=True), tok.decode(steered, skip_special_tokens=True)
-    metrics = _metrics(lm, ids, base, (text0, text1), hook, edit, model_sae, feats, cfg, reference)
+    metrics = _metrics(lm, ids, base, steered, (text0, text1), hook, edit, model_sae, feats, cfg, reference)
     metrics.seconds = {"unsteered": t1 - t0, "steered": t2 - t1}
     return SteerResult(
         sae=art.id,
