@@ -280,6 +280,21 @@ function render({ model, el }) {
       for (const e of g.examples) ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), exampleLine(e.tokens, e.values, d.max, e.peak)));
     }
     detail.append(ex);
+    // the contexts in groups of similar meaning (the model's hidden states at the peak), on demand
+    const cl = model.get("clusters") || {};
+    const clOut = h("div", { class: "examples", "data-testid": "fb-clusters" });
+    if (cl.index === d.index && cl.groups) {
+      clOut.append(h("div", { class: "muted", text: cl.groups.length > 1
+        ? `${cl.examples} contexts in ${cl.groups.length} groups (silhouette ${cl.silhouette.toFixed(2)})`
+        : `${cl.examples} contexts: one group (no clear split)` }));
+      cl.groups.forEach((g, k) => {
+        clOut.append(h("div", { class: "muted", "data-testid": "fb-cluster", text: `group ${k + 1}: ${g.size} context(s), peaks on ${g.peak_tokens.map((t) => JSON.stringify(t)).join(", ")}` }));
+        for (const e of g.examples.slice(0, 4)) clOut.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), exampleLine(e.tokens, e.values, d.max, e.peak)));
+      });
+    }
+    const clBtn = h("button", { class: "secondary", text: "Group contexts", "data-testid": "fb-cluster-go", title: "group this feature's contexts by the model's hidden states",
+      on: { click: () => send(model, "clusters", { index: d.index }) } });
+    detail.append(h("div", { class: "row" }, clBtn), clOut);
     // the test box: this feature on a text the user types
     const tryIn = h("input", { type: "text", placeholder: "test this feature on a text…", "data-testid": "fb-try-text", style: { minWidth: "320px" } });
     const tryGo = h("button", { class: "secondary", text: "Test", "data-testid": "fb-try", on: { click: () => tryIn.value.trim() && send(model, "try", { index: d.index, text: tryIn.value }) } });
@@ -395,6 +410,7 @@ function render({ model, el }) {
   model.on("change:detail", () => { drawDetail(); drawRows(); });
   model.on("change:coact", drawDetail);
   model.on("change:trial", drawDetail);
+  model.on("change:clusters", drawDetail);
   model.on("change:attribution", drawAttribution);
   model.on("change:prompt", drawPrompt);
   model.on("change:saes", drawHeader);

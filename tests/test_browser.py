@@ -425,6 +425,10 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     expect(far.first).to_be_visible()
     line.click()
     expect(far.first).to_be_hidden()
+    # its contexts in groups of like hidden states
+    fb.get_by_test_id("fb-cluster-go").click()
+    expect(fb.get_by_test_id("fb-cluster").first).to_contain_text("context")
+    expect(fb.get_by_test_id("fb-clusters")).to_contain_text("contexts")
     # the test box: this feature on a typed text, token by token
     fb.get_by_test_id("fb-try-text").fill("The rain in Spain stays mainly in the plain.")
     fb.get_by_test_id("fb-try").click()

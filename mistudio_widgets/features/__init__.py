@@ -3,6 +3,7 @@
 (``prompt``). Everything public is importable from here."""
 
 from .attribution import Attribution, AttributionRow, attribute
+from .clusters import context_clusters
 from .extraction import Accumulator, extract, finalise
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .prompt import DENSE_THRESHOLD, contrast, fire, ordinary_case, try_feature
@@ -38,6 +39,7 @@ __all__ = [
     "Attribution",
     "AttributionRow",
     "attribute",
+    "context_clusters",
     "extract",
     "feature_columns",
     "feature_detail",

@@ -33,6 +33,7 @@ class FeatureBrowser(EngineWidget):
     coact = t.Dict().tag(sync=True)  # co-activation of a chosen set
     trial = t.Dict().tag(sync=True)  # the open feature on a text typed on its page (features.try_feature)
     attribution = t.Dict().tag(sync=True)  # "why this next token": features.attribute's last answer
+    clusters = t.Dict().tag(sync=True)  # the open feature's contexts in groups (features.context_clusters)
     steer_request = t.Dict().tag(sync=True)  # {sae, index}: "steer with this" (the Studio follows it)
     label_settings = t.Dict().tag(sync=True)  # LabelConfig fields (never an API key)
 
@@ -190,6 +191,19 @@ class FeatureBrowser(EngineWidget):
 
         def apply() -> None:
             self.attribution = res.to_dict()
+
+        return apply
+
+    @background
+    def action_clusters(self, index: int, progress=None):
+        """The open feature's stored contexts grouped by the model's hidden states."""
+        ext = self.extraction.get("id")
+        if not ext:
+            raise fx.FeatureError("This SAE has no finished extraction.", "extract its features first.")
+        res = fx.context_clusters(self.workspace, ext, int(index))
+
+        def apply() -> None:
+            self.clusters = res
 
         return apply
 

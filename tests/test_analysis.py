@@ -1,5 +1,6 @@
-"""Attribution of the next token's logit to an SAE's features, on the real model: activation x gradient
-checked against exact ablation, the error term as its own row, and bad input."""
+"""Why a feature fires and what it does, on the real model: attribution of the next token's logit to an
+SAE's features (activation x gradient checked against exact ablation, the error term as its own row, bad
+input), and a feature's contexts grouped by the model's hidden states."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from mistudio_widgets.features import FeatureError, attribute
+from mistudio_widgets.features import FeatureError, attribute, context_clusters, feature_columns
 
 PROMPT = "The capital of France is"
 
@@ -68,3 +70,32 @@ def test_attribute_from_the_command_line(default_ws, small_sae):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["target"] == " Paris" and len(out["rows"]) == 6  # five features and the error term
     assert sum(1 for x in out["rows"] if x["exact"] is not None) == 5
+
+
+def test_a_features_contexts_fall_into_groups_of_like_hidden_states(default_ws, small_sae, extraction):
+    from mistudio_widgets.features.clusters import _peak_states
+
+    freq = feature_columns(default_ws, extraction)["frequency"]
+    busiest = int(np.argmax(freq))
+    c = context_clusters(default_ws, extraction, busiest)
+    assert c["index"] == busiest and sum(g["size"] for g in c["groups"]) == c["examples"] > 6
+    if (
+        len(c["groups"]) > 1
+    ):  # a split is kept only when contexts sit closer to their own group than to others
+        assert c["silhouette"] >= 0.15
+        members = [e for g in c["groups"] for e in g["examples"]]
+        group = np.repeat(np.arange(len(c["groups"])), [g["size"] for g in c["groups"]])
+        X = _peak_states(default_ws, extraction, members)
+        X = X - X.mean(0)
+        X = X / np.linalg.norm(X, axis=1, keepdims=True)
+        S = X @ X.T
+        same = group[:, None] == group[None, :]
+        np.fill_diagonal(same, False)
+        other = group[:, None] != group[None, :]
+        assert S[same].mean() > S[other].mean()
+    else:
+        assert c["silhouette"] is None
+    never = int(np.argmin(freq))
+    if freq[never] == 0:
+        with pytest.raises(FeatureError, match="never fired"):
+            context_clusters(default_ws, extraction, never)
