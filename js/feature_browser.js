@@ -307,7 +307,23 @@ function render({ model, el }) {
       tryOut.append(h("div", { class: "muted", text: `peak ${tr.peak.toFixed(3)}${tr.relative_peak !== null ? ` (${(100 * tr.relative_peak).toFixed(0)}% of its maximum over the extraction)` : ""}` }),
         tokenLine(tr.tokens, tr.values, mx, { mark: tr.values.indexOf(tr.peak) }));
     }
-    detail.append(h("div", { class: "row" }, tryIn, tryGo), tryOut);
+    const salGo = h("button", { class: "secondary", text: "Which tokens?", "data-testid": "fb-saliency", title: "integrated gradients: each token's share of the activation",
+      on: { click: () => tryIn.value.trim() && send(model, "saliency", { index: d.index, text: tryIn.value }) } });
+    const sal = model.get("saliency") || {};
+    if (sal.index === d.index && sal.tokens) {
+      const peakS = Math.max(...sal.saliency.map(Math.abs), 1e-9);
+      const line = h("div", { class: "fb-tokens", "data-testid": "fb-saliency-line" });
+      sal.tokens.forEach((t, i) => {
+        const v = sal.saliency[i], a = Math.min(Math.abs(v) / peakS, 1);
+        const span = h("span", { class: "ftok" + (i === sal.position ? " peak" : ""), "data-tip": `${JSON.stringify(t)}  ${v >= 0 ? "+" : ""}${v.toFixed(3)} of the activation`,
+          style: { background: `rgba(${v >= 0 ? "56, 142, 60" : "25, 118, 210"}, ${(0.1 + 0.8 * a).toFixed(3)})` } });
+        span.textContent = t.replace(/\n/g, "⏎");
+        line.append(span);
+      });
+      tryOut.append(h("div", { class: "muted", text: `which tokens make it fire at the marked one (integrated gradients, ${sal.steps} steps): green raises it, blue lowers it; `
+        + `they add up to ${sal.activation.toFixed(3)} − ${sal.baseline_activation.toFixed(3)} within ${(100 * sal.completeness_gap).toFixed(1)}%` }), line);
+    }
+    detail.append(h("div", { class: "row" }, tryIn, tryGo, salGo), tryOut);
     if (d.labels && d.labels.length) {
       detail.append(h("div", { class: "muted", text: "label history" }), h("ul", { "data-testid": "fb-label-history" },
         d.labels.map((l) => {
@@ -411,6 +427,7 @@ function render({ model, el }) {
   model.on("change:coact", drawDetail);
   model.on("change:trial", drawDetail);
   model.on("change:clusters", drawDetail);
+  model.on("change:saliency", drawDetail);
   model.on("change:attribution", drawAttribution);
   model.on("change:prompt", drawPrompt);
   model.on("change:saes", drawHeader);

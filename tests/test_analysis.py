@@ -99,3 +99,22 @@ def test_a_features_contexts_fall_into_groups_of_like_hidden_states(default_ws, 
     if freq[never] == 0:
         with pytest.raises(FeatureError, match="never fired"):
             context_clusters(default_ws, extraction, never)
+
+
+def test_token_saliency_adds_up_to_the_features_activation(default_ws, small_sae, extraction):
+    """Integrated gradients from a feature's activation to the input tokens: one value per token, adding
+    up (completeness) to the activation minus the baseline's within a few percent."""
+    from mistudio_widgets.features import fire, token_saliency, try_feature
+
+    text = "The quick brown fox jumps over the lazy dog."
+    fired = fire(default_ws, small_sae, text)
+    f = fired["features"][0]["index"]
+    s = token_saliency(default_ws, small_sae, f, text, steps=32)
+    assert s["tokens"] == fired["tokens"] and len(s["saliency"]) == len(s["tokens"])
+    tried = try_feature(default_ws, small_sae, f, text)
+    assert s["position"] == int(np.argmax(tried["values"]))  # where it fires most
+    assert s["activation"] > 0 and s["completeness_gap"] < 0.1, s["completeness_gap"]
+    assert sum(s["saliency"]) == pytest.approx(s["activation"] - s["baseline_activation"], rel=0.1)
+    silent = next(i for i in range(576) if max(try_feature(default_ws, small_sae, i, text)["values"]) == 0)
+    with pytest.raises(FeatureError, match="does not fire on this text"):
+        token_saliency(default_ws, small_sae, silent, text)

@@ -7,6 +7,7 @@ from .clusters import context_clusters
 from .extraction import Accumulator, extract, finalise
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .prompt import DENSE_THRESHOLD, contrast, fire, ordinary_case, try_feature
+from .saliency import token_saliency
 from .store import (
     COACT_FILE,
     EXAMPLES_FILE,
@@ -40,6 +41,7 @@ __all__ = [
     "AttributionRow",
     "attribute",
     "context_clusters",
+    "token_saliency",
     "extract",
     "feature_columns",
     "feature_detail",

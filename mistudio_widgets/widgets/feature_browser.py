@@ -34,6 +34,7 @@ class FeatureBrowser(EngineWidget):
     trial = t.Dict().tag(sync=True)  # the open feature on a text typed on its page (features.try_feature)
     attribution = t.Dict().tag(sync=True)  # "why this next token": features.attribute's last answer
     clusters = t.Dict().tag(sync=True)  # the open feature's contexts in groups (features.context_clusters)
+    saliency = t.Dict().tag(sync=True)  # which tokens of the test text make it fire (features.token_saliency)
     steer_request = t.Dict().tag(sync=True)  # {sae, index}: "steer with this" (the Studio follows it)
     label_settings = t.Dict().tag(sync=True)  # LabelConfig fields (never an API key)
 
@@ -204,6 +205,16 @@ class FeatureBrowser(EngineWidget):
 
         def apply() -> None:
             self.clusters = res
+
+        return apply
+
+    @background
+    def action_saliency(self, index: int, text: str, progress=None):
+        """Integrated gradients of the open feature on the test text, token by token."""
+        res = fx.token_saliency(self.workspace, self.sae, int(index), str(text))
+
+        def apply() -> None:
+            self.saliency = res
 
         return apply
 
