@@ -434,6 +434,9 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     fb.get_by_test_id("fb-try").click()
     expect(fb.get_by_test_id("fb-try-out")).to_contain_text("peak")
     expect(fb.get_by_test_id("fb-try-out").locator(".ftok", has_text="Spain")).to_be_visible()
+    fb.get_by_test_id("fb-saliency").click()  # which of its tokens make the feature fire
+    expect(fb.get_by_test_id("fb-saliency-line").locator(".ftok")).not_to_have_count(0)
+    expect(fb.get_by_test_id("fb-try-out")).to_contain_text("integrated gradients")
     # why this next token: the features that push " Paris" after the prompt, checked by ablation
     fb.get_by_test_id("fb-attr-prompt").fill("The capital of France is")
     fb.get_by_test_id("fb-attr-target").fill(" Paris")
