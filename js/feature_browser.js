@@ -7,7 +7,9 @@ function columnsOf(model) {
   const dv = model.get("columns"), n = model.get("n_features");
   if (!dv || !n || !dv.byteLength) return null;
   const buf = dv.buffer.slice(dv.byteOffset, dv.byteOffset + dv.byteLength);
-  return { frequency: new Float32Array(buf, 0, n), mean: new Float32Array(buf, 4 * n, n), max: new Float32Array(buf, 8 * n, n) };
+  const impact = dv.byteLength >= 16 * n ? new Float32Array(buf, 12 * n, n) : null;
+  return { frequency: new Float32Array(buf, 0, n), mean: new Float32Array(buf, 4 * n, n), max: new Float32Array(buf, 8 * n, n),
+           impact: impact && impact.some((v) => !Number.isNaN(v)) ? impact : null };
 }
 
 // Token spans coloured by value (relative to `peak`); hovering a token shows its value in the page's tip
@@ -100,8 +102,11 @@ function render({ model, el }) {
   const tokensIn = h("input", { type: "number", value: 65536, min: 128, step: 128, style: { width: "7em" } });
   const extractBtn = h("button", { text: "Extract", "data-testid": "fb-extract",
     on: { click: () => send(model, "extract", { tokens: Number(tokensIn.value) }) } });
+  const impactBtn = h("button", { class: "secondary", text: "Measure impact", "data-testid": "fb-impact",
+    title: "each feature's loss change when zeroed where it fires, over held-out text (then sort by impact)",
+    on: { click: () => send(model, "impact", {}) } });
   const filter = h("input", { type: "search", placeholder: "filter: label text or index", "data-testid": "fb-filter" });
-  const sortSel = select([["index", "index"], ["frequency", "frequency ↓"], ["max", "max activation ↓"], ["label", "label"]], "index", { "data-testid": "fb-sort" });
+  const sortSel = select([["index", "index"], ["frequency", "frequency ↓"], ["max", "max activation ↓"], ["impact", "impact ↓ (critical first)"], ["label", "label"]], "index", { "data-testid": "fb-sort" });
   const count = h("span", { class: "muted", "data-testid": "fb-count" });
   const labelNote = h("div", { class: "muted", "data-testid": "fb-label-note" });
   const drawLabelNote = () => { labelNote.textContent = model.get("label_note") || ""; };
@@ -168,10 +173,10 @@ function render({ model, el }) {
     h("details", {}, h("summary", { text: "Prompt template ({examples}, {logits})" }), lbTemplate),
     h("div", { class: "row" }, lbAllBtn, lbOpen, h("span", { class: "muted", text: "or the" }), lbTop, lbTopBtn,
       h("label", { class: "check", title: "features this explainer and template labelled before are skipped unless this is ticked" }, lbRedo, "label again if already labelled")));
-  busyDisables(model, extractBtn, promptBtn, lbOpen, lbTopBtn, lbAllBtn);
+  busyDisables(model, extractBtn, impactBtn, promptBtn, lbOpen, lbTopBtn, lbAllBtn);
   saeSel.addEventListener("change", () => send(model, "select", { id: saeSel.value }));
   root.append(
-    h("div", { class: "row" }, h("b", { text: "SAE" }), saeSel, info, h("span", { class: "muted", text: "tokens:" }), tokensIn, extractBtn),
+    h("div", { class: "row" }, h("b", { text: "SAE" }), saeSel, info, h("span", { class: "muted", text: "tokens:" }), tokensIn, extractBtn, impactBtn),
     h("div", { class: "fb-grid" },
       h("div", { class: "fb-left" }, h("div", { class: "row" }, filter, sortSel), count, labelNote, listHead, viewport),
       detail),
@@ -196,6 +201,7 @@ function render({ model, el }) {
     if (q) idx = idx.filter((i) => String(i) === q || (labels[i] || "").toLowerCase().includes(q));
     const key = sortSel.value;
     if (key === "frequency" || key === "max") idx.sort((a, b) => cols[key][b] - cols[key][a]);
+    else if (key === "impact" && cols && cols.impact) idx.sort((a, b) => cols.impact[b] - cols.impact[a]);
     else if (key === "label") idx.sort((a, b) => (labels[a] ? 0 : 1) - (labels[b] ? 0 : 1) || (labels[a] || "").localeCompare(labels[b] || "") || a - b);
     order = idx;
     count.textContent = cols ? `${fmtInt(order.length)} of ${fmtInt(n)} features` : "";
@@ -219,7 +225,9 @@ function render({ model, el }) {
                              style: { top: `${k * ROW}px`, height: `${ROW}px` }, on: { click: () => open(i) } },
         h("span", { class: "idx", text: String(i) }),
         h("span", { class: "lbl" + (labels[i] ? "" : " muted"), text: labels[i] || (f > 0 ? "—" : "dead") }),
-        h("span", { class: "num", text: f > 0 ? `${(100 * f).toFixed(f < 0.001 ? 3 : 2)}%` : "0" }),
+        sortSel.value === "impact" && cols.impact
+          ? h("span", { class: "num", "data-testid": "row-impact", title: "loss change (nats per token) when zeroed where it fires", text: `${cols.impact[i] >= 0 ? "+" : ""}${cols.impact[i].toExponential(1)}` })
+          : h("span", { class: "num", text: f > 0 ? `${(100 * f).toFixed(f < 0.001 ? 3 : 2)}%` : "0" }),
         h("span", { class: "minibar", title: `max activation ${fmtNum(cols.max[i], 2)}` }, h("span", { style: { width: `${peak ? (100 * cols.max[i] / peak).toFixed(0) : 0}%` } })));
       viewport.append(row);
     }
@@ -255,7 +263,8 @@ function render({ model, el }) {
         text: `No label of this feature is verified. The newest is ${latest.verdict === "unscored" ? "unscored" : "no better than chance"} (${scoreText(latest)}): ${latest.label}. Read the examples below; relabel it or write your own.` }) : "",
       h("div", { class: "row" }, labelIn, save, steer),
       h("div", { class: "kv" }, kv("fires on", `${(100 * d.frequency).toFixed(3)}% of tokens`), kv("max", fmtNum(d.max, 3)),
-        kv("mean", fmtNum(d.mean, 3)), kv("median", fmtNum(d.quantiles.q50, 3)), kv("p99", fmtNum(d.quantiles.q99, 3))),
+        kv("mean", fmtNum(d.mean, 3)), kv("median", fmtNum(d.quantiles.q50, 3)), kv("p99", fmtNum(d.quantiles.q99, 3)),
+        ...(cols && cols.impact ? [kv("impact (loss change when zeroed)", `${cols.impact[d.index] >= 0 ? "+" : ""}${cols.impact[d.index].toExponential(2)} nats/token`)] : [])),
       h("div", { class: "density", "data-testid": "fb-density" },
         h("div", { class: "row" }, h("span", { class: "muted", text: "activation density (tokens where the feature fires)" }),
           h("label", { class: "check" }, logBox, "log scale")),

@@ -197,8 +197,8 @@ def test_feature_browser_and_map_from_the_kernel(default_ws):
     fb = FeatureBrowser(default_ws, sae=res.sae_id)
     assert fb.sae == res.sae_id and fb.extraction == {} and fb.columns == b""
     fb.extract(tokens=512, top_k=3, batch_size=4)  # blocking, as from a cell
-    cols = np.frombuffer(fb.columns, dtype="<f4").reshape(3, -1)
-    assert fb.n_features == 576 and cols.shape == (3, 576)
+    cols = np.frombuffer(fb.columns, dtype="<f4").reshape(4, -1)
+    assert fb.n_features == 576 and cols.shape == (4, 576) and np.isnan(cols[3]).all()  # impact: not measured
     np.testing.assert_array_equal(cols[0], feature_columns(default_ws, res.sae_id)["frequency"])
     busiest = int(cols[0].argmax())
     d = fb.show(busiest)

@@ -228,6 +228,27 @@ def cmd_features_attribute(ws: Workspace, a: argparse.Namespace, out) -> None:
     out.summary(r.to_dict(), "\n".join(lines))
 
 
+def cmd_features_impact(ws: Workspace, a: argparse.Namespace, out) -> None:
+    import numpy as np
+
+    from ..features import ablation_impact
+
+    r = ablation_impact(ws, a.sae, tokens=a.tokens, exact=a.exact, progress=out.progress)
+    order = np.argsort(-r.estimate)
+    firing = [int(i) for i in np.argsort(np.abs(r.estimate)) if r.fired[i] > 0]
+    lines = [
+        f"loss change (nats per token) when each feature is zeroed where it fires, over {r.tokens:,} "
+        f"held-out tokens (the model's own loss {r.loss:.3f})",
+        "critical (removing them hurts most): "
+        + ", ".join(f"{int(i)} ({r.estimate[i]:+.2e})" for i in order[: a.show]),
+        "redundant (they fire, removing them changes least): "
+        + ", ".join(f"{i} ({r.estimate[i]:+.1e})" for i in firing[: a.show]),
+        f"checked exactly on {len(r.exact_index)} features: r = "
+        + (f"{r.correlation:.2f}" if r.correlation is not None else "–"),
+    ]
+    out.summary({**r.summary(), "redundant": firing[: a.show]}, "\n".join(lines))
+
+
 def cmd_features_label(ws: Workspace, a: argparse.Namespace, out) -> None:
     from ..features import set_label
 
@@ -295,6 +316,16 @@ def register(sub, cmd) -> None:
     sp.add_argument("--target", default=None, help="the token to explain (default: the model's own next one)")
     sp.add_argument("--top", type=int, default=10, help="rows to show")
     sp.add_argument("--ablate", type=int, default=10, help="of them, how many to check by exact ablation")
+    sp = cmd(
+        fs,
+        "impact",
+        cmd_features_impact,
+        "every feature's loss change when zeroed where it fires, on held-out text (critical vs redundant)",
+    )
+    sp.add_argument("sae")
+    sp.add_argument("--tokens", type=int, default=32768, help="held-out tokens to measure on")
+    sp.add_argument("--exact", type=int, default=20, help="strongest features to check by exact ablation")
+    sp.add_argument("--show", type=int, default=10, help="features to list of each kind")
     sp = cmd(fs, "label", cmd_features_label, "set a feature's label by hand")
     sp.add_argument("sae")
     sp.add_argument("index", type=int)

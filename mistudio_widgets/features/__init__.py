@@ -5,6 +5,7 @@
 from .attribution import Attribution, AttributionRow, attribute
 from .clusters import context_clusters
 from .extraction import Accumulator, extract, finalise
+from .impact import Impact, ablation_impact, read_impact
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .prompt import DENSE_THRESHOLD, contrast, fire, ordinary_case, try_feature
 from .saliency import token_saliency
@@ -41,6 +42,9 @@ __all__ = [
     "AttributionRow",
     "attribute",
     "context_clusters",
+    "Impact",
+    "ablation_impact",
+    "read_impact",
     "token_saliency",
     "extract",
     "feature_columns",

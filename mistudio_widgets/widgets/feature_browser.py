@@ -16,7 +16,12 @@ from .. import features as fx
 from ..core.configs import ExtractConfig, LabelConfig, from_dict, to_dict
 from .base import EngineWidget, background, esm
 
-COLUMNS = ("frequency", "mean", "max")  # packed in this order into ``columns``
+COLUMNS = (
+    "frequency",
+    "mean",
+    "max",
+    "impact",
+)  # packed in this order into ``columns`` (impact: NaN unmeasured)
 
 
 class FeatureBrowser(EngineWidget):
@@ -148,7 +153,9 @@ class FeatureBrowser(EngineWidget):
         if ext is None:
             self.extraction, self.columns, self.n_features = {}, b"", int(art.meta.get("d_sae") or 0)
             return
-        cols = fx.feature_columns(self.workspace, ext)
+        cols = dict(fx.feature_columns(self.workspace, ext))
+        impact = fx.read_impact(ext)
+        cols["impact"] = impact.estimate if impact is not None else np.full(len(cols["frequency"]), np.nan)
         self.n_features = int(len(cols["frequency"]))
         self.columns = np.stack([cols[c].astype("<f4") for c in COLUMNS]).tobytes()
         self.extraction = {
@@ -156,6 +163,7 @@ class FeatureBrowser(EngineWidget):
             "name": ext.name,
             **(ext.meta.get("summary") or {}),
             "config": ext.meta.get("config", {}),
+            "impact": impact.summary() if impact is not None else None,
         }
 
     # -- actions from the page ------------------------------------------------------------------
@@ -336,6 +344,22 @@ class FeatureBrowser(EngineWidget):
         def apply() -> None:
             self._load(sae)
             self.message = f"Extracted {ext.meta['summary']['tokens']:,} tokens."
+
+        return apply
+
+    @background
+    def action_impact(self, tokens: int = 32768, progress=None, control=None):
+        """Every feature's loss change when zeroed where it fires (features.ablation_impact), then the
+        list can sort by it."""
+        sae = self.sae
+        if not sae:
+            raise fx.FeatureError("No SAE is selected.", "choose an SAE first.")
+        res = fx.ablation_impact(self.workspace, sae, tokens=int(tokens), progress=progress, control=control)
+
+        def apply() -> None:
+            self._load(sae)
+            r = f"; r = {res.correlation:.2f} against exact ablation" if res.correlation is not None else ""
+            self.message = f"Measured every feature's impact over {res.tokens:,} held-out tokens{r}."
 
         return apply
 

@@ -105,7 +105,9 @@ class FeatureMap(ipw.VBox):
 
         b, n = self.browser, len(x)
         freq = (
-            np.frombuffer(b.columns, dtype="<f4").reshape(len(COLUMNS), -1)[0] if b.columns else np.zeros(n)
+            np.frombuffer(b.columns, dtype="<f4").reshape(len(COLUMNS), -1)[COLUMNS.index("frequency")]
+            if b.columns
+            else np.zeros(n)
         )
         kind = go.Scattergl if n > 20000 else go.Scatter  # SVG draws everywhere; WebGL only for huge SAEs
         text = [f"feature {i}: {b.labels.get(str(i), '')} (fires on {100 * freq[i]:.3f}%)" for i in range(n)]
