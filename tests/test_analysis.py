@@ -123,14 +123,14 @@ def test_token_saliency_adds_up_to_the_features_activation(default_ws, small_sae
 def test_ablation_impact_over_the_dictionary_agrees_with_exact_ablation(default_ws, small_sae, extraction):
     """Every feature's loss change when zeroed where it fires, estimated in one pass per batch, agrees with
     exact ablation on the strongest; it is kept for the feature list (a sort) and read back."""
-    from mistudio_widgets.features import ablation_impact, read_impact
+    from mistudio_widgets.features import ablation_impact, latest_extraction, read_impact
     from mistudio_widgets.widgets import FeatureBrowser
 
     r = ablation_impact(default_ws, small_sae, tokens=2048, exact=8, exact_tokens=2048)
     assert r.tokens > 1500 and r.estimate.shape == (576,) and r.loss > 0
     assert np.all(r.estimate[r.fired == 0] == 0)  # a feature that never fired changes nothing
     assert r.correlation is not None and r.correlation > 0.7, (r.exact, r.estimate[r.exact_index])
-    back = read_impact(extraction)
+    back = read_impact(latest_extraction(default_ws, small_sae))  # the extraction it measured
     assert back is not None and np.array_equal(back.estimate, r.estimate)
     fb = FeatureBrowser(default_ws, sae=small_sae)
     cols = np.frombuffer(fb.columns, dtype="<f4").reshape(4, -1)
