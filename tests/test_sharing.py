@@ -121,6 +121,7 @@ def test_neuronpedia_export_matches_the_extraction(default_ws, small_sae, extrac
     with gzip.open(tmp_path / "np" / "extras" / f"batch-{b}.jsonl.gz", "rt") as f:
         side = [json.loads(x) for x in f][k]
     assert side["feature_id"] == f"{r['model_id']}@{r['source_id']}:{index}"
+    assert "ablation_impact" in side  # a number once measured (features.ablation_impact), else null
     assert side["explanations"][-1]["label"] == "busy feature" and side["explanations"][-1]["score"] == 0.75
     bulk = tmp_path / "np" / r["model_id"] / r["source_id"]
     assert {p.name for p in bulk.iterdir()} == {

@@ -28,8 +28,9 @@ from ..features import (
     HIST_BINS,
     LOGIT_HIST_BINS,
     label_verdict,
+    read_impact,
     require_extraction,
-    vocab_strings,
+    shown_vocab,
 )
 from ..features.store import read_parquet, reading_extraction_file
 from ..sae.io import load_sae
@@ -137,6 +138,7 @@ class _Export:
     groups: int  # quantile groups of the extraction's examples
     W_dec: np.ndarray
     labels: dict[int, list[dict[str, Any]]]  # every label of each feature, with its verdict
+    impact: np.ndarray | None  # each feature's ablation impact, when measured
     n_prompts: int
     n_tokens: int
     dataset: str | None
@@ -232,10 +234,11 @@ def _export_context(
         hook=art.meta.get("hook") or "",
         creator_id=creator_id,
         created=rec.now_iso(),
-        vocab=vocab_strings(load_tokenizer(ws, ext.meta["model"])),
+        vocab=shown_vocab(load_tokenizer(ws, ext.meta["model"])),  # as the feature page shows tokens
         groups=int(ext.meta["config"].get("quantile_groups", 10)),
         W_dec=load_sae(art.folder)[0].W_dec.detach().float().numpy(),
         labels=labels,
+        impact=impact.estimate if (impact := read_impact(ext)) is not None else None,
         n_prompts=int(ext.meta.get("sequences") or 0),
         n_tokens=int(ext.meta.get("context_size") or 0),
         dataset=dataset_source(ws, ext.meta.get("tokenization")),
@@ -313,6 +316,7 @@ def _write_batch(
                 feature_id=f"{ctx.model_id}@{ctx.source_id}:{i}",
                 hook=ctx.hook,
                 labels=ctx.labels.get(i, []),
+                impact=float(ctx.impact[i]) if ctx.impact is not None else None,
             )
         )
     layer, set_name = ctx.source_id.split("-", 1)

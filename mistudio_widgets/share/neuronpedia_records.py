@@ -397,13 +397,17 @@ def explanation(
     }
 
 
-def side_record(index: int, *, feature_id: str, hook: str, labels: list[dict[str, Any]]) -> dict[str, Any]:
-    """What a dashboard feature cannot hold: our feature id, the hook and every label with its score and
-    verdict (those at chance or unscored included: this is the full record, not a claim)."""
+def side_record(
+    index: int, *, feature_id: str, hook: str, labels: list[dict[str, Any]], impact: float | None = None
+) -> dict[str, Any]:
+    """What a dashboard feature cannot hold: our feature id, the hook, every label with its score and
+    verdict (those at chance or unscored included: this is the full record, not a claim) and, when it was
+    measured, the feature's ablation impact (next-token loss change in nats per token when zeroed)."""
     return {
         "feature_index": index,
         "feature_id": feature_id,
         "hook_name": hook,
+        "ablation_impact": impact,
         "explanations": [
             {k: lab.get(k) for k in ("label", "method", "model", "score", "verdict", "template", "time")}
             for lab in labels
