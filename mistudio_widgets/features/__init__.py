@@ -34,6 +34,7 @@ from .store import (
     search,
     set_label,
     shown_labels,
+    shown_vocab,
     vocab_strings,
 )
 
@@ -69,6 +70,7 @@ __all__ = [
     "model_for_sae",
     "sae_hook",
     "feature_acts",
+    "shown_vocab",
     "vocab_strings",
     "FeatureError",
     "Accumulator",
