@@ -6,7 +6,8 @@ features of several prompts (Pearson r). Printed as ratios and correlations; not
     python benchmarks/bench_analysis.py [--sae NAME] [--top 50]
 (without --sae, the newest SAE whose name starts with demo-topk.)
 
-Not measured yet: the whole-dictionary ablation-impact pass over 32k tokens (issue 27, item 3).
+Then the whole-dictionary ablation impact over 32k held-out tokens (one forward and backward pass per
+batch): its seconds, and the r between its estimate and exact ablation for the top 50 features.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import statistics
 import time
 
 from mistudio_widgets import Workspace
-from mistudio_widgets.features import attribute
+from mistudio_widgets.features import ablation_impact, attribute
 
 PROMPTS = [
     ("The capital of France is", " Paris"),
@@ -31,6 +32,7 @@ def main() -> None:
     p.add_argument("--sae", default=None)
     p.add_argument("--top", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--impact-tokens", type=int, default=32768)
     a = p.parse_args()
     ws = Workspace()
     sae = a.sae or next(s.id for s in reversed(ws.list("sae")) if s.name.startswith("demo-topk"))
@@ -58,6 +60,17 @@ def main() -> None:
     good = [r for r in rs if r is not None]
     print(
         f"median r (activation x gradient against exact ablation, top {a.top}): {statistics.median(good):.3f}"
+    )
+    t0 = time.perf_counter()
+    ablation_impact(ws, sae, tokens=a.impact_tokens, exact=0)
+    t1 = time.perf_counter()
+    imp = ablation_impact(ws, sae, tokens=a.impact_tokens, exact=a.top, exact_tokens=4096)
+    t2 = time.perf_counter()
+    r = f"{imp.correlation:.3f}" if imp.correlation is not None else "–"
+    print(
+        f"ablation impact of all {len(imp.estimate):,} features over {imp.tokens:,} held-out tokens: "
+        f"{t1 - t0:.1f} s; the exact check of the top {a.top} over 4,096 tokens: {(t2 - t1) - (t1 - t0):.1f} s "
+        f"more; r = {r}"
     )
 
 
