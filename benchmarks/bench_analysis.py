@@ -69,8 +69,8 @@ def main() -> None:
     r = f"{imp.correlation:.3f}" if imp.correlation is not None else "–"
     print(
         f"ablation impact of all {len(imp.estimate):,} features over {imp.tokens:,} held-out tokens: "
-        f"{t1 - t0:.1f} s; the exact check of the top {a.top} over 4,096 tokens: {(t2 - t1) - (t1 - t0):.1f} s "
-        f"more; r = {r}"
+        f"{t1 - t0:.1f} s; the exact check of the top {a.top} over 4,096 tokens: "
+        f"{(t2 - t1) - (t1 - t0):.1f} s more; r = {r}"
     )
 
 
