@@ -56,7 +56,7 @@ WORD_BREAK_JS = """() => {
     if (!cell.offsetParent) continue;
     const walk = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
     for (let n = walk.nextNode(); n; n = walk.nextNode()) {
-      for (const m of n.data.matchAll(/\\S+/g)) {
+      for (const m of n.data.matchAll(/[^\\s\\-\\/]+/g)) {  // the parts between break opportunities
         const r = document.createRange();
         r.setStart(n, m.index);
         r.setEnd(n, m.index + m[0].length);

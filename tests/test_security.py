@@ -567,7 +567,7 @@ def test_datasets_say_which_records_they_skip_and_keep_a_headerless_csv_first_ro
 
 def test_a_long_single_line_document_is_tokenized_in_bounded_pieces(default_ws):
     from mistudio_widgets.core.defaults import default_corpus_files
-    from mistudio_widgets.data import datasets as dsm
+    from mistudio_widgets.data import packing as dsm
     from mistudio_widgets.data.models import load_tokenizer
 
     tok = load_tokenizer(default_ws, "SmolLM2-135M-Instruct")

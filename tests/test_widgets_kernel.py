@@ -246,6 +246,7 @@ def test_feature_browser_and_map_from_the_kernel(default_ws):
     fm.colour_picker.value = "label"
     names = [tr.name for tr in fm.figure.data]
     assert names[-1].startswith("unlabelled") and sum(len(tr.x) for tr in fm.figure.data) == 576
+    fm.colour_picker.value = "frequency"  # one trace holding every feature again
     fm._clicked(fm.figure.data[0], type("Points", (), {"point_inds": [7]})(), None)  # as plotly calls it
     assert fb.detail["index"] == 7
     fb.show(busiest)
