@@ -22,6 +22,19 @@ function tokSpan(t, v, peak, cls) {
   return span;
 }
 
+// The "why" colourings of a token: saliency (signed: green raises the activation, blue lowers it, relative to
+// `peak`, the largest magnitude) or attention (purple: the share of the peak token's attention).
+function whySpan(t, v, peak, cls, kind) {
+  const a = peak > 0 ? Math.min(Math.abs(v) / peak, 1) : 0;
+  const rgb = kind === "attention" ? "142, 68, 173" : v >= 0 ? "56, 142, 60" : "25, 118, 210";
+  const tip = kind === "attention" ? `${JSON.stringify(t)}  ${(100 * v).toFixed(1)}% of the attention from the marked token`
+    : `${JSON.stringify(t)}  ${v >= 0 ? "+" : ""}${v.toFixed(3)} of the activation`;
+  const span = h("span", { class: "ftok" + cls, "data-tip": tip, "data-value": v.toFixed(4),
+                          style: { background: a > 0 ? `rgba(${rgb}, ${(0.1 + 0.8 * a).toFixed(3)})` : "" } });
+  span.textContent = t.replace(/\n/g, "⏎");
+  return span;
+}
+
 function tokenLine(tokens, values, peak, { mark = -1, onClick = null } = {}) {
   const line = h("div", { class: "fb-tokens" });
   tokens.forEach((t, i) => {
@@ -35,12 +48,13 @@ function tokenLine(tokens, values, peak, { mark = -1, onClick = null } = {}) {
 // An example window centred on its peak token (the peaks of a feature's examples line up in one column),
 // showing RADIUS tokens either side; a click shows the whole stored window, wrapped, and another folds it.
 const RADIUS = 8;
-function exampleLine(tokens, values, peak, mark) {
+function exampleLine(tokens, values, peak, mark, paint = null) {
   const line = h("div", { class: "fb-tokens centred collapsed", "data-testid": "fb-example-line", title: "click to show the whole window" });
   const before = h("span", { class: "before" }), at = h("span", { class: "at" }), after = h("span", { class: "after" });
   tokens.forEach((t, i) => {
     const far = Math.abs(i - mark) > RADIUS ? " far" : "";
-    (i < mark ? before : i === mark ? at : after).append(tokSpan(t, values[i] || 0, peak, (i === mark ? " peak" : "") + far));
+    const cls = (i === mark ? " peak" : "") + far;
+    (i < mark ? before : i === mark ? at : after).append(paint ? paint(t, i, cls) : tokSpan(t, values[i] || 0, peak, cls));
   });
   line.append(before, at, after);
   line.addEventListener("click", () => line.classList.toggle("collapsed"));
@@ -189,6 +203,7 @@ function render({ model, el }) {
   reportTheme(model, root);
 
   let cols = null, order = [], globalMax = 0, histLog = false;
+  let colourBy = "activation", whyAsked = null;  // the examples' colouring, and the feature whose "why" was asked
   const open = (i) => send(model, "open", { index: i });
 
   const rebuild = () => {
@@ -282,8 +297,42 @@ function render({ model, el }) {
       d.neighbours.map((n) => h("button", { class: "link", text: `${n.index} (${n.cosine.toFixed(2)})`, "data-index": n.index, on: { click: () => open(n.index) } }))), coBtn);
     const co = model.get("coact") || {};
     if (co.features && co.features[0] === d.index) detail.append(heatmap(co, open));
-    const ex = h("div", { class: "examples", "data-testid": "fb-examples" }, h("div", { class: "muted", text: "top activations" }));
-    for (const e of d.examples) ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), exampleLine(e.tokens, e.values, d.max, e.peak)));
+    // the top examples coloured by activation, or (read again by the model, on demand) by integrated-gradient
+    // saliency at the peak token or by where the attention before the hook looks from it
+    const colourSel = select([["activation", "activation"], ["saliency", "saliency (which tokens make it fire)"], ["attention", "attention from the peak token"]],
+      colourBy, { "data-testid": "fb-colour-by" });
+    colourSel.addEventListener("change", () => { colourBy = colourSel.value; whyAsked = null; drawDetail(); });
+    const wy = model.get("example_why") || {};
+    const whyHere = wy.index === d.index && wy.extraction === (model.get("extraction") || {}).id;
+    const whyNote = h("div", { class: "muted", "data-testid": "fb-why-note" });
+    if (colourBy !== "activation" && !whyHere) {
+      if (whyAsked !== d.index) { whyAsked = d.index; send(model, "example_why", { index: d.index }); }
+      whyNote.textContent = "reading the top examples again to weigh their tokens…";
+    } else if (colourBy !== "activation") {
+      const rows = wy.examples;
+      if (colourBy === "saliency") {
+        const gaps = rows.filter((r) => r.completeness_gap !== null).map((r) => r.completeness_gap);
+        whyNote.textContent = `saliency: integrated gradients (${wy.steps} steps) of the activation at the marked token, each window read alone after a BOS; `
+          + `green raises it, blue lowers it; they add up to the activation within ${gaps.length ? (100 * Math.max(...gaps)).toFixed(1) : "–"}%`;
+      } else {
+        const sinks = rows.filter((r) => r.attention_sink !== null).map((r) => r.attention_sink);
+        whyNote.textContent = wy.attention_layer === null ? "this hook comes before any attention layer: nothing to show"
+          : `attention of layer ${wy.attention_layer} from the marked token, mean over heads; the BOS took ${sinks.length ? (100 * sinks.reduce((a, b) => a + b, 0) / sinks.length).toFixed(0) : "–"}% `
+            + "on average and is left out (the rest renormalised)";
+      }
+    }
+    const ex = h("div", { class: "examples", "data-testid": "fb-examples" }, h("div", { class: "row" }, h("span", { class: "muted", text: "top activations, coloured by" }), colourSel), whyNote);
+    d.examples.forEach((e, k) => {
+      const r = whyHere && colourBy !== "activation" ? wy.examples[k] : null;
+      const vals = r ? (colourBy === "saliency" ? r.saliency : r.attention) : null;
+      let line;
+      if (vals) {
+        const peak = Math.max(...vals.map(Math.abs), 1e-9);
+        line = exampleLine(e.tokens, e.values, d.max, e.peak, (t, i, cls) => whySpan(t, vals[i] || 0, peak, cls, colourBy));
+      } else line = exampleLine(e.tokens, e.values, d.max, e.peak);
+      ex.append(h("div", { class: "example" }, h("span", { class: "num", text: e.value.toFixed(2) }), line,
+        r && !vals && colourBy === "saliency" ? h("span", { class: "muted", "data-testid": "fb-why-context", text: " (fires here only with context before the window)" }) : ""));
+    });
     for (const g of d.quantile_examples) {
       if (!g.examples.length) continue;
       ex.append(h("div", { class: "muted", text: `activations ${g.range[0].toFixed(2)}–${g.range[1].toFixed(2)}${g.share ? ` (${(100 * g.share).toFixed(0)}% of firings)` : ""}` }));
@@ -324,14 +373,16 @@ function render({ model, el }) {
       const peakS = Math.max(...sal.saliency.map(Math.abs), 1e-9);
       const line = h("div", { class: "fb-tokens", "data-testid": "fb-saliency-line" });
       sal.tokens.forEach((t, i) => {
-        const v = sal.saliency[i], a = Math.min(Math.abs(v) / peakS, 1);
-        const span = h("span", { class: "ftok" + (i === sal.position ? " peak" : ""), "data-tip": `${JSON.stringify(t)}  ${v >= 0 ? "+" : ""}${v.toFixed(3)} of the activation`,
-          style: { background: `rgba(${v >= 0 ? "56, 142, 60" : "25, 118, 210"}, ${(0.1 + 0.8 * a).toFixed(3)})` } });
-        span.textContent = t.replace(/\n/g, "⏎");
-        line.append(span);
+        line.append(whySpan(t, sal.saliency[i], peakS, i === sal.position ? " peak" : "", "saliency"));
       });
       tryOut.append(h("div", { class: "muted", text: `which tokens make it fire at the marked one (integrated gradients, ${sal.steps} steps): green raises it, blue lowers it; `
         + `they add up to ${sal.activation.toFixed(3)} − ${sal.baseline_activation.toFixed(3)} within ${(100 * sal.completeness_gap).toFixed(1)}%` }), line);
+      if (sal.attention) {
+        const peakA = Math.max(...sal.attention, 1e-9);
+        tryOut.append(h("div", { class: "muted", text: `where layer ${sal.attention_layer}'s attention looks from the marked token (mean over heads; `
+          + `the BOS took ${(100 * sal.attention_sink).toFixed(0)}% and is left out)` }),
+          h("div", { class: "fb-tokens", "data-testid": "fb-attention-line" }, sal.attention.map((v, i) => whySpan(sal.tokens[i], v, peakA, i === sal.position ? " peak" : "", "attention"))));
+      }
     }
     detail.append(h("div", { class: "row" }, tryIn, tryGo, salGo), tryOut);
     if (d.labels && d.labels.length) {
@@ -438,6 +489,7 @@ function render({ model, el }) {
   model.on("change:trial", drawDetail);
   model.on("change:clusters", drawDetail);
   model.on("change:saliency", drawDetail);
+  model.on("change:example_why", drawDetail);
   model.on("change:attribution", drawAttribution);
   model.on("change:prompt", drawPrompt);
   model.on("change:saes", drawHeader);

@@ -109,7 +109,7 @@ def test_token_saliency_adds_up_to_the_features_activation(default_ws, small_sae
     text = "The quick brown fox jumps over the lazy dog."
     fired = fire(default_ws, small_sae, text)
     f = fired["features"][0]["index"]
-    s = token_saliency(default_ws, small_sae, f, text, steps=32)
+    s = token_saliency(default_ws, small_sae, f, text)
     assert s["tokens"] == fired["tokens"] and len(s["saliency"]) == len(s["tokens"])
     tried = try_feature(default_ws, small_sae, f, text)
     assert s["position"] == int(np.argmax(tried["values"]))  # where it fires most
@@ -139,3 +139,54 @@ def test_ablation_impact_over_the_dictionary_agrees_with_exact_ablation(default_
     cols = np.frombuffer(fb.columns, dtype="<f4").reshape(4, -1)
     np.testing.assert_allclose(cols[3], r.estimate.astype(np.float32))
     assert fb.extraction["impact"]["correlation"] == r.correlation
+
+
+def test_the_stored_examples_are_coloured_by_saliency_and_by_the_models_own_attention(
+    default_ws, small_sae, extraction
+):
+    """The feature page's second and third colouring of its top examples: integrated gradients at each
+    example's peak (adding up to its activation, read again after a BOS) and the attention row from the
+    peak, which must be the model's own: the same as an eager copy of the model returns with
+    output_attentions."""
+    import copy
+
+    import torch
+
+    from mistudio_widgets.data.models import load_model
+    from mistudio_widgets.features import example_saliency, feature_detail, model_for_sae
+
+    freq = feature_columns(default_ws, extraction)["frequency"]
+    busiest = int(np.argmax(freq))
+    d = feature_detail(default_ws, extraction, busiest)
+    why = example_saliency(default_ws, extraction, busiest, limit=3)
+    assert why["index"] == busiest and why["attention_layer"] == 6  # the SAE reads blocks.6.hook_resid_post
+    assert len(why["examples"]) == min(3, len(d["examples"]))
+    explained = 0
+    for e, r in zip(d["examples"], why["examples"]):
+        n, peak = len(e["tokens"]), e["peak"]
+        att = np.array(r["attention"])
+        assert att.shape == (n,) and np.all(att[peak + 1 :] == 0)  # a token sees none after it
+        assert att[: peak + 1].sum() == pytest.approx(1)
+        if r["saliency"] is None:  # the window alone does not make it fire: its context was earlier
+            assert r["reread"] <= 0
+            continue
+        explained += 1
+        assert len(r["saliency"]) == n and r["completeness_gap"] < 0.1, r["completeness_gap"]
+        assert r["activation"] == pytest.approx(r["reread"], rel=1e-3, abs=1e-4)
+    assert explained >= 1
+    # the overlay against the model's own attention weights, from an eager copy of the model
+    from mistudio_widgets.features import load_library_sae
+
+    art, sae, _ = load_library_sae(default_ws, small_sae)
+    own = model_for_sae(default_ws, art, sae)
+    lm = load_model(default_ws, own.artifact, dtype="float32", device="cpu")
+    e, r = d["examples"][0], why["examples"][0]
+    ids = torch.tensor([[lm.tokenizer.bos_token_id] + list(e["token_ids"])])
+    eager = copy.deepcopy(lm.model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        rows = eager(input_ids=ids, output_attentions=True).attentions[6][0, :, 1 + e["peak"], :].mean(0)
+    want = rows[1 : 2 + e["peak"]] / rows[1 : 2 + e["peak"]].sum()
+    np.testing.assert_allclose(r["attention"][: e["peak"] + 1], want.numpy(), atol=1e-5)
+    assert r["attention_sink"] == pytest.approx(float(rows[0]), abs=1e-5)
+    assert lm.model.config._attn_implementation != "eager"  # the kernel's model was not switched

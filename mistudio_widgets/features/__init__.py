@@ -8,7 +8,7 @@ from .extraction import Accumulator, extract, finalise
 from .impact import Impact, ablation_impact, read_impact
 from .library import FeatureError, feature_acts, load_library_sae, model_for_sae, sae_hook
 from .prompt import DENSE_THRESHOLD, contrast, fire, ordinary_case, try_feature
-from .saliency import token_saliency
+from .saliency import example_saliency, token_saliency
 from .store import (
     COACT_FILE,
     EXAMPLES_FILE,
@@ -47,6 +47,7 @@ __all__ = [
     "ablation_impact",
     "read_impact",
     "token_saliency",
+    "example_saliency",
     "extract",
     "feature_columns",
     "feature_detail",

@@ -40,6 +40,7 @@ class FeatureBrowser(EngineWidget):
     attribution = t.Dict().tag(sync=True)  # "why this next token": features.attribute's last answer
     clusters = t.Dict().tag(sync=True)  # the open feature's contexts in groups (features.context_clusters)
     saliency = t.Dict().tag(sync=True)  # which tokens of the test text make it fire (features.token_saliency)
+    example_why = t.Dict().tag(sync=True)  # top examples' saliency and attention (features.example_saliency)
     steer_request = t.Dict().tag(sync=True)  # {sae, index}: "steer with this" (the Studio follows it)
     label_settings = t.Dict().tag(sync=True)  # LabelConfig fields (never an API key)
 
@@ -223,6 +224,19 @@ class FeatureBrowser(EngineWidget):
 
         def apply() -> None:
             self.saliency = res
+
+        return apply
+
+    @background
+    def action_example_why(self, index: int, progress=None):
+        """Saliency and attention for the open feature's top examples (their second and third colouring)."""
+        ext = self.extraction.get("id")
+        if not ext:
+            raise fx.FeatureError("This SAE has no finished extraction.", "extract its features first.")
+        res = fx.example_saliency(self.workspace, ext, int(index), progress=progress)
+
+        def apply() -> None:
+            self.example_why = res
 
         return apply
 
