@@ -425,6 +425,21 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     expect(far.first).to_be_visible()
     line.click()
     expect(far.first).to_be_hidden()
+    # the examples coloured by why the feature fires: saliency, then the model's attention, then back
+    colour = fb.get_by_test_id("fb-colour-by")
+    colour.select_option("saliency")
+    expect(fb.get_by_test_id("fb-why-note")).to_contain_text("integrated gradients")
+    peak = fb.get_by_test_id("fb-examples").locator(".ftok.peak").first
+    expect(peak).to_have_attribute("data-tip", re.compile(r"  [+-]\d+\.\d{3} of the activation$"))
+    expect(fb.get_by_test_id("fb-why-note")).to_contain_text(re.compile(r"within \d+\.\d%"))
+    if os.environ.get("MISTUDIO_SCREENSHOTS"):
+        shot = os.environ["MISTUDIO_SCREENSHOTS"] + "/examples_saliency.png"
+        fb.get_by_test_id("fb-examples").screenshot(path=shot)
+    colour.select_option("attention")
+    expect(fb.get_by_test_id("fb-why-note")).to_contain_text("attention of layer 6 from the marked token")
+    expect(peak).to_have_attribute("data-tip", re.compile(r"% of the attention from the marked token$"))
+    colour.select_option("activation")
+    expect(peak).to_have_attribute("data-tip", re.compile(r"  \d+\.\d{3} \(\d+% of max\)$"))
     # its contexts in groups of like hidden states
     fb.get_by_test_id("fb-cluster-go").click()
     expect(fb.get_by_test_id("fb-cluster").first).to_contain_text("context")
@@ -437,6 +452,7 @@ def test_feature_browser_in_lab(page, lab, default_ws, extracted_sae):
     fb.get_by_test_id("fb-saliency").click()  # which of its tokens make the feature fire
     expect(fb.get_by_test_id("fb-saliency-line").locator(".ftok")).not_to_have_count(0)
     expect(fb.get_by_test_id("fb-try-out")).to_contain_text("integrated gradients")
+    expect(fb.get_by_test_id("fb-attention-line").locator(".ftok")).not_to_have_count(0)
     # why this next token: the features that push " Paris" after the prompt, checked by ablation
     fb.get_by_test_id("fb-attr-prompt").fill("The capital of France is")
     fb.get_by_test_id("fb-attr-target").fill(" Paris")

@@ -4,6 +4,7 @@ seeded, and no hook is left behind after success, errors or an interrupt."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -64,6 +65,9 @@ def test_empty_intervention_changes_nothing_and_strong_steering_changes_the_text
     default_ws, small_sae, setup
 ):
     lm, sae, f, mx = setup
+    # transformers adds its own output-recording hooks, for good, the first time hidden states are asked
+    # for (the similarity metric does): count from after that
+    lm.model(input_ids=torch.tensor([[1, 2]]).to(lm.device), output_hidden_states=True)
     before = hooks_in(lm.model)
     same = steer(default_ws, small_sae, SteerConfig(features=[], prompt=PROMPT, max_tokens=12))
     assert same.steered == same.unsteered and same.metrics.kl_mean == 0.0
@@ -168,3 +172,63 @@ def test_sweep_presets_and_cli(default_ws, small_sae, setup):
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"unsteered", "steered", "metrics"} <= set(last) and last["metrics"]["kl_mean"] > 0
+
+
+def test_a_steer_is_read_at_a_later_layer_through_the_sae_there(default_ws, small_sae, setup):
+    """The downstream metric: the steered feature's nearest feature (by decoder cosine) in an SAE at a
+    later layer, its mean activation over the continuation with and without the steer, as the model
+    itself gives it under the edit; nothing changes at strength 0; auto, none and a wrong layer."""
+    from mistudio_widgets.core.configs import TrainConfig
+    from mistudio_widgets.data.hooks import capture, intervene
+    from mistudio_widgets.steering.edit import generate, prompt_ids
+    from mistudio_widgets.train.training import train
+
+    lm, sae, f, mx = setup
+    at = "blocks.9.hook_resid_post"
+    later = train(
+        default_ws,
+        TrainConfig(
+            steps=4, batch_tokens=512, chunk_sequences=16, eval_sequences=4, eval_every=0,
+            checkpoint_every=0, log_every=2, expansion_factor=1, k=8, hook=at,
+            name=default_ws.unique_name("run", "later-sae"),
+        ),
+    ).sae_id  # fmt: skip
+    try:
+        cfg = SteerConfig(features=[[f, 12 * mx]], prompt=PROMPT, max_tokens=8, downstream=later)
+        r = steer(default_ws, small_sae, cfg)
+        d = r.metrics.downstream
+        assert d is not None and d.sae == later and d.hook == at
+        _, lsae, _ = load_library_sae(default_ws, later)
+        W = lsae.W_dec.detach().float()
+        u = sae.W_dec.detach().float()[f]
+        cos = (W / W.norm(dim=1, keepdim=True)) @ (u / u.norm())
+        m = d.matched[str(f)]
+        assert m.index == int(cos.argmax()) and m.cosine == pytest.approx(float(cos.max()), abs=1e-5)
+        # the same figures from the model under the edit, read at the later hook
+        ids = prompt_ids(lm, PROMPT, True)
+        seq = torch.cat([ids, torch.tensor([generate(lm, ids, cfg)])], 1)
+        edit = make_edit(sae, [(f, 12 * mx)], cfg)
+        means = []
+        for e in (None, edit):
+            edits = {"blocks.6.hook_resid_post": e} if e else {}
+            with torch.no_grad(), intervene(lm.model, edits), capture(lm.model, at) as got:
+                lm.model(input_ids=seq.to(lm.device), use_cache=False)
+            means.append(lsae.encode(got[at][0].float())[ids.shape[1] :].mean(0).detach())
+        assert m.before == pytest.approx(float(means[0][m.index]), abs=1e-4)
+        assert m.after == pytest.approx(float(means[1][m.index]), abs=1e-4)
+        rise = means[1] - means[0]
+        assert d.most_raised and d.most_raised[0].index == int(rise.argmax())
+        from mistudio_widgets.cli.steer import describe_steer
+
+        told = describe_steer(r)  # the CLI says it
+        assert f"at {at}, read through" in told and f"feature {f}'s nearest, feature {m.index}" in told
+        still = steer(default_ws, small_sae, SteerConfig(features=[[f, 0.0]], prompt=PROMPT, max_tokens=8))
+        assert still.metrics.downstream is not None  # auto finds a later SAE of the same model
+        assert int(still.metrics.downstream.hook.split(".")[1]) in (7, 8, 9)  # the nearest, at most 9
+        assert all(x.before == x.after for x in still.metrics.downstream.matched.values())
+        none = steer(default_ws, small_sae, dataclasses.replace(cfg, downstream="none"))
+        assert none.metrics.downstream is None and none.steered == r.steered
+        with pytest.raises(SteeringError, match="not a later layer"):
+            steer(default_ws, small_sae, dataclasses.replace(cfg, downstream=small_sae))
+    finally:
+        default_ws.delete(later, cascade=True, force=True)

@@ -570,3 +570,8 @@ class SteerConfig:
         0.0, "Subtract this times a token's count so far from its logit (as OpenAI's frequency_penalty)."
     )
     seed: int = opt(0, "Seed shared by both generations.", minimum=0)
+    downstream: str = opt(
+        "auto",
+        "Read the steer at a later layer through an SAE there: auto (the nearest later SAE of the same "
+        "model), none, or an SAE's name or id.",
+    )

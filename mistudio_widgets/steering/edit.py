@@ -195,14 +195,19 @@ def generate(
 
 
 @torch.no_grad()
-def forward(lm: LoadedModel, ids: torch.Tensor, hook: str, edit, sae: SAE, feats: list[int]) -> Forward:
+def forward(
+    lm: LoadedModel, ids: torch.Tensor, hook: str, edit, sae: SAE, feats: list[int], later: str | None = None
+) -> Forward:
     """One forward pass of ``ids`` [1, T] with ``edit`` applied at ``hook`` (None: unsteered), read at
-    the hook: log-probabilities, the activations of features ``feats`` and the hook's activations."""
+    the hook: log-probabilities, the activations of features ``feats`` and the hook's activations; and
+    the activations at the ``later`` hook when given."""
     edits = {hook: edit} if edit is not None else {}
-    with intervene(lm.model, edits), capture(lm.model, hook, stop=False) as got:
+    hooks = [hook] + ([later] if later else [])
+    with intervene(lm.model, edits), capture(lm.model, hooks, stop=False) as got:
         logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits[0].float()
     acts = sae.encode(got[hook].float().to(sae.W_enc.device))[0][:, feats] if feats else None
-    return Forward(torch.log_softmax(logits, -1).cpu(), acts, got[hook][0].float().cpu())
+    down = got[later][0].float().cpu() if later else None
+    return Forward(torch.log_softmax(logits, -1).cpu(), acts, got[hook][0].float().cpu(), down)
 
 
 def residual_norm(lm: LoadedModel, ids: torch.Tensor, h: torch.Tensor) -> float:

@@ -19,6 +19,7 @@ class Forward:
     logprobs: torch.Tensor
     acts: torch.Tensor | None
     residual: torch.Tensor
+    later: torch.Tensor | None = None  # a later hook's activations [T, d], when one was asked for
 
 
 @dataclass
@@ -50,6 +51,28 @@ class ActivationChange:
 
 
 @dataclass
+class DownstreamFeature:
+    """A feature of the later SAE: its mean activation over the continuation, unsteered and steered, and
+    (for a steered feature's counterpart) the cosine between the two decoder directions."""
+
+    index: int
+    cosine: float | None
+    before: float
+    after: float
+
+
+@dataclass
+class DownstreamChange:
+    """The steer read at a later layer through the SAE there (see :mod:`.downstream`)."""
+
+    sae: str
+    name: str
+    hook: str
+    matched: dict[str, DownstreamFeature]  # per steered feature: its nearest later feature
+    most_raised: list[DownstreamFeature]  # the later features the steer raised most
+
+
+@dataclass
 class SteerMetrics:
     """What a steer changed, measured on one shared text (the prompt and the unsteered continuation)."""
 
@@ -60,6 +83,7 @@ class SteerMetrics:
     relative_strength: dict[str, float]  # per feature: the added vector's length / residual_norm
     similarity: float | None = None  # the two continuations' meaning: cosine of mean-pooled hidden states
     feature_activation: dict[str, ActivationChange] = field(default_factory=dict)
+    downstream: DownstreamChange | None = None  # at a later layer, when an SAE of it exists
     perplexity_unsteered: float | None = None  # of the reference text (None: too short to measure)
     perplexity_steered: float | None = None
     reference: str | None = None  # which text the perplexities read: "given", or the shared text

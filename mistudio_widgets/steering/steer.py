@@ -13,10 +13,11 @@ import torch
 
 from ..core.configs import SteerConfig
 from ..core.jobs import JobControl
-from ..core.workspace import Workspace
+from ..core.workspace import Artifact, Workspace
 from ..data.models import LoadedModel
 from ..features import load_library_sae, model_for_sae, sae_hook
 from ..sae import SAE
+from .downstream import downstream_change, later_sae
 from .edit import (
     SteeringError,
     _check,
@@ -67,17 +68,19 @@ def _metrics(
     feats: list[tuple[int, float]],
     cfg: SteerConfig,
     reference: str | None,
+    downstream: tuple[Artifact, SAE, str] | None = None,
 ) -> SteerMetrics:
     """What a steer changed, measured on one shared text (the prompt and the unsteered continuation
     ``base``): KL per position, the reference text's perplexity under both models, the features'
     activations, both continuations' fluency by the one rule, and the strengths relative to the
-    residual norm."""
+    residual norm; and, with a ``downstream`` SAE at a later hook, the change the steer makes there."""
     tok = lm.tokenizer
     text0, text1 = texts
     seq = torch.cat([ids, torch.tensor([base], dtype=torch.long)], 1) if base else ids
     idx = [i for i, _ in feats]
-    before = forward(lm, seq, hook, None, model_sae, idx)
-    after = forward(lm, seq, hook, edit, model_sae, idx)
+    later = downstream[2] if downstream else None
+    before = forward(lm, seq, hook, None, model_sae, idx, later)
+    after = forward(lm, seq, hook, edit, model_sae, idx, later)
     lp0, lp1 = before.logprobs, after.logprobs
     norm = residual_norm(lm, seq, before.residual)
     n0 = ids.shape[1]
@@ -108,6 +111,12 @@ def _metrics(
             str(i): ActivationChange(float(before.acts[sl, k].mean()), float(after.acts[sl, k].mean()))
             for k, i in enumerate(idx)
         }
+    if downstream and before.later is not None and after.later is not None:
+        sl = slice(n0, None) if seq.shape[1] > n0 else slice(None)
+        art, sae, later_hook = downstream
+        metrics.downstream = downstream_change(
+            art, sae, later_hook, model_sae, idx, before.later, after.later, sl
+        )
     return metrics
 
 
@@ -140,6 +149,7 @@ def steer(
             "shorten the prompt or generate fewer tokens.",
         )
     edit = make_edit(model_sae, feats, cfg)
+    down = later_sae(ws, art, lm.model, hook, model_sae.spec.d_in, cfg.downstream) if feats else None
     t0 = time.perf_counter()
     base = generate(
         lm, ids, cfg, on_token=(lambda t: on_token("unsteered", t)) if on_token else None, control=control
@@ -158,7 +168,9 @@ def steer(
     tok = lm.tokenizer
     pieces = lambda xs: [tok.decode([t]) for t in xs]  # noqa: E731
     text0, text1 = tok.decode(base, skip_special_tokens=True), tok.decode(steered, skip_special_tokens=True)
-    metrics = _metrics(lm, ids, base, steered, (text0, text1), hook, edit, model_sae, feats, cfg, reference)
+    metrics = _metrics(
+        lm, ids, base, steered, (text0, text1), hook, edit, model_sae, feats, cfg, reference, down
+    )
     metrics.seconds = {"unsteered": t1 - t0, "steered": t2 - t1}
     return SteerResult(
         sae=art.id,
