@@ -167,7 +167,10 @@ def largest(pre: torch.Tensor, width: int) -> torch.Tensor:
 
     On CPUs in two stages, 2-3x faster than ``topk`` over whole rows: the maxima of blocks of 16 (or
     8, 4, 2: at most n / (4 width)) entries, the ``width`` blocks with the largest maxima (they hold
-    every one of the row's ``width`` largest entries), and ``topk`` over those blocks only. bfloat16
+    every one of the row's ``width`` largest entries), and ``topk`` over those blocks only. A block is
+    strided, entries j, j + n / block, j + 2 n / block, ...: any partition holds the answer, and the
+    maxima of strided blocks are an elementwise maximum of contiguous rows (1.3 ms at 4096 x 4608,
+    where contiguous blocks of 16 took 3.6). bfloat16
     and float16 are compared through their bits as int16 (integer maxima and ``topk`` run ~5x and
     ~1.5x faster than bfloat16 ones there): the same order for positive values, every negative one
     below every positive one."""
@@ -179,11 +182,11 @@ def largest(pre: torch.Tensor, width: int) -> torch.Tensor:
     if not block:
         return keys.topk(width, dim=-1, sorted=False).indices
     nb = n // block
-    best = keys.view(B, nb, block).amax(-1).topk(width, dim=-1, sorted=False).indices  # [B, width]
-    first = torch.arange(B, device=pre.device).unsqueeze(1) * nb
-    cand = keys.reshape(B * nb, block).index_select(0, (best + first).reshape(-1)).view(B, width * block)
-    j = cand.topk(width, dim=-1, sorted=False).indices
-    return best.gather(1, j // block) * block + j % block
+    blocks = keys.view(B, block, nb)  # block j: entries j + t nb, t < block
+    best = blocks.amax(1).topk(width, dim=-1, sorted=False).indices  # [B, width]
+    cand = blocks.gather(2, best.unsqueeze(1).expand(B, block, width)).reshape(B, block * width)
+    j = cand.topk(width, dim=-1, sorted=False).indices  # t * width + (which chosen block)
+    return (j // width) * nb + best.gather(1, j % width)
 
 
 def exact_values(sae: SAE, x_c: torch.Tensor, picked: Picked) -> torch.Tensor:
