@@ -312,12 +312,12 @@ function render({ model, el }) {
       const rows = wy.examples;
       if (colourBy === "saliency") {
         const gaps = rows.filter((r) => r.completeness_gap !== null).map((r) => r.completeness_gap);
-        whyNote.textContent = `saliency: integrated gradients (${wy.steps} steps) of the activation at the marked token, each window read alone after a BOS; `
+        whyNote.textContent = `saliency of the top ${rows.length} examples: integrated gradients (${wy.steps} steps) of the activation at the marked token, each window read alone after a BOS; `
           + `green raises it, blue lowers it; they add up to the activation within ${gaps.length ? (100 * Math.max(...gaps)).toFixed(1) : "–"}%`;
       } else {
         const sinks = rows.filter((r) => r.attention_sink !== null).map((r) => r.attention_sink);
         whyNote.textContent = wy.attention_layer === null ? "this hook comes before any attention layer: nothing to show"
-          : `attention of layer ${wy.attention_layer} from the marked token, mean over heads; the BOS took ${sinks.length ? (100 * sinks.reduce((a, b) => a + b, 0) / sinks.length).toFixed(0) : "–"}% `
+          : `attention of layer ${wy.attention_layer} from the marked token (top ${rows.length} examples), mean over heads; the BOS took ${sinks.length ? (100 * sinks.reduce((a, b) => a + b, 0) / sinks.length).toFixed(0) : "–"}% `
             + "on average and is left out (the rest renormalised)";
       }
     }

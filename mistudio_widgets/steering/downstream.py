@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..core.errors import MistudioError
 from ..core.workspace import Artifact, Workspace
 from ..data.hooks import hook_names
 from ..features import load_library_sae, sae_hook
@@ -55,7 +56,10 @@ def later_sae(
             best = (key, cand)
     if best is None:
         return None
-    got, sae, _ = load_library_sae(ws, best[1])
+    try:
+        got, sae, _ = load_library_sae(ws, best[1])
+    except MistudioError:  # an unreadable SAE elsewhere in the library must not fail the steer
+        return None
     if sae.spec.d_in != d_in or sae.spec.is_transcoder or sae_hook(got, sae) not in order:
         return None
     return got, sae, sae_hook(got, sae)
