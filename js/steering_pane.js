@@ -156,12 +156,12 @@ function render({ model, el }) {
       }
       for (const [i, v] of Object.entries(m.feature_activation || {})) metrics.append(kv(`feature ${i} activation`, `${fmtNum(v.before, 2)} → ${fmtNum(v.after, 2)}`));
       // the steer read at a later layer through the SAE there: each steered feature's nearest later feature
-      // (decoder cosine; below 0.3 no counterpart) and the later features it raised most
+      // (decoder cosine; below dn.no_match no counterpart) and the later features it raised most
       const dn = m.downstream;
       if (dn) {
         const where = dn.hook.replace(/^blocks\.(\d+)\.hook_/, "L$1 ");
         for (const [i, x] of Object.entries(dn.matched)) {
-          const row = kv(`${where}: feature ${x.index}`, `${fmtNum(x.before, 2)} → ${fmtNum(x.after, 2)}${x.cosine < 0.3 ? " (no close match)" : ""}`);
+          const row = kv(`${where}: feature ${x.index}`, `${fmtNum(x.before, 2)} → ${fmtNum(x.after, 2)}${x.cosine < dn.no_match ? " (no close match)" : ""}`);
           row.dataset.testid = "st-downstream";
           row.title = `read through ${dn.name}: the feature whose decoder direction is nearest feature ${i}'s (cosine ${fmtNum(x.cosine, 2)}), mean activation over the continuation`;
           metrics.append(row);

@@ -534,6 +534,28 @@ def test_steering_pane_in_lab(page, lab, default_ws, extracted_sae):
 
     peak = float(feature_columns(default_ws, extracted_sae)["max"][3])
     preset = f"lab-preset-{uuid.uuid4().hex[:6]}"
+    later = _later_sae(default_ws)  # an SAE at a later layer: the steer is also read there
+    try:
+        _steer_in_lab(page, lab, default_ws, extracted_sae, peak, preset)
+    finally:
+        default_ws.delete(later, cascade=True, force=True)
+
+
+def _later_sae(ws) -> str:
+    from mistudio_widgets.core.configs import TrainConfig
+    from mistudio_widgets.train.training import train
+
+    return train(
+        ws,
+        TrainConfig(
+            steps=4, batch_tokens=512, chunk_sequences=16, eval_sequences=4, eval_every=0,
+            checkpoint_every=0, log_every=2, expansion_factor=1, k=8, hook="blocks.9.hook_resid_post",
+            name=ws.unique_name("run", "lab-later-sae"),
+        ),
+    ).sae_id  # fmt: skip
+
+
+def _steer_in_lab(page, lab, default_ws, extracted_sae, peak, preset) -> None:
     open_and_run(
         page,
         lab,
@@ -563,6 +585,10 @@ def test_steering_pane_in_lab(page, lab, default_ws, extracted_sae):
     expect(pane.get_by_test_id("st-similarity")).to_contain_text(
         re.compile(r"meaning kept \(cosine\)\s*-?[01]\.\d{3}")
     )
+    # read at a later layer through the SAE there: the steered feature's counterpart, and what rose most
+    counterpart = re.compile(r"L\d+ resid_post: feature \d+")
+    expect(pane.get_by_test_id("st-downstream").first).to_contain_text(counterpart)
+    expect(pane.get_by_test_id("st-downstream-raised")).to_contain_text("raised most")
     expect(pane.get_by_test_id("st-unsteered").locator(".stok").first).to_be_visible()
     expect(pane.get_by_test_id("st-steered").locator(".stok.added").first).to_be_visible()
     if os.environ.get("MISTUDIO_SCREENSHOTS"):

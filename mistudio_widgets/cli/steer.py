@@ -93,13 +93,11 @@ def describe_steer(r: SteerResult) -> str:
     for i, v in m.feature_activation.items():
         text.append(f"feature {i}: mean activation {v.before:.3f} -> {v.after:.3f}")
     if m.downstream is not None:
-        from ..steering.downstream import NO_MATCH
-
         d = m.downstream
         text.append(f"at {d.hook}, read through {d.name!r}:")
         for i, x in d.matched.items():
             near = f"feature {x.index} (decoder cosine {x.cosine:.2f})"
-            if x.cosine is not None and x.cosine < NO_MATCH:
+            if x.cosine is not None and x.cosine < d.no_match:
                 near += ", no close match"
             text.append(f"  feature {i}'s nearest, {near}: {x.before:.3f} -> {x.after:.3f}")
         raised = ", ".join(f"{x.index} ({x.before:.2f} -> {x.after:.2f})" for x in d.most_raised)

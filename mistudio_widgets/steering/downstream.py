@@ -93,4 +93,6 @@ def downstream_change(
     rise = a1 - a0
     top = torch.topk(rise, min(most, rise.numel())).indices.tolist()
     raised = [DownstreamFeature(j, None, float(a0[j]), float(a1[j])) for j in top if float(rise[j]) > 0]
-    return DownstreamChange(sae=art.id, name=art.name, hook=hook, matched=matched, most_raised=raised)
+    return DownstreamChange(
+        sae=art.id, name=art.name, hook=hook, matched=matched, most_raised=raised, no_match=NO_MATCH
+    )

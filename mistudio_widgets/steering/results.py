@@ -70,6 +70,7 @@ class DownstreamChange:
     hook: str
     matched: dict[str, DownstreamFeature]  # per steered feature: its nearest later feature
     most_raised: list[DownstreamFeature]  # the later features the steer raised most
+    no_match: float  # a nearest decoder cosine below this is no counterpart (said as such)
 
 
 @dataclass
