@@ -225,6 +225,7 @@ def drop_scratch(sae: SAE) -> None:
         sae.__dict__.pop(name)
 
 
+@torch.no_grad()
 def dense_pass(sae: SAE, x_c: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     """The pre-activations x_c W_enc + b_enc [B, d_sae] in ``dt``, in a buffer the next step
     overwrites. On CPUs the bias rides in the product, as a column of ones in x and a row of W_enc (the
