@@ -14,6 +14,11 @@ from mistudio_widgets.train.step import compute_losses
 
 ARCHS = ["standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu"]
 THRESHOLDED = ("batchtopk", "matryoshka_batchtopk")
+# the training path's CUDA branches run where a GPU is (the device checks); CPU everywhere
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
 
 
 def randomised(spec):
@@ -117,27 +122,32 @@ def test_bad_specs_and_broken_folders(tmp_path):
         load_sae(tmp_path)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_each_architecture_learns_a_sparse_dictionary(arch):
-    """Synthetic data made of 3 of 64 true directions per sample: every architecture must reconstruct it."""
+def test_each_architecture_learns_a_sparse_dictionary(arch, device):
+    """Synthetic data made of 3 of 64 true directions per sample: every architecture must reconstruct it
+    (on CUDA under the trainer's bf16 autocast)."""
+    from mistudio_widgets.train.step import autocast
+
     torch.manual_seed(0)
     d, n_true = 32, 64
-    dirs = torch.nn.functional.normalize(torch.randn(n_true, d), dim=1)
+    dirs = torch.nn.functional.normalize(torch.randn(n_true, d), dim=1).to(device)
 
     def batch(n=512):
-        idx = torch.rand(n, n_true).topk(3, dim=1).indices
-        coef = torch.zeros(n, n_true).scatter_(1, idx, torch.rand(n, 3) * 3 + 1)
+        idx = torch.rand(n, n_true, device=device).topk(3, dim=1).indices
+        coef = torch.zeros(n, n_true, device=device).scatter_(1, idx, torch.rand(n, 3, device=device) * 3 + 1)
         return coef @ dirs
 
     spec = SAESpec(architecture=arch, d_in=d, d_sae=128, k=4)
-    sae = make_sae(spec)
+    sae = make_sae(spec).to(device)
     cfg = TrainConfig(architecture=arch, k=4, l1_coefficient=1.0 if arch == "standard" else 0.05)
     opt = torch.optim.Adam(sae.parameters(), lr=5e-3)
-    dead = torch.zeros(128, dtype=torch.bool)
+    dead = torch.zeros(128, dtype=torch.bool, device=device)
     first = None
     for step in range(400):
         x = batch()
-        losses, out = compute_losses(sae, cfg, x, x, dead, cfg.l1_coefficient, 16)
+        with autocast(cfg, device):
+            losses, out = compute_losses(sae, cfg, x, x, dead, cfg.l1_coefficient, 16)
         opt.zero_grad()
         losses.total.backward()
         if arch != "standard":
@@ -194,7 +204,8 @@ def test_schedule_free_sign_descent_learns_and_swaps_to_its_average_exactly():
     assert ev > 0.8, f"explained variance {ev:.3f}"
 
 
-def test_two_stage_selection_picks_what_topk_picks():
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_stage_selection_picks_what_topk_picks(device):
     """``largest`` (block maxima, then top-k within the best blocks; bfloat16 compared as int16 bits)
     chooses the same positive entries as ``topk`` over whole rows, on float32 and on bfloat16 with its
     many ties, for widths that take blocks of 16, 4 and none; shapes it cannot split fall back to
@@ -203,32 +214,38 @@ def test_two_stage_selection_picks_what_topk_picks():
 
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
-        pre = (torch.randn(512, 64) @ torch.randn(64, 2048) * 0.1 - 0.5).to(dtype)
+        pre = (torch.randn(512, 64) @ torch.randn(64, 2048) * 0.1 - 0.5).to(dtype).to(device)
         for width in (1, 8, 32, 128, 400):
             got = pre.gather(1, largest(pre, width)).float().clamp_min(0).sort(1).values
             want = pre.topk(width, dim=1).values.float().clamp_min(0).sort(1).values
             assert torch.equal(got, want), (dtype, width)
-    odd = torch.randn(4, 999)  # not a whole number of blocks
+    odd = torch.randn(4, 999, device=device)  # not a whole number of blocks
     assert torch.equal(largest(odd, 3).sort(1).values, odd.topk(3, dim=1).indices.sort(1).values)
 
 
+@pytest.mark.parametrize("products", ["sparse", "dense"])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk"])
-def test_sparse_training_step_has_the_dense_gradients(arch):
+def test_sparse_training_step_has_the_dense_gradients(arch, device, products, monkeypatch):
     """The sparse training path (two-stage selection, products over the picked entries only, the
     decoder bias's gradient taken as -W_enc @ grad b_enc, Matryoshka's prefixes decoded band by band)
-    gives the gradients of the plain dense computation of the same losses, AuxK included."""
+    gives the gradients of the plain dense computation of the same losses, AuxK included; with the
+    sparse products of CPUs and with the dense products GPUs take (both run on either device here)."""
     import copy
 
+    from mistudio_widgets.sae import topk
+
+    monkeypatch.setattr(topk, "SPARSE_PRODUCTS", (device,) if products == "sparse" else ())
     torch.manual_seed(0)
     d, n, k, B, aux_k = 24, 1024, 4, 64, 8
-    sae = make_sae(SAESpec(architecture=arch, d_in=d, d_sae=n, k=k))
+    sae = make_sae(SAESpec(architecture=arch, d_in=d, d_sae=n, k=k)).to(device)
     sae.select_dtype = None  # exact float32 selection, so both sides pick the same latents
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_(0, 0.1)
     ref = copy.deepcopy(sae)
-    x = torch.randn(B, d) * 2
-    dead = torch.zeros(n, dtype=torch.bool)
+    x = torch.randn(B, d, device=device) * 2
+    dead = torch.zeros(n, dtype=torch.bool, device=device)
     dead[::7] = True
     cfg = TrainConfig(architecture=arch, k=k, aux_tokens=0)
     losses, out = compute_losses(sae, cfg, x, x, dead, 0.0, aux_k)
@@ -236,10 +253,12 @@ def test_sparse_training_step_has_the_dense_gradients(arch):
     assert float(losses.aux.detach()) > 0
 
     pre = (x - ref.b_dec) @ ref.W_enc + ref.b_enc
-    mask = torch.zeros(B, n, dtype=torch.bool)
+    mask = torch.zeros(B, n, dtype=torch.bool, device=device)
     mask[out.picked.rows, out.picked.idx] = True
     if arch == "topk":  # the picked latents are each token's k largest
-        want = torch.zeros(B, n, dtype=torch.bool).scatter_(1, pre.topk(k, dim=1).indices, True)
+        want = torch.zeros(B, n, dtype=torch.bool, device=device).scatter_(
+            1, pre.topk(k, dim=1).indices, True
+        )
         assert torch.equal(mask, want)
     recon = torch.relu(pre * mask) @ ref.W_dec + ref.b_dec
     err = recon - x
@@ -248,7 +267,7 @@ def test_sparse_training_step_has_the_dense_gradients(arch):
     e_hat = torch.zeros_like(pre_dead).scatter(1, top.indices, torch.relu(top.values)) @ ref.W_dec[dead]
     e = -err.detach()
     aux = cfg.aux_coefficient * (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean()
-    inner = torch.zeros(())
+    inner = torch.zeros((), device=device)
     for w in getattr(ref, "widths", [n])[:-1]:  # matryoshka: each inner prefix reconstructs alone
         prefix = torch.relu(pre * mask)[:, :w] @ ref.W_dec[:w] + ref.b_dec
         inner = inner + (prefix - x).pow(2).sum(-1).mean()
@@ -261,16 +280,17 @@ def test_sparse_training_step_has_the_dense_gradients(arch):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_values_of_a_bfloat16_selection_are_exact(arch):
+def test_values_of_a_bfloat16_selection_are_exact(arch, device):
     """With the default bfloat16 selection, the latents are chosen from the cheap dense pass but their
     values (what is decoded and differentiated) are the float32 pre-activations."""
     torch.manual_seed(0)
-    sae = make_sae(SAESpec(architecture=arch, d_in=24, d_sae=1024, k=4))
+    sae = make_sae(SAESpec(architecture=arch, d_in=24, d_sae=1024, k=4)).to(device)
     sae.select_dtype = torch.bfloat16
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
-    x = torch.randn(64, 24)
+    x = torch.randn(64, 24, device=device)
     out = sae.train_step(x)
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     want = torch.relu(pre[out.picked.rows, out.picked.idx])

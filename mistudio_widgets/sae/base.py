@@ -214,15 +214,16 @@ class StepOut:
     prefixes: list[torch.Tensor] | None = None  # matryoshka: the inner prefixes' reconstructions
 
     def firing(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens each latent fired on [d_sae], latents each token fired [B]) on the CPU, for L0 and
-        dead-latent tracking; sparse architectures count from their indices without a dense mask."""
+        """(tokens each latent fired on [d_sae], latents each token fired [B]) on the step's device, for
+        L0 and dead-latent tracking; sparse architectures count from their indices without a dense mask,
+        by sums that never wait for a GPU (a count or a mask's selection would)."""
         with torch.no_grad():
             if self.acts is not None:
                 on = self.acts > 0
-                return on.sum(0).cpu(), on.sum(1).cpu()
+                return on.sum(0), on.sum(1)
             assert self.vals is not None and self.d_sae is not None, "a sparse step names values and width"
-            on = self.vals > 0
-            idx, rows = self.picked.idx[on], self.picked.rows[on]
-            counts = torch.bincount(idx, minlength=self.d_sae)
-            per_token = torch.bincount(rows, minlength=self.picked.tokens)
-            return counts.cpu(), per_token.cpu()
+            on = (self.vals > 0).long()
+            idx, rows = self.picked.idx, self.picked.rows
+            counts = torch.zeros(self.d_sae, dtype=torch.long, device=idx.device).index_add_(0, idx, on)
+            per_token = torch.zeros(self.picked.tokens, dtype=torch.long, device=idx.device)
+            return counts, per_token.index_add_(0, rows, on)

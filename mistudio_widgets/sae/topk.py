@@ -6,7 +6,11 @@ products (B x k non-zeros) instead of two dense [B, d_sae] x [d_sae, d_in] produ
 is an ``embedding_bag`` over the k selected rows. Both weight gradients are sums over each latent's
 entries, taken as one CSR product each over the entries sorted by latent (sorted once per step and
 shared): measured on 2 CPU cores at B 4096, k 32, d_sae 4608, 6 ms each where a COO product took 19
-and ``embedding_bag``'s own backward 26."""
+and ``embedding_bag``'s own backward 26.
+
+On GPUs the same step takes dense products instead (:data:`SPARSE_PRODUCTS`): the picked entries are
+scattered into a [B, d_sae] matrix and the weight gradients are plain matrix products in the autocast
+dtype, with no sort, count or cuSPARSE call, none of which waits for the GPU."""
 
 from __future__ import annotations
 
@@ -17,6 +21,29 @@ import torch
 import torch.nn.functional as F
 
 from .base import SAE, StepOut
+
+# Devices whose training step takes the sparse products above. Elsewhere (CUDA) the products are dense:
+# on an H200 at B 4096, d_sae 4608, the step ran at 888k tokens/s, and at 829k with the sparse products
+# (benchmarks/gpu/profile_step.py).
+SPARSE_PRODUCTS = ("cpu",)
+
+
+def sparse_products(t: torch.Tensor) -> bool:
+    """Whether the training step takes sparse products for tensors on ``t``'s device."""
+    return t.device.type in SPARSE_PRODUCTS
+
+
+def cast_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype of matrix products under the caller's autocast on ``t``'s device (``t``'s own dtype
+    when autocast is off): a custom backward runs outside autocast and takes it from its forward."""
+    kind = t.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else t.dtype
+
+
+def scattered(picked: "Picked", values: torch.Tensor, d_sae: int, dtype: torch.dtype) -> torch.Tensor:
+    """The picked entries' ``values`` [N] as a dense [tokens, d_sae] matrix (zeros elsewhere)."""
+    dense = torch.zeros(picked.tokens, d_sae, dtype=dtype, device=values.device)
+    return dense.index_put_((picked.rows, picked.idx), values.to(dtype))
 
 
 @dataclass
@@ -104,7 +131,7 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W_dec, vals, picked):
         ctx.save_for_backward(W_dec, vals)
-        ctx.picked = picked
+        ctx.picked, ctx.cast = picked, cast_dtype(W_dec)
         return F.embedding_bag(
             picked.idx, W_dec, picked.crow, per_sample_weights=vals, mode="sum", include_last_offset=True
         )
@@ -114,6 +141,13 @@ class _SparseDecode(torch.autograd.Function):
         W_dec, vals = ctx.saved_tensors
         picked = ctx.picked
         grad_W = grad_v = None
+        if not sparse_products(g):  # GPUs: dense products in the forward's autocast dtype
+            dt = ctx.cast
+            if ctx.needs_input_grad[0]:
+                grad_W = (scattered(picked, vals, W_dec.shape[0], dt).T @ g.to(dt)).to(W_dec.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_v = (g.to(dt) @ W_dec.to(dt).T)[picked.rows, picked.idx].to(vals.dtype)
+            return grad_W, grad_v, None
         if ctx.needs_input_grad[0]:
             grad_W = picked.latent_sum(vals, g, W_dec.shape[0])
         if ctx.needs_input_grad[1]:
@@ -134,30 +168,44 @@ class _SelectedPre(torch.autograd.Function):
     def forward(ctx, x, x_c, W_enc, b_enc, b_dec, values, picked):
         # x_c: x less b_dec (or x when b_dec is None), computed by the caller without grad
         ctx.save_for_backward(x_c, W_enc)
-        ctx.picked = picked
+        ctx.picked, ctx.cast = picked, cast_dtype(x_c)
         return values
 
     @staticmethod
     def backward(ctx, g):
         x_c, W_enc = ctx.saved_tensors
         picked = ctx.picked
-        B, d_sae = x_c.shape[0], W_enc.shape[1]
+        d_sae = W_enc.shape[1]
         g = g.to(x_c.dtype)
         grad_x = grad_W = grad_b = grad_b_dec = None
-        if ctx.needs_input_grad[0]:
-            with warnings.catch_warnings():
-                warnings.simplefilter(
-                    "ignore", UserWarning
-                )  # "CSR support is in beta": this product is stable
-                S = torch.sparse_csr_tensor(picked.crow, picked.idx, g, (B, d_sae), check_invariants=False)
-            grad_x = S @ W_enc.T  # [B, d_in]
-        if ctx.needs_input_grad[2]:
-            grad_W = picked.latent_sum(g, x_c, d_sae).T  # [d_in, d_sae]
+        if not sparse_products(g):  # GPUs: dense products in the forward's autocast dtype
+            dt = ctx.cast
+            G = scattered(picked, g, d_sae, dt)
+            if ctx.needs_input_grad[0]:
+                grad_x = (G @ W_enc.to(dt).T).to(x_c.dtype)
+            if ctx.needs_input_grad[2]:
+                grad_W = (x_c.to(dt).T @ G).to(W_enc.dtype)
+        else:
+            grad_x, grad_W = _sparse_encoder_grads(ctx, g, x_c, W_enc, picked)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
             summed = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, picked.idx, g)
             grad_b = summed if ctx.needs_input_grad[3] else None
             grad_b_dec = -(W_enc @ summed) if ctx.needs_input_grad[4] else None
         return grad_x, None, grad_W, grad_b, grad_b_dec, None, None
+
+
+def _sparse_encoder_grads(ctx, g, x_c, W_enc, picked):
+    """(grad x or None, grad W_enc or None) as sparse x dense products over the picked entries."""
+    B, d_sae = x_c.shape[0], W_enc.shape[1]
+    grad_x = grad_W = None
+    if ctx.needs_input_grad[0]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta": this product is stable
+            S = torch.sparse_csr_tensor(picked.crow, picked.idx, g, (B, d_sae), check_invariants=False)
+        grad_x = S @ W_enc.T  # [B, d_in]
+    if ctx.needs_input_grad[2]:
+        grad_W = picked.latent_sum(g, x_c, d_sae).T  # [d_in, d_sae]
+    return grad_x, grad_W
 
 
 def largest(pre: torch.Tensor, width: int) -> torch.Tensor:
@@ -293,9 +341,10 @@ def auxk_loss(
     batch (0: all). Dense over the dead latents only (few once training settles; a sparse path over
     B x k entries measured far slower on CPUs); its two products run in ``sae.select_dtype`` where set
     (bfloat16 on CPUs: ~1.4x faster, and an auxiliary gradient needs no more precision)."""
-    dead_idx = dead.nonzero().squeeze(1)
+    dead_idx = dead.nonzero().squeeze(1)  # ``dead`` lives on the CPU: no wait for a GPU
     if dead_idx.numel() == 0:
         return err.new_zeros(())
+    dead_idx = dead_idx.to(x.device, non_blocking=True)
     if tokens and tokens < x.shape[0]:  # the batch is shuffled: its first tokens are a random sample
         x, err = x[:tokens], err[:tokens]
     e = -err.detach()

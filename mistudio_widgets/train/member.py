@@ -111,8 +111,8 @@ class Member:
         """One optimiser step on ``batch``; then, on their schedules, resampling, the metric log, the
         held-out evaluation (with early stopping) and a checkpoint. Returns the line the progress shows."""
         cfg, state = self.cfg, self.state
-        x = batch[cfg.hook].to(self.device) * self.scale_in
-        t = batch[cfg.hook_out].to(self.device) * self.scale_out if cfg.hook_out else x
+        x = batch[cfg.hook].to(self.device, non_blocking=True) * self.scale_in
+        t = batch[cfg.hook_out].to(self.device, non_blocking=True) * self.scale_out if cfg.hook_out else x
         coef = sparsity_coefficient(cfg, state.step)
         dead = self.since_fired >= cfg.aux_dead_tokens  # the latents AuxK trains
         parts, counts, per_token, recon = optimizer_step(
@@ -122,7 +122,7 @@ class Member:
             cfg,
             x,
             t,
-            dead.to(self.device),
+            dead,  # on the CPU: AuxK reads which latents are dead without waiting for a GPU
             coef,
             self.aux_k,
             self.device,

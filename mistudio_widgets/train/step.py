@@ -107,16 +107,16 @@ def optimizer_step(
 ):
     """One optimiser step over a batch (split into ``cfg.grad_accumulation`` micro-batches).
     Returns (loss parts, firing counts per latent [d_sae], active latents per token [B], reconstruction),
-    the counts on the CPU. The weights are
-    not updated when the loss is not finite (the caller decides what to do). ``ddp``: the
-    DistributedDataParallel-wrapped :class:`LossModule` under data parallelism (gradients are averaged
-    over the processes on the last micro-batch)."""
+    the counts on the CPU, brought there with the losses in one transfer: on a GPU the step's only
+    wait. The weights are not updated when the loss is not finite (the caller decides what to do).
+    ``ddp``: the DistributedDataParallel-wrapped :class:`LossModule` under data parallelism (gradients
+    are averaged over the processes on the last micro-batch)."""
     import contextlib
 
     unit_norm = sae.unit_norm_decoder
     opt.zero_grad(set_to_none=True)
     parts = {"loss": 0.0, "mse_loss": 0.0, "sparsity_loss": 0.0, "aux_loss": 0.0, "inner_loss": 0.0}
-    counts, per_token, recons = [], [], []
+    counts, per_token, recons, terms = [], [], [], []
     micro = list(zip(x.chunk(cfg.grad_accumulation), target.chunk(cfg.grad_accumulation)))
     for i, (xm, tm) in enumerate(micro):
         sync = contextlib.nullcontext() if ddp is None or i == len(micro) - 1 else ddp.no_sync()
@@ -125,19 +125,21 @@ def optimizer_step(
                 args = (xm, tm, dead, coef, aux_k)
                 losses, out = ddp(*args) if ddp is not None else compute_losses(sae, cfg, *args)
             (losses.total / cfg.grad_accumulation).backward()
-        for key, v in (
-            ("loss", losses.total),
-            ("mse_loss", losses.mse),
-            ("sparsity_loss", losses.sparsity),
-            ("aux_loss", losses.aux),
-            ("inner_loss", losses.inner),
-        ):
-            parts[key] += float(v.detach()) / cfg.grad_accumulation
         with torch.no_grad():
+            terms.append(torch.stack([losses.total, losses.mse, losses.sparsity, losses.aux, losses.inner]))
             c, t = out.firing()
             counts.append(c)
             per_token.append(t)
             recons.append(out.recon.detach().float())
+    # one transfer to the CPU per step: the only wait for a GPU (the finite check needs the loss)
+    with torch.no_grad():
+        n_counts = counts[0].numel()
+        summed = torch.stack(terms).double().mean(0)
+        back = torch.cat([summed, torch.stack(counts).sum(0).double(), torch.cat(per_token).double()]).cpu()
+    for key, v in zip(parts, back[: len(parts)].tolist()):
+        parts[key] = v
+    counts_cpu = back[len(parts) : len(parts) + n_counts].long()
+    per_token_cpu = back[len(parts) + n_counts :].long()
     finite = dist.all_sum(torch.tensor([0.0 if math.isfinite(parts["loss"]) else 1.0]))[0] == 0
     if finite:
         if unit_norm:
@@ -148,7 +150,7 @@ def optimizer_step(
         sched.step()
         if unit_norm:
             sae.normalise_decoder()
-    return parts, torch.stack(counts).sum(0), torch.cat(per_token), torch.cat(recons)
+    return parts, counts_cpu, per_token_cpu, torch.cat(recons)
 
 
 def autocast(cfg: TrainConfig, device: str):
