@@ -19,7 +19,12 @@ Then the end-to-end path (text to trained SAE, harvesting included) against the 
 at the hook over the same tokens (target >= 0.85), with the model in float32 and in bfloat16: the
 bf16 run's time from text to saved SAE against the fp32 run's (target >= 2x on a CPU with native bf16).
 
+On a CUDA GPU (``--device cuda``) the SAEs train there (ours under its default bf16 autocast, sparsify
+as its Trainer runs it, with its Triton decoder) and the model harvests there; SAELens rows run on
+CPUs only.
+
     python benchmarks/bench_train.py [--train-tokens 262144] [--steps 200] [--e2e-steps 16]
+        [--device cuda] [--model SOURCE]
 """
 
 from __future__ import annotations
@@ -31,14 +36,14 @@ import time
 from typing import Callable
 
 import torch
-from baseline import model_in, truncated_forward_seconds
+from baseline import base_model, model_in, synchronize, truncated_forward_seconds
 from safetensors.torch import load_file, save_file
 
 from mistudio_widgets import TokenizeConfig, Workspace
 from mistudio_widgets.core.configs import TrainConfig
 from mistudio_widgets.data.activations import harvest
 from mistudio_widgets.data.datasets import ensure_tokenization, load_tokens, resolve_dataset
-from mistudio_widgets.data.models import load_model, resolve_model
+from mistudio_widgets.data.models import load_model
 from mistudio_widgets.train.evaluation import explained_variance
 from mistudio_widgets.train.heap import keep_freed_memory
 from mistudio_widgets.train.optim import averaged, make_optimizer
@@ -61,7 +66,7 @@ class Batches:
         g = torch.Generator().manual_seed(seed)
         epochs = math.ceil(steps * size / x.shape[0]) + 1
         self.x, self.steps, self.size = x, steps, size
-        self.order = torch.cat([torch.randperm(x.shape[0], generator=g) for _ in range(epochs)])
+        self.order = torch.cat([torch.randperm(x.shape[0], generator=g) for _ in range(epochs)]).to(x.device)
 
     def __iter__(self):
         for s in range(self.steps):
@@ -76,7 +81,7 @@ def measure(forward: Callable, encode: Callable, train_x, test_x, seconds: float
     """Held-out MSE / explained variance / L0, and the dead fraction over all training activations."""
     with torch.no_grad():
         recon, f = forward(test_x), encode(test_x)
-        fired = torch.zeros(f.shape[1], dtype=torch.bool)
+        fired = torch.zeros(f.shape[1], dtype=torch.bool, device=f.device)
         for i in range(0, train_x.shape[0], 8192):
             fired |= (encode(train_x[i : i + 8192]) > 0).any(0)
     return {
@@ -91,21 +96,26 @@ def measure(forward: Callable, encode: Callable, train_x, test_x, seconds: float
 # ---------------------------------------------------------------------------------------------
 # This project: the trainer's own set-up and step (new_sae, make_optimizer, optimizer_step, dead tracking)
 def bench_ours(batches: Batches, train_x, test_x, **overrides) -> dict:
-    cfg = TrainConfig(d_sae=D_SAE, k=K, batch_tokens=batches.size, steps=batches.steps, **overrides)
+    device = train_x.device.type
+    cfg = TrainConfig(
+        d_sae=D_SAE, k=K, batch_tokens=batches.size, steps=batches.steps, device=device, **overrides
+    )
     spec = sae_spec(cfg, train_x.shape[1], train_x.shape[1], {})
-    sae = new_sae(cfg, spec, test_x)  # as the trainer: the decoder bias from held-out activations
+    sae = new_sae(cfg, spec, test_x, device)  # as the trainer: the decoder bias from held-out activations
     opt, sched = make_optimizer(sae.parameters(), cfg, spec.d_sae)
-    since = torch.zeros(spec.d_sae, dtype=torch.long)
+    since = torch.zeros(spec.d_sae, dtype=torch.long)  # on the CPU, as the trainer keeps it
     aux_k = cfg.aux_k or train_x.shape[1] // 2
+    synchronize(device)
     t0 = time.perf_counter()
     for s, x in enumerate(batches):
         coef = sparsity_coefficient(cfg, s)
         _, counts, _, _ = optimizer_step(
-            sae, opt, sched, cfg, x, x, since >= cfg.aux_dead_tokens, coef, aux_k
+            sae, opt, sched, cfg, x, x, since >= cfg.aux_dead_tokens, coef, aux_k, device
         )
         fired = counts > 0
         since += x.shape[0]
         since[fired] = 0
+    synchronize(device)
     secs = time.perf_counter() - t0
     with averaged(opt):
         return measure(sae, sae.encode, train_x, test_x, secs, batches.tokens)
@@ -119,7 +129,10 @@ def bench_sparsify(batches: Batches, train_x, test_x, optimizer: str, shared: bo
     from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(0)
-    sae = SparseCoder(train_x.shape[1], SparseCoderConfig(num_latents=D_SAE, k=K), dtype=torch.float32)
+    device = train_x.device
+    sae = SparseCoder(
+        train_x.shape[1], SparseCoderConfig(num_latents=D_SAE, k=K), device=device, dtype=torch.float32
+    )
     wrapper, sched = None, None
     if optimizer == "signum":  # sparsify's default: ScheduleFreeWrapper(SignSGD), lr 5e-3 / sqrt(n / 2^14)
         from schedulefree import ScheduleFreeWrapper
@@ -132,12 +145,14 @@ def bench_sparsify(batches: Batches, train_x, test_x, optimizer: str, shared: bo
         opt = torch.optim.Adam(sae.parameters(), lr=lr)
         if not shared:
             sched = get_linear_schedule_with_warmup(opt, 1000, batches.steps)
-    since = torch.zeros(D_SAE, dtype=torch.long)
+    since = torch.zeros(D_SAE, dtype=torch.long, device=device)
+    synchronize(device)
     t0 = time.perf_counter()
     for s, x in enumerate(batches):
         if s == 0:
             sae.b_dec.data = x.mean(0)  # its Trainer's first-step initialisation
         sae.set_decoder_norm_to_unit_norm()
+        # its forward carries its own bf16 autocast on CUDA (and its Triton decoder where Triton is)
         out = sae(x, dead_mask=None, total_variance=(x - x.mean(0)).pow(2).sum())  # auxk_alpha is 0
         out.fvu.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
@@ -145,17 +160,18 @@ def bench_sparsify(batches: Batches, train_x, test_x, optimizer: str, shared: bo
         opt.zero_grad()
         if sched is not None:
             sched.step()
-        fired = torch.zeros(D_SAE, dtype=torch.bool)
+        fired = torch.zeros(D_SAE, dtype=torch.bool, device=device)
         fired[out.latent_indices.flatten()] = True
         since += x.shape[0]
         since[fired] = 0
+    synchronize(device)
     secs = time.perf_counter() - t0
     if wrapper is not None:
         wrapper.eval()  # the averaged weights, as its Trainer saves them
 
     def encode(x):
         e = sae.encode(x)
-        return torch.zeros(x.shape[0], D_SAE).scatter_(1, e.top_indices, e.top_acts)
+        return torch.zeros(x.shape[0], D_SAE, device=x.device).scatter_(1, e.top_indices, e.top_acts.float())
 
     return measure(lambda x: sae(x).sae_out, encode, train_x, test_x, secs, batches.tokens)
 
@@ -208,17 +224,19 @@ def peer_missing(dist: str) -> str | None:
     return None
 
 
-def activations(ws: Workspace, n_train: int, n_test: int):
-    """(train, test) activations of the default model at HOOK, cached under ``ws.root / 'bench'``;
-    the held-out ones are the data's last sequences, as the trainer holds them out."""
-    path = ws.root / "bench" / f"acts-{HOOK}-{n_train}-{n_test}.safetensors"
+def activations(ws: Workspace, n_train: int, n_test: int, source: str | None = None, device: str = "auto"):
+    """(train, test) activations of the default model (or ``source``) at HOOK, cached under
+    ``ws.root / 'bench'``; the held-out ones are the data's last sequences, as the trainer holds them
+    out."""
+    model = base_model(ws, source)
+    tag = "" if source is None else f"{model.name}-"
+    path = ws.root / "bench" / f"acts-{tag}{HOOK}-{n_train}-{n_test}.safetensors"
     if path.is_file():
         d = load_file(str(path))
         return d["train"], d["test"], None
-    model = resolve_model(ws)
     tok = ensure_tokenization(ws, resolve_dataset(ws), model, TokenizeConfig(context_size=CTX))
     tokens = load_tokens(ws, tok)
-    lm = load_model(ws, model)
+    lm = load_model(ws, model, device=device)
     t0 = time.perf_counter()
     test, _ = harvest(lm, tokens[-math.ceil(n_test / CTX) :], [HOOK])
     train_, _ = harvest(lm, tokens[: math.ceil(n_train / CTX)], [HOOK])
@@ -256,16 +274,20 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated substrings: run only matching rows")
     ap.add_argument("--e2e-steps", type=int, default=16, help="steps of the end-to-end run (0 skips it)")
     ap.add_argument("--workspace", default=None)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the SAEs train")
+    ap.add_argument("--model", default=None, help="a local folder or hub id (default: the embedded model)")
     a = ap.parse_args()
     # the heap setting our trainer makes on CPUs is process-wide: made up front, every row runs with it
     keep_freed_memory("cpu")
     ws = Workspace(a.workspace)
-    train_x, test_x, _ = activations(ws, a.train_tokens, a.test_tokens)
+    train_x, test_x, _ = activations(ws, a.train_tokens, a.test_tokens, a.model, a.device)
+    train_x, test_x = train_x.to(a.device), test_x.to(a.device)
     scale = train_x.shape[1] ** 0.5 / train_x.norm(dim=1).mean()  # the same normalisation for everyone
     train_x, test_x = train_x * scale, test_x * scale
     batches = Batches(train_x, a.steps, a.batch)
+    where = torch.cuda.get_device_name() if a.device == "cuda" else f"threads={torch.get_num_threads()}"
     print(
-        f"threads={torch.get_num_threads()}  d_in={train_x.shape[1]} d_sae={D_SAE} k={K} "
+        f"{where}  d_in={train_x.shape[1]} d_sae={D_SAE} k={K} "
         f"batch={a.batch} steps={a.steps} ({batches.tokens} tokens, {train_x.shape[0]} distinct; "
         f"{test_x.shape[0]} held out)"
     )
@@ -302,7 +324,9 @@ def main() -> None:
             batches, train_x, test_x, "adam", shared=True
         )
     why = peer_missing("sae-lens")
-    if why:
+    if a.device != "cpu":
+        skipped.append("(SAELens rows run on the CPU only: skipped)")
+    elif why:
         skipped.append(why)
     else:
         plan["SAELens topk (defaults)"] = lambda: bench_saelens(batches, train_x, test_x, "topk")
@@ -323,13 +347,13 @@ def main() -> None:
         )
     table(rows, skipped)
     if a.e2e_steps:
-        end_to_end(ws, a.e2e_steps, a.batch)
+        end_to_end(ws, a.e2e_steps, a.batch, a.device, a.model)
 
 
-def end_to_end(ws: Workspace, steps: int, batch: int) -> None:
+def end_to_end(ws: Workspace, steps: int, batch: int, device: str, source: str | None) -> None:
     seconds = {}
     for dtype in ("float32", "bfloat16"):
-        model = model_in(ws, dtype)
+        model = model_in(ws, dtype, device=device, source=source)
         tok = ensure_tokenization(ws, resolve_dataset(ws), model, TokenizeConfig(context_size=CTX))
         tokens, lm = load_tokens(ws, tok), load_model(ws, model)  # tokenized and loaded before timing
         cfg = TrainConfig(
@@ -341,6 +365,7 @@ def end_to_end(ws: Workspace, steps: int, batch: int) -> None:
             checkpoint_every=0,
             eval_sequences=4,
             log_every=steps,
+            device=device,
             name=ws.unique_name("run", f"bench-e2e-{dtype}"),
         )
         t0 = time.perf_counter()
@@ -349,7 +374,7 @@ def end_to_end(ws: Workspace, steps: int, batch: int) -> None:
         harvested = ws.get(res.run_id).meta["harvest"]["seen"] + cfg.eval_sequences * tokens.shape[1]
         bare = truncated_forward_seconds(lm, tokens[: harvested // tokens.shape[1]], LAYER)
         print(
-            f"\nend to end, model in {dtype}: {harvested} tokens harvested (eval included), "
+            f"\nend to end on {device}, model in {dtype}: {harvested} tokens harvested (eval included), "
             f"{res.metrics['tokens']} trained, to a saved SAE in {e2e:.1f}s "
             f"(EV {res.metrics['explained_variance']:.3f}); bare truncated forward over the same "
             f"sequences {bare:.1f}s; ratio {bare / e2e:.3f} (target >= 0.85)"
