@@ -74,7 +74,9 @@ class ModelConfig:
         "bf16 (AVX512-BF16 or AMX), float32 elsewhere. The SAE, perplexity and KL stay in float32.",
     )
     quantization: Literal["none", "8bit", "4bit"] = opt(
-        "none", "bitsandbytes quantization (8-bit or 4-bit NF4)."
+        "none",
+        "bitsandbytes quantization (8-bit or 4-bit NF4). On the 135M default, 4-bit changed 63% of the "
+        "next-token choices on a test sentence (8-bit 12%): for models that would not fit otherwise.",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "Where to run the model.")
     trust_remote_code: bool = opt(
