@@ -51,8 +51,9 @@ class ScheduleFreeSignSGD(torch.optim.Optimizer):
                 z = state["z"]
                 p.lerp_(z, 1 - 1 / beta)  # p = x
                 z.add_(p.grad.sign(), alpha=-lr)
-                p.lerp_(z, c)  # the average takes in the new iterate
-                p.lerp_(z, 1 - beta)  # p = y, where the next gradient is taken
+                # the average takes in the new iterate (x += c (z - x)), then p = y = beta x + (1 - beta) z:
+                # one pass over p, x never written
+                p.lerp_(z, 1 - beta * (1 - c))
 
     @torch.no_grad()
     def _swap(self, to_average: bool) -> None:
