@@ -23,7 +23,7 @@ On a CUDA GPU (``--device cuda``) the SAEs train there (ours under its default b
 as its Trainer runs it, with its Triton decoder) and the model harvests there; SAELens rows run on
 CPUs only.
 
-    python benchmarks/bench_train.py [--train-tokens 262144] [--steps 200] [--e2e-steps 16]
+    python benchmarks/bench_train.py [--train-tokens 262144] [--steps 200] [--e2e-steps 16] [--rounds 3]
         [--device cuda] [--model SOURCE]
 """
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import math
+import statistics
 import time
 from typing import Callable
 
@@ -273,6 +274,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096, help="activations per step")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only matching rows")
     ap.add_argument("--e2e-steps", type=int, default=16, help="steps of the end-to-end run (0 skips it)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds; tokens/s is their median")
     ap.add_argument("--workspace", default=None)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the SAEs train")
     ap.add_argument("--model", default=None, help="a local folder or hub id (default: the embedded model)")
@@ -335,17 +337,23 @@ def main() -> None:
             batches, train_x, test_x, "topk", shared=True
         )
     only = [s for s in a.only.split(",") if s]
+    chosen = {name: run for name, run in plan.items() if not only or any(s in name for s in only)}
+    rates: dict[str, list[float]] = {name: [] for name in chosen}
     rows = {}
-    for name, run in plan.items():
-        if only and not any(s in name for s in only):
-            continue
-        rows[name] = run()
-        r = rows[name]
-        print(
-            f"  {name}: {r['tokens_per_s']:.0f} tokens/s, EV {r['ev']:.3f}, L0 {r['l0']:.1f}, "
-            f"dead {r['dead']:.1%}"
-        )
+    for rnd in range(a.rounds):  # rounds alternate the rows, so that the machine's drift hits all alike
+        for name, run in chosen.items():
+            rows[name] = r = run()
+            rates[name].append(r["tokens_per_s"])
+            print(
+                f"  {name}{f' (round {rnd + 1})' if a.rounds > 1 else ''}: {r['tokens_per_s']:.0f} tokens/s, "
+                f"EV {r['ev']:.3f}, L0 {r['l0']:.1f}, dead {r['dead']:.1%}"
+            )
+    for name, r in rows.items():  # each row's median rate (its quality is the same every round)
+        r["tokens_per_s"] = statistics.median(rates[name])
     table(rows, skipped)
+    if a.rounds > 1:
+        print(f"(tokens/s: the median of {a.rounds} alternating rounds; each row's range: ", end="")
+        print("; ".join(f"{n} {min(v):.0f}-{max(v):.0f}" for n, v in rates.items()) + ")")
     if a.e2e_steps:
         end_to_end(ws, a.e2e_steps, a.batch, a.device, a.model)
 
