@@ -335,10 +335,8 @@ def dead_weights(sae: SAE, dead_idx: torch.Tensor) -> tuple[torch.Tensor, torch.
     instead, whose small gradients are added into the parameters' gradients at the end of the backward
     pass (``index_add_``). Under data parallelism, where gradients are averaged as they become ready,
     the plain gathers are kept."""
-    enc_cols = lambda W: W[:, dead_idx]  # noqa: E731
-    dec_rows = lambda W: W[dead_idx]  # noqa: E731
     if not (torch.is_grad_enabled() and sae.W_enc.requires_grad) or distributed.active():
-        return enc_cols(sae.W_enc), dec_rows(sae.W_dec)
+        return sae.W_enc[:, dead_idx], sae.W_dec[dead_idx]
     return _folded(sae.W_enc, 1, dead_idx), _folded(sae.W_dec, 0, dead_idx)
 
 
