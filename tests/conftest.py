@@ -118,9 +118,9 @@ def tiny_model_dir(tmp_path_factory):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from mistudio_widgets.core.defaults import default_corpus_files
+    from mistudio_widgets.core.defaults import shakespeare_files
 
-    text = default_corpus_files()[0].read_text(encoding="utf-8", errors="replace")
+    text = shakespeare_files()[0].read_text(encoding="utf-8", errors="replace")
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.train_from_iterator(

@@ -146,10 +146,10 @@ def test_studio_in_voila(page, default_ws, tmp_path, extracted_sae):
         page.goto(f"http://127.0.0.1:{port}/")
         picker = page.get_by_test_id("dataset-picker")
         expect(picker).to_be_visible()
-        expect(picker.locator('tr[data-name="shakespeare"]')).to_be_visible()
+        expect(picker.locator('tr[data-name="modern-english"]')).to_be_visible()
         # an action from the page: selecting the tokenization loads its statistics from the kernel
-        picker.locator('tr[data-name="shakespeare"]').click()
-        picker.locator('tr[data-name="shakespeare"] button', has_text="ctx 128").first.click()
+        picker.locator('tr[data-name="modern-english"]').click()
+        picker.locator('tr[data-name="modern-english"] button', has_text="ctx 128").first.click()
         expect(picker.get_by_test_id("ds-stats")).to_contain_text("Sequences")
         page.get_by_role("tab", name="Models").click()
         page.get_by_test_id("model-list").locator('tr[data-name="SmolLM2-135M-Instruct"]').click()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mistudio_widgets.core.configs import CaptureConfig
+from mistudio_widgets.core.defaults import DEFAULT_DATASET_NAME
 from mistudio_widgets.data.activations import capture_stats, iter_activations
 from mistudio_widgets.data.datasets import find_tokenization, load_tokens
 from mistudio_widgets.data.hooks import capture, decoder_layers
@@ -33,7 +34,7 @@ def test_capture_matches_the_full_forward_and_stops_early(lm):
 
 
 def test_special_positions_are_dropped_and_counted(default_ws, lm):
-    tok = find_tokenization(default_ws, "shakespeare", lm.artifact, 128)
+    tok = find_tokenization(default_ws, DEFAULT_DATASET_NAME, lm.artifact, 128)
     tokens = load_tokens(default_ws, tok)[:8]
     special = set(lm.tokenizer.all_special_ids)
     n_special = int(np.isin(tokens, list(special)).sum())
@@ -101,7 +102,7 @@ def test_cli_json_contract(default_ws):
     rows = [json.loads(x) for x in r.stdout.splitlines()]
     assert any(x.get("name") == "SmolLM2-135M-Instruct" for x in rows) and rows[-1]["summary"]
     r = run_cli("datasets", "list", env_home=default_ws.root)
-    assert "shakespeare@SmolLM2-135M-Instruct/ctx128" in r.stdout
+    assert f"{DEFAULT_DATASET_NAME}@SmolLM2-135M-Instruct/ctx128" in r.stdout
 
 
 def test_cli_errors_name_the_fix(default_ws, tmp_path):
@@ -113,7 +114,7 @@ def test_cli_errors_name_the_fix(default_ws, tmp_path):
     assert "out of range" in err["error"] and "0 to 29" in err["fix"]
     r = run_cli("datasets", "add", str(tmp_path / "nope.txt"), env_home=tmp_path / "ws")
     assert r.returncode == 2 and "No file or folder" in r.stderr and "fix:" in r.stderr
-    r = run_cli("datasets", "tokenize", "shakespeare", "--model", "no-such-model", env_home=default_ws.root)
+    r = run_cli("datasets", "tokenize", DEFAULT_DATASET_NAME, "--model", "no-such-model", env_home=default_ws.root)
     assert r.returncode == 2 and "No model called 'no-such-model'" in r.stderr
 
 

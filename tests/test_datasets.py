@@ -10,9 +10,11 @@ from mistudio_widgets import DatasetConfig, TokenizeConfig, Workspace
 from mistudio_widgets.core.errors import DatasetError, HubError, TokenizerMismatch
 from mistudio_widgets.data.datasets import (
     add_dataset,
+    find_tokenization,
     load_documents,
     load_tokens,
     preview_tokens,
+    resolve_dataset,
     tokenize_dataset,
 )
 from mistudio_widgets.data.models import load_tokenizer
@@ -77,11 +79,36 @@ def test_unknown_hub_id_offline(tmp_path):
 
 def test_default_corpus_is_real_and_idempotent(default_ws):
     art = add_dataset(default_ws)
-    assert art.name == "shakespeare" and art.meta["licence"] == "CC-BY-2.5"
-    assert art.meta["stats"]["documents"] > 700
+    assert art.name == "modern-english" and art.meta["licence"] == "BSD-3-Clause"
+    assert art.meta["stats"]["documents"] > 15_000
     docs = load_documents(default_ws, art)
-    assert any("To be, or not to be" in t for t in docs["text"])
+    texts = list(docs["text"])
+    assert any("Murphy" in t for t in texts)  # a fortune-file quote
+    chats = [(t, m) for t, m in zip(texts, docs["messages"]) if m]
+    assert len(chats) > 1_500 and all(t.startswith("User: ") for t, _ in chats)
+    assert json.loads(chats[0][1])[1]["role"] == "assistant"
+    # shuffled together: the first 500 documents (what a short run reads) hold both kinds
+    assert 0 < sum(bool(m) for m in list(docs["messages"])[:500]) < 500
     assert add_dataset(default_ws).id == art.id
+    plays = resolve_dataset(default_ws, "shakespeare")  # Shakespeare stays one name away
+    assert plays.meta["licence"] == "CC-BY-2.5" and plays.meta["stats"]["documents"] > 700
+
+
+def test_conversations_are_tokenized_in_the_models_own_chat_template(default_ws):
+    """A conversation of the default corpus becomes the token ids of the tokenizer's chat template, its
+    markers real special tokens (never the text '<|im_start|>' cut into pieces); other documents stay text."""
+    ws = default_ws
+    model = ws.get("SmolLM2-135M-Instruct", "model")
+    tokenizer = load_tokenizer(ws, model)
+    tok = find_tokenization(ws, "modern-english", model, 128)
+    arr = load_tokens(ws, tok)[:200]
+    start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert (arr == start).sum() > 20
+    text = tokenizer.decode(arr.reshape(-1))
+    assert "<|im_start|>assistant\n" in text and "<|im_start|>user\n" in text
+    pieces = tokenizer("<|im_start|>", add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    flat = arr.reshape(-1).tolist()
+    assert not any(flat[i : i + len(pieces)] == pieces for i in range(len(flat)))
 
 
 def test_packing_with_the_real_tokenizer(default_ws, tmp_path):
@@ -142,7 +169,7 @@ def test_tokenization_for_another_model_is_refused(default_ws, tiny_model_art, l
 
     ws = default_ws
     tiny = tiny_model_art
-    ds = ws.get("shakespeare", "dataset")
+    ds = resolve_dataset(ws, "shakespeare")  # an embedded corpus other than the default, added by name
     tok = tokenize_dataset(ws, ds, tiny, TokenizeConfig(context_size=32, max_tokens=2048))
     assert load_tokens(ws, tok).max() < 300
     with pytest.raises(TokenizerMismatch, match="tokenize the dataset again"):

@@ -12,17 +12,18 @@ import mistudio_widgets
 
 PKG = Path(mistudio_widgets.__file__).parent
 # each room may import only rooms listed before it (the order of the pipeline)
-ORDER = ["core", "data", "sae", "features", "train", "steering", "share", "widgets", "cli"]
+ORDER = ["core", "data", "sae", "features", "train", "evaluate", "steering", "share", "widgets", "cli"]
 ALLOWED = {
     "core": set(),
     "data": {"core"},
     "sae": {"core"},
     "features": {"core", "data", "sae"},
     "train": {"core", "data", "sae"},
+    "evaluate": {"core", "data", "sae", "features", "train"},
     "steering": {"core", "data", "sae", "features"},
     "share": {"core", "data", "sae", "features"},
-    "widgets": {"core", "data", "sae", "features", "train", "steering", "share"},
-    "cli": {"core", "data", "sae", "features", "train", "steering", "share"},
+    "widgets": {"core", "data", "sae", "features", "train", "evaluate", "steering", "share"},
+    "cli": {"core", "data", "sae", "features", "train", "evaluate", "steering", "share"},
 }
 
 

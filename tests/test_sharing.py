@@ -66,10 +66,13 @@ def test_saelens_export_loads_in_saelens_with_sparsity_and_yaml(default_ws, smal
     )
     assert md["neuronpedia_id"].startswith("smollm2-135m-instruct/6-mistudio-res-")
     assert md["context_size"] and md["dataset_path"] and md["prepend_bos"] is True
+    # the weights it was trained on are named: the dequantized GGUF build, not the hub's own weights
+    assert "Q4_1 GGUF build" in md["model_weights"] and "dequantized" in md["model_weights"]
     entry = yaml.safe_load((tmp_path / "out" / "pretrained_saes.yaml").read_text())
     ((release, body),) = entry.items()
     assert body["repo_id"] == "alice/smollm2-saes" and body["saes"][0]["neuronpedia"] == md["neuronpedia_id"]
     theirs = sae_lens.SAE.load_from_disk(tmp_path / "out")
+    assert theirs.cfg.metadata.model_weights == md["model_weights"]  # SAELens keeps it
     ours, _ = load_sae(default_ws.get(small_sae).path)
     x = torch.randn(16, ours.spec.d_in) * 4
     torch.testing.assert_close(theirs(x), ours(x))

@@ -12,6 +12,7 @@ import torch
 from waiting import wait_for
 
 from mistudio_widgets.core.configs import TrainConfig
+from mistudio_widgets.core.defaults import DEFAULT_DATASET_NAME
 from mistudio_widgets.core.errors import ArtifactWriteError, MistudioError, TokenizerMismatch
 from mistudio_widgets.core.jobs import JobCancelled, JobControl, submit
 from mistudio_widgets.sae.io import load_sae
@@ -158,7 +159,7 @@ def test_bad_training_input_registers_no_run(default_ws, tiny_model_art):
 
         tiny_tok = [
             tokenize_dataset(
-                default_ws, "shakespeare", tiny_model_art, TokenizeConfig(context_size=32, max_tokens=2048)
+                default_ws, DEFAULT_DATASET_NAME, tiny_model_art, TokenizeConfig(context_size=32, max_tokens=2048)
             )
         ]
     with pytest.raises(TokenizerMismatch):

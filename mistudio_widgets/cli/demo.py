@@ -8,6 +8,7 @@ Neuronpedia. Prints one line per step and a summary."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,34 +17,24 @@ from ..core.configs import (
     CaptureConfig,
     ExtractConfig,
     LabelConfig,
-    SteerConfig,
     TokenizeConfig,
-    TrainConfig,
 )
 from ..core.errors import MistudioError
+from ..core.recipes import (  # noqa: F401 (the recipe, importable from here as before)
+    DEMO_HOOK,
+    PROMPT,
+    SHOUTS,
+    demo_steer_config,
+    demo_train_config,
+    uppercase_share,
+)
 from ..core.workspace import Artifact, Workspace
 from .config_flags import config_from_args
 
 if TYPE_CHECKING:  # the command line imports the engine's heavy parts only when a command runs
+    from ..evaluate import QualityRow
     from ..features.labeling import LabelResult
     from ..steering.results import SteerResult
-
-SHOUTS = [
-    "WHY ARE YOU SHOUTING AT ME? STOP YELLING!",
-    "GET OUT OF MY HOUSE RIGHT NOW.",
-    "I TOLD YOU TO LEAVE THE DOG ALONE!",
-    "NOBODY LISTENS TO ME ANYMORE.",
-    "THIS IS THE BEST DAY OF MY LIFE!",
-    "COME BACK HERE AND FINISH YOUR DINNER.",
-]
-PROMPT = "Tell me about your day."
-DEMO_HOOK = "blocks.10.hook_resid_post"
-
-
-def uppercase_share(text: str) -> float:
-    """The share of a text's letters that are capitals."""
-    letters = [c for c in text if c.isalpha()]
-    return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
 
 
 class _Steps:
@@ -67,6 +58,7 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out) -> dict[str, Any]:
     step = _Steps(out)
     model, info, tok = _inputs(ws, a, out, step)
     sae, m = _train(ws, a, tok, info, out, step)
+    quality = _quality(ws, sae, out, step)
     ext = _extract(ws, a, sae, tok, out, step)
     feature = _find(ws, sae, ext, step)
     if feature is None:
@@ -83,6 +75,7 @@ def run_demo(ws: Workspace, a: argparse.Namespace, out) -> dict[str, Any]:
         "workspace": str(ws.root),
         "sae": sae.id,
         "metrics": m,
+        "quality": [dataclasses.asdict(q) for q in quality],
         "feature": feature,
         "label": lab.label,
         "score": sc.score if sc else None,
@@ -133,6 +126,20 @@ def _inputs(
     res = capture_stats(ws, model, tok, config_from_args(CaptureConfig, a), progress=out.progress)
     step("capture", res.to_dict(), res.describe())
     return model, info, tok
+
+
+def _quality(ws: Workspace, sae: Artifact, out, step: _Steps) -> list[QualityRow]:
+    """The SAE's figures on its own held-out rows and on text of another kind it never saw."""
+    from ..evaluate import describe_quality, sae_quality
+
+    rows = sae_quality(ws, sae.id, progress=out.progress)
+    step(
+        "quality",
+        {"rows": [dataclasses.asdict(r) for r in rows]},
+        "how well the SAE stands in for the model's activations:\n"
+        + "\n".join("           " + line for line in describe_quality(rows).splitlines()),
+    )
+    return rows
 
 
 def _extract(
@@ -236,13 +243,12 @@ def _strength(
     """The automatic strength: the largest whose steered text stays fluent by the one rule."""
     from ..steering import auto_strength
 
-    auto = auto_strength(
-        ws, sae.id, SteerConfig(features=[[feature, 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens)
-    )
+    auto = auto_strength(ws, sae.id, demo_steer_config(feature, 0.0, max_tokens=a.steer_tokens))
+    base = auto.unsteered_fluency.perplexity
     sweep = "\n".join(
-        f"           {r.strength:7.2f} ({r.relative:.0%} of the residual norm): lower-cased perplexity "
-        f"{r.fluency.perplexity:6.1f}, repeated {r.fluency.repetition:.0%}, {uppercase_share(r.text):.0%} "
-        f"uppercase{'' if r.fluent else '  (not fluent)'}"
+        f"           {r.strength:7.2f} ({r.relative:5.1%} of the residual norm): lower-cased perplexity "
+        f"{r.fluency.perplexity / base:5.1f}x the unsteered, repeated {r.fluency.repetition:.0%}, "
+        f"{uppercase_share(r.text):.0%} uppercase{'' if r.fluent else '  (not fluent)'}"
         for r in auto.rows
     )
     chosen = (
@@ -268,7 +274,7 @@ def _steer(
     """The chat prompt continued unsteered and steered at the chosen strength."""
     from ..steering import steer
 
-    cfg = SteerConfig(features=[[feature, strength or 0.0]], prompt=PROMPT, max_tokens=a.steer_tokens)
+    cfg = demo_steer_config(feature, strength or 0.0, max_tokens=a.steer_tokens)
     r = steer(ws, sae.id, cfg)
     up0, up1 = uppercase_share(r.unsteered), uppercase_share(r.steered)
     step(
@@ -283,7 +289,8 @@ def _steer(
             "uppercase_steered": up1,
             "kl_mean": r.metrics.kl_mean,
         },
-        f"{PROMPT!r} with feature {feature} x {strength or 0:.2f}:\n"
+        f"{PROMPT!r} with feature {feature} x {strength or 0:.2f}, added where the answer is written "
+        f"(greedy, frequency penalty {cfg.frequency_penalty:g}):\n"
         f"           unsteered ({up0:.0%} uppercase): {r.unsteered!r}\n"
         f"           steered   ({up1:.0%} uppercase): {r.steered!r}",
     )
@@ -304,36 +311,6 @@ def _export(ws: Workspace, sae: Artifact, out, step: _Steps) -> tuple[dict[str, 
         f"SAELens {lens['path']}\n           Neuronpedia {npx['path']} ({npx['features']:,} features)",
     )
     return lens, npx
-
-
-def demo_train_config(ws: Workspace, dataset: str, **changes: Any) -> TrainConfig:
-    """The demo's recipe, measured to learn a shouting feature on a 2-core CPU in about two minutes: a
-    top-k SAE (k=32, 8 x d_model latents) at layer 10's output, 100 steps of 4,096 activations over
-    204,800 distinct tokens (two epochs), harvested once into the activation cache.
-
-    It keeps AdamW (lr 1e-3, cosine) with AuxK only after 200k silent tokens. Measured: the schedule-free
-    sign-descent default reconstructs better at equal tokens, but on this 100-step budget the contrast's
-    best feature was a name fragment (H[EL][ENA]) that steered to 4% uppercase at every fluent strength;
-    with this recipe the demo's feature goes from 5% to 100% uppercase."""
-    settings = dict(
-        dataset=dataset,
-        optimizer="adam",
-        aux_dead_tokens=200_000,
-        aux_tokens=0,
-        hook=DEMO_HOOK,
-        steps=100,
-        batch_tokens=4096,
-        train_tokens=204_800,
-        expansion_factor=8,
-        k=32,
-        eval_every=0,
-        log_every=10,
-        chunk_sequences=1024,
-        eval_sequences=8,
-        cache_activations=True,
-        name=ws.unique_name("run", "demo-topk"),
-    )
-    return TrainConfig(**{**settings, **changes})
 
 
 def _train(

@@ -7,6 +7,7 @@ a summary object (or ``{"error": ..., "fix": ...}``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ from ..core.configs import (
 from ..core.errors import MistudioError
 from ..core.jobs import Status
 from ..core.progress import ProgressEvent, TqdmProgress
+from ..core.recipes import DEMO_HOOK
 from ..core.sources import read_small_file
 from ..core.workspace import Workspace
 from .config_flags import add_config_flags, config_from_args, given, no_alias_loader
@@ -304,12 +306,31 @@ def cmd_train(ws: Workspace, a: argparse.Namespace, out: Output) -> None:
         )
     res = results[-1]
     m = res.metrics
+    quality = _quality_after_training(ws, res.sae_id, out)
     out.summary(
-        {"run_id": res.run_id, "sae_id": res.sae_id, "path": res.path, "status": res.status, "metrics": m},
+        {
+            "run_id": res.run_id,
+            "sae_id": res.sae_id,
+            "path": res.path,
+            "status": res.status,
+            "metrics": m,
+            "quality": [dataclasses.asdict(q) for q in quality],
+        },
         f"SAE {res.sae_id} at {res.path}\n  explained variance {m['explained_variance']:.3f}, L0 "
         f"{m['l0']:.1f}, "
-        f"MSE {m['mse']:.4g}, dead {m['dead_fraction']:.1%}, CE recovered {m['ce_recovered']:.3f}",
+        f"MSE {m['mse']:.4g}, dead {m['dead_fraction']:.1%}, CE recovered {m['ce_recovered']:.3f}"
+        + "".join(f"\n  {q.describe()}" for q in quality),
     )
+
+
+def _quality_after_training(ws: Workspace, sae_id: str | None, out: Output) -> list:
+    """The new SAE's figures on its own held-out rows and on text of another kind (none for a
+    transcoder, or when the run ended without an SAE)."""
+    from ..evaluate import sae_quality
+
+    if sae_id is None or ws.get(sae_id, "sae").meta.get("hook_out"):
+        return []
+    return sae_quality(ws, sae_id, sequences=16, progress=out.progress)
 
 
 @read_only
@@ -454,7 +475,7 @@ def _register_demo(sub, cmd) -> None:
         "the main job on the embedded defaults: train an SAE, extract, find, label and steer a feature, "
         "export",
     )
-    sp.add_argument("--hook", default="blocks.10.hook_resid_post", help="where the demo SAE reads")
+    sp.add_argument("--hook", default=DEMO_HOOK, help="where the demo SAE reads")
     sp.add_argument("--tokens", type=int, default=16384, help="tokens of the demo's capture statistics")
     sp.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     sp.add_argument("--context-size", type=int, default=128, help="tokens per sequence")

@@ -29,7 +29,8 @@ class DatasetConfig:
 
     source: str = opt(
         DEFAULT,
-        "'default' (the embedded Shakespeare corpus), a Hugging Face hub id, or a local file/folder "
+        "'default' (the embedded modern-English corpus: fortune quotes and chat conversations), another "
+        "embedded corpus ('shakespeare', 'python-docs'), a Hugging Face hub id, or a local file/folder "
         "(txt, jsonl, json, csv, parquet).",
     )
     name: str | None = opt(None, "Name in the workspace; derived from the source when empty.")
@@ -558,6 +559,12 @@ class SteerConfig:
         "add",
         "add: h + s·d; orthogonal: (I−P)h + s·Ph; cap: projection on d capped at s; clamp: the feature "
         "set to s through the SAE; ablate: the feature set to 0.",
+    )
+    positions: Literal["all", "generated"] = opt(
+        "all",
+        "all: the edit applies at every position, the prompt's and the answer's; generated: only where the "
+        "answer is written (the prompt's last position and every new token), so the question is read as "
+        "it was asked.",
     )
     multiplier: float = opt(1.0, "Scales every strength (Neuronpedia's steering multiplier).")
     normalise: bool = opt(

@@ -12,12 +12,12 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..core import defaults
 from ..core.configs import DEFAULT, DatasetConfig, TokenizeConfig, to_dict
 from ..core.errors import DatasetError, HubError, TokenizerMismatch
 from ..core.progress import ProgressCallback, emit
 from ..core.sources import refuse_links_out
 from ..core.workspace import Artifact, Workspace
+from .corpora import chat_texts, embedded_corpus
 from .packing import (  # noqa: F401 (PIECE_CHARS, pieces, tokenizer_fingerprint: importable from here as before)
     PIECE_CHARS,
     check_tokenize_config,
@@ -55,18 +55,6 @@ def _quiet_saving() -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------
 # Reading documents
-def _default_documents() -> Iterator[dict[str, str]]:
-    """The modernised Shakespeare plays, one document per scene (cast list and title with scene 1)."""
-    for path in defaults.default_corpus_files():
-        text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-        title = path.name.removesuffix("_gut.txt").replace("_", " ").title()
-        parts = re.split(r"\n(?=(?:SCENE|Scene) [0-9IVXL]+\.)", text)
-        for i, part in enumerate(parts):
-            part = part.strip()
-            if part:
-                yield {"text": part, "title": title, "part": str(i)}
-
-
 def _local_files(path: Path) -> tuple[str, list[str]]:
     if not path.exists():
         raise DatasetError(
@@ -152,8 +140,9 @@ def _hub_dataset(cfg: DatasetConfig):
 
 def _iter_records(cfg: DatasetConfig) -> tuple[Iterator[dict[str, Any]], str, dict[str, Any]]:
     """Records of the source, the name of the text column, and provenance for the catalog."""
-    if cfg.source == DEFAULT:
-        return _default_documents(), "text", {"kind": "embedded", **defaults.DEFAULT_DATASET_INFO}
+    corpus = embedded_corpus(cfg.source)
+    if corpus is not None:
+        return corpus.documents(), "text", corpus.provenance()
     path = Path(cfg.source).expanduser()
     looks_local = (
         path.exists() or cfg.source.startswith((".", "/", "~")) or path.suffix.lower() in LOCAL_FORMATS
@@ -231,8 +220,9 @@ def _hub_records(cfg: DatasetConfig) -> tuple[Iterator[dict[str, Any]], str, dic
 
 
 def _default_name(cfg: DatasetConfig) -> str:
-    if cfg.source == DEFAULT:
-        return defaults.DEFAULT_DATASET_NAME
+    corpus = embedded_corpus(cfg.source)
+    if corpus is not None:
+        return corpus.name
     base = (
         Path(cfg.source.rstrip("/")).name
         if Path(cfg.source).expanduser().exists()
@@ -256,8 +246,9 @@ def add_dataset(
             f"samples must be at least 1 (got {cfg.samples}).",
             "give a positive sample count, or none for all.",
         )
-    if cfg.source == DEFAULT and not cfg.name:
-        existing = ws.find(defaults.DEFAULT_DATASET_NAME, "dataset")
+    corpus = embedded_corpus(cfg.source)
+    if corpus is not None and not cfg.name:
+        existing = ws.find(corpus.name, "dataset")
         if existing and existing.meta.get("provenance", {}).get("kind") == "embedded":
             return existing
     name = cfg.name or ws.unique_name("dataset", _default_name(cfg))
@@ -279,8 +270,8 @@ def add_dataset(
             skipped.setdefault(why, {"records": 0, "first": i + 1})["records"] += 1
             continue
         texts.append(text)
-        for key in ("title", "part"):
-            if key in rec and cfg.source == DEFAULT:
+        for key in ("title", "part", "messages"):
+            if corpus is not None:  # every record of an embedded corpus has these keys
                 extra[key].append(str(rec[key]))
         if len(texts) % 200 == 0:
             emit(progress, "read", len(texts), limit, unit="docs")
@@ -354,7 +345,8 @@ def tokenize_dataset(
     if cfg.prepend_bos and bos is None:
         raise DatasetError(f"The tokenizer of {model_art.name!r} has no BOS token.", "set prepend_bos=False.")
     docs = load_documents(ws, ds_art)
-    packed = pack(tokenizer, docs["text"], cfg, bos, progress)
+    chats = list(docs["messages"]) if "messages" in docs.column_names else None
+    packed = pack(tokenizer, chat_texts(tokenizer, list(docs["text"]), chats), cfg, bos, progress)
     if packed.sequences.shape[0] == 0:
         raise DatasetError(
             f"{ds_art.name!r} gives {packed.stream_tokens} tokens after filtering ({packed.dropped_short} of "
@@ -430,11 +422,14 @@ def find_tokenization(
 def resolve_dataset(
     ws: Workspace, ref: str | Artifact = DEFAULT, *, progress: ProgressCallback | None = None
 ) -> Artifact:
-    """A dataset artifact; ``'default'`` adds the embedded corpus on first use."""
+    """A dataset artifact; ``'default'`` or an embedded corpus's name (see :data:`.corpora.CORPORA`) adds
+    that corpus on first use."""
     if isinstance(ref, Artifact):
         return ref
     if ref == DEFAULT:
         return add_dataset(ws, progress=progress)
+    if ws.find(ref, "dataset") is None and embedded_corpus(ref) is not None:
+        return add_dataset(ws, DatasetConfig(source=ref), progress=progress)
     return ws.get(ref, "dataset")
 
 

@@ -67,11 +67,12 @@ def pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:
     return out
 
 
-def _encode(tokenizer, texts: list[str], **kw) -> Iterator[np.ndarray]:
+def _encode(tokenizer, texts: list, **kw) -> Iterator[np.ndarray]:
     """Token ids (int32) of each text, with at most BATCH_CHARS characters in the tokenizer at once:
-    a single-line document of 50 MB costs tens of MB, not gigabytes."""
-    todo = [(i, p) for i, t in enumerate(texts) for p in pieces(t)]
-    ids: list[list[np.ndarray]] = [[] for _ in texts]
+    a single-line document of 50 MB costs tens of MB, not gigabytes. A document given as token ids
+    (a conversation in the model's chat template) is kept as it is."""
+    todo = [(i, p) for i, t in enumerate(texts) if isinstance(t, str) for p in pieces(t)]
+    ids: list[list[np.ndarray]] = [[] if isinstance(t, str) else [np.asarray(t, np.int32)] for t in texts]
     start = 0
     while start < len(todo):
         end, chars = start, 0
@@ -127,7 +128,7 @@ def pack(
     batch = 256
     for start in range(0, n_docs, batch):
         chunk = list(texts[start : start + batch])
-        split_docs += sum(len(t) > PIECE_CHARS for t in chunk)
+        split_docs += sum(isinstance(t, str) and len(t) > PIECE_CHARS for t in chunk)
         for ids in _encode(tokenizer, chunk, split_special_tokens=not cfg.special_tokens):
             if len(ids) < max(cfg.min_length, 1):
                 dropped_short += 1

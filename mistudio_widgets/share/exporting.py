@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from ..core import defaults
 from ..core.disk import atomic_folder
 from ..core.errors import MistudioError
 from ..core.workspace import Artifact, Workspace
@@ -98,6 +99,25 @@ def model_hub_id(ws: Workspace, sae: Artifact) -> str | None:
     return prov.get("upstream") or prov.get("hub_id") or art.name
 
 
+def model_weights(ws: Workspace, sae: Artifact) -> str | None:
+    """Which weights an SAE was trained on when they are not the hub model's own (a GGUF build,
+    dequantized; a quantized load), so that nobody splices it into other weights unknowingly."""
+    ref = sae.meta.get("model")
+    art = ws.find(ref, "model") if ref else None
+    if art is None:
+        return None
+    prov = art.meta.get("provenance") or {}
+    notes = []
+    if prov.get("weights") or prov.get("kind") == "embedded":  # models registered before it was said
+        notes.append(str(prov.get("weights") or defaults.DEFAULT_MODEL_INFO["weights"]))
+    elif prov.get("kind") == "gguf":
+        notes.append(f"the GGUF file {Path(str(prov.get('path', ''))).name}, dequantized")
+    quant = (art.meta.get("settings") or {}).get("quantization")
+    if quant and quant != "none":
+        notes.append(f"loaded with {quant} quantization")
+    return "; ".join(notes) or None
+
+
 def default_neuronpedia_ids(ws: Workspace, sae: Artifact) -> tuple[str, str]:
     """(model id, source id) in Neuronpedia's style: ``smollm2-135m-instruct``, ``15-mistudio-res-4608``."""
     model = (model_hub_id(ws, sae) or "model").split("/")[-1].lower()
@@ -147,6 +167,7 @@ def export_saelens(
         "model_name": model_hub_id(ws, art) or cfg.get("metadata", {}).get("model_name"),
         "hook_name": art.meta.get("hook"),
         "neuronpedia_id": neuronpedia_id or f"{np_model}/{np_source}",
+        "model_weights": model_weights(ws, art),
     }
     if art.meta.get("hook_out"):
         meta["hook_name_out"] = art.meta["hook_out"]

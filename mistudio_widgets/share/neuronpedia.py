@@ -35,7 +35,7 @@ from ..features import (
 from ..features.store import read_parquet, reading_extraction_file
 from ..sae.io import load_sae
 from . import neuronpedia_records as rec
-from .exporting import default_neuronpedia_ids, default_release, fresh_folder, model_hub_id
+from .exporting import default_neuronpedia_ids, default_release, fresh_folder, model_hub_id, model_weights
 
 DEFAULT_CREATOR_ID = rec.DEFAULT_CREATOR_ID
 SHOWN_VERDICTS = ("manual", "above chance")  # labels exported as Neuronpedia explanations
@@ -276,7 +276,8 @@ def _metadata(
         hf_folder_id=hub[1],
         saelens_release=saelens[0],
         saelens_sae_id=saelens[1],
-        notes=f"hook {ctx.hook}; mistudio-widgets SAE {art.id}, extraction {ext.id}",
+        notes=f"hook {ctx.hook}; mistudio-widgets SAE {art.id}, extraction {ext.id}"
+        + (f"; trained on {w}" if (w := model_weights(ws, art)) else ""),
         created=ctx.created,
     )
 

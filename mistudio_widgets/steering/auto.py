@@ -33,6 +33,39 @@ from .fluency import (
 )
 from .results import AutoBound, AutoRow, AutoStrength
 
+AUTO_REFINE = 3  # bisection steps above the ladder's largest fluent strength
+
+
+def _ladder(trial: Callable[[float], AutoRow], fractions, control: JobControl) -> list[AutoRow]:
+    """The ladder of fractions, weakest first, until two steps in a row are not fluent."""
+    rows: list[AutoRow] = []
+    broken = 0
+    for frac in fractions:
+        if control.cancelled:
+            break
+        rows.append(trial(frac))
+        broken = 0 if rows[-1].fluent else broken + 1
+        if broken >= 2:
+            break
+    return rows
+
+
+def _refine(
+    trial: Callable[[float], AutoRow], rows: list[AutoRow], steps: int, control: JobControl
+) -> list[AutoRow]:
+    """Bisection between the largest fluent fraction and the next one tried above it."""
+    best = max((r.relative for r in rows if r.fluent), default=None)
+    above = [r.relative for r in rows if best is not None and r.relative > best]
+    if best is None or not above:
+        return []
+    lo, hi, out = best, min(above), []
+    for _ in range(steps):
+        if control.cancelled:
+            break
+        out.append(trial((lo + hi) / 2))
+        lo, hi = (out[-1].relative, hi) if out[-1].fluent else (lo, out[-1].relative)
+    return out
+
 
 def _auto_feature(
     ws: Workspace,
@@ -70,6 +103,7 @@ def auto_strength(
     max_repetition: float = AUTO_MAX_REPETITION,
     fractions: tuple[float, ...] = AUTO_FRACTIONS,
     tokens: int = 24,
+    refine: int = AUTO_REFINE,
     on_row: Callable[[AutoRow], None] | None = None,
     control: JobControl | None = None,
 ) -> AutoStrength:
@@ -78,8 +112,9 @@ def auto_strength(
     ``max_perplexity`` times the unsteered continuation's, and at most ``max_repetition`` of its
     trigrams repeat. Strengths are tried as ``fractions`` of the hook's typical residual norm (the
     median norm over the prompt and the unsteered continuation), weakest first; the sweep stops after
-    two non-fluent steps in a row. Other features of ``cfg.features`` keep their strengths.
-    ``strength`` is None when no strength stays fluent."""
+    two non-fluent steps in a row. The switch from fluent to not is often abrupt, so the gap above the
+    largest fluent step is then halved ``refine`` times (a bisection). Other features of ``cfg.features``
+    keep their strengths. ``strength`` is None when no strength stays fluent."""
     control = control or JobControl()
     art, model_sae, _ = load_library_sae(ws, sae)
     feats = parse_features(cfg.features)
@@ -96,25 +131,23 @@ def auto_strength(
     dnorm = 1.0 if cfg.normalise else float(model_sae.W_dec[feature].detach().float().norm())
     base_text = lm.tokenizer.decode(base, skip_special_tokens=True)
     base_fluency = baseline_fluency(lm, ids, base_text)
-    rows: list[AutoRow] = []
-    broken = 0
-    for frac in fractions:
-        if control.cancelled:
-            break
-        strength = frac * norm / max(dnorm, 1e-12) / (cfg.multiplier or 1.0)
-        test = dataclasses.replace(short, features=others + [[feature, strength]])
-        edit = make_edit(model_sae, parse_features(test.features), test)
+    unit = norm / max(dnorm, 1e-12) / (cfg.multiplier or 1.0)  # strength per fraction of the norm
+
+    def trial(frac: float) -> AutoRow:
+        test = dataclasses.replace(short, features=others + [[feature, frac * unit]])
+        edit = make_edit(model_sae, parse_features(test.features), test, ids.shape[1])
         text = lm.tokenizer.decode(
             generate(lm, ids, test, hook=hook, edit=edit, control=control), skip_special_tokens=True
         )
         f = fluency(lm, ids, text)
-        row = AutoRow(strength, frac, text, f, is_fluent(f, base_fluency, max_perplexity, max_repetition))
-        rows.append(row)
+        row = AutoRow(frac * unit, frac, text, f, is_fluent(f, base_fluency, max_perplexity, max_repetition))
         if on_row:
             on_row(row)
-        broken = 0 if row.fluent else broken + 1
-        if broken >= 2:
-            break
+        return row
+
+    rows = _ladder(trial, fractions, control)
+    rows += _refine(trial, rows, refine, control)
+    rows.sort(key=lambda r: r.strength)
     chosen = next((r for r in reversed(rows) if r.fluent), None)
     rule = fluency_rule(max_perplexity, max_repetition)
     return AutoStrength(

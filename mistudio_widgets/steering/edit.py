@@ -64,9 +64,28 @@ def _check(ws: Workspace, sae_id: str, feats: list[tuple[int, float]], cfg: Stee
 
 
 def make_edit(
+    sae: SAE, feats: list[tuple[int, float]], cfg: SteerConfig, prompt_tokens: int = 0
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The function that edits the hook's value [batch, seq, d], or None when nothing changes. With
+    ``cfg.positions == "generated"`` it edits only the positions that write the answer: from the
+    prompt's last token (of ``prompt_tokens``) on in a pass over the whole text, and every position of
+    a pass that continues it (generation with a cache feeds one new token at a time)."""
+    edit = _edit(sae, feats, cfg)
+    if edit is None or cfg.positions == "all":
+        return edit
+    start = max(prompt_tokens - 1, 0)
+
+    def answer_only(h: torch.Tensor) -> torch.Tensor:
+        if h.shape[1] == 1:
+            return edit(h)
+        return torch.cat([h[:, :start], edit(h[:, start:])], 1)
+
+    return answer_only
+
+
+def _edit(
     sae: SAE, feats: list[tuple[int, float]], cfg: SteerConfig
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The function that edits the hook's value [batch, seq, d], or None when nothing changes."""
     if not feats:
         return None
     idx = torch.tensor([i for i, _ in feats])

@@ -148,7 +148,7 @@ def steer(
             f"context of {limit}.",
             "shorten the prompt or generate fewer tokens.",
         )
-    edit = make_edit(model_sae, feats, cfg)
+    edit = make_edit(model_sae, feats, cfg, ids.shape[1])
     down = later_sae(ws, art, lm.model, hook, model_sae.spec.d_in, cfg.downstream) if feats else None
     t0 = time.perf_counter()
     base = generate(

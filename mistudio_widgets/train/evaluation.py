@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.configs import TrainConfig
 from ..data.hooks import intervene
 from ..data.models import LoadedModel
 from ..sae import SAE
@@ -29,12 +28,19 @@ def process_memory_mib() -> float:
 class Evaluator:
     """Held-out evaluation: reconstruction metrics and the model's CE loss with the SAE spliced in."""
 
-    def __init__(self, lm: LoadedModel, tokens: np.ndarray, cfg: TrainConfig, acts: dict[str, torch.Tensor]):
-        self.lm, self.cfg, self.acts = lm, cfg, acts
+    def __init__(
+        self,
+        lm: LoadedModel,
+        tokens: np.ndarray,
+        hook: str,
+        hook_out: str | None,
+        acts: dict[str, torch.Tensor],
+    ):
+        self.lm, self.acts = lm, acts
         self.ids = torch.tensor(tokens, dtype=torch.long)
         special = torch.tensor(lm.special_ids())
         self.keep = ~torch.isin(self.ids, special)  # splice only where the SAE was trained
-        self.hook_in, self.hook_out = cfg.hook, cfg.hook_out or cfg.hook
+        self.hook_in, self.hook_out = hook, hook_out or hook
         self.ce_clean = self._ce(None)
         self.ce_zero = self._ce(lambda x_in, y: torch.zeros_like(y))
 

@@ -89,7 +89,9 @@ class Member:
             if tsf is not None
             else torch.zeros(spec.d_sae, dtype=torch.long)
         )
-        self.evaluator = Evaluator(lm, eval_tokens, cfg, eval_acts) if dist.is_main() else None
+        self.evaluator = (
+            Evaluator(lm, eval_tokens, cfg.hook, cfg.hook_out, eval_acts) if dist.is_main() else None
+        )
         # data parallel: DDP makes every process start from the main one's weights and averages the gradients
         self.ddp = (
             torch.nn.parallel.DistributedDataParallel(LossModule(sae, cfg), forward_sync_buffers=False)

@@ -213,13 +213,19 @@ def _register_runs(
     return [ws.get(i) for i in dist.broadcast(ids)]
 
 
+def held_out_rows(n_sequences: int, eval_sequences: int) -> int:
+    """How many of a tokenization's last sequences a run holds out for evaluation: ``eval_sequences``,
+    at most a tenth of the data, at least one."""
+    return min(eval_sequences, max(n_sequences // 10, 1))
+
+
 def _harvest(
     ws: Workspace, runs: list[Artifact], first: TrainConfig, lm: LoadedModel, tok: Artifact, hooks: list[str]
 ) -> Harvest:
     """What the group reads: the training and held-out sequences, the hooks, and the activation cache
     when the config asks for one (recorded on each run)."""
     tokens = load_tokens(ws, tok)
-    n_eval = min(first.eval_sequences, max(len(tokens) // 10, 1))
+    n_eval = held_out_rows(len(tokens), first.eval_sequences)
     train_tokens, eval_tokens = tokens[:-n_eval], tokens[-n_eval:]
     if first.train_tokens:
         train_tokens = train_tokens[: max(math.ceil(first.train_tokens / tokens.shape[1]), 1)]
