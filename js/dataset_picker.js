@@ -67,7 +67,7 @@ function render({ model, el }) {
         h("td", { text: d.name }), h("td", { text: fmtInt(d.documents) }), h("td", { text: d.source, class: "muted" }),
         h("td", { text: d.licence || "" }), h("td", {}, toks), h("td", {}, del)));
     }
-    if (!model.get("datasets").length) list.append(h("tr", {}, h("td", { colspan: 6, class: "muted", text: "No datasets yet: add 'default' for the embedded Shakespeare corpus." })));
+    if (!model.get("datasets").length) list.append(h("tr", {}, h("td", { colspan: 6, class: "muted", text: "No datasets yet: add 'default' for the embedded modern-English corpus (or 'shakespeare')." })));
     const cur = model.get("datasets").find((d) => d.id === sel);
     target.textContent = cur ? `“${cur.name}”` : "(add a dataset first)";
     tokBtn.disabled = !cur || !model.get("models").length || model.get("status") === "busy";

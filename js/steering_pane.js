@@ -30,13 +30,18 @@ function render({ model, el }) {
   const prompt = h("textarea", { rows: 2, placeholder: "Prompt, e.g. Tell me about your day.", "data-testid": "st-prompt" });
   prompt.addEventListener("change", () => model.set("prompt", prompt.value) || model.save_changes());
   const method = select(["add", "orthogonal", "cap", "clamp", "ablate"], "add", { "data-testid": "st-method" });
+  const positions = select(["all", "generated"], "all", { "data-testid": "st-positions",
+    title: "all: the edit applies at the prompt's positions and the answer's; generated: only where the answer is written, so the question is read as asked" });
   const maxTok = h("input", { type: "number", min: 1, value: 40, "data-testid": "st-max-tokens" });
+  const penalty = h("input", { type: "number", min: 0, step: 0.1, value: 0, "data-testid": "st-frequency-penalty",
+    title: "subtracted from a token's logit for each time it was already written (against loops)" });
   const temp = h("input", { type: "number", min: 0, step: 0.1, value: 0, "data-testid": "st-temperature" });
   const seed = h("input", { type: "number", value: 0, "data-testid": "st-seed" });
   const mult = h("input", { type: "number", step: 0.1, value: 1, "data-testid": "st-multiplier" });
-  const sendSettings = () => send(model, "settings", { method: method.value, max_tokens: Number(maxTok.value), temperature: Number(temp.value),
+  const sendSettings = () => send(model, "settings", { method: method.value, positions: positions.value, max_tokens: Number(maxTok.value),
+                                                      temperature: Number(temp.value), frequency_penalty: Number(penalty.value),
                                                       seed: Number(seed.value), multiplier: Number(mult.value) });
-  for (const x of [method, maxTok, temp, seed, mult]) x.addEventListener("change", sendSettings);
+  for (const x of [method, positions, maxTok, temp, penalty, seed, mult]) x.addEventListener("change", sendSettings);
   const gen = h("button", { text: "Generate", "data-testid": "st-generate", on: { click: () => send(model, "generate", { prompt: prompt.value }) } });
   const stop = h("button", { class: "secondary", text: "Stop", "data-testid": "st-stop", on: { click: () => send(model, "stop") } });
   const left = h("div", { class: "st-out", "data-testid": "st-unsteered" }), right = h("div", { class: "st-out", "data-testid": "st-steered" });
@@ -59,8 +64,8 @@ function render({ model, el }) {
       "× the unsteered text's, repeated word trigrams ≤", maxRep, `, unknown words ≤ ${Math.round(100 * (bound.max_invented || 0))}%`),
     autoOut,
     h("div", { class: "row" }, prompt),
-    h("div", { class: "row" }, field("Method", method), field("Max tokens", maxTok), field("Temperature", temp), field("Seed", seed),
-      field("Multiplier", mult), gen, stop),
+    h("div", { class: "row" }, field("Method", method), field("Where", positions), field("Max tokens", maxTok), field("Temperature", temp),
+      field("Freq. penalty", penalty), field("Seed", seed), field("Multiplier", mult), gen, stop),
     h("div", { class: "st-grid" }, h("div", {}, h("h4", { text: "Unsteered" }), left), h("div", {}, h("h4", { text: "Steered" }), right)),
     metrics,
     h("section", {}, h("h4", { text: "Sweep and presets" }), h("div", { class: "row" }, sweepIn, sweepBtn, presetName, presetSave, presetSel, presetLoad), sweepOut),
@@ -72,7 +77,8 @@ function render({ model, el }) {
     saeSel.replaceChildren(...(saes.length ? saes.map((s) => h("option", { value: s.id, text: s.name })) : [h("option", { value: "", text: "(no SAEs yet)" })]));
     saeSel.value = model.get("sae");
     const st = model.get("settings") || {};
-    method.value = st.method || "add"; maxTok.value = st.max_tokens ?? 40; temp.value = st.temperature ?? 0; seed.value = st.seed ?? 0; mult.value = st.multiplier ?? 1;
+    method.value = st.method || "add"; positions.value = st.positions || "all"; maxTok.value = st.max_tokens ?? 40; temp.value = st.temperature ?? 0;
+    penalty.value = st.frequency_penalty ?? 0; seed.value = st.seed ?? 0; mult.value = st.multiplier ?? 1;
     if (document.activeElement !== prompt) prompt.value = model.get("prompt") || "";
     const presets = model.get("presets") || [];
     presetSel.replaceChildren(h("option", { value: "", text: presets.length ? "(presets)" : "(no presets)" }), ...presets.map((p) => h("option", { value: p.name, text: p.name })));

@@ -168,7 +168,7 @@ def register(sub, cmd) -> None:
         type=float,
         default=None,
         help="auto: fluency bound, the steered text's perplexity as a multiple of the unsteered text's "
-        "(default 15)",
+        "(default: the fluency rule's own, printed with the sweep)",
     )
     sp.add_argument(
         "--max-repetition", type=float, default=None, help="auto: bound on the share of repeated trigrams"

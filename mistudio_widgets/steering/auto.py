@@ -102,7 +102,7 @@ def auto_strength(
     max_perplexity: float = AUTO_MAX_PERPLEXITY,
     max_repetition: float = AUTO_MAX_REPETITION,
     fractions: tuple[float, ...] = AUTO_FRACTIONS,
-    tokens: int = 24,
+    tokens: int | None = None,
     refine: int = AUTO_REFINE,
     on_row: Callable[[AutoRow], None] | None = None,
     control: JobControl | None = None,
@@ -114,7 +114,9 @@ def auto_strength(
     median norm over the prompt and the unsteered continuation), weakest first; the sweep stops after
     two non-fluent steps in a row. The switch from fluent to not is often abrupt, so the gap above the
     largest fluent step is then halved ``refine`` times (a bisection). Other features of ``cfg.features``
-    keep their strengths. ``strength`` is None when no strength stays fluent."""
+    keep their strengths. Each trial generates ``cfg.max_tokens`` tokens (or ``tokens``, fewer for a quick
+    look), so the text judged is the text Generate shows at that strength, and both get one verdict.
+    ``strength`` is None when no strength stays fluent."""
     control = control or JobControl()
     art, model_sae, _ = load_library_sae(ws, sae)
     feats = parse_features(cfg.features)
@@ -124,7 +126,7 @@ def auto_strength(
     lm = model_for_sae(ws, art, model_sae)
     hook = sae_hook(art, model_sae)
     ids = prompt_ids(lm, cfg.prompt, cfg.chat_template)
-    short = dataclasses.replace(cfg, max_tokens=min(cfg.max_tokens, tokens))
+    short = dataclasses.replace(cfg, max_tokens=min(cfg.max_tokens, tokens or cfg.max_tokens))
     base = generate(lm, ids, short, control=control)
     seq = torch.cat([ids, torch.tensor([base], dtype=torch.long)], 1) if base else ids
     norm = residual_norm(lm, seq, forward(lm, seq, hook, None, model_sae, []).residual)

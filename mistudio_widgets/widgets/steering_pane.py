@@ -17,6 +17,7 @@ from .base import EngineWidget, background, esm, on_kernel
 
 SETTINGS = (
     "method",
+    "positions",
     "multiplier",
     "normalise",
     "chat_template",
