@@ -42,11 +42,14 @@ from mistudio_widgets.features import contrast, load_library_sae, model_for_sae,
 from mistudio_widgets.steering import auto_strength, fluency, prompt_ids, steer  # noqa: E402
 
 SETTINGS = {  # name -> SteerConfig fields
-    "all positions, greedy": dict(positions="all"),
-    "all positions, greedy, freq. penalty 0.3": dict(positions="all", frequency_penalty=0.3),
-    "answer only, greedy, freq. penalty 0.3": dict(positions="generated", frequency_penalty=0.3),
-    "answer only, Neuronpedia sampling (t 0.2, freq. penalty 1, seed 16)": dict(
-        positions="generated", temperature=0.2, frequency_penalty=1.0, seed=16
+    "add, all positions, greedy": dict(positions="all"),
+    "add, answer only, greedy, freq. penalty 0.3": dict(positions="generated", frequency_penalty=0.3),
+    "add, answer only, greedy, freq. penalty 0.7": dict(positions="generated", frequency_penalty=0.7),
+    "clamp, answer only, greedy, freq. penalty 0.7 (the demo's)": dict(
+        method="clamp", positions="generated", frequency_penalty=0.7
+    ),
+    "clamp, answer only, Neuronpedia sampling (t 0.2, freq. penalty 1, seed 16)": dict(
+        method="clamp", positions="generated", temperature=0.2, frequency_penalty=1.0, seed=16
     ),
 }
 TARGET = dict(uppercase=0.6, repeated=0.1, real_words=0.9, sense=10.0)
@@ -130,7 +133,7 @@ def train_sae(ws: Workspace, layer: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layers", default="6,10")
+    ap.add_argument("--layers", default="6")
     ap.add_argument("--workspace", default=None, help="reuse a workspace (SAEs are trained anew)")
     ap.add_argument("--settings", default=None, help="comma-separated indices into SETTINGS (default all)")
     ap.add_argument("--quick", action="store_true", help="one tuning and one held-out prompt")

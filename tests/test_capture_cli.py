@@ -114,7 +114,9 @@ def test_cli_errors_name_the_fix(default_ws, tmp_path):
     assert "out of range" in err["error"] and "0 to 29" in err["fix"]
     r = run_cli("datasets", "add", str(tmp_path / "nope.txt"), env_home=tmp_path / "ws")
     assert r.returncode == 2 and "No file or folder" in r.stderr and "fix:" in r.stderr
-    r = run_cli("datasets", "tokenize", DEFAULT_DATASET_NAME, "--model", "no-such-model", env_home=default_ws.root)
+    r = run_cli(
+        "datasets", "tokenize", DEFAULT_DATASET_NAME, "--model", "no-such-model", env_home=default_ws.root
+    )
     assert r.returncode == 2 and "No model called 'no-such-model'" in r.stderr
 
 

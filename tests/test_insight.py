@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from mistudio_widgets.cli.demo import PROMPT, SHOUTS, uppercase_share
+from mistudio_widgets.core.recipes import PROMPT, SHOUTS, demo_steer_config, uppercase_share
 from mistudio_widgets.core.configs import LabelConfig, SteerConfig, TrainConfig
 from mistudio_widgets.features import FeatureError, contrast, fire, ordinary_case
 from mistudio_widgets.features.labeling import label_features
-from mistudio_widgets.steering import SteeringError, auto_strength, steer
+from mistudio_widgets.steering import AUTO_FRACTIONS, SteeringError, auto_strength, steer
 
 pytestmark = pytest.mark.model
 
@@ -74,7 +74,7 @@ def test_the_fluency_rule_tells_shouting_from_gibberish(lm):
 
     ids = prompt_ids(lm, PROMPT, True)
     base = fluency(lm, ids, "The weather today is sunny with a light breeze, perfect for a walk in the park.")
-    shouting = "I'm a FAVORITE AI SOFTWARE FOR THE WORLD, I'LL PROVIDE ENOUGH ON THE WEATHER"
+    shouting = "It's a GREAT DAY! I'VE BEEN WORKING ON A NEW PROJECT, AND I'M SO HAPPY WITH IT!"
     gibberish = "OVER HESHERES OF THEIRSELLS OF THEIRSELLS OF THEIRSELLS OF THEIR"
     assert is_fluent(fluency(lm, ids, shouting), base), fluency(lm, ids, shouting)
     bad = fluency(lm, ids, gibberish)
@@ -86,24 +86,26 @@ def test_the_fluency_rule_tells_shouting_from_gibberish(lm):
 
 
 def test_auto_strength_steers_into_capitals_and_stays_readable(default_ws, demo_sae, shouting):
+    """With the demo's settings, the automatic strength makes the chat model shout on at least one of two
+    prompts at a strength the rule calls fluent; Generate at that strength shows the very text Auto
+    judged, with the same verdict."""
     from mistudio_widgets.steering import is_fluent
 
     f = shouting["steer_with"]
     shares = []
-    # on the demo's own prompt the largest fluent strength stays below shouting on some machines (15%
-    # uppercase: the feature turns to invented shouted words one step later); these two prompts show it
-    for prompt in ("Write a short message about the weather.", "What did you have for breakfast?"):
-        auto = auto_strength(default_ws, demo_sae, SteerConfig(features=[[f, 0.0]], prompt=prompt))
+    for prompt in (PROMPT, "What should I cook for dinner?"):
+        auto = auto_strength(default_ws, demo_sae, demo_steer_config(f, 0.0, prompt))
         assert auto.strength is not None, auto.rows
         chosen = next(r for r in auto.rows if r.strength == auto.strength)
         assert chosen.fluent and is_fluent(chosen.fluency, auto.unsteered_fluency)
         assert chosen.fluency.perplexity <= auto.bound.perplexity_limit and auto.text == chosen.text
         assert all(r.fluent is False for r in auto.rows if r.strength > auto.strength)
-        r = steer(
-            default_ws, demo_sae, SteerConfig(features=[[f, auto.strength]], prompt=prompt, max_tokens=30)
-        )
+        if any(not r.fluent for r in auto.rows):  # the ladder found the switch: bisection refined it
+            assert any(r.relative not in AUTO_FRACTIONS for r in auto.rows), [r.relative for r in auto.rows]
+        r = steer(default_ws, demo_sae, demo_steer_config(f, auto.strength, prompt))
         assert uppercase_share(r.unsteered) < 0.2, r.unsteered
-        # Generate judges its text by the same rule, in the same words
+        # Generate shows the text Auto judged and gives it the same verdict by the same rule
+        assert r.steered == chosen.text and r.metrics.fluency.fluent is True
         assert r.metrics.fluency.rule == auto.rule
         assert r.metrics.relative_strength[str(f)] == pytest.approx(auto.relative, rel=0.1)
         shares.append(uppercase_share(r.steered))
@@ -131,7 +133,9 @@ def test_the_whole_dictionary_is_labelled_and_the_labels_hold_on_held_out_texts(
     labelled = run.of("statistical")
     assert len(labelled) == live
     d = run.distribution()
-    assert d["median"] > 0.65 and d["share_above_chance"] > 0.4, d  # measured: 0.75 and 62%
+    # measured on the default modern-English corpus: median 0.65, 43% above chance (on Shakespeare's plays,
+    # whose capitals and names repeat, 0.75 and 62%)
+    assert d["median"] > 0.6 and d["share_above_chance"] > 0.35, d
     f = shouting["steer_with"]
     lab = next(r for r in labelled if r.feature == f)
     assert "capital" in lab.label and lab.verdict == "above chance", (lab.label, lab.score)

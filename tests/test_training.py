@@ -159,7 +159,10 @@ def test_bad_training_input_registers_no_run(default_ws, tiny_model_art):
 
         tiny_tok = [
             tokenize_dataset(
-                default_ws, DEFAULT_DATASET_NAME, tiny_model_art, TokenizeConfig(context_size=32, max_tokens=2048)
+                default_ws,
+                DEFAULT_DATASET_NAME,
+                tiny_model_art,
+                TokenizeConfig(context_size=32, max_tokens=2048),
             )
         ]
     with pytest.raises(TokenizerMismatch):

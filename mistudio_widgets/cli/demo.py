@@ -289,8 +289,9 @@ def _steer(
             "uppercase_steered": up1,
             "kl_mean": r.metrics.kl_mean,
         },
-        f"{PROMPT!r} with feature {feature} x {strength or 0:.2f}, added where the answer is written "
-        f"(greedy, frequency penalty {cfg.frequency_penalty:g}):\n"
+        f"{PROMPT!r} with feature {feature} {'clamped to' if cfg.method == 'clamp' else 'x'} "
+        f"{strength or 0:.2f} where the answer is written (greedy, frequency penalty "
+        f"{cfg.frequency_penalty:g}):\n"
         f"           unsteered ({up0:.0%} uppercase): {r.unsteered!r}\n"
         f"           steered   ({up1:.0%} uppercase): {r.steered!r}",
     )

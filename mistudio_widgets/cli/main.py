@@ -330,7 +330,7 @@ def _quality_after_training(ws: Workspace, sae_id: str | None, out: Output) -> l
 
     if sae_id is None or ws.get(sae_id, "sae").meta.get("hook_out"):
         return []
-    return sae_quality(ws, sae_id, sequences=16, progress=out.progress)
+    return sae_quality(ws, sae_id, progress=out.progress)
 
 
 @read_only

@@ -42,14 +42,17 @@ def uppercase_share(text: str) -> float:
 
 
 def demo_steer_config(feature: int, strength: float, prompt: str = PROMPT, **changes: Any) -> SteerConfig:
-    """The demo's steer: the feature added only where the answer is written (the question is read as
-    asked), greedy decoding with a light frequency penalty against loops."""
+    """The demo's steer: the feature clamped to ``strength`` through the SAE (where it already fires it is
+    held there, not pushed further, so the answer does not run away into invented words), only where
+    the answer is written (the question is read as asked), greedy decoding with a frequency penalty
+    against loops ("I'M A DAY! I'M A DAY!")."""
     settings: dict[str, Any] = dict(
         features=[[feature, strength]],
         prompt=prompt,
         max_tokens=40,
+        method="clamp",
         positions="generated",
-        frequency_penalty=0.3,
+        frequency_penalty=0.7,
     )
     return SteerConfig(**{**settings, **changes})
 

@@ -20,7 +20,8 @@ from .results import Fluency
 AUTO_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.275, 0.3, 0.325, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8)
 
 
-AUTO_MAX_PERPLEXITY = 30.0  # the lower-cased steered continuation's perplexity / the unsteered one's
+AUTO_MAX_PERPLEXITY = 10.0  # the lower-cased steered continuation's perplexity / the unsteered one's (at
+# 10-30x, steered answers read as words in nonsense: "I'm a LAD", "I'M DAYNEAZES"; bench_shout.py)
 
 
 AUTO_MAX_REPETITION = 0.2  # share of the continuation's word trigrams that repeat an earlier one
