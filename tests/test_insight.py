@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from mistudio_widgets.core.recipes import PROMPT, SHOUTS, demo_steer_config, uppercase_share
 from mistudio_widgets.core.configs import LabelConfig, SteerConfig, TrainConfig
+from mistudio_widgets.core.recipes import PROMPT, SHOUTS, demo_steer_config, uppercase_share
 from mistudio_widgets.features import FeatureError, contrast, fire, ordinary_case
 from mistudio_widgets.features.labeling import label_features
 from mistudio_widgets.steering import AUTO_FRACTIONS, SteeringError, auto_strength, steer
