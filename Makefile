@@ -71,6 +71,7 @@ bench: $(TESTS) browser-deps
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_browser.py
 	$(PY) benchmarks/bench_steer.py
+	$(PY) benchmarks/bench_shout.py
 	$(PY) benchmarks/bench_labels.py
 
 clean:
