@@ -45,10 +45,10 @@ SETTINGS = {  # name -> SteerConfig fields
     "add, all positions, greedy": dict(positions="all"),
     "add, answer only, greedy, freq. penalty 0.3": dict(positions="generated", frequency_penalty=0.3),
     "add, answer only, greedy, freq. penalty 0.7": dict(positions="generated", frequency_penalty=0.7),
-    "clamp, answer only, greedy, freq. penalty 0.7 (the demo's)": dict(
+    "clamp, answer only, greedy, freq. penalty 0.7": dict(
         method="clamp", positions="generated", frequency_penalty=0.7
     ),
-    "clamp, answer only, Neuronpedia sampling (t 0.2, freq. penalty 1, seed 16)": dict(
+    "clamp, answer only, Neuronpedia sampling (t 0.2, freq. penalty 1, seed 16; the demo's)": dict(
         method="clamp", positions="generated", temperature=0.2, frequency_penalty=1.0, seed=16
     ),
 }

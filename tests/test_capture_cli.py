@@ -156,6 +156,7 @@ def test_demo_runs_the_whole_main_job(tmp_path):
         "tokenize",
         "capture",
         "train",
+        "quality",
         "extract",
         "find",
         "label",

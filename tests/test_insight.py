@@ -167,7 +167,8 @@ def test_cli_contrast_and_auto_strength(default_ws, demo_sae, shouting):
         default_ws, "features", "fire", demo_sae, "--text", SHOUTS[0], "--text", SHOUTS[1], "--ordinary"
     )
     assert rc == 0, err
-    assert lines[-1]["steer_with"] is not None and lines[-1]["features"][0]["rate_contrast"] <= 0.05
+    # two sentences: one token of the 18 in ordinary case may fire (2% of ordinary tokens over all six)
+    assert lines[-1]["steer_with"] is not None and lines[-1]["features"][0]["rate_contrast"] <= 0.1
     f = shouting["steer_with"]
     rc, lines, err = _cli(
         default_ws, "steer", demo_sae, "--feature", f"{f}:auto", "--prompt", PROMPT, "--max-tokens", "30"

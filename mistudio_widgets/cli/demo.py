@@ -17,6 +17,7 @@ from ..core.configs import (
     CaptureConfig,
     ExtractConfig,
     LabelConfig,
+    SteerConfig,
     TokenizeConfig,
 )
 from ..core.errors import MistudioError
@@ -290,12 +291,16 @@ def _steer(
             "kl_mean": r.metrics.kl_mean,
         },
         f"{PROMPT!r} with feature {feature} {'clamped to' if cfg.method == 'clamp' else 'x'} "
-        f"{strength or 0:.2f} where the answer is written (greedy, frequency penalty "
-        f"{cfg.frequency_penalty:g}):\n"
+        f"{strength or 0:.2f} where the answer is written ({_sampling(cfg)}):\n"
         f"           unsteered ({up0:.0%} uppercase): {r.unsteered!r}\n"
         f"           steered   ({up1:.0%} uppercase): {r.steered!r}",
     )
     return r
+
+
+def _sampling(cfg: SteerConfig) -> str:
+    how = "greedy" if cfg.temperature == 0 else f"temperature {cfg.temperature:g}, seed {cfg.seed}"
+    return f"{how}, frequency penalty {cfg.frequency_penalty:g}"
 
 
 def _export(ws: Workspace, sae: Artifact, out, step: _Steps) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -330,7 +330,11 @@ def _quality_after_training(ws: Workspace, sae_id: str | None, out: Output) -> l
 
     if sae_id is None or ws.get(sae_id, "sae").meta.get("hook_out"):
         return []
-    return sae_quality(ws, sae_id, progress=out.progress)
+    try:
+        return sae_quality(ws, sae_id, progress=out.progress)
+    except MistudioError as exc:  # the SAE is saved whatever happens here: say why, and keep the exit code
+        out.line({"quality_error": str(exc)}, f"  (quality not measured: {exc})")
+        return []
 
 
 @read_only

@@ -89,10 +89,23 @@ def sae_quality(
         out.append(_measure(lm, model_sae, hook, tokens[-n:], trained_on, True))
     ctx = int(tok.meta["config"]["context_size"]) if trained_on else 128
     for name in others:
-        ds = resolve_dataset(ws, name, progress=progress)
+        ds, other = _other_text(ws, name, lm.artifact, ctx, progress)
         if ds.name == trained_on:
             continue
-        other = ensure_tokenization(ws, ds, lm.artifact, TokenizeConfig(context_size=ctx), progress=progress)
         out.append(_measure(lm, model_sae, hook, load_tokens(ws, other)[:sequences], ds.name, False))
     ws.update_meta(art.id, quality=[dataclasses.asdict(r) for r in out])
     return out
+
+
+def _other_text(ws: Workspace, name: str, model: Artifact, ctx: int, progress: ProgressCallback | None):
+    """The dataset ``name`` (an embedded corpus is added on first use) and its tokenization for ``model``.
+    Two processes finishing a training at once may both add it: the one that loses reads the other's."""
+    for attempt in range(2):
+        try:
+            ds = resolve_dataset(ws, name, progress=progress)
+            tok = ensure_tokenization(ws, ds, model, TokenizeConfig(context_size=ctx), progress=progress)
+            return ds, tok
+        except MistudioError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
