@@ -61,6 +61,23 @@ def test_edits_follow_their_formulas(setup):
     assert make_edit(sae, [], SteerConfig()) is None
 
 
+def test_an_answer_only_edit_leaves_the_prompt_as_asked(setup):
+    """positions="generated": in a pass over the whole text only the prompt's last position and what
+    follows are edited; a pass of one new token (generation with a cache) is edited; "all" edits all."""
+    lm, sae, f, _ = setup
+    torch.manual_seed(0)
+    h = torch.randn(1, 7, sae.spec.d_in) * 3
+    d = sae.W_dec.detach()[f]
+    answer = make_edit(sae, [(f, 4.0)], SteerConfig(method="add", positions="generated"), prompt_tokens=4)
+    out = answer(h)
+    assert torch.equal(out[:, :3], h[:, :3])  # the prompt, but for its last position, is read as asked
+    assert torch.allclose(out[:, 3:], h[:, 3:] + 4.0 * d, atol=1e-5)
+    one = h[:, :1]
+    assert torch.allclose(answer(one), one + 4.0 * d, atol=1e-5)
+    every = make_edit(sae, [(f, 4.0)], SteerConfig(method="add"), prompt_tokens=4)(h)
+    assert torch.allclose(every, h + 4.0 * d, atol=1e-5)
+
+
 def test_empty_intervention_changes_nothing_and_strong_steering_changes_the_text(
     default_ws, small_sae, setup
 ):
